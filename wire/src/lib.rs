@@ -17,7 +17,7 @@
 //! All multi-byte integers are big-endian. Each module cites the section of
 //! `docs/PROTOCOL.md` (and the BRC number) it implements; that document holds
 //! the offset tables and one golden vector per message, checked by
-//! `tests/golden.rs` in both directions.
+//! `tests/golden*.rs` in both directions.
 
 pub mod control;
 pub mod crc32c;

@@ -26,6 +26,9 @@ cargo clippy --workspace --all-targets --locked -- -D warnings
 step "cargo doc (warnings are errors)"
 RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --locked --quiet
 
+step "cargo build --workspace --bins (the end-to-end tests run these binaries)"
+cargo build --workspace --bins --locked
+
 step "cargo test --workspace"
 cargo test --workspace --locked
 

@@ -1,0 +1,878 @@
+//! Layering (flag > env > file > default), typed parsing and cross-checks.
+//!
+//! [`Resolver::load`] reads the config file, then builds each section of
+//! [`Config`] with one `get` per setting: `get` picks the winning raw string,
+//! parses it, records it for `render`, and on failure records a problem and
+//! carries on with the default so that every problem is reported at once.
+//! Cross-setting checks run only when the settings involved parsed.
+
+use core::net::IpAddr;
+use core::time::Duration;
+use std::collections::{BTreeMap, HashSet};
+use std::path::PathBuf;
+
+use ricochet_wire::group::{MAX_SHARD_BITS, Scope, SourceMode};
+
+use super::parse::{
+    ValueError, cpus_within, format_cpulist, format_go_duration, format_size, parse_choice,
+    parse_cpu_mask, parse_cpulist, parse_go_bool, parse_go_duration, parse_group_id,
+    parse_host_port, parse_iface, parse_int_in, parse_port, parse_positive_f64, parse_size,
+    split_csv,
+};
+use super::settings::{ALL_KEYS, Key, Kind, RunArgs, SETTINGS, Setting};
+use super::{
+    BeaconConfig, BeaconScope, CacheBackend, CacheConfig, CacheTtls, Config, ConfigError,
+    Effective, EngineConfig, Environment, HostPort, IoBackend, LogFormat, NackConfig,
+    NetworkConfig, Origin, Problem, ProxyConfig, RateLimitConfig, RetransmitConfig, RuntimeConfig,
+};
+
+/// A setting's winning raw value.
+#[derive(Debug, Clone)]
+struct Raw {
+    value: String,
+    origin: Origin,
+}
+
+/// The parsed config file.
+#[derive(Debug)]
+struct FileLayer {
+    path: PathBuf,
+    values: BTreeMap<Key, String>,
+}
+
+/// Resolves one configuration; single use.
+pub(super) struct Resolver<'a> {
+    args: &'a RunArgs,
+    env: &'a dyn Environment,
+    file: Option<FileLayer>,
+    problems: Vec<Problem>,
+    failed: HashSet<Key>,
+    effective: BTreeMap<Key, Effective>,
+    notes: Vec<String>,
+}
+
+impl<'a> Resolver<'a> {
+    pub(super) fn new(args: &'a RunArgs, env: &'a dyn Environment) -> Self {
+        Self {
+            args,
+            env,
+            file: None,
+            problems: Vec::new(),
+            failed: HashSet::new(),
+            effective: BTreeMap::new(),
+            notes: Vec::new(),
+        }
+    }
+
+    /// Reads the file layer, resolves every setting, cross-checks.
+    pub(super) fn load(mut self, affinity: &[usize]) -> Result<Config, ConfigError> {
+        self.read_file();
+        if !self.problems.is_empty() {
+            // Without the file the other layers would only add noise.
+            return Err(ConfigError { problems: self.problems });
+        }
+        let engine = self.engine(affinity);
+        let network = self.network();
+        let cache = self.cache();
+        let nack = self.nack();
+        let retransmit = self.retransmit(network.ipv4_lab);
+        let rate_limits = self.rate_limits();
+        let beacon = self.beacon();
+        let proxy = self.proxy();
+        let runtime = self.runtime();
+        self.compat(engine.cpus.len());
+        self.cross_check(&network, &cache, &beacon, &proxy);
+        if !self.problems.is_empty() {
+            return Err(ConfigError { problems: self.problems });
+        }
+        Ok(Config {
+            engine,
+            network,
+            cache,
+            nack,
+            retransmit,
+            rate_limits,
+            beacon,
+            proxy,
+            runtime,
+            config_file: self.file.map(|f| f.path),
+            notes: self.notes,
+            effective: self.effective.into_values().collect(),
+        })
+    }
+
+    fn engine(&mut self, affinity: &[usize]) -> EngineConfig {
+        EngineConfig {
+            cpus: self.cpus(affinity),
+            backend: self.get(Key::Backend, |s| {
+                parse_choice(
+                    s,
+                    &[
+                        ("auto", IoBackend::Auto),
+                        ("uring", IoBackend::Uring),
+                        ("epoll", IoBackend::Epoll),
+                    ],
+                )
+            }),
+            max_datagram: self.get(Key::MaxDatagram, |s| parse_int_in(s, 512..=65507)),
+            admin_token_file: self.get(Key::AdminTokenFile, optional(path)),
+            cluster_key_file: self.get(Key::ClusterKeyFile, optional(path)),
+        }
+    }
+
+    fn network(&mut self) -> NetworkConfig {
+        let ipv4_lab = self.get(Key::Ipv4Lab, parse_go_bool);
+        let lab_iface = ipv4_lab.then(|| "127.0.0.1".to_owned());
+        NetworkConfig {
+            ipv4_lab,
+            mc_iface: self.get_computed(Key::McIface, lab_iface, "ipv4_lab", parse_iface),
+            listen_port: self.get(Key::ListenPort, parse_port),
+            scope: self.get(Key::Scope, parse_scope),
+            group_id: self
+                .get_shown(Key::McGroupId, parse_group_id, |id| quote(&format!("0x{id:04X}"))),
+            source_mode: self.get(Key::SourceMode, |s| {
+                parse_choice(s, &[("asm", SourceMode::Asm), ("ssm", SourceMode::Ssm)])
+            }),
+            shard_bits: self.get(Key::ShardBits, |s| parse_int_in(s, 1..=MAX_SHARD_BITS)),
+            subtree_data_enabled: self.get(Key::SubtreeDataEnabled, parse_go_bool),
+            beef_enabled: self.get(Key::BeefEnabled, parse_go_bool),
+            beef_shard_bits: self.get(Key::BeefShardBits, |s| parse_int_in(s, 0..=MAX_SHARD_BITS)),
+        }
+    }
+
+    fn cache(&mut self) -> CacheConfig {
+        let fallback_explicit = self.raw(Key::CacheTtl).origin != Origin::Default;
+        let fallback = self.get(Key::CacheTtl, positive_duration);
+        let collapse = (fallback_explicit && !self.failed.contains(&Key::CacheTtl))
+            .then(|| (fallback, self.raw(Key::CacheTtl).origin));
+        let ttl = |r: &mut Self, key: Key| match collapse {
+            Some((d, origin)) if r.raw(key).origin == Origin::Default => {
+                r.record(key, quote(&format_go_duration(d)), origin, Some("via cache_ttl".into()));
+                d
+            }
+            _ => r.get(key, positive_duration),
+        };
+        let ttl = CacheTtls {
+            fallback,
+            tx: ttl(self, Key::CacheTtlTx),
+            block: ttl(self, Key::CacheTtlBlock),
+            subtree: ttl(self, Key::CacheTtlSubtree),
+            anchor: ttl(self, Key::CacheTtlAnchor),
+            // The reference keeps BEEF out of the CACHE_TTL collapse.
+            beef: self.get(Key::CacheTtlBeef, positive_duration),
+        };
+        CacheConfig {
+            backend: self.get(Key::CacheBackend, |s| {
+                parse_choice(s, &[("memory", CacheBackend::Memory), ("redis", CacheBackend::Redis)])
+            }),
+            redis_addr: self.get(Key::RedisAddr, optional(host_port_with_port)),
+            dial_timeout: self.get(Key::CacheDialTimeout, positive_duration),
+            op_timeout: self.get(Key::CacheOpTimeout, positive_duration),
+            ttl,
+            max_keys: self.get_shown(
+                Key::CacheMaxKeys,
+                |s| parse_int_in(s, 0..=u64::MAX).map(|n| (n > 0).then_some(n)),
+                |n| n.unwrap_or(0).to_string(),
+            ),
+            max_bytes: self.get_shown(
+                Key::CacheMaxBytes,
+                |s| match parse_size(s)? {
+                    0 => Err(ValueError::new(
+                        "must be greater than zero",
+                        "a size such as 512MiB or 1GiB",
+                    )),
+                    n => Ok(n),
+                },
+                |n| quote(&format_size(*n)),
+            ),
+        }
+    }
+
+    fn nack(&mut self) -> NackConfig {
+        NackConfig {
+            port: self.get(Key::NackPort, parse_port),
+            addr: self.get(Key::NackAddr, optional(ip_addr)),
+            suppress_ack: self.get(Key::SuppressAck, parse_go_bool),
+            suppress_miss: self.get(Key::SuppressMiss, parse_go_bool),
+            max_range: self.get(Key::MaxRange, |s| parse_int_in(s, 1..=4096)),
+        }
+    }
+
+    fn retransmit(&mut self, ipv4_lab: bool) -> RetransmitConfig {
+        let lab_iface = ipv4_lab.then(|| "127.0.0.1".to_owned());
+        RetransmitConfig {
+            egress_ifaces: self.get_computed(Key::EgressIface, lab_iface, "ipv4_lab", |s| {
+                let ifaces =
+                    split_csv(s).into_iter().map(parse_iface).collect::<Result<Vec<_>, _>>()?;
+                if ifaces.is_empty() {
+                    return Err(ValueError::new(
+                        "no interface given",
+                        "one or more interface names such as eth0 or eth0,eth1",
+                    ));
+                }
+                Ok(ifaces)
+            }),
+            egress_port: self.get(Key::EgressPort, parse_port),
+            multicast_loop: self.get(Key::EgressMulticastLoop, parse_go_bool),
+            dedup_window: self.get(Key::DedupWindow, positive_duration),
+        }
+    }
+
+    fn rate_limits(&mut self) -> RateLimitConfig {
+        RateLimitConfig {
+            ip_rate: self.get(Key::RlIpRate, parse_positive_f64),
+            ip_burst: self.get(Key::RlIpBurst, |s| parse_int_in(s, 1..=u32::MAX)),
+            sequence_max: self.get(Key::RlSequenceMax, |s| parse_int_in(s, 1..=u32::MAX)),
+            sequence_window: self.get(Key::RlSequenceWindow, positive_duration),
+            chain_rate: self.get(Key::RlChainRate, |s| parse_int_in(s, 1..=u32::MAX)),
+            chain_window: self.get(Key::RlChainWindow, positive_duration),
+            group_rate: self.get(Key::RlGroupRate, parse_positive_f64),
+            group_burst: self.get(Key::RlGroupBurst, |s| parse_int_in(s, 1..=u32::MAX)),
+            throttle_response: self.get(Key::RlThrottleResponse, parse_go_bool),
+        }
+    }
+
+    fn beacon(&mut self) -> BeaconConfig {
+        BeaconConfig {
+            enabled: self.get(Key::BeaconEnabled, parse_go_bool),
+            tier: self.get(Key::BeaconTier, |s| parse_int_in(s, 0..=254)),
+            preference: self.get(Key::BeaconPreference, |s| parse_int_in(s, 0..=255)),
+            interval: self.get(Key::BeaconInterval, |s| {
+                let d = parse_go_duration(s)?;
+                if d < Duration::from_secs(1) || d > Duration::from_secs(u16::MAX.into()) {
+                    return Err(ValueError::new(
+                        "must be between 1s and 65535s (the ADVERT carries whole seconds in 16 bits)",
+                        "a duration in 1s..=65535s such as 60s",
+                    ));
+                }
+                Ok(d)
+            }),
+            scope: self.get(Key::BeaconScope, |s| {
+                if s.eq_ignore_ascii_case("link") {
+                    return Err(ValueError::new(
+                        "link scope is not allowed for beacons",
+                        "one of site, org, global, all",
+                    ));
+                }
+                parse_choice(
+                    s,
+                    &[
+                        ("site", BeaconScope::Site),
+                        ("org", BeaconScope::Org),
+                        ("global", BeaconScope::Global),
+                        ("all", BeaconScope::All),
+                        ("both", BeaconScope::All),
+                    ],
+                )
+            }),
+            multicast: self.get(Key::BeaconFlagsMulticast, parse_go_bool),
+            unicast: self.get(Key::BeaconFlagsUnicast, parse_go_bool),
+            draining: self.get(Key::BeaconFlagsDraining, parse_go_bool),
+        }
+    }
+
+    fn proxy(&mut self) -> ProxyConfig {
+        ProxyConfig {
+            enabled: self.get(Key::ProxyEnabled, parse_go_bool),
+            upstreams: self.get(Key::UpstreamRetryEndpoints, |s| {
+                split_csv(s).into_iter().map(host_port_with_port).collect()
+            }),
+            timeout: self.get(Key::ProxyTimeout, positive_duration),
+            max_endpoints: self.get_shown(
+                Key::ProxyMaxEndpoints,
+                |s| parse_int_in(s, 0..=u32::MAX).map(|n| (n > 0).then_some(n)),
+                |n| n.unwrap_or(0).to_string(),
+            ),
+            dedup_window: self.get(Key::ProxyDedupWindow, positive_duration),
+            queue_depth: self.get(Key::ProxyQueueDepth, |s| parse_int_in(s, 1..=1 << 20)),
+        }
+    }
+
+    fn runtime(&mut self) -> RuntimeConfig {
+        let debug = self.get(Key::Debug, parse_go_bool);
+        let debug_origin = self.raw(Key::Debug).origin;
+        let mut log_level = self.get_shown(Key::LogLevel, parse_level, |l| quote(&level_name(*l)));
+        if debug && log_level < tracing::Level::DEBUG {
+            log_level = tracing::Level::DEBUG;
+            self.record(Key::LogLevel, quote("debug"), debug_origin, Some("via debug".into()));
+        }
+        let hostname = self.env.hostname().filter(|h| !h.is_empty());
+        let instance_note = if hostname.is_some() { "hostname" } else { "no hostname" };
+        RuntimeConfig {
+            log_level,
+            log_format: self.get(Key::LogFormat, |s| {
+                parse_choice(s, &[("text", LogFormat::Text), ("json", LogFormat::Json)])
+            }),
+            drain_timeout: self.get(Key::DrainTimeout, parse_go_duration),
+            warmup_timeout: self.get(Key::WarmupTimeout, parse_go_duration),
+            metrics_addr: self.get(Key::MetricsAddr, parse_host_port),
+            instance_id: self.get_computed(
+                Key::Instance,
+                Some(hostname.unwrap_or_else(|| "ricochet".into())),
+                instance_note,
+                |s| match s {
+                    "" => Err(ValueError::new(
+                        "the instance id is empty",
+                        "a name such as the hostname",
+                    )),
+                    s => Ok(s.to_owned()),
+                },
+            ),
+        }
+    }
+
+    /// Compatibility flags: accepted, never used; each one set gets a note.
+    fn compat(&mut self, workers: usize) {
+        let why = [
+            (Key::NackWorkers, format!("ricochet runs one worker per --cpus CPU ({workers} here)")),
+            (Key::ProxyWorkers, "upstream recovery runs on the --cpus workers".to_owned()),
+            (Key::OtlpEndpoint, "ricochet serves metrics on /metrics only".to_owned()),
+            (Key::OtlpInterval, "ricochet serves metrics on /metrics only".to_owned()),
+            (Key::TraceSampling, "ricochet does not export traces".to_owned()),
+        ];
+        for (key, why) in why {
+            let raw = self.raw(key);
+            if raw.origin == Origin::Default {
+                continue;
+            }
+            let s = key.setting();
+            self.notes.push(format!(
+                "--{} ({}) = {:?} is accepted for compatibility and ignored: {why}",
+                s.flag, s.env, raw.value
+            ));
+            self.record(key, quote(&raw.value), raw.origin, Some("ignored".into()));
+        }
+    }
+
+    fn cross_check(
+        &mut self,
+        network: &NetworkConfig,
+        cache: &CacheConfig,
+        beacon: &BeaconConfig,
+        proxy: &ProxyConfig,
+    ) {
+        if network.source_mode == SourceMode::Ssm
+            && !matches!(network.scope, Scope::Site | Scope::Global)
+            && self.parsed(&[Key::SourceMode, Key::Scope])
+        {
+            let raw = self.raw(Key::Scope);
+            let msg = format!(
+                "{}: SSM groups exist only at site (FF35) and global (FF3E) scope; set {} to site or global, or {} to asm",
+                self.subject(Key::Scope, &raw),
+                self.target(Key::Scope, raw.origin),
+                self.target(Key::SourceMode, self.raw(Key::SourceMode).origin),
+            );
+            self.problem(Some(Key::Scope), msg);
+        }
+        if cache.backend == CacheBackend::Redis
+            && cache.redis_addr.is_none()
+            && self.parsed(&[Key::CacheBackend, Key::RedisAddr])
+        {
+            let msg = format!(
+                "{} is required with --cache-backend redis: set {} to the server's host:port, or set {} to memory",
+                name_pair(Key::RedisAddr),
+                self.target(Key::RedisAddr, Origin::Flag),
+                self.target(Key::CacheBackend, self.raw(Key::CacheBackend).origin),
+            );
+            self.problem(Some(Key::RedisAddr), msg);
+        }
+        if proxy.enabled
+            && proxy.upstreams.is_empty()
+            && self.parsed(&[Key::ProxyEnabled, Key::UpstreamRetryEndpoints])
+        {
+            let msg = format!(
+                "{} is required with --proxy-enabled: set {} to the upstream endpoints' NACK addresses (host:port,host:port), or set {} to false",
+                name_pair(Key::UpstreamRetryEndpoints),
+                self.target(Key::UpstreamRetryEndpoints, Origin::Flag),
+                self.target(Key::ProxyEnabled, self.raw(Key::ProxyEnabled).origin),
+            );
+            self.problem(Some(Key::UpstreamRetryEndpoints), msg);
+        }
+        if !beacon.multicast && !beacon.unicast {
+            self.notes.push(
+                "--beacon-flags-multicast and --beacon-flags-unicast are both false: cache hits are acknowledged but nothing is retransmitted".into(),
+            );
+        }
+        if network.ipv4_lab && network.source_mode == SourceMode::Ssm {
+            self.notes.push(
+                "--ipv4-lab uses 239.11.x.y groups; --source-mode ssm and --scope do not apply"
+                    .into(),
+            );
+        }
+    }
+
+    /// The worker CPUs: `--cpus` or `--cpu-mask`, whichever is set at the
+    /// highest level, else the whole affinity mask.
+    fn cpus(&mut self, affinity: &[usize]) -> Vec<usize> {
+        let list = self.raw(Key::Cpus);
+        let mask = self.raw(Key::CpuMask);
+        let rank = |o: Origin| match o {
+            Origin::Flag => 3,
+            Origin::Env(_) => 2,
+            Origin::File => 1,
+            Origin::Default => 0,
+        };
+        let (lr, mr) = (rank(list.origin), rank(mask.origin));
+        if lr > 0 && lr == mr {
+            let msg = format!(
+                "{} and {} are both set from {}: they are mutually exclusive; set only one of them",
+                name_pair(Key::Cpus),
+                name_pair(Key::CpuMask),
+                self.origin_text(Key::Cpus, list.origin),
+            );
+            self.problem(Some(Key::Cpus), msg);
+            self.failed.insert(Key::CpuMask);
+            return affinity.to_vec();
+        }
+        let (key, raw, parsed, note) = if lr == 0 && mr == 0 {
+            let raw = Raw { value: format_cpulist(affinity), origin: Origin::Default };
+            (Key::Cpus, raw, Ok(affinity.to_vec()), Some("affinity mask".to_owned()))
+        } else if lr > mr {
+            let parsed = parse_cpulist(&list.value);
+            (Key::Cpus, list, parsed, None)
+        } else {
+            let parsed = parse_cpu_mask(&mask.value);
+            let note = Some(format!("cpu_mask {}", mask.value));
+            (Key::CpuMask, mask, parsed, note)
+        };
+        match parsed.and_then(|cpus| cpus_within(&cpus, affinity)) {
+            Ok(cpus) => {
+                self.record(Key::Cpus, quote(&format_cpulist(&cpus)), raw.origin, note);
+                cpus
+            }
+            Err(e) => {
+                self.refuse(key, &raw, e);
+                affinity.to_vec()
+            }
+        }
+    }
+
+    /// Resolves, parses and records a setting, shown with [`Show`].
+    fn get<T: Show>(&mut self, key: Key, parse: impl Fn(&str) -> Result<T, ValueError>) -> T {
+        self.get_shown(key, parse, T::show)
+    }
+
+    /// [`Resolver::get`] with a custom TOML rendering.
+    fn get_shown<T>(
+        &mut self,
+        key: Key,
+        parse: impl Fn(&str) -> Result<T, ValueError>,
+        show: impl Fn(&T) -> String,
+    ) -> T {
+        let raw = self.raw(key);
+        self.parse_raw(key, raw, key.setting().default, None, parse, show)
+    }
+
+    /// [`Resolver::get`] for a setting whose default is computed: `default`
+    /// replaces the table default when no layer sets the value.
+    fn get_computed<T: Show>(
+        &mut self,
+        key: Key,
+        default: Option<String>,
+        why: &str,
+        parse: impl Fn(&str) -> Result<T, ValueError>,
+    ) -> T {
+        let mut raw = self.raw(key);
+        let computed = default.is_some();
+        let fallback = default.unwrap_or_else(|| key.setting().default.to_owned());
+        let mut note = None;
+        if raw.origin == Origin::Default && computed {
+            raw.value.clone_from(&fallback);
+            note = Some(why.to_owned());
+        }
+        self.parse_raw(key, raw, &fallback, note, parse, T::show)
+    }
+
+    /// Parses `raw` and records it; on failure records the problem and
+    /// returns `fallback` parsed, so later settings are still checked.
+    fn parse_raw<T>(
+        &mut self,
+        key: Key,
+        raw: Raw,
+        fallback: &str,
+        note: Option<String>,
+        parse: impl Fn(&str) -> Result<T, ValueError>,
+        show: impl Fn(&T) -> String,
+    ) -> T {
+        match parse(&raw.value) {
+            Ok(v) => {
+                self.record(key, show(&v), raw.origin, note);
+                v
+            }
+            Err(e) => {
+                self.refuse(key, &raw, e);
+                parse(fallback).unwrap_or_else(|e| {
+                    panic!("the default of --{} does not parse: {e}", key.setting().flag)
+                })
+            }
+        }
+    }
+
+    /// The winning raw value of a setting: flag > env (canonical, then
+    /// aliases; empty counts as unset) > file > table default.
+    fn raw(&self, key: Key) -> Raw {
+        let s = key.setting();
+        if let Some(v) = self.args.get(s.flag) {
+            return Raw { value: v.trim().to_owned(), origin: Origin::Flag };
+        }
+        for name in std::iter::once(s.env).chain(s.env_aliases.iter().copied()) {
+            if let Some(v) = self.env.var(name).filter(|v| !v.trim().is_empty()) {
+                return Raw { value: v.trim().to_owned(), origin: Origin::Env(name) };
+            }
+        }
+        if let Some(v) = self.file.as_ref().and_then(|f| f.values.get(&key)) {
+            return Raw { value: v.trim().to_owned(), origin: Origin::File };
+        }
+        Raw { value: s.default.to_owned(), origin: Origin::Default }
+    }
+
+    fn record(&mut self, key: Key, value: String, origin: Origin, note: Option<String>) {
+        self.effective.insert(key, Effective { key, value, origin, note });
+    }
+
+    fn refuse(&mut self, key: Key, raw: &Raw, e: ValueError) {
+        let msg = format!(
+            "{}: {}; set {} to {}",
+            self.subject(key, raw),
+            e.problem,
+            self.target(key, raw.origin),
+            e.expected
+        );
+        self.failed.insert(key);
+        self.problem(Some(key), msg);
+    }
+
+    fn problem(&mut self, key: Option<Key>, message: String) {
+        self.problems.push(Problem { flag: key.map(|k| k.setting().flag), message });
+    }
+
+    fn parsed(&self, keys: &[Key]) -> bool {
+        keys.iter().all(|k| !self.failed.contains(k))
+    }
+
+    /// `--flag (ENV) = "value" from <origin>`.
+    fn subject(&self, key: Key, raw: &Raw) -> String {
+        format!("{} = {:?} from {}", name_pair(key), raw.value, self.origin_text(key, raw.origin))
+    }
+
+    fn origin_text(&self, key: Key, origin: Origin) -> String {
+        match origin {
+            Origin::Flag => "the command line".into(),
+            Origin::Env(name) => format!("env {name}"),
+            Origin::File => format!("{} in {}", key.setting().toml_key(), self.file_path()),
+            Origin::Default => "the default".into(),
+        }
+    }
+
+    /// What the operator should change: the flag, the env var or the file key
+    /// the value came from.
+    fn target(&self, key: Key, origin: Origin) -> String {
+        let s = key.setting();
+        match origin {
+            Origin::Env(name) => name.to_owned(),
+            Origin::File => format!("{} in {}", s.toml_key(), self.file_path()),
+            Origin::Flag | Origin::Default => format!("--{}", s.flag),
+        }
+    }
+
+    fn file_path(&self) -> String {
+        self.file.as_ref().map(|f| f.path.display().to_string()).unwrap_or_default()
+    }
+
+    /// Reads `--config` into the file layer.
+    fn read_file(&mut self) {
+        let raw = self.raw(Key::Config);
+        if raw.value.is_empty() {
+            return;
+        }
+        let path = PathBuf::from(&raw.value);
+        let text = match self.env.read_file(&path) {
+            Ok(text) => text,
+            Err(e) => {
+                let msg = format!(
+                    "{}: cannot read the file ({e}); set {} to a readable TOML file",
+                    self.subject(Key::Config, &raw),
+                    self.target(Key::Config, raw.origin)
+                );
+                return self.problem(Some(Key::Config), msg);
+            }
+        };
+        let shown = path.display().to_string();
+        let table = match text.parse::<toml::Table>() {
+            Ok(t) => t,
+            Err(e) => {
+                let msg = format!(
+                    "config file {shown} is not valid TOML: {}; fix the file (settings are top-level `name = value` lines)",
+                    e.to_string().trim_end()
+                );
+                return self.problem(Some(Key::Config), msg);
+            }
+        };
+        let mut values = BTreeMap::new();
+        for (name, value) in &table {
+            let Some(key) = file_key(name) else {
+                let hint =
+                    suggest(name).map(|k| format!("did you mean {k:?}? ")).unwrap_or_default();
+                let msg = format!(
+                    "unknown key {name:?} in config file {shown}; {hint}remove it, or use a setting name: the long flag in snake_case, as listed by `ricochet run --help`"
+                );
+                self.problem(None, msg);
+                continue;
+            };
+            let s = key.setting();
+            if key == Key::Config {
+                let msg = format!(
+                    "key \"config\" in config file {shown} is not allowed; remove it (a config file cannot name another)"
+                );
+                self.problem(Some(key), msg);
+                continue;
+            }
+            match toml_to_raw(value, s.kind) {
+                Ok(v) => {
+                    if values.insert(key, v).is_some() {
+                        let msg = format!(
+                            "config file {shown} sets {} twice (under an alias); keep only {}",
+                            s.toml_key(),
+                            s.toml_key()
+                        );
+                        self.problem(Some(key), msg);
+                    }
+                }
+                Err(found) => {
+                    let want = if matches!(s.kind, Kind::List(_)) {
+                        "a string or an array of strings"
+                    } else {
+                        "a string, number or boolean"
+                    };
+                    let msg = format!(
+                        "{name} in config file {shown} is {found}; set {name} to {want}, as in `{} = {}`",
+                        s.toml_key(),
+                        example(s)
+                    );
+                    self.problem(Some(key), msg);
+                }
+            }
+        }
+        self.file = Some(FileLayer { path, values });
+    }
+}
+
+/// The setting a file key names (its snake_case flag or an alias).
+fn file_key(name: &str) -> Option<Key> {
+    ALL_KEYS.iter().copied().find(|k| {
+        let s = k.setting();
+        s.toml_key() == name || s.aliases.iter().any(|a| a.replace('-', "_") == name)
+    })
+}
+
+/// The nearest known key to a misspelt one.
+fn suggest(name: &str) -> Option<String> {
+    let norm = name.to_ascii_lowercase().replace('-', "_");
+    SETTINGS
+        .iter()
+        .map(|s| {
+            let key = s.toml_key();
+            let d = if key == norm || s.env.eq_ignore_ascii_case(name) {
+                0
+            } else {
+                edit_distance(&norm, &key)
+            };
+            (d, key)
+        })
+        .min()
+        .filter(|(d, _)| *d <= 2)
+        .map(|(_, key)| key)
+}
+
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut prev: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut cur = vec![i + 1];
+        for (j, cb) in b.iter().enumerate() {
+            cur.push((prev[j] + usize::from(ca != *cb)).min(prev[j + 1] + 1).min(cur[j] + 1));
+        }
+        prev = cur;
+    }
+    prev[b.len()]
+}
+
+/// A TOML value as the raw string the other layers would carry; `Err` names
+/// the TOML type found when it does not fit.
+fn toml_to_raw(value: &toml::Value, kind: Kind) -> Result<String, &'static str> {
+    match value {
+        toml::Value::String(s) => Ok(s.clone()),
+        toml::Value::Integer(i) => Ok(i.to_string()),
+        toml::Value::Float(f) => Ok(f.to_string()),
+        toml::Value::Boolean(b) => Ok(b.to_string()),
+        toml::Value::Array(items) if matches!(kind, Kind::List(_)) => items
+            .iter()
+            .map(|v| match v {
+                toml::Value::String(s) if !s.contains(',') => Ok(s.clone()),
+                toml::Value::Integer(i) => Ok(i.to_string()),
+                _ => Err("an array holding something other than plain strings"),
+            })
+            .collect::<Result<Vec<_>, _>>()
+            .map(|items| items.join(",")),
+        toml::Value::Array(_) => Err("an array"),
+        toml::Value::Table(_) => Err("a table"),
+        toml::Value::Datetime(_) => Err("a date-time"),
+    }
+}
+
+/// An example TOML value for a setting (its default, or a placeholder).
+fn example(s: &Setting) -> String {
+    match (s.kind, s.default) {
+        (Kind::Bool, d) => d.to_owned(),
+        (Kind::List(_), "") => "[\"host:port\"]".to_owned(),
+        (_, "") => "\"...\"".to_owned(),
+        (_, d) if d.parse::<f64>().is_ok() => d.to_owned(),
+        (_, d) => quote(d),
+    }
+}
+
+/// `--flag (ENV)`.
+fn name_pair(key: Key) -> String {
+    let s = key.setting();
+    format!("--{} ({})", s.flag, s.env)
+}
+
+/// A TOML string literal.
+fn quote(s: &str) -> String {
+    toml::Value::String(s.to_owned()).to_string()
+}
+
+fn optional<T>(
+    parse: impl Fn(&str) -> Result<T, ValueError>,
+) -> impl Fn(&str) -> Result<Option<T>, ValueError> {
+    move |s| if s.is_empty() { Ok(None) } else { parse(s).map(Some) }
+}
+
+fn path(s: &str) -> Result<PathBuf, ValueError> {
+    Ok(PathBuf::from(s))
+}
+
+fn ip_addr(s: &str) -> Result<IpAddr, ValueError> {
+    s.parse().map_err(|_| {
+        ValueError::new(
+            format!("{s:?} is not an IP address"),
+            "an IPv6 (or, in lab mode, IPv4) address such as 2001:db8::24",
+        )
+    })
+}
+
+/// `host:port` with a real port (not 0) and a host (not `:port`).
+fn host_port_with_port(s: &str) -> Result<HostPort, ValueError> {
+    let hp = parse_host_port(s)?;
+    if hp.port == 0 || hp.host == super::Host::Any {
+        return Err(ValueError::new(
+            format!("{s:?} needs both a host and a port other than 0"),
+            "host:port, such as 10.0.0.1:9300 or [2001:db8::1]:9300",
+        ));
+    }
+    Ok(hp)
+}
+
+fn positive_duration(s: &str) -> Result<Duration, ValueError> {
+    match parse_go_duration(s)? {
+        Duration::ZERO => {
+            Err(ValueError::new("must be greater than zero", "a duration above zero such as 60s"))
+        }
+        d => Ok(d),
+    }
+}
+
+fn parse_scope(s: &str) -> Result<Scope, ValueError> {
+    parse_choice(
+        s,
+        &[
+            ("link", Scope::Link),
+            ("site", Scope::Site),
+            ("org", Scope::Org),
+            ("global", Scope::Global),
+        ],
+    )
+}
+
+fn parse_level(s: &str) -> Result<tracing::Level, ValueError> {
+    use tracing::Level;
+    parse_choice(
+        s,
+        &[
+            ("trace", Level::TRACE),
+            ("debug", Level::DEBUG),
+            ("info", Level::INFO),
+            ("warn", Level::WARN),
+            ("error", Level::ERROR),
+        ],
+    )
+}
+
+fn level_name(l: tracing::Level) -> String {
+    l.as_str().to_ascii_lowercase()
+}
+
+/// A value's rendering as a TOML literal, for `check-config`.
+trait Show {
+    fn show(&self) -> String;
+}
+
+macro_rules! show_display {
+    ($($t:ty),*) => {$(impl Show for $t {
+        fn show(&self) -> String {
+            self.to_string()
+        }
+    })*};
+}
+show_display!(bool, u8, u16, u32, u64, usize, f64);
+
+macro_rules! show_name {
+    ($($t:ty),*) => {$(impl Show for $t {
+        fn show(&self) -> String {
+            quote(self.name())
+        }
+    })*};
+}
+show_name!(Scope, SourceMode, CacheBackend, IoBackend, LogFormat, BeaconScope);
+
+impl Show for String {
+    fn show(&self) -> String {
+        quote(self)
+    }
+}
+
+impl Show for Duration {
+    fn show(&self) -> String {
+        quote(&format_go_duration(*self))
+    }
+}
+
+impl Show for HostPort {
+    fn show(&self) -> String {
+        quote(&self.to_string())
+    }
+}
+
+impl Show for IpAddr {
+    fn show(&self) -> String {
+        quote(&self.to_string())
+    }
+}
+
+impl Show for PathBuf {
+    fn show(&self) -> String {
+        quote(&self.display().to_string())
+    }
+}
+
+impl<T: Show> Show for Option<T> {
+    fn show(&self) -> String {
+        self.as_ref().map_or_else(|| quote(""), T::show)
+    }
+}
+
+impl<T: Show> Show for Vec<T> {
+    fn show(&self) -> String {
+        format!("[{}]", self.iter().map(T::show).collect::<Vec<_>>().join(", "))
+    }
+}

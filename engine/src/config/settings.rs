@@ -1,0 +1,607 @@
+//! The table of settings, and the clap arguments built from it.
+//!
+//! One row per setting: its long flag (the TOML key is the same name in
+//! snake_case), env var, default, value kind, help heading and help text.
+//! The clap arguments, the TOML key set, `--help` and `check-config` all come
+//! from this table, so a setting cannot exist in one and be missing from
+//! another.
+//!
+//! [`RunArgs`] implements [`clap::Args`] by hand rather than with the derive:
+//! the precedence rule needs to know whether a value was typed on the command
+//! line, which only [`clap::ArgMatches::value_source`] reveals, and the
+//! derive throws that away.
+
+use std::collections::BTreeMap;
+use std::ffi::{OsStr, OsString};
+
+use clap::parser::ValueSource;
+use clap::{Arg, ArgMatches, Command};
+
+/// The shape of a setting's value, which decides how clap and the TOML file
+/// accept it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Kind {
+    /// Go-style bool flag: `--flag`, `--flag=true`, `--flag=false`.
+    Bool,
+    /// A single value; the string names it in `--help`.
+    Val(&'static str),
+    /// A comma-separated list; the TOML file may also give an array.
+    List(&'static str),
+}
+
+/// One row of the settings table.
+#[derive(Debug)]
+pub(crate) struct Setting {
+    /// Long flag without dashes; also the clap id. The TOML key is this name
+    /// with `-` replaced by `_`.
+    pub(crate) flag: &'static str,
+    /// Environment variable.
+    pub(crate) env: &'static str,
+    /// Default as it would be typed; empty when the setting has none or the
+    /// default is computed (hostname, affinity mask).
+    pub(crate) default: &'static str,
+    /// Value shape.
+    pub(crate) kind: Kind,
+    /// `--help` section.
+    pub(crate) heading: &'static str,
+    /// One-line meaning.
+    pub(crate) help: &'static str,
+    /// Other accepted long flags (the reference's older names).
+    pub(crate) aliases: &'static [&'static str],
+    /// Other accepted env vars, read only when [`Setting::env`] is unset.
+    pub(crate) env_aliases: &'static [&'static str],
+}
+
+impl Setting {
+    /// The TOML key: the flag in snake_case.
+    pub(crate) fn toml_key(&self) -> String {
+        self.flag.replace('-', "_")
+    }
+
+    /// The clap argument for this row.
+    fn arg(&self) -> Arg {
+        let mut arg = Arg::new(self.flag)
+            .long(self.flag)
+            .env(self.env)
+            .help(self.help)
+            .help_heading(self.heading)
+            .aliases(self.aliases.iter().copied())
+            // Go's flag package lets a repeated flag override the earlier one.
+            .overrides_with(self.flag);
+        if !self.default.is_empty() {
+            arg = arg.default_value(self.default);
+        }
+        match self.kind {
+            Bool => arg
+                .value_name("BOOL")
+                .num_args(0..=1)
+                .require_equals(true)
+                .default_missing_value("true"),
+            Val(name) | List(name) => arg.value_name(name),
+        }
+    }
+}
+
+const ENGINE: &str = "Engine";
+const NETWORK: &str = "Network and sharding";
+const CACHE: &str = "Cache";
+const NACK: &str = "NACK service";
+const RETRANSMIT: &str = "Retransmit";
+const RATE: &str = "Rate limits";
+const BEACON: &str = "Beacon";
+const PROXY: &str = "Proxy (cross-domain recovery)";
+const RUNTIME: &str = "Runtime and observability";
+const COMPAT: &str = "Accepted for compatibility, ignored";
+
+macro_rules! settings {
+    ($(
+        $key:ident($flag:literal, $env:literal, $default:literal, $kind:expr, $heading:expr, $help:literal
+            $(, aliases = [$($alias:literal),*])? $(, env_aliases = [$($env_alias:literal),*])? $(,)?)
+    ),* $(,)?) => {
+        /// Names a row of [`SETTINGS`]; `key as usize` is its index.
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+        pub(crate) enum Key { $($key),* }
+
+        /// Every key, in table order (`ALL_KEYS[i] as usize == i`).
+        pub(crate) static ALL_KEYS: &[Key] = &[$(Key::$key),*];
+
+        /// Every setting, in `--help` and `check-config` order.
+        pub(crate) static SETTINGS: &[Setting] = &[$(Setting {
+            flag: $flag,
+            env: $env,
+            default: $default,
+            kind: $kind,
+            heading: $heading,
+            help: $help,
+            aliases: &[$($($alias),*)?],
+            env_aliases: &[$($($env_alias),*)?],
+        }),*];
+    };
+}
+
+use Kind::{Bool, List, Val};
+
+settings! {
+    Config("config", "RICOCHET_CONFIG", "", Val("FILE"), ENGINE,
+        "TOML file of settings named in snake_case (nack_port = 9300); flags and env vars override it"),
+    Cpus("cpus", "RICOCHET_CPUS", "", Val("CPULIST"), ENGINE,
+        "CPUs to run one pinned worker on each, as a Linux cpulist (0-3,8) [default: the process affinity mask]"),
+    CpuMask("cpu-mask", "RICOCHET_CPU_MASK", "", Val("HEX"), ENGINE,
+        "The same as --cpus, as a hex mask (0xf = CPUs 0-3); give one of the two"),
+    Backend("backend", "RICOCHET_BACKEND", "auto", Val("BACKEND"), ENGINE,
+        "Packet I/O back end: auto (io_uring, else epoll), uring or epoll"),
+    Ipv4Lab("ipv4-lab", "RICOCHET_IPV4_LAB", "false", Bool, ENGINE,
+        "Lab mode: IPv4 groups 239.11.x.y on 127.0.0.1 instead of IPv6 groups"),
+    MaxDatagram("max-datagram", "RICOCHET_MAX_DATAGRAM", "1232", Val("BYTES"), ENGINE,
+        "Datagram budget for ricochet's own cluster and DHT messages, 512..=65507 bytes"),
+    AdminTokenFile("admin-token-file", "RICOCHET_ADMIN_TOKEN_FILE", "", Val("FILE"), ENGINE,
+        "File holding the bearer token that the state-changing admin endpoints (/admin/*, /events) require"),
+    ClusterKeyFile("cluster-key-file", "RICOCHET_CLUSTER_KEY_FILE", "", Val("FILE"), ENGINE,
+        "File holding the cluster key that authenticates gossip and DHT datagrams"),
+
+    McIface("mc-iface", "MC_IFACE", "eth0", Val("IFACE"), NETWORK,
+        "Interface that joins the multicast groups [with --ipv4-lab: 127.0.0.1]"),
+    ListenPort("listen-port", "LISTEN_PORT", "9001", Val("PORT"), NETWORK,
+        "UDP port multicast frames arrive on (the proxies' egress port)"),
+    Scope("scope", "MC_SCOPE", "site", Val("SCOPE"), NETWORK,
+        "Scope of the data groups: link, site, org or global (ssm: site or global)",
+        aliases = ["mc-scope"]),
+    McGroupId("mc-group-id", "MC_GROUP_ID", "0x000B", Val("ID"), NETWORK,
+        "BRC-129 group id in every group address: 0x-hex, decimal, or bare hex"),
+    SourceMode("source-mode", "SOURCE_MODE", "asm", Val("MODE"), NETWORK,
+        "Multicast model: asm (FF0x groups) or ssm (FF35/FF3E)"),
+    ShardBits("shard-bits", "SHARD_BITS", "2", Val("BITS"), NETWORK,
+        "TxID prefix bits that pick a data shard group, 1..=12 (must match the proxies)"),
+    SubtreeDataEnabled("subtree-data-enabled", "SUBTREE_DATA_ENABLED", "false", Bool, NETWORK,
+        "Join the subtree-data group (index 0xFFFB) and cache BRC-132 frames"),
+    BeefEnabled("beef-enabled", "BEEF_ENABLED", "false", Bool, NETWORK,
+        "Join the BEEF object plane (0x1000 + 2^beef-shard-bits groups) and cache its frames"),
+    BeefShardBits("beef-shard-bits", "BEEF_SHARD_BITS", "4", Val("BITS"), NETWORK,
+        "Width of the BEEF plane, 0..=12 bits (must match the proxies)"),
+
+    CacheBackend("cache-backend", "CACHE_BACKEND", "memory", Val("BACKEND"), CACHE,
+        "Frame cache: memory, or redis (shared; needs --redis-addr)"),
+    RedisAddr("redis-addr", "REDIS_ADDR", "", Val("HOST:PORT"), CACHE,
+        "Redis-protocol server: frame store with --cache-backend redis, else only cross-instance dedup"),
+    CacheDialTimeout("cache-dial-timeout", "CACHE_DIAL_TIMEOUT", "1s", Val("DURATION"), CACHE,
+        "Connect timeout for the Redis backend"),
+    CacheOpTimeout("cache-op-timeout", "CACHE_OP_TIMEOUT", "1s", Val("DURATION"), CACHE,
+        "Per-operation Redis timeout; a timeout counts as a miss"),
+    CacheTtl("cache-ttl", "CACHE_TTL", "60s", Val("DURATION"), CACHE,
+        "Fallback TTL: when set, it replaces the default of every per-type TTL left unset (not BEEF)"),
+    CacheTtlTx("cache-ttl-tx", "CACHE_TTL_TX", "60s", Val("DURATION"), CACHE,
+        "TTL of transaction and bundle frames (0x02, 0x08)"),
+    CacheTtlBlock("cache-ttl-block", "CACHE_TTL_BLOCK", "10m", Val("DURATION"), CACHE,
+        "TTL of block control frames (0x04)"),
+    CacheTtlSubtree("cache-ttl-subtree", "CACHE_TTL_SUBTREE", "5m", Val("DURATION"), CACHE,
+        "TTL of subtree data frames (0x05)"),
+    CacheTtlAnchor("cache-ttl-anchor", "CACHE_TTL_ANCHOR", "2m", Val("DURATION"), CACHE,
+        "TTL of anchor transaction frames (0x06)"),
+    CacheTtlBeef("cache-ttl-beef", "CACHE_TTL_BEEF", "60s", Val("DURATION"), CACHE,
+        "TTL of BEEF object frames (0x09); --cache-ttl does not change it"),
+    CacheMaxKeys("cache-max-keys", "CACHE_MAX_KEYS", "0", Val("N"), CACHE,
+        "Most frames the memory cache holds, least recently used evicted first (0 = no limit)"),
+    CacheMaxBytes("cache-max-bytes", "RICOCHET_CACHE_MAX_BYTES", "1GiB", Val("SIZE"), CACHE,
+        "Memory the frame cache may use (K/M/G/T and KiB/MiB/GiB/TiB are powers of 1024)"),
+
+    NackPort("nack-port", "NACK_PORT", "9300", Val("PORT"), NACK,
+        "UDP port that receives NACKs; advertised in the beacon"),
+    NackAddr("nack-addr", "NACK_ADDR", "", Val("IP"), NACK,
+        "Address the NACK socket binds and the beacon advertises [default: first global IPv6 of the first egress interface]"),
+    SuppressAck("suppress-ack", "SUPPRESS_ACK", "false", Bool, NACK,
+        "Send no ACK after a retransmit"),
+    SuppressMiss("suppress-miss", "SUPPRESS_MISS", "false", Bool, NACK,
+        "Send no MISS on a cache miss"),
+    MaxRange("max-range", "RICOCHET_MAX_RANGE", "64", Val("N"), NACK,
+        "Most frames one range NACK may ask for, 1..=4096"),
+
+    EgressIface("egress-iface", "EGRESS_IFACE", "eth0", List("IFACES"), RETRANSMIT,
+        "Comma-separated interfaces every multicast retransmit goes out on [with --ipv4-lab: 127.0.0.1]"),
+    EgressPort("egress-port", "EGRESS_PORT", "9001", Val("PORT"), RETRANSMIT,
+        "Destination port of retransmits (the listeners' listen port)"),
+    EgressMulticastLoop("egress-multicast-loop", "EGRESS_MULTICAST_LOOP", "false", Bool, RETRANSMIT,
+        "Loop retransmits back to local sockets (IPV6_MULTICAST_LOOP), e.g. on a collapsed router node"),
+    DedupWindow("dedup-window", "DEDUP_WINDOW", "60s", Val("DURATION"), RETRANSMIT,
+        "Cross-instance retransmit dedup window (with a shared Redis)"),
+
+    RlIpRate("rl-ip-rate", "RL_IP_RATE", "100", Val("PER_SEC"), RATE,
+        "Per-source-IP token bucket refill, NACKs per second (silent drop)"),
+    RlIpBurst("rl-ip-burst", "RL_IP_BURST", "10", Val("N"), RATE,
+        "Per-source-IP token bucket size"),
+    RlSequenceMax("rl-sequence-max", "RL_SEQUENCE_MAX", "100", Val("N"), RATE,
+        "Most NACKs for one SeqNum per --rl-sequence-window"),
+    RlSequenceWindow("rl-sequence-window", "RL_SEQUENCE_WINDOW", "1m", Val("DURATION"), RATE,
+        "Window of the per-SeqNum limit"),
+    RlChainRate("rl-chain-rate", "RL_CHAIN_RATE", "500", Val("N"), RATE,
+        "Most NACKs per (source IP, HashKey) per --rl-chain-window",
+        aliases = ["rl-sender-rate"], env_aliases = ["RL_SENDER_RATE"]),
+    RlChainWindow("rl-chain-window", "RL_CHAIN_WINDOW", "1m", Val("DURATION"), RATE,
+        "Window of the per-flow limit",
+        aliases = ["rl-sender-window"], env_aliases = ["RL_SENDER_WINDOW"]),
+    RlGroupRate("rl-group-rate", "RL_GROUP_RATE", "200", Val("PER_SEC"), RATE,
+        "Per-(source IP, group) retransmit token bucket refill per second, after lookup"),
+    RlGroupBurst("rl-group-burst", "RL_GROUP_BURST", "50", Val("N"), RATE,
+        "Per-(source IP, group) token bucket size"),
+    RlThrottleResponse("rl-throttle-response", "RL_THROTTLE_RESPONSE", "false", Bool, RATE,
+        "Answer the sequence, flow and group tiers with THROTTLED instead of silence"),
+
+    BeaconEnabled("beacon-enabled", "BEACON_ENABLED", "true", Bool, BEACON,
+        "Multicast an ADVERT to the beacon group every --beacon-interval"),
+    BeaconTier("beacon-tier", "BEACON_TIER", "0", Val("TIER"), BEACON,
+        "Advertised tier, 0..=254 (lower is tried first)"),
+    BeaconPreference("beacon-preference", "BEACON_PREFERENCE", "128", Val("PREF"), BEACON,
+        "Advertised preference within the tier, 0..=255 (higher is tried first)"),
+    BeaconInterval("beacon-interval", "BEACON_INTERVAL", "60s", Val("DURATION"), BEACON,
+        "ADVERT period, 1s..=65535s (listeners evict after 3 missed)"),
+    BeaconScope("beacon-scope", "BEACON_SCOPE", "site", Val("SCOPE"), BEACON,
+        "Beacon scope: site, org, global, or all (alias both: one ADVERT to each)"),
+    BeaconFlagsMulticast("beacon-flags-multicast", "BEACON_FLAGS_MULTICAST", "true", Bool, BEACON,
+        "Retransmit to the frame's multicast group, and advertise it"),
+    BeaconFlagsUnicast("beacon-flags-unicast", "BEACON_FLAGS_UNICAST", "false", Bool, BEACON,
+        "Also retransmit unicast to the NACK's source, and advertise it"),
+    BeaconFlagsDraining("beacon-flags-draining", "BEACON_FLAGS_DRAINING", "false", Bool, BEACON,
+        "Advertise draining, so listeners stop using this endpoint"),
+
+    ProxyEnabled("proxy-enabled", "PROXY_ENABLED", "false", Bool, PROXY,
+        "Recover cache misses from upstream endpoints (needs --upstream-retry-endpoints)"),
+    UpstreamRetryEndpoints("upstream-retry-endpoints", "UPSTREAM_RETRY_ENDPOINTS", "", List("HOST:PORT,..."), PROXY,
+        "Upstream endpoints' NACK addresses, tried in order"),
+    ProxyTimeout("proxy-timeout", "PROXY_TIMEOUT", "300ms", Val("DURATION"), PROXY,
+        "Wait per upstream before trying the next"),
+    ProxyMaxEndpoints("proxy-max-endpoints", "PROXY_MAX_ENDPOINTS", "0", Val("N"), PROXY,
+        "Most upstreams tried per gap (0 = all)"),
+    ProxyDedupWindow("proxy-dedup-window", "PROXY_DEDUP_WINDOW", "60s", Val("DURATION"), PROXY,
+        "How long a claimed gap stays claimed, so siblings do not all recover it"),
+    ProxyQueueDepth("proxy-queue-depth", "PROXY_QUEUE_DEPTH", "1024", Val("N"), PROXY,
+        "Recovery jobs queued before new ones are dropped and counted, 1..=1048576",
+        aliases = ["proxy-queue"], env_aliases = ["PROXY_QUEUE"]),
+
+    Debug("debug", "DEBUG", "false", Bool, RUNTIME,
+        "Debug logging (the same as --log-level debug)"),
+    LogLevel("log-level", "LOG_LEVEL", "info", Val("LEVEL"), RUNTIME,
+        "Log level: trace, debug, info, warn or error"),
+    LogFormat("log-format", "LOG_FORMAT", "text", Val("FORMAT"), RUNTIME,
+        "Log format: text or json"),
+    DrainTimeout("drain-timeout", "DRAIN_TIMEOUT", "0s", Val("DURATION"), RUNTIME,
+        "On SIGTERM, report not-ready but keep serving this long before exiting"),
+    WarmupTimeout("warmup-timeout", "RICOCHET_WARMUP_TIMEOUT", "0s", Val("DURATION"), RUNTIME,
+        "Longest time /readyz stays 503 while warming the cache from siblings (0s = no warm-up wait)"),
+    MetricsAddr("metrics-addr", "METRICS_ADDR", ":9400", Val("HOST:PORT"), RUNTIME,
+        "Admin HTTP listener (/metrics, /healthz, /readyz); :PORT means every address"),
+    Instance("instance", "INSTANCE_ID", "", Val("ID"), RUNTIME,
+        "Instance name in metrics and logs; its CRC32c is the ADVERT instance id [default: hostname]",
+        aliases = ["instance-id"]),
+
+    NackWorkers("nack-workers", "NACK_WORKERS", "", Val("N"), COMPAT,
+        "Ignored: ricochet runs one worker per CPU in --cpus"),
+    ProxyWorkers("proxy-workers", "PROXY_WORKERS", "", Val("N"), COMPAT,
+        "Ignored: upstream recovery runs on the --cpus workers"),
+    OtlpEndpoint("otlp-endpoint", "OTLP_ENDPOINT", "", Val("HOST:PORT"), COMPAT,
+        "Ignored: ricochet exports metrics only on /metrics"),
+    OtlpInterval("otlp-interval", "OTLP_INTERVAL", "", Val("DURATION"), COMPAT,
+        "Ignored: ricochet exports metrics only on /metrics"),
+    TraceSampling("trace-sampling", "TRACE_SAMPLING", "", Val("RATIO"), COMPAT,
+        "Ignored: ricochet does not export traces"),
+}
+
+impl Key {
+    /// This key's row.
+    pub(crate) fn setting(self) -> &'static Setting {
+        &SETTINGS[self as usize]
+    }
+}
+
+/// The settings `ricochet run` and `ricochet check-config` accept, as given
+/// on the command line.
+///
+/// Build it through clap: flatten it into a derive (`Run(RunArgs)` in a
+/// `#[derive(Subcommand)]` enum, or `#[command(flatten)]`), or use
+/// [`RunArgs::try_parse_from`]. It keeps only the values typed on the command
+/// line; env vars, the TOML file and defaults are layered under them by
+/// [`load`](super::load).
+///
+/// Every setting of the reference endpoint has a flag and an env var of the
+/// same name (`--nack-port` / `NACK_PORT`); ricochet's own settings use the
+/// `RICOCHET_` env prefix. Bool flags take `--flag`, `--flag=true` or
+/// `--flag=false` (never `--flag false`, as in Go). A repeated flag's last
+/// value wins.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RunArgs {
+    /// Flag name → value, for flags present on the command line.
+    given: BTreeMap<&'static str, String>,
+}
+
+impl RunArgs {
+    /// A standalone command (`ricochet`) holding just these arguments: for
+    /// tests and tools. The real binary flattens [`RunArgs`] into its
+    /// subcommands instead.
+    pub fn command() -> Command {
+        <Self as clap::Args>::augment_args(Command::new("ricochet"))
+    }
+
+    /// Parses arguments (the first is the program name) with
+    /// [`RunArgs::command`].
+    pub fn try_parse_from<I, T>(args: I) -> Result<Self, clap::Error>
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<OsString> + Clone,
+    {
+        let matches = Self::command().try_get_matches_from(args)?;
+        <Self as clap::FromArgMatches>::from_arg_matches(&matches)
+    }
+
+    /// The value given on the command line for a long flag (canonical name,
+    /// without dashes), if any.
+    pub fn get(&self, flag: &str) -> Option<&str> {
+        self.given.get(flag).map(String::as_str)
+    }
+}
+
+impl clap::Args for RunArgs {
+    fn augment_args(cmd: Command) -> Command {
+        cmd.args(SETTINGS.iter().map(Setting::arg))
+    }
+
+    fn augment_args_for_update(cmd: Command) -> Command {
+        Self::augment_args(cmd)
+    }
+}
+
+impl clap::FromArgMatches for RunArgs {
+    fn from_arg_matches(matches: &ArgMatches) -> Result<Self, clap::Error> {
+        let mut args = Self::default();
+        args.update_from_arg_matches(matches)?;
+        Ok(args)
+    }
+
+    fn update_from_arg_matches(&mut self, matches: &ArgMatches) -> Result<(), clap::Error> {
+        for s in SETTINGS {
+            // Env and default values are ignored here on purpose: `load` reads
+            // env vars itself (so tests can inject them) and layers the file
+            // between env and defaults.
+            if matches.value_source(s.flag) != Some(ValueSource::CommandLine) {
+                continue;
+            }
+            let value = matches.try_get_one::<String>(s.flag).map_err(|e| {
+                clap::Error::raw(
+                    clap::error::ErrorKind::InvalidValue,
+                    format!("--{}: {e}\n", s.flag),
+                )
+            })?;
+            if let Some(v) = value {
+                self.given.insert(s.flag, v.clone());
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Rewrites Go-style single-dash long flags (`-nack-port 9300`,
+/// `-debug=true`) to clap's `--nack-port`, so a reference endpoint's command
+/// line works unchanged. Only names in the settings table (and their aliases)
+/// are rewritten; everything after a bare `--` is left alone. Call it on
+/// `std::env::args_os()` before clap parses.
+pub fn normalize_go_flags<I, T>(args: I) -> Vec<OsString>
+where
+    I: IntoIterator<Item = T>,
+    T: Into<OsString>,
+{
+    let mut done = false;
+    args.into_iter()
+        .map(Into::into)
+        .map(|arg| {
+            if done {
+                return arg;
+            }
+            if arg == OsStr::new("--") {
+                done = true;
+                return arg;
+            }
+            match arg.to_str().and_then(go_flag_name) {
+                Some(_) => {
+                    let mut fixed = OsString::from("-");
+                    fixed.push(&arg);
+                    fixed
+                }
+                None => arg,
+            }
+        })
+        .collect()
+}
+
+/// The flag name if `arg` is `-name` or `-name=value` for a known long flag.
+fn go_flag_name(arg: &str) -> Option<&str> {
+    let body = arg.strip_prefix('-').filter(|b| !b.starts_with('-'))?;
+    let name = body.split_once('=').map_or(body, |(n, _)| n);
+    SETTINGS.iter().any(|s| s.flag == name || s.aliases.contains(&name)).then_some(name)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashSet;
+
+    #[test]
+    fn table_is_consistent() {
+        let mut names = HashSet::new();
+        let mut envs = HashSet::new();
+        for s in SETTINGS {
+            for name in std::iter::once(&s.flag).chain(s.aliases) {
+                assert!(names.insert(*name), "duplicate flag {name}");
+                assert!(
+                    name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-'),
+                    "{name}"
+                );
+            }
+            for env in std::iter::once(&s.env).chain(s.env_aliases) {
+                assert!(envs.insert(*env), "duplicate env {env}");
+                assert!(
+                    env.bytes().all(|b| b.is_ascii_uppercase() || b.is_ascii_digit() || b == b'_'),
+                    "{env}"
+                );
+            }
+            assert!(!s.help.is_empty());
+            if s.kind == Bool {
+                assert!(matches!(s.default, "true" | "false"), "{}", s.flag);
+            }
+        }
+        assert_eq!(Key::Config.setting().flag, "config");
+        assert_eq!(Key::TraceSampling.setting().flag, "trace-sampling");
+        assert_eq!(Key::NackPort.setting().env, "NACK_PORT");
+        assert_eq!(Key::CacheTtlTx.setting().toml_key(), "cache_ttl_tx");
+        // Reference names from PROTOCOL-FACTS.md keep their exact env var.
+        for env in [
+            "MC_IFACE",
+            "LISTEN_PORT",
+            "MC_SCOPE",
+            "MC_GROUP_ID",
+            "SOURCE_MODE",
+            "SHARD_BITS",
+            "SUBTREE_DATA_ENABLED",
+            "CACHE_BACKEND",
+            "REDIS_ADDR",
+            "CACHE_TTL",
+            "CACHE_TTL_TX",
+            "CACHE_TTL_BLOCK",
+            "CACHE_TTL_SUBTREE",
+            "CACHE_TTL_ANCHOR",
+            "CACHE_MAX_KEYS",
+            "NACK_PORT",
+            "NACK_WORKERS",
+            "NACK_ADDR",
+            "SUPPRESS_ACK",
+            "SUPPRESS_MISS",
+            "EGRESS_IFACE",
+            "EGRESS_PORT",
+            "DEDUP_WINDOW",
+            "RL_IP_RATE",
+            "RL_IP_BURST",
+            "RL_SEQUENCE_MAX",
+            "RL_SEQUENCE_WINDOW",
+            "RL_CHAIN_RATE",
+            "RL_CHAIN_WINDOW",
+            "RL_GROUP_RATE",
+            "RL_GROUP_BURST",
+            "BEACON_ENABLED",
+            "BEACON_TIER",
+            "BEACON_PREFERENCE",
+            "BEACON_INTERVAL",
+            "BEACON_SCOPE",
+            "BEACON_FLAGS_MULTICAST",
+            "BEACON_FLAGS_UNICAST",
+            "BEACON_FLAGS_DRAINING",
+            "DEBUG",
+            "DRAIN_TIMEOUT",
+            "METRICS_ADDR",
+            "INSTANCE_ID",
+            "PROXY_ENABLED",
+            "UPSTREAM_RETRY_ENDPOINTS",
+            "BEEF_ENABLED",
+            "BEEF_SHARD_BITS",
+            "CACHE_TTL_BEEF",
+            "RL_THROTTLE_RESPONSE",
+            "LOG_FORMAT",
+            "PROXY_TIMEOUT",
+            "PROXY_MAX_ENDPOINTS",
+            "PROXY_DEDUP_WINDOW",
+            "PROXY_QUEUE_DEPTH",
+            "RICOCHET_CPUS",
+            "RICOCHET_CPU_MASK",
+        ] {
+            assert!(envs.contains(env), "missing {env}");
+        }
+    }
+
+    #[test]
+    fn clap_command_is_valid() {
+        RunArgs::command().debug_assert();
+    }
+
+    #[test]
+    fn keeps_only_command_line_values() {
+        let a = RunArgs::try_parse_from(["ricochet", "--nack-port", "9400", "--debug"]).unwrap();
+        assert_eq!(a.get("nack-port"), Some("9400"));
+        assert_eq!(a.get("debug"), Some("true"));
+        assert_eq!(a.get("listen-port"), None, "defaults are not command-line values");
+    }
+
+    #[test]
+    fn bool_flags_take_go_forms() {
+        let a =
+            RunArgs::try_parse_from(["ricochet", "--beacon-enabled=false", "--ipv4-lab"]).unwrap();
+        assert_eq!(a.get("beacon-enabled"), Some("false"));
+        assert_eq!(a.get("ipv4-lab"), Some("true"));
+        assert!(RunArgs::try_parse_from(["ricochet", "--beacon-enabled", "false"]).is_err());
+    }
+
+    #[test]
+    fn aliases_and_repeats() {
+        let a = RunArgs::try_parse_from([
+            "ricochet",
+            "--mc-scope",
+            "org",
+            "--proxy-queue=8",
+            "--rl-sender-rate",
+            "5",
+            "--instance-id",
+            "x",
+            "--nack-port",
+            "1",
+            "--nack-port",
+            "2",
+        ])
+        .unwrap();
+        assert_eq!(a.get("scope"), Some("org"));
+        assert_eq!(a.get("proxy-queue-depth"), Some("8"));
+        assert_eq!(a.get("rl-chain-rate"), Some("5"));
+        assert_eq!(a.get("instance"), Some("x"));
+        assert_eq!(a.get("nack-port"), Some("2"), "the last repeated flag wins, as in Go");
+    }
+
+    #[test]
+    fn help_shows_env_and_defaults() {
+        let help = RunArgs::command().render_long_help().to_string();
+        assert!(help.contains("--nack-port <PORT>"), "{help}");
+        assert!(help.contains("NACK_PORT"), "{help}");
+        assert!(help.contains("[default: 9300]"), "{help}");
+        assert!(help.contains("Rate limits"), "{help}");
+    }
+
+    #[test]
+    fn go_single_dash_flags_are_normalized() {
+        let out = normalize_go_flags([
+            "ricochet",
+            "run",
+            "-nack-port",
+            "9300",
+            "-debug=true",
+            "-mc-scope",
+            "site",
+            "-x",
+            "--cpus",
+            "0",
+            "-1",
+            "--",
+            "-nack-port",
+        ]);
+        let out: Vec<&str> = out.iter().map(|s| s.to_str().unwrap()).collect();
+        assert_eq!(
+            out,
+            [
+                "ricochet",
+                "run",
+                "--nack-port",
+                "9300",
+                "--debug=true",
+                "--mc-scope",
+                "site",
+                "-x",
+                "--cpus",
+                "0",
+                "-1",
+                "--",
+                "-nack-port",
+            ]
+        );
+    }
+}

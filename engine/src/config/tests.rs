@@ -1,0 +1,583 @@
+//! Tests of [`load_from`] through the public API: precedence, env aliases,
+//! the TOML file, every validation message, cross-checks and `render`.
+
+use core::time::Duration;
+
+use ricochet_wire::group::{Scope, SourceMode};
+
+use super::settings::SETTINGS;
+use super::*;
+
+const AFFINITY: &[usize] = &[0, 1, 2, 3];
+
+fn args(flags: &[&str]) -> RunArgs {
+    RunArgs::try_parse_from(std::iter::once("ricochet").chain(flags.iter().copied())).unwrap()
+}
+
+fn env() -> MapEnv {
+    MapEnv::new().with_hostname("edge-1")
+}
+
+fn load(flags: &[&str], env: &MapEnv) -> Result<Config, ConfigError> {
+    load_from(&args(flags), env, AFFINITY)
+}
+
+/// The single problem's message.
+fn refused(flags: &[&str], env: &MapEnv) -> String {
+    let e = load(flags, env).unwrap_err();
+    assert_eq!(e.problems().len(), 1, "{e}");
+    e.to_string()
+}
+
+#[test]
+fn defaults_match_the_reference() {
+    let c = load(&[], &env()).unwrap();
+    assert_eq!(c.engine.cpus, [0, 1, 2, 3]);
+    assert_eq!(c.engine.backend, IoBackend::Auto);
+    assert_eq!(c.engine.max_datagram, 1232);
+    assert_eq!(c.engine.admin_token_file, None);
+    let n = &c.network;
+    assert!(!n.ipv4_lab);
+    assert_eq!(n.mc_iface, "eth0");
+    assert_eq!((n.listen_port, n.scope, n.group_id), (9001, Scope::Site, 0x000B));
+    assert_eq!((n.source_mode, n.shard_bits, n.beef_shard_bits), (SourceMode::Asm, 2, 4));
+    assert!(!n.subtree_data_enabled && !n.beef_enabled);
+    use ricochet_wire::group::{DEFAULT_BEEF_SHARD_BITS, DEFAULT_GROUP_ID, DEFAULT_SHARD_BITS};
+    assert_eq!(
+        (n.group_id, n.shard_bits, n.beef_shard_bits),
+        (DEFAULT_GROUP_ID, DEFAULT_SHARD_BITS, DEFAULT_BEEF_SHARD_BITS)
+    );
+    let ca = &c.cache;
+    assert_eq!((ca.backend, &ca.redis_addr), (CacheBackend::Memory, &None));
+    let m = Duration::from_secs(60);
+    assert_eq!(
+        ca.ttl,
+        CacheTtls { fallback: m, tx: m, block: 10 * m, subtree: 5 * m, anchor: 2 * m, beef: m }
+    );
+    assert_eq!((ca.max_keys, ca.max_bytes), (None, 1 << 30));
+    assert_eq!((ca.dial_timeout, ca.op_timeout), (Duration::from_secs(1), Duration::from_secs(1)));
+    assert_eq!(
+        c.nack,
+        NackConfig {
+            port: 9300,
+            addr: None,
+            suppress_ack: false,
+            suppress_miss: false,
+            max_range: 64
+        }
+    );
+    assert_eq!(c.retransmit.egress_ifaces, ["eth0"]);
+    assert_eq!((c.retransmit.egress_port, c.retransmit.dedup_window), (9001, m));
+    let r = &c.rate_limits;
+    assert_eq!((r.ip_rate, r.ip_burst, r.sequence_max, r.sequence_window), (100.0, 10, 100, m));
+    assert_eq!((r.chain_rate, r.chain_window, r.group_rate, r.group_burst), (500, m, 200.0, 50));
+    assert!(!r.throttle_response);
+    let b = &c.beacon;
+    assert!(b.enabled && b.multicast && !b.unicast && !b.draining);
+    assert_eq!((b.tier, b.preference, b.interval, b.scope), (0, 128, m, BeaconScope::Site));
+    let p = &c.proxy;
+    assert!(!p.enabled && p.upstreams.is_empty());
+    assert_eq!(
+        (p.timeout, p.max_endpoints, p.dedup_window, p.queue_depth),
+        (Duration::from_millis(300), None, m, 1024)
+    );
+    let rt = &c.runtime;
+    assert_eq!((rt.log_level, rt.log_format), (tracing::Level::INFO, LogFormat::Text));
+    assert_eq!((rt.drain_timeout, rt.warmup_timeout), (Duration::ZERO, Duration::ZERO));
+    assert_eq!(rt.metrics_addr, HostPort { host: Host::Any, port: 9400 });
+    assert_eq!(rt.instance_id, "edge-1");
+    assert!(c.notes().is_empty());
+    for s in SETTINGS {
+        assert!(matches!(c.origin(s.flag), Some(Origin::Default) | None), "{}", s.flag);
+    }
+}
+
+#[test]
+fn precedence_is_flag_then_env_then_file_then_default() {
+    let file = "nack_port = 1000\nlisten_port = 2000\negress_port = 3000\n";
+    let env = env()
+        .with_file("/etc/ricochet.toml", file)
+        .with_var("RICOCHET_CONFIG", "/etc/ricochet.toml")
+        .with_var("NACK_PORT", "1001")
+        .with_var("LISTEN_PORT", "2001");
+    let c = load(&["--nack-port", "1002"], &env).unwrap();
+    assert_eq!(c.nack.port, 1002);
+    assert_eq!(c.network.listen_port, 2001);
+    assert_eq!(c.retransmit.egress_port, 3000);
+    assert_eq!(c.beacon.tier, 0);
+    assert_eq!(c.origin("nack-port"), Some(Origin::Flag));
+    assert_eq!(c.origin("listen-port"), Some(Origin::Env("LISTEN_PORT")));
+    assert_eq!(c.origin("egress-port"), Some(Origin::File));
+    assert_eq!(c.origin("beacon-tier"), Some(Origin::Default));
+    assert_eq!(c.config_file.as_deref(), Some(Path::new("/etc/ricochet.toml")));
+}
+
+#[test]
+fn precedence_through_a_clap_subcommand() {
+    use clap::{Args, FromArgMatches};
+    let cmd = clap::Command::new("ricochet")
+        .subcommand(RunArgs::augment_args(clap::Command::new("run")))
+        .subcommand(RunArgs::augment_args(clap::Command::new("check-config")));
+    let m = cmd
+        .try_get_matches_from(["ricochet", "check-config", "--shard-bits=3", "--cpus", "1-2"])
+        .unwrap();
+    let (name, sub) = m.subcommand().unwrap();
+    assert_eq!(name, "check-config");
+    let a = RunArgs::from_arg_matches(sub).unwrap();
+    let env = env().with_var("SHARD_BITS", "4").with_var("BEACON_TIER", "3");
+    let c = load_from(&a, &env, AFFINITY).unwrap();
+    assert_eq!(c.network.shard_bits, 3, "flag beats env");
+    assert_eq!(c.beacon.tier, 3, "env beats default");
+    assert_eq!(c.engine.cpus, [1, 2]);
+}
+
+#[test]
+fn env_aliases_and_empty_env() {
+    let c = load(&[], &env().with_var("RL_SENDER_RATE", "7").with_var("NACK_PORT", "  ")).unwrap();
+    assert_eq!(c.rate_limits.chain_rate, 7);
+    assert_eq!(c.origin("rl-chain-rate"), Some(Origin::Env("RL_SENDER_RATE")));
+    assert_eq!(c.nack.port, 9300, "an empty env var is unset");
+    let c =
+        load(&[], &env().with_var("RL_SENDER_RATE", "7").with_var("RL_CHAIN_RATE", "8")).unwrap();
+    assert_eq!(c.rate_limits.chain_rate, 8, "the canonical name wins over the alias");
+    let c = load(&[], &env().with_var("PROXY_QUEUE", "16")).unwrap();
+    assert_eq!(c.proxy.queue_depth, 16);
+}
+
+#[test]
+fn bad_values_name_the_source_and_the_fix() {
+    let msg = refused(&["--shard-bits", "13"], &env());
+    assert_eq!(
+        msg,
+        "--shard-bits (SHARD_BITS) = \"13\" from the command line: must be between 1 and 12; set --shard-bits to a value in 1..=12"
+    );
+    // Env values never fall back to the default (the reference's does).
+    let msg = refused(&[], &env().with_var("SHARD_BITS", "13"));
+    assert!(msg.contains("--shard-bits (SHARD_BITS) = \"13\" from env SHARD_BITS"), "{msg}");
+    assert!(msg.ends_with("set SHARD_BITS to a value in 1..=12"), "{msg}");
+    let msg = refused(&[], &env().with_var("RL_SENDER_WINDOW", "1"));
+    assert!(msg.contains("from env RL_SENDER_WINDOW: missing unit"), "{msg}");
+    assert!(msg.contains("set RL_SENDER_WINDOW to a Go duration"), "{msg}");
+    let env = env()
+        .with_var("RICOCHET_CONFIG", "/etc/r.toml")
+        .with_file("/etc/r.toml", "shard_bits = 13\n");
+    let msg = refused(&[], &env);
+    assert!(msg.contains("from shard_bits in /etc/r.toml"), "{msg}");
+    assert!(msg.contains("set shard_bits in /etc/r.toml to a value in 1..=12"), "{msg}");
+}
+
+#[test]
+fn every_validation_names_the_flag_and_the_fix() {
+    let cases: &[(&[&str], &[&str])] = &[
+        (
+            &["--cache-ttl-block=0s"],
+            &[
+                "--cache-ttl-block (CACHE_TTL_BLOCK)",
+                "greater than zero",
+                "set --cache-ttl-block to a duration above zero",
+            ],
+        ),
+        (&["--cache-ttl=0"], &["--cache-ttl (CACHE_TTL)", "greater than zero"]),
+        (&["--cache-ttl-beef=-1s"], &["--cache-ttl-beef (CACHE_TTL_BEEF)", "negative"]),
+        (
+            &["--beacon-interval=500ms"],
+            &[
+                "--beacon-interval (BEACON_INTERVAL)",
+                "between 1s and 65535s",
+                "set --beacon-interval to a duration in 1s..=65535s",
+            ],
+        ),
+        (&["--beacon-interval=19h"], &["between 1s and 65535s"]),
+        (
+            &["--beacon-tier=255"],
+            &["--beacon-tier (BEACON_TIER)", "set --beacon-tier to a value in 0..=254"],
+        ),
+        (
+            &["--beacon-scope=link"],
+            &[
+                "--beacon-scope (BEACON_SCOPE)",
+                "link scope",
+                "set --beacon-scope to one of site, org, global, all",
+            ],
+        ),
+        (
+            &["--scope=lan"],
+            &["--scope (MC_SCOPE)", "set --scope to one of link, site, org, global"],
+        ),
+        (
+            &["--scope=org", "--source-mode=ssm"],
+            &[
+                "--scope (MC_SCOPE) = \"org\"",
+                "SSM groups exist only",
+                "set --scope to site or global, or --source-mode to asm",
+            ],
+        ),
+        (&["--source-mode=bidir"], &["--source-mode (SOURCE_MODE)", "one of asm, ssm"]),
+        (
+            &["--cache-backend=aerospike"],
+            &["--cache-backend (CACHE_BACKEND)", "set --cache-backend to one of memory, redis"],
+        ),
+        (
+            &["--cache-backend=redis"],
+            &[
+                "--redis-addr (REDIS_ADDR) is required",
+                "set --redis-addr to",
+                "or set --cache-backend to memory",
+            ],
+        ),
+        (
+            &["--redis-addr=redis"],
+            &["--redis-addr (REDIS_ADDR)", "missing port", "set --redis-addr to host:port"],
+        ),
+        (
+            &["--proxy-enabled"],
+            &[
+                "--upstream-retry-endpoints (UPSTREAM_RETRY_ENDPOINTS) is required",
+                "or set --proxy-enabled to false",
+            ],
+        ),
+        (
+            &["--upstream-retry-endpoints=a:1,b:0"],
+            &[
+                "--upstream-retry-endpoints (UPSTREAM_RETRY_ENDPOINTS)",
+                "port other than 0",
+                "set --upstream-retry-endpoints to host:port",
+            ],
+        ),
+        (
+            &["--cpus=0-7"],
+            &[
+                "--cpus (RICOCHET_CPUS) = \"0-7\"",
+                "CPUs 4-7 are outside",
+                "allowed: 0-3",
+                "set --cpus to CPUs within 0-3",
+            ],
+        ),
+        (
+            &["--cpus=3-1"],
+            &["--cpus (RICOCHET_CPUS)", "descending", "set --cpus to a Linux cpulist"],
+        ),
+        (
+            &["--cpu-mask=0x30"],
+            &[
+                "--cpu-mask (RICOCHET_CPU_MASK) = \"0x30\"",
+                "CPUs 4-5 are outside",
+                "set --cpu-mask to CPUs within 0-3",
+            ],
+        ),
+        (
+            &["--cpu-mask=0x0"],
+            &[
+                "--cpu-mask (RICOCHET_CPU_MASK)",
+                "selects no CPUs",
+                "set --cpu-mask to a hexadecimal CPU mask",
+            ],
+        ),
+        (
+            &["--cpus=0", "--cpu-mask=1"],
+            &[
+                "--cpus (RICOCHET_CPUS) and --cpu-mask (RICOCHET_CPU_MASK)",
+                "mutually exclusive",
+                "set only one",
+            ],
+        ),
+        (
+            &["--metrics-addr=9400"],
+            &["--metrics-addr (METRICS_ADDR)", "missing port", "set --metrics-addr to host:port"],
+        ),
+        (
+            &["--mc-group-id=0x10000"],
+            &["--mc-group-id (MC_GROUP_ID)", "16 bits", "set --mc-group-id to a group id"],
+        ),
+        (
+            &["--cache-max-bytes=1GB"],
+            &[
+                "--cache-max-bytes (RICOCHET_CACHE_MAX_BYTES)",
+                "ambiguous",
+                "set --cache-max-bytes to a byte count",
+            ],
+        ),
+        (
+            &["--cache-max-bytes=0"],
+            &["--cache-max-bytes (RICOCHET_CACHE_MAX_BYTES)", "greater than zero"],
+        ),
+        (
+            &["--max-range=0"],
+            &["--max-range (RICOCHET_MAX_RANGE)", "set --max-range to a value in 1..=4096"],
+        ),
+        (&["--max-datagram=100"], &["--max-datagram (RICOCHET_MAX_DATAGRAM)", "512..=65507"]),
+        (
+            &["--egress-iface=,"],
+            &[
+                "--egress-iface (EGRESS_IFACE)",
+                "no interface",
+                "set --egress-iface to one or more interface names",
+            ],
+        ),
+        (
+            &["--mc-iface=a/b"],
+            &["--mc-iface (MC_IFACE)", "not an interface", "set --mc-iface to an interface name"],
+        ),
+        (
+            &["--log-level=verbose"],
+            &[
+                "--log-level (LOG_LEVEL)",
+                "set --log-level to one of trace, debug, info, warn, error",
+            ],
+        ),
+        (&["--log-format=xml"], &["--log-format (LOG_FORMAT)", "one of text, json"]),
+        (&["--backend=dpdk"], &["--backend (RICOCHET_BACKEND)", "one of auto, uring, epoll"]),
+        (
+            &["--debug=yes"],
+            &["--debug (DEBUG) = \"yes\"", "not a bool", "set --debug to true or false"],
+        ),
+        (
+            &["--nack-addr=fe80"],
+            &["--nack-addr (NACK_ADDR)", "not an IP address", "set --nack-addr to an IPv6"],
+        ),
+        (
+            &["--nack-port=0"],
+            &["--nack-port (NACK_PORT)", "set --nack-port to a value in 1..=65535"],
+        ),
+        (
+            &["--rl-ip-rate=0"],
+            &["--rl-ip-rate (RL_IP_RATE)", "greater than 0", "set --rl-ip-rate to a number"],
+        ),
+        (
+            &["--rl-group-burst=0"],
+            &["--rl-group-burst (RL_GROUP_BURST)", "set --rl-group-burst to a value in 1..="],
+        ),
+        (&["--proxy-queue-depth=0"], &["--proxy-queue-depth (PROXY_QUEUE_DEPTH)", "1..=1048576"]),
+        (
+            &["--drain-timeout=soon"],
+            &["--drain-timeout (DRAIN_TIMEOUT)", "set --drain-timeout to a Go duration"],
+        ),
+        (&["--instance="], &["--instance (INSTANCE_ID)", "empty", "set --instance to a name"]),
+        (
+            &["--config=/missing.toml"],
+            &[
+                "--config (RICOCHET_CONFIG) = \"/missing.toml\"",
+                "cannot read",
+                "set --config to a readable TOML file",
+            ],
+        ),
+    ];
+    for (flags, want) in cases {
+        let msg = refused(flags, &env());
+        for w in *want {
+            assert!(msg.contains(w), "{flags:?}: {msg:?} lacks {w:?}");
+        }
+    }
+}
+
+#[test]
+fn every_problem_is_reported_at_once() {
+    let e =
+        load(&["--shard-bits", "13", "--nack-port", "0", "--cache-ttl-tx=0s"], &env()).unwrap_err();
+    let flags: Vec<_> = e.problems().iter().map(|p| p.flag()).collect();
+    assert_eq!(flags, [Some("shard-bits"), Some("cache-ttl-tx"), Some("nack-port")]);
+    assert!(e.to_string().starts_with("3 configuration problems:\n  - --shard-bits"), "{e}");
+}
+
+#[test]
+fn a_refused_setting_does_not_cause_cross_check_noise() {
+    let e = load(&["--proxy-enabled", "--upstream-retry-endpoints=bad"], &env()).unwrap_err();
+    assert_eq!(e.problems().len(), 1, "{e}");
+    let e = load(&["--scope=nope", "--source-mode=ssm"], &env()).unwrap_err();
+    assert_eq!(e.problems().len(), 1, "{e}");
+}
+
+#[test]
+fn cpu_selection_layers() {
+    let c = load(&["--cpu-mask", "0xa"], &env()).unwrap();
+    assert_eq!(c.engine.cpus, [1, 3]);
+    // The higher level wins; the other one is not an error.
+    let e = env().with_var("RICOCHET_CPU_MASK", "0x1");
+    assert_eq!(load(&["--cpus", "2-3"], &e).unwrap().engine.cpus, [2, 3]);
+    let e = env().with_var("RICOCHET_CPUS", "2");
+    assert_eq!(load(&["--cpu-mask", "0x1"], &e).unwrap().engine.cpus, [0]);
+    let e = env().with_var("RICOCHET_CPUS", "2").with_var("RICOCHET_CPU_MASK", "1");
+    assert!(refused(&[], &e).contains("both set from env RICOCHET_CPUS"));
+    // Default: the affinity mask, whatever it is.
+    let c = load_from(&args(&[]), &env(), &[4, 6]).unwrap();
+    assert_eq!(c.engine.cpus, [4, 6]);
+}
+
+#[test]
+fn ttl_precedence_follows_the_reference() {
+    let m = |n: u64| Duration::from_secs(60 * n);
+    let c = load(&[], &env().with_var("CACHE_TTL", "30s")).unwrap();
+    let half = Duration::from_secs(30);
+    assert_eq!(
+        (c.cache.ttl.tx, c.cache.ttl.block, c.cache.ttl.subtree, c.cache.ttl.anchor),
+        (half, half, half, half)
+    );
+    assert_eq!(c.cache.ttl.beef, m(1), "BEEF stays out of the collapse");
+    assert_eq!(c.origin("cache-ttl-block"), Some(Origin::Env("CACHE_TTL")));
+    let c = load(&["--cache-ttl-block=15m"], &env().with_var("CACHE_TTL", "30s")).unwrap();
+    assert_eq!((c.cache.ttl.block, c.cache.ttl.tx), (m(15), half));
+    let env =
+        env().with_var("RICOCHET_CONFIG", "r.toml").with_file("r.toml", "cache_ttl = \"20m\"");
+    let c = load(&["--cache-ttl-anchor=1m"], &env).unwrap();
+    assert_eq!(
+        (c.cache.ttl.subtree, c.cache.ttl.anchor, c.cache.ttl.fallback),
+        (m(20), m(1), m(20))
+    );
+    use ricochet_wire::frame::FrameVersion;
+    assert_eq!(c.cache.ttl.for_version(FrameVersion::Anchor), m(1));
+    assert_eq!(c.cache.ttl.for_version(FrameVersion::Bundle), m(20));
+}
+
+#[test]
+fn toml_file_values_of_every_shape() {
+    let file = r#"
+        cache_ttl_tx = "90s"
+        ipv4_lab = true
+        rl_ip_rate = 2.5
+        mc_group_id = 12
+        mc_scope = "org"
+        upstream_retry_endpoints = ["10.0.0.1:9300", "[2001:db8::1]:9300"]
+        proxy_enabled = true
+        egress_iface = ["lo", "eth1"]
+        cpus = "1-2"
+        proxy_queue = 8
+        cache_max_bytes = "512MiB"
+    "#;
+    let env = env().with_var("RICOCHET_CONFIG", "r.toml").with_file("r.toml", file);
+    let c = load(&[], &env).unwrap();
+    assert_eq!(c.cache.ttl.tx, Duration::from_secs(90));
+    assert!(c.network.ipv4_lab);
+    assert_eq!(c.network.mc_iface, "127.0.0.1", "lab default interface");
+    assert_eq!(c.rate_limits.ip_rate, 2.5);
+    assert_eq!(c.network.group_id, 12);
+    assert_eq!(c.network.scope, Scope::Org);
+    assert_eq!(c.proxy.upstreams.len(), 2);
+    assert_eq!(c.retransmit.egress_ifaces, ["lo", "eth1"]);
+    assert_eq!(c.engine.cpus, [1, 2]);
+    assert_eq!(c.proxy.queue_depth, 8);
+    assert_eq!(c.cache.max_bytes, 512 << 20);
+}
+
+#[test]
+fn toml_file_errors() {
+    let with = |text: &str| {
+        env().with_var("RICOCHET_CONFIG", "/etc/r.toml").with_file("/etc/r.toml", text)
+    };
+    let msg = refused(&[], &with("nack_prot = 9300\n"));
+    assert_eq!(
+        msg,
+        "unknown key \"nack_prot\" in config file /etc/r.toml; did you mean \"nack_port\"? remove it, or use a setting name: the long flag in snake_case, as listed by `ricochet run --help`"
+    );
+    assert!(refused(&[], &with("NACK_PORT = 1\n")).contains("did you mean \"nack_port\""));
+    assert!(refused(&[], &with("nack-port = 1\n")).contains("did you mean \"nack_port\""));
+    assert!(!refused(&[], &with("zzz = 1\n")).contains("did you mean"));
+    let msg = refused(&[], &with("[cache]\nttl = \"1m\"\n"));
+    assert!(msg.contains("unknown key \"cache\""), "{msg}");
+    let msg = refused(&[], &with("nack_port = [1]\n"));
+    assert!(msg.contains("nack_port in config file /etc/r.toml is an array; set nack_port to a string, number or boolean, as in `nack_port = 9300`"), "{msg}");
+    let msg = refused(&[], &with("nack_port = 9300\nnack_port = 1\n"));
+    assert!(msg.contains("config file /etc/r.toml is not valid TOML"), "{msg}");
+    let msg = refused(&[], &with("scope = \"site\"\nmc_scope = \"org\"\n"));
+    assert!(msg.contains("sets scope twice"), "{msg}");
+    let msg = refused(&[], &with("config = \"other.toml\"\n"));
+    assert!(msg.contains("key \"config\" in config file /etc/r.toml is not allowed"), "{msg}");
+    // Unknown keys are all reported.
+    let e = load(&[], &with("a1 = 1\nb2 = 2\n")).unwrap_err();
+    assert_eq!(e.problems().len(), 2);
+}
+
+#[test]
+fn ipv4_lab_debug_and_hostname_defaults() {
+    let c = load(&["--ipv4-lab", "--debug"], &MapEnv::new()).unwrap();
+    assert_eq!(c.network.mc_iface, "127.0.0.1");
+    assert_eq!(c.retransmit.egress_ifaces, ["127.0.0.1"]);
+    assert_eq!(c.runtime.log_level, tracing::Level::DEBUG);
+    assert_eq!(c.runtime.instance_id, "ricochet", "no hostname");
+    let c = load(&["--ipv4-lab", "--mc-iface", "lo"], &env()).unwrap();
+    assert_eq!(c.network.mc_iface, "lo", "an explicit interface beats the lab default");
+    let c = load(&["--debug=false", "--log-level=trace"], &env()).unwrap();
+    assert_eq!(c.runtime.log_level, tracing::Level::TRACE);
+}
+
+#[test]
+fn compatibility_flags_are_noted() {
+    let c = load(&["--proxy-workers=2"], &env().with_var("NACK_WORKERS", "8")).unwrap();
+    assert_eq!(c.notes().len(), 2);
+    assert!(c.notes().iter().any(|n| n.contains("--nack-workers (NACK_WORKERS) = \"8\" is accepted for compatibility and ignored: ricochet runs one worker per --cpus CPU (4 here)")), "{:?}", c.notes());
+    assert!(c.render().contains("nack_workers = \"8\"  # env (ignored)\n"));
+    assert_eq!(c.origin("trace-sampling"), None);
+}
+
+#[test]
+fn render_lists_every_setting_with_its_source() {
+    let env = env()
+        .with_var("RICOCHET_CONFIG", "/etc/r.toml")
+        .with_file("/etc/r.toml", "egress_port = 3000\n")
+        .with_var("LISTEN_PORT", "2001")
+        .with_var("CACHE_TTL", "30s")
+        .with_var("RL_SENDER_RATE", "7");
+    let c = load(&["--nack-port", "1002", "--cpu-mask", "0x3"], &env).unwrap();
+    let out = c.render();
+    for line in [
+        "# config file: /etc/r.toml\n",
+        "\nnack_port = 1002  # flag\n",
+        "\nlisten_port = 2001  # env\n",
+        "\negress_port = 3000  # file\n",
+        "\nbeacon_tier = 0  # default\n",
+        "\ncache_ttl_block = \"30s\"  # env (CACHE_TTL; via cache_ttl)\n",
+        "\ncache_ttl_beef = \"1m\"  # default\n",
+        "\nrl_chain_rate = 7  # env (RL_SENDER_RATE)\n",
+        "\ncpus = \"0-1\"  # flag (cpu_mask 0x3)\n",
+        "\nmc_group_id = \"0x000B\"  # default\n",
+        "\nmetrics_addr = \":9400\"  # default\n",
+        "\nredis_addr = \"\"  # default\n",
+        "\nupstream_retry_endpoints = []  # default\n",
+        "\negress_iface = [\"eth0\"]  # default\n",
+        "\ncache_max_bytes = \"1GiB\"  # default\n",
+        "\ninstance = \"edge-1\"  # default (hostname)\n",
+        "\nrl_ip_rate = 100  # default\n",
+    ] {
+        assert!(out.contains(line), "{out}\nlacks {line:?}");
+    }
+    // One line per setting except config, cpu_mask and unset compat flags.
+    let lines = out.lines().filter(|l| !l.starts_with('#')).count();
+    assert_eq!(lines, SETTINGS.len() - 2 - 5);
+}
+
+#[test]
+fn render_output_loads_back_to_the_same_config() {
+    let flags = [
+        "--ipv4-lab",
+        "--cpus=1,3",
+        "--shard-bits=5",
+        "--scope=global",
+        "--source-mode=ssm",
+        "--cache-backend=redis",
+        "--redis-addr=[::1]:6379",
+        "--cache-ttl=45s",
+        "--cache-ttl-beef=1.5s",
+        "--proxy-enabled",
+        "--upstream-retry-endpoints=a.example:9300,10.0.0.2:1",
+        "--proxy-max-endpoints=1",
+        "--beacon-scope=both",
+        "--rl-group-rate=0.5",
+        "--nack-addr=2001:db8::24",
+        "--metrics-addr=127.0.0.1:0",
+        "--cache-max-keys=10",
+        "--admin-token-file=/run/token",
+        "--log-format=json",
+        "--mc-group-id=0x00ff",
+    ];
+    let first = load(&flags, &env()).unwrap();
+    let env = env().with_var("RICOCHET_CONFIG", "/r.toml").with_file("/r.toml", &first.render());
+    let second = load(&[], &env).unwrap();
+    assert_eq!(first.engine, second.engine);
+    assert_eq!(first.network, second.network);
+    assert_eq!(first.cache, second.cache);
+    assert_eq!(first.nack, second.nack);
+    assert_eq!(first.retransmit, second.retransmit);
+    assert_eq!(first.rate_limits, second.rate_limits);
+    assert_eq!(first.beacon, second.beacon);
+    assert_eq!(first.proxy, second.proxy);
+    assert_eq!(first.runtime, second.runtime);
+}

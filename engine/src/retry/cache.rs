@@ -1,0 +1,1506 @@
+//! One shard of the retry cache: per-flow append-only logs of whole datagrams.
+//!
+//! # Model
+//! Every stamped frame belongs to a flow (its HashKey) and has a SeqNum the
+//! proxy counts up from 1. A flow's frames are kept in a log indexed by
+//! SeqNum: a `VecDeque` of slots whose first slot holds SeqNum `base`, so an
+//! in-order append is a `push_back` and a lookup is one subtraction. A frame
+//! is stored as the whole datagram exactly as received (a [`Bytes`] the
+//! caller copied once out of its receive buffer), so a retransmit is
+//! byte-identical, trailing bytes included.
+//!
+//! # Invariants
+//! - **Nothing expired is ever returned.** A frame's deadline is
+//!   `insert time + TTL of its class` at 1 ms resolution (a frame may expire
+//!   up to 1 ms early, never late); lookups compare against it, so expiry
+//!   does not depend on [`Cache::expire`] having run.
+//! - **Per flow, at most `max_per_flow` SeqNums are held**: the log spans at
+//!   most the newest `max_per_flow` SeqNums below and including the highest
+//!   one seen (holes included), so a flow's memory is bounded even when
+//!   frames were lost on the way in. A frame older than that window is
+//!   refused ([`Insert::Stale`]); frames pushed out of it are evicted
+//!   (`per_flow`). Epoch detection (below) comes first, so with the default
+//!   settings a fabric frame is only ever Stale if `regression_threshold` is
+//!   raised to `max_per_flow` or beyond; recovered frames can be.
+//! - **Global bounds**: at most `max_flows` flows (the least recently
+//!   appended-to flow is evicted whole), at most `max_keys` frames and at
+//!   most `max_bytes` of charge, where a frame is charged its length plus
+//!   [`OVERHEAD_PER_ENTRY`]. The key and byte bounds evict the globally
+//!   oldest frame (insertion order) first.
+//! - **Epochs**: a restarted proxy reuses its HashKey and counts from 1
+//!   again. A SeqNum more than `regression_threshold` below the flow's highest,
+//!   or one ≤ 100 while the highest is > 100 (the listener's restart rule),
+//!   starts a new epoch: the flow's old frames are dropped before the new one
+//!   is stored, so a pre-restart frame is never served for a post-restart
+//!   SeqNum. [`Cache::invalidate`] does the same on request. Frames from the
+//!   recovery path ([`Origin::Recovered`]) are late by nature and never
+//!   start an epoch.
+//! - **Duplicates** of a held (HashKey, SeqNum) keep the first copy.
+//! - `entries`, `bytes` and `flows` in [`CacheStats`] are exact at all times.
+//!
+//! # Bookkeeping and cost
+//! Each frame has one slot in its flow's log (`Option<Bytes>` plus a packed
+//! word holding the deadline, the TTL class and the retransmit group) and one
+//! 16-byte entry in the FIFO of its TTL class. Within a class every frame has
+//! the same TTL and the insert clock never runs backwards, so each FIFO is
+//! also in deadline order: expiry pops fronts, O(1) per frame, and the
+//! globally oldest frame is the oldest of six fronts. Entries name their flow
+//! by slab index and generation, so validating one never hashes; a flow's
+//! generation changes whenever its frames are dropped wholesale (epoch,
+//! invalidation, eviction), which turns the old entries into tombstones that
+//! are skipped, and popped, when they reach the front. Frames pushed out of
+//! a busy flow's window leave tombstones too; an insert into a FIFO whose
+//! tombstones outnumber its live entries compacts it in one pass, so a busy
+//! FIFO stays within about twice the frames held, at O(1) amortised cost per
+//! insert (and an idle one sheds its tombstones as they reach the front).
+
+use std::collections::{HashMap, VecDeque};
+use std::fmt;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use ricochet_wire::frame::{Extra, Frame, FrameKey, FrameVersion};
+
+use super::SeededState;
+
+/// Bytes of bookkeeping one cached frame costs beyond its datagram: its log
+/// slot (32-byte `Option<Bytes>` + 8-byte packed deadline/class/group) plus
+/// its 16-byte entry in its class FIFO. Checked against `size_of` in the
+/// tests. Not included: the `bytes` crate's shared header (24 bytes plus
+/// allocator rounding, allocated when a `Bytes` made from a `Vec`, as
+/// `Bytes::copy_from_slice` makes it, is first cloned, i.e. on the frame's
+/// first retransmit), `VecDeque` slack and FIFO tombstones (each up to the
+/// same again at worst; logs and FIFOs shrink back when mostly empty, and a
+/// FIFO is compacted when mostly tombstones) and per-flow state (about 120
+/// bytes per flow, shared by its frames). The byte budget charges this
+/// figure per frame so that it tracks real memory, not just payload.
+pub const OVERHEAD_PER_ENTRY: usize = 56;
+
+/// Queue entries [`Cache::expire`] examines per call, so one call's work is
+/// bounded however far behind the sweep is.
+pub const EXPIRE_BUDGET: usize = 4096;
+
+/// Expired fronts an insert pops from its own class FIFO on the way in, so
+/// the FIFOs keep pace with arrivals even if the caller rarely sweeps.
+const INSERT_SWEEP: usize = 2;
+
+/// The listener's restart rule: a SeqNum at or below this while the flow's
+/// highest is above it means the proxy started counting again.
+const RESTART_SEQ: u64 = 100;
+
+/// Cache TTL per frame class (BRC-124 family). Every TTL must be > 0; the
+/// config layer refuses zero.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Ttls {
+    /// Transactions (0x02) and bundles (0x08): `CACHE_TTL_TX`, 60 s.
+    pub tx: Duration,
+    /// Block control (0x04): `CACHE_TTL_BLOCK`, 10 min.
+    pub block: Duration,
+    /// Subtree data (0x05): `CACHE_TTL_SUBTREE`, 5 min.
+    pub subtree: Duration,
+    /// Anchor transactions (0x06): `CACHE_TTL_ANCHOR`, 2 min.
+    pub anchor: Duration,
+    /// BEEF objects (0x09): `CACHE_TTL_BEEF`, 60 s.
+    pub beef: Duration,
+    /// Fragments whose original frame version is not a cacheable class:
+    /// `CACHE_TTL`, 60 s.
+    pub fallback: Duration,
+}
+
+impl Default for Ttls {
+    fn default() -> Self {
+        Ttls {
+            tx: Duration::from_secs(60),
+            block: Duration::from_secs(600),
+            subtree: Duration::from_secs(300),
+            anchor: Duration::from_secs(120),
+            beef: Duration::from_secs(60),
+            fallback: Duration::from_secs(60),
+        }
+    }
+}
+
+impl Ttls {
+    /// The TTL of a class.
+    pub const fn get(&self, class: TtlClass) -> Duration {
+        match class {
+            TtlClass::Tx => self.tx,
+            TtlClass::Block => self.block,
+            TtlClass::Subtree => self.subtree,
+            TtlClass::Anchor => self.anchor,
+            TtlClass::Beef => self.beef,
+            TtlClass::Fallback => self.fallback,
+        }
+    }
+}
+
+/// Which TTL a cached frame gets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[repr(u8)]
+pub enum TtlClass {
+    /// Transactions and bundles.
+    Tx = 0,
+    /// Block control.
+    Block = 1,
+    /// Subtree data.
+    Subtree = 2,
+    /// Anchor transactions.
+    Anchor = 3,
+    /// BEEF objects.
+    Beef = 4,
+    /// Fragments of an original frame of no cacheable class.
+    Fallback = 5,
+}
+
+const CLASSES: usize = 6;
+
+impl TtlClass {
+    /// Every class, in discriminant order.
+    pub const ALL: [TtlClass; CLASSES] = [
+        TtlClass::Tx,
+        TtlClass::Block,
+        TtlClass::Subtree,
+        TtlClass::Anchor,
+        TtlClass::Beef,
+        TtlClass::Fallback,
+    ];
+
+    /// The class of a checked frame, `None` for legacy frames (never cached).
+    /// A bundle is a batch of transactions and takes the tx TTL; a fragment
+    /// takes its original frame's class (BRC-130 OrigFrameVer, 0x00 meaning
+    /// tx), or [`TtlClass::Fallback`] when that is not a cacheable class. The
+    /// reference uses the tx TTL there; both default to 60 s.
+    pub fn of(frame: &Frame<'_>) -> Option<TtlClass> {
+        match frame.extra() {
+            Extra::Fragment(f) => Some(
+                f.orig_frame_version().and_then(Self::of_version).unwrap_or(TtlClass::Fallback),
+            ),
+            _ => Self::of_version(frame.version()),
+        }
+    }
+
+    const fn of_version(v: FrameVersion) -> Option<TtlClass> {
+        match v {
+            FrameVersion::Tx | FrameVersion::Bundle => Some(TtlClass::Tx),
+            FrameVersion::Block => Some(TtlClass::Block),
+            FrameVersion::Subtree => Some(TtlClass::Subtree),
+            FrameVersion::Anchor => Some(TtlClass::Anchor),
+            FrameVersion::Beef => Some(TtlClass::Beef),
+            FrameVersion::Legacy | FrameVersion::Fragment => None,
+        }
+    }
+
+    /// A lower-case name, for metric labels.
+    pub const fn name(self) -> &'static str {
+        match self {
+            TtlClass::Tx => "tx",
+            TtlClass::Block => "block",
+            TtlClass::Subtree => "subtree",
+            TtlClass::Anchor => "anchor",
+            TtlClass::Beef => "beef",
+            TtlClass::Fallback => "fallback",
+        }
+    }
+}
+
+/// Bounds and policy of one cache shard.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CacheSettings {
+    /// TTL per frame class.
+    pub ttls: Ttls,
+    /// SeqNums held per flow (the newest ones); 65 536. Values below 1 act
+    /// as 1.
+    pub max_per_flow: usize,
+    /// Flows held; the least recently appended-to is evicted; 100 000.
+    /// Values below 1 act as 1.
+    pub max_flows: usize,
+    /// Frames held (`CACHE_MAX_KEYS`); 0 = unlimited (the reference default).
+    pub max_keys: usize,
+    /// Byte budget, charging each frame its length plus
+    /// [`OVERHEAD_PER_ENTRY`]; 0 = unlimited. The daemon sets one.
+    pub max_bytes: usize,
+    /// A SeqNum more than this far below the flow's highest starts a new
+    /// epoch; 1024.
+    pub regression_threshold: u64,
+}
+
+impl Default for CacheSettings {
+    fn default() -> Self {
+        CacheSettings {
+            ttls: Ttls::default(),
+            max_per_flow: 65_536,
+            max_flows: 100_000,
+            max_keys: 0,
+            max_bytes: 0,
+            regression_threshold: 1024,
+        }
+    }
+}
+
+/// Counters and gauges of one shard. `entries`, `bytes` and `flows` are
+/// gauges (`ricochet_cache_entries`, …); every other field is a counter
+/// exported as `ricochet_cache_<field>_total`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct CacheStats {
+    /// Frames held.
+    pub entries: u64,
+    /// Datagram bytes held (exactly the sum of the held frames' lengths).
+    pub bytes: u64,
+    /// Flows held.
+    pub flows: u64,
+    /// Frames stored.
+    pub inserted: u64,
+    /// Inserts of a (HashKey, SeqNum) already held; the first copy was kept.
+    pub duplicates: u64,
+    /// Inserts refused because the SeqNum is older than the flow's window.
+    pub refused_stale: u64,
+    /// Inserts refused because one frame exceeds the whole byte budget.
+    pub refused_too_large: u64,
+    /// Frames removed because their TTL ran out.
+    pub evicted_ttl: u64,
+    /// Frames evicted to stay within `max_keys`.
+    pub evicted_max_keys: u64,
+    /// Frames evicted to stay within `max_bytes`.
+    pub evicted_max_bytes: u64,
+    /// Frames pushed out of their flow's `max_per_flow` window.
+    pub evicted_per_flow: u64,
+    /// Frames dropped with a whole flow evicted to stay within `max_flows`.
+    pub evicted_flows: u64,
+    /// New epochs started because a flow's SeqNum went back (proxy restart).
+    pub epoch_resets: u64,
+    /// Frames dropped by those epoch resets.
+    pub evicted_epoch: u64,
+    /// Explicit [`Cache::invalidate`] calls that found a flow.
+    pub invalidations: u64,
+    /// Frames dropped by those invalidations.
+    pub evicted_invalidated: u64,
+}
+
+/// Where a frame handed to [`Cache::insert`] came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Origin {
+    /// Received from the fabric: a SeqNum regression starts a new epoch.
+    Fabric,
+    /// Recovered from an upstream endpoint for a gap: such frames are old by
+    /// nature, so they never start an epoch; one older than the flow's
+    /// window is refused instead.
+    Recovered,
+}
+
+/// What [`Cache::insert`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Insert {
+    /// Stored. `new_epoch` is set when the flow's older frames were dropped
+    /// first because the SeqNum went back (proxy restart).
+    Inserted {
+        /// The flow started a new epoch.
+        new_epoch: bool,
+    },
+    /// Already held; the first copy was kept.
+    Duplicate,
+    /// Older than the flow's `max_per_flow` window (or a recovered frame far
+    /// behind the flow); not stored.
+    Stale,
+    /// Larger than the whole byte budget; not stored.
+    TooLarge,
+}
+
+/// A cached frame found by a lookup.
+#[derive(Debug, Clone, Copy)]
+pub struct Hit<'a> {
+    /// The datagram exactly as received.
+    pub frame: &'a Bytes,
+    /// The group index to retransmit it to, as given at insert.
+    pub group: u16,
+}
+
+/// What one [`Cache::expire`] call did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Sweep {
+    /// Frames removed.
+    pub expired: usize,
+    /// The work budget ran out: call again soon.
+    pub more: bool,
+}
+
+/// One retry cache shard. See the module docs for its invariants.
+pub struct Cache {
+    settings: CacheSettings,
+    ttl_ms: [u64; CLASSES],
+    origin: Instant,
+    /// Insert clock in ms since `origin`; never goes backwards, which is what
+    /// keeps each class FIFO in deadline order.
+    clock_ms: u64,
+    index: HashMap<u64, u32, SeededState>,
+    flows: Vec<Flow>,
+    free: Vec<u32>,
+    lru_head: u32,
+    lru_tail: u32,
+    queues: [VecDeque<QEntry>; CLASSES],
+    /// Frames held per class, to tell how much of each FIFO is tombstones.
+    class_live: [usize; CLASSES],
+    stats: CacheStats,
+}
+
+impl fmt::Debug for Cache {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Cache")
+            .field("settings", &self.settings)
+            .field("stats", &self.stats())
+            .finish_non_exhaustive()
+    }
+}
+
+/// A borrowed view of one flow for reading a range with one hash lookup.
+#[derive(Clone, Copy)]
+pub struct FlowView<'a> {
+    flow: &'a Flow,
+    now_ms: u64,
+}
+
+impl fmt::Debug for FlowView<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("FlowView")
+            .field("hash_key", &self.flow.hash_key)
+            .field("base", &self.flow.base)
+            .field("highest", &self.flow.highest)
+            .field("live", &self.flow.live)
+            .finish()
+    }
+}
+
+impl<'a> FlowView<'a> {
+    /// The unexpired frame with this SeqNum, if held.
+    pub fn get(&self, seq: u64) -> Option<Hit<'a>> {
+        let flow = self.flow;
+        let slot = &flow.log[flow.pos(seq)?];
+        let frame = slot.frame.as_ref()?;
+        (slot.meta.deadline() > self.now_ms).then_some(Hit { frame, group: slot.meta.group() })
+    }
+
+    /// Highest SeqNum stored in the flow's current epoch.
+    pub fn highest(&self) -> u64 {
+        self.flow.highest
+    }
+}
+
+impl Cache {
+    /// An empty shard whose clock starts at `now`.
+    pub fn new(settings: CacheSettings, now: Instant) -> Self {
+        let ttl_ms = TtlClass::ALL.map(|c| duration_ms(settings.ttls.get(c)));
+        Cache {
+            settings,
+            ttl_ms,
+            origin: now,
+            clock_ms: 0,
+            index: HashMap::with_hasher(SeededState::random()),
+            flows: Vec::new(),
+            free: Vec::new(),
+            lru_head: NIL,
+            lru_tail: NIL,
+            queues: Default::default(),
+            class_live: [0; CLASSES],
+            stats: CacheStats::default(),
+        }
+    }
+
+    /// The settings this shard was built with.
+    pub fn settings(&self) -> &CacheSettings {
+        &self.settings
+    }
+
+    /// Frames held.
+    pub fn len(&self) -> usize {
+        self.stats.entries as usize
+    }
+
+    /// Whether no frame is held.
+    pub fn is_empty(&self) -> bool {
+        self.stats.entries == 0
+    }
+
+    /// Stores `frame` (the whole datagram) under `key` with the TTL of
+    /// `class`, remembering `group` as where to retransmit it. O(1) amortised
+    /// for in-order arrivals; see the module docs for what may be evicted to
+    /// make room and when a flow starts a new epoch.
+    pub fn insert(
+        &mut self,
+        now: Instant,
+        key: FrameKey,
+        class: TtlClass,
+        group: u16,
+        frame: Bytes,
+        origin: Origin,
+    ) -> Insert {
+        let now_ms = self.ms(now).max(self.clock_ms);
+        self.clock_ms = now_ms;
+        let len = frame.len();
+        let max_bytes = self.settings.max_bytes;
+        if max_bytes != 0 && len.saturating_add(OVERHEAD_PER_ENTRY) > max_bytes {
+            self.stats.refused_too_large += 1;
+            return Insert::TooLarge;
+        }
+        self.sweep_class(class, now_ms, INSERT_SWEEP, NIL);
+
+        let seq = key.seq;
+        let mut new_epoch = false;
+        let idx = match self.index.get(&key.hash_key) {
+            Some(&idx) => {
+                let highest = self.flows[idx as usize].highest;
+                if origin == Origin::Fabric && self.regressed(highest, seq) {
+                    let dropped = self.clear_flow(idx);
+                    self.stats.epoch_resets += 1;
+                    self.stats.evicted_epoch += dropped;
+                    new_epoch = true;
+                }
+                let flow = &self.flows[idx as usize];
+                if seq < flow.window_low(self.max_per_flow()) {
+                    self.stats.refused_stale += 1;
+                    return Insert::Stale;
+                }
+                if let Some(pos) = flow.pos(seq) {
+                    let slot = &flow.log[pos];
+                    if slot.frame.is_some() {
+                        if slot.meta.deadline() > now_ms {
+                            self.stats.duplicates += 1;
+                            return Insert::Duplicate;
+                        }
+                        // The held copy has expired but not been swept yet.
+                        // Its FIFO entry, and every entry ahead of it, is
+                        // expired too, so sweeping that class frees the slot
+                        // and keeps "one live entry per slot" exact.
+                        let old_class = slot.meta.class();
+                        self.sweep_class(old_class, now_ms, usize::MAX, idx);
+                    }
+                }
+                idx
+            }
+            None => self.new_flow(key.hash_key),
+        };
+        self.touch(idx);
+        self.advance(idx, seq);
+        self.make_room(len, idx);
+
+        let deadline = now_ms.saturating_add(self.ttl_ms[class as usize]);
+        let slot = Slot { frame: Some(frame), meta: Meta::new(deadline, class, group) };
+        let flow = &mut self.flows[idx as usize];
+        flow.place(seq, slot);
+        flow.live += 1;
+        let gen_ = flow.gen_;
+        let c = class as usize;
+        self.queues[c].push_back(QEntry { flow: idx, gen_, seq });
+        self.class_live[c] += 1;
+        if self.queues[c].len() > 2 * self.class_live[c] + COMPACT_SLACK {
+            self.compact(c);
+        }
+        self.stats.entries += 1;
+        self.stats.bytes += len as u64;
+        self.stats.inserted += 1;
+        Insert::Inserted { new_epoch }
+    }
+
+    /// The unexpired frame under `key`, if held.
+    pub fn get(&self, key: FrameKey, now: Instant) -> Option<Hit<'_>> {
+        self.view(key.hash_key, now)?.get(key.seq)
+    }
+
+    /// A view of one flow as of `now`, for reading several SeqNums with a
+    /// single hash lookup.
+    pub fn view(&self, hash_key: u64, now: Instant) -> Option<FlowView<'_>> {
+        let &idx = self.index.get(&hash_key)?;
+        Some(FlowView { flow: &self.flows[idx as usize], now_ms: self.ms(now) })
+    }
+
+    /// Removes expired frames, examining at most [`EXPIRE_BUDGET`] FIFO
+    /// entries. Lookups never return expired frames whether or not this has
+    /// run; it only gives the memory back.
+    pub fn expire(&mut self, now: Instant) -> Sweep {
+        self.expire_bounded(now, EXPIRE_BUDGET)
+    }
+
+    /// [`Cache::expire`] with an explicit work budget.
+    pub fn expire_bounded(&mut self, now: Instant, budget: usize) -> Sweep {
+        let now_ms = self.ms(now);
+        let mut sweep = Sweep::default();
+        let mut left = budget;
+        for class in TtlClass::ALL {
+            let (expired, work, more) = self.sweep_class(class, now_ms, left, NIL);
+            sweep.expired += expired;
+            left -= work;
+            if more {
+                sweep.more = true;
+                break;
+            }
+        }
+        sweep
+    }
+
+    /// Drops every frame of a flow (e.g. on an operator's request or a known
+    /// proxy restart). Returns how many frames were dropped.
+    pub fn invalidate(&mut self, hash_key: u64) -> usize {
+        let Some(&idx) = self.index.get(&hash_key) else { return 0 };
+        let dropped = self.clear_flow(idx);
+        self.remove_flow(idx);
+        self.stats.invalidations += 1;
+        self.stats.evicted_invalidated += dropped;
+        dropped as usize
+    }
+
+    /// A snapshot of the shard's counters and gauges.
+    pub fn stats(&self) -> CacheStats {
+        CacheStats { flows: self.index.len() as u64, ..self.stats }
+    }
+
+    // ───────────────────────────── internals ─────────────────────────────
+
+    fn ms(&self, now: Instant) -> u64 {
+        duration_floor_ms(now.saturating_duration_since(self.origin))
+    }
+
+    fn max_per_flow(&self) -> u64 {
+        self.settings.max_per_flow.max(1) as u64
+    }
+
+    fn regressed(&self, highest: u64, seq: u64) -> bool {
+        seq < highest
+            && (highest - seq > self.settings.regression_threshold
+                || (seq <= RESTART_SEQ && highest > RESTART_SEQ))
+    }
+
+    /// Allocates a flow for `hash_key`, evicting the least recently
+    /// appended-to flow first if the shard is at `max_flows`.
+    fn new_flow(&mut self, hash_key: u64) -> u32 {
+        if self.index.len() >= self.settings.max_flows.max(1) && self.lru_head != NIL {
+            let victim = self.lru_head;
+            let dropped = self.clear_flow(victim);
+            self.remove_flow(victim);
+            self.stats.evicted_flows += dropped;
+        }
+        let idx = match self.free.pop() {
+            Some(idx) => idx,
+            None => {
+                self.flows.push(Flow::empty(0));
+                (self.flows.len() - 1) as u32
+            }
+        };
+        let flow = &mut self.flows[idx as usize];
+        let gen_ = flow.gen_;
+        *flow = Flow::empty(gen_);
+        flow.hash_key = hash_key;
+        self.index.insert(hash_key, idx);
+        self.link_tail(idx);
+        idx
+    }
+
+    /// Drops every held frame of a flow and moves it to a new generation,
+    /// which turns its FIFO entries into tombstones. The flow stays mapped.
+    /// Returns the number of frames dropped.
+    fn clear_flow(&mut self, idx: u32) -> u64 {
+        let flow = &mut self.flows[idx as usize];
+        let mut dropped = 0u64;
+        let mut bytes = 0u64;
+        for slot in flow.log.drain(..) {
+            if let Some(f) = slot.frame {
+                dropped += 1;
+                bytes += f.len() as u64;
+                self.class_live[slot.meta.class() as usize] -= 1;
+            }
+        }
+        flow.live = 0;
+        flow.highest = 0;
+        flow.base = 0;
+        flow.gen_ = flow.gen_.wrapping_add(1);
+        flow.shrink();
+        self.stats.entries -= dropped;
+        self.stats.bytes -= bytes;
+        dropped
+    }
+
+    /// Unmaps an empty flow and returns its slab slot to the free list.
+    fn remove_flow(&mut self, idx: u32) {
+        debug_assert_eq!(self.flows[idx as usize].live, 0);
+        self.unlink(idx);
+        let flow = &mut self.flows[idx as usize];
+        self.index.remove(&flow.hash_key);
+        // A new generation, so entries of this flow are tombstones even after
+        // the slot is reused.
+        flow.gen_ = flow.gen_.wrapping_add(1);
+        flow.log = VecDeque::new();
+        self.free.push(idx);
+    }
+
+    /// Raises the flow's highest SeqNum to `seq` if it is higher, evicting
+    /// frames that fall out of the `max_per_flow` window.
+    fn advance(&mut self, idx: u32, seq: u64) {
+        let mpf = self.max_per_flow();
+        let flow = &mut self.flows[idx as usize];
+        if seq <= flow.highest {
+            return;
+        }
+        flow.highest = seq;
+        let low = flow.window_low(mpf);
+        let mut evicted = 0u64;
+        let mut bytes = 0u64;
+        while flow.base < low {
+            let Some(slot) = flow.log.pop_front() else { break };
+            flow.base += 1;
+            if let Some(f) = slot.frame {
+                evicted += 1;
+                bytes += f.len() as u64;
+                self.class_live[slot.meta.class() as usize] -= 1;
+            }
+        }
+        flow.live -= evicted as usize;
+        flow.trim();
+        self.stats.entries -= evicted;
+        self.stats.bytes -= bytes;
+        self.stats.evicted_per_flow += evicted;
+    }
+
+    /// Evicts globally oldest frames until one of `len` bytes fits the key
+    /// and byte budgets. Never unmaps `pin`, the flow about to receive it.
+    fn make_room(&mut self, len: usize, pin: u32) {
+        let max_keys = self.settings.max_keys as u64;
+        if max_keys != 0 {
+            while self.stats.entries >= max_keys {
+                if !self.evict_oldest(pin) {
+                    break;
+                }
+                self.stats.evicted_max_keys += 1;
+            }
+        }
+        let max_bytes = self.settings.max_bytes as u64;
+        if max_bytes != 0 {
+            let overhead = OVERHEAD_PER_ENTRY as u64;
+            while self.stats.entries > 0
+                && self.stats.bytes + len as u64 + (self.stats.entries + 1) * overhead > max_bytes
+            {
+                if !self.evict_oldest(pin) {
+                    break;
+                }
+                self.stats.evicted_max_bytes += 1;
+            }
+        }
+    }
+
+    /// Removes the frame inserted first among the six class FIFO fronts.
+    fn evict_oldest(&mut self, pin: u32) -> bool {
+        let mut best: Option<(u64, usize)> = None;
+        for c in 0..CLASSES {
+            while let Some(&e) = self.queues[c].front() {
+                match self.resolve(e) {
+                    Some(pos) => {
+                        let deadline = self.flows[e.flow as usize].log[pos].meta.deadline();
+                        let inserted = deadline.saturating_sub(self.ttl_ms[c]);
+                        if best.is_none_or(|(t, _)| inserted < t) {
+                            best = Some((inserted, c));
+                        }
+                        break;
+                    }
+                    None => {
+                        self.queues[c].pop_front();
+                    }
+                }
+            }
+        }
+        let Some((_, c)) = best else { return false };
+        let Some(e) = self.queues[c].pop_front() else { return false };
+        match self.resolve(e) {
+            Some(pos) => {
+                self.take(e.flow, pos, pin);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Pops expired (and tombstone) fronts of one class FIFO, examining at
+    /// most `budget` entries. Returns (frames expired, entries examined,
+    /// budget ran out).
+    fn sweep_class(
+        &mut self,
+        class: TtlClass,
+        now_ms: u64,
+        budget: usize,
+        pin: u32,
+    ) -> (usize, usize, bool) {
+        let q = class as usize;
+        let (mut expired, mut work) = (0, 0);
+        while let Some(&e) = self.queues[q].front() {
+            if work == budget {
+                return (expired, work, true);
+            }
+            work += 1;
+            if let Some(pos) = self.resolve(e) {
+                if self.flows[e.flow as usize].log[pos].meta.deadline() > now_ms {
+                    break;
+                }
+                self.take(e.flow, pos, pin);
+                self.stats.evicted_ttl += 1;
+                expired += 1;
+            }
+            self.queues[q].pop_front();
+        }
+        shrink_queue(&mut self.queues[q]);
+        (expired, work, false)
+    }
+
+    /// The log position a FIFO entry refers to, or `None` for a tombstone.
+    /// Exact: within one generation a SeqNum's slot is emptied only by
+    /// popping its entry or by sliding below the window, which it can never
+    /// re-enter, so an occupied slot always belongs to the entry naming it.
+    fn resolve(&self, e: QEntry) -> Option<usize> {
+        resolve(&self.flows, e)
+    }
+
+    /// Drops one FIFO's tombstones. Called when they outnumber its live
+    /// entries (plus slack), so the O(len) pass is paid for by the
+    /// tombstones made since the last one: O(1) amortised, and a FIFO never
+    /// holds much more than twice its live entries.
+    fn compact(&mut self, c: usize) {
+        let flows = &self.flows;
+        let q = &mut self.queues[c];
+        q.retain(|&e| resolve(flows, e).is_some());
+        shrink_queue(q);
+    }
+
+    /// Empties one slot, keeping the log tight around held frames and
+    /// unmapping the flow when it empties (unless it is `pin`).
+    fn take(&mut self, idx: u32, pos: usize, pin: u32) {
+        let flow = &mut self.flows[idx as usize];
+        let Some(frame) = flow.log[pos].frame.take() else { return };
+        self.class_live[flow.log[pos].meta.class() as usize] -= 1;
+        flow.live -= 1;
+        flow.trim();
+        self.stats.entries -= 1;
+        self.stats.bytes -= frame.len() as u64;
+        if flow.live == 0 && idx != pin {
+            self.remove_flow(idx);
+        }
+    }
+
+    fn touch(&mut self, idx: u32) {
+        if self.lru_tail != idx {
+            self.unlink(idx);
+            self.link_tail(idx);
+        }
+    }
+
+    fn link_tail(&mut self, idx: u32) {
+        let tail = self.lru_tail;
+        {
+            let f = &mut self.flows[idx as usize];
+            f.prev = tail;
+            f.next = NIL;
+        }
+        if tail == NIL {
+            self.lru_head = idx;
+        } else {
+            self.flows[tail as usize].next = idx;
+        }
+        self.lru_tail = idx;
+    }
+
+    fn unlink(&mut self, idx: u32) {
+        let (prev, next) = {
+            let f = &self.flows[idx as usize];
+            (f.prev, f.next)
+        };
+        if prev == NIL {
+            self.lru_head = next;
+        } else {
+            self.flows[prev as usize].next = next;
+        }
+        if next == NIL {
+            self.lru_tail = prev;
+        } else {
+            self.flows[next as usize].prev = prev;
+        }
+        let f = &mut self.flows[idx as usize];
+        f.prev = NIL;
+        f.next = NIL;
+    }
+}
+
+const NIL: u32 = u32::MAX;
+
+/// Tombstones a FIFO may hold beyond its live entries before compaction.
+const COMPACT_SLACK: usize = 1024;
+
+fn resolve(flows: &[Flow], e: QEntry) -> Option<usize> {
+    let flow = flows.get(e.flow as usize)?;
+    if flow.gen_ != e.gen_ {
+        return None;
+    }
+    let pos = flow.pos(e.seq)?;
+    flow.log[pos].frame.is_some().then_some(pos)
+}
+
+/// Gives back FIFO capacity left over from a burst, once it is mostly
+/// unused (O(1) amortised, as for logs).
+fn shrink_queue(q: &mut VecDeque<QEntry>) {
+    let (len, cap) = (q.len(), q.capacity());
+    if cap > COMPACT_SLACK && len < cap / 4 {
+        q.shrink_to(len * 2);
+    }
+}
+
+/// One flow's log. `log[i]` holds SeqNum `base + i`.
+struct Flow {
+    hash_key: u64,
+    log: VecDeque<Slot>,
+    base: u64,
+    highest: u64,
+    live: usize,
+    gen_: u32,
+    prev: u32,
+    next: u32,
+}
+
+impl Flow {
+    fn empty(gen_: u32) -> Self {
+        Flow {
+            hash_key: 0,
+            log: VecDeque::new(),
+            base: 0,
+            highest: 0,
+            live: 0,
+            gen_,
+            prev: NIL,
+            next: NIL,
+        }
+    }
+
+    fn pos(&self, seq: u64) -> Option<usize> {
+        let off = seq.checked_sub(self.base)?;
+        (off < self.log.len() as u64).then_some(off as usize)
+    }
+
+    /// Lowest SeqNum the flow may hold: the window is the newest
+    /// `max_per_flow` SeqNums up to the highest.
+    fn window_low(&self, max_per_flow: u64) -> u64 {
+        self.highest.saturating_sub(max_per_flow - 1)
+    }
+
+    /// Puts `slot` at `seq`, growing the log with empty slots as needed. The
+    /// caller has checked `seq` is inside the window and its slot empty, so
+    /// the log never spans more than `max_per_flow` SeqNums.
+    fn place(&mut self, seq: u64, slot: Slot) {
+        if self.log.is_empty() {
+            self.base = seq;
+            self.log.push_back(slot);
+        } else if seq < self.base {
+            for _ in seq + 1..self.base {
+                self.log.push_front(Slot::VACANT);
+            }
+            self.log.push_front(slot);
+            self.base = seq;
+        } else if let Some(pos) = self.pos(seq) {
+            self.log[pos] = slot;
+        } else {
+            let end = self.base + self.log.len() as u64;
+            for _ in end..seq {
+                self.log.push_back(Slot::VACANT);
+            }
+            self.log.push_back(slot);
+        }
+    }
+
+    /// Drops empty slots at both ends, so the log spans only held frames.
+    fn trim(&mut self) {
+        while self.log.front().is_some_and(|s| s.frame.is_none()) {
+            self.log.pop_front();
+            self.base += 1;
+        }
+        while self.log.back().is_some_and(|s| s.frame.is_none()) {
+            self.log.pop_back();
+        }
+        self.shrink();
+    }
+
+    /// Gives back capacity once a log has emptied to a quarter of it (halving
+    /// the copy cost over the removals that got it there: O(1) amortised).
+    fn shrink(&mut self) {
+        let (len, cap) = (self.log.len(), self.log.capacity());
+        if cap > 64 && len < cap / 4 {
+            self.log.shrink_to(len * 2);
+        }
+    }
+}
+
+/// One log position: the datagram, if held, and its packed metadata.
+struct Slot {
+    frame: Option<Bytes>,
+    meta: Meta,
+}
+
+impl Slot {
+    const VACANT: Slot = Slot { frame: None, meta: Meta(0) };
+}
+
+/// Deadline (ms since the cache's origin, 44 bits: 557 years), TTL class
+/// (4 bits) and retransmit group (16 bits) in one word, so a slot is exactly
+/// a `Bytes` plus 8 bytes.
+#[derive(Clone, Copy)]
+struct Meta(u64);
+
+impl Meta {
+    const DEADLINE_MAX: u64 = (1 << 44) - 1;
+
+    fn new(deadline_ms: u64, class: TtlClass, group: u16) -> Self {
+        Meta(
+            (deadline_ms.min(Self::DEADLINE_MAX) << 20) | ((class as u64) << 16) | u64::from(group),
+        )
+    }
+
+    fn deadline(self) -> u64 {
+        self.0 >> 20
+    }
+
+    fn class(self) -> TtlClass {
+        TtlClass::ALL[(((self.0 >> 16) & 0xF) as usize).min(CLASSES - 1)]
+    }
+
+    fn group(self) -> u16 {
+        self.0 as u16
+    }
+}
+
+/// A class FIFO entry: which flow (slab index and generation) and SeqNum.
+#[derive(Clone, Copy)]
+struct QEntry {
+    flow: u32,
+    gen_: u32,
+    seq: u64,
+}
+
+fn duration_floor_ms(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+/// TTLs round up to whole ms (at least 1), so a frame never outlives its TTL
+/// by the rounding and a non-zero TTL never becomes zero.
+fn duration_ms(d: Duration) -> u64 {
+    let ms = d.as_nanos().div_ceil(1_000_000);
+    u64::try_from(ms).unwrap_or(u64::MAX).max(1)
+}
+
+#[cfg(test)]
+impl Cache {
+    /// Recomputes every gauge and cross-structure invariant from scratch.
+    pub(crate) fn check_invariants(&self) {
+        let (mut entries, mut bytes) = (0u64, 0u64);
+        let mut per_class = [0usize; CLASSES];
+        let mpf = self.max_per_flow();
+        for (&hk, &idx) in &self.index {
+            let f = &self.flows[idx as usize];
+            assert_eq!(f.hash_key, hk);
+            let held: Vec<&Slot> = f.log.iter().filter(|s| s.frame.is_some()).collect();
+            assert_eq!(held.len(), f.live, "live count");
+            assert!(f.live > 0, "empty flows are unmapped");
+            assert!(f.log.front().is_some_and(|s| s.frame.is_some()), "tight front");
+            assert!(f.log.back().is_some_and(|s| s.frame.is_some()), "tight back");
+            assert!(f.log.len() as u64 <= mpf, "log spans at most max_per_flow");
+            assert!(f.base >= f.window_low(mpf));
+            assert!(f.base + f.log.len() as u64 - 1 <= f.highest);
+            for s in held {
+                entries += 1;
+                bytes += s.frame.as_ref().map_or(0, |b| b.len() as u64);
+                per_class[s.meta.class() as usize] += 1;
+            }
+        }
+        assert_eq!(entries, self.stats.entries);
+        assert_eq!(bytes, self.stats.bytes);
+        for (c, q) in self.queues.iter().enumerate() {
+            let mut live = 0;
+            let mut last = 0;
+            for &e in q {
+                if let Some(pos) = self.resolve(e) {
+                    let slot = &self.flows[e.flow as usize].log[pos];
+                    assert_eq!(slot.meta.class() as usize, c, "entry in its class FIFO");
+                    assert!(slot.meta.deadline() >= last, "FIFO in deadline order");
+                    last = slot.meta.deadline();
+                    live += 1;
+                }
+            }
+            assert_eq!(live, per_class[c], "one live FIFO entry per held frame");
+            assert_eq!(self.class_live[c], per_class[c]);
+        }
+        let mut n = 0;
+        let mut at = self.lru_head;
+        while at != NIL {
+            n += 1;
+            at = self.flows[at as usize].next;
+        }
+        assert_eq!(n, self.index.len(), "LRU list holds every flow");
+        if self.settings.max_keys != 0 {
+            assert!(entries <= self.settings.max_keys as u64);
+        }
+        if self.settings.max_bytes != 0 {
+            assert!(bytes + entries * OVERHEAD_PER_ENTRY as u64 <= self.settings.max_bytes as u64);
+        }
+        assert!(self.index.len() <= self.settings.max_flows.max(1));
+    }
+
+    /// Every held frame (expired or not), for the property test.
+    pub(crate) fn held(&self) -> Vec<(FrameKey, Bytes)> {
+        let mut out = Vec::new();
+        for (&hash_key, &idx) in &self.index {
+            let f = &self.flows[idx as usize];
+            for (i, s) in f.log.iter().enumerate() {
+                if let Some(b) = &s.frame {
+                    out.push((FrameKey { hash_key, seq: f.base + i as u64 }, b.clone()));
+                }
+            }
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn key(hash_key: u64, seq: u64) -> FrameKey {
+        FrameKey { hash_key, seq }
+    }
+
+    fn frame(hk: u64, seq: u64, len: usize) -> Bytes {
+        let mut v = vec![0u8; len.max(16)];
+        v[..8].copy_from_slice(&hk.to_be_bytes());
+        v[8..16].copy_from_slice(&seq.to_be_bytes());
+        Bytes::from(v)
+    }
+
+    fn put(c: &mut Cache, now: Instant, hk: u64, seq: u64) -> Insert {
+        c.insert(now, key(hk, seq), TtlClass::Tx, 7, frame(hk, seq, 100), Origin::Fabric)
+    }
+
+    fn has(c: &Cache, now: Instant, hk: u64, seq: u64) -> bool {
+        c.get(key(hk, seq), now).is_some()
+    }
+
+    const NEW: Insert = Insert::Inserted { new_epoch: false };
+
+    #[test]
+    fn per_entry_overhead_matches_the_structures() {
+        let computed = size_of::<Slot>() + size_of::<QEntry>();
+        assert_eq!(size_of::<Option<Bytes>>(), 32, "Option<Bytes> uses the niche");
+        assert_eq!(size_of::<Slot>(), 40);
+        assert_eq!(size_of::<QEntry>(), 16);
+        assert_eq!(OVERHEAD_PER_ENTRY, computed);
+        const { assert!(OVERHEAD_PER_ENTRY <= 64) };
+    }
+
+    #[test]
+    fn append_lookup_and_range() {
+        let t0 = Instant::now();
+        let mut c = Cache::new(CacheSettings::default(), t0);
+        for seq in 1..=10 {
+            assert_eq!(put(&mut c, t0, 1, seq), NEW);
+        }
+        let hit = c.get(key(1, 4), t0).unwrap();
+        assert_eq!(hit.frame, &frame(1, 4, 100));
+        assert_eq!(hit.group, 7);
+        assert!(!has(&c, t0, 1, 0) && !has(&c, t0, 1, 11) && !has(&c, t0, 2, 1));
+        let view = c.view(1, t0).unwrap();
+        let got: Vec<u64> = (3..=12).filter(|&s| view.get(s).is_some()).collect();
+        assert_eq!(got, (3..=10).collect::<Vec<_>>());
+        assert_eq!(view.highest(), 10);
+        let s = c.stats();
+        assert_eq!((s.entries, s.bytes, s.flows, s.inserted), (10, 1000, 1, 10));
+        c.check_invariants();
+    }
+
+    #[test]
+    fn out_of_order_and_holes() {
+        let t0 = Instant::now();
+        let mut c = Cache::new(CacheSettings::default(), t0);
+        for seq in [5, 3, 9, 4, 1] {
+            assert_eq!(put(&mut c, t0, 1, seq), NEW);
+            c.check_invariants();
+        }
+        for seq in 0..=10 {
+            assert_eq!(has(&c, t0, 1, seq), [1, 3, 4, 5, 9].contains(&seq), "{seq}");
+        }
+    }
+
+    #[test]
+    fn duplicates_keep_the_first_copy() {
+        let t0 = Instant::now();
+        let mut c = Cache::new(CacheSettings::default(), t0);
+        let first = frame(1, 1, 50);
+        c.insert(t0, key(1, 1), TtlClass::Tx, 1, first.clone(), Origin::Fabric);
+        let again = c.insert(t0, key(1, 1), TtlClass::Tx, 2, frame(9, 9, 60), Origin::Fabric);
+        assert_eq!(again, Insert::Duplicate);
+        let hit = c.get(key(1, 1), t0).unwrap();
+        assert_eq!((hit.frame, hit.group), (&first, 1));
+        assert_eq!((c.stats().duplicates, c.stats().bytes), (1, 50));
+        c.check_invariants();
+    }
+
+    #[test]
+    fn ttl_per_class_at_exact_boundaries() {
+        let t0 = Instant::now();
+        let ttls = Ttls {
+            tx: Duration::from_secs(10),
+            block: Duration::from_secs(20),
+            subtree: Duration::from_secs(30),
+            anchor: Duration::from_secs(40),
+            beef: Duration::from_secs(50),
+            fallback: Duration::from_secs(70),
+        };
+        let mut c = Cache::new(CacheSettings { ttls, ..Default::default() }, t0);
+        for (i, class) in TtlClass::ALL.into_iter().enumerate() {
+            let hk = 100 + i as u64;
+            c.insert(t0, key(hk, 1), class, 0, frame(hk, 1, 64), Origin::Fabric);
+        }
+        for (i, class) in TtlClass::ALL.into_iter().enumerate() {
+            let hk = 100 + i as u64;
+            let ttl = ttls.get(class);
+            let just_before = t0 + ttl - Duration::from_millis(1);
+            assert!(has(&c, just_before, hk, 1), "{class:?} alive 1 ms before its TTL");
+            assert!(has(&c, t0 + ttl - Duration::from_nanos(1), hk, 1), "{class:?}");
+            assert!(!has(&c, t0 + ttl, hk, 1), "{class:?} gone at exactly its TTL");
+            // The sweep removes it at the same instant, and nothing younger.
+            let before = c.len();
+            let sweep = c.expire(t0 + ttl);
+            assert_eq!((sweep.expired, c.len()), (1, before - 1), "{class:?}");
+            assert!(!sweep.more);
+            assert_eq!(c.stats().evicted_ttl, i as u64 + 1);
+            c.check_invariants();
+        }
+        assert!(c.is_empty());
+        assert_eq!(c.stats().flows, 0, "empty flows are dropped");
+    }
+
+    #[test]
+    fn expire_is_bounded_per_call() {
+        let t0 = Instant::now();
+        let mut c = Cache::new(CacheSettings::default(), t0);
+        for seq in 1..=10 {
+            put(&mut c, t0, 1, seq);
+        }
+        let later = t0 + Duration::from_secs(61);
+        assert_eq!(c.expire_bounded(later, 4), Sweep { expired: 4, more: true });
+        assert_eq!(c.expire_bounded(later, 100), Sweep { expired: 6, more: false });
+        c.check_invariants();
+    }
+
+    #[test]
+    fn expired_but_unswept_copy_is_replaced() {
+        let t0 = Instant::now();
+        let mut c = Cache::new(CacheSettings::default(), t0);
+        for seq in 1..=5 {
+            put(&mut c, t0, 1, seq);
+        }
+        // The insert's own small sweep reaches only the first two; the held
+        // copy of 5 is expired but still in its slot.
+        let later = t0 + Duration::from_secs(60);
+        let fresh = frame(1, 5, 77);
+        let r = c.insert(later, key(1, 5), TtlClass::Tx, 3, fresh.clone(), Origin::Recovered);
+        assert_eq!(r, NEW);
+        let hit = c.get(key(1, 5), later).unwrap();
+        assert_eq!((hit.frame, hit.group), (&fresh, 3));
+        assert!(!has(&c, later, 1, 4));
+        assert_eq!((c.len(), c.stats().evicted_ttl, c.stats().duplicates), (1, 5, 0));
+        c.check_invariants();
+    }
+
+    #[test]
+    fn max_keys_evicts_the_globally_oldest() {
+        let t0 = Instant::now();
+        let mut c = Cache::new(CacheSettings { max_keys: 3, ..Default::default() }, t0);
+        let ms = Duration::from_millis;
+        put(&mut c, t0, 1, 1);
+        c.insert(t0 + ms(1), key(2, 1), TtlClass::Block, 0, frame(2, 1, 10), Origin::Fabric);
+        put(&mut c, t0 + ms(2), 1, 2);
+        c.insert(t0 + ms(3), key(3, 1), TtlClass::Beef, 0, frame(3, 1, 10), Origin::Fabric);
+        let now = t0 + ms(3);
+        assert!(!has(&c, now, 1, 1), "oldest went first");
+        assert!(has(&c, now, 2, 1) && has(&c, now, 1, 2) && has(&c, now, 3, 1));
+        // The block frame has the longest TTL but is now the oldest: next out.
+        put(&mut c, t0 + ms(4), 4, 1);
+        assert!(!has(&c, now, 2, 1) && has(&c, now, 1, 2));
+        assert_eq!((c.len(), c.stats().evicted_max_keys), (3, 2));
+        c.check_invariants();
+    }
+
+    #[test]
+    fn max_bytes_charges_overhead_and_refuses_giants() {
+        let t0 = Instant::now();
+        let budget = 3 * (100 + OVERHEAD_PER_ENTRY);
+        let mut c = Cache::new(CacheSettings { max_bytes: budget, ..Default::default() }, t0);
+        for seq in 1..=5 {
+            put(&mut c, t0, 1, seq);
+            c.check_invariants();
+        }
+        assert_eq!(c.len(), 3);
+        assert!(!has(&c, t0, 1, 2) && has(&c, t0, 1, 3) && has(&c, t0, 1, 5));
+        assert_eq!(c.stats().evicted_max_bytes, 2);
+        let giant = frame(1, 6, budget);
+        let r = c.insert(t0, key(1, 6), TtlClass::Tx, 0, giant, Origin::Fabric);
+        assert_eq!(r, Insert::TooLarge);
+        assert_eq!((c.len(), c.stats().refused_too_large), (3, 1), "nothing evicted for it");
+    }
+
+    #[test]
+    fn per_flow_window_evicts_and_refuses_stale() {
+        let t0 = Instant::now();
+        let settings =
+            CacheSettings { max_per_flow: 4, regression_threshold: 1000, ..Default::default() };
+        let mut c = Cache::new(settings, t0);
+        for seq in 1..=6 {
+            put(&mut c, t0, 1, seq);
+        }
+        assert!(!has(&c, t0, 1, 2) && has(&c, t0, 1, 3) && has(&c, t0, 1, 6));
+        assert_eq!(c.stats().evicted_per_flow, 2);
+        assert_eq!(put(&mut c, t0, 1, 2), Insert::Stale);
+        // A jump past the window evicts the rest, holes never count as frames.
+        assert_eq!(put(&mut c, t0, 1, 100), NEW);
+        assert_eq!((c.len(), c.stats().evicted_per_flow), (1, 6));
+        assert_eq!(put(&mut c, t0, 1, 98), NEW);
+        assert_eq!(c.stats().refused_stale, 1);
+        c.check_invariants();
+    }
+
+    #[test]
+    fn fifo_tombstones_stay_bounded_for_a_busy_flow() {
+        // 100 000 frames within one TTL through a 64-SeqNum window: all but
+        // 64 are evicted per flow, and their FIFO entries must not pile up.
+        let t0 = Instant::now();
+        let settings = CacheSettings { max_per_flow: 64, ..Default::default() };
+        let mut c = Cache::new(settings, t0);
+        for seq in 1..=100_000 {
+            put(&mut c, t0, 1, seq);
+        }
+        assert_eq!(c.len(), 64);
+        assert!(c.queues[0].len() <= 2 * 64 + COMPACT_SLACK + 1, "{}", c.queues[0].len());
+        assert!(c.queues[0].capacity() < 16 * 1024, "{}", c.queues[0].capacity());
+        c.check_invariants();
+    }
+
+    #[test]
+    fn max_flows_evicts_the_least_recently_appended_flow() {
+        let t0 = Instant::now();
+        let mut c = Cache::new(CacheSettings { max_flows: 2, ..Default::default() }, t0);
+        put(&mut c, t0, 1, 1);
+        put(&mut c, t0, 2, 1);
+        put(&mut c, t0, 1, 2); // flow 1 is now the most recent
+        put(&mut c, t0, 3, 1);
+        assert!(has(&c, t0, 1, 1) && has(&c, t0, 1, 2) && has(&c, t0, 3, 1));
+        assert!(!has(&c, t0, 2, 1));
+        let s = c.stats();
+        assert_eq!((s.flows, s.evicted_flows, s.entries), (2, 1, 3));
+        c.check_invariants();
+    }
+
+    #[test]
+    fn epoch_regression_never_serves_pre_restart_frames() {
+        let t0 = Instant::now();
+        let mut c = Cache::new(CacheSettings::default(), t0);
+        for seq in 5000..5010 {
+            put(&mut c, t0, 1, seq);
+        }
+        // Small reordering is not a restart.
+        assert_eq!(put(&mut c, t0, 1, 4000), NEW);
+        // A jump back by more than the threshold is.
+        let restarted = frame(1, 1, 33);
+        let r = c.insert(t0, key(1, 1), TtlClass::Tx, 0, restarted.clone(), Origin::Fabric);
+        assert_eq!(r, Insert::Inserted { new_epoch: true });
+        assert_eq!(c.get(key(1, 1), t0).unwrap().frame, &restarted);
+        for seq in (4000..=4000).chain(5000..5010) {
+            assert!(!has(&c, t0, 1, seq), "pre-restart {seq} served");
+        }
+        let s = c.stats();
+        assert_eq!((s.epoch_resets, s.evicted_epoch, s.entries), (1, 11, 1));
+        c.check_invariants();
+        // Post-restart frames now count up again without further resets.
+        for seq in 2..=150 {
+            assert_eq!(put(&mut c, t0, 1, seq), NEW);
+        }
+        // The listener's rule: ≤ 100 while the highest is > 100.
+        assert_eq!(put(&mut c, t0, 1, 60), Insert::Inserted { new_epoch: true });
+        assert!(!has(&c, t0, 1, 150) && has(&c, t0, 1, 60));
+        // A recovered frame never starts an epoch.
+        let r = c.insert(t0, key(1, 3), TtlClass::Tx, 0, frame(1, 3, 9), Origin::Recovered);
+        assert_eq!(r, NEW);
+        assert!(has(&c, t0, 1, 60));
+        c.check_invariants();
+    }
+
+    #[test]
+    fn invalidate_drops_a_flow() {
+        let t0 = Instant::now();
+        let mut c = Cache::new(CacheSettings::default(), t0);
+        for seq in 1..=3 {
+            put(&mut c, t0, 1, seq);
+            put(&mut c, t0, 2, seq);
+        }
+        assert_eq!(c.invalidate(1), 3);
+        assert_eq!(c.invalidate(1), 0);
+        assert!(!has(&c, t0, 1, 1) && has(&c, t0, 2, 1));
+        let s = c.stats();
+        assert_eq!((s.invalidations, s.evicted_invalidated, s.flows, s.entries), (1, 3, 1, 3));
+        // The same HashKey starts afresh, and the old FIFO entries are inert.
+        assert_eq!(put(&mut c, t0, 1, 2), NEW);
+        assert_eq!(c.expire(t0 + Duration::from_secs(60)).expired, 4);
+        c.check_invariants();
+        assert!(c.is_empty());
+    }
+
+    #[derive(Debug, Clone)]
+    enum Op {
+        /// Store at the flow's cursor + `step` (mostly small steps forward,
+        /// some reordering, the odd proxy restart).
+        Insert {
+            flow: usize,
+            step: i64,
+            len: usize,
+            class: usize,
+            recovered: bool,
+        },
+        Advance(u64),
+        Expire(usize),
+        /// Look up `back` below the flow's cursor.
+        Lookup {
+            flow: usize,
+            back: u64,
+        },
+        Invalidate(usize),
+    }
+
+    const FLOWS: usize = 4;
+
+    fn op() -> impl Strategy<Value = Op> {
+        let step = prop_oneof![12 => 0..4i64, 3 => -60..0i64, 1 => Just(i64::MIN)];
+        let len = prop_oneof![10 => 1..64usize, 1 => 64..400usize];
+        prop_oneof![
+            8 => (0..FLOWS, step, len, 0..CLASSES, any::<bool>()).prop_map(
+                |(flow, step, len, class, r)| {
+                    Op::Insert { flow, step, len, class, recovered: r && step < 0 }
+                }
+            ),
+            2 => (0..3_000u64).prop_map(Op::Advance),
+            1 => (0..20usize).prop_map(Op::Expire),
+            4 => (0..FLOWS, 0..80u64).prop_map(|(flow, back)| Op::Lookup { flow, back }),
+            1 => (0..FLOWS).prop_map(Op::Invalidate),
+        ]
+    }
+
+    /// Runs `ops` against a cache and a model of what each key should hold.
+    fn run(ops: Vec<Op>, settings: CacheSettings) -> Result<(), TestCaseError> {
+        let t0 = Instant::now();
+        let ttls = settings.ttls;
+        let mut c = Cache::new(settings, t0);
+        // What each key should hold if held: (bytes, deadline).
+        let mut model: HashMap<FrameKey, (Bytes, Instant)> = HashMap::new();
+        let stored = |model: &HashMap<FrameKey, (Bytes, Instant)>, k: FrameKey| {
+            model
+                .get(&k)
+                .cloned()
+                .ok_or_else(|| TestCaseError::fail(format!("{k:?} held but never stored")))
+        };
+        let mut now = t0;
+        let mut stamp = 0u8;
+        let mut cursor = [1u64; FLOWS];
+        for op in ops {
+            match op {
+                Op::Insert { flow: f, step, len, class, recovered } => {
+                    let seq = cursor[f].saturating_add_signed(step).max(1);
+                    cursor[f] = if step == i64::MIN { 1 } else { cursor[f].max(seq) };
+                    let flow = f as u64 + 1;
+                    stamp = stamp.wrapping_add(1);
+                    let mut v = vec![stamp; len];
+                    v[0] = flow as u8;
+                    let b = Bytes::from(v);
+                    let k = key(flow, seq);
+                    let class = TtlClass::ALL[class];
+                    let origin = if recovered { Origin::Recovered } else { Origin::Fabric };
+                    match c.insert(now, k, class, 0, b.clone(), origin) {
+                        Insert::Inserted { new_epoch } => {
+                            if new_epoch {
+                                model.retain(|mk, _| mk.hash_key != flow);
+                            }
+                            model.insert(k, (b.clone(), now + ttls.get(class)));
+                            prop_assert_eq!(c.get(k, now).map(|h| h.frame.clone()), Some(b));
+                        }
+                        Insert::Duplicate => {
+                            let (held, deadline) = stored(&model, k)?;
+                            prop_assert!(deadline > now);
+                            prop_assert_eq!(c.get(k, now).map(|h| h.frame.clone()), Some(held));
+                        }
+                        Insert::Stale | Insert::TooLarge => {}
+                    }
+                }
+                Op::Advance(ms) => now += Duration::from_millis(ms),
+                Op::Expire(budget) => {
+                    c.expire_bounded(now, budget);
+                }
+                Op::Lookup { flow, back } => {
+                    let k = key(flow as u64 + 1, cursor[flow].saturating_sub(back));
+                    if let Some(hit) = c.get(k, now) {
+                        let (want, deadline) = stored(&model, k)?;
+                        prop_assert!(now < deadline, "expired frame served");
+                        prop_assert_eq!(hit.frame, &want);
+                    }
+                }
+                Op::Invalidate(f) => {
+                    let flow = f as u64 + 1;
+                    c.invalidate(flow);
+                    model.retain(|mk, _| mk.hash_key != flow);
+                }
+            }
+            c.check_invariants();
+            // Everything held is what the model says was last stored (so
+            // nothing evicted, invalidated or pre-restart lingers), and
+            // `bytes` is exactly the sum of the held frames.
+            let held = c.held();
+            let total: u64 = held.iter().map(|(_, b)| b.len() as u64).sum();
+            prop_assert_eq!(total, c.stats().bytes);
+            prop_assert_eq!(held.len() as u64, c.stats().entries);
+            for (k, b) in held {
+                let (want, deadline) = stored(&model, k)?;
+                prop_assert_eq!(b, want);
+                // Served exactly while unexpired, swept or not.
+                prop_assert_eq!(c.get(k, now).is_some(), now < deadline, "{:?}", k);
+            }
+        }
+        // Once every TTL has passed and the sweep has run, nothing is left.
+        let end = now + Duration::from_secs(60);
+        while c.expire(end).more {}
+        prop_assert!(c.is_empty());
+        prop_assert_eq!(c.stats().flows, 0);
+        Ok(())
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(256))]
+
+        /// Random inserts, expiries, lookups and invalidations never return
+        /// an expired, evicted, invalidated or pre-restart frame, and the
+        /// gauges stay exact.
+        #[test]
+        fn never_serves_what_it_should_not(
+            ops in proptest::collection::vec(op(), 1..400),
+            max_keys in prop_oneof![1 => Just(0usize), 2 => 1..16usize],
+            max_bytes in prop_oneof![1 => Just(0usize), 2 => 200..1500usize],
+            max_per_flow in 1..64usize,
+            max_flows in 1..5usize,
+        ) {
+            let ttls = Ttls {
+                tx: Duration::from_secs(10),
+                block: Duration::from_secs(50),
+                subtree: Duration::from_secs(30),
+                anchor: Duration::from_secs(20),
+                beef: Duration::from_secs(7),
+                fallback: Duration::from_secs(15),
+            };
+            let settings = CacheSettings {
+                ttls, max_per_flow, max_flows, max_keys, max_bytes, regression_threshold: 40,
+            };
+            run(ops, settings)?;
+        }
+    }
+}

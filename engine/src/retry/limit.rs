@@ -1,0 +1,607 @@
+//! The reference endpoint's four NACK rate-limit tiers, in bounded memory.
+//!
+//! | tier | key | limit (default) | when limited |
+//! |---|---|---|---|
+//! | [`Tier::Ip`] | source IP | token bucket, 100/s, burst 10 | silent drop, always (no reflection) |
+//! | [`Tier::Sequence`] | StartSeq alone | 100 per 60 s window | THROTTLED bucket 2, or silent |
+//! | [`Tier::Chain`] | (source IP, HashKey); HashKey 0 bypasses | 500 per 60 s window | THROTTLED bucket 3, or silent |
+//! | [`Tier::Group`] | (source IP, group index), after lookup | token bucket, 200/s, burst 50 | THROTTLED bucket 4, or ACK without retransmit |
+//!
+//! What to send back is the service's business; this module only decides.
+//!
+//! # Contract
+//! - **Deterministic**: every decision is a pure function of the settings
+//!   and the sequence of `(now, key)` calls. Time is integer nanoseconds
+//!   since the limiter's origin; no floating point after construction.
+//! - **Fair**: every tier except the sequence tier is keyed by source
+//!   address, so a source flooding NACKs empties only its own buckets and
+//!   cannot starve another source. The sequence tier is, as in the
+//!   reference, shared by everyone asking for the same StartSeq: it is the
+//!   per-gap storm damper, not a fairness mechanism, and one source can use
+//!   up a StartSeq's budget (at its IP-tier rate) for everyone.
+//! - **Bounded**: each tier's table holds at most `max_entries` keys, however
+//!   many source addresses a flood uses (see [`LimitSettings::max_entries`]).
+//! - Limits are per shard. NACKs are steered to the core that owns their
+//!   HashKey, so a source NACKing flows on several cores gets each core's
+//!   allowance, and the sequence tier counts per core.
+//!
+//! # Algorithms
+//! Token buckets are kept as GCRA: one "theoretical arrival time" per key;
+//! a request is admitted if pushing it forward by one emission interval
+//! stays within `burst` intervals of now. A key whose time is in the past
+//! holds a full bucket, i.e. carries no information, so losing it is free.
+//!
+//! Windows are sliding-window counters: counts for the current and previous
+//! fixed window (anchored at the key's first request), the previous one
+//! weighted by how much of it still overlaps the sliding window. Exact
+//! sliding windows would need every timestamp (up to 500 per key); the
+//! two-counter estimate costs 16 bytes and is exact when requests are spread
+//! evenly over a window.
+//!
+//! Each table is two generations of at most `max_entries / 2` keys. A key
+//! found in the old generation is moved to the new one; when the new one
+//! fills, the old one is dropped and the new one becomes old. So a key is
+//! forgotten only after `max_entries / 2` other keys have been seen since it
+//! was last used, every operation is O(1) amortised, and a flood from
+//! millions of addresses costs at most `max_entries` entries per tier. A
+//! forgotten key restarts with a full bucket, which is the right default for
+//! a source that has been quiet (relative to the flood) for that long.
+
+use std::collections::HashMap;
+use std::collections::hash_map::Entry;
+use std::fmt;
+use std::hash::Hash;
+use std::net::IpAddr;
+use std::time::{Duration, Instant};
+
+use ricochet_wire::control::{BUCKET_PER_FLOW, BUCKET_PER_GAP, BUCKET_PER_GROUP};
+
+use super::SeededState;
+
+/// One of the four NACK rate-limit tiers, in the order they are applied.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Tier {
+    /// Per source IP token bucket; always silent.
+    Ip,
+    /// Per StartSeq window.
+    Sequence,
+    /// Per (source IP, HashKey) window.
+    Chain,
+    /// Per (source IP, group index) token bucket, after the cache lookup.
+    Group,
+}
+
+impl Tier {
+    /// Every tier, in application order.
+    pub const ALL: [Tier; 4] = [Tier::Ip, Tier::Sequence, Tier::Chain, Tier::Group];
+
+    /// The metric label (`ricochet_rate_limit_drops_total{level=…}` uses the
+    /// reference's names).
+    pub const fn name(self) -> &'static str {
+        match self {
+            Tier::Ip => "ip",
+            Tier::Sequence => "sequence",
+            Tier::Chain => "chain",
+            Tier::Group => "group",
+        }
+    }
+
+    /// The THROTTLED back-off bucket this tier answers with when throttle
+    /// responses are on; `None` for the IP tier, which never answers (a
+    /// spoofed source must not be able to aim replies at a victim).
+    pub const fn throttle_bucket(self) -> Option<u8> {
+        match self {
+            Tier::Ip => None,
+            Tier::Sequence => Some(BUCKET_PER_GAP),
+            Tier::Chain => Some(BUCKET_PER_FLOW),
+            Tier::Group => Some(BUCKET_PER_GROUP),
+        }
+    }
+}
+
+/// Rates, bursts, windows and table bounds of the four tiers. A rate of 0
+/// (or not finite) or a window count of 0 disables that tier; the config
+/// layer decides whether to allow that.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct LimitSettings {
+    /// `RL_IP_RATE`: NACKs per second per source IP; 100.
+    pub ip_rate: f64,
+    /// `RL_IP_BURST`: bucket size; 10. Values below 1 act as 1.
+    pub ip_burst: u32,
+    /// `RL_SEQUENCE_MAX`: NACKs per window per StartSeq; 100.
+    pub sequence_max: u32,
+    /// `RL_SEQUENCE_WINDOW`: 60 s.
+    pub sequence_window: Duration,
+    /// `RL_CHAIN_RATE`: NACKs per window per (source IP, HashKey); 500.
+    pub chain_max: u32,
+    /// `RL_CHAIN_WINDOW`: 60 s.
+    pub chain_window: Duration,
+    /// `RL_GROUP_RATE`: retransmits per second per (source IP, group); 200.
+    pub group_rate: f64,
+    /// `RL_GROUP_BURST`: bucket size; 50. Values below 1 act as 1.
+    pub group_burst: u32,
+    /// Keys each tier's table may hold (65 536). Values below 2 act as 2.
+    pub max_entries: usize,
+}
+
+impl Default for LimitSettings {
+    fn default() -> Self {
+        LimitSettings {
+            ip_rate: 100.0,
+            ip_burst: 10,
+            sequence_max: 100,
+            sequence_window: Duration::from_secs(60),
+            chain_max: 500,
+            chain_window: Duration::from_secs(60),
+            group_rate: 200.0,
+            group_burst: 50,
+            max_entries: 65_536,
+        }
+    }
+}
+
+/// How many keys each tier's table holds right now (gauges).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct LimiterEntries {
+    /// Source IPs tracked.
+    pub ip: usize,
+    /// StartSeqs tracked.
+    pub sequence: usize,
+    /// (source IP, HashKey) pairs tracked.
+    pub chain: usize,
+    /// (source IP, group) pairs tracked.
+    pub group: usize,
+}
+
+/// The four tiers' state for one shard.
+pub struct Limiter {
+    origin: Instant,
+    ip: Bucket,
+    ip_tab: GenMap<u128, u64>,
+    seq: Window,
+    seq_tab: GenMap<u64, Count>,
+    chain: Window,
+    chain_tab: GenMap<(u128, u64), Count>,
+    group: Bucket,
+    group_tab: GenMap<(u128, u16), u64>,
+}
+
+impl fmt::Debug for Limiter {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Limiter").field("entries", &self.entries()).finish_non_exhaustive()
+    }
+}
+
+impl Limiter {
+    /// Empty tables, with the limiter's clock starting at `now`.
+    pub fn new(settings: &LimitSettings, now: Instant) -> Self {
+        let half = settings.max_entries.max(2) / 2;
+        Limiter {
+            origin: now,
+            ip: Bucket::new(settings.ip_rate, settings.ip_burst),
+            ip_tab: GenMap::new(half),
+            seq: Window::new(settings.sequence_max, settings.sequence_window),
+            seq_tab: GenMap::new(half),
+            chain: Window::new(settings.chain_max, settings.chain_window),
+            chain_tab: GenMap::new(half),
+            group: Bucket::new(settings.group_rate, settings.group_burst),
+            group_tab: GenMap::new(half),
+        }
+    }
+
+    /// Applies the tiers that come before the cache lookup, in the
+    /// reference's order (IP, sequence, chain), stopping at the first that
+    /// refuses. A refused request consumes nothing in the later tiers.
+    pub fn check_before_lookup(
+        &mut self,
+        now: Instant,
+        ip: IpAddr,
+        hash_key: u64,
+        start_seq: u64,
+    ) -> Result<(), Tier> {
+        let t = self.tick(now);
+        let ip = ip_key(ip);
+        if !self.admit_ip(t, ip) {
+            return Err(Tier::Ip);
+        }
+        if !self.admit_sequence(t, start_seq) {
+            return Err(Tier::Sequence);
+        }
+        if !self.admit_chain(t, ip, hash_key) {
+            return Err(Tier::Chain);
+        }
+        Ok(())
+    }
+
+    /// The IP tier alone: may `ip` send another NACK now?
+    pub fn check_ip(&mut self, now: Instant, ip: IpAddr) -> bool {
+        let t = self.tick(now);
+        self.admit_ip(t, ip_key(ip))
+    }
+
+    /// The sequence tier alone: may anyone NACK `start_seq` again now?
+    pub fn check_sequence(&mut self, now: Instant, start_seq: u64) -> bool {
+        let t = self.tick(now);
+        self.admit_sequence(t, start_seq)
+    }
+
+    /// The chain tier alone. HashKey 0 (unstamped) always passes and leaves
+    /// no state, as in the reference.
+    pub fn check_chain(&mut self, now: Instant, ip: IpAddr, hash_key: u64) -> bool {
+        let t = self.tick(now);
+        self.admit_chain(t, ip_key(ip), hash_key)
+    }
+
+    /// The group tier: may `ip` have another frame retransmitted to `group`?
+    pub fn check_group(&mut self, now: Instant, ip: IpAddr, group: u16) -> bool {
+        if !self.group.enabled() {
+            return true;
+        }
+        let t = self.tick(now);
+        let tat = self.group_tab.slot((ip_key(ip), group), 0);
+        self.group.admit(tat, t)
+    }
+
+    /// Keys held per tier.
+    pub fn entries(&self) -> LimiterEntries {
+        LimiterEntries {
+            ip: self.ip_tab.len(),
+            sequence: self.seq_tab.len(),
+            chain: self.chain_tab.len(),
+            group: self.group_tab.len(),
+        }
+    }
+
+    fn tick(&self, now: Instant) -> u64 {
+        u64::try_from(now.saturating_duration_since(self.origin).as_nanos()).unwrap_or(u64::MAX)
+    }
+
+    fn admit_ip(&mut self, t: u64, ip: u128) -> bool {
+        if !self.ip.enabled() {
+            return true;
+        }
+        let tat = self.ip_tab.slot(ip, 0);
+        self.ip.admit(tat, t)
+    }
+
+    fn admit_sequence(&mut self, t: u64, start_seq: u64) -> bool {
+        if !self.seq.enabled() {
+            return true;
+        }
+        let count = self.seq_tab.slot(start_seq, Count::starting(t));
+        self.seq.admit(count, t)
+    }
+
+    fn admit_chain(&mut self, t: u64, ip: u128, hash_key: u64) -> bool {
+        if hash_key == 0 || !self.chain.enabled() {
+            return true;
+        }
+        let count = self.chain_tab.slot((ip, hash_key), Count::starting(t));
+        self.chain.admit(count, t)
+    }
+}
+
+/// v4 and v4-mapped v6 are one source, as on the wire of a dual-stack socket.
+fn ip_key(ip: IpAddr) -> u128 {
+    match ip {
+        IpAddr::V4(v4) => u128::from(v4.to_ipv6_mapped()),
+        IpAddr::V6(v6) => u128::from(v6),
+    }
+}
+
+/// GCRA token bucket parameters; the per-key state is a `u64` theoretical
+/// arrival time (ns since the origin), 0 for a full bucket.
+#[derive(Debug, Clone, Copy)]
+struct Bucket {
+    /// Nanoseconds one token takes to refill; 0 = tier disabled.
+    interval: u64,
+    /// `burst × interval`: how far ahead of now the arrival time may run.
+    span: u64,
+}
+
+impl Bucket {
+    fn new(rate: f64, burst: u32) -> Self {
+        let interval = if rate.is_finite() && rate > 0.0 {
+            // Saturating float→int cast; at least 1 ns so a huge rate still
+            // limits bursts.
+            ((1e9 / rate).round() as u64).max(1)
+        } else {
+            0
+        };
+        Bucket { interval, span: interval.saturating_mul(u64::from(burst.max(1))) }
+    }
+
+    fn enabled(&self) -> bool {
+        self.interval != 0
+    }
+
+    fn admit(&self, tat: &mut u64, now: u64) -> bool {
+        let next = (*tat).max(now).saturating_add(self.interval);
+        if next - now > self.span {
+            return false;
+        }
+        *tat = next;
+        true
+    }
+}
+
+/// Sliding-window counter parameters.
+#[derive(Debug, Clone, Copy)]
+struct Window {
+    max: u32,
+    /// Window length in ns; 0 = tier disabled.
+    len: u64,
+}
+
+/// Per-key window state: the current fixed window's start and count, and the
+/// previous window's count.
+#[derive(Debug, Clone, Copy)]
+struct Count {
+    start: u64,
+    cur: u32,
+    prev: u32,
+}
+
+impl Count {
+    fn starting(now: u64) -> Self {
+        Count { start: now, cur: 0, prev: 0 }
+    }
+}
+
+impl Window {
+    fn new(max: u32, len: Duration) -> Self {
+        let len = u64::try_from(len.as_nanos()).unwrap_or(u64::MAX);
+        Window { max, len: if max == 0 { 0 } else { len } }
+    }
+
+    fn enabled(&self) -> bool {
+        self.len != 0
+    }
+
+    fn admit(&self, c: &mut Count, now: u64) -> bool {
+        let w = self.len;
+        if now >= c.start.saturating_add(w.saturating_mul(2)) {
+            *c = Count::starting(now);
+        } else if now >= c.start.saturating_add(w) {
+            *c = Count { start: c.start + w, cur: 0, prev: c.cur };
+        }
+        // Estimate = cur + prev × (part of the previous window still inside
+        // the sliding window), compared as integers scaled by w.
+        let elapsed = now.saturating_sub(c.start).min(w);
+        let estimate =
+            u128::from(c.prev) * u128::from(w - elapsed) + u128::from(c.cur) * u128::from(w);
+        if estimate >= u128::from(self.max) * u128::from(w) {
+            return false;
+        }
+        c.cur = c.cur.saturating_add(1);
+        true
+    }
+}
+
+/// A two-generation table holding at most `2 × half` keys (see the module
+/// docs).
+struct GenMap<K, V> {
+    cur: HashMap<K, V, SeededState>,
+    old: HashMap<K, V, SeededState>,
+    half: usize,
+}
+
+impl<K: Hash + Eq + Copy, V> GenMap<K, V> {
+    fn new(half: usize) -> Self {
+        GenMap {
+            cur: HashMap::with_hasher(SeededState::random()),
+            old: HashMap::with_hasher(SeededState::random()),
+            half,
+        }
+    }
+
+    fn len(&self) -> usize {
+        self.cur.len() + self.old.len()
+    }
+
+    /// The value for `k`, created as `fresh` if unknown. One hash for a key
+    /// in the current generation; a generation turns over at most once per
+    /// `half` new keys, and `clear` keeps the allocation, so steady state
+    /// allocates nothing.
+    fn slot(&mut self, k: K, fresh: V) -> &mut V {
+        if self.cur.len() >= self.half {
+            std::mem::swap(&mut self.cur, &mut self.old);
+            self.cur.clear();
+        }
+        match self.cur.entry(k) {
+            Entry::Occupied(e) => e.into_mut(),
+            Entry::Vacant(e) => e.insert(self.old.remove(&k).unwrap_or(fresh)),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::Ipv4Addr;
+
+    fn ip(n: u32) -> IpAddr {
+        IpAddr::V4(Ipv4Addr::from(n))
+    }
+
+    const MS: Duration = Duration::from_millis(1);
+
+    #[test]
+    fn ip_tier_is_a_token_bucket() {
+        let t0 = Instant::now();
+        let mut l = Limiter::new(&LimitSettings::default(), t0);
+        let a = ip(1);
+        assert!((0..10).all(|_| l.check_ip(t0, a)), "burst of 10");
+        assert!(!l.check_ip(t0, a), "11th refused");
+        // 100/s: one token per 10 ms.
+        assert!(!l.check_ip(t0 + 9 * MS, a));
+        assert!(l.check_ip(t0 + 10 * MS, a));
+        assert!(!l.check_ip(t0 + 10 * MS, a));
+        // After a full refill, the burst is back, and no more.
+        let later = t0 + Duration::from_secs(1);
+        assert_eq!((0..20).filter(|_| l.check_ip(later, a)).count(), 10);
+        // v4 and v4-mapped v6 are the same source.
+        let mapped: IpAddr = "::ffff:0.0.0.1".parse().unwrap();
+        assert!(!l.check_ip(later, mapped));
+    }
+
+    #[test]
+    fn before_lookup_tiers_run_in_order_and_stop_at_the_first_refusal() {
+        let t0 = Instant::now();
+        let s = LimitSettings { ip_burst: 2, sequence_max: 1, ..Default::default() };
+        let mut l = Limiter::new(&s, t0);
+        assert_eq!(l.check_before_lookup(t0, ip(1), 9, 5), Ok(()));
+        assert_eq!(l.check_before_lookup(t0, ip(1), 9, 5), Err(Tier::Sequence));
+        assert_eq!(l.check_before_lookup(t0, ip(1), 9, 5), Err(Tier::Ip));
+        // The IP refusal consumed nothing in the later tiers.
+        assert_eq!(l.entries().chain, 1);
+    }
+
+    #[test]
+    fn sequence_tier_counts_per_start_seq_across_sources() {
+        let t0 = Instant::now();
+        let mut l = Limiter::new(&LimitSettings::default(), t0);
+        for n in 0..100 {
+            assert!(l.check_sequence(t0 + n * MS, 42), "{n}");
+        }
+        assert!(!l.check_sequence(t0 + 100 * MS, 42), "101st in the window");
+        assert!(l.check_sequence(t0 + 100 * MS, 43), "another StartSeq is separate");
+        // Sliding: half a window after the first window ends, half of the
+        // previous window's 100 still count.
+        let w = Duration::from_secs(60);
+        assert!(!l.check_sequence(t0 + w, 42));
+        let half = t0 + w + w / 2;
+        assert_eq!((0..100).filter(|_| l.check_sequence(half, 42)).count(), 50);
+        // Two idle windows later the key starts from zero.
+        let idle = half + 2 * w;
+        assert_eq!((0..200).filter(|_| l.check_sequence(idle, 42)).count(), 100);
+    }
+
+    #[test]
+    fn chain_tier_counts_per_source_and_hash_key_and_hash_key_0_bypasses() {
+        let t0 = Instant::now();
+        let s = LimitSettings { chain_max: 5, ..Default::default() };
+        let mut l = Limiter::new(&s, t0);
+        assert_eq!((0..10).filter(|_| l.check_chain(t0, ip(1), 7)).count(), 5);
+        assert!(l.check_chain(t0, ip(1), 8), "other HashKey");
+        assert!(l.check_chain(t0, ip(2), 7), "other source");
+        assert!((0..1000).all(|_| l.check_chain(t0, ip(1), 0)), "HashKey 0 bypasses");
+        assert_eq!(l.entries().chain, 3, "and leaves no state");
+        assert!(l.check_chain(t0 + Duration::from_secs(120), ip(1), 7), "window passed");
+    }
+
+    #[test]
+    fn group_tier_is_a_token_bucket_per_source_and_group() {
+        let t0 = Instant::now();
+        let mut l = Limiter::new(&LimitSettings::default(), t0);
+        assert_eq!((0..100).filter(|_| l.check_group(t0, ip(1), 3)).count(), 50);
+        assert!(l.check_group(t0, ip(1), 4), "other group");
+        assert!(l.check_group(t0, ip(2), 3), "other source");
+        // 200/s: one token per 5 ms.
+        assert!(!l.check_group(t0 + 4 * MS, ip(1), 3));
+        assert!(l.check_group(t0 + 5 * MS, ip(1), 3));
+    }
+
+    #[test]
+    fn disabled_tiers_pass_everything() {
+        let t0 = Instant::now();
+        let s = LimitSettings {
+            ip_rate: 0.0,
+            sequence_max: 0,
+            chain_max: 0,
+            group_rate: f64::INFINITY,
+            ..Default::default()
+        };
+        let mut l = Limiter::new(&s, t0);
+        for _ in 0..10_000 {
+            assert_eq!(l.check_before_lookup(t0, ip(1), 1, 1), Ok(()));
+            assert!(l.check_group(t0, ip(1), 1));
+        }
+        assert_eq!(l.entries(), LimiterEntries::default());
+    }
+
+    #[test]
+    fn a_flooding_source_cannot_starve_another() {
+        let t0 = Instant::now();
+        let mut l = Limiter::new(&LimitSettings::default(), t0);
+        let (flooder, victim) = (ip(666), ip(7));
+        let mut victim_ok = 0;
+        // One second: the flooder sends 100 NACKs per ms for its own flow,
+        // the victim one every 20 ms for another.
+        for ms in 0..1000u32 {
+            let now = t0 + ms * MS;
+            for i in 0..100u64 {
+                let _ = l.check_before_lookup(now, flooder, 1, u64::from(ms) * 100 + i);
+                let _ = l.check_group(now, flooder, 0);
+            }
+            if ms % 20 == 0 {
+                let seq = 1_000_000 + u64::from(ms);
+                if l.check_before_lookup(now, victim, 2, seq).is_ok()
+                    && l.check_group(now, victim, 0)
+                {
+                    victim_ok += 1;
+                }
+            }
+        }
+        assert_eq!(victim_ok, 50, "every one of the victim's NACKs got through");
+        // The flooder got its burst plus its rate, no more.
+        let mut flooder_ok = 0;
+        let mut l = Limiter::new(&LimitSettings::default(), t0);
+        for ms in 0..1000u32 {
+            let now = t0 + ms * MS;
+            flooder_ok += (0..100).filter(|_| l.check_ip(now, flooder)).count();
+        }
+        assert_eq!(flooder_ok, 10 + 99);
+    }
+
+    #[test]
+    fn tables_stay_bounded_under_an_address_flood() {
+        let t0 = Instant::now();
+        let s = LimitSettings { max_entries: 65_536, ..Default::default() };
+        let mut l = Limiter::new(&s, t0);
+        let mut peak = LimiterEntries::default();
+        for n in 0..100_000u32 {
+            let now = t0 + Duration::from_micros(u64::from(n));
+            let _ = l.check_before_lookup(now, ip(n), u64::from(n) | 1, u64::from(n));
+            let _ = l.check_group(now, ip(n), (n % 7) as u16);
+            let e = l.entries();
+            peak.ip = peak.ip.max(e.ip);
+            peak.sequence = peak.sequence.max(e.sequence);
+            peak.chain = peak.chain.max(e.chain);
+            peak.group = peak.group.max(e.group);
+        }
+        for (tier, n) in
+            [("ip", peak.ip), ("seq", peak.sequence), ("chain", peak.chain), ("group", peak.group)]
+        {
+            assert!(n <= 65_536, "{tier}: {n}");
+            assert!(n >= 32_768, "{tier} is used: {n}");
+        }
+        // A source active throughout the flood kept its state: still limited.
+        let mut l = Limiter::new(&LimitSettings { max_entries: 1024, ..Default::default() }, t0);
+        assert_eq!((0..20).filter(|_| l.check_ip(t0, ip(1))).count(), 10);
+        for n in 2..100_000u32 {
+            let _ = l.check_ip(t0, ip(n));
+            if n % 100 == 0 {
+                assert!(!l.check_ip(t0, ip(1)), "busy source forgotten at {n}");
+            }
+        }
+        assert!(l.entries().ip <= 1024);
+    }
+
+    #[test]
+    fn decisions_are_a_pure_function_of_the_calls() {
+        let t0 = Instant::now();
+        let run = |t0: Instant| {
+            let mut l = Limiter::new(&LimitSettings { max_entries: 64, ..Default::default() }, t0);
+            (0..5000u32)
+                .map(|n| {
+                    let now = t0 + Duration::from_micros(u64::from(n) * 137);
+                    let r =
+                        l.check_before_lookup(now, ip(n % 97), u64::from(n % 5), u64::from(n % 31));
+                    (r, l.check_group(now, ip(n % 89), (n % 3) as u16))
+                })
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(run(t0), run(t0 + Duration::from_secs(3600)));
+    }
+}

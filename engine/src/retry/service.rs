@@ -1,0 +1,1053 @@
+//! The NACK service: what ricochet does with each data frame and each NACK.
+//!
+//! docs/PROTOCOL.md § "Retransmission control (BRC-126)".
+//!
+//! # Frames
+//! [`Service::on_frame`] checks a datagram from the fabric, caches it whole
+//! under HashKey ‖ SeqNum with the TTL of its class, and remembers the group
+//! to retransmit it to: the group it arrived on when the caller knows it,
+//! else the one BRC-129 assigns it. Legacy (0x01) and unstamped frames are
+//! counted, never cached.
+//!
+//! # NACKs
+//! [`Service::on_nack`] follows the reference endpoint's order:
+//! 1. count; check (a malformed NACK is returned as the wire error so the
+//!    caller counts `ricochet_dropped_total{reason}`; nothing is sent);
+//! 2. IP tier (always silent), sequence tier (THROTTLED bucket 2), chain
+//!    tier (THROTTLED bucket 3); THROTTLED only when throttle responses are
+//!    on, silence otherwise;
+//! 3. cache lookup. MISS → a MISS (unless suppressed) and, when proxying is
+//!    on and the NACK was not itself proxied, an [`Effect::Recover`] for the
+//!    recovery path;
+//! 4. HIT → group tier for (source, the frame's group). Limited → THROTTLED
+//!    bucket 4 if throttle responses are on, else no retransmit and an ACK
+//!    with flags 0 (nothing was sent);
+//! 5. otherwise the frame to its group (multicast retransmit on), a unicast
+//!    copy to the source (unicast retransmit on, or the NACK is Proxied),
+//!    then an ACK whose flags say which of those were queued (unless
+//!    suppressed).
+//!
+//! Unlike the reference, which drops them, range NACKs (EndSeq > StartSeq)
+//! are served frame by frame from StartSeq: steps 4–5 per frame held, then
+//! on the first frame not held a MISS (and Recover for that SeqNum) and
+//! stop. A range longer than `max_range` is clamped to its first `max_range`
+//! SeqNums; the requester sees no answer for the rest and asks again. A
+//! group-tier refusal also ends a range: the rest would be refused alike.
+//! The rate-limit tiers count a range NACK once, by its StartSeq; the group
+//! tier counts every frame retransmitted.
+//!
+//! # Outbox
+//! Everything to send is pushed, in order, into a caller-owned [`Outbox`].
+//! Answering a NACK allocates nothing once the outbox and the limiter tables
+//! have grown, with one exception per frame: the first clone of a `Bytes`
+//! built from a `Vec` allocates its shared header, so a frame's first
+//! retransmit costs one small allocation and later ones none. Doing that at
+//! insert instead would charge it to every frame, and most are never asked
+//! for.
+//!
+//! Each frame's retransmits come before its ACK, so a driver that fails to
+//! send a retransmit can drop the ACK that follows it (the reference sends
+//! no ACK when the multicast send fails). ACK flags say what was *queued*.
+//!
+//! # Amplification
+//! Every control datagram the service emits (MISS, ACK, THROTTLED) is 16
+//! bytes, smaller than the 64-byte NACK that caused it; the only datagram
+//! larger than its request is a retransmitted frame, sent to its own group or
+//! to the source when unicast retransmit is configured or the NACK is
+//! Proxied. A range NACK can draw one ACK per frame retransmitted, at most
+//! `max_range`, each paid for by a group-tier token, plus one closing MISS,
+//! ACK or THROTTLED. The IP tier never answers, so what any one source
+//! address (spoofed or not) can draw is bounded by its IP-tier rate.
+
+use std::net::SocketAddr;
+use std::time::Instant;
+
+use bytes::Bytes;
+use ricochet_wire::Error;
+use ricochet_wire::control::{AckFlags, BUCKET_PER_GROUP, Nack, ResponseKind, ResponseRepr};
+use ricochet_wire::frame::{Frame, FrameKey};
+use ricochet_wire::group::{self, DEFAULT_BEEF_SHARD_BITS, DEFAULT_SHARD_BITS};
+
+use super::cache::{Cache, CacheSettings, CacheStats, Insert, Origin, Sweep, TtlClass};
+use super::limit::{LimitSettings, Limiter, Tier};
+
+/// Every knob of the service, defaulting to the reference endpoint's
+/// defaults; the doc of each field names the reference's env var.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Settings {
+    /// Cache TTLs and bounds.
+    pub cache: CacheSettings,
+    /// The four rate-limit tiers.
+    pub limits: LimitSettings,
+    /// Most frames one range NACK is served (64); longer ranges are clamped
+    /// to their first `max_range` SeqNums. Values below 1 act as 1.
+    pub max_range: u64,
+    /// `SUPPRESS_ACK`: send no ACKs.
+    pub suppress_ack: bool,
+    /// `SUPPRESS_MISS`: send no MISSes.
+    pub suppress_miss: bool,
+    /// `BEACON_FLAGS_MULTICAST`: retransmit to the frame's group (on).
+    pub multicast_retransmit: bool,
+    /// `BEACON_FLAGS_UNICAST`: also send a copy to the requester (off).
+    /// Proxied NACKs always get one.
+    pub unicast_retransmit: bool,
+    /// `RL_THROTTLE_RESPONSE`: answer rate-limited NACKs with THROTTLED
+    /// (except the IP tier, which is always silent) (off).
+    pub throttle_responses: bool,
+    /// `PROXY_ENABLED`: ask the recovery path to fetch missed frames (off).
+    pub proxy_enabled: bool,
+    /// `SHARD_BITS`: data shard bits, for frames whose arrival group is not
+    /// given (2).
+    pub shard_bits: u8,
+    /// `BEEF_SHARD_BITS`: BEEF object plane shard bits (4).
+    pub beef_shard_bits: u8,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            cache: CacheSettings::default(),
+            limits: LimitSettings::default(),
+            max_range: 64,
+            suppress_ack: false,
+            suppress_miss: false,
+            multicast_retransmit: true,
+            unicast_retransmit: false,
+            throttle_responses: false,
+            proxy_enabled: false,
+            shard_bits: DEFAULT_SHARD_BITS,
+            beef_shard_bits: DEFAULT_BEEF_SHARD_BITS,
+        }
+    }
+}
+
+/// Where a [`Transmit`] goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Dest {
+    /// The multicast group with this BRC-129 index, on the egress port.
+    Group(u16),
+    /// One address: the NACK's source, address and port.
+    Unicast(SocketAddr),
+}
+
+/// The bytes of a [`Transmit`].
+#[derive(Clone, PartialEq, Eq)]
+pub enum Payload {
+    /// A cached datagram, byte-identical to what arrived.
+    Frame(Bytes),
+    /// A control message built in place (MISS, ACK, THROTTLED are 16
+    /// bytes; 64 leaves room for a NACK).
+    Control {
+        /// The message; only `..len` is meaningful.
+        buf: [u8; 64],
+        /// Its length.
+        len: u8,
+    },
+}
+
+impl std::fmt::Debug for Payload {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Payload::Frame(b) => f.debug_tuple("Frame").field(&b.len()).finish(),
+            Payload::Control { buf, len } => {
+                f.debug_tuple("Control").field(&&buf[..usize::from(*len).min(64)]).finish()
+            }
+        }
+    }
+}
+
+impl Payload {
+    /// The datagram to send.
+    pub fn as_bytes(&self) -> &[u8] {
+        match self {
+            Payload::Frame(b) => b,
+            Payload::Control { buf, len } => &buf[..usize::from(*len).min(buf.len())],
+        }
+    }
+
+    /// A response as a control payload.
+    fn response(r: ResponseRepr) -> Option<Payload> {
+        let mut buf = [0u8; 64];
+        // Cannot fail: the buffer is larger than any response and every
+        // constructor masks the bucket into range.
+        let len = r.emit(&mut buf).ok()?;
+        Some(Payload::Control { buf, len: len as u8 })
+    }
+}
+
+/// One datagram to send.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Transmit {
+    /// Where.
+    pub dest: Dest,
+    /// What.
+    pub payload: Payload,
+}
+
+/// Work for other parts of the daemon that is not a datagram.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Effect {
+    /// A NACKed frame is not held and proxying is on: fetch it upstream
+    /// (proxied NACK, flag 0x01), re-cache it, retransmit it.
+    Recover {
+        /// The flow.
+        hash_key: u64,
+        /// The missing SeqNum.
+        seq: u64,
+        /// The NACK's SubtreeID, forwarded upstream.
+        subtree_id: [u8; 32],
+    },
+}
+
+/// Caller-owned output buffers, drained after each call and reused so that
+/// answering a NACK allocates nothing once they have grown to size. The
+/// service only ever appends; the caller may read, drain, take or swap the
+/// vectors directly (e.g. `mem::take` the transmits to send them while
+/// calling back into the service, then put the emptied vector back) or use
+/// the methods.
+#[derive(Debug, Default)]
+pub struct Outbox {
+    /// Datagrams to send, in sending order.
+    pub transmits: Vec<Transmit>,
+    /// Effects for other parts of the daemon, in order.
+    pub effects: Vec<Effect>,
+}
+
+impl Outbox {
+    /// Empty buffers.
+    pub fn new() -> Self {
+        Outbox::default()
+    }
+
+    /// Buffers pre-sized for `transmits` datagrams (a full range NACK with
+    /// unicast on needs `3 × max_range + 1`).
+    pub fn with_capacity(transmits: usize) -> Self {
+        Outbox { transmits: Vec::with_capacity(transmits), effects: Vec::new() }
+    }
+
+    /// Datagrams queued so far, in sending order.
+    pub fn transmits(&self) -> &[Transmit] {
+        &self.transmits
+    }
+
+    /// Effects queued so far.
+    pub fn effects(&self) -> &[Effect] {
+        &self.effects
+    }
+
+    /// Takes the queued datagrams in order, keeping the allocation.
+    pub fn drain_transmits(&mut self) -> std::vec::Drain<'_, Transmit> {
+        self.transmits.drain(..)
+    }
+
+    /// Takes the queued effects, keeping the allocation.
+    pub fn drain_effects(&mut self) -> std::vec::Drain<'_, Effect> {
+        self.effects.drain(..)
+    }
+
+    /// Drops everything queued, keeping the allocations.
+    pub fn clear(&mut self) {
+        self.transmits.clear();
+        self.effects.clear();
+    }
+
+    /// Whether nothing is queued.
+    pub fn is_empty(&self) -> bool {
+        self.transmits.is_empty() && self.effects.is_empty()
+    }
+}
+
+/// What [`Service::on_frame`] did with a datagram.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum FrameOutcome {
+    /// Cached under `key`, to be retransmitted to `group`.
+    Cached {
+        /// HashKey ‖ SeqNum.
+        key: FrameKey,
+        /// Retransmit group index.
+        group: u16,
+        /// The flow's older frames were dropped first (proxy restart).
+        new_epoch: bool,
+    },
+    /// Already cached; the first copy was kept.
+    Duplicate(FrameKey),
+    /// Legacy (0x01) or unstamped (HashKey or SeqNum 0): counted, not cached.
+    Unkeyed,
+    /// Older than its flow's window; not cached.
+    Stale(FrameKey),
+    /// Larger than the whole cache byte budget; not cached.
+    TooLarge(FrameKey),
+}
+
+/// Counters of one shard. Every field except `cache` maps to a Prometheus
+/// counter `ricochet_<field>_total`; `cache` documents its own. Serializes
+/// to a flat-per-level JSON object, which is what `/debug/stats` and the
+/// metrics exporter walk.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct Stats {
+    /// Well-formed data frames handed to [`Service::on_frame`] (malformed
+    /// ones are returned as errors for the caller to count by reason).
+    pub frames_received: u64,
+    /// Frames newly cached.
+    pub frames_cached: u64,
+    /// Frames already cached (first copy kept).
+    pub frames_duplicate: u64,
+    /// Legacy or unstamped frames, never cached.
+    pub frames_uncached_legacy: u64,
+    /// Frames refused by the cache: stale, or larger than the byte budget.
+    pub frames_refused: u64,
+    /// Frames re-cached by the recovery path.
+    pub frames_recovered: u64,
+    /// NACK datagrams handed to [`Service::on_nack`], malformed included
+    /// (the reference counts before validating).
+    pub nacks: u64,
+    /// NACKs that asked for more than one frame.
+    pub ranges_served: u64,
+    /// Range NACKs clamped to `max_range`.
+    pub ranges_clamped: u64,
+    /// Frames asked for and found.
+    pub cache_hits: u64,
+    /// Frames asked for and not found (a range counts its first miss only).
+    pub cache_misses: u64,
+    /// Frames queued to their multicast group.
+    pub retransmits_multicast: u64,
+    /// Frames queued by unicast to a requester.
+    pub retransmits_unicast: u64,
+    /// ACKs queued.
+    pub acks_sent: u64,
+    /// MISSes queued.
+    pub misses_sent: u64,
+    /// THROTTLEDs queued.
+    pub throttled_sent: u64,
+    /// NACKs dropped by the IP tier.
+    pub rate_limited_ip: u64,
+    /// NACKs refused by the sequence tier.
+    pub rate_limited_sequence: u64,
+    /// NACKs refused by the chain tier.
+    pub rate_limited_chain: u64,
+    /// Retransmits refused by the group tier.
+    pub rate_limited_group: u64,
+    /// [`Effect::Recover`]s emitted.
+    pub recover_requested: u64,
+    /// The cache shard's gauges and counters.
+    pub cache: CacheStats,
+}
+
+/// The NACK service of one shard: a cache, a limiter and their counters.
+#[derive(Debug)]
+pub struct Service {
+    settings: Settings,
+    cache: Cache,
+    limiter: Limiter,
+    stats: Stats,
+}
+
+impl Service {
+    /// A service with empty state, its clocks starting at `now`.
+    pub fn new(settings: Settings, now: Instant) -> Self {
+        Service {
+            cache: Cache::new(settings.cache, now),
+            limiter: Limiter::new(&settings.limits, now),
+            settings,
+            stats: Stats::default(),
+        }
+    }
+
+    /// The settings in force.
+    pub fn settings(&self) -> &Settings {
+        &self.settings
+    }
+
+    /// The cache shard, for inspection.
+    pub fn cache(&self) -> &Cache {
+        &self.cache
+    }
+
+    /// The rate limiter, for inspection.
+    pub fn limiter(&self) -> &Limiter {
+        &self.limiter
+    }
+
+    /// Checks and caches one data frame from the fabric. `datagram` is the
+    /// whole datagram, already copied out of the receive buffer; it is
+    /// stored as is. `arrival_group` is the group index it arrived on, when
+    /// known; otherwise the BRC-129 group is computed from the frame. The
+    /// only error besides a malformed frame is
+    /// `BadField("shard_bits")` from invalid settings.
+    pub fn on_frame(
+        &mut self,
+        now: Instant,
+        datagram: Bytes,
+        arrival_group: Option<u16>,
+    ) -> Result<FrameOutcome, Error> {
+        self.store(now, datagram, arrival_group, Origin::Fabric)
+    }
+
+    /// Re-caches a frame the recovery path fetched from upstream. Such frames
+    /// are behind the flow's head by nature, so they never start a new
+    /// epoch; the group is computed from the frame.
+    pub fn on_recovered_frame(
+        &mut self,
+        now: Instant,
+        datagram: Bytes,
+    ) -> Result<FrameOutcome, Error> {
+        let outcome = self.store(now, datagram, None, Origin::Recovered)?;
+        if matches!(outcome, FrameOutcome::Cached { .. }) {
+            self.stats.frames_recovered += 1;
+        }
+        Ok(outcome)
+    }
+
+    fn store(
+        &mut self,
+        now: Instant,
+        datagram: Bytes,
+        arrival_group: Option<u16>,
+        origin: Origin,
+    ) -> Result<FrameOutcome, Error> {
+        let (key, class, group) = {
+            let frame = Frame::new_checked(&datagram)?;
+            self.stats.frames_received += 1;
+            let (Some(key), Some(class)) = (frame.key(), TtlClass::of(&frame)) else {
+                self.stats.frames_uncached_legacy += 1;
+                return Ok(FrameOutcome::Unkeyed);
+            };
+            let group = match arrival_group {
+                Some(g) => g,
+                None => group::retransmit_index(
+                    &frame,
+                    self.settings.shard_bits,
+                    self.settings.beef_shard_bits,
+                )?,
+            };
+            (key, class, group)
+        };
+        Ok(match self.cache.insert(now, key, class, group, datagram, origin) {
+            Insert::Inserted { new_epoch } => {
+                self.stats.frames_cached += 1;
+                FrameOutcome::Cached { key, group, new_epoch }
+            }
+            Insert::Duplicate => {
+                self.stats.frames_duplicate += 1;
+                FrameOutcome::Duplicate(key)
+            }
+            Insert::Stale => {
+                self.stats.frames_refused += 1;
+                FrameOutcome::Stale(key)
+            }
+            Insert::TooLarge => {
+                self.stats.frames_refused += 1;
+                FrameOutcome::TooLarge(key)
+            }
+        })
+    }
+
+    /// Answers one NACK datagram from `src`, pushing what to send into `out`
+    /// (see the module docs for the order and the rules). A malformed NACK
+    /// sends nothing and is returned as the wire error.
+    pub fn on_nack(
+        &mut self,
+        now: Instant,
+        src: SocketAddr,
+        datagram: &[u8],
+        out: &mut Outbox,
+    ) -> Result<(), Error> {
+        self.stats.nacks += 1;
+        let nack = Nack::new_checked(datagram)?;
+        let (hash_key, start, end) = (nack.hash_key(), nack.start_seq(), nack.end_seq());
+        let proxied = nack.flags().proxied();
+        let s = &self.settings;
+        let stats = &mut self.stats;
+
+        if let Err(tier) = self.limiter.check_before_lookup(now, src.ip(), hash_key, start) {
+            match tier {
+                Tier::Ip => stats.rate_limited_ip += 1,
+                Tier::Sequence => stats.rate_limited_sequence += 1,
+                Tier::Chain => stats.rate_limited_chain += 1,
+                Tier::Group => stats.rate_limited_group += 1,
+            }
+            if let (true, Some(bucket)) = (s.throttle_responses, tier.throttle_bucket()) {
+                respond(out, stats, src, ResponseRepr::throttled(start, bucket));
+            }
+            return Ok(());
+        }
+
+        let max_range = s.max_range.max(1);
+        let last = if end - start >= max_range { start + (max_range - 1) } else { end };
+        if end > start {
+            stats.ranges_served += 1;
+            if last < end {
+                stats.ranges_clamped += 1;
+            }
+        }
+
+        let flow = self.cache.view(hash_key, now);
+        for seq in start..=last {
+            let Some(hit) = flow.and_then(|f| f.get(seq)) else {
+                stats.cache_misses += 1;
+                if !s.suppress_miss {
+                    respond(out, stats, src, ResponseRepr::miss());
+                }
+                if s.proxy_enabled && !proxied {
+                    stats.recover_requested += 1;
+                    out.effects.push(Effect::Recover {
+                        hash_key,
+                        seq,
+                        subtree_id: *nack.subtree_id(),
+                    });
+                }
+                break;
+            };
+            stats.cache_hits += 1;
+            if !self.limiter.check_group(now, src.ip(), hit.group) {
+                stats.rate_limited_group += 1;
+                if s.throttle_responses {
+                    respond(out, stats, src, ResponseRepr::throttled(start, BUCKET_PER_GROUP));
+                } else if !s.suppress_ack {
+                    respond(out, stats, src, ResponseRepr::ack(seq, AckFlags(0)));
+                }
+                break;
+            }
+            let mut flags = 0;
+            if s.multicast_retransmit {
+                flags |= AckFlags::MULTICAST;
+                stats.retransmits_multicast += 1;
+                out.transmits.push(Transmit {
+                    dest: Dest::Group(hit.group),
+                    payload: Payload::Frame(hit.frame.clone()),
+                });
+            }
+            if s.unicast_retransmit || proxied {
+                flags |= AckFlags::UNICAST;
+                stats.retransmits_unicast += 1;
+                out.transmits.push(Transmit {
+                    dest: Dest::Unicast(src),
+                    payload: Payload::Frame(hit.frame.clone()),
+                });
+            }
+            if !s.suppress_ack {
+                respond(out, stats, src, ResponseRepr::ack(seq, AckFlags(flags)));
+            }
+        }
+        Ok(())
+    }
+
+    /// Gives back the memory of expired frames, with bounded work per call;
+    /// see [`Cache::expire`].
+    pub fn expire(&mut self, now: Instant) -> Sweep {
+        self.cache.expire(now)
+    }
+
+    /// Drops every cached frame of a flow; returns how many.
+    pub fn invalidate(&mut self, hash_key: u64) -> usize {
+        self.cache.invalidate(hash_key)
+    }
+
+    /// A snapshot of the counters.
+    pub fn stats(&self) -> Stats {
+        Stats { cache: self.cache.stats(), ..self.stats }
+    }
+}
+
+/// Queues a 16-byte response to the NACK's source and counts it.
+fn respond(out: &mut Outbox, stats: &mut Stats, src: SocketAddr, r: ResponseRepr) {
+    let Some(payload) = Payload::response(r) else { return };
+    match r.kind {
+        ResponseKind::Miss => stats.misses_sent += 1,
+        ResponseKind::Ack(_) => stats.acks_sent += 1,
+        ResponseKind::Throttled { .. } => stats.throttled_sent += 1,
+    }
+    out.transmits.push(Transmit { dest: Dest::Unicast(src), payload });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ricochet_wire::control::{
+        BUCKET_PER_FLOW, BUCKET_PER_GAP, NACK_LEN, NackFlags, NackRepr, RESPONSE_LEN,
+    };
+    use ricochet_wire::frame::{Extra, FragmentInfo, FrameRepr, FrameVersion};
+    use std::time::Duration;
+
+    const HK: u64 = 0xABCD_EF01_2345_6789;
+
+    fn src() -> SocketAddr {
+        "[2001:db8::7]:40000".parse().unwrap()
+    }
+
+    fn datagram(version: FrameVersion, hash_key: u64, seq: u64, extra: Extra) -> Bytes {
+        let mut id = [0u8; 32];
+        id[0] = 0b1000_0000; // TxID shard 2 at 2 bits
+        let r = FrameRepr {
+            version,
+            byte7: 0,
+            id,
+            hash_key,
+            seq,
+            subtree_id: [0x11; 32],
+            extra,
+            payload: b"payload",
+        };
+        let mut buf = vec![0u8; r.buffer_len() + 3]; // trailing bytes survive
+        r.emit(&mut buf).unwrap();
+        buf[r.buffer_len()..].copy_from_slice(b"xyz");
+        Bytes::from(buf)
+    }
+
+    fn tx(seq: u64) -> Bytes {
+        datagram(FrameVersion::Tx, HK, seq, Extra::None)
+    }
+
+    fn nack(hash_key: u64, start: u64, end: u64, flags: u8) -> [u8; 64] {
+        let mut b = [0u8; 64];
+        let r = NackRepr {
+            flags: NackFlags(flags),
+            hash_key,
+            start_seq: start,
+            end_seq: end,
+            subtree_id: [0x22; 32],
+        };
+        r.emit(&mut b).unwrap();
+        b
+    }
+
+    /// A compact, comparable rendering of the outbox.
+    #[derive(Debug, PartialEq, Eq)]
+    enum Sent {
+        Mc(u16, u64),
+        Uc(u64),
+        Ack(u64, u8),
+        Miss,
+        Throttled(u64, u8),
+    }
+
+    fn sent(out: &mut Outbox) -> Vec<Sent> {
+        out.drain_transmits()
+            .map(|t| match (t.dest, &t.payload) {
+                (Dest::Group(g), Payload::Frame(b)) => {
+                    Sent::Mc(g, Frame::new_checked(b).unwrap().seq())
+                }
+                (Dest::Unicast(a), Payload::Frame(b)) => {
+                    assert_eq!(a, src());
+                    Sent::Uc(Frame::new_checked(b).unwrap().seq())
+                }
+                (Dest::Unicast(a), p) => {
+                    assert_eq!(a, src());
+                    let r = ResponseRepr::parse(p.as_bytes()).unwrap();
+                    match r.kind {
+                        ResponseKind::Ack(f) => Sent::Ack(r.seq, f.0),
+                        ResponseKind::Miss => Sent::Miss,
+                        ResponseKind::Throttled { bucket } => Sent::Throttled(r.seq, bucket),
+                    }
+                }
+                (Dest::Group(_), p) => panic!("control to a group: {p:?}"),
+            })
+            .collect()
+    }
+
+    fn service(f: impl FnOnce(&mut Settings)) -> (Service, Instant) {
+        let t0 = Instant::now();
+        let mut s = Settings::default();
+        f(&mut s);
+        let mut svc = Service::new(s, t0);
+        for seq in 1..=5 {
+            svc.on_frame(t0, tx(seq), None).unwrap();
+        }
+        (svc, t0)
+    }
+
+    fn ask(svc: &mut Service, now: Instant, n: [u8; 64]) -> Vec<Sent> {
+        let mut out = Outbox::new();
+        svc.on_nack(now, src(), &n, &mut out).unwrap();
+        sent(&mut out)
+    }
+
+    #[test]
+    fn defaults_match_the_reference() {
+        let s = Settings::default();
+        assert_eq!(s.cache.ttls.block, Duration::from_secs(600));
+        assert_eq!((s.cache.max_keys, s.cache.max_bytes, s.max_range), (0, 0, 64));
+        assert!(s.multicast_retransmit && !s.unicast_retransmit && !s.throttle_responses);
+        assert!(!s.suppress_ack && !s.suppress_miss && !s.proxy_enabled);
+        assert_eq!((s.shard_bits, s.beef_shard_bits), (2, 4));
+        let l = s.limits;
+        assert_eq!((l.ip_rate, l.ip_burst, l.group_rate, l.group_burst), (100.0, 10, 200.0, 50));
+        assert_eq!((l.sequence_max, l.chain_max), (100, 500));
+    }
+
+    #[test]
+    fn hit_multicast_only_by_default() {
+        let (mut svc, t0) = service(|_| {});
+        assert_eq!(ask(&mut svc, t0, nack(HK, 3, 3, 0)), [Sent::Mc(2, 3), Sent::Ack(3, 1)]);
+        let st = svc.stats();
+        assert_eq!((st.cache_hits, st.retransmits_multicast, st.acks_sent), (1, 1, 1));
+    }
+
+    #[test]
+    fn hit_with_unicast_on_sends_both_then_acks_both() {
+        let (mut svc, t0) = service(|s| s.unicast_retransmit = true);
+        assert_eq!(
+            ask(&mut svc, t0, nack(HK, 3, 3, 0)),
+            [Sent::Mc(2, 3), Sent::Uc(3), Sent::Ack(3, AckFlags::MULTICAST | AckFlags::UNICAST)]
+        );
+    }
+
+    #[test]
+    fn proxied_nack_always_gets_a_unicast_copy() {
+        let (mut svc, t0) = service(|s| s.multicast_retransmit = false);
+        let proxied = nack(HK, 3, 3, NackFlags::PROXIED);
+        assert_eq!(ask(&mut svc, t0, proxied), [Sent::Uc(3), Sent::Ack(3, AckFlags::UNICAST)]);
+        // Not proxied, both modes off: nothing sent, and the ACK says so.
+        assert_eq!(ask(&mut svc, t0, nack(HK, 3, 3, 0)), [Sent::Ack(3, 0)]);
+        let (mut svc, t0) = service(|_| {});
+        assert_eq!(ask(&mut svc, t0, proxied), [Sent::Mc(2, 3), Sent::Uc(3), Sent::Ack(3, 3)]);
+    }
+
+    #[test]
+    fn retransmit_is_byte_identical_and_goes_to_the_arrival_group() {
+        let t0 = Instant::now();
+        let mut svc = Service::new(Settings::default(), t0);
+        let d = tx(9);
+        let outcome = svc.on_frame(t0, d.clone(), Some(0x0123)).unwrap();
+        assert_eq!(
+            outcome,
+            FrameOutcome::Cached {
+                key: FrameKey { hash_key: HK, seq: 9 },
+                group: 0x0123,
+                new_epoch: false
+            }
+        );
+        let mut out = Outbox::new();
+        svc.on_nack(t0, src(), &nack(HK, 9, 9, 0), &mut out).unwrap();
+        assert_eq!(out.transmits()[0].dest, Dest::Group(0x0123));
+        assert_eq!(out.transmits()[0].payload, Payload::Frame(d.clone()));
+        assert_eq!(&out.transmits()[0].payload.as_bytes()[d.len() - 3..], b"xyz");
+    }
+
+    #[test]
+    fn computed_groups_and_ttls_follow_the_frame_class() {
+        let t0 = Instant::now();
+        let mut svc = Service::new(Settings::default(), t0);
+        let frag = |orig_version| {
+            Extra::Fragment(FragmentInfo { orig_len: 100, index: 0, total: 2, orig_version })
+        };
+        let cases = [
+            (datagram(FrameVersion::Block, 1, 1, Extra::None), group::INDEX_BLOCK, 600),
+            (datagram(FrameVersion::Anchor, 2, 1, Extra::None), group::INDEX_BLOCK, 120),
+            (datagram(FrameVersion::Subtree, 3, 1, Extra::None), group::INDEX_SUBTREE, 300),
+            (datagram(FrameVersion::Fragment, 4, 1, frag(0x04)), group::INDEX_BLOCK, 600),
+            (datagram(FrameVersion::Fragment, 5, 1, frag(0x00)), 2, 60),
+            (datagram(FrameVersion::Fragment, 6, 1, frag(0x07)), 2, 60),
+            (datagram(FrameVersion::Beef, 7, 1, Extra::None), 0x1001, 60),
+        ];
+        for (d, want_group, ttl) in cases {
+            let hk = Frame::new_checked(&d).unwrap().hash_key();
+            match svc.on_frame(t0, d, None).unwrap() {
+                FrameOutcome::Cached { group, .. } => assert_eq!(group, want_group, "{hk}"),
+                other => panic!("{other:?}"),
+            }
+            let key = FrameKey { hash_key: hk, seq: 1 };
+            let ttl = Duration::from_secs(ttl);
+            assert!(svc.cache().get(key, t0 + ttl - Duration::from_millis(1)).is_some(), "{hk}");
+            assert!(svc.cache().get(key, t0 + ttl).is_none(), "{hk}");
+        }
+    }
+
+    #[test]
+    fn legacy_and_unstamped_frames_are_counted_not_cached() {
+        let t0 = Instant::now();
+        let mut svc = Service::new(Settings::default(), t0);
+        let legacy = FrameRepr {
+            version: FrameVersion::Legacy,
+            byte7: 0,
+            id: [1; 32],
+            hash_key: 0,
+            seq: 0,
+            subtree_id: [0; 32],
+            extra: Extra::None,
+            payload: b"old",
+        };
+        let mut buf = vec![0u8; legacy.buffer_len()];
+        legacy.emit(&mut buf).unwrap();
+        assert_eq!(svc.on_frame(t0, Bytes::from(buf), None), Ok(FrameOutcome::Unkeyed));
+        assert_eq!(
+            svc.on_frame(t0, datagram(FrameVersion::Tx, HK, 0, Extra::None), None),
+            Ok(FrameOutcome::Unkeyed)
+        );
+        assert_eq!(
+            svc.on_frame(t0, datagram(FrameVersion::Tx, 0, 5, Extra::None), None),
+            Ok(FrameOutcome::Unkeyed)
+        );
+        assert_eq!(
+            svc.on_frame(t0, tx(1), None).unwrap(),
+            FrameOutcome::Cached {
+                key: FrameKey { hash_key: HK, seq: 1 },
+                group: 2,
+                new_epoch: false
+            }
+        );
+        assert_eq!(
+            svc.on_frame(t0, tx(1), None),
+            Ok(FrameOutcome::Duplicate(FrameKey { hash_key: HK, seq: 1 }))
+        );
+        assert!(svc.on_frame(t0, Bytes::from_static(b"junk"), None).is_err());
+        let st = svc.stats();
+        assert_eq!(
+            (st.frames_received, st.frames_uncached_legacy, st.frames_cached, st.frames_duplicate),
+            (5, 3, 1, 1)
+        );
+        assert_eq!(st.cache.entries, 1);
+    }
+
+    #[test]
+    fn miss_sends_miss_and_asks_for_recovery_when_proxying() {
+        let (mut svc, t0) = service(|_| {});
+        let mut out = Outbox::new();
+        svc.on_nack(t0, src(), &nack(HK, 99, 99, 0), &mut out).unwrap();
+        assert!(out.effects().is_empty(), "proxying is off");
+        assert_eq!(sent(&mut out), [Sent::Miss]);
+
+        let (mut svc, t0) = service(|s| s.proxy_enabled = true);
+        svc.on_nack(t0, src(), &nack(HK, 99, 99, 0), &mut out).unwrap();
+        assert_eq!(sent(&mut out), [Sent::Miss]);
+        assert_eq!(
+            out.drain_effects().collect::<Vec<_>>(),
+            [Effect::Recover { hash_key: HK, seq: 99, subtree_id: [0x22; 32] }]
+        );
+        // A proxied NACK is never proxied again.
+        svc.on_nack(t0, src(), &nack(HK, 98, 98, NackFlags::PROXIED), &mut out).unwrap();
+        assert_eq!(sent(&mut out), [Sent::Miss]);
+        assert!(out.effects().is_empty());
+        assert_eq!(svc.stats().recover_requested, 1);
+    }
+
+    #[test]
+    fn suppress_flags_silence_acks_and_misses() {
+        let (mut svc, t0) = service(|s| {
+            s.suppress_ack = true;
+            s.suppress_miss = true;
+        });
+        assert_eq!(ask(&mut svc, t0, nack(HK, 2, 2, 0)), [Sent::Mc(2, 2)]);
+        assert_eq!(ask(&mut svc, t0, nack(HK, 77, 77, 0)), []);
+        let st = svc.stats();
+        assert_eq!((st.acks_sent, st.misses_sent, st.cache_misses), (0, 0, 1));
+    }
+
+    #[test]
+    fn range_all_hit() {
+        let (mut svc, t0) = service(|_| {});
+        assert_eq!(
+            ask(&mut svc, t0, nack(HK, 2, 4, 0)),
+            [
+                Sent::Mc(2, 2),
+                Sent::Ack(2, 1),
+                Sent::Mc(2, 3),
+                Sent::Ack(3, 1),
+                Sent::Mc(2, 4),
+                Sent::Ack(4, 1)
+            ]
+        );
+        assert_eq!(svc.stats().ranges_served, 1);
+    }
+
+    #[test]
+    fn range_with_a_hole_acks_then_one_miss_then_stops() {
+        let (mut svc, t0) = service(|s| s.proxy_enabled = true);
+        svc.on_frame(t0, tx(7), None).unwrap(); // 6 is the hole
+        let mut out = Outbox::new();
+        svc.on_nack(t0, src(), &nack(HK, 4, 9, 0), &mut out).unwrap();
+        assert_eq!(
+            sent(&mut out),
+            [Sent::Mc(2, 4), Sent::Ack(4, 1), Sent::Mc(2, 5), Sent::Ack(5, 1), Sent::Miss]
+        );
+        assert_eq!(out.effects, [Effect::Recover { hash_key: HK, seq: 6, subtree_id: [0x22; 32] }]);
+        // An unknown flow misses at StartSeq.
+        assert_eq!(ask(&mut svc, t0, nack(HK ^ 1, 1, 3, 0)), [Sent::Miss]);
+    }
+
+    #[test]
+    fn long_ranges_are_clamped_to_max_range() {
+        let (mut svc, t0) = service(|s| s.max_range = 2);
+        assert_eq!(
+            ask(&mut svc, t0, nack(HK, 1, u64::MAX, 0)),
+            [Sent::Mc(2, 1), Sent::Ack(1, 1), Sent::Mc(2, 2), Sent::Ack(2, 1)]
+        );
+        let st = svc.stats();
+        assert_eq!((st.ranges_served, st.ranges_clamped), (1, 1));
+    }
+
+    #[test]
+    fn malformed_nacks_are_errors_and_send_nothing() {
+        let (mut svc, t0) = service(|_| {});
+        let mut out = Outbox::new();
+        let good = nack(HK, 1, 1, 0);
+        assert!(matches!(
+            svc.on_nack(t0, src(), &good[..63], &mut out),
+            Err(Error::Truncated { .. })
+        ));
+        let mut bad = good;
+        bad[0] ^= 0xFF;
+        assert_eq!(svc.on_nack(t0, src(), &bad, &mut out), Err(Error::BadMagic));
+        let mut backwards = good;
+        backwards[16..24].copy_from_slice(&5u64.to_be_bytes());
+        assert_eq!(svc.on_nack(t0, src(), &backwards, &mut out), Err(Error::BadField("end_seq")));
+        assert!(svc.on_nack(t0, src(), &tx(1), &mut out).is_err(), "a data frame is not a NACK");
+        assert!(out.is_empty());
+        assert_eq!(svc.stats().nacks, 4);
+    }
+
+    #[test]
+    fn ip_tier_is_always_silent() {
+        let (mut svc, t0) = service(|s| s.throttle_responses = true);
+        for _ in 0..10 {
+            assert_eq!(ask(&mut svc, t0, nack(HK, 1, 1, 0)).len(), 2);
+        }
+        assert_eq!(ask(&mut svc, t0, nack(HK, 1, 1, 0)), []);
+        assert_eq!(svc.stats().rate_limited_ip, 1);
+    }
+
+    #[test]
+    fn sequence_and_chain_tiers_throttle_or_stay_silent() {
+        for throttle in [false, true] {
+            let (mut svc, t0) = service(|s| {
+                s.throttle_responses = throttle;
+                s.limits.ip_burst = 1000;
+                s.limits.sequence_max = 2;
+                s.limits.chain_max = 3;
+            });
+            let want =
+                |seq, bucket| if throttle { vec![Sent::Throttled(seq, bucket)] } else { vec![] };
+            assert_eq!(ask(&mut svc, t0, nack(HK, 1, 1, 0)).len(), 2);
+            assert_eq!(ask(&mut svc, t0, nack(HK, 1, 1, 0)).len(), 2);
+            assert_eq!(ask(&mut svc, t0, nack(HK, 1, 3, 0)), want(1, BUCKET_PER_GAP));
+            assert_eq!(ask(&mut svc, t0, nack(HK, 2, 2, 0)).len(), 2);
+            assert_eq!(ask(&mut svc, t0, nack(HK, 3, 3, 0)), want(3, BUCKET_PER_FLOW));
+            // HashKey 0 bypasses the chain tier (and simply misses).
+            assert_eq!(ask(&mut svc, t0, nack(0, 4, 4, 0)), [Sent::Miss]);
+            let st = svc.stats();
+            assert_eq!((st.rate_limited_sequence, st.rate_limited_chain), (1, 1));
+            assert_eq!(st.throttled_sent, if throttle { 2 } else { 0 });
+        }
+    }
+
+    #[test]
+    fn group_tier_acks_without_retransmit_or_throttles() {
+        let setup = |throttle: bool| {
+            service(|s| {
+                s.throttle_responses = throttle;
+                s.limits.ip_burst = 1000;
+                s.limits.group_burst = 2;
+            })
+        };
+        let (mut svc, t0) = setup(false);
+        assert_eq!(ask(&mut svc, t0, nack(HK, 1, 1, 0)), [Sent::Mc(2, 1), Sent::Ack(1, 1)]);
+        assert_eq!(ask(&mut svc, t0, nack(HK, 2, 2, 0)), [Sent::Mc(2, 2), Sent::Ack(2, 1)]);
+        assert_eq!(ask(&mut svc, t0, nack(HK, 3, 3, 0)), [Sent::Ack(3, 0)]);
+        assert_eq!(svc.stats().rate_limited_group, 1);
+        // A range stops at the refusal.
+        let later = t0 + Duration::from_millis(5);
+        assert_eq!(
+            ask(&mut svc, later, nack(HK, 3, 5, 0)),
+            [Sent::Mc(2, 3), Sent::Ack(3, 1), Sent::Ack(4, 0)]
+        );
+
+        let (mut svc, t0) = setup(true);
+        ask(&mut svc, t0, nack(HK, 1, 2, 0));
+        assert_eq!(ask(&mut svc, t0, nack(HK, 3, 3, 0)), [Sent::Throttled(3, BUCKET_PER_GROUP)]);
+    }
+
+    #[test]
+    fn no_response_is_larger_than_its_request_except_frames() {
+        let (mut svc, t0) = service(|s| {
+            s.unicast_retransmit = true;
+            s.proxy_enabled = true;
+            s.throttle_responses = true;
+            s.limits.sequence_max = 3;
+        });
+        let mut out = Outbox::new();
+        for (i, n) in [
+            nack(HK, 1, 9, 0),
+            nack(HK, 50, 50, 1),
+            nack(HK, 1, 1, 0),
+            nack(HK, 1, 1, 0),
+            nack(HK, 1, 1, 0),
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            svc.on_nack(t0 + Duration::from_millis(i as u64), src(), &n, &mut out).unwrap();
+        }
+        assert!(out.transmits().iter().any(|t| matches!(t.payload, Payload::Control { .. })));
+        for t in out.transmits {
+            match &t.payload {
+                Payload::Frame(_) => {}
+                Payload::Control { len, .. } => {
+                    assert_eq!(usize::from(*len), RESPONSE_LEN);
+                    const { assert!(RESPONSE_LEN < NACK_LEN) };
+                }
+            }
+        }
+        let st = svc.stats();
+        assert!(st.acks_sent > 0 && st.misses_sent > 0 && st.throttled_sent > 0);
+    }
+
+    #[test]
+    fn epoch_reset_through_the_service_never_serves_old_frames() {
+        let t0 = Instant::now();
+        let mut svc = Service::new(Settings::default(), t0);
+        for seq in 2000..2010 {
+            svc.on_frame(t0, tx(seq), None).unwrap();
+        }
+        match svc.on_frame(t0, tx(1), None).unwrap() {
+            FrameOutcome::Cached { new_epoch, .. } => assert!(new_epoch),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(ask(&mut svc, t0, nack(HK, 2005, 2005, 0)), [Sent::Miss]);
+        assert_eq!(svc.stats().cache.epoch_resets, 1);
+        assert_eq!(svc.invalidate(HK), 1);
+        assert_eq!(ask(&mut svc, t0, nack(HK, 1, 1, 0)), [Sent::Miss]);
+    }
+
+    #[test]
+    fn expiry_through_the_service() {
+        let (mut svc, t0) = service(|_| {});
+        let later = t0 + Duration::from_secs(60);
+        assert_eq!(ask(&mut svc, later, nack(HK, 1, 1, 0)), [Sent::Miss]);
+        assert_eq!(svc.expire(later).expired, 5);
+        assert_eq!(svc.stats().cache.entries, 0);
+    }
+
+    #[test]
+    fn recovered_frames_are_recached_without_epoch_resets() {
+        let (mut svc, t0) = service(|_| {});
+        for seq in 1000..3000 {
+            svc.on_frame(t0, tx(seq), None).unwrap();
+        }
+        // 1500 behind the head would be a restart for a fabric frame; a
+        // recovered one is just late.
+        let r = svc.on_recovered_frame(t0, tx(500)).unwrap();
+        assert!(matches!(r, FrameOutcome::Cached { new_epoch: false, .. }));
+        assert_eq!(ask(&mut svc, t0, nack(HK, 2999, 2999, 0)).len(), 2);
+        assert_eq!(ask(&mut svc, t0, nack(HK, 500, 500, 0)).len(), 2);
+        assert_eq!(svc.stats().frames_recovered, 1);
+    }
+
+    #[test]
+    fn steady_state_nacks_reuse_the_outbox() {
+        let (mut svc, t0) = service(|s| {
+            // Every tier off, so all 1000 NACKs are served alike.
+            s.limits.ip_rate = 0.0;
+            s.limits.sequence_max = 0;
+            s.limits.chain_max = 0;
+            s.limits.group_rate = 0.0;
+        });
+        let mut out = Outbox::with_capacity(8);
+        let cap = out.transmits.capacity();
+        let ptr = out.transmits.as_ptr();
+        for _ in 0..1000 {
+            svc.on_nack(t0, src(), &nack(HK, 1, 1, 0), &mut out).unwrap();
+            assert_eq!(out.drain_transmits().count(), 2);
+        }
+        assert_eq!((out.transmits.capacity(), out.transmits.as_ptr()), (cap, ptr));
+    }
+}

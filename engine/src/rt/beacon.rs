@@ -1,0 +1,143 @@
+//! ADVERT beacons (BRC-126), sent from the control thread to the beacon
+//! group (index 0xFFFD) of each configured scope every interval, with the
+//! Draining flag set once a drain starts.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use ricochet_wire::control::{AdvertFlags, AdvertRepr, Control};
+use ricochet_wire::group::{INDEX_BEACON, Scope};
+
+use super::{Addressing, Options, Shared};
+
+/// What a beacon advertises.
+#[derive(Debug, Clone)]
+pub struct BeaconSettings {
+    /// Scopes to announce on (the reference's `all` is every one of them).
+    pub scopes: Vec<Scope>,
+    /// Address listeners should send NACKs to.
+    pub nack_addr: std::net::Ipv6Addr,
+    /// NACK port.
+    pub nack_port: u16,
+    /// Tier 0–254.
+    pub tier: u8,
+    /// Preference.
+    pub preference: u8,
+    /// Interval.
+    pub interval: Duration,
+    /// Flags besides Draining (HasParent, Unicast, Multicast).
+    pub flags: u16,
+    /// Draining from the start (BEACON_FLAGS_DRAINING).
+    pub draining: bool,
+    /// CRC-32C of the instance id.
+    pub instance_id: u32,
+}
+
+/// Builds the ADVERT for `scope`, Draining when asked.
+pub fn advert(b: &BeaconSettings, scope: Scope, draining: bool) -> AdvertRepr {
+    let mut flags = b.flags;
+    if draining || b.draining {
+        flags |= AdvertFlags::DRAINING;
+    }
+    AdvertRepr {
+        scope,
+        nack_addr: b.nack_addr,
+        nack_port: b.nack_port,
+        tier: b.tier,
+        preference: b.preference,
+        interval_secs: b.interval.as_secs().clamp(1, u16::MAX as u64) as u16,
+        flags: AdvertFlags(flags),
+        instance_id: b.instance_id,
+    }
+}
+
+/// Where the ADVERT for `scope` goes.
+fn destination(opts: &Options, scope: Scope) -> Option<SocketAddr> {
+    match &opts.addressing {
+        Addressing::Ipv4Lab { .. } => Some(SocketAddr::from((
+            ricochet_wire::group::ipv4_lab_group(INDEX_BEACON),
+            opts.nack_port,
+        ))),
+        Addressing::Ipv6 { mode, group_id, .. } => {
+            ricochet_wire::group::ipv6_group(*mode, scope, *group_id, INDEX_BEACON)
+                .ok()
+                .map(|a| SocketAddr::from((a, opts.nack_port)))
+        }
+    }
+}
+
+/// Sends beacons until the task is dropped. Send errors are logged and
+/// counted, never fatal: a missing route must not take the endpoint down.
+pub async fn run(opts: Options, b: BeaconSettings, shared: Arc<Shared>) {
+    let sock = match beacon_socket(&opts) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!(error = %e, "beacon socket failed; no ADVERTs will be sent");
+            return;
+        }
+    };
+    let mut tick = tokio::time::interval(b.interval);
+    let mut buf = [0u8; 64];
+    loop {
+        tick.tick().await;
+        for &scope in &b.scopes {
+            let Some(dest) = destination(&opts, scope) else { continue };
+            let msg = Control::Advert(advert(&b, scope, shared.draining()));
+            let Ok(n) = msg.emit(&mut buf) else { continue };
+            match sock.send_to(&buf[..n], dest).await {
+                Ok(_) => shared.beacons_sent.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+                Err(e) => {
+                    tracing::warn!(%dest, error = %e, "ADVERT send failed");
+                    0
+                }
+            };
+        }
+    }
+}
+
+fn beacon_socket(opts: &Options) -> std::io::Result<tokio::net::UdpSocket> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let s = match &opts.addressing {
+        Addressing::Ipv4Lab { interface } => {
+            let s = Socket::new(Domain::IPV4, Type::DGRAM.nonblocking(), Some(Protocol::UDP))?;
+            s.set_multicast_if_v4(interface)?;
+            s.set_multicast_loop_v4(opts.multicast_loop)?;
+            s.bind(&SocketAddr::from((*interface, 0)).into())?;
+            s
+        }
+        Addressing::Ipv6 { interface_index, .. } => {
+            let s = Socket::new(Domain::IPV6, Type::DGRAM.nonblocking(), Some(Protocol::UDP))?;
+            s.set_multicast_if_v6(*interface_index)?;
+            s.set_multicast_loop_v6(opts.multicast_loop)?;
+            s.set_multicast_hops_v6(opts.multicast_hops)?;
+            s.bind(&SocketAddr::from((std::net::Ipv6Addr::UNSPECIFIED, 0)).into())?;
+            s
+        }
+    };
+    tokio::net::UdpSocket::from_std(s.into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn draining_sets_the_flag() {
+        let b = BeaconSettings {
+            scopes: vec![Scope::Site],
+            nack_addr: "::1".parse().unwrap(),
+            nack_port: 9300,
+            tier: 0,
+            preference: 128,
+            interval: Duration::from_secs(60),
+            flags: AdvertFlags::MULTICAST_RETRANSMIT,
+            draining: false,
+            instance_id: 7,
+        };
+        assert!(!advert(&b, Scope::Site, false).flags.has(AdvertFlags::DRAINING));
+        let a = advert(&b, Scope::Site, true);
+        assert!(a.flags.has(AdvertFlags::DRAINING | AdvertFlags::MULTICAST_RETRANSMIT));
+        assert_eq!(a.interval_secs, 60);
+    }
+}

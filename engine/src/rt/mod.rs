@@ -1,0 +1,357 @@
+//! The runtime: the only code that touches sockets, threads and clocks.
+//!
+//! # Process model
+//! One worker thread per configured CPU, pinned to it. Worker `i` owns:
+//! - an ingress socket joined to its share of the multicast groups
+//!   (groups are dealt round-robin; MULTICAST_ALL is off, so each datagram
+//!   reaches exactly one worker);
+//! - member `i` of the SO_REUSEPORT NACK group — a classic-BPF program steers
+//!   each NACK to `owner(HashKey)`, so NACKs arrive where their flow lives;
+//! - its shard of the retry state ([`crate::retry::Service`]);
+//! - an inbox (bounded channel + eventfd) through which other workers hand
+//!   it frames of flows it owns: a frame crosses at most one thread, and is
+//!   copied once, from the receive buffer into the `Bytes` the cache keeps.
+//!
+//! No locks on the packet path: the only shared state a worker touches per
+//! packet is its peers' inboxes. Statistics are published to the control
+//! thread every tick (100 ms) through a per-worker mutex nobody else holds
+//! on the packet path.
+//!
+//! Backends: `uring` (multishot RecvMsg on provided-buffer rings, batched
+//! SendMsg) and `epoll` (recvmmsg/sendmmsg) share every line of packet logic
+//! ([`worker::Core`]); `--backend auto` probes io_uring and falls back to
+//! epoll with the reason logged.
+
+pub mod beacon;
+mod epoll;
+mod socket;
+pub mod sys;
+mod uring;
+mod worker;
+
+use std::io;
+use std::net::{IpAddr, Ipv4Addr};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use ricochet_wire::group::{Scope, SourceMode};
+
+use crate::retry::{self, Stats};
+
+/// Which packet backend to run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    /// io_uring where available, else epoll (the reason is logged).
+    Auto,
+    /// io_uring only; fail at startup if unavailable.
+    Uring,
+    /// epoll with recvmmsg/sendmmsg.
+    Epoll,
+}
+
+/// How group indices map to addresses.
+#[derive(Debug, Clone)]
+pub enum Addressing {
+    /// `--ipv4-lab`: 239.11.x.y on an IPv4 interface (127.0.0.1 in the lab).
+    Ipv4Lab {
+        /// Interface address used to join and send.
+        interface: Ipv4Addr,
+    },
+    /// BRC-129 IPv6 groups.
+    Ipv6 {
+        /// ASM or SSM.
+        mode: SourceMode,
+        /// Scope.
+        scope: Scope,
+        /// Group id.
+        group_id: u16,
+        /// Interface index to join and send on.
+        interface_index: u32,
+    },
+}
+
+/// Everything the runtime needs, already validated (see `config`).
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// CPUs to run one worker each on, in worker order.
+    pub cpus: Vec<usize>,
+    /// Packet backend.
+    pub backend: Backend,
+    /// Group addressing.
+    pub addressing: Addressing,
+    /// Data port (LISTEN_PORT).
+    pub listen_port: u16,
+    /// Port retransmits are sent to (EGRESS_PORT).
+    pub egress_port: u16,
+    /// Group indices to join.
+    pub groups: Vec<u16>,
+    /// NACK bind address (NACK_ADDR or the wildcard).
+    pub nack_bind: IpAddr,
+    /// NACK port.
+    pub nack_port: u16,
+    /// Loop retransmits back to local listeners (needed on loopback).
+    pub multicast_loop: bool,
+    /// Multicast TTL / hop limit of retransmits.
+    pub multicast_hops: u32,
+    /// Retry-service settings, one copy per worker shard.
+    pub retry: retry::Settings,
+    /// Datagrams per recvmmsg/sendmmsg batch.
+    pub batch: usize,
+}
+
+/// The worker that owns a flow: `low32(hash_key) % workers`. The low 32
+/// bits because the reuseport steering program (classic BPF, 32-bit
+/// arithmetic) computes exactly this from the NACK's HashKey; HashKeys are
+/// XXH64 values, so the low bits are as uniform as the whole.
+pub fn owner(hash_key: u64, workers: usize) -> usize {
+    (hash_key as u32 % workers.max(1) as u32) as usize
+}
+
+/// Deals group indices to workers round-robin.
+pub fn partition_groups(groups: &[u16], workers: usize) -> Vec<Vec<u16>> {
+    let mut out = vec![Vec::new(); workers.max(1)];
+    for (i, &g) in groups.iter().enumerate() {
+        out[i % workers.max(1)].push(g);
+    }
+    out
+}
+
+/// Counters a worker keeps itself (beyond the retry service's).
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct WorkerCounters {
+    /// Datagrams received on the ingress socket.
+    pub ingress_datagrams: u64,
+    /// Datagrams received on the NACK socket.
+    pub nack_datagrams: u64,
+    /// Frames handed to another worker.
+    pub handoffs_out: u64,
+    /// Frames and NACKs received from other workers.
+    pub handoffs_in: u64,
+    /// Hand-offs dropped because the owner's inbox was full.
+    pub handoff_drops: u64,
+    /// NACKs that arrived on a worker other than their owner (steering
+    /// missing or bypassed) and were forwarded.
+    pub nacks_forwarded: u64,
+    /// Datagrams sent.
+    pub sent: u64,
+    /// Sends the kernel refused or that found the socket buffer full.
+    pub send_errors: u64,
+    /// Malformed datagrams dropped, by `Error::reason` label.
+    pub dropped: std::collections::BTreeMap<&'static str, u64>,
+}
+
+/// A worker's published state.
+#[derive(Debug, Clone, Default)]
+pub struct WorkerSnapshot {
+    /// CPU the worker is pinned to.
+    pub cpu: usize,
+    /// Its own counters.
+    pub counters: WorkerCounters,
+    /// Its retry shard's counters.
+    pub retry: Stats,
+}
+
+/// State shared between workers and the control thread.
+#[derive(Debug)]
+pub struct Shared {
+    stop: AtomicBool,
+    failed: AtomicBool,
+    draining: AtomicBool,
+    ready: AtomicBool,
+    /// Per-worker snapshots, refreshed every tick.
+    pub snapshots: Vec<Mutex<WorkerSnapshot>>,
+    /// The backend actually running.
+    pub backend: &'static str,
+    /// Whether reuseport steering is active (else NACKs are forwarded).
+    pub steering: AtomicBool,
+    /// ADVERTs sent by the beacon task.
+    pub beacons_sent: std::sync::atomic::AtomicU64,
+}
+
+impl Shared {
+    /// Whether a drain has been requested.
+    pub fn draining(&self) -> bool {
+        self.draining.load(Ordering::Relaxed)
+    }
+    /// Whether every worker has started and none has failed.
+    pub fn ready(&self) -> bool {
+        self.ready.load(Ordering::Relaxed) && !self.failed()
+    }
+    /// Whether a worker stopped on an error; the process should exit.
+    pub fn failed(&self) -> bool {
+        self.failed.load(Ordering::Relaxed)
+    }
+    pub(crate) fn fail(&self) {
+        self.failed.store(true, Ordering::Relaxed);
+    }
+    /// Marks the endpoint as draining: still serving, but /readyz 503 and
+    /// ADVERT Draining.
+    pub fn start_drain(&self) {
+        self.draining.store(true, Ordering::Relaxed);
+    }
+    fn stopping(&self) -> bool {
+        self.stop.load(Ordering::Relaxed)
+    }
+}
+
+/// A running set of workers.
+#[derive(Debug)]
+pub struct Runtime {
+    shared: Arc<Shared>,
+    workers: Vec<JoinHandle<()>>,
+    wakers: Vec<Arc<sys::EventFd>>,
+}
+
+impl Runtime {
+    /// Opens every socket, then starts the workers. Socket errors (port in
+    /// use, no multicast route, unknown interface) surface here, before any
+    /// worker runs.
+    pub fn start(opts: Options) -> io::Result<Runtime> {
+        let backend = select_backend(opts.backend)?;
+        let n = opts.cpus.len().max(1);
+        let shares = partition_groups(&opts.groups, n);
+        let mut ingress = Vec::with_capacity(n);
+        let mut nack = Vec::with_capacity(n);
+        for share in &shares {
+            ingress.push(socket::ingress(&opts, share)?);
+            nack.push(socket::nack_member(&opts)?);
+        }
+        let steering = match sys::attach_reuseport_steering(&nack[0], 8, n as u32) {
+            Ok(()) => true,
+            Err(e) => {
+                tracing::warn!(error = %e, "reuseport steering unavailable; NACKs are forwarded to their owner (one hop)");
+                false
+            }
+        };
+        let shared = Arc::new(Shared {
+            stop: AtomicBool::new(false),
+            failed: AtomicBool::new(false),
+            draining: AtomicBool::new(false),
+            ready: AtomicBool::new(false),
+            snapshots: (0..n).map(|_| Mutex::new(WorkerSnapshot::default())).collect(),
+            backend,
+            steering: AtomicBool::new(steering),
+            beacons_sent: std::sync::atomic::AtomicU64::new(0),
+        });
+        let mut inboxes = Vec::with_capacity(n);
+        let mut receivers = Vec::with_capacity(n);
+        for _ in 0..n {
+            let (tx, rx) = crossbeam_channel::bounded::<worker::Handoff>(INBOX_DEPTH);
+            inboxes.push(tx);
+            receivers.push(rx);
+        }
+        let wakers: Vec<Arc<sys::EventFd>> =
+            (0..n).map(|_| sys::EventFd::new().map(Arc::new)).collect::<io::Result<_>>()?;
+        let mut workers = Vec::with_capacity(n);
+        let started = Arc::new(std::sync::Barrier::new(n + 1));
+        for (i, ((ing, nk), rx)) in ingress.into_iter().zip(nack).zip(receivers).enumerate() {
+            let cpu = opts.cpus.get(i).copied();
+            let core =
+                worker::Core::new(i, &opts, rx, inboxes.clone(), wakers.clone(), shared.clone());
+            let w = if backend == "io_uring" {
+                AnyWorker::Uring(Box::new(uring::Worker::new(core, ing, nk)?))
+            } else {
+                AnyWorker::Epoll(Box::new(epoll::Worker::new(core, ing, nk)?))
+            };
+            let started = started.clone();
+            let roles = format!("ingress groups {:?}, NACK member {i}", shares[i]);
+            workers.push(std::thread::Builder::new().name(format!("ricochet-w{i}")).spawn(
+                move || {
+                    if let Some(cpu) = cpu {
+                        match sys::pin_current_thread(cpu) {
+                            Ok(()) => tracing::info!(worker = i, cpu, roles, "worker pinned"),
+                            Err(e) => {
+                                tracing::warn!(worker = i, cpu, error = %e, "could not pin worker")
+                            }
+                        }
+                    }
+                    started.wait();
+                    w.run();
+                },
+            )?);
+        }
+        started.wait();
+        shared.ready.store(true, Ordering::Relaxed);
+        Ok(Runtime { shared, workers, wakers })
+    }
+
+    /// Shared state for the control thread.
+    pub fn shared(&self) -> Arc<Shared> {
+        self.shared.clone()
+    }
+
+    /// Stops every worker after its current batch and joins them.
+    pub fn stop(self) {
+        self.shared.stop.store(true, Ordering::Relaxed);
+        for w in &self.wakers {
+            w.wake();
+        }
+        for w in self.workers {
+            let _ = w.join();
+        }
+    }
+}
+
+/// Picks the backend, probing io_uring; `auto` falls back to epoll with the
+/// reason logged, `uring` fails with it.
+fn select_backend(wanted: Backend) -> io::Result<&'static str> {
+    if wanted == Backend::Epoll {
+        return Ok("epoll");
+    }
+    match uring::probe() {
+        Ok(()) => Ok("io_uring"),
+        Err(reason) if wanted == Backend::Auto => {
+            tracing::warn!(%reason, "backend auto: io_uring unavailable, using epoll");
+            Ok("epoll")
+        }
+        Err(reason) => Err(io::Error::new(
+            io::ErrorKind::Unsupported,
+            format!("--backend uring: {reason}; fix that or run with --backend epoll"),
+        )),
+    }
+}
+
+enum AnyWorker {
+    Epoll(Box<epoll::Worker>),
+    Uring(Box<uring::Worker>),
+}
+
+impl AnyWorker {
+    fn run(self) {
+        match self {
+            AnyWorker::Epoll(w) => w.run(),
+            AnyWorker::Uring(w) => w.run(),
+        }
+    }
+}
+
+/// Depth of each worker's hand-off inbox. Full inboxes drop (counted):
+/// blocking a worker on a peer would couple their latencies.
+const INBOX_DEPTH: usize = 8192;
+/// How often a worker expires its cache and publishes statistics.
+const TICK: Duration = Duration::from_millis(100);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn owner_matches_the_steering_program_arithmetic() {
+        // The BPF program reads the key's low 32 bits (big-endian bytes
+        // 12..16 of the NACK) and takes them modulo the group size.
+        let key: u64 = 0x0123_4567_89AB_CDEF;
+        let nack_low32 = u32::from_be_bytes(key.to_be_bytes()[4..8].try_into().unwrap());
+        for n in 1..=8 {
+            assert_eq!(owner(key, n), (nack_low32 % n as u32) as usize);
+        }
+    }
+
+    #[test]
+    fn groups_are_dealt_round_robin() {
+        let p = partition_groups(&[0, 1, 2, 3, 0xFFFE], 2);
+        assert_eq!(p, vec![vec![0, 2, 0xFFFE], vec![1, 3]]);
+        assert_eq!(partition_groups(&[5], 1), vec![vec![5]]);
+    }
+}

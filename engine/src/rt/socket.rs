@@ -1,0 +1,103 @@
+//! Socket construction for workers: per-worker multicast ingress sockets
+//! joined to that worker's groups only, and the SO_REUSEPORT NACK group.
+
+use std::io;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+
+use socket2::{Domain, Protocol, SockAddr, Socket, Type};
+
+use super::{Addressing, Options};
+
+/// Receive buffer asked for on every socket; the kernel caps it at
+/// `net.core.rmem_max` (docs/OPERATIONS.md says how to raise that).
+const RCVBUF: usize = 8 << 20;
+
+fn udp(domain: Domain) -> io::Result<Socket> {
+    let s = Socket::new(domain, Type::DGRAM.nonblocking().cloexec(), Some(Protocol::UDP))?;
+    let _ = s.set_recv_buffer_size(RCVBUF);
+    let _ = s.set_send_buffer_size(RCVBUF);
+    Ok(s)
+}
+
+/// The ingress socket of one worker: bound to the listen port, joined to
+/// `groups` (indices) and nothing else (MULTICAST_ALL off, so the kernel
+/// delivers only the groups this socket joined, even though every worker's
+/// socket is bound to the same port).
+pub(crate) fn ingress(opts: &Options, groups: &[u16]) -> io::Result<Socket> {
+    match &opts.addressing {
+        Addressing::Ipv4Lab { interface } => {
+            let s = udp(Domain::IPV4)?;
+            s.set_reuse_address(true)?;
+            s.set_reuse_port(true)?;
+            s.set_multicast_all_v4(false)?;
+            s.bind(&SocketAddr::from((Ipv4Addr::UNSPECIFIED, opts.listen_port)).into())?;
+            for &g in groups {
+                s.join_multicast_v4(&ricochet_wire::group::ipv4_lab_group(g), interface)?;
+            }
+            Ok(s)
+        }
+        Addressing::Ipv6 { mode, scope, group_id, interface_index } => {
+            let s = udp(Domain::IPV6)?;
+            s.set_only_v6(true)?;
+            s.set_reuse_address(true)?;
+            s.set_reuse_port(true)?;
+            s.set_multicast_all_v6(false)?;
+            s.bind(&SocketAddr::from((Ipv6Addr::UNSPECIFIED, opts.listen_port)).into())?;
+            for &g in groups {
+                let addr = ricochet_wire::group::ipv6_group(*mode, *scope, *group_id, g)
+                    .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+                s.join_multicast_v6(&addr, *interface_index)?;
+            }
+            Ok(s)
+        }
+    }
+}
+
+/// One member of the NACK reuseport group. Members must be created in
+/// worker order: the steering program returns an index into the group in
+/// the order sockets joined it.
+pub(crate) fn nack_member(opts: &Options) -> io::Result<Socket> {
+    let bind = SocketAddr::new(opts.nack_bind, opts.nack_port);
+    let s = udp(if bind.is_ipv4() { Domain::IPV4 } else { Domain::IPV6 })?;
+    if bind.is_ipv6() {
+        // Accept v4-mapped NACKs on a wildcard v6 socket unless bound to a
+        // specific v6 address.
+        s.set_only_v6(!bind.ip().is_unspecified())?;
+    }
+    s.set_reuse_port(true)?;
+    s.bind(&bind.into())?;
+    egress_options(&s, opts)?;
+    Ok(s)
+}
+
+/// Multicast egress options on a socket that sends retransmits.
+fn egress_options(s: &Socket, opts: &Options) -> io::Result<()> {
+    match &opts.addressing {
+        Addressing::Ipv4Lab { interface } => {
+            if opts.nack_bind.is_ipv4() {
+                s.set_multicast_if_v4(interface)?;
+                s.set_multicast_loop_v4(opts.multicast_loop)?;
+                s.set_multicast_ttl_v4(opts.multicast_hops)?;
+            }
+        }
+        Addressing::Ipv6 { interface_index, .. } => {
+            if opts.nack_bind.is_ipv6() {
+                s.set_multicast_if_v6(*interface_index)?;
+                s.set_multicast_loop_v6(opts.multicast_loop)?;
+                s.set_multicast_hops_v6(opts.multicast_hops)?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The destination of a retransmit to group `index`.
+pub(crate) fn group_dest(opts: &Options, index: u16) -> Option<SockAddr> {
+    let ip: IpAddr = match &opts.addressing {
+        Addressing::Ipv4Lab { .. } => ricochet_wire::group::ipv4_lab_group(index).into(),
+        Addressing::Ipv6 { mode, scope, group_id, .. } => {
+            ricochet_wire::group::ipv6_group(*mode, *scope, *group_id, index).ok()?.into()
+        }
+    };
+    Some(SocketAddr::new(ip, opts.egress_port).into())
+}

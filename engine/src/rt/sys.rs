@@ -1,0 +1,311 @@
+//! Thin, checked wrappers over the Linux calls the workers make: batched UDP
+//! receive and send (recvmmsg/sendmmsg), epoll, eventfd, thread pinning and
+//! the reuseport steering program. This file holds the engine's `unsafe`;
+//! every block says why it is sound.
+
+use std::io;
+use std::mem::MaybeUninit;
+use std::net::SocketAddr;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+
+use socket2::SockAddr;
+
+/// Largest datagram a receive slot holds. Frames are bounded by the UDP
+/// maximum; a bigger slot would only waste memory.
+pub(crate) const SLOT: usize = 65_536;
+
+/// A batch of receive slots for recvmmsg: `n` buffers of [`SLOT`] bytes,
+/// their source addresses and lengths, allocated once per worker.
+pub(crate) struct RecvBatch {
+    bufs: Vec<u8>,
+    addrs: Vec<libc::sockaddr_storage>,
+    iovs: Vec<libc::iovec>,
+    hdrs: Vec<libc::mmsghdr>,
+    filled: usize,
+}
+
+impl std::fmt::Debug for RecvBatch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RecvBatch")
+            .field("slots", &self.hdrs.len())
+            .field("filled", &self.filled)
+            .finish()
+    }
+}
+
+// SAFETY: the raw pointers inside `iovs`/`hdrs` point into `bufs`/`addrs`,
+// which the batch owns and never reallocates; moving the batch to another
+// thread moves the heap allocations' owners along with the pointers.
+unsafe impl Send for RecvBatch {}
+
+impl RecvBatch {
+    pub(crate) fn new(n: usize) -> Self {
+        let mut b = RecvBatch {
+            bufs: vec![0u8; n * SLOT],
+            // SAFETY: sockaddr_storage is plain old data; all-zero is valid.
+            addrs: vec![unsafe { MaybeUninit::zeroed().assume_init() }; n],
+            iovs: Vec::with_capacity(n),
+            hdrs: Vec::with_capacity(n),
+            filled: 0,
+        };
+        for i in 0..n {
+            b.iovs.push(libc::iovec {
+                iov_base: b.bufs[i * SLOT..].as_mut_ptr().cast(),
+                iov_len: SLOT,
+            });
+        }
+        for i in 0..n {
+            // SAFETY: mmsghdr is plain old data; all-zero is a valid value.
+            let mut h: libc::mmsghdr = unsafe { MaybeUninit::zeroed().assume_init() };
+            h.msg_hdr.msg_name = (&mut b.addrs[i] as *mut libc::sockaddr_storage).cast();
+            h.msg_hdr.msg_namelen = size_of::<libc::sockaddr_storage>() as u32;
+            h.msg_hdr.msg_iov = &mut b.iovs[i];
+            h.msg_hdr.msg_iovlen = 1;
+            b.hdrs.push(h);
+        }
+        b
+    }
+
+    /// Receives up to the batch size without blocking. `Ok(0)` when nothing
+    /// is queued.
+    pub(crate) fn recv(&mut self, fd: RawFd) -> io::Result<usize> {
+        for (h, _) in self.hdrs.iter_mut().zip(0..) {
+            h.msg_hdr.msg_namelen = size_of::<libc::sockaddr_storage>() as u32;
+            h.msg_len = 0;
+        }
+        // SAFETY: `hdrs` holds `hdrs.len()` initialised headers whose name and
+        // iov pointers reference live buffers owned by `self` of the lengths
+        // given; the kernel writes at most those lengths.
+        let n = unsafe {
+            libc::recvmmsg(
+                fd,
+                self.hdrs.as_mut_ptr(),
+                self.hdrs.len() as u32,
+                libc::MSG_DONTWAIT,
+                std::ptr::null_mut(),
+            )
+        };
+        if n < 0 {
+            let e = io::Error::last_os_error();
+            self.filled = 0;
+            return if e.kind() == io::ErrorKind::WouldBlock { Ok(0) } else { Err(e) };
+        }
+        self.filled = n as usize;
+        Ok(self.filled)
+    }
+
+    /// The `i`-th received datagram and its source.
+    pub(crate) fn get(&self, i: usize) -> Option<(&[u8], Option<SocketAddr>)> {
+        if i >= self.filled {
+            return None;
+        }
+        let h = &self.hdrs[i];
+        let len = (h.msg_len as usize).min(SLOT);
+        let data = &self.bufs[i * SLOT..i * SLOT + len];
+        // SAFETY: the kernel filled `addrs[i]` with `msg_namelen` bytes of a
+        // socket address; SockAddr copies them into its own storage.
+        let addr = unsafe {
+            SockAddr::try_init(|storage, len| {
+                std::ptr::copy_nonoverlapping(
+                    &self.addrs[i],
+                    storage.cast::<libc::sockaddr_storage>(),
+                    1,
+                );
+                *len = h.msg_hdr.msg_namelen;
+                Ok(())
+            })
+        }
+        .ok()
+        .and_then(|(_, a)| a.as_socket());
+        Some((data, addr))
+    }
+}
+
+/// Sends every `(destination, datagram)` with as few sendmmsg calls as the
+/// kernel allows, reusing `scratch` so the steady state allocates nothing.
+/// Returns `(sent, failed)`: a datagram the kernel refuses (no route, buffer
+/// full) is skipped and counted, never retried — the listener NACKs again.
+pub(crate) fn send_all<'a>(
+    fd: RawFd,
+    items: impl Iterator<Item = (SockAddr, &'a [u8])>,
+    scratch: &mut SendScratch,
+) -> (usize, usize) {
+    scratch.addrs.clear();
+    scratch.iovs.clear();
+    scratch.hdrs.clear();
+    for (to, data) in items {
+        scratch.addrs.push(to);
+        scratch.iovs.push(libc::iovec { iov_base: data.as_ptr() as *mut _, iov_len: data.len() });
+    }
+    // Headers are built only after both vectors stopped growing, so the
+    // pointers into them stay valid.
+    for (to, iov) in scratch.addrs.iter().zip(scratch.iovs.iter_mut()) {
+        // SAFETY: plain old data; zero is valid.
+        let mut h: libc::mmsghdr = unsafe { MaybeUninit::zeroed().assume_init() };
+        h.msg_hdr.msg_name = to.as_ptr() as *mut _;
+        h.msg_hdr.msg_namelen = to.len();
+        h.msg_hdr.msg_iov = iov;
+        h.msg_hdr.msg_iovlen = 1;
+        scratch.hdrs.push(h);
+    }
+    let (mut sent, mut failed, mut start) = (0, 0, 0);
+    let total = scratch.hdrs.len();
+    while start < total {
+        let chunk = (total - start).min(1024);
+        // SAFETY: every header points at an address in `scratch.addrs` and a
+        // buffer borrowed for `'a` (alive for this whole call); the kernel
+        // only reads them.
+        let n = unsafe { libc::sendmmsg(fd, scratch.hdrs[start..].as_mut_ptr(), chunk as u32, 0) };
+        if n <= 0 {
+            let e = io::Error::last_os_error();
+            let skip = if n < 0 && e.kind() == io::ErrorKind::WouldBlock { chunk } else { 1 };
+            failed += skip;
+            start += skip;
+            continue;
+        }
+        // A partial send stops at the first datagram the kernel refused;
+        // the next round starts there and skips it if it fails again.
+        sent += n as usize;
+        start += n as usize;
+    }
+    // Drop the borrowed pointers' owners' addresses so nothing dangles.
+    scratch.iovs.clear();
+    scratch.hdrs.clear();
+    (sent, failed)
+}
+
+/// Reusable storage for [`send_all`].
+#[derive(Default)]
+pub(crate) struct SendScratch {
+    addrs: Vec<SockAddr>,
+    iovs: Vec<libc::iovec>,
+    hdrs: Vec<libc::mmsghdr>,
+}
+
+impl std::fmt::Debug for SendScratch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SendScratch")
+    }
+}
+
+// SAFETY: `iovs` and `hdrs` hold pointers only during a `send_all` call,
+// which borrows everything they point at, and are cleared before it returns.
+unsafe impl Send for SendScratch {}
+
+/// An eventfd used to wake a worker blocked in epoll.
+#[derive(Debug)]
+pub(crate) struct EventFd(OwnedFd);
+
+impl EventFd {
+    pub(crate) fn new() -> io::Result<Self> {
+        // SAFETY: plain syscall; the returned fd is owned below.
+        let fd = unsafe { libc::eventfd(0, libc::EFD_NONBLOCK | libc::EFD_CLOEXEC) };
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: `fd` is a fresh descriptor nobody else owns.
+        Ok(EventFd(unsafe { OwnedFd::from_raw_fd(fd) }))
+    }
+
+    pub(crate) fn wake(&self) {
+        let one: u64 = 1;
+        // SAFETY: writes 8 bytes from a live u64. A full counter (EAGAIN)
+        // still leaves the fd readable, which is all a wake needs.
+        unsafe { libc::write(self.0.as_raw_fd(), (&one as *const u64).cast(), 8) };
+    }
+
+    pub(crate) fn drain(&self) {
+        let mut v: u64 = 0;
+        // SAFETY: reads 8 bytes into a live u64.
+        unsafe { libc::read(self.0.as_raw_fd(), (&mut v as *mut u64).cast(), 8) };
+    }
+
+    pub(crate) fn fd(&self) -> RawFd {
+        self.0.as_raw_fd()
+    }
+}
+
+/// An epoll instance watching a handful of descriptors for readability.
+#[derive(Debug)]
+pub(crate) struct Epoll(OwnedFd);
+
+impl Epoll {
+    pub(crate) fn new() -> io::Result<Self> {
+        // SAFETY: plain syscall; the fd is owned below.
+        let fd = unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) };
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: fresh descriptor.
+        Ok(Epoll(unsafe { OwnedFd::from_raw_fd(fd) }))
+    }
+
+    pub(crate) fn add(&self, fd: RawFd, token: u64) -> io::Result<()> {
+        let mut ev = libc::epoll_event { events: libc::EPOLLIN as u32, u64: token };
+        // SAFETY: `ev` is a valid event the kernel copies.
+        let r = unsafe { libc::epoll_ctl(self.0.as_raw_fd(), libc::EPOLL_CTL_ADD, fd, &mut ev) };
+        if r < 0 { Err(io::Error::last_os_error()) } else { Ok(()) }
+    }
+
+    /// Waits up to `timeout_ms`; fills `tokens` with the ready ones.
+    pub(crate) fn wait(&self, tokens: &mut Vec<u64>, timeout_ms: i32) -> io::Result<()> {
+        let mut evs = [libc::epoll_event { events: 0, u64: 0 }; 16];
+        // SAFETY: `evs` is a live array of 16 events the kernel fills.
+        let n = unsafe { libc::epoll_wait(self.0.as_raw_fd(), evs.as_mut_ptr(), 16, timeout_ms) };
+        tokens.clear();
+        if n < 0 {
+            let e = io::Error::last_os_error();
+            return if e.kind() == io::ErrorKind::Interrupted { Ok(()) } else { Err(e) };
+        }
+        tokens.extend(evs[..n as usize].iter().map(|e| e.u64));
+        Ok(())
+    }
+}
+
+/// Pins the calling thread to one CPU.
+pub(crate) fn pin_current_thread(cpu: usize) -> io::Result<()> {
+    let mut set = nix::sched::CpuSet::new();
+    set.set(cpu).map_err(io::Error::from)?;
+    nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), &set).map_err(io::Error::from)
+}
+
+/// The CPUs the process may run on.
+pub fn allowed_cpus() -> io::Result<Vec<usize>> {
+    let set =
+        nix::sched::sched_getaffinity(nix::unistd::Pid::from_raw(0)).map_err(io::Error::from)?;
+    Ok((0..nix::sched::CpuSet::count()).filter(|&c| set.is_set(c).unwrap_or(false)).collect())
+}
+
+/// Attaches a classic-BPF reuseport program that steers each datagram to
+/// socket `low32(u64 at payload offset `key_offset`) % n`, the same function
+/// as [`crate::rt::owner`]. The program runs with the packet data starting at
+/// the UDP payload; a datagram too short to hold the key makes the load
+/// fail, which returns 0 — socket 0 then receives it and rejects it as
+/// malformed.
+pub(crate) fn attach_reuseport_steering(
+    fd: &impl AsRawFd,
+    key_offset: u32,
+    n: u32,
+) -> io::Result<()> {
+    // BPF_LD|BPF_W|BPF_ABS  A = ntohl(P[off+4 : 4])   (the key's low 32 bits)
+    // BPF_ALU|BPF_MOD|BPF_K A %= n
+    // BPF_RET|BPF_A         return A
+    let mut prog = [
+        libc::sock_filter { code: 0x20, jt: 0, jf: 0, k: key_offset + 4 },
+        libc::sock_filter { code: 0x94, jt: 0, jf: 0, k: n },
+        libc::sock_filter { code: 0x16, jt: 0, jf: 0, k: 0 },
+    ];
+    let fprog = libc::sock_fprog { len: prog.len() as u16, filter: prog.as_mut_ptr() };
+    // SAFETY: `fprog` points at a live 3-instruction program; the kernel
+    // copies it during the call.
+    let r = unsafe {
+        libc::setsockopt(
+            fd.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_ATTACH_REUSEPORT_CBPF,
+            (&fprog as *const libc::sock_fprog).cast(),
+            size_of::<libc::sock_fprog>() as u32,
+        )
+    };
+    if r < 0 { Err(io::Error::last_os_error()) } else { Ok(()) }
+}

@@ -1,0 +1,470 @@
+//! The io_uring backend: multishot RecvMsg on provided-buffer rings (one
+//! ring per socket kind, recycled as soon as a datagram is handled), SendMsg
+//! submissions batched per round, an eventfd read for cross-core wakes and
+//! a timeout for the periodic tick. One ring per worker, single issuer.
+//!
+//! Not yet used here (README: status): UDP GSO for equal-size bursts,
+//! IORING_OP_MSG_RING wake-ups (an eventfd read serves) and registered
+//! files.
+
+use std::alloc::{Layout, alloc_zeroed, dealloc};
+use std::io;
+use std::os::fd::AsRawFd;
+use std::sync::atomic::{AtomicU16, Ordering};
+use std::time::Instant;
+
+use io_uring::types::{BufRingEntry, RecvMsgOut, Timespec};
+use io_uring::{IoUring, cqueue, opcode, types};
+use socket2::{SockAddr, Socket};
+
+use super::worker::Core;
+use crate::retry::{Payload, Transmit};
+
+const UD_INGRESS: u64 = 1 << 32;
+const UD_NACK: u64 = 2 << 32;
+const UD_WAKE: u64 = 3 << 32;
+const UD_TICK: u64 = 4 << 32;
+const UD_SEND: u64 = 5 << 32;
+const UD_KIND: u64 = 0xFFFF_FFFF << 32;
+
+const GROUP_INGRESS: u16 = 0;
+const GROUP_NACK: u16 = 1;
+/// Ingress buffers hold the largest UDP datagram plus the recvmsg header.
+const INGRESS_BUF: usize = 65_536 + 256;
+const INGRESS_BUFS: u16 = 256;
+/// NACK buffers: a NACK is 64 bytes; anything longer is malformed anyway
+/// and arrives truncated, which is counted as such.
+const NACK_BUF: usize = 512;
+const NACK_BUFS: u16 = 1024;
+
+/// Checks that io_uring works here and supports what this backend needs,
+/// returning a reason operators can act on when it does not.
+pub(crate) fn probe() -> Result<(), String> {
+    let ring = IoUring::new(8).map_err(|e| match e.raw_os_error() {
+        Some(libc::ENOSYS) => "io_uring is not supported by this kernel (ENOSYS)".to_string(),
+        Some(libc::EPERM) => "io_uring is disabled (sysctl kernel.io_uring_disabled, or a seccomp \
+            profile forbids it: EPERM)"
+            .to_string(),
+        Some(libc::ENOMEM) => "io_uring could not lock memory (raise the memlock limit: \
+            ulimit -l, or LimitMEMLOCK= in the systemd unit)"
+            .to_string(),
+        _ => format!("io_uring setup failed: {e}"),
+    })?;
+    let mut probe = io_uring::Probe::new();
+    ring.submitter()
+        .register_probe(&mut probe)
+        .map_err(|e| format!("io_uring probe failed: {e}"))?;
+    for (code, name) in [
+        (opcode::RecvMsgMulti::CODE, "RECVMSG"),
+        (opcode::SendMsg::CODE, "SENDMSG"),
+        (opcode::Timeout::CODE, "TIMEOUT"),
+        (opcode::Read::CODE, "READ"),
+    ] {
+        if !probe.is_supported(code) {
+            return Err(format!("io_uring lacks {name} on this kernel"));
+        }
+    }
+    // Provided-buffer rings need 5.19; multishot recvmsg needs 6.0.
+    let ring_check = BufRing::new(&ring, 7, 2, 64);
+    ring_check.map(drop).map_err(|e| format!("io_uring provided-buffer rings unavailable: {e}"))
+}
+
+/// A provided-buffer ring: `count` buffers of `size` bytes the kernel picks
+/// from for multishot receives, handed back by [`BufRing::recycle`].
+struct BufRing {
+    ring: *mut BufRingEntry,
+    ring_layout: Layout,
+    bufs: *mut u8,
+    bufs_layout: Layout,
+    size: usize,
+    count: u16,
+    tail: u16,
+}
+
+impl BufRing {
+    fn new(uring: &IoUring, group: u16, count: u16, size: usize) -> io::Result<BufRing> {
+        assert!(count.is_power_of_two(), "buffer ring size is a power of two");
+        let ring_layout = Layout::from_size_align(count as usize * size_of::<BufRingEntry>(), 4096)
+            .map_err(io::Error::other)?;
+        let bufs_layout =
+            Layout::from_size_align(count as usize * size, 64).map_err(io::Error::other)?;
+        // SAFETY: both layouts have non-zero size (count ≥ 1, size ≥ 1).
+        let (ring, bufs): (*mut BufRingEntry, *mut u8) =
+            unsafe { (alloc_zeroed(ring_layout).cast(), alloc_zeroed(bufs_layout)) };
+        if ring.is_null() || bufs.is_null() {
+            return Err(io::Error::from(io::ErrorKind::OutOfMemory));
+        }
+        let mut br = BufRing { ring, ring_layout, bufs, bufs_layout, size, count, tail: 0 };
+        // SAFETY: `ring` is a page-aligned array of `count` entries that
+        // lives until `Drop`, which unregisters it first.
+        unsafe { uring.submitter().register_buf_ring_with_flags(ring as u64, count, group, 0)? };
+        for bid in 0..count {
+            br.push(bid);
+        }
+        br.publish();
+        Ok(br)
+    }
+
+    fn push(&mut self, bid: u16) {
+        let idx = (self.tail & (self.count - 1)) as usize;
+        // SAFETY: `idx < count`, inside the ring allocation; the kernel
+        // reads an entry only after the tail passes it (see `publish`).
+        let e = unsafe { &mut *self.ring.add(idx) };
+        // SAFETY: `bid < count`, so the buffer is inside `bufs`.
+        e.set_addr(unsafe { self.bufs.add(bid as usize * self.size) } as u64);
+        e.set_len(self.size as u32);
+        e.set_bid(bid);
+        self.tail = self.tail.wrapping_add(1);
+    }
+
+    /// Makes pushed entries visible to the kernel.
+    fn publish(&self) {
+        // SAFETY: the tail field lives in entry 0 of the ring; the kernel
+        // reads it concurrently, hence the atomic release store.
+        let tail = unsafe { &*(BufRingEntry::tail(self.ring).cast_mut().cast::<AtomicU16>()) };
+        tail.store(self.tail, Ordering::Release);
+    }
+
+    /// Hands buffer `bid` back to the kernel.
+    fn recycle(&mut self, bid: u16) {
+        self.push(bid);
+        self.publish();
+    }
+
+    /// The first `len` bytes of buffer `bid`.
+    fn get(&self, bid: u16, len: usize) -> &[u8] {
+        let bid = bid.min(self.count - 1) as usize;
+        // SAFETY: the buffer is inside `bufs`; the kernel finished writing
+        // it (its completion was reaped) and will not reuse it before
+        // `recycle`.
+        unsafe { std::slice::from_raw_parts(self.bufs.add(bid * self.size), len.min(self.size)) }
+    }
+}
+
+impl Drop for BufRing {
+    fn drop(&mut self) {
+        // SAFETY: allocated in `new` with these layouts. The owning ring is
+        // dropped (closing the io_uring instance, which releases the
+        // registration) before the buffers: see field order in `Worker`.
+        unsafe {
+            dealloc(self.ring.cast(), self.ring_layout);
+            dealloc(self.bufs, self.bufs_layout);
+        }
+    }
+}
+
+/// An in-flight SendMsg: header, iovec, address and the bytes, at a stable
+/// heap address until its completion.
+struct SendSlot {
+    hdr: libc::msghdr,
+    iov: libc::iovec,
+    addr: SockAddr,
+    payload: Payload,
+}
+
+pub(crate) struct Worker {
+    // Field order matters for Drop: the ring goes first (releasing buffer
+    // registrations and in-flight operations), then the memory they use.
+    ring: IoUring,
+    core: Core,
+    ingress: Socket,
+    nack: Socket,
+    ingress_bufs: BufRing,
+    nack_bufs: BufRing,
+    ingress_msg: Box<libc::msghdr>,
+    nack_msg: Box<libc::msghdr>,
+    wake_buf: Box<u64>,
+    tick: Box<Timespec>,
+    slots: Vec<Option<Box<SendSlot>>>,
+    free: Vec<u32>,
+    // Boxed on purpose: a slot's address is handed to the kernel and must
+    // not move while its SendMsg is in flight.
+    #[allow(clippy::vec_box)]
+    spare: Vec<Box<SendSlot>>,
+    cqes: Vec<cqueue::Entry>,
+    pending: Vec<Transmit>,
+}
+
+impl std::fmt::Debug for Worker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("uring::Worker").field("core", &self.core).finish_non_exhaustive()
+    }
+}
+
+// SAFETY: the raw pointers (buffer rings, msghdr templates, send slots) all
+// point into allocations the worker owns; it is moved to its thread once,
+// before any operation is submitted, and used only there.
+unsafe impl Send for Worker {}
+
+fn recv_template() -> Box<libc::msghdr> {
+    // SAFETY: plain old data; zero is valid.
+    let mut h: libc::msghdr = unsafe { std::mem::zeroed() };
+    h.msg_namelen = size_of::<libc::sockaddr_storage>() as u32;
+    Box::new(h)
+}
+
+impl Worker {
+    pub(crate) fn new(core: Core, ingress: Socket, nack: Socket) -> io::Result<Worker> {
+        // Created disabled and enabled on the worker's own thread: a
+        // single-issuer ring belongs to the thread that enables it.
+        let ring = IoUring::builder()
+            .setup_cqsize(8192)
+            .setup_single_issuer()
+            .setup_r_disabled()
+            .build(1024)?;
+        let ingress_bufs = BufRing::new(&ring, GROUP_INGRESS, INGRESS_BUFS, INGRESS_BUF)?;
+        let nack_bufs = BufRing::new(&ring, GROUP_NACK, NACK_BUFS, NACK_BUF)?;
+        Ok(Worker {
+            ring,
+            core,
+            ingress,
+            nack,
+            ingress_bufs,
+            nack_bufs,
+            ingress_msg: recv_template(),
+            nack_msg: recv_template(),
+            wake_buf: Box::new(0),
+            tick: Box::new(Timespec::from(super::TICK)),
+            slots: Vec::new(),
+            free: Vec::new(),
+            spare: Vec::new(),
+            cqes: Vec::with_capacity(1024),
+            pending: Vec::new(),
+        })
+    }
+
+    pub(crate) fn run(mut self) {
+        if let Err(e) = self.ring.submitter().register_enable_rings().and_then(|()| self.arm_all())
+        {
+            tracing::error!(worker = self.core.index, error = %e, "io_uring arm failed; worker stops");
+            self.core.shared.fail();
+            return;
+        }
+        while !self.core.shared.stopping() {
+            if let Err(e) = self.ring.submit_and_wait(1) {
+                if e.raw_os_error() != Some(libc::EINTR) {
+                    tracing::error!(worker = self.core.index, error = %e, "io_uring wait failed; worker stops");
+                    self.core.shared.fail();
+                    break;
+                }
+            }
+            self.cqes.clear();
+            self.cqes.extend(self.ring.completion());
+            let now = Instant::now();
+            for i in 0..self.cqes.len() {
+                let cqe = self.cqes[i].clone();
+                self.complete(now, &cqe);
+            }
+            self.core.drain_inbox(now);
+            self.flush();
+            self.core.wake_peers();
+        }
+        self.core.publish();
+    }
+
+    fn arm_all(&mut self) -> io::Result<()> {
+        self.arm_recv(true)?;
+        self.arm_recv(false)?;
+        self.arm_wake()?;
+        self.arm_tick()
+    }
+
+    fn push(&mut self, sqe: io_uring::squeue::Entry) -> io::Result<()> {
+        loop {
+            // SAFETY: every SQE built here points at memory the worker owns
+            // and keeps alive until the matching completion (see callers).
+            if unsafe { self.ring.submission().push(&sqe) }.is_ok() {
+                return Ok(());
+            }
+            // Submission queue full: hand it to the kernel and retry.
+            self.ring.submit()?;
+        }
+    }
+
+    fn arm_recv(&mut self, ingress: bool) -> io::Result<()> {
+        let (fd, msg, group, ud) = if ingress {
+            (self.ingress.as_raw_fd(), &*self.ingress_msg as *const _, GROUP_INGRESS, UD_INGRESS)
+        } else {
+            (self.nack.as_raw_fd(), &*self.nack_msg as *const _, GROUP_NACK, UD_NACK)
+        };
+        // The msghdr template is boxed and lives as long as the worker.
+        let sqe = opcode::RecvMsgMulti::new(types::Fd(fd), msg, group).build().user_data(ud);
+        self.push(sqe)
+    }
+
+    fn arm_wake(&mut self) -> io::Result<()> {
+        let fd = self.core.wakers[self.core.index].fd();
+        let buf = &mut *self.wake_buf as *mut u64 as *mut u8;
+        self.push(opcode::Read::new(types::Fd(fd), buf, 8).build().user_data(UD_WAKE))
+    }
+
+    fn arm_tick(&mut self) -> io::Result<()> {
+        let ts = &*self.tick as *const Timespec;
+        self.push(opcode::Timeout::new(ts).build().user_data(UD_TICK))
+    }
+
+    fn complete(&mut self, now: Instant, cqe: &cqueue::Entry) {
+        let ud = cqe.user_data();
+        let res = cqe.result();
+        let rearm = match ud & UD_KIND {
+            UD_INGRESS | UD_NACK => {
+                let ingress = ud & UD_KIND == UD_INGRESS;
+                if let Some(bid) = cqueue::buffer_select(cqe.flags()) {
+                    if res >= 0 {
+                        self.on_datagram(now, ingress, bid, res as usize);
+                    }
+                    if ingress {
+                        self.ingress_bufs.recycle(bid)
+                    } else {
+                        self.nack_bufs.recycle(bid)
+                    }
+                } else if res < 0 && res != -libc::ENOBUFS {
+                    tracing::warn!(
+                        worker = self.core.index,
+                        ingress,
+                        errno = -res,
+                        "receive failed"
+                    );
+                }
+                // A multishot receive ends (ENOBUFS, error, or the kernel
+                // deciding so) without the MORE flag: arm it again.
+                (!cqueue::more(cqe.flags())).then_some(ingress)
+            }
+            UD_WAKE => {
+                if let Err(e) = self.arm_wake() {
+                    tracing::error!(error = %e, "re-arming the wake read failed");
+                }
+                None
+            }
+            UD_TICK => {
+                self.core.tick(now);
+                if let Err(e) = self.arm_tick() {
+                    tracing::error!(error = %e, "re-arming the tick failed");
+                }
+                None
+            }
+            UD_SEND => {
+                let slot = (ud & 0xFFFF_FFFF) as u32;
+                if res >= 0 {
+                    self.core.counters.sent += 1;
+                } else {
+                    self.core.counters.send_errors += 1;
+                }
+                if let Some(b) = self.slots.get_mut(slot as usize).and_then(Option::take) {
+                    self.spare.push(b);
+                    self.free.push(slot);
+                }
+                None
+            }
+            _ => None,
+        };
+        if let Some(ingress) = rearm {
+            if let Err(e) = self.arm_recv(ingress) {
+                tracing::error!(error = %e, "re-arming receive failed");
+            }
+        }
+    }
+
+    fn on_datagram(&mut self, now: Instant, ingress: bool, bid: u16, len: usize) {
+        let (bufs, msg) = if ingress {
+            (&self.ingress_bufs, &*self.ingress_msg)
+        } else {
+            (&self.nack_bufs, &*self.nack_msg)
+        };
+        let Ok(out) = RecvMsgOut::parse(bufs.get(bid, len), msg) else { return };
+        if out.is_payload_truncated() {
+            let err = ricochet_wire::Error::TooLong { max: out.payload_data().len(), got: 0 };
+            *self.core.counters.dropped.entry(err.reason()).or_default() += 1;
+            return;
+        }
+        // `data` borrows the buffer ring, a field disjoint from `core`; the
+        // buffer stays the kernel's only after the caller recycles it.
+        let data = out.payload_data();
+        if ingress {
+            self.core.on_ingress(now, data);
+        } else {
+            let src = sockaddr_from(out.name_data());
+            if let Some(src) = src {
+                self.core.on_nack(now, src, data);
+            }
+        }
+    }
+
+    /// Queues one SendMsg per transmit. Each keeps its bytes (a refcount on
+    /// the cached frame, or the inline response) in a slot until its
+    /// completion.
+    fn flush(&mut self) {
+        if self.core.outbox.transmits.is_empty() {
+            return;
+        }
+        let mut pending = std::mem::take(&mut self.pending);
+        pending.extend(self.core.outbox.drain_transmits());
+        for t in pending.drain(..) {
+            if let Err(e) = self.send(t) {
+                self.core.counters.send_errors += 1;
+                tracing::warn!(error = %e, "queueing a send failed");
+            }
+        }
+        // The vector goes back empty, its capacity kept for the next round.
+        self.pending = pending;
+        if let Err(e) = self.ring.submit() {
+            tracing::warn!(error = %e, "io_uring submit failed");
+        }
+    }
+
+    fn send(&mut self, t: Transmit) -> io::Result<()> {
+        let Some(addr) = self.core.destination(&t) else {
+            self.core.counters.send_errors += 1;
+            return Ok(());
+        };
+        let mut slot = self.spare.pop().unwrap_or_else(|| {
+            Box::new(SendSlot {
+                // SAFETY: plain old data; zero is valid.
+                hdr: unsafe { std::mem::zeroed() },
+                iov: libc::iovec { iov_base: std::ptr::null_mut(), iov_len: 0 },
+                addr: addr.clone(),
+                payload: Payload::Control { buf: [0; 64], len: 0 },
+            })
+        });
+        slot.addr = addr;
+        slot.payload = t.payload;
+        let data = slot.payload.as_bytes();
+        slot.iov = libc::iovec { iov_base: data.as_ptr() as *mut _, iov_len: data.len() };
+        slot.hdr.msg_name = slot.addr.as_ptr() as *mut _;
+        slot.hdr.msg_namelen = slot.addr.len();
+        slot.hdr.msg_iov = &mut slot.iov;
+        slot.hdr.msg_iovlen = 1;
+        let index = match self.free.pop() {
+            Some(i) => i,
+            None => {
+                self.slots.push(None);
+                (self.slots.len() - 1) as u32
+            }
+        };
+        let hdr = &slot.hdr as *const libc::msghdr;
+        self.slots[index as usize] = Some(slot);
+        // The slot is boxed: its address is stable until the completion
+        // frees it.
+        let sqe = opcode::SendMsg::new(types::Fd(self.nack.as_raw_fd()), hdr)
+            .build()
+            .user_data(UD_SEND | index as u64);
+        self.push(sqe)
+    }
+}
+
+fn sockaddr_from(name: &[u8]) -> Option<std::net::SocketAddr> {
+    if name.len() > size_of::<libc::sockaddr_storage>() {
+        return None;
+    }
+    // SAFETY: copies at most sizeof(sockaddr_storage) bytes of the address
+    // the kernel wrote into the storage SockAddr owns.
+    let (_, addr) = unsafe {
+        SockAddr::try_init(|storage, len| {
+            std::ptr::copy_nonoverlapping(name.as_ptr(), storage.cast::<u8>(), name.len());
+            *len = name.len() as u32;
+            Ok(())
+        })
+    }
+    .ok()?;
+    addr.as_socket()
+}

@@ -1,0 +1,199 @@
+//! The backend-independent half of a worker: what happens to a datagram
+//! once it is read, and what must be sent. `epoll` and `uring` differ only
+//! in how bytes move between sockets and these methods.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::Bytes;
+use crossbeam_channel::{Receiver, Sender, TrySendError};
+use ricochet_wire::frame::Frame;
+use socket2::SockAddr;
+
+use super::sys::EventFd;
+use super::{Options, Shared, WorkerCounters, WorkerSnapshot, owner, socket};
+use crate::retry::{Dest, Outbox, Service, Transmit};
+
+/// What one worker hands another.
+#[derive(Debug)]
+pub(crate) enum Handoff {
+    /// A data frame of a flow the receiver owns, already copied out of the
+    /// sender's receive buffer.
+    Frame(Bytes),
+    /// A NACK that arrived on the wrong worker (no steering program).
+    Nack(SocketAddr, [u8; 64], u8),
+}
+
+/// Everything a worker owns besides its sockets and its I/O machinery.
+pub(crate) struct Core {
+    pub(crate) index: usize,
+    workers: usize,
+    inbox: Receiver<Handoff>,
+    peers: Vec<Sender<Handoff>>,
+    pub(crate) wakers: Vec<Arc<EventFd>>,
+    pub(crate) shared: Arc<Shared>,
+    service: Service,
+    pub(crate) outbox: Outbox,
+    pub(crate) counters: WorkerCounters,
+    /// Destination of every group, resolved once.
+    group_dests: std::collections::HashMap<u16, SockAddr>,
+    /// Peers handed something since the last [`Core::wake_peers`].
+    to_wake: Vec<bool>,
+    pub(crate) opts: Options,
+}
+
+impl std::fmt::Debug for Core {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Core").field("index", &self.index).finish_non_exhaustive()
+    }
+}
+
+impl Core {
+    pub(crate) fn new(
+        index: usize,
+        opts: &Options,
+        inbox: Receiver<Handoff>,
+        peers: Vec<Sender<Handoff>>,
+        wakers: Vec<Arc<EventFd>>,
+        shared: Arc<Shared>,
+    ) -> Self {
+        let workers = peers.len();
+        Core {
+            index,
+            workers,
+            inbox,
+            peers,
+            wakers,
+            shared,
+            service: Service::new(opts.retry.clone(), Instant::now()),
+            outbox: Outbox::default(),
+            counters: WorkerCounters::default(),
+            group_dests: std::collections::HashMap::new(),
+            to_wake: vec![false; workers],
+            opts: opts.clone(),
+        }
+    }
+
+    fn drop_reason(&mut self, e: ricochet_wire::Error) {
+        *self.counters.dropped.entry(e.reason()).or_default() += 1;
+    }
+
+    /// A datagram from the ingress socket: validated here (cheap) so garbage
+    /// is neither copied nor handed off, then cached here or by its owner.
+    pub(crate) fn on_ingress(&mut self, now: Instant, data: &[u8]) {
+        self.counters.ingress_datagrams += 1;
+        let frame = match Frame::new_checked(data) {
+            Ok(f) => f,
+            Err(e) => return self.drop_reason(e),
+        };
+        let dest = frame.key().map_or(self.index, |k| owner(k.hash_key, self.workers));
+        // The one copy: receive buffer → the Bytes the cache keeps.
+        let bytes = Bytes::copy_from_slice(data);
+        if dest == self.index {
+            if let Err(e) = self.service.on_frame(now, bytes, None) {
+                self.drop_reason(e);
+            }
+        } else {
+            self.handoff(dest, Handoff::Frame(bytes));
+        }
+    }
+
+    /// A datagram from the NACK socket.
+    pub(crate) fn on_nack(&mut self, now: Instant, src: SocketAddr, data: &[u8]) {
+        self.counters.nack_datagrams += 1;
+        let dest = ricochet_wire::control::peek_nack_key(data)
+            .map_or(self.index, |k| owner(k, self.workers));
+        if dest != self.index && data.len() <= 64 {
+            let mut copy = [0u8; 64];
+            copy[..data.len()].copy_from_slice(data);
+            self.counters.nacks_forwarded += 1;
+            self.handoff(dest, Handoff::Nack(src, copy, data.len() as u8));
+            return;
+        }
+        if let Err(e) = self.service.on_nack(now, src, data, &mut self.outbox) {
+            self.drop_reason(e);
+        }
+        self.discard_effects();
+    }
+
+    /// Recovery effects are for the cross-domain recovery path, which is not
+    /// built yet (README: status); the service counts them
+    /// (`recover_requested`). Dropping them keeps the outbox bounded.
+    fn discard_effects(&mut self) {
+        self.outbox.effects.clear();
+    }
+
+    /// Takes everything peers handed over. Returns whether anything came.
+    pub(crate) fn drain_inbox(&mut self, now: Instant) -> bool {
+        let mut any = false;
+        while let Ok(h) = self.inbox.try_recv() {
+            self.counters.handoffs_in += 1;
+            any = true;
+            let r = match h {
+                Handoff::Frame(bytes) => self.service.on_frame(now, bytes, None).map(drop),
+                Handoff::Nack(src, buf, len) => {
+                    self.service.on_nack(now, src, &buf[..len as usize], &mut self.outbox)
+                }
+            };
+            if let Err(e) = r {
+                self.drop_reason(e);
+            }
+        }
+        self.discard_effects();
+        any
+    }
+
+    fn handoff(&mut self, dest: usize, h: Handoff) {
+        match self.peers[dest].try_send(h) {
+            Ok(()) => {
+                self.counters.handoffs_out += 1;
+                self.to_wake[dest] = true;
+            }
+            Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => {
+                self.counters.handoff_drops += 1;
+            }
+        }
+    }
+
+    /// One wake-up per peer that received something this round.
+    pub(crate) fn wake_peers(&mut self) {
+        for (i, w) in self.to_wake.iter_mut().enumerate() {
+            if std::mem::take(w) {
+                self.wakers[i].wake();
+            }
+        }
+    }
+
+    /// The socket address a transmit goes to (group addresses resolved
+    /// once and remembered).
+    pub(crate) fn destination(&mut self, t: &Transmit) -> Option<SockAddr> {
+        match t.dest {
+            Dest::Unicast(a) => Some(a.into()),
+            Dest::Group(g) => {
+                if let Some(d) = self.group_dests.get(&g) {
+                    return Some(d.clone());
+                }
+                let d = socket::group_dest(&self.opts, g)?;
+                self.group_dests.insert(g, d.clone());
+                Some(d)
+            }
+        }
+    }
+
+    /// Periodic work: cache expiry and statistics for the control thread.
+    pub(crate) fn tick(&mut self, now: Instant) {
+        self.service.expire(now);
+        self.publish();
+    }
+
+    pub(crate) fn publish(&mut self) {
+        if let Ok(mut s) = self.shared.snapshots[self.index].lock() {
+            *s = WorkerSnapshot {
+                cpu: self.opts.cpus.get(self.index).copied().unwrap_or(0),
+                counters: self.counters.clone(),
+                retry: self.service.stats(),
+            };
+        }
+    }
+}

@@ -1,0 +1,303 @@
+//! Harness for end-to-end tests: start real `ricochet` processes on
+//! loopback, publish real multicast frames, send real NACKs, scrape real
+//! `/metrics`.
+//!
+//! Binaries are taken from the cargo target directory of this build
+//! (`scripts/test.sh` builds them before the tests run); a missing binary
+//! fails the test with the command that builds it.
+//!
+//! Every test picks its own ports from a per-process counter, so tests run
+//! in parallel without hearing each other (multicast on loopback is shared
+//! by group, but delivery is per port).
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{Ipv4Addr, SocketAddr, TcpStream, UdpSocket};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU16, Ordering};
+use std::time::{Duration, Instant};
+
+use ricochet_wire::frame::{Extra, FrameRepr, FrameVersion};
+use socket2::{Domain, Protocol, Socket, Type};
+
+/// Path of a workspace binary built for this profile.
+pub fn bin(name: &str) -> PathBuf {
+    // target/<profile>/deps/<test-exe> → target/<profile>/<name>
+    let exe = std::env::current_exe().expect("test executable path");
+    let dir = exe.parent().and_then(|d| d.parent()).expect("target dir");
+    let path = dir.join(name);
+    assert!(
+        path.exists(),
+        "{} not found; build it first: cargo build --workspace --bins",
+        path.display()
+    );
+    path
+}
+
+static NEXT_PORT: AtomicU16 = AtomicU16::new(0);
+
+/// A block of 8 ports unique to this test process and call.
+pub fn ports() -> [u16; 8] {
+    // Spread test processes by pid so concurrent test binaries differ too.
+    let base = 20_000 + (std::process::id() % 400) as u16 * 100;
+    let k = NEXT_PORT.fetch_add(8, Ordering::Relaxed);
+    core::array::from_fn(|i| base + k + i as u16)
+}
+
+/// A running ricochet process, killed on drop.
+#[derive(Debug)]
+pub struct Engine {
+    child: Child,
+    /// Data port it listens on.
+    pub listen_port: u16,
+    /// NACK port.
+    pub nack_port: u16,
+    /// Admin HTTP address.
+    pub admin: SocketAddr,
+    /// Port retransmits are sent to.
+    pub egress_port: u16,
+    log: Option<std::thread::JoinHandle<String>>,
+}
+
+impl Engine {
+    /// Starts `ricochet run --ipv4-lab` on fresh ports with `extra` args and
+    /// waits until `/readyz` answers 200.
+    pub fn start(extra: &[&str]) -> Engine {
+        let p = ports();
+        let (listen, nack, admin, egress) = (p[0], p[1], p[2], p[3]);
+        let admin_addr = SocketAddr::from((Ipv4Addr::LOCALHOST, admin));
+        let mut cmd = Command::new(bin("ricochet"));
+        cmd.arg("run")
+            .arg("--ipv4-lab")
+            .args(["--listen-port", &listen.to_string()])
+            .args(["--nack-port", &nack.to_string()])
+            .args(["--egress-port", &egress.to_string()])
+            .args(["--metrics-addr", &admin_addr.to_string()])
+            .args(["--beacon-interval", "1s"])
+            .args(extra)
+            .env_remove("RUST_LOG")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        let mut child = cmd.spawn().expect("spawn ricochet");
+        let stderr = child.stderr.take().expect("stderr piped");
+        let log = std::thread::spawn(move || {
+            let mut s = String::new();
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                s.push_str(&line);
+                s.push('\n');
+            }
+            s
+        });
+        let mut e = Engine {
+            child,
+            listen_port: listen,
+            nack_port: nack,
+            admin: admin_addr,
+            egress_port: egress,
+            log: Some(log),
+        };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Some(status) = e.child.try_wait().expect("try_wait") {
+                panic!("ricochet exited early ({status}):\n{}", e.logs());
+            }
+            if matches!(e.http("/readyz"), Ok((200, _))) {
+                return e;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "ricochet not ready in 20 s:\n{}",
+                e.kill_and_logs()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// NACK destination.
+    pub fn nack_addr(&self) -> SocketAddr {
+        SocketAddr::from((Ipv4Addr::LOCALHOST, self.nack_port))
+    }
+
+    /// GET `path` on the admin port: (status, body).
+    pub fn http(&self, path: &str) -> std::io::Result<(u16, String)> {
+        http_get(self.admin, path)
+    }
+
+    /// The value of one metric line (exact name with labels), if present.
+    pub fn metric(&self, series: &str) -> Option<f64> {
+        let (_, body) = self.http("/metrics").ok()?;
+        metric_value(&body, series)
+    }
+
+    /// Sum of a metric over every label set.
+    pub fn metric_sum(&self, name: &str) -> f64 {
+        let Ok((_, body)) = self.http("/metrics") else { return 0.0 };
+        metric_sum(&body, name)
+    }
+
+    /// Polls until `cond(metrics body)` holds or `timeout` passes.
+    pub fn wait_metrics(&self, timeout: Duration, cond: impl Fn(&str) -> bool) -> String {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let body = self.http("/metrics").map(|(_, b)| b).unwrap_or_default();
+            if cond(&body) || Instant::now() > deadline {
+                return body;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Sends SIGTERM.
+    pub fn terminate(&self) {
+        // SAFETY-free: use the `kill` command rather than libc.
+        let _ = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status();
+    }
+
+    /// Waits for exit up to `timeout`.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if let Ok(Some(s)) = self.child.try_wait() {
+                return Some(s);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
+    }
+
+    /// Kills the process and returns everything it logged.
+    pub fn kill_and_logs(&mut self) -> String {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        self.logs()
+    }
+
+    fn logs(&mut self) -> String {
+        self.log.take().and_then(|h| h.join().ok()).unwrap_or_default()
+    }
+}
+
+impl Drop for Engine {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// GET over HTTP/1.1 (no client dependency needed for this).
+pub fn http_get(addr: SocketAddr, path: &str) -> std::io::Result<(u16, String)> {
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
+    s.set_read_timeout(Some(Duration::from_secs(5)))?;
+    write!(s, "GET {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n")?;
+    let mut raw = String::new();
+    s.read_to_string(&mut raw)?;
+    let status = raw.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+    let body = raw.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+    Ok((status, body))
+}
+
+/// The value of an exact series (`name{labels}`) in Prometheus text.
+pub fn metric_value(body: &str, series: &str) -> Option<f64> {
+    body.lines().filter(|l| !l.starts_with('#')).find_map(|l| {
+        l.rsplit_once(' ').filter(|(k, _)| *k == series).and_then(|(_, v)| v.parse().ok())
+    })
+}
+
+/// The sum of every series of metric `name`.
+pub fn metric_sum(body: &str, name: &str) -> f64 {
+    body.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| l.rsplit_once(' '))
+        .filter(|(k, _)| *k == name || k.strip_prefix(name).is_some_and(|r| r.starts_with('{')))
+        .filter_map(|(_, v)| v.parse::<f64>().ok())
+        .sum()
+}
+
+/// A publisher of BRC-124 frames to the IPv4 lab groups on loopback.
+#[derive(Debug)]
+pub struct Publisher {
+    sock: UdpSocket,
+    port: u16,
+}
+
+impl Publisher {
+    /// A publisher sending to `port`.
+    pub fn new(port: u16) -> Publisher {
+        let s = Socket::new(Domain::IPV4, Type::DGRAM, Some(Protocol::UDP)).unwrap();
+        s.set_multicast_if_v4(&Ipv4Addr::LOCALHOST).unwrap();
+        s.set_multicast_loop_v4(true).unwrap();
+        s.bind(&SocketAddr::from((Ipv4Addr::LOCALHOST, 0)).into()).unwrap();
+        Publisher { sock: s.into(), port }
+    }
+
+    /// Sends a raw datagram to group `index`.
+    pub fn send_raw(&self, index: u16, bytes: &[u8]) {
+        let to = SocketAddr::from((ricochet_wire::group::ipv4_lab_group(index), self.port));
+        self.sock.send_to(bytes, to).expect("publish");
+    }
+
+    /// Sends a transaction frame on the shard group its TxID maps to (2
+    /// shard bits) and returns its bytes and group.
+    pub fn send_tx(&self, hash_key: u64, seq: u64, payload: &[u8]) -> (Vec<u8>, u16) {
+        let bytes = tx_frame(hash_key, seq, payload);
+        let id: [u8; 32] = bytes[8..40].try_into().unwrap();
+        let group = ricochet_wire::group::shard_index(&id, 2).unwrap();
+        self.send_raw(group, &bytes);
+        (bytes, group)
+    }
+}
+
+/// A transaction frame whose TxID derives from `(hash_key, seq)`.
+pub fn tx_frame(hash_key: u64, seq: u64, payload: &[u8]) -> Vec<u8> {
+    let mut id = [0u8; 32];
+    id[..8].copy_from_slice(&hash_key.to_be_bytes());
+    id[8..16].copy_from_slice(&seq.to_be_bytes());
+    id[0] = (seq as u8).wrapping_mul(0x45); // spread over shard groups
+    let repr = FrameRepr {
+        version: FrameVersion::Tx,
+        byte7: 0,
+        id,
+        hash_key,
+        seq,
+        subtree_id: [0x20; 32],
+        extra: Extra::None,
+        payload,
+    };
+    let mut buf = vec![0u8; repr.buffer_len()];
+    repr.emit(&mut buf).unwrap();
+    buf
+}
+
+/// A listener socket joined to lab group `index` on `port`, to observe
+/// multicast retransmits.
+pub fn group_listener(index: u16, port: u16) -> UdpSocket {
+    let s = Socket::new(Domain::IPV4, Type::DGRAM, Some(Protocol::UDP)).unwrap();
+    s.set_reuse_address(true).unwrap();
+    s.set_reuse_port(true).unwrap();
+    s.set_multicast_all_v4(false).unwrap();
+    s.bind(&SocketAddr::from((Ipv4Addr::UNSPECIFIED, port)).into()).unwrap();
+    s.join_multicast_v4(&ricochet_wire::group::ipv4_lab_group(index), &Ipv4Addr::LOCALHOST)
+        .unwrap();
+    let u: UdpSocket = s.into();
+    u.set_read_timeout(Some(Duration::from_millis(1500))).unwrap();
+    u
+}
+
+/// A NACK client on an ephemeral loopback port.
+pub fn nack_client() -> UdpSocket {
+    let u = UdpSocket::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
+    u.set_read_timeout(Some(Duration::from_millis(1500))).unwrap();
+    u
+}
+
+/// Receives datagrams until `timeout` of silence; returns them all.
+pub fn drain(sock: &UdpSocket, timeout: Duration) -> Vec<Vec<u8>> {
+    sock.set_read_timeout(Some(timeout)).unwrap();
+    let mut out = Vec::new();
+    let mut buf = [0u8; 65_536];
+    while let Ok(n) = sock.recv(&mut buf) {
+        out.push(buf[..n].to_vec());
+    }
+    out
+}

@@ -1,0 +1,285 @@
+//! End-to-end: a real `ricochet` process on loopback (IPv4 lab groups),
+//! real multicast frames, real NACKs. Run for every backend the machine
+//! offers (`BACKENDS`).
+
+use std::net::UdpSocket;
+use std::time::Duration;
+
+use ricochet_e2e::{Engine, Publisher, drain, group_listener, nack_client, tx_frame};
+use ricochet_wire::control::{AckFlags, NackFlags, NackRepr, ResponseKind, ResponseRepr};
+
+/// Backends every behaviour test runs on.
+const BACKENDS: &[&str] = &["epoll", "uring"];
+
+fn nack_bytes(hash_key: u64, start: u64, end: u64, flags: u8) -> [u8; 64] {
+    let mut b = [0u8; 64];
+    NackRepr {
+        flags: NackFlags(flags),
+        hash_key,
+        start_seq: start,
+        end_seq: end,
+        subtree_id: [0x20; 32],
+    }
+    .emit(&mut b)
+    .unwrap();
+    b
+}
+
+/// Splits what a NACK client received into (responses, frames).
+fn split(datagrams: Vec<Vec<u8>>) -> (Vec<ResponseRepr>, Vec<Vec<u8>>) {
+    let mut responses = Vec::new();
+    let mut frames = Vec::new();
+    for d in datagrams {
+        match ResponseRepr::parse(&d) {
+            Ok(r) => responses.push(r),
+            Err(_) => frames.push(d),
+        }
+    }
+    (responses, frames)
+}
+
+/// Publishes `count` frames of one flow and waits until the engine cached
+/// them all.
+fn publish_flow(e: &Engine, hash_key: u64, count: u64) -> Vec<(Vec<u8>, u16)> {
+    let p = Publisher::new(e.listen_port);
+    let sent: Vec<_> =
+        (1..=count).map(|seq| p.send_tx(hash_key, seq, &seq.to_be_bytes())).collect();
+    let body = e.wait_metrics(Duration::from_secs(10), |b| {
+        ricochet_e2e::metric_sum(b, "ricochet_frames_cached_total") >= count as f64
+    });
+    assert!(
+        ricochet_e2e::metric_sum(&body, "ricochet_frames_cached_total") >= count as f64,
+        "frames not cached:\n{body}"
+    );
+    sent
+}
+
+fn ask(client: &UdpSocket, e: &Engine, nack: &[u8]) -> (Vec<ResponseRepr>, Vec<Vec<u8>>) {
+    client.send_to(nack, e.nack_addr()).unwrap();
+    split(drain(client, Duration::from_millis(400)))
+}
+
+#[test]
+fn hit_is_acked_and_retransmitted_byte_identical_to_its_group() {
+    for backend in BACKENDS {
+        let e = Engine::start(&["--backend", backend]);
+        let sent = publish_flow(&e, 0xAB01, 3);
+        let (frame, group) = &sent[1];
+        let watcher = group_listener(*group, e.egress_port);
+        let client = nack_client();
+        let (responses, unicast) = ask(&client, &e, &nack_bytes(0xAB01, 2, 2, 0));
+        assert_eq!(
+            responses,
+            vec![ResponseRepr::ack(2, AckFlags(AckFlags::MULTICAST))],
+            "{backend}"
+        );
+        assert!(unicast.is_empty(), "no unicast copy unless configured");
+        let got = drain(&watcher, Duration::from_millis(400));
+        assert!(got.contains(frame), "retransmit on group {group} is byte-identical ({backend})");
+    }
+}
+
+#[test]
+fn unicast_retransmit_when_configured_and_for_proxied_nacks() {
+    for backend in BACKENDS {
+        let e = Engine::start(&["--backend", backend, "--beacon-flags-unicast=true"]);
+        let sent = publish_flow(&e, 0xAB02, 2);
+        let client = nack_client();
+        let (responses, frames) = ask(&client, &e, &nack_bytes(0xAB02, 1, 1, 0));
+        assert_eq!(
+            responses,
+            vec![ResponseRepr::ack(1, AckFlags(AckFlags::MULTICAST | AckFlags::UNICAST))]
+        );
+        assert_eq!(frames, vec![sent[0].0.clone()]);
+    }
+    // Multicast-only endpoint still serves a Proxied NACK by unicast.
+    let e = Engine::start(&[]);
+    let sent = publish_flow(&e, 0xAB03, 1);
+    let client = nack_client();
+    let (responses, frames) = ask(&client, &e, &nack_bytes(0xAB03, 1, 1, NackFlags::PROXIED));
+    assert_eq!(responses.len(), 1);
+    assert!(matches!(responses[0].kind, ResponseKind::Ack(f) if f.unicast()));
+    assert_eq!(frames, vec![sent[0].0.clone()]);
+}
+
+#[test]
+fn unknown_frames_get_miss() {
+    for backend in BACKENDS {
+        let e = Engine::start(&["--backend", backend]);
+        let client = nack_client();
+        let (responses, frames) = ask(&client, &e, &nack_bytes(0xDEAD, 7, 7, 0));
+        assert_eq!(responses, vec![ResponseRepr::miss()]);
+        assert!(frames.is_empty());
+    }
+}
+
+#[test]
+fn ranges_ack_each_frame_then_miss_the_first_hole() {
+    for backend in BACKENDS {
+        let e = Engine::start(&["--backend", backend]);
+        publish_flow(&e, 0xAB04, 3);
+        let client = nack_client();
+        let (responses, _) = ask(&client, &e, &nack_bytes(0xAB04, 1, 5, 0));
+        let acks: Vec<u64> = responses
+            .iter()
+            .filter(|r| matches!(r.kind, ResponseKind::Ack(_)))
+            .map(|r| r.seq)
+            .collect();
+        assert_eq!(acks, vec![1, 2, 3], "{backend}");
+        assert_eq!(responses.last(), Some(&ResponseRepr::miss()));
+    }
+}
+
+#[test]
+fn suppress_flags_silence_acks_and_misses() {
+    let e = Engine::start(&["--suppress-ack", "--suppress-miss"]);
+    publish_flow(&e, 0xAB05, 1);
+    let client = nack_client();
+    let (hit, _) = ask(&client, &e, &nack_bytes(0xAB05, 1, 1, 0));
+    let (miss, _) = ask(&client, &e, &nack_bytes(0xAB05, 9, 9, 0));
+    assert!(hit.is_empty() && miss.is_empty(), "{hit:?} {miss:?}");
+    // The retransmit still happened.
+    assert!(e.metric_sum("ricochet_retransmits_multicast_total") >= 1.0);
+}
+
+#[test]
+fn ip_flood_tier_is_silent_and_does_not_starve_other_sources() {
+    // Burst 10 per source: the 11th NACK in a burst is dropped silently.
+    let e = Engine::start(&["--rl-ip-burst", "10", "--rl-ip-rate", "1"]);
+    let flooder = nack_client();
+    for seq in 0..200u64 {
+        flooder.send_to(&nack_bytes(0xF100, seq + 1, seq + 1, 0), e.nack_addr()).unwrap();
+    }
+    let answered = drain(&flooder, Duration::from_millis(500));
+    assert_eq!(answered.len(), 10, "only the burst is answered; the rest is silent");
+    // Another source (another port is the same IP on loopback, so use the
+    // per-IP bucket of 127.0.0.2) is still served.
+    let other = UdpSocket::bind(("127.0.0.2", 0)).unwrap();
+    other.send_to(&nack_bytes(0xF100, 1, 1, 0), e.nack_addr()).unwrap();
+    let got = drain(&other, Duration::from_millis(500));
+    assert_eq!(got.len(), 1, "a second source is not starved by the first");
+    assert!(e.metric_sum("ricochet_rate_limited_ip_total") >= 190.0);
+}
+
+#[test]
+fn throttled_responses_carry_the_tier_bucket() {
+    let e = Engine::start(&["--rl-throttle-response=true", "--rl-sequence-max", "2"]);
+    let client = nack_client();
+    let mut kinds = Vec::new();
+    for _ in 0..3 {
+        let (r, _) = ask(&client, &e, &nack_bytes(0xAB06, 5, 5, 0));
+        kinds.extend(r.into_iter().map(|r| r.kind));
+    }
+    assert_eq!(
+        kinds,
+        vec![ResponseKind::Miss, ResponseKind::Miss, ResponseKind::Throttled { bucket: 2 }]
+    );
+}
+
+#[test]
+fn garbage_on_every_port_is_counted_and_the_engine_keeps_serving() {
+    for backend in BACKENDS {
+        let e = Engine::start(&["--backend", backend]);
+        let p = Publisher::new(e.listen_port);
+        let client = nack_client();
+        let mut state: u64 = 0x9E37_79B9_7F4A_7C15;
+        let mut next = || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        };
+        let valid_frame = tx_frame(0xAB07, 1, b"ok");
+        let valid_nack = nack_bytes(0xAB07, 1, 1, 0);
+        for i in 0..2000u64 {
+            let r = next();
+            let mut d: Vec<u8> = match i % 4 {
+                // Random bytes.
+                0 => (0..(r % 200) as usize).map(|_| next() as u8).collect(),
+                // A valid frame, truncated.
+                1 => valid_frame[..(r as usize % valid_frame.len())].to_vec(),
+                // A valid NACK, truncated or bit-flipped.
+                2 => valid_nack[..(r as usize % 64)].to_vec(),
+                _ => {
+                    let mut v = valid_nack.to_vec();
+                    v[(r % 8) as usize] ^= 0xFF;
+                    v
+                }
+            };
+            if d.is_empty() {
+                d.push(0);
+            }
+            if i % 2 == 0 {
+                p.send_raw((r % 4) as u16, &d);
+            } else {
+                client.send_to(&d, e.nack_addr()).unwrap();
+            }
+        }
+        let body = e.wait_metrics(Duration::from_secs(5), |b| {
+            ricochet_e2e::metric_sum(b, "ricochet_dropped_total") >= 1500.0
+        });
+        let dropped = ricochet_e2e::metric_sum(&body, "ricochet_dropped_total");
+        assert!(dropped >= 1500.0, "dropped {dropped}:\n{body}");
+        for reason in ["truncated", "bad_magic"] {
+            let by_reason: f64 = body
+                .lines()
+                .filter(|l| l.starts_with(&format!("ricochet_dropped_total{{reason=\"{reason}\"")))
+                .filter_map(|l| l.rsplit_once(' ').and_then(|(_, v)| v.parse::<f64>().ok()))
+                .sum();
+            assert!(by_reason > 0.0, "reason {reason} counted");
+        }
+        // Still serving.
+        publish_flow(&e, 0xAB08, 1);
+        let fresh = nack_client();
+        let (responses, _) = ask(&fresh, &e, &nack_bytes(0xAB08, 1, 1, 0));
+        assert_eq!(
+            responses,
+            vec![ResponseRepr::ack(1, AckFlags(AckFlags::MULTICAST))],
+            "{backend}"
+        );
+    }
+}
+
+#[test]
+fn two_workers_each_serve_their_own_flows() {
+    let allowed = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    if allowed < 2 {
+        eprintln!("SKIPPED: needs 2 CPUs");
+        return;
+    }
+    let e = Engine::start(&["--cpus", "0,1"]);
+    // Keys 2 and 3: owners 0 and 1 (low 32 bits mod 2).
+    publish_flow(&e, 2, 4);
+    publish_flow(&e, 3, 4);
+    let client = nack_client();
+    for seq in 1..=4 {
+        assert_eq!(ask(&client, &e, &nack_bytes(2, seq, seq, 0)).0.len(), 1);
+        assert_eq!(ask(&client, &e, &nack_bytes(3, seq, seq, 0)).0.len(), 1);
+    }
+    let body = e.http("/metrics").unwrap().1;
+    let v = |s: &str| ricochet_e2e::metric_value(&body, s).unwrap_or(-1.0);
+    // Each core cached and served exactly its own flow.
+    assert_eq!(v("ricochet_frames_cached_total{core=\"0\"}"), 4.0, "{body}");
+    assert_eq!(v("ricochet_frames_cached_total{core=\"1\"}"), 4.0);
+    assert_eq!(v("ricochet_cache_hits_total{core=\"0\"}"), 4.0);
+    assert_eq!(v("ricochet_cache_hits_total{core=\"1\"}"), 4.0);
+    // With steering, no NACK had to be forwarded between cores.
+    if e.http("/debug/stats").unwrap().1.contains("\"steering\":true") {
+        assert_eq!(ricochet_e2e::metric_sum(&body, "ricochet_nacks_forwarded_total"), 0.0);
+    }
+}
+
+#[test]
+fn sigterm_drains_then_exits_cleanly() {
+    let mut e = Engine::start(&["--drain-timeout", "1s"]);
+    publish_flow(&e, 0xAB09, 1);
+    e.terminate();
+    std::thread::sleep(Duration::from_millis(200));
+    // Draining: not ready, still serving.
+    assert_eq!(e.http("/readyz").map(|r| r.0).unwrap_or(0), 503);
+    let client = nack_client();
+    let (responses, _) = ask(&client, &e, &nack_bytes(0xAB09, 1, 1, 0));
+    assert_eq!(responses.len(), 1, "serves while draining");
+    let status = e.wait_exit(Duration::from_secs(5)).expect("exits after the drain");
+    assert!(status.success(), "{status}");
+}

@@ -64,17 +64,33 @@ impl Engine {
     /// waits until `/readyz` answers 200.
     pub fn start(extra: &[&str]) -> Engine {
         let p = ports();
-        let (listen, nack, admin, egress) = (p[0], p[1], p[2], p[3]);
-        let admin_addr = SocketAddr::from((Ipv4Addr::LOCALHOST, admin));
-        let mut cmd = Command::new(bin("ricochet"));
+        let admin = SocketAddr::from((Ipv4Addr::LOCALHOST, p[2]));
+        let mut args: Vec<String> = vec!["--ipv4-lab".into()];
+        args.extend(extra.iter().map(|s| s.to_string()));
+        Engine::launch(&[], &args, p, admin)
+    }
+
+    /// Starts `prefix… ricochet run args…` (e.g. `ip netns exec NS`) with
+    /// the ports of `p` (listen, NACK, —, egress) and the admin server on
+    /// `admin`, and waits for `/readyz`. The caller must be able to reach
+    /// `admin` (same network namespace).
+    pub fn launch(prefix: &[&str], args: &[String], p: [u16; 8], admin: SocketAddr) -> Engine {
+        let (listen, nack, egress) = (p[0], p[1], p[3]);
+        let mut cmd = match prefix.split_first() {
+            Some((first, rest)) => {
+                let mut c = Command::new(first);
+                c.args(rest).arg(bin("ricochet"));
+                c
+            }
+            None => Command::new(bin("ricochet")),
+        };
         cmd.arg("run")
-            .arg("--ipv4-lab")
             .args(["--listen-port", &listen.to_string()])
             .args(["--nack-port", &nack.to_string()])
             .args(["--egress-port", &egress.to_string()])
-            .args(["--metrics-addr", &admin_addr.to_string()])
+            .args(["--metrics-addr", &admin.to_string()])
             .args(["--beacon-interval", "1s"])
-            .args(extra)
+            .args(args)
             .env_remove("RUST_LOG")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -93,7 +109,7 @@ impl Engine {
             child,
             listen_port: listen,
             nack_port: nack,
-            admin: admin_addr,
+            admin,
             egress_port: egress,
             log: Some(log),
         };

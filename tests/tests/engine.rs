@@ -91,6 +91,8 @@ fn unicast_retransmit_when_configured_and_for_proxied_nacks() {
             vec![ResponseRepr::ack(1, AckFlags(AckFlags::MULTICAST | AckFlags::UNICAST))]
         );
         assert_eq!(frames, vec![sent[0].0.clone()]);
+        // The unicast copy and its ACK left as one UDP GSO send.
+        assert!(e.metric_sum("ricochet_gso_sends_total") >= 1.0, "{backend}");
     }
     // Multicast-only endpoint still serves a Proxied NACK by unicast.
     let e = Engine::start(&[]);

@@ -8,7 +8,7 @@ use socket2::Socket;
 
 use super::TICK;
 use super::sys::{self, Epoll, RecvBatch, SendScratch};
-use super::worker::Core;
+use super::worker::{Core, gso_runs};
 use crate::retry::Transmit;
 
 const TOKEN_INGRESS: u64 = 0;
@@ -112,17 +112,21 @@ impl Worker {
         // free to resolve destinations while the transmits are iterated.
         self.pending.extend(self.core.outbox.drain_transmits());
         let mut unroutable = 0u64;
+        let mut gso = 0u64;
         let core = &mut self.core;
-        let items = self.pending.iter().filter_map(|t| match core.destination(t) {
-            Some(to) => Some((to, t.payload.as_bytes())),
-            None => {
-                unroutable += 1;
-                None
-            }
+        let pending = &self.pending;
+        let msgs = gso_runs(pending).filter_map(|run| {
+            gso += u64::from(run.len() > 1);
+            let Some(to) = core.destination(&pending[run.start]) else {
+                unroutable += run.len() as u64;
+                return None;
+            };
+            Some((to, pending[run].iter().map(|t| t.payload.as_bytes())))
         });
-        let (sent, failed) = sys::send_all(self.nack.as_raw_fd(), items, &mut self.scratch);
+        let (sent, failed) = sys::send_all(self.nack.as_raw_fd(), msgs, &mut self.scratch);
         self.core.counters.sent += sent as u64;
         self.core.counters.send_errors += failed as u64 + unroutable;
+        self.core.counters.gso_sends += gso;
         self.pending.clear();
     }
 }

@@ -136,6 +136,8 @@ pub struct WorkerCounters {
     pub nacks_forwarded: u64,
     /// Datagrams sent.
     pub sent: u64,
+    /// Sends that carried more than one datagram (UDP GSO).
+    pub gso_sends: u64,
     /// Sends the kernel refused or that found the socket buffer full.
     pub send_errors: u64,
     /// Malformed datagrams dropped, by `Error::reason` label.

@@ -121,54 +121,109 @@ impl RecvBatch {
     }
 }
 
-/// Sends every `(destination, datagram)` with as few sendmmsg calls as the
-/// kernel allows, reusing `scratch` so the steady state allocates nothing.
-/// Returns `(sent, failed)`: a datagram the kernel refuses (no route, buffer
-/// full) is skipped and counted, never retried — the listener NACKs again.
-pub(crate) fn send_all<'a>(
+/// Space for one `UDP_SEGMENT` control message (a u16 payload), as u64s
+/// for cmsghdr alignment.
+pub(crate) type GsoCmsg = [u64; 3];
+
+/// Writes a `UDP_SEGMENT` control message asking the kernel to cut the
+/// payload into `segment`-byte datagrams (the last may be shorter), and
+/// returns its length.
+pub(crate) fn write_gso_cmsg(buf: &mut GsoCmsg, segment: u16) -> usize {
+    // SAFETY: CMSG_SPACE/CMSG_LEN are pure arithmetic.
+    let (space, len) = unsafe { (libc::CMSG_SPACE(2) as usize, libc::CMSG_LEN(2) as usize) };
+    debug_assert!(space <= size_of::<GsoCmsg>());
+    *buf = [0; 3];
+    let hdr = libc::cmsghdr {
+        cmsg_len: len as _,
+        cmsg_level: libc::SOL_UDP,
+        cmsg_type: libc::UDP_SEGMENT,
+    };
+    // SAFETY: `buf` is 24 bytes, 8-aligned: room for a cmsghdr (16 bytes)
+    // followed by the 2-byte value at CMSG_DATA's offset.
+    unsafe {
+        let base = buf.as_mut_ptr().cast::<u8>();
+        std::ptr::write_unaligned(base.cast::<libc::cmsghdr>(), hdr);
+        let data = base.add(size_of::<libc::cmsghdr>());
+        std::ptr::write_unaligned(data.cast::<u16>(), segment);
+    }
+    space
+}
+
+/// One outgoing message: a destination and one or more segments. With more
+/// than one segment it leaves as a single UDP GSO send, segmented by the
+/// kernel at the first segment's length.
+pub(crate) type Message<'a, I> = (SockAddr, I);
+
+/// Sends every message with as few sendmmsg calls as the kernel allows,
+/// reusing `scratch` so the steady state allocates nothing. Returns
+/// `(datagrams sent, datagrams failed)`: a message the kernel refuses (no
+/// route, buffer full) is skipped and counted, never retried — the listener
+/// NACKs again.
+pub(crate) fn send_all<'a, I>(
     fd: RawFd,
-    items: impl Iterator<Item = (SockAddr, &'a [u8])>,
+    msgs: impl Iterator<Item = Message<'a, I>>,
     scratch: &mut SendScratch,
-) -> (usize, usize) {
+) -> (usize, usize)
+where
+    I: Iterator<Item = &'a [u8]>,
+{
     scratch.addrs.clear();
     scratch.iovs.clear();
     scratch.hdrs.clear();
-    for (to, data) in items {
+    scratch.spans.clear();
+    for (to, segments) in msgs {
+        let start = scratch.iovs.len();
+        for data in segments {
+            scratch
+                .iovs
+                .push(libc::iovec { iov_base: data.as_ptr() as *mut _, iov_len: data.len() });
+        }
         scratch.addrs.push(to);
-        scratch.iovs.push(libc::iovec { iov_base: data.as_ptr() as *mut _, iov_len: data.len() });
+        scratch.spans.push((start, scratch.iovs.len() - start));
     }
-    // Headers are built only after both vectors stopped growing, so the
+    scratch.cmsgs.resize(scratch.spans.len(), [0; 3]);
+    // Headers are built only after every vector stopped growing, so the
     // pointers into them stay valid.
-    for (to, iov) in scratch.addrs.iter().zip(scratch.iovs.iter_mut()) {
+    for (i, (to, &(start, n))) in scratch.addrs.iter().zip(&scratch.spans).enumerate() {
         // SAFETY: plain old data; zero is valid.
         let mut h: libc::mmsghdr = unsafe { MaybeUninit::zeroed().assume_init() };
         h.msg_hdr.msg_name = to.as_ptr() as *mut _;
         h.msg_hdr.msg_namelen = to.len();
-        h.msg_hdr.msg_iov = iov;
-        h.msg_hdr.msg_iovlen = 1;
+        h.msg_hdr.msg_iov = scratch.iovs[start..].as_mut_ptr();
+        h.msg_hdr.msg_iovlen = n;
+        if n > 1 {
+            let segment = scratch.iovs[start].iov_len as u16;
+            let len = write_gso_cmsg(&mut scratch.cmsgs[i], segment);
+            h.msg_hdr.msg_control = scratch.cmsgs[i].as_mut_ptr().cast();
+            h.msg_hdr.msg_controllen = len;
+        }
         scratch.hdrs.push(h);
     }
     let (mut sent, mut failed, mut start) = (0, 0, 0);
     let total = scratch.hdrs.len();
+    let segments = |range: std::ops::Range<usize>, spans: &[(usize, usize)]| -> usize {
+        spans[range].iter().map(|&(_, n)| n).sum()
+    };
     while start < total {
         let chunk = (total - start).min(1024);
-        // SAFETY: every header points at an address in `scratch.addrs` and a
-        // buffer borrowed for `'a` (alive for this whole call); the kernel
-        // only reads them.
+        // SAFETY: every header points at an address in `scratch.addrs`,
+        // iovecs in `scratch.iovs` describing buffers borrowed for `'a`
+        // (alive for this whole call) and a cmsg in `scratch.cmsgs`; the
+        // kernel only reads them.
         let n = unsafe { libc::sendmmsg(fd, scratch.hdrs[start..].as_mut_ptr(), chunk as u32, 0) };
         if n <= 0 {
             let e = io::Error::last_os_error();
             let skip = if n < 0 && e.kind() == io::ErrorKind::WouldBlock { chunk } else { 1 };
-            failed += skip;
+            failed += segments(start..start + skip, &scratch.spans);
             start += skip;
             continue;
         }
-        // A partial send stops at the first datagram the kernel refused;
+        // A partial send stops at the first message the kernel refused;
         // the next round starts there and skips it if it fails again.
-        sent += n as usize;
+        sent += segments(start..start + n as usize, &scratch.spans);
         start += n as usize;
     }
-    // Drop the borrowed pointers' owners' addresses so nothing dangles.
+    // Nothing may keep pointing at the borrowed buffers.
     scratch.iovs.clear();
     scratch.hdrs.clear();
     (sent, failed)
@@ -180,6 +235,8 @@ pub(crate) struct SendScratch {
     addrs: Vec<SockAddr>,
     iovs: Vec<libc::iovec>,
     hdrs: Vec<libc::mmsghdr>,
+    spans: Vec<(usize, usize)>,
+    cmsgs: Vec<GsoCmsg>,
 }
 
 impl std::fmt::Debug for SendScratch {

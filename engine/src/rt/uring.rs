@@ -17,7 +17,8 @@ use io_uring::types::{BufRingEntry, RecvMsgOut, Timespec};
 use io_uring::{IoUring, cqueue, opcode, types};
 use socket2::{SockAddr, Socket};
 
-use super::worker::Core;
+use super::sys::{GsoCmsg, write_gso_cmsg};
+use super::worker::{Core, gso_runs};
 use crate::retry::{Payload, Transmit};
 
 const UD_INGRESS: u64 = 1 << 32;
@@ -153,13 +154,15 @@ impl Drop for BufRing {
     }
 }
 
-/// An in-flight SendMsg: header, iovec, address and the bytes, at a stable
-/// heap address until its completion.
+/// An in-flight SendMsg: header, iovecs, GSO control message, address and
+/// the bytes of every segment, at a stable heap address until its
+/// completion. Slots are pooled, so their vectors keep their capacity.
 struct SendSlot {
     hdr: libc::msghdr,
-    iov: libc::iovec,
+    iovs: Vec<libc::iovec>,
+    cmsg: GsoCmsg,
     addr: SockAddr,
-    payload: Payload,
+    payloads: Vec<Payload>,
 }
 
 pub(crate) struct Worker {
@@ -183,6 +186,7 @@ pub(crate) struct Worker {
     spare: Vec<Box<SendSlot>>,
     cqes: Vec<cqueue::Entry>,
     pending: Vec<Transmit>,
+    runs: Vec<usize>,
 }
 
 impl std::fmt::Debug for Worker {
@@ -230,6 +234,7 @@ impl Worker {
             spare: Vec::new(),
             cqes: Vec::with_capacity(1024),
             pending: Vec::new(),
+            runs: Vec::new(),
         })
     }
 
@@ -345,12 +350,15 @@ impl Worker {
             }
             UD_SEND => {
                 let slot = (ud & 0xFFFF_FFFF) as u32;
-                if res >= 0 {
-                    self.core.counters.sent += 1;
-                } else {
-                    self.core.counters.send_errors += 1;
-                }
-                if let Some(b) = self.slots.get_mut(slot as usize).and_then(Option::take) {
+                if let Some(mut b) = self.slots.get_mut(slot as usize).and_then(Option::take) {
+                    let segments = b.payloads.len() as u64;
+                    if res >= 0 {
+                        self.core.counters.sent += segments;
+                    } else {
+                        self.core.counters.send_errors += segments;
+                    }
+                    b.payloads.clear();
+                    b.iovs.clear();
                     self.spare.push(b);
                     self.free.push(slot);
                 }
@@ -399,12 +407,18 @@ impl Worker {
         }
         let mut pending = std::mem::take(&mut self.pending);
         pending.extend(self.core.outbox.drain_transmits());
-        for t in pending.drain(..) {
-            if let Err(e) = self.send(t) {
-                self.core.counters.send_errors += 1;
+        let mut runs = std::mem::take(&mut self.runs);
+        runs.extend(gso_runs(&pending).map(|r| r.len()));
+        let mut queued = pending.drain(..);
+        for &n in &runs {
+            if let Err(e) = self.send(queued.by_ref().take(n)) {
+                self.core.counters.send_errors += n as u64;
                 tracing::warn!(error = %e, "queueing a send failed");
             }
         }
+        drop(queued);
+        runs.clear();
+        self.runs = runs;
         // The vector goes back empty, its capacity kept for the next round.
         self.pending = pending;
         if let Err(e) = self.ring.submit() {
@@ -412,28 +426,46 @@ impl Worker {
         }
     }
 
-    fn send(&mut self, t: Transmit) -> io::Result<()> {
-        let Some(addr) = self.core.destination(&t) else {
-            self.core.counters.send_errors += 1;
+    /// Queues one SendMsg for a GSO run of transmits to one destination.
+    fn send(&mut self, mut run: impl Iterator<Item = Transmit>) -> io::Result<()> {
+        let Some(first) = run.next() else { return Ok(()) };
+        let Some(addr) = self.core.destination(&first) else {
+            self.core.counters.send_errors += 1 + run.count() as u64;
             return Ok(());
         };
         let mut slot = self.spare.pop().unwrap_or_else(|| {
             Box::new(SendSlot {
                 // SAFETY: plain old data; zero is valid.
                 hdr: unsafe { std::mem::zeroed() },
-                iov: libc::iovec { iov_base: std::ptr::null_mut(), iov_len: 0 },
+                iovs: Vec::new(),
+                cmsg: [0; 3],
                 addr: addr.clone(),
-                payload: Payload::Control { buf: [0; 64], len: 0 },
+                payloads: Vec::new(),
             })
         });
+        slot.payloads.push(first.payload);
+        slot.payloads.extend(run.map(|t| t.payload));
         slot.addr = addr;
-        slot.payload = t.payload;
-        let data = slot.payload.as_bytes();
-        slot.iov = libc::iovec { iov_base: data.as_ptr() as *mut _, iov_len: data.len() };
-        slot.hdr.msg_name = slot.addr.as_ptr() as *mut _;
-        slot.hdr.msg_namelen = slot.addr.len();
-        slot.hdr.msg_iov = &mut slot.iov;
-        slot.hdr.msg_iovlen = 1;
+        let slot_ref = &mut *slot;
+        slot_ref.iovs.clear();
+        for p in &slot_ref.payloads {
+            let data = p.as_bytes();
+            slot_ref
+                .iovs
+                .push(libc::iovec { iov_base: data.as_ptr() as *mut _, iov_len: data.len() });
+        }
+        // SAFETY: plain old data; zero is valid.
+        slot_ref.hdr = unsafe { std::mem::zeroed() };
+        slot_ref.hdr.msg_name = slot_ref.addr.as_ptr() as *mut _;
+        slot_ref.hdr.msg_namelen = slot_ref.addr.len();
+        slot_ref.hdr.msg_iov = slot_ref.iovs.as_mut_ptr();
+        slot_ref.hdr.msg_iovlen = slot_ref.iovs.len();
+        if slot_ref.iovs.len() > 1 {
+            self.core.counters.gso_sends += 1;
+            let len = write_gso_cmsg(&mut slot_ref.cmsg, slot_ref.iovs[0].iov_len as u16);
+            slot_ref.hdr.msg_control = slot_ref.cmsg.as_mut_ptr().cast();
+            slot_ref.hdr.msg_controllen = len;
+        }
         let index = match self.free.pop() {
             Some(i) => i,
             None => {
@@ -443,8 +475,8 @@ impl Worker {
         };
         let hdr = &slot.hdr as *const libc::msghdr;
         self.slots[index as usize] = Some(slot);
-        // The slot is boxed: its address is stable until the completion
-        // frees it.
+        // The slot is boxed and its vectors are not touched until the
+        // completion: every pointer in the header stays valid.
         let sqe = opcode::SendMsg::new(types::Fd(self.nack.as_raw_fd()), hdr)
             .build()
             .user_data(UD_SEND | index as u64);

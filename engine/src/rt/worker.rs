@@ -197,3 +197,90 @@ impl Core {
         }
     }
 }
+
+/// Most segments one UDP GSO send may carry (the kernel's UDP_MAX_SEGMENTS).
+pub(crate) const GSO_MAX_SEGMENTS: usize = 64;
+/// Most payload bytes one GSO send may carry (one IPv4 UDP datagram's worth).
+pub(crate) const GSO_MAX_BYTES: usize = 65_507;
+
+/// Splits queued transmits into runs that can leave as one UDP GSO send:
+/// consecutive, to the same destination, every segment as long as the first
+/// except the last, which may be shorter — so a unicast retransmit and the
+/// ACK that follows it to the same requester, or a burst of equal-size
+/// ACKs, cross the kernel's UDP stack once. Order is kept, so retransmits
+/// still leave before their ACK.
+pub(crate) fn gso_runs(
+    transmits: &[Transmit],
+) -> impl Iterator<Item = std::ops::Range<usize>> + '_ {
+    let mut start = 0;
+    std::iter::from_fn(move || {
+        if start >= transmits.len() {
+            return None;
+        }
+        let first = &transmits[start];
+        let size = first.payload.as_bytes().len();
+        let mut end = start + 1;
+        let mut total = size;
+        while end < transmits.len() && end - start < GSO_MAX_SEGMENTS && size > 0 {
+            let t = &transmits[end];
+            let len = t.payload.as_bytes().len();
+            let prev_full = transmits[end - 1].payload.as_bytes().len() == size;
+            if t.dest != first.dest || len > size || !prev_full || total + len > GSO_MAX_BYTES {
+                break;
+            }
+            total += len;
+            end += 1;
+        }
+        let run = start..end;
+        start = end;
+        Some(run)
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::retry::{Dest, Payload};
+
+    fn t(dest: Dest, len: usize) -> Transmit {
+        let payload = if len <= 64 {
+            Payload::Control { buf: [0; 64], len: len as u8 }
+        } else {
+            Payload::Frame(Bytes::from(vec![0u8; len]))
+        };
+        Transmit { dest, payload }
+    }
+
+    fn runs(ts: &[Transmit]) -> Vec<std::ops::Range<usize>> {
+        gso_runs(ts).collect()
+    }
+
+    #[test]
+    fn a_frame_and_its_ack_to_one_requester_merge() {
+        let a = Dest::Unicast("127.0.0.1:5000".parse().unwrap());
+        let g = Dest::Group(1);
+        // Multicast retransmit, unicast copy, ACK: the last two merge.
+        assert_eq!(runs(&[t(g, 300), t(a, 300), t(a, 16)]), vec![0..1, 1..3]);
+    }
+
+    #[test]
+    fn equal_acks_merge_and_a_longer_segment_breaks_the_run() {
+        let a = Dest::Unicast("127.0.0.1:5000".parse().unwrap());
+        let b = Dest::Unicast("127.0.0.1:5001".parse().unwrap());
+        assert_eq!(runs(&[t(a, 16), t(a, 16), t(a, 16)]), vec![0..3]);
+        // A shorter segment must be the last one.
+        assert_eq!(runs(&[t(a, 300), t(a, 16), t(a, 16)]), vec![0..2, 2..3]);
+        assert_eq!(runs(&[t(a, 16), t(a, 300)]), vec![0..1, 1..2]);
+        assert_eq!(runs(&[t(a, 16), t(b, 16)]), vec![0..1, 1..2]);
+        assert_eq!(runs(&[]), Vec::<std::ops::Range<usize>>::new());
+    }
+
+    #[test]
+    fn runs_respect_the_segment_and_byte_limits() {
+        let a = Dest::Unicast("127.0.0.1:5000".parse().unwrap());
+        let many: Vec<_> = (0..130).map(|_| t(a, 16)).collect();
+        assert_eq!(runs(&many), vec![0..64, 64..128, 128..130]);
+        let big: Vec<_> = (0..5).map(|_| t(a, 20_000)).collect();
+        assert_eq!(runs(&big), vec![0..3, 3..5]);
+    }
+}

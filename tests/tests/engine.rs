@@ -249,25 +249,39 @@ fn two_workers_each_serve_their_own_flows() {
         eprintln!("SKIPPED: needs 2 CPUs");
         return;
     }
-    let e = Engine::start(&["--cpus", "0,1"]);
-    // Keys 2 and 3: owners 0 and 1 (low 32 bits mod 2).
-    publish_flow(&e, 2, 4);
-    publish_flow(&e, 3, 4);
-    let client = nack_client();
-    for seq in 1..=4 {
-        assert_eq!(ask(&client, &e, &nack_bytes(2, seq, seq, 0)).0.len(), 1);
-        assert_eq!(ask(&client, &e, &nack_bytes(3, seq, seq, 0)).0.len(), 1);
-    }
-    let body = e.http("/metrics").unwrap().1;
-    let v = |s: &str| ricochet_e2e::metric_value(&body, s).unwrap_or(-1.0);
-    // Each core cached and served exactly its own flow.
-    assert_eq!(v("ricochet_frames_cached_total{core=\"0\"}"), 4.0, "{body}");
-    assert_eq!(v("ricochet_frames_cached_total{core=\"1\"}"), 4.0);
-    assert_eq!(v("ricochet_cache_hits_total{core=\"0\"}"), 4.0);
-    assert_eq!(v("ricochet_cache_hits_total{core=\"1\"}"), 4.0);
-    // With steering, no NACK had to be forwarded between cores.
-    if e.http("/debug/stats").unwrap().1.contains("\"steering\":true") {
-        assert_eq!(ricochet_e2e::metric_sum(&body, "ricochet_nacks_forwarded_total"), 0.0);
+    for backend in BACKENDS {
+        let e = Engine::start(&["--cpus", "0,1", "--backend", backend]);
+        // Keys 2 and 4 belong to core 0, 3 and 5 to core 1 (low 32 bits mod
+        // 2); their frames arrive on whichever core joined their group.
+        for key in [2, 3, 4, 5] {
+            publish_flow(&e, key, 4);
+        }
+        let client = nack_client();
+        for key in [2, 3, 4, 5] {
+            for seq in 1..=4 {
+                assert_eq!(ask(&client, &e, &nack_bytes(key, seq, seq, 0)).0.len(), 1);
+            }
+        }
+        let body = e.http("/metrics").unwrap().1;
+        let v = |s: &str| ricochet_e2e::metric_value(&body, s).unwrap_or(-1.0);
+        // Each core cached and served exactly its own flows.
+        assert_eq!(v("ricochet_frames_cached_total{core=\"0\"}"), 8.0, "{backend}\n{body}");
+        assert_eq!(v("ricochet_frames_cached_total{core=\"1\"}"), 8.0, "{backend}");
+        assert_eq!(v("ricochet_cache_hits_total{core=\"0\"}"), 8.0, "{backend}");
+        assert_eq!(v("ricochet_cache_hits_total{core=\"1\"}"), 8.0, "{backend}");
+        // Frames crossed to their owner, and the owner was woken for them.
+        let m = |name: &str| ricochet_e2e::metric_sum(&body, name);
+        assert!(m("ricochet_handoffs_in_total") >= 1.0, "{backend}: some frames crossed cores");
+        assert_eq!(m("ricochet_handoffs_in_total"), m("ricochet_handoffs_out_total"));
+        assert!(m("ricochet_peer_wakes_total") >= 1.0, "{backend}");
+        if *backend == "uring" {
+            // Woken by MSG_RING, not by the eventfd fallback.
+            assert_eq!(m("ricochet_peer_wake_fallbacks_total"), 0.0);
+        }
+        // With steering, no NACK had to be forwarded between cores.
+        if e.http("/debug/stats").unwrap().1.contains("\"steering\":true") {
+            assert_eq!(m("ricochet_nacks_forwarded_total"), 0.0, "{backend}");
+        }
     }
 }
 

@@ -65,7 +65,7 @@ impl Worker {
             if self.core.drain_inbox(Instant::now()) {
                 self.flush();
             }
-            self.core.wake_peers();
+            self.core.wake_peers(|_, fd| fd.wake());
             let now = Instant::now();
             if now >= next_tick {
                 self.core.tick(now);

@@ -131,6 +131,10 @@ pub struct WorkerCounters {
     pub handoffs_in: u64,
     /// Hand-offs dropped because the owner's inbox was full.
     pub handoff_drops: u64,
+    /// Wake-ups sent to peers (MSG_RING on io_uring, eventfd on epoll).
+    pub peer_wakes: u64,
+    /// MSG_RING wake-ups that failed and fell back to the peer's eventfd.
+    pub peer_wake_fallbacks: u64,
     /// NACKs that arrived on a worker other than their owner (steering
     /// missing or bypassed) and were forwarded.
     pub nacks_forwarded: u64,
@@ -246,17 +250,34 @@ impl Runtime {
         }
         let wakers: Vec<Arc<sys::EventFd>> =
             (0..n).map(|_| sys::EventFd::new().map(Arc::new)).collect::<io::Result<_>>()?;
-        let mut workers = Vec::with_capacity(n);
-        let started = Arc::new(std::sync::Barrier::new(n + 1));
+        // Every worker is built (and every setup error surfaces) before any
+        // runs; io_uring workers then learn each other's ring fds.
+        let mut built = Vec::with_capacity(n);
         for (i, ((ing, nk), rx)) in ingress.into_iter().zip(nack).zip(receivers).enumerate() {
-            let cpu = opts.cpus.get(i).copied();
             let core =
                 worker::Core::new(i, &opts, rx, inboxes.clone(), wakers.clone(), shared.clone());
-            let w = if backend == "io_uring" {
+            built.push(if backend == "io_uring" {
                 AnyWorker::Uring(Box::new(uring::Worker::new(core, ing, nk)?))
             } else {
                 AnyWorker::Epoll(Box::new(epoll::Worker::new(core, ing, nk)?))
-            };
+            });
+        }
+        let rings: Vec<_> = built
+            .iter()
+            .filter_map(|w| match w {
+                AnyWorker::Uring(u) => Some(u.ring_fd()),
+                AnyWorker::Epoll(_) => None,
+            })
+            .collect();
+        for w in &mut built {
+            if let AnyWorker::Uring(u) = w {
+                u.set_peer_rings(rings.clone());
+            }
+        }
+        let mut workers = Vec::with_capacity(n);
+        let started = Arc::new(std::sync::Barrier::new(n + 1));
+        for (i, w) in built.into_iter().enumerate() {
+            let cpu = opts.cpus.get(i).copied();
             let started = started.clone();
             let roles = format!("ingress groups {:?}, NACK member {i}", shares[i]);
             workers.push(std::thread::Builder::new().name(format!("ricochet-w{i}")).spawn(

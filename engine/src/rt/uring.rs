@@ -3,9 +3,13 @@
 //! submissions batched per round, an eventfd read for cross-core wakes and
 //! a timeout for the periodic tick. One ring per worker, single issuer.
 //!
-//! Not yet used here (README: status): UDP GSO for equal-size bursts,
-//! IORING_OP_MSG_RING wake-ups (an eventfd read serves) and registered
-//! files.
+//! A worker that hands a peer work wakes it with IORING_OP_MSG_RING, which
+//! posts a completion straight into the peer's ring as part of this
+//! worker's next submission (no extra syscall); if that fails (the peer's
+//! ring is not enabled yet, or the kernel lacks MSG_RING) it falls back to
+//! the peer's eventfd, which every worker keeps a read armed on.
+//!
+//! Not used (README: status): registered files.
 
 use std::alloc::{Layout, alloc_zeroed, dealloc};
 use std::io;
@@ -26,6 +30,10 @@ const UD_NACK: u64 = 2 << 32;
 const UD_WAKE: u64 = 3 << 32;
 const UD_TICK: u64 = 4 << 32;
 const UD_SEND: u64 = 5 << 32;
+/// A peer's MSG_RING landing in this ring: nothing to do but wake.
+const UD_PEER_WAKE: u64 = 6 << 32;
+/// Completion of a MSG_RING this worker sent; low bits: the peer index.
+const UD_MSG_SENT: u64 = 7 << 32;
 const UD_KIND: u64 = 0xFFFF_FFFF << 32;
 
 const GROUP_INGRESS: u16 = 0;
@@ -60,6 +68,7 @@ pub(crate) fn probe() -> Result<(), String> {
         (opcode::SendMsg::CODE, "SENDMSG"),
         (opcode::Timeout::CODE, "TIMEOUT"),
         (opcode::Read::CODE, "READ"),
+        (opcode::MsgRingData::CODE, "MSG_RING"),
     ] {
         if !probe.is_supported(code) {
             return Err(format!("io_uring lacks {name} on this kernel"));
@@ -187,6 +196,8 @@ pub(crate) struct Worker {
     cqes: Vec<cqueue::Entry>,
     pending: Vec<Transmit>,
     runs: Vec<usize>,
+    peer_rings: Vec<std::os::fd::RawFd>,
+    wake_scratch: Vec<usize>,
 }
 
 impl std::fmt::Debug for Worker {
@@ -235,6 +246,8 @@ impl Worker {
             cqes: Vec::with_capacity(1024),
             pending: Vec::new(),
             runs: Vec::new(),
+            peer_rings: Vec::new(),
+            wake_scratch: Vec::new(),
         })
     }
 
@@ -262,9 +275,40 @@ impl Worker {
             }
             self.core.drain_inbox(now);
             self.flush();
-            self.core.wake_peers();
+            self.wake_peers();
         }
         self.core.publish();
+    }
+
+    /// Gives the worker every worker's ring fd (its own included), for
+    /// MSG_RING wake-ups.
+    pub(crate) fn set_peer_rings(&mut self, rings: Vec<std::os::fd::RawFd>) {
+        self.peer_rings = rings;
+    }
+
+    /// The ring's fd, for peers' MSG_RING wake-ups.
+    pub(crate) fn ring_fd(&self) -> std::os::fd::RawFd {
+        self.ring.as_raw_fd()
+    }
+
+    fn wake_peers(&mut self) {
+        let mut targets = std::mem::take(&mut self.wake_scratch);
+        self.core.wake_peers(|i, _| targets.push(i));
+        for &i in &targets {
+            match self.peer_rings.get(i) {
+                Some(&fd) => {
+                    let sqe = opcode::MsgRingData::new(types::Fd(fd), 0, UD_PEER_WAKE, None)
+                        .build()
+                        .user_data(UD_MSG_SENT | i as u64);
+                    if self.push(sqe).is_err() {
+                        self.core.wakers[i].wake();
+                    }
+                }
+                None => self.core.wakers[i].wake(),
+            }
+        }
+        targets.clear();
+        self.wake_scratch = targets;
     }
 
     fn arm_all(&mut self) -> io::Result<()> {
@@ -345,6 +389,18 @@ impl Worker {
                 self.core.tick(now);
                 if let Err(e) = self.arm_tick() {
                     tracing::error!(error = %e, "re-arming the tick failed");
+                }
+                None
+            }
+            UD_PEER_WAKE => None,
+            UD_MSG_SENT => {
+                if res < 0 {
+                    // The peer's ring could not take it: use its eventfd.
+                    self.core.counters.peer_wake_fallbacks += 1;
+                    let peer = (ud & 0xFFFF_FFFF) as usize;
+                    if let Some(w) = self.core.wakers.get(peer) {
+                        w.wake();
+                    }
                 }
                 None
             }

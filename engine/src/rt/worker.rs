@@ -156,11 +156,13 @@ impl Core {
         }
     }
 
-    /// One wake-up per peer that received something this round.
-    pub(crate) fn wake_peers(&mut self) {
+    /// One wake-up per peer that received something this round, by the
+    /// backend's means (`wake(peer index, peer's eventfd)`).
+    pub(crate) fn wake_peers(&mut self, mut wake: impl FnMut(usize, &EventFd)) {
         for (i, w) in self.to_wake.iter_mut().enumerate() {
             if std::mem::take(w) {
-                self.wakers[i].wake();
+                self.counters.peer_wakes += 1;
+                wake(i, &self.wakers[i]);
             }
         }
     }

@@ -41,14 +41,16 @@ fn split(datagrams: Vec<Vec<u8>>) -> (Vec<ResponseRepr>, Vec<Vec<u8>>) {
 /// Publishes `count` frames of one flow and waits until the engine cached
 /// them all.
 fn publish_flow(e: &Engine, hash_key: u64, count: u64) -> Vec<(Vec<u8>, u16)> {
+    // Wait for this flow's frames, on top of whatever is cached already.
+    let want = e.metric_sum("ricochet_frames_cached_total") + count as f64;
     let p = Publisher::new(e.listen_port);
     let sent: Vec<_> =
         (1..=count).map(|seq| p.send_tx(hash_key, seq, &seq.to_be_bytes())).collect();
     let body = e.wait_metrics(Duration::from_secs(10), |b| {
-        ricochet_e2e::metric_sum(b, "ricochet_frames_cached_total") >= count as f64
+        ricochet_e2e::metric_sum(b, "ricochet_frames_cached_total") >= want
     });
     assert!(
-        ricochet_e2e::metric_sum(&body, "ricochet_frames_cached_total") >= count as f64,
+        ricochet_e2e::metric_sum(&body, "ricochet_frames_cached_total") >= want,
         "frames not cached:\n{body}"
     );
     sent

@@ -170,6 +170,14 @@ fn options(cfg: &Config) -> Result<(Options, beacon::BeaconSettings), String> {
         config::IoBackend::Uring => Backend::Uring,
         config::IoBackend::Epoll => Backend::Epoll,
     };
+    let recovery = retry::RecoverySettings {
+        upstreams: if cfg.proxy.enabled { resolve_upstreams(cfg, nack_bind)? } else { Vec::new() },
+        timeout: cfg.proxy.timeout,
+        max_endpoints: cfg.proxy.max_endpoints.map_or(0, |n| n as usize),
+        dedup_window: cfg.proxy.dedup_window,
+        // Per worker: gaps are recovered by the worker that owns the flow.
+        queue_depth: cfg.proxy.queue_depth.div_ceil(cfg.engine.cpus.len()).max(1),
+    };
     let opts = Options {
         cpus: cfg.engine.cpus.clone(),
         backend,
@@ -183,6 +191,7 @@ fn options(cfg: &Config) -> Result<(Options, beacon::BeaconSettings), String> {
         multicast_loop: cfg.retransmit.multicast_loop || net.ipv4_lab,
         multicast_hops: 16,
         retry,
+        recovery,
         batch: 32,
     };
     let advertised = match (cfg.nack.addr, net.ipv4_lab) {
@@ -220,6 +229,25 @@ fn options(cfg: &Config) -> Result<(Options, beacon::BeaconSettings), String> {
         },
     };
     Ok((opts, beacon))
+}
+
+/// Resolves `UPSTREAM_RETRY_ENDPOINTS` once at startup, keeping addresses of
+/// the NACK socket's family (the upstream socket is bound like it).
+fn resolve_upstreams(cfg: &Config, nack_bind: IpAddr) -> Result<Vec<SocketAddr>, String> {
+    cfg.proxy
+        .upstreams
+        .iter()
+        .map(|hp| {
+            let addrs = hp.to_socket_addrs().map_err(|e| {
+                format!("--upstream-retry-endpoints (UPSTREAM_RETRY_ENDPOINTS): {hp}: {e}")
+            })?;
+            let mut addrs: Vec<SocketAddr> = addrs.collect();
+            addrs.sort_by_key(|a| a.is_ipv4() != nack_bind.is_ipv4());
+            addrs.into_iter().next().ok_or_else(|| {
+                format!("--upstream-retry-endpoints (UPSTREAM_RETRY_ENDPOINTS): {hp} resolves to nothing")
+            })
+        })
+        .collect()
 }
 
 /// The first global (not link-local, not loopback) IPv6 address of `iface`:

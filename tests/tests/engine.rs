@@ -301,3 +301,38 @@ fn sigterm_drains_then_exits_cleanly() {
     let status = e.wait_exit(Duration::from_secs(5)).expect("exits after the drain");
     assert!(status.success(), "{status}");
 }
+
+#[test]
+fn a_restarted_proxy_reusing_its_hashkey_never_gets_pre_restart_frames_served() {
+    for backend in BACKENDS {
+        let e = Engine::start(&[
+            "--backend",
+            backend,
+            "--beacon-flags-unicast=true",
+            "--rl-ip-burst",
+            "100",
+        ]);
+        let p = Publisher::new(e.listen_port);
+        let before: Vec<_> = (1..=50).map(|s| p.send_tx(0xAB10, s, b"epoch one").0).collect();
+        e.wait_metrics(Duration::from_secs(10), |b| {
+            ricochet_e2e::metric_sum(b, "ricochet_frames_cached_total") >= 50.0
+        });
+        // The proxy restarts: same HashKey, SeqNum from 1 again, new frames.
+        let after: Vec<_> = (1..=10).map(|s| p.send_tx(0xAB10, s, b"epoch two!").0).collect();
+        e.wait_metrics(Duration::from_secs(10), |b| {
+            ricochet_e2e::metric_sum(b, "ricochet_cache_epoch_resets_total") >= 1.0
+        });
+        std::thread::sleep(Duration::from_millis(200));
+        let client = nack_client();
+        for seq in 1..=50u64 {
+            client.send_to(&nack_bytes(0xAB10, seq, seq, 0), e.nack_addr()).unwrap();
+        }
+        let (responses, frames) = split(drain(&client, Duration::from_millis(400)));
+        assert_eq!(responses.len(), 50, "{backend}: every NACK answered");
+        for f in &frames {
+            assert!(!before.contains(f), "{backend}: a pre-restart frame was served");
+            assert!(after.contains(f), "{backend}: an unknown frame was served");
+        }
+        assert_eq!(frames.len(), 10, "{backend}: the post-restart frames are served");
+    }
+}

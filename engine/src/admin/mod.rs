@@ -80,6 +80,7 @@ async fn debug_stats(State(s): State<AdminState>) -> impl IntoResponse {
                 "cpu": w.cpu,
                 "counters": w.counters,
                 "retry": w.retry,
+                "recovery": w.recovery,
             })
         })
         .collect();
@@ -99,7 +100,7 @@ fn snapshots(shared: &Shared) -> Vec<WorkerSnapshot> {
 }
 
 /// Retry-service statistics that are levels, not counts.
-const GAUGES: &[&str] = &["cache_entries", "cache_bytes", "cache_flows"];
+const GAUGES: &[&str] = &["cache_entries", "cache_bytes", "cache_flows", "recovery_in_flight"];
 
 /// Renders Prometheus text exposition for every worker's snapshot.
 pub fn render_metrics(snaps: &[WorkerSnapshot], shared: &Shared, uptime: f64) -> String {
@@ -149,8 +150,11 @@ pub fn render_metrics(snaps: &[WorkerSnapshot], shared: &Shared, uptime: f64) ->
 /// into `(name, value)` pairs in a stable order.
 fn flatten(s: &WorkerSnapshot) -> Vec<(String, u64)> {
     let mut out = Vec::new();
-    for v in
-        [serde_json::to_value(&s.counters), serde_json::to_value(s.retry)].into_iter().flatten()
+    // Recovery counters are nested so their names carry a `recovery_` prefix.
+    let recovery = serde_json::json!({ "recovery": s.recovery });
+    for v in [serde_json::to_value(&s.counters), serde_json::to_value(s.retry), Ok(recovery)]
+        .into_iter()
+        .flatten()
     {
         walk("", &v, &mut out);
     }

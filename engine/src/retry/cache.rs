@@ -28,11 +28,15 @@
 //!   [`OVERHEAD_PER_ENTRY`]. The key and byte bounds evict the globally
 //!   oldest frame (insertion order) first.
 //! - **Epochs**: a restarted proxy reuses its HashKey and counts from 1
-//!   again. A SeqNum more than `regression_threshold` below the flow's highest,
-//!   or one ≤ 100 while the highest is > 100 (the listener's restart rule),
-//!   starts a new epoch: the flow's old frames are dropped before the new one
-//!   is stored, so a pre-restart frame is never served for a post-restart
-//!   SeqNum. [`Cache::invalidate`] does the same on request. Frames from the
+//!   again. Two signs start a new epoch — the flow's old frames are dropped
+//!   before the new one is stored, so a pre-restart frame is never served
+//!   for a post-restart SeqNum: a SeqNum more than `regression_threshold`
+//!   below the flow's highest, and a frame whose (HashKey, SeqNum) is held
+//!   with different bytes (the same key cannot name two frames within one
+//!   epoch). Plain reordering triggers neither: one flow spans every shard
+//!   group, so frames reach their owning core out of order by design, which
+//!   is why the listener's "≤ 100 while the highest is > 100" rule is not
+//!   used here. [`Cache::invalidate`] does the same on request. Frames from the
 //!   recovery path ([`Origin::Recovered`]) are late by nature and never
 //!   start an epoch.
 //! - **Duplicates** of a held (HashKey, SeqNum) keep the first copy.
@@ -83,10 +87,6 @@ pub const EXPIRE_BUDGET: usize = 4096;
 /// Expired fronts an insert pops from its own class FIFO on the way in, so
 /// the FIFOs keep pace with arrivals even if the caller rarely sweeps.
 const INSERT_SWEEP: usize = 2;
-
-/// The listener's restart rule: a SeqNum at or below this while the flow's
-/// highest is above it means the proxy started counting again.
-const RESTART_SEQ: u64 = 100;
 
 /// Cache TTL per frame class (BRC-124 family). Every TTL must be > 0; the
 /// config layer refuses zero.
@@ -460,17 +460,30 @@ impl Cache {
                 }
                 if let Some(pos) = flow.pos(seq) {
                     let slot = &flow.log[pos];
-                    if slot.frame.is_some() {
-                        if slot.meta.deadline() > now_ms {
+                    if let Some(held) = &slot.frame {
+                        let live = slot.meta.deadline() > now_ms;
+                        let same = *held == frame;
+                        if live && (same || origin == Origin::Recovered) {
                             self.stats.duplicates += 1;
                             return Insert::Duplicate;
                         }
-                        // The held copy has expired but not been swept yet.
-                        // Its FIFO entry, and every entry ahead of it, is
-                        // expired too, so sweeping that class frees the slot
-                        // and keeps "one live entry per slot" exact.
-                        let old_class = slot.meta.class();
-                        self.sweep_class(old_class, now_ms, usize::MAX, idx);
+                        if live {
+                            // Same key, other bytes: the proxy restarted and
+                            // reused its HashKey. Everything held for the
+                            // flow is from the old epoch.
+                            let dropped = self.clear_flow(idx);
+                            self.stats.epoch_resets += 1;
+                            self.stats.evicted_epoch += dropped;
+                            new_epoch = true;
+                        } else {
+                            // The held copy has expired but not been swept
+                            // yet. Its FIFO entry, and every entry ahead of
+                            // it, is expired too, so sweeping that class
+                            // frees the slot and keeps "one live entry per
+                            // slot" exact.
+                            let old_class = slot.meta.class();
+                            self.sweep_class(old_class, now_ms, usize::MAX, idx);
+                        }
                     }
                 }
                 idx
@@ -562,9 +575,7 @@ impl Cache {
     }
 
     fn regressed(&self, highest: u64, seq: u64) -> bool {
-        seq < highest
-            && (highest - seq > self.settings.regression_threshold
-                || (seq <= RESTART_SEQ && highest > RESTART_SEQ))
+        seq < highest && highest - seq > self.settings.regression_threshold
     }
 
     /// Allocates a flow for `hash_key`, evicting the least recently
@@ -1132,7 +1143,8 @@ mod tests {
         let mut c = Cache::new(CacheSettings::default(), t0);
         let first = frame(1, 1, 50);
         c.insert(t0, key(1, 1), TtlClass::Tx, 1, first.clone(), Origin::Fabric);
-        let again = c.insert(t0, key(1, 1), TtlClass::Tx, 2, frame(9, 9, 60), Origin::Fabric);
+        // A byte-identical copy (e.g. our own retransmit looping back).
+        let again = c.insert(t0, key(1, 1), TtlClass::Tx, 2, first.clone(), Origin::Fabric);
         assert_eq!(again, Insert::Duplicate);
         let hit = c.get(key(1, 1), t0).unwrap();
         assert_eq!((hit.frame, hit.group), (&first, 1));
@@ -1320,10 +1332,21 @@ mod tests {
         for seq in 2..=150 {
             assert_eq!(put(&mut c, t0, 1, seq), NEW);
         }
-        // The listener's rule: ≤ 100 while the highest is > 100.
-        assert_eq!(put(&mut c, t0, 1, 60), Insert::Inserted { new_epoch: true });
-        assert!(!has(&c, t0, 1, 150) && has(&c, t0, 1, 60));
-        // A recovered frame never starts an epoch.
+        // Reordering far below the head is still not a restart...
+        let held = frame(1, 60, 100);
+        assert_eq!(
+            c.insert(t0, key(1, 60), TtlClass::Tx, 0, held, Origin::Fabric),
+            Insert::Duplicate
+        );
+        // ...but the same key with other bytes is: a new epoch.
+        let other = frame(1, 60, 101);
+        let r = c.insert(t0, key(1, 60), TtlClass::Tx, 0, other.clone(), Origin::Fabric);
+        assert_eq!(r, Insert::Inserted { new_epoch: true });
+        assert!(!has(&c, t0, 1, 150));
+        assert_eq!(c.get(key(1, 60), t0).unwrap().frame, &other);
+        // A recovered frame never starts an epoch, even with other bytes.
+        let r = c.insert(t0, key(1, 60), TtlClass::Tx, 0, frame(1, 60, 102), Origin::Recovered);
+        assert_eq!(r, Insert::Duplicate);
         let r = c.insert(t0, key(1, 3), TtlClass::Tx, 0, frame(1, 3, 9), Origin::Recovered);
         assert_eq!(r, NEW);
         assert!(has(&c, t0, 1, 60));

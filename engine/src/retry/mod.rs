@@ -41,10 +41,12 @@
 
 pub mod cache;
 pub mod limit;
+pub mod recover;
 pub mod service;
 
 pub use cache::{Cache, CacheSettings, CacheStats, TtlClass, Ttls};
 pub use limit::{LimitSettings, Limiter, Tier};
+pub use recover::{Recovered, Recovery, RecoverySettings, RecoveryStats};
 pub use service::{
     Dest, Effect, FrameOutcome, Outbox, Payload, Service, Settings, Stats, Transmit,
 };

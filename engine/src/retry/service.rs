@@ -128,6 +128,9 @@ pub enum Dest {
     Group(u16),
     /// One address: the NACK's source, address and port.
     Unicast(SocketAddr),
+    /// An upstream endpoint: sent from the worker's upstream socket, so its
+    /// replies come back to the recovery path (see `recover`).
+    Upstream(SocketAddr),
 }
 
 /// The bytes of a [`Transmit`].
@@ -301,6 +304,8 @@ pub struct Stats {
     /// NACK datagrams handed to [`Service::on_nack`], malformed included
     /// (the reference counts before validating).
     pub nacks: u64,
+    /// Well-formed NACKs with the Proxied flag (from a downstream endpoint).
+    pub nacks_proxied: u64,
     /// NACKs that asked for more than one frame.
     pub ranges_served: u64,
     /// Range NACKs clamped to `max_range`.
@@ -456,6 +461,7 @@ impl Service {
         let nack = Nack::new_checked(datagram)?;
         let (hash_key, start, end) = (nack.hash_key(), nack.start_seq(), nack.end_seq());
         let proxied = nack.flags().proxied();
+        self.stats.nacks_proxied += u64::from(proxied);
         let s = &self.settings;
         let stats = &mut self.stats;
 
@@ -641,6 +647,7 @@ mod tests {
                     }
                 }
                 (Dest::Group(_), p) => panic!("control to a group: {p:?}"),
+                (Dest::Upstream(a), _) => panic!("the service never talks upstream: {a}"),
             })
             .collect()
     }

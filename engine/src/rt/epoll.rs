@@ -8,18 +8,28 @@ use socket2::Socket;
 
 use super::TICK;
 use super::sys::{self, Epoll, RecvBatch, SendScratch};
-use super::worker::{Core, gso_runs};
-use crate::retry::Transmit;
+use super::worker::{Core, Sockets, gso_runs};
+use crate::retry::{Dest, Transmit};
 
 const TOKEN_INGRESS: u64 = 0;
 const TOKEN_NACK: u64 = 1;
 const TOKEN_INBOX: u64 = 2;
+const TOKEN_UPSTREAM: u64 = 3;
+
+/// Which socket a batch came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Source {
+    Ingress,
+    Nack,
+    Upstream,
+}
 
 #[derive(Debug)]
 pub(crate) struct Worker {
     core: Core,
     ingress: Socket,
     nack: Socket,
+    upstream: Socket,
     epoll: Epoll,
     recv: RecvBatch,
     scratch: SendScratch,
@@ -27,16 +37,19 @@ pub(crate) struct Worker {
 }
 
 impl Worker {
-    pub(crate) fn new(core: Core, ingress: Socket, nack: Socket) -> std::io::Result<Self> {
+    pub(crate) fn new(core: Core, socks: Sockets) -> std::io::Result<Self> {
+        let Sockets { ingress, nack, upstream } = socks;
         let epoll = Epoll::new()?;
         epoll.add(ingress.as_raw_fd(), TOKEN_INGRESS)?;
         epoll.add(nack.as_raw_fd(), TOKEN_NACK)?;
+        epoll.add(upstream.as_raw_fd(), TOKEN_UPSTREAM)?;
         epoll.add(core.wakers[core.index].fd(), TOKEN_INBOX)?;
         let recv = RecvBatch::new(core.opts.batch.max(1));
         Ok(Worker {
             core,
             ingress,
             nack,
+            upstream,
             epoll,
             recv,
             scratch: SendScratch::default(),
@@ -56,8 +69,9 @@ impl Worker {
             }
             for &t in &tokens {
                 match t {
-                    TOKEN_INGRESS => self.drain(true),
-                    TOKEN_NACK => self.drain(false),
+                    TOKEN_INGRESS => self.drain(Source::Ingress),
+                    TOKEN_NACK => self.drain(Source::Nack),
+                    TOKEN_UPSTREAM => self.drain(Source::Upstream),
                     _ => self.core.wakers[self.core.index].drain(),
                 }
             }
@@ -69,64 +83,75 @@ impl Worker {
             let now = Instant::now();
             if now >= next_tick {
                 self.core.tick(now);
+                self.flush();
                 next_tick = now + TICK;
             }
         }
         self.core.publish();
     }
 
-    fn drain(&mut self, ingress: bool) {
-        let fd = if ingress { self.ingress.as_raw_fd() } else { self.nack.as_raw_fd() };
+    fn drain(&mut self, source: Source) {
+        let fd = match source {
+            Source::Ingress => self.ingress.as_raw_fd(),
+            Source::Nack => self.nack.as_raw_fd(),
+            Source::Upstream => self.upstream.as_raw_fd(),
+        };
         loop {
             let n = match self.recv.recv(fd) {
                 Ok(0) => break,
                 Ok(n) => n,
                 Err(e) => {
-                    tracing::warn!(worker = self.core.index, ingress, error = %e, "receive failed");
+                    tracing::warn!(worker = self.core.index, ?source, error = %e, "receive failed");
                     break;
                 }
             };
             let now = Instant::now();
             for i in 0..n {
-                match self.recv.get(i) {
-                    Some((data, _)) if ingress => self.core.on_ingress(now, data),
-                    Some((data, Some(src))) => self.core.on_nack(now, src, data),
+                match (source, self.recv.get(i)) {
+                    (Source::Ingress, Some((data, _))) => self.core.on_ingress(now, data),
+                    (Source::Nack, Some((data, Some(src)))) => self.core.on_nack(now, src, data),
+                    (Source::Upstream, Some((data, Some(src)))) => {
+                        self.core.on_upstream(now, src, data)
+                    }
                     _ => {}
                 }
             }
-            if !ingress {
-                self.flush();
-            }
+            self.flush();
             if n < self.core.opts.batch {
                 break;
             }
         }
     }
 
-    /// Sends what the service queued, in order (retransmits before ACKs).
+    /// Sends what the service queued, in order (retransmits before ACKs):
+    /// Proxied NACKs from the upstream socket, everything else from the
+    /// NACK socket.
     fn flush(&mut self) {
         if self.core.outbox.transmits.is_empty() {
             return;
         }
-        // Staged through a vector whose capacity is kept, so the core is
-        // free to resolve destinations while the transmits are iterated.
         self.pending.extend(self.core.outbox.drain_transmits());
-        let mut unroutable = 0u64;
-        let mut gso = 0u64;
-        let core = &mut self.core;
-        let pending = &self.pending;
-        let msgs = gso_runs(pending).filter_map(|run| {
-            gso += u64::from(run.len() > 1);
-            let Some(to) = core.destination(&pending[run.start]) else {
-                unroutable += run.len() as u64;
-                return None;
-            };
-            Some((to, pending[run].iter().map(|t| t.payload.as_bytes())))
-        });
-        let (sent, failed) = sys::send_all(self.nack.as_raw_fd(), msgs, &mut self.scratch);
-        self.core.counters.sent += sent as u64;
-        self.core.counters.send_errors += failed as u64 + unroutable;
-        self.core.counters.gso_sends += gso;
+        for upstream in [false, true] {
+            let fd = if upstream { self.upstream.as_raw_fd() } else { self.nack.as_raw_fd() };
+            let mut unroutable = 0u64;
+            let mut gso = 0u64;
+            let core = &mut self.core;
+            let pending = &self.pending;
+            let msgs = gso_runs(pending)
+                .filter(|run| matches!(pending[run.start].dest, Dest::Upstream(_)) == upstream)
+                .filter_map(|run| {
+                    gso += u64::from(run.len() > 1);
+                    let Some(to) = core.destination(&pending[run.start]) else {
+                        unroutable += run.len() as u64;
+                        return None;
+                    };
+                    Some((to, pending[run].iter().map(|t| t.payload.as_bytes())))
+                });
+            let (sent, failed) = sys::send_all(fd, msgs, &mut self.scratch);
+            self.core.counters.sent += sent as u64;
+            self.core.counters.send_errors += failed as u64 + unroutable;
+            self.core.counters.gso_sends += gso;
+        }
         self.pending.clear();
     }
 }

@@ -97,6 +97,8 @@ pub struct Options {
     pub multicast_hops: u32,
     /// Retry-service settings, one copy per worker shard.
     pub retry: retry::Settings,
+    /// Cross-domain recovery (upstreams resolved); no upstreams = off.
+    pub recovery: retry::RecoverySettings,
     /// Datagrams per recvmmsg/sendmmsg batch.
     pub batch: usize,
 }
@@ -125,6 +127,8 @@ pub struct WorkerCounters {
     pub ingress_datagrams: u64,
     /// Datagrams received on the NACK socket.
     pub nack_datagrams: u64,
+    /// Datagrams received on the upstream socket (answers to Proxied NACKs).
+    pub upstream_datagrams: u64,
     /// Frames handed to another worker.
     pub handoffs_out: u64,
     /// Frames and NACKs received from other workers.
@@ -157,6 +161,8 @@ pub struct WorkerSnapshot {
     pub counters: WorkerCounters,
     /// Its retry shard's counters.
     pub retry: Stats,
+    /// Its recovery path's counters.
+    pub recovery: retry::RecoveryStats,
 }
 
 /// State shared between workers and the control thread.
@@ -220,9 +226,11 @@ impl Runtime {
         let shares = partition_groups(&opts.groups, n);
         let mut ingress = Vec::with_capacity(n);
         let mut nack = Vec::with_capacity(n);
+        let mut upstream = Vec::with_capacity(n);
         for share in &shares {
             ingress.push(socket::ingress(&opts, share)?);
             nack.push(socket::nack_member(&opts)?);
+            upstream.push(socket::upstream(&opts)?);
         }
         let steering = match sys::attach_reuseport_steering(&nack[0], 8, n as u32) {
             Ok(()) => true,
@@ -253,13 +261,15 @@ impl Runtime {
         // Every worker is built (and every setup error surfaces) before any
         // runs; io_uring workers then learn each other's ring fds.
         let mut built = Vec::with_capacity(n);
-        for (i, ((ing, nk), rx)) in ingress.into_iter().zip(nack).zip(receivers).enumerate() {
+        let sockets = ingress.into_iter().zip(nack).zip(upstream).zip(receivers);
+        for (i, (((ing, nk), up), rx)) in sockets.enumerate() {
             let core =
                 worker::Core::new(i, &opts, rx, inboxes.clone(), wakers.clone(), shared.clone());
+            let socks = worker::Sockets { ingress: ing, nack: nk, upstream: up };
             built.push(if backend == "io_uring" {
-                AnyWorker::Uring(Box::new(uring::Worker::new(core, ing, nk)?))
+                AnyWorker::Uring(Box::new(uring::Worker::new(core, socks)?))
             } else {
-                AnyWorker::Epoll(Box::new(epoll::Worker::new(core, ing, nk)?))
+                AnyWorker::Epoll(Box::new(epoll::Worker::new(core, socks)?))
             });
         }
         let rings: Vec<_> = built

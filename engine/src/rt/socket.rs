@@ -70,6 +70,19 @@ pub(crate) fn nack_member(opts: &Options) -> io::Result<Socket> {
     Ok(s)
 }
 
+/// The upstream socket of one worker: an ephemeral port on the NACK
+/// address, so upstream endpoints see this endpoint's NACK address as the
+/// source and their replies come back to this worker.
+pub(crate) fn upstream(opts: &Options) -> io::Result<Socket> {
+    let bind = SocketAddr::new(opts.nack_bind, 0);
+    let s = udp(if bind.is_ipv4() { Domain::IPV4 } else { Domain::IPV6 })?;
+    if bind.is_ipv6() {
+        s.set_only_v6(false)?;
+    }
+    s.bind(&bind.into())?;
+    Ok(s)
+}
+
 /// Multicast egress options on a socket that sends retransmits.
 fn egress_options(s: &Socket, opts: &Options) -> io::Result<()> {
     match &opts.addressing {

@@ -22,8 +22,8 @@ use io_uring::{IoUring, cqueue, opcode, types};
 use socket2::{SockAddr, Socket};
 
 use super::sys::{GsoCmsg, write_gso_cmsg};
-use super::worker::{Core, gso_runs};
-use crate::retry::{Payload, Transmit};
+use super::worker::{Core, Sockets, gso_runs};
+use crate::retry::{Dest, Payload, Transmit};
 
 const UD_INGRESS: u64 = 1 << 32;
 const UD_NACK: u64 = 2 << 32;
@@ -34,6 +34,7 @@ const UD_SEND: u64 = 5 << 32;
 const UD_PEER_WAKE: u64 = 6 << 32;
 /// Completion of a MSG_RING this worker sent; low bits: the peer index.
 const UD_MSG_SENT: u64 = 7 << 32;
+const UD_UPSTREAM: u64 = 8 << 32;
 const UD_KIND: u64 = 0xFFFF_FFFF << 32;
 
 const GROUP_INGRESS: u16 = 0;
@@ -81,6 +82,14 @@ pub(crate) fn probe() -> Result<(), String> {
 
 /// A provided-buffer ring: `count` buffers of `size` bytes the kernel picks
 /// from for multishot receives, handed back by [`BufRing::recycle`].
+/// Which socket a completion belongs to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Source {
+    Ingress,
+    Nack,
+    Upstream,
+}
+
 struct BufRing {
     ring: *mut BufRingEntry,
     ring_layout: Layout,
@@ -181,10 +190,12 @@ pub(crate) struct Worker {
     core: Core,
     ingress: Socket,
     nack: Socket,
+    upstream: Socket,
     ingress_bufs: BufRing,
     nack_bufs: BufRing,
     ingress_msg: Box<libc::msghdr>,
     nack_msg: Box<libc::msghdr>,
+    upstream_msg: Box<libc::msghdr>,
     wake_buf: Box<u64>,
     tick: Box<Timespec>,
     slots: Vec<Option<Box<SendSlot>>>,
@@ -219,7 +230,8 @@ fn recv_template() -> Box<libc::msghdr> {
 }
 
 impl Worker {
-    pub(crate) fn new(core: Core, ingress: Socket, nack: Socket) -> io::Result<Worker> {
+    pub(crate) fn new(core: Core, socks: Sockets) -> io::Result<Worker> {
+        let Sockets { ingress, nack, upstream } = socks;
         // Created disabled and enabled on the worker's own thread: a
         // single-issuer ring belongs to the thread that enables it.
         let ring = IoUring::builder()
@@ -234,10 +246,12 @@ impl Worker {
             core,
             ingress,
             nack,
+            upstream,
             ingress_bufs,
             nack_bufs,
             ingress_msg: recv_template(),
             nack_msg: recv_template(),
+            upstream_msg: recv_template(),
             wake_buf: Box::new(0),
             tick: Box::new(Timespec::from(super::TICK)),
             slots: Vec::new(),
@@ -312,8 +326,9 @@ impl Worker {
     }
 
     fn arm_all(&mut self) -> io::Result<()> {
-        self.arm_recv(true)?;
-        self.arm_recv(false)?;
+        self.arm_recv(Source::Ingress)?;
+        self.arm_recv(Source::Nack)?;
+        self.arm_recv(Source::Upstream)?;
         self.arm_wake()?;
         self.arm_tick()
     }
@@ -330,11 +345,24 @@ impl Worker {
         }
     }
 
-    fn arm_recv(&mut self, ingress: bool) -> io::Result<()> {
-        let (fd, msg, group, ud) = if ingress {
-            (self.ingress.as_raw_fd(), &*self.ingress_msg as *const _, GROUP_INGRESS, UD_INGRESS)
-        } else {
-            (self.nack.as_raw_fd(), &*self.nack_msg as *const _, GROUP_NACK, UD_NACK)
+    fn arm_recv(&mut self, source: Source) -> io::Result<()> {
+        // Upstream replies are frames: they share the ingress buffers.
+        let (fd, msg, group, ud) = match source {
+            Source::Ingress => (
+                self.ingress.as_raw_fd(),
+                &*self.ingress_msg as *const _,
+                GROUP_INGRESS,
+                UD_INGRESS,
+            ),
+            Source::Nack => {
+                (self.nack.as_raw_fd(), &*self.nack_msg as *const _, GROUP_NACK, UD_NACK)
+            }
+            Source::Upstream => (
+                self.upstream.as_raw_fd(),
+                &*self.upstream_msg as *const _,
+                GROUP_INGRESS,
+                UD_UPSTREAM,
+            ),
         };
         // The msghdr template is boxed and lives as long as the worker.
         let sqe = opcode::RecvMsgMulti::new(types::Fd(fd), msg, group).build().user_data(ud);
@@ -356,28 +384,31 @@ impl Worker {
         let ud = cqe.user_data();
         let res = cqe.result();
         let rearm = match ud & UD_KIND {
-            UD_INGRESS | UD_NACK => {
-                let ingress = ud & UD_KIND == UD_INGRESS;
+            UD_INGRESS | UD_NACK | UD_UPSTREAM => {
+                let source = match ud & UD_KIND {
+                    UD_INGRESS => Source::Ingress,
+                    UD_NACK => Source::Nack,
+                    _ => Source::Upstream,
+                };
                 if let Some(bid) = cqueue::buffer_select(cqe.flags()) {
                     if res >= 0 {
-                        self.on_datagram(now, ingress, bid, res as usize);
+                        self.on_datagram(now, source, bid, res as usize);
                     }
-                    if ingress {
-                        self.ingress_bufs.recycle(bid)
-                    } else {
-                        self.nack_bufs.recycle(bid)
+                    match source {
+                        Source::Nack => self.nack_bufs.recycle(bid),
+                        Source::Ingress | Source::Upstream => self.ingress_bufs.recycle(bid),
                     }
                 } else if res < 0 && res != -libc::ENOBUFS {
                     tracing::warn!(
                         worker = self.core.index,
-                        ingress,
+                        ?source,
                         errno = -res,
                         "receive failed"
                     );
                 }
                 // A multishot receive ends (ENOBUFS, error, or the kernel
                 // deciding so) without the MORE flag: arm it again.
-                (!cqueue::more(cqe.flags())).then_some(ingress)
+                (!cqueue::more(cqe.flags())).then_some(source)
             }
             UD_WAKE => {
                 if let Err(e) = self.arm_wake() {
@@ -386,6 +417,7 @@ impl Worker {
                 None
             }
             UD_TICK => {
+                // Recovery timeouts queue transmits; the run loop flushes them.
                 self.core.tick(now);
                 if let Err(e) = self.arm_tick() {
                     tracing::error!(error = %e, "re-arming the tick failed");
@@ -422,35 +454,34 @@ impl Worker {
             }
             _ => None,
         };
-        if let Some(ingress) = rearm {
-            if let Err(e) = self.arm_recv(ingress) {
+        if let Some(source) = rearm {
+            if let Err(e) = self.arm_recv(source) {
                 tracing::error!(error = %e, "re-arming receive failed");
             }
         }
     }
 
-    fn on_datagram(&mut self, now: Instant, ingress: bool, bid: u16, len: usize) {
-        let (bufs, msg) = if ingress {
-            (&self.ingress_bufs, &*self.ingress_msg)
-        } else {
-            (&self.nack_bufs, &*self.nack_msg)
+    fn on_datagram(&mut self, now: Instant, source: Source, bid: u16, len: usize) {
+        let (bufs, msg) = match source {
+            Source::Ingress => (&self.ingress_bufs, &*self.ingress_msg),
+            Source::Nack => (&self.nack_bufs, &*self.nack_msg),
+            Source::Upstream => (&self.ingress_bufs, &*self.upstream_msg),
         };
         let Ok(out) = RecvMsgOut::parse(bufs.get(bid, len), msg) else { return };
         if out.is_payload_truncated() {
-            let err = ricochet_wire::Error::TooLong { max: out.payload_data().len(), got: 0 };
+            let got = out.payload_data().len() + 1;
+            let err = ricochet_wire::Error::TooLong { max: out.payload_data().len(), got };
             *self.core.counters.dropped.entry(err.reason()).or_default() += 1;
             return;
         }
         // `data` borrows the buffer ring, a field disjoint from `core`; the
-        // buffer stays the kernel's only after the caller recycles it.
+        // buffer goes back to the kernel only when the caller recycles it.
         let data = out.payload_data();
-        if ingress {
-            self.core.on_ingress(now, data);
-        } else {
-            let src = sockaddr_from(out.name_data());
-            if let Some(src) = src {
-                self.core.on_nack(now, src, data);
-            }
+        match (source, sockaddr_from(out.name_data())) {
+            (Source::Ingress, _) => self.core.on_ingress(now, data),
+            (Source::Nack, Some(src)) => self.core.on_nack(now, src, data),
+            (Source::Upstream, Some(src)) => self.core.on_upstream(now, src, data),
+            _ => {}
         }
     }
 
@@ -485,6 +516,7 @@ impl Worker {
     /// Queues one SendMsg for a GSO run of transmits to one destination.
     fn send(&mut self, mut run: impl Iterator<Item = Transmit>) -> io::Result<()> {
         let Some(first) = run.next() else { return Ok(()) };
+        let upstream = matches!(first.dest, Dest::Upstream(_));
         let Some(addr) = self.core.destination(&first) else {
             self.core.counters.send_errors += 1 + run.count() as u64;
             return Ok(());
@@ -533,9 +565,9 @@ impl Worker {
         self.slots[index as usize] = Some(slot);
         // The slot is boxed and its vectors are not touched until the
         // completion: every pointer in the header stays valid.
-        let sqe = opcode::SendMsg::new(types::Fd(self.nack.as_raw_fd()), hdr)
-            .build()
-            .user_data(UD_SEND | index as u64);
+        let fd = if upstream { self.upstream.as_raw_fd() } else { self.nack.as_raw_fd() };
+        let sqe =
+            opcode::SendMsg::new(types::Fd(fd), hdr).build().user_data(UD_SEND | index as u64);
         self.push(sqe)
     }
 }

@@ -13,7 +13,8 @@ use socket2::SockAddr;
 
 use super::sys::EventFd;
 use super::{Options, Shared, WorkerCounters, WorkerSnapshot, owner, socket};
-use crate::retry::{Dest, Outbox, Service, Transmit};
+use crate::retry::{Dest, Effect, FrameOutcome, Outbox, Payload, Recovery, Service, Transmit};
+use ricochet_wire::frame::FrameKey;
 
 /// What one worker hands another.
 #[derive(Debug)]
@@ -25,6 +26,18 @@ pub(crate) enum Handoff {
     Nack(SocketAddr, [u8; 64], u8),
 }
 
+/// A worker's sockets.
+#[derive(Debug)]
+pub(crate) struct Sockets {
+    /// Multicast ingress, joined to this worker's groups.
+    pub(crate) ingress: socket2::Socket,
+    /// Member of the NACK reuseport group; also sends retransmits and
+    /// responses.
+    pub(crate) nack: socket2::Socket,
+    /// Ephemeral-port socket for Proxied NACKs; upstream replies return here.
+    pub(crate) upstream: socket2::Socket,
+}
+
 /// Everything a worker owns besides its sockets and its I/O machinery.
 pub(crate) struct Core {
     pub(crate) index: usize,
@@ -34,6 +47,7 @@ pub(crate) struct Core {
     pub(crate) wakers: Vec<Arc<EventFd>>,
     pub(crate) shared: Arc<Shared>,
     service: Service,
+    recovery: Recovery,
     pub(crate) outbox: Outbox,
     pub(crate) counters: WorkerCounters,
     /// Destination of every group, resolved once.
@@ -67,6 +81,7 @@ impl Core {
             wakers,
             shared,
             service: Service::new(opts.retry.clone(), Instant::now()),
+            recovery: Recovery::new(opts.recovery.clone()),
             outbox: Outbox::default(),
             counters: WorkerCounters::default(),
             group_dests: std::collections::HashMap::new(),
@@ -114,14 +129,43 @@ impl Core {
         if let Err(e) = self.service.on_nack(now, src, data, &mut self.outbox) {
             self.drop_reason(e);
         }
-        self.discard_effects();
+        self.take_effects(now);
     }
 
-    /// Recovery effects are for the cross-domain recovery path, which is not
-    /// built yet (README: status); the service counts them
-    /// (`recover_requested`). Dropping them keeps the outbox bounded.
-    fn discard_effects(&mut self) {
-        self.outbox.effects.clear();
+    /// Hands the service's recovery requests to the recovery path, which
+    /// queues the Proxied NACKs (or drops and counts them when its queue is
+    /// full); the effects vector is emptied either way.
+    fn take_effects(&mut self, now: Instant) {
+        for e in self.outbox.effects.drain(..) {
+            let Effect::Recover { hash_key, seq, subtree_id } = e;
+            self.recovery.enqueue(
+                now,
+                FrameKey { hash_key, seq },
+                subtree_id,
+                &mut self.outbox.transmits,
+            );
+        }
+    }
+
+    /// A datagram on the upstream socket: an upstream's answer to a Proxied
+    /// NACK. A recovered frame is re-cached and multicast into this domain,
+    /// so every listener that lost it gets it.
+    pub(crate) fn on_upstream(&mut self, now: Instant, src: SocketAddr, data: &[u8]) {
+        self.counters.upstream_datagrams += 1;
+        let Some(rec) = self.recovery.on_datagram(now, src, data, &mut self.outbox.transmits)
+        else {
+            return;
+        };
+        match self.service.on_recovered_frame(now, rec.frame.clone()) {
+            Ok(FrameOutcome::Cached { group, .. }) if self.opts.retry.multicast_retransmit => {
+                self.outbox.transmits.push(Transmit {
+                    dest: Dest::Group(group),
+                    payload: Payload::Frame(rec.frame),
+                });
+            }
+            Ok(_) => {}
+            Err(e) => self.drop_reason(e),
+        }
     }
 
     /// Takes everything peers handed over. Returns whether anything came.
@@ -140,7 +184,7 @@ impl Core {
                 self.drop_reason(e);
             }
         }
-        self.discard_effects();
+        self.take_effects(now);
         any
     }
 
@@ -171,7 +215,7 @@ impl Core {
     /// once and remembered).
     pub(crate) fn destination(&mut self, t: &Transmit) -> Option<SockAddr> {
         match t.dest {
-            Dest::Unicast(a) => Some(a.into()),
+            Dest::Unicast(a) | Dest::Upstream(a) => Some(a.into()),
             Dest::Group(g) => {
                 if let Some(d) = self.group_dests.get(&g) {
                     return Some(d.clone());
@@ -183,8 +227,11 @@ impl Core {
         }
     }
 
-    /// Periodic work: cache expiry and statistics for the control thread.
+    /// Periodic work: recovery timeouts (their Proxied NACKs to the next
+    /// upstream land in the outbox), cache expiry, and statistics for the
+    /// control thread.
     pub(crate) fn tick(&mut self, now: Instant) {
+        self.recovery.handle_timeouts(now, &mut self.outbox.transmits);
         self.service.expire(now);
         self.publish();
     }
@@ -195,6 +242,7 @@ impl Core {
                 cpu: self.opts.cpus.get(self.index).copied().unwrap_or(0),
                 counters: self.counters.clone(),
                 retry: self.service.stats(),
+                recovery: self.recovery.stats(),
             };
         }
     }

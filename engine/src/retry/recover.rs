@@ -1,0 +1,454 @@
+//! Cross-domain recovery (seed 000): a frame missed here is fetched from an
+//! upstream domain's endpoint with a Proxied NACK, re-cached and multicast
+//! into this domain so its listeners' gaps fill.
+//!
+//! # Contract
+//! - Sans-IO like the rest of `retry`: [`Recovery::enqueue`] and
+//!   [`Recovery::on_datagram`] take `now` and push [`Transmit`]s with
+//!   [`Dest::Upstream`] (to be sent from the worker's upstream socket, whose
+//!   replies come back to it); [`Recovery::handle_timeouts`] advances jobs
+//!   whose upstream stayed silent.
+//! - A job tries the configured upstreams in order, waiting `timeout` for
+//!   each, at most `max_endpoints` of them; an upstream MISS moves on at
+//!   once. A job ends when a frame with its HashKey and SeqNum arrives
+//!   (recovered) or the upstreams run out (failed).
+//! - Bounded: at most `queue_depth` jobs in flight; more are dropped and
+//!   counted (the listener will NACK again). Each (HashKey, SeqNum) is
+//!   claimed for `dedup_window` from its first enqueue, so a gap costs one
+//!   upstream fetch however many listeners NACK it.
+//! - Never trusted: a datagram from the upstream socket is a frame only if
+//!   it parses as one and its key matches a claimed gap; anything else is
+//!   counted and dropped. Upstream MISS/ACK carry no HashKey, so a MISS is
+//!   charged to the oldest job waiting on that upstream; if that guess is
+//!   wrong the other job's frame is still accepted when it arrives (claims
+//!   outlive jobs), so a wrong guess costs time, never a frame.
+
+use std::collections::{HashMap, VecDeque};
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use ricochet_wire::control::{NackFlags, NackRepr, ResponseKind, ResponseRepr};
+use ricochet_wire::frame::{Frame, FrameKey};
+
+use super::service::{Dest, Payload, Transmit};
+
+/// Recovery knobs (`PROXY_*`, `UPSTREAM_RETRY_ENDPOINTS`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct RecoverySettings {
+    /// Upstream NACK addresses, tried in order.
+    pub upstreams: Vec<SocketAddr>,
+    /// Wait per upstream (300 ms).
+    pub timeout: Duration,
+    /// Most upstreams tried per gap; 0 = all.
+    pub max_endpoints: usize,
+    /// How long a gap stays claimed after its first NACK (60 s).
+    pub dedup_window: Duration,
+    /// Jobs in flight before new ones are dropped (1024).
+    pub queue_depth: usize,
+}
+
+impl Default for RecoverySettings {
+    fn default() -> Self {
+        RecoverySettings {
+            upstreams: Vec::new(),
+            timeout: Duration::from_millis(300),
+            max_endpoints: 0,
+            dedup_window: Duration::from_secs(60),
+            queue_depth: 1024,
+        }
+    }
+}
+
+/// Counters of the recovery path, exported as `ricochet_recovery_*_total`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct RecoveryStats {
+    /// Jobs started.
+    pub queued: u64,
+    /// Jobs refused because `queue_depth` were in flight.
+    pub dropped_queue_full: u64,
+    /// Requests for a gap already claimed (in flight or recently done).
+    pub deduplicated: u64,
+    /// Proxied NACKs sent upstream.
+    pub upstream_nacks: u64,
+    /// Upstream MISS answers.
+    pub upstream_misses: u64,
+    /// Upstreams that stayed silent past the timeout.
+    pub upstream_timeouts: u64,
+    /// Frames recovered (key matched a claimed gap).
+    pub recovered: u64,
+    /// Jobs that ran out of upstreams.
+    pub failed: u64,
+    /// Upstream datagrams that were neither a matching frame nor a MISS/ACK.
+    pub garbage: u64,
+    /// Sum of recovery latencies, microseconds (divide by `recovered`).
+    pub latency_us_sum: u64,
+    /// Jobs in flight now (a gauge).
+    pub in_flight: u64,
+}
+
+/// A recovered frame, to re-cache and multicast.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Recovered {
+    /// The frame's key.
+    pub key: FrameKey,
+    /// The whole datagram as the upstream sent it.
+    pub frame: Bytes,
+}
+
+#[derive(Debug, Clone)]
+struct Job {
+    subtree_id: [u8; 32],
+    started: Instant,
+    /// Index into `upstreams` of the one being asked.
+    attempt: usize,
+    deadline: Instant,
+}
+
+/// The recovery state machine of one worker.
+#[derive(Debug)]
+pub struct Recovery {
+    settings: RecoverySettings,
+    jobs: HashMap<FrameKey, Job>,
+    /// Claim expiry per gap; bounded by the dedup window's traffic, trimmed
+    /// in `handle_timeouts`.
+    claims: HashMap<FrameKey, Instant>,
+    claim_order: VecDeque<(Instant, FrameKey)>,
+    /// (deadline, key, attempt) in deadline order: every wait is `timeout`
+    /// long, so pushing at the back keeps the queue sorted.
+    timers: VecDeque<(Instant, FrameKey, usize)>,
+    stats: RecoveryStats,
+}
+
+impl Recovery {
+    /// A recovery path with these settings.
+    pub fn new(settings: RecoverySettings) -> Self {
+        Recovery {
+            settings,
+            jobs: HashMap::new(),
+            claims: HashMap::new(),
+            claim_order: VecDeque::new(),
+            timers: VecDeque::new(),
+            stats: RecoveryStats::default(),
+        }
+    }
+
+    /// Whether any upstream is configured.
+    pub fn enabled(&self) -> bool {
+        !self.settings.upstreams.is_empty()
+    }
+
+    /// Counters (with the in-flight gauge).
+    pub fn stats(&self) -> RecoveryStats {
+        RecoveryStats { in_flight: self.jobs.len() as u64, ..self.stats }
+    }
+
+    /// Starts recovering `key` unless it is claimed already or the queue
+    /// is full; queues the first Proxied NACK.
+    pub fn enqueue(
+        &mut self,
+        now: Instant,
+        key: FrameKey,
+        subtree_id: [u8; 32],
+        out: &mut Vec<Transmit>,
+    ) {
+        if !self.enabled() {
+            return;
+        }
+        if self.claims.get(&key).is_some_and(|&until| until > now) {
+            self.stats.deduplicated += 1;
+            return;
+        }
+        if self.jobs.len() >= self.settings.queue_depth {
+            self.stats.dropped_queue_full += 1;
+            return;
+        }
+        let until = now + self.settings.dedup_window;
+        self.claims.insert(key, until);
+        self.claim_order.push_back((until, key));
+        self.stats.queued += 1;
+        let job = Job { subtree_id, started: now, attempt: 0, deadline: now };
+        self.jobs.insert(key, job);
+        self.ask(now, key, out);
+    }
+
+    /// A datagram from the upstream socket: a frame for a claimed gap is
+    /// returned for re-caching; a MISS moves the oldest job on that upstream
+    /// to the next one.
+    pub fn on_datagram(
+        &mut self,
+        now: Instant,
+        from: SocketAddr,
+        datagram: &[u8],
+        out: &mut Vec<Transmit>,
+    ) -> Option<Recovered> {
+        if let Ok(frame) = Frame::new_checked(datagram) {
+            let key = frame.key()?;
+            if !self.claims.contains_key(&key) {
+                self.stats.garbage += 1;
+                return None;
+            }
+            // The claim stays until the window ends: later copies of the
+            // same frame are duplicates for the cache, not new recoveries.
+            match self.jobs.remove(&key) {
+                Some(job) => {
+                    self.stats.recovered += 1;
+                    self.stats.latency_us_sum += now.duration_since(job.started).as_micros() as u64;
+                }
+                None => {
+                    // Recovered after the job gave up on this upstream.
+                    self.stats.recovered += 1;
+                }
+            }
+            return Some(Recovered { key, frame: Bytes::copy_from_slice(datagram) });
+        }
+        match ResponseRepr::parse(datagram) {
+            Ok(ResponseRepr { kind: ResponseKind::Miss, .. }) => {
+                self.stats.upstream_misses += 1;
+                if let Some(key) = self.oldest_waiting_on(from) {
+                    self.advance(now, key, out);
+                }
+            }
+            // The frame itself carries the news; an ACK or THROTTLED adds
+            // nothing the timeout does not handle.
+            Ok(_) => {}
+            Err(_) => self.stats.garbage += 1,
+        }
+        None
+    }
+
+    /// Moves on every job whose upstream stayed silent, and forgets expired
+    /// claims.
+    pub fn handle_timeouts(&mut self, now: Instant, out: &mut Vec<Transmit>) {
+        while let Some(&(deadline, key, attempt)) = self.timers.front() {
+            if deadline > now {
+                break;
+            }
+            self.timers.pop_front();
+            // Skip timers of jobs that finished or moved on since.
+            if self.jobs.get(&key).is_some_and(|j| j.attempt == attempt && j.deadline == deadline) {
+                self.stats.upstream_timeouts += 1;
+                self.advance(now, key, out);
+            }
+        }
+        while let Some(&(until, key)) = self.claim_order.front() {
+            if until > now {
+                break;
+            }
+            self.claim_order.pop_front();
+            if self.claims.get(&key) == Some(&until) {
+                self.claims.remove(&key);
+            }
+        }
+    }
+
+    /// When [`Recovery::handle_timeouts`] next has work.
+    pub fn next_timeout(&self) -> Option<Instant> {
+        self.timers.front().map(|t| t.0)
+    }
+
+    fn limit(&self) -> usize {
+        match self.settings.max_endpoints {
+            0 => self.settings.upstreams.len(),
+            n => n.min(self.settings.upstreams.len()),
+        }
+    }
+
+    fn oldest_waiting_on(&self, from: SocketAddr) -> Option<FrameKey> {
+        self.jobs
+            .iter()
+            .filter(|(_, j)| self.settings.upstreams.get(j.attempt) == Some(&from))
+            .min_by_key(|(_, j)| j.deadline)
+            .map(|(k, _)| *k)
+    }
+
+    fn advance(&mut self, now: Instant, key: FrameKey, out: &mut Vec<Transmit>) {
+        let Some(job) = self.jobs.get_mut(&key) else { return };
+        job.attempt += 1;
+        if job.attempt >= self.limit() {
+            self.jobs.remove(&key);
+            self.stats.failed += 1;
+            return;
+        }
+        self.ask(now, key, out);
+    }
+
+    fn ask(&mut self, now: Instant, key: FrameKey, out: &mut Vec<Transmit>) {
+        let Some(job) = self.jobs.get_mut(&key) else { return };
+        let Some(&upstream) = self.settings.upstreams.get(job.attempt) else { return };
+        job.deadline = now + self.settings.timeout;
+        self.timers.push_back((job.deadline, key, job.attempt));
+        let mut buf = [0u8; 64];
+        let nack = NackRepr {
+            flags: NackFlags(NackFlags::PROXIED),
+            hash_key: key.hash_key,
+            start_seq: key.seq,
+            end_seq: key.seq,
+            subtree_id: job.subtree_id,
+        };
+        if let Ok(len) = nack.emit(&mut buf) {
+            self.stats.upstream_nacks += 1;
+            out.push(Transmit {
+                dest: Dest::Upstream(upstream),
+                payload: Payload::Control { buf, len: len as u8 },
+            });
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ricochet_wire::frame::{Extra, FrameRepr, FrameVersion};
+
+    const U1: &str = "10.0.0.1:9300";
+    const U2: &str = "10.0.0.2:9300";
+
+    fn rec(upstreams: &[&str]) -> Recovery {
+        Recovery::new(RecoverySettings {
+            upstreams: upstreams.iter().map(|u| u.parse().unwrap()).collect(),
+            ..RecoverySettings::default()
+        })
+    }
+
+    fn key(seq: u64) -> FrameKey {
+        FrameKey { hash_key: 77, seq }
+    }
+
+    fn frame(k: FrameKey) -> Vec<u8> {
+        let r = FrameRepr {
+            version: FrameVersion::Tx,
+            byte7: 0,
+            id: [1; 32],
+            hash_key: k.hash_key,
+            seq: k.seq,
+            subtree_id: [2; 32],
+            extra: Extra::None,
+            payload: b"tx",
+        };
+        let mut b = vec![0u8; r.buffer_len()];
+        r.emit(&mut b).unwrap();
+        b
+    }
+
+    fn miss() -> [u8; 16] {
+        let mut b = [0u8; 16];
+        ResponseRepr::miss().emit(&mut b).unwrap();
+        b
+    }
+
+    fn targets(out: &[Transmit]) -> Vec<SocketAddr> {
+        out.iter()
+            .map(|t| match t.dest {
+                Dest::Upstream(a) => a,
+                other => panic!("unexpected {other:?}"),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn asks_upstreams_in_order_with_a_proxied_nack() {
+        let (mut r, t0, mut out) = (rec(&[U1, U2]), Instant::now(), Vec::new());
+        r.enqueue(t0, key(5), [9; 32], &mut out);
+        assert_eq!(targets(&out), [U1.parse().unwrap()]);
+        let n = NackRepr::parse(out[0].payload.as_bytes()).unwrap();
+        assert!(n.flags.proxied());
+        assert_eq!((n.hash_key, n.start_seq, n.end_seq, n.subtree_id), (77, 5, 5, [9; 32]));
+        out.clear();
+        // Silent for 299 ms: nothing; at 300 ms: the second upstream.
+        r.handle_timeouts(t0 + Duration::from_millis(299), &mut out);
+        assert!(out.is_empty());
+        r.handle_timeouts(t0 + Duration::from_millis(300), &mut out);
+        assert_eq!(targets(&out), [U2.parse().unwrap()]);
+        out.clear();
+        r.handle_timeouts(t0 + Duration::from_millis(600), &mut out);
+        assert!(out.is_empty());
+        let s = r.stats();
+        assert_eq!((s.upstream_timeouts, s.failed, s.in_flight), (2, 1, 0));
+    }
+
+    #[test]
+    fn a_miss_moves_on_at_once_and_a_matching_frame_recovers() {
+        let (mut r, t0, mut out) = (rec(&[U1, U2]), Instant::now(), Vec::new());
+        r.enqueue(t0, key(5), [0; 32], &mut out);
+        out.clear();
+        assert_eq!(r.on_datagram(t0, U1.parse().unwrap(), &miss(), &mut out), None);
+        assert_eq!(targets(&out), [U2.parse().unwrap()]);
+        let t1 = t0 + Duration::from_millis(3);
+        let got = r.on_datagram(t1, U2.parse().unwrap(), &frame(key(5)), &mut out).unwrap();
+        assert_eq!(got.key, key(5));
+        assert_eq!(&got.frame[..], &frame(key(5))[..]);
+        let s = r.stats();
+        assert_eq!(
+            (s.recovered, s.upstream_misses, s.in_flight, s.latency_us_sum),
+            (1, 1, 0, 3000)
+        );
+    }
+
+    #[test]
+    fn one_fetch_per_gap_within_the_window() {
+        let (mut r, t0, mut out) = (rec(&[U1]), Instant::now(), Vec::new());
+        for _ in 0..5 {
+            r.enqueue(t0, key(5), [0; 32], &mut out);
+        }
+        assert_eq!(out.len(), 1);
+        assert_eq!(r.stats().deduplicated, 4);
+        // After the window the gap may be fetched again.
+        r.handle_timeouts(t0 + Duration::from_secs(61), &mut out);
+        out.clear();
+        r.enqueue(t0 + Duration::from_secs(61), key(5), [0; 32], &mut out);
+        assert_eq!(out.len(), 1);
+    }
+
+    #[test]
+    fn the_queue_is_bounded_and_drops_are_counted() {
+        let mut r = Recovery::new(RecoverySettings {
+            upstreams: vec![U1.parse().unwrap()],
+            queue_depth: 3,
+            ..RecoverySettings::default()
+        });
+        let (t0, mut out) = (Instant::now(), Vec::new());
+        for seq in 1..=10 {
+            r.enqueue(t0, key(seq), [0; 32], &mut out);
+        }
+        let s = r.stats();
+        assert_eq!((s.queued, s.dropped_queue_full, s.in_flight), (3, 7, 3));
+    }
+
+    #[test]
+    fn garbage_and_unclaimed_frames_are_dropped() {
+        let (mut r, t0, mut out) = (rec(&[U1]), Instant::now(), Vec::new());
+        r.enqueue(t0, key(5), [0; 32], &mut out);
+        let u1 = U1.parse().unwrap();
+        assert_eq!(r.on_datagram(t0, u1, b"\x00garbage", &mut out), None);
+        assert_eq!(r.on_datagram(t0, u1, &frame(key(6)), &mut out), None);
+        let mut truncated = frame(key(5));
+        truncated.truncate(60);
+        assert_eq!(r.on_datagram(t0, u1, &truncated, &mut out), None);
+        assert_eq!(r.stats().garbage, 3);
+        assert_eq!(r.stats().in_flight, 1, "the job still waits for its frame");
+    }
+
+    #[test]
+    fn a_late_frame_after_the_job_gave_up_is_still_taken() {
+        let (mut r, t0, mut out) = (rec(&[U1]), Instant::now(), Vec::new());
+        r.enqueue(t0, key(5), [0; 32], &mut out);
+        r.handle_timeouts(t0 + Duration::from_millis(300), &mut out);
+        assert_eq!(r.stats().failed, 1);
+        let late = r.on_datagram(
+            t0 + Duration::from_millis(310),
+            U1.parse().unwrap(),
+            &frame(key(5)),
+            &mut out,
+        );
+        assert!(late.is_some());
+    }
+
+    #[test]
+    fn disabled_without_upstreams() {
+        let (mut r, mut out) = (rec(&[]), Vec::new());
+        r.enqueue(Instant::now(), key(1), [0; 32], &mut out);
+        assert!(out.is_empty());
+        assert_eq!(r.stats().queued, 0);
+    }
+}

@@ -336,3 +336,45 @@ fn a_restarted_proxy_reusing_its_hashkey_never_gets_pre_restart_frames_served() 
         assert_eq!(frames.len(), 10, "{backend}: the post-restart frames are served");
     }
 }
+
+#[test]
+fn adverts_announce_the_endpoint_and_turn_draining_on_sigterm() {
+    use ricochet_wire::control::{AdvertFlags, AdvertRepr};
+    let mut e = Engine::start(&["--instance", "edge-test", "--drain-timeout", "3s"]);
+    // ADVERTs go to the beacon group (0xFFFD) at the NACK port, as the
+    // reference sends them; this socket joins that group beside the engine.
+    let beacons = {
+        let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::DGRAM, None).unwrap();
+        s.set_reuse_address(true).unwrap();
+        s.set_reuse_port(true).unwrap();
+        s.bind(&std::net::SocketAddr::from(([0, 0, 0, 0], e.nack_port)).into()).unwrap();
+        let group = ricochet_wire::group::ipv4_lab_group(ricochet_wire::group::INDEX_BEACON);
+        s.join_multicast_v4(&group, &std::net::Ipv4Addr::LOCALHOST).unwrap();
+        UdpSocket::from(s)
+    };
+    let next_advert = |want_draining: bool| -> AdvertRepr {
+        beacons.set_read_timeout(Some(Duration::from_millis(500))).unwrap();
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        let mut buf = [0u8; 128];
+        loop {
+            assert!(std::time::Instant::now() < deadline, "no ADVERT (draining={want_draining})");
+            let Ok(n) = beacons.recv(&mut buf) else { continue };
+            if let Ok(a) = AdvertRepr::parse(&buf[..n]) {
+                if a.flags.has(AdvertFlags::DRAINING) == want_draining {
+                    return a;
+                }
+            }
+        }
+    };
+    let a = next_advert(false);
+    assert_eq!(a.nack_port, e.nack_port);
+    assert_eq!(a.nack_addr, std::net::Ipv4Addr::LOCALHOST.to_ipv6_mapped());
+    assert_eq!(a.interval_secs, 1);
+    assert!(a.flags.has(AdvertFlags::MULTICAST_RETRANSMIT));
+    assert!(!a.flags.has(AdvertFlags::HAS_PARENT | AdvertFlags::UNICAST_RETRANSMIT));
+    assert_eq!(a.instance_id, ricochet_wire::crc32c::crc32c(b"edge-test"));
+    e.terminate();
+    let draining = next_advert(true);
+    assert_eq!(draining.instance_id, a.instance_id);
+    assert!(e.wait_exit(Duration::from_secs(8)).is_some_and(|s| s.success()));
+}

@@ -19,7 +19,7 @@
 //!
 //! Backends: `uring` (multishot RecvMsg on provided-buffer rings, batched
 //! SendMsg) and `epoll` (recvmmsg/sendmmsg) share every line of packet logic
-//! ([`worker::Core`]); `--backend auto` probes io_uring and falls back to
+//! (`worker::Core`); `--backend auto` probes io_uring and falls back to
 //! epoll with the reason logged.
 
 pub mod beacon;

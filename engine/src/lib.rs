@@ -13,5 +13,6 @@
 
 pub mod admin;
 pub mod config;
+pub mod dht;
 pub mod retry;
 pub mod rt;

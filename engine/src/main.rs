@@ -299,11 +299,29 @@ fn serve(cfg: Config) -> Result<(), String> {
         .map_err(|e| format!("control thread runtime: {e}"))?;
     let drain = cfg.runtime.drain_timeout;
     let beacons = cfg.beacon.enabled;
-    let state = ricochet::admin::AdminState {
-        shared: shared.clone(),
-        started,
-        instance: cfg.runtime.instance_id.clone(),
+    let token = match &cfg.engine.admin_token_file {
+        None => None,
+        Some(path) => {
+            let t = std::fs::read_to_string(path).map_err(|e| {
+                format!("--admin-token-file = {}: cannot read it: {e}", path.display())
+            })?;
+            let t = t.trim();
+            if t.len() < 16 {
+                return Err(format!(
+                    "--admin-token-file = {}: the token must be at least 16 characters",
+                    path.display()
+                ));
+            }
+            Some(std::sync::Arc::<str>::from(t))
+        }
     };
+    let mut state = ricochet::admin::AdminState::new(
+        shared.clone(),
+        cfg.runtime.instance_id.clone(),
+        runtime.control(),
+        token,
+    );
+    state.started = started;
     let result = control.block_on(async move {
         let listener = tokio::net::TcpListener::bind(admin).await.map_err(|e| {
             format!("--metrics-addr (METRICS_ADDR) = {admin}: cannot listen: {e}")

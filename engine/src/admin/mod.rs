@@ -1,6 +1,8 @@
 //! Admin HTTP on the control thread: `/metrics` (Prometheus text),
 //! `/healthz`, `/readyz` (503 while starting or draining) and `/debug/stats`
-//! (JSON). Read-only endpoints need no token.
+//! (JSON) need no token; `POST /admin/invalidate` and `/events` (server-sent
+//! events) require `Authorization: Bearer <token>` with the token from
+//! `--admin-token-file`, and are refused (403) when no token is configured.
 //!
 //! Metrics are rendered from the snapshots workers publish every tick, so a
 //! scrape never touches the packet path. Every worker counter is exported
@@ -17,9 +19,16 @@ use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
 use axum::routing::get;
 
-use crate::rt::{Shared, WorkerSnapshot};
+use crate::rt::{Control, Shared, WorkerSnapshot};
 
-/// What the admin endpoints read.
+/// Most `/events` subscribers at once; more get 503.
+pub const MAX_EVENT_SUBSCRIBERS: usize = 64;
+/// Events buffered per subscriber; one that falls further behind is
+/// disconnected (it reconnects and resynchronises) rather than slowing
+/// the others.
+const EVENT_BUFFER: usize = 1024;
+
+/// What the admin endpoints read and act on.
 #[derive(Debug, Clone)]
 pub struct AdminState {
     /// Runtime state.
@@ -28,6 +37,34 @@ pub struct AdminState {
     pub started: Instant,
     /// Instance id advertised in beacons.
     pub instance: String,
+    /// Hands workers control work (invalidation).
+    pub control: Control,
+    /// Bearer token for the state-changing endpoints; `None` disables them.
+    pub token: Option<Arc<str>>,
+    /// Fan-out of events to `/events` subscribers.
+    pub events: tokio::sync::broadcast::Sender<String>,
+    /// Subscribers connected now.
+    pub subscribers: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl AdminState {
+    /// State with an event channel of its own.
+    pub fn new(
+        shared: Arc<Shared>,
+        instance: String,
+        control: Control,
+        token: Option<Arc<str>>,
+    ) -> Self {
+        AdminState {
+            shared,
+            started: Instant::now(),
+            instance,
+            control,
+            token,
+            events: tokio::sync::broadcast::channel(EVENT_BUFFER).0,
+            subscribers: Arc::default(),
+        }
+    }
 }
 
 /// The admin router.
@@ -37,6 +74,8 @@ pub fn router(state: AdminState) -> Router {
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/debug/stats", get(debug_stats))
+        .route("/admin/invalidate", axum::routing::post(invalidate))
+        .route("/events", get(events))
         .with_state(state)
 }
 
@@ -93,6 +132,120 @@ async fn debug_stats(State(s): State<AdminState>) -> impl IntoResponse {
         "uptime_seconds": s.started.elapsed().as_secs(),
         "workers": workers,
     }))
+}
+
+/// Checks the bearer token in constant time.
+fn authorize(
+    s: &AdminState,
+    headers: &axum::http::HeaderMap,
+) -> Result<(), (StatusCode, &'static str)> {
+    let Some(token) = &s.token else {
+        return Err((
+            StatusCode::FORBIDDEN,
+            "state-changing admin endpoints are off: start ricochet with --admin-token-file\n",
+        ));
+    };
+    let given = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or("");
+    let (a, b) = (given.as_bytes(), token.as_bytes());
+    let diff = a.iter().zip(b).fold(a.len() ^ b.len(), |acc, (x, y)| acc | usize::from(x ^ y));
+    if diff == 0 {
+        Ok(())
+    } else {
+        Err((StatusCode::UNAUTHORIZED, "bad or missing bearer token\n"))
+    }
+}
+
+#[derive(serde::Deserialize)]
+struct InvalidateQuery {
+    hash_key: String,
+}
+
+/// `POST /admin/invalidate?hash_key=0x…`: drops every cached frame of the
+/// flow on its owning core and tells `/events` subscribers.
+async fn invalidate(
+    State(s): State<AdminState>,
+    headers: axum::http::HeaderMap,
+    axum::extract::Query(q): axum::extract::Query<InvalidateQuery>,
+) -> axum::response::Response {
+    if let Err(e) = authorize(&s, &headers) {
+        return e.into_response();
+    }
+    let raw = q.hash_key.trim();
+    let parsed = match raw.strip_prefix("0x").or_else(|| raw.strip_prefix("0X")) {
+        Some(hex) => u64::from_str_radix(hex, 16),
+        None => raw.parse(),
+    };
+    let hash_key = match parsed {
+        Ok(k) if k != 0 => k,
+        _ => {
+            return (
+                StatusCode::BAD_REQUEST,
+                "hash_key must be a non-zero u64, decimal or 0x-prefixed hex\n",
+            )
+                .into_response();
+        }
+    };
+    let Some(worker) = s.control.invalidate(hash_key) else {
+        return (StatusCode::SERVICE_UNAVAILABLE, "the owning core is busy; retry\n")
+            .into_response();
+    };
+    let event =
+        serde_json::json!({ "hash_key": format!("{hash_key:#018x}"), "instance": s.instance });
+    let _ = s.events.send(format!("event: invalidate\ndata: {event}\n\n"));
+    (
+        StatusCode::ACCEPTED,
+        axum::Json(
+            serde_json::json!({ "hash_key": format!("{hash_key:#018x}"), "worker": worker }),
+        ),
+    )
+        .into_response()
+}
+
+/// Decrements the subscriber count when a `/events` stream ends.
+struct Subscription(Arc<std::sync::atomic::AtomicUsize>);
+
+impl Drop for Subscription {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+/// `GET /events`: a server-sent event stream of invalidations.
+async fn events(
+    State(s): State<AdminState>,
+    headers: axum::http::HeaderMap,
+) -> axum::response::Response {
+    use std::sync::atomic::Ordering;
+    if let Err(e) = authorize(&s, &headers) {
+        return e.into_response();
+    }
+    if s.subscribers.fetch_add(1, Ordering::Relaxed) >= MAX_EVENT_SUBSCRIBERS {
+        s.subscribers.fetch_sub(1, Ordering::Relaxed);
+        return (StatusCode::SERVICE_UNAVAILABLE, "too many /events subscribers\n").into_response();
+    }
+    let guard = Subscription(s.subscribers.clone());
+    let hello = format!(": ricochet {} events\n\n", s.instance);
+    let rx = s.events.subscribe();
+    let stream = futures_util::stream::unfold(
+        (Some(hello), rx, guard),
+        |(first, mut rx, guard)| async move {
+            if let Some(h) = first {
+                return Some((Ok::<_, std::convert::Infallible>(h), (None, rx, guard)));
+            }
+            // A lagging subscriber is cut off: it reconnects and catches up.
+            let msg = rx.recv().await.ok()?;
+            Some((Ok(msg), (None, rx, guard)))
+        },
+    );
+    (
+        [(header::CONTENT_TYPE, "text/event-stream"), (header::CACHE_CONTROL, "no-cache")],
+        axum::body::Body::from_stream(stream),
+    )
+        .into_response()
 }
 
 fn snapshots(shared: &Shared) -> Vec<WorkerSnapshot> {

@@ -55,7 +55,11 @@ pub struct Estimator {
 impl Estimator {
     /// An estimator keeping `capacity` samples of at least `min_points`.
     pub fn new(capacity: usize, min_points: usize) -> Self {
-        Estimator { samples: VecDeque::with_capacity(capacity), capacity, min_points: min_points.max(2) }
+        Estimator {
+            samples: VecDeque::with_capacity(capacity),
+            capacity,
+            min_points: min_points.max(2),
+        }
     }
 
     /// Adds one sample: the distances of the closest nodes to one point,

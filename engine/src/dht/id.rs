@@ -35,13 +35,20 @@ impl NodeId {
 
     /// `self XOR other` as an ordered distance.
     pub fn distance(&self, other: &NodeId) -> Distance {
+        // Written without slice adaptors: this runs for every candidate of
+        // every lookup, and debug builds (the simulation) pay per call.
+        let (a, b) = (&self.0, &other.0);
         let mut words = [0u64; 4];
-        for (i, w) in words.iter_mut().enumerate() {
-            let mut a = [0u8; 8];
-            let mut b = [0u8; 8];
-            a.copy_from_slice(&self.0[i * 8..i * 8 + 8]);
-            b.copy_from_slice(&other.0[i * 8..i * 8 + 8]);
-            *w = u64::from_be_bytes(a) ^ u64::from_be_bytes(b);
+        let mut i = 0;
+        while i < 32 {
+            let mut w = 0u64;
+            let mut j = i;
+            while j < i + 8 {
+                w = (w << 8) | u64::from(a[j] ^ b[j]);
+                j += 1;
+            }
+            words[i / 8] = w;
+            i += 8;
         }
         Distance(words)
     }
@@ -102,9 +109,30 @@ impl fmt::Display for NodeId {
 }
 
 /// The XOR distance between two ids, as four big-endian 64-bit words
-/// (most significant first), so the derived order is the numeric order.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Default)]
+/// (most significant first), ordered as the 256-bit integer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
 pub struct Distance(pub [u64; 4]);
+
+impl Ord for Distance {
+    fn cmp(&self, other: &Self) -> core::cmp::Ordering {
+        let (a, b) = (&self.0, &other.0);
+        if a[0] != b[0] {
+            a[0].cmp(&b[0])
+        } else if a[1] != b[1] {
+            a[1].cmp(&b[1])
+        } else if a[2] != b[2] {
+            a[2].cmp(&b[2])
+        } else {
+            a[3].cmp(&b[3])
+        }
+    }
+}
+
+impl PartialOrd for Distance {
+    fn partial_cmp(&self, other: &Self) -> Option<core::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
 
 impl Distance {
     /// The largest distance.
@@ -160,6 +188,15 @@ mod tests {
         let a = id(0xAA, 3);
         assert_eq!(a.distance(&id(0xAB, 3)), zero.distance(&id(1, 0)));
         assert_eq!(Distance::MAX.leading_zeros(), 0);
+        let mut rng = Rng::seed_from_u64(4);
+        for _ in 0..200 {
+            let (x, y, t) =
+                (NodeId::random(&mut rng), NodeId::random(&mut rng), NodeId::random(&mut rng));
+            let (dx, dy) = (x.distance(&t), y.distance(&t));
+            let xor = |n: &NodeId| -> [u8; 32] { core::array::from_fn(|i| n.0[i] ^ t.0[i]) };
+            assert_eq!(dx.cmp(&dy), xor(&x).cmp(&xor(&y)));
+            assert_eq!(dx.0[0].to_be_bytes(), xor(&x)[..8]);
+        }
         assert!((zero.distance(&id(0x80, 0)).as_fraction() - 0.5).abs() < 1e-12);
     }
 

@@ -89,7 +89,9 @@ impl Limiter {
             return b.take(now, rate, burst);
         }
         if self.buckets.len() >= s.max_tracked
-            && self.last_sweep.is_none_or(|t| now.saturating_duration_since(t) >= Duration::from_secs(1))
+            && self
+                .last_sweep
+                .is_none_or(|t| now.saturating_duration_since(t) >= Duration::from_secs(1))
         {
             self.last_sweep = Some(now);
             self.buckets.retain(|_, b| !b.full_at(now, rate, burst));
@@ -105,6 +107,7 @@ impl Limiter {
     }
 
     /// Source IPs tracked individually.
+    #[cfg(test)]
     pub(crate) fn tracked(&self) -> usize {
         self.buckets.len()
     }

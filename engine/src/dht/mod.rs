@@ -93,6 +93,9 @@ pub struct Config {
     pub seed: [u8; 32],
     /// Parallel requests per lookup, Kademlia's α.
     pub alpha: usize,
+    /// Times a lookup asks a node again after a timeout before giving up
+    /// on it.
+    pub lookup_retries: u8,
     /// How long a request may go unanswered before it counts as failed.
     pub request_timeout: Duration,
     /// How long a lookup (with its STOREs) may run in total.
@@ -111,6 +114,10 @@ pub struct Config {
     pub refresh_on_bootstrap: bool,
     /// Concurrent refresh lookups.
     pub max_refreshes: usize,
+    /// A refresh lookup ends when this many of the nodes closest to its
+    /// random target have answered (fewer than k: a refresh only needs to
+    /// reach the bucket's range, and every answer fills the bucket).
+    pub refresh_width: usize,
     /// Each held record is re-stored to the k closest nodes this often,
     /// unless another holder stored it here meanwhile (plus up to 25 %
     /// jitter so holders do not fire together).
@@ -132,6 +139,7 @@ impl Config {
         Config {
             seed,
             alpha: 3,
+            lookup_retries: 1,
             request_timeout: Duration::from_secs(2),
             query_timeout: Duration::from_secs(60),
             max_pending: 4096,
@@ -140,6 +148,7 @@ impl Config {
             refresh_interval: Duration::from_secs(15 * 60),
             refresh_on_bootstrap: true,
             max_refreshes: 2,
+            refresh_width: 5,
             replicate_interval: Duration::from_secs(3600),
             max_replications: 4,
             routing: RoutingSettings::default(),

@@ -3,12 +3,15 @@
 //! # Contract
 //! - Candidates are kept sorted by XOR distance from the target; at most
 //!   `4·k` are kept (the farthest never-contacted ones are dropped first).
-//! - [`Lookup::next`] hands out never-contacted candidates among the `k`
-//!   closest not-failed ones, keeping at most `α` requests in flight.
-//! - The lookup is finished when the `k` closest not-failed candidates
+//! - [`Lookup::next`] hands out never-contacted candidates among the
+//!   `width` closest not-failed ones (`width` is k for lookups, less for
+//!   bucket refreshes), keeping at most `α` requests in flight.
+//! - The lookup is finished when the `width` closest not-failed candidates
 //!   have all replied, or when nothing is in flight and no candidate is
 //!   left to ask. The caller applies per-request timeouts and reports them
-//!   with [`Lookup::failed`].
+//!   with [`Lookup::timed_out`] (the candidate is asked again, up to
+//!   `retries` times, so one lost datagram does not drop the node closest
+//!   to the target from the result) or [`Lookup::failed`].
 //! - Hop counting: a candidate from the local routing table is at hop 1;
 //!   one learned from a hop-`h` node's reply is at hop `h + 1` (the lowest
 //!   such `h` wins). A lookup's hop count is the hop of the node that
@@ -62,6 +65,7 @@ pub(crate) struct Candidate {
     dist: Distance,
     pub(crate) state: State,
     pub(crate) hop: u8,
+    tries: u8,
 }
 
 /// One iterative lookup towards `target`.
@@ -69,7 +73,9 @@ pub(crate) struct Candidate {
 pub(crate) struct Lookup {
     target: NodeId,
     k: usize,
+    width: usize,
     alpha: usize,
+    retries: u8,
     cands: Vec<Candidate>,
     in_flight: usize,
     /// Requests handed out so far.
@@ -77,11 +83,16 @@ pub(crate) struct Lookup {
 }
 
 impl Lookup {
-    pub(crate) fn new(target: NodeId, k: usize, alpha: usize) -> Self {
+    /// A lookup keeping `4·k` candidates that converges on the `width`
+    /// closest, with `alpha` requests in flight and `retries` repeats of a
+    /// timed-out request.
+    pub(crate) fn new(target: NodeId, k: usize, width: usize, alpha: usize, retries: u8) -> Self {
         Lookup {
             target,
             k: k.max(1),
+            width: width.clamp(1, k.max(1)),
             alpha: alpha.max(1),
+            retries,
             cands: Vec::with_capacity(4 * k),
             in_flight: 0,
             requests: 0,
@@ -90,10 +101,6 @@ impl Lookup {
 
     pub(crate) fn target(&self) -> NodeId {
         self.target
-    }
-
-    pub(crate) fn in_flight(&self) -> usize {
-        self.in_flight
     }
 
     /// Adds a candidate at hop `hop` (or lowers a known one's hop); returns
@@ -120,7 +127,7 @@ impl Lookup {
                 _ => return false,
             }
         }
-        self.cands.insert(pos, Candidate { info, id, dist, state: State::Waiting, hop });
+        self.cands.insert(pos, Candidate { info, id, dist, state: State::Waiting, hop, tries: 0 });
         true
     }
 
@@ -130,7 +137,7 @@ impl Lookup {
         let mut room = self.alpha.saturating_sub(self.in_flight).min(budget);
         let mut seen = 0;
         for c in self.cands.iter_mut() {
-            if room == 0 || seen >= self.k {
+            if room == 0 || seen >= self.width {
                 break;
             }
             if c.state == State::Failed {
@@ -139,6 +146,7 @@ impl Lookup {
             seen += 1;
             if c.state == State::Waiting {
                 c.state = State::InFlight;
+                c.tries = c.tries.saturating_add(1);
                 out.push((c.info, c.hop));
                 room -= 1;
             }
@@ -156,7 +164,26 @@ impl Lookup {
         Some(c.hop)
     }
 
-    /// Marks `id`'s request failed.
+    /// Reports that `id`'s request went unanswered: it is asked again if
+    /// it has retries left, else marked failed. Returns whether it will be
+    /// retried.
+    pub(crate) fn timed_out(&mut self, id: &NodeId) -> bool {
+        let retries = self.retries;
+        let Some(c) = self.cands.iter_mut().find(|c| c.id == *id && c.state == State::InFlight)
+        else {
+            return false;
+        };
+        self.in_flight -= 1;
+        if c.tries <= retries {
+            c.state = State::Waiting;
+            true
+        } else {
+            c.state = State::Failed;
+            false
+        }
+    }
+
+    /// Marks `id`'s request failed for good (no retry).
     pub(crate) fn failed(&mut self, id: &NodeId) {
         if let Some(c) = self.cands.iter_mut().find(|c| c.id == *id && c.state == State::InFlight) {
             c.state = State::Failed;
@@ -169,7 +196,7 @@ impl Lookup {
         let mut seen = 0;
         let mut all_replied = true;
         let mut waiting = false;
-        for c in self.cands.iter().filter(|c| c.state != State::Failed).take(self.k) {
+        for c in self.cands.iter().filter(|c| c.state != State::Failed).take(self.width) {
             seen += 1;
             match c.state {
                 State::Replied => {}
@@ -202,7 +229,7 @@ mod tests {
 
     #[test]
     fn converges_on_the_k_closest() {
-        let mut l = Lookup::new(NodeId([0; 32]), 2, 2);
+        let mut l = Lookup::new(NodeId([0; 32]), 2, 2, 2, 0);
         assert!(l.finished(), "nothing to ask: finished at once");
         for b in [40, 30, 20] {
             assert!(l.add(node(b), 1));
@@ -229,12 +256,30 @@ mod tests {
 
     #[test]
     fn keeps_a_bounded_candidate_list() {
-        let mut l = Lookup::new(NodeId([0; 32]), 2, 3);
+        let mut l = Lookup::new(NodeId([0; 32]), 2, 2, 3, 0);
         for b in (1..=200).rev() {
             l.add(node(b), 1);
         }
         assert_eq!(l.cands.len(), 8);
         assert_eq!(l.cands[0].info.id[0], 1);
         assert!(!l.add(node(201), 1), "farther than every kept candidate");
+    }
+
+    #[test]
+    fn retries_then_fails_and_narrow_width_finishes_early() {
+        let mut l = Lookup::new(NodeId([0; 32]), 4, 1, 1, 1);
+        for b in [10, 20, 30] {
+            l.add(node(b), 1);
+        }
+        let id10 = NodeId(node(10).id);
+        assert_eq!(l.next(9)[0].0.id[0], 10);
+        assert!(l.timed_out(&id10), "first timeout: retried");
+        assert_eq!(l.next(9)[0].0.id[0], 10, "the same node is asked again");
+        assert!(!l.timed_out(&id10), "second timeout: failed");
+        assert_eq!(l.next(9)[0].0.id[0], 20);
+        l.replied(&NodeId(node(20).id));
+        // width 1: the closest non-failed candidate (20) replied.
+        assert!(l.finished());
+        assert!(!l.timed_out(&id10), "not in flight");
     }
 }

@@ -16,7 +16,9 @@ impl Rng {
     /// A generator whose state is expanded from `seed` by splitmix64.
     pub fn seed_from_u64(seed: u64) -> Self {
         let mut sm = seed;
-        Rng { s: [splitmix64(&mut sm), splitmix64(&mut sm), splitmix64(&mut sm), splitmix64(&mut sm)] }
+        Rng {
+            s: [splitmix64(&mut sm), splitmix64(&mut sm), splitmix64(&mut sm), splitmix64(&mut sm)],
+        }
     }
 
     /// A generator seeded from 32 bytes (each 8-byte word is mixed through

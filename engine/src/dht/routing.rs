@@ -156,6 +156,8 @@ pub enum Failure {
 pub struct Entry {
     id: NodeId,
     addr: SocketAddr,
+    /// `addr`'s subnet for the limits (`None` if exempt).
+    subnet: Option<Subnet>,
     last_seen: Instant,
     last_reply: Option<Instant>,
     failures: u32,
@@ -164,10 +166,11 @@ pub struct Entry {
 }
 
 impl Entry {
-    fn new(now: Instant, id: NodeId, addr: SocketAddr) -> Self {
+    fn new(now: Instant, id: NodeId, addr: SocketAddr, subnet: Option<Subnet>) -> Self {
         Entry {
             id,
             addr,
+            subnet,
             last_seen: now,
             last_reply: None,
             failures: 0,
@@ -220,7 +223,9 @@ impl Entry {
     pub fn health(&self, now: Instant, settings: &RoutingSettings) -> Health {
         if self.failures >= settings.bad_after {
             Health::Bad
-        } else if self.last_reply.is_some_and(|t| now.saturating_duration_since(t) < settings.good_for)
+        } else if self
+            .last_reply
+            .is_some_and(|t| now.saturating_duration_since(t) < settings.good_for)
         {
             Health::Good
         } else {
@@ -357,7 +362,7 @@ impl RoutingTable {
                 if !movable {
                     return Observed::Refused(Refusal::AddrConflict);
                 }
-                let (old, new) = (self.subnet(old_addr.ip()), self.subnet(addr.ip()));
+                let (old, new) = (self.buckets[b].entries[pos].subnet, self.subnet(addr.ip()));
                 if old != new {
                     if !self.subnet_has_room(b, new, Some(pos)) {
                         return Observed::Refused(Refusal::SubnetLimit);
@@ -365,6 +370,7 @@ impl RoutingTable {
                     self.unaccount(old);
                     self.account(new);
                 }
+                self.buckets[b].entries[pos].subnet = new;
             }
             let bucket = &mut self.buckets[b];
             let mut entry = bucket.entries.remove(pos);
@@ -378,16 +384,19 @@ impl RoutingTable {
         }
         if let Some(pos) = bucket.replacements.iter().position(|e| e.id == id) {
             let mut entry = bucket.replacements.remove(pos);
-            entry.addr = addr;
+            if entry.addr != addr {
+                entry.addr = addr;
+                entry.subnet = self.subnet(addr.ip());
+            }
             entry.touch(now, contact);
-            bucket.replacements.push(entry);
+            self.buckets[b].replacements.push(entry);
             return Observed::Cached;
         }
         let subnet = self.subnet(addr.ip());
         if !self.subnet_has_room(b, subnet, None) {
             return self.cache(now, b, id, addr, contact, subnet);
         }
-        let mut entry = Entry::new(now, id, addr);
+        let mut entry = Entry::new(now, id, addr, subnet);
         entry.touch(now, contact);
         let settings = &self.settings;
         let bucket = &mut self.buckets[b];
@@ -412,8 +421,7 @@ impl RoutingTable {
                 bucket.probe = None;
             }
             bucket.entries.push(entry);
-            let old = self.subnet(evicted.addr.ip());
-            self.unaccount(old);
+            self.unaccount(evicted.subnet);
             self.account(subnet);
             return Observed::Replaced { evicted: evicted.id };
         }
@@ -450,54 +458,83 @@ impl RoutingTable {
         }
         let removed = bucket.entries.remove(pos);
         self.len -= 1;
-        let old = self.subnet(removed.addr.ip());
-        self.unaccount(old);
+        self.unaccount(removed.subnet);
         self.promote(b);
         Failure::Removed
     }
 
     /// Up to `count` entries closest to `target`, nearest first.
-    pub fn closest(&self, now: Instant, target: &NodeId, count: usize, filter: Filter) -> Vec<&Entry> {
+    pub fn closest(
+        &self,
+        now: Instant,
+        target: &NodeId,
+        count: usize,
+        filter: Filter,
+    ) -> Vec<&Entry> {
         let mut out: Vec<(Distance, &Entry)> = Vec::with_capacity(count + self.settings.k);
-        let keep = |e: &Entry| {
-            filter.exclude != Some(e.id)
-                && !(filter.skip_bad && e.failures >= self.settings.bad_after)
-                && !(filter.skip_backoff && e.in_backoff(now))
-        };
         // Entries of bucket j have distance from `target` with top bit j for
         // j > b, below 2^b for j = b, and top bit b for every j < b. So the
         // order is: bucket b, then buckets below b together, then b+1, b+2…
-        let mut group = |buckets: &mut dyn Iterator<Item = &Bucket>, out: &mut Vec<(Distance, &Entry)>| {
-            let start = out.len();
-            for bucket in buckets {
-                out.extend(bucket.entries.iter().filter(|e| keep(e)).map(|e| (e.id.distance(target), e)));
-            }
-            out[start..].sort_unstable_by_key(|(d, _)| *d);
-        };
         match self.bucket_of(target) {
             None => {
                 for bucket in &self.buckets {
                     if out.len() >= count {
                         break;
                     }
-                    group(&mut core::iter::once(bucket), &mut out);
+                    let need = count - out.len();
+                    self.gather(now, target, core::slice::from_ref(bucket), filter, need, &mut out);
                 }
             }
             Some(b) => {
-                group(&mut core::iter::once(&self.buckets[b]), &mut out);
+                self.gather(now, target, &self.buckets[b..=b], filter, count, &mut out);
                 if out.len() < count {
-                    group(&mut self.buckets[..b].iter(), &mut out);
+                    let need = count - out.len();
+                    self.gather(now, target, &self.buckets[..b], filter, need, &mut out);
                 }
                 for bucket in &self.buckets[b + 1..] {
                     if out.len() >= count {
                         break;
                     }
-                    group(&mut core::iter::once(bucket), &mut out);
+                    let need = count - out.len();
+                    self.gather(now, target, core::slice::from_ref(bucket), filter, need, &mut out);
                 }
             }
         }
         out.truncate(count);
         out.into_iter().map(|(_, e)| e).collect()
+    }
+
+    /// Appends the `need` entries of `buckets` closest to `target` that
+    /// pass `filter`, nearest first.
+    fn gather<'t>(
+        &self,
+        now: Instant,
+        target: &NodeId,
+        buckets: &'t [Bucket],
+        filter: Filter,
+        need: usize,
+        out: &mut Vec<(Distance, &'t Entry)>,
+    ) {
+        let start = out.len();
+        for bucket in buckets {
+            for e in &bucket.entries {
+                let keep = filter.exclude != Some(e.id)
+                    && !(filter.skip_bad && e.failures >= self.settings.bad_after)
+                    && !(filter.skip_backoff && e.in_backoff(now));
+                if keep {
+                    out.push((e.id.distance(target), e));
+                }
+            }
+        }
+        if need == 0 {
+            out.truncate(start);
+            return;
+        }
+        if out.len() - start > need {
+            out[start..].select_nth_unstable_by_key(need - 1, |(d, _)| *d);
+            out.truncate(start + need);
+        }
+        out[start..].sort_unstable_by_key(|(d, _)| *d);
     }
 
     /// Buckets due for a refresh lookup: from the nearest non-empty bucket
@@ -509,7 +546,9 @@ impl RoutingTable {
         };
         (first..ID_BITS)
             .filter(|&i| {
-                self.buckets[i].last_activity.is_none_or(|t| now.saturating_duration_since(t) >= interval)
+                self.buckets[i]
+                    .last_activity
+                    .is_none_or(|t| now.saturating_duration_since(t) >= interval)
             })
             .collect()
     }
@@ -534,7 +573,9 @@ impl RoutingTable {
             .map(|(_, e)| e)
             .filter(|e| e.health(now, &self.settings) != Health::Bad)
             .collect();
-        all.sort_by_key(|e| (e.health(now, &self.settings), core::cmp::Reverse(e.last_reply), e.id));
+        all.sort_by_key(|e| {
+            (e.health(now, &self.settings), core::cmp::Reverse(e.last_reply), e.id)
+        });
         all.into_iter().take(max).map(Entry::info).collect()
     }
 
@@ -551,11 +592,7 @@ impl RoutingTable {
         let cap = self.settings.replacements;
         let probe_after = self.settings.probe_after;
         if let Some(s) = subnet {
-            let same = self.buckets[b]
-                .replacements
-                .iter()
-                .filter(|e| self.subnet(e.addr.ip()) == Some(s))
-                .count();
+            let same = self.buckets[b].replacements.iter().filter(|e| e.subnet == Some(s)).count();
             if same >= limit {
                 return Observed::Refused(Refusal::SubnetLimit);
             }
@@ -564,7 +601,7 @@ impl RoutingTable {
             return Observed::Refused(Refusal::SubnetLimit);
         }
         let bucket = &mut self.buckets[b];
-        let mut entry = Entry::new(now, id, addr);
+        let mut entry = Entry::new(now, id, addr, subnet);
         entry.touch(now, contact);
         if bucket.replacements.len() >= cap {
             bucket.replacements.remove(0);
@@ -585,7 +622,7 @@ impl RoutingTable {
     /// bucket `b`.
     fn promote(&mut self, b: usize) {
         while let Some(candidate) = self.buckets[b].replacements.pop() {
-            let subnet = self.subnet(candidate.addr.ip());
+            let subnet = candidate.subnet;
             if self.subnet_has_room(b, subnet, None) {
                 self.buckets[b].entries.push(candidate);
                 self.len += 1;
@@ -624,7 +661,7 @@ impl RoutingTable {
             .entries
             .iter()
             .enumerate()
-            .filter(|(i, e)| Some(*i) != ignore && self.subnet(e.addr.ip()) == Some(s))
+            .filter(|(i, e)| Some(*i) != ignore && e.subnet == Some(s))
             .count();
         in_bucket < self.settings.bucket_subnet_limit
     }

@@ -196,7 +196,11 @@ pub fn check(
     Ok(())
 }
 
-fn cheap_checks(record: &Record<'_>, now_unix: u64, settings: &StoreSettings) -> Result<(), Refusal> {
+fn cheap_checks(
+    record: &Record<'_>,
+    now_unix: u64,
+    settings: &StoreSettings,
+) -> Result<(), Refusal> {
     if record.as_bytes().len() > settings.max_record_len {
         return Err(Refusal::Oversize);
     }
@@ -294,7 +298,9 @@ impl Store {
             }
         } else {
             match held {
-                None if self.keys.len() >= self.settings.max_keys => return Err(Refusal::StoreFull),
+                None if self.keys.len() >= self.settings.max_keys => {
+                    return Err(Refusal::StoreFull);
+                }
                 Some(rs) if rs.len() >= self.settings.max_records_per_key => {
                     return Err(Refusal::KeyFull);
                 }
@@ -328,7 +334,11 @@ impl Store {
     }
 
     /// The live records under `key` at `now_unix`.
-    pub fn get<'s>(&'s self, key: &[u8; 32], now_unix: u64) -> impl Iterator<Item = &'s RecordBuf> + 's {
+    pub fn get<'s>(
+        &'s self,
+        key: &[u8; 32],
+        now_unix: u64,
+    ) -> impl Iterator<Item = &'s RecordBuf> + 's {
         self.keys
             .get(key)
             .into_iter()

@@ -214,6 +214,26 @@ pub struct Runtime {
     shared: Arc<Shared>,
     workers: Vec<JoinHandle<()>>,
     wakers: Vec<Arc<sys::EventFd>>,
+    control: Control,
+}
+
+/// The control thread's way to hand workers work: each message goes to the
+/// worker that owns the flow, through the same inbox peers use.
+#[derive(Debug, Clone)]
+pub struct Control {
+    inboxes: Vec<crossbeam_channel::Sender<worker::Handoff>>,
+    wakers: Vec<Arc<sys::EventFd>>,
+}
+
+impl Control {
+    /// Drops every cached frame of `hash_key` on its owning worker; returns
+    /// that worker's index, or `None` if its inbox is full (try again).
+    pub fn invalidate(&self, hash_key: u64) -> Option<usize> {
+        let w = owner(hash_key, self.inboxes.len());
+        self.inboxes[w].try_send(worker::Handoff::Invalidate(hash_key)).ok()?;
+        self.wakers[w].wake();
+        Some(w)
+    }
 }
 
 impl Runtime {
@@ -307,12 +327,18 @@ impl Runtime {
         }
         started.wait();
         shared.ready.store(true, Ordering::Relaxed);
-        Ok(Runtime { shared, workers, wakers })
+        let control = Control { inboxes, wakers: wakers.clone() };
+        Ok(Runtime { shared, workers, wakers, control })
     }
 
     /// Shared state for the control thread.
     pub fn shared(&self) -> Arc<Shared> {
         self.shared.clone()
+    }
+
+    /// A handle for sending workers control work.
+    pub fn control(&self) -> Control {
+        self.control.clone()
     }
 
     /// Stops every worker after its current batch and joins them.

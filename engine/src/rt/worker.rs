@@ -24,6 +24,8 @@ pub(crate) enum Handoff {
     Frame(Bytes),
     /// A NACK that arrived on the wrong worker (no steering program).
     Nack(SocketAddr, [u8; 64], u8),
+    /// Drop every cached frame of this flow (from `/admin/invalidate`).
+    Invalidate(u64),
 }
 
 /// A worker's sockets.
@@ -178,6 +180,10 @@ impl Core {
                 Handoff::Frame(bytes) => self.service.on_frame(now, bytes, None).map(drop),
                 Handoff::Nack(src, buf, len) => {
                     self.service.on_nack(now, src, &buf[..len as usize], &mut self.outbox)
+                }
+                Handoff::Invalidate(hash_key) => {
+                    self.service.invalidate(hash_key);
+                    Ok(())
                 }
             };
             if let Err(e) = r {

@@ -1,0 +1,747 @@
+//! Deterministic simulation of the DHT: 1 000 `ricochet::dht::Node`s on a
+//! virtual network (seeded latency and loss, a virtual clock, churn).
+//!
+//! Everything is a pure function of `SEED`: the nodes' generators, the
+//! network's latency and loss draws, who bootstraps from whom and which
+//! nodes churn. The assertions are on counts for that seed, never on wall
+//! time. `dht_sim_report` (ignored) prints the markdown table kept in
+//! `perf/dht.md`:
+//!
+//! ```text
+//! cargo test -p ricochet --test dht_sim -- --ignored --nocapture dht_sim_report
+//! ```
+
+use std::cmp::{Ordering, Reverse};
+use std::collections::{BTreeMap, BinaryHeap, HashMap};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::time::{Duration, Instant};
+
+use ricochet::dht::rng::Rng;
+use ricochet::dht::{Config, Event, Node, NodeId, Outbox, PutAcks, QueryId};
+use ricochet_wire::record::{EndpointPayload, RecordRepr, RecordType, SigningKey, Slot};
+
+const SEED: u64 = 0x0D47_2026;
+const NODES: usize = 1000;
+const UNIX_BASE: u64 = 1_767_225_600;
+const K: usize = 20;
+
+/// One scheduled happening on the virtual network.
+#[derive(Debug)]
+enum What {
+    Deliver { to: usize, from: SocketAddr, bytes: Vec<u8> },
+    Timer { node: usize },
+}
+
+#[derive(Debug)]
+struct Item {
+    at: Duration,
+    seq: u64,
+    what: What,
+}
+
+impl PartialEq for Item {
+    fn eq(&self, other: &Self) -> bool {
+        (self.at, self.seq) == (other.at, other.seq)
+    }
+}
+impl Eq for Item {}
+impl PartialOrd for Item {
+    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
+        Some(self.cmp(other))
+    }
+}
+impl Ord for Item {
+    fn cmp(&self, other: &Self) -> Ordering {
+        (self.at, self.seq).cmp(&(other.at, other.seq))
+    }
+}
+
+struct SimNode {
+    node: Node,
+    addr: SocketAddr,
+    alive: bool,
+    timer: Option<Duration>,
+}
+
+struct Sim {
+    base: Instant,
+    now: Duration,
+    nodes: Vec<SimNode>,
+    by_addr: HashMap<SocketAddr, usize>,
+    queue: BinaryHeap<Reverse<Item>>,
+    seq: u64,
+    rng: Rng,
+    loss: f64,
+    latency_ms: (u64, u64),
+    out: Outbox,
+    events: Vec<(usize, Event)>,
+    delivered: u64,
+    lost: u64,
+}
+
+fn sim_config(seed: u64) -> Config {
+    let mut s = [0u8; 32];
+    s[..8].copy_from_slice(&seed.to_le_bytes());
+    let mut c = Config::new(s);
+    c.request_timeout = Duration::from_millis(800);
+    // Idle refreshes would dominate the run; the sim's phases are shorter.
+    c.refresh_interval = Duration::from_secs(3600);
+    c.replicate_interval = Duration::from_secs(600);
+    c
+}
+
+impl Sim {
+    fn new(seed: u64) -> Self {
+        Sim {
+            base: Instant::now(),
+            now: Duration::ZERO,
+            nodes: Vec::new(),
+            by_addr: HashMap::new(),
+            queue: BinaryHeap::new(),
+            seq: 0,
+            rng: Rng::seed_from_u64(seed),
+            loss: 0.01,
+            latency_ms: (5, 60),
+            out: Outbox::new(),
+            events: Vec::new(),
+            delivered: 0,
+            lost: 0,
+        }
+    }
+
+    fn instant(&self) -> Instant {
+        self.base + self.now
+    }
+
+    /// Adds a node (fresh key, fresh /24) and bootstraps it from up to
+    /// three random live nodes.
+    fn add_node(&mut self) -> usize {
+        let idx = self.nodes.len();
+        let mut secret = [0u8; 32];
+        self.rng.fill(&mut secret);
+        let public = SigningKey::from_bytes(&secret).verifying_key().to_bytes();
+        let ip = Ipv4Addr::new(10, (idx >> 8) as u8, idx as u8, 1);
+        let addr = SocketAddr::new(IpAddr::V4(ip), 9320);
+        let seed = self.rng.next_u64();
+        let now = self.instant();
+        let node = Node::new(&public, sim_config(seed), now, UNIX_BASE + self.now.as_secs());
+        let live: Vec<usize> = (0..idx).filter(|&i| self.nodes[i].alive).collect();
+        self.nodes.push(SimNode { node, addr, alive: true, timer: None });
+        self.by_addr.insert(addr, idx);
+        if !live.is_empty() {
+            let seeds: Vec<SocketAddr> =
+                (0..3).map(|_| self.nodes[live[self.rng.index(live.len())]].addr).collect();
+            self.nodes[idx].node.bootstrap(now, &seeds, &mut self.out);
+        }
+        self.flush(idx);
+        idx
+    }
+
+    fn kill(&mut self, idx: usize) {
+        self.nodes[idx].alive = false;
+    }
+
+    /// Moves the outbox onto the network and re-arms the node's timer.
+    fn flush(&mut self, idx: usize) {
+        let from = self.nodes[idx].addr;
+        for t in self.out.transmits.drain(..) {
+            if self.rng.chance(self.loss) {
+                self.lost += 1;
+                continue;
+            }
+            let Some(&to) = self.by_addr.get(&t.dest) else {
+                self.lost += 1;
+                continue;
+            };
+            let (lo, hi) = self.latency_ms;
+            let at = self.now + Duration::from_millis(lo + self.rng.below(hi - lo + 1));
+            self.seq += 1;
+            self.queue.push(Reverse(Item {
+                at,
+                seq: self.seq,
+                what: What::Deliver { to, from, bytes: t.payload },
+            }));
+        }
+        for e in self.out.events.drain(..) {
+            self.events.push((idx, e));
+        }
+        if let Some(t) = self.nodes[idx].node.poll_timeout() {
+            let at = t.saturating_duration_since(self.base).max(self.now);
+            if self.nodes[idx].timer.is_none_or(|cur| at < cur) {
+                self.nodes[idx].timer = Some(at);
+                self.seq += 1;
+                self.queue.push(Reverse(Item {
+                    at,
+                    seq: self.seq,
+                    what: What::Timer { node: idx },
+                }));
+            }
+        }
+    }
+
+    fn run_until(&mut self, end: Duration) {
+        while let Some(Reverse(item)) = self.queue.peek() {
+            if item.at > end {
+                break;
+            }
+            let Some(Reverse(item)) = self.queue.pop() else { break };
+            self.now = item.at;
+            let now = self.instant();
+            match item.what {
+                What::Deliver { to, from, bytes } => {
+                    if !self.nodes[to].alive {
+                        self.lost += 1;
+                        continue;
+                    }
+                    self.delivered += 1;
+                    self.nodes[to].node.handle(now, from, &bytes, &mut self.out);
+                    self.flush(to);
+                }
+                What::Timer { node } => {
+                    if self.nodes[node].timer != Some(item.at) {
+                        continue; // superseded by an earlier timer
+                    }
+                    self.nodes[node].timer = None;
+                    if !self.nodes[node].alive {
+                        continue;
+                    }
+                    self.nodes[node].node.handle_timeout(now, &mut self.out);
+                    self.flush(node);
+                }
+            }
+        }
+        self.now = self.now.max(end);
+    }
+
+    fn run_for(&mut self, d: Duration) {
+        let end = self.now + d;
+        self.run_until(end);
+    }
+
+    fn live(&self) -> Vec<usize> {
+        (0..self.nodes.len()).filter(|&i| self.nodes[i].alive).collect()
+    }
+
+    /// The `n` live nodes closest to `target` (brute force).
+    fn true_closest(&self, target: &NodeId, n: usize) -> Vec<usize> {
+        let mut v: Vec<(ricochet::dht::Distance, usize)> = self
+            .live()
+            .into_iter()
+            .map(|i| (self.nodes[i].node.id().distance(target), i))
+            .collect();
+        v.sort_unstable();
+        v.truncate(n);
+        v.into_iter().map(|(_, i)| i).collect()
+    }
+
+    fn random_live(&mut self) -> usize {
+        let live = self.live();
+        live[self.rng.index(live.len())]
+    }
+
+    fn take_events(&mut self) -> Vec<(usize, Event)> {
+        std::mem::take(&mut self.events)
+    }
+}
+
+/// A published record and its slot.
+struct Published {
+    bytes: Vec<u8>,
+    key: NodeId,
+    slot: Slot,
+}
+
+fn make_records(rng: &mut Rng, publishers: usize, per_publisher: usize) -> Vec<Published> {
+    let mut out = Vec::new();
+    for p in 0..publishers {
+        let mut secret = [0u8; 32];
+        rng.fill(&mut secret);
+        let signing = SigningKey::from_bytes(&secret);
+        for r in 0..per_publisher {
+            let mut key = [0u8; 32];
+            rng.fill(&mut key);
+            let domain = format!("domain-{p}-{r}");
+            let payload = EndpointPayload {
+                nack_addr: Ipv4Addr::new(192, 0, 2, p as u8).to_ipv6_mapped(),
+                nack_port: 9300,
+                tier: 1,
+                preference: 128,
+                flags: 0x0018,
+                shard_bits: 2,
+                domain: domain.as_bytes(),
+            };
+            let mut pbuf = [0u8; 128];
+            let n = payload.emit(&mut pbuf).unwrap();
+            let mut repr =
+                RecordRepr::unsigned(RecordType::Endpoint, key, 1, UNIX_BASE, 4 * 3600, &pbuf[..n]);
+            repr.sign(&signing).unwrap();
+            let mut bytes = vec![0u8; repr.buffer_len()];
+            repr.emit(&mut bytes).unwrap();
+            out.push(Published { bytes, key: NodeId(key), slot: repr.slot() });
+        }
+    }
+    out
+}
+
+fn holds(sim: &Sim, idx: usize, rec: &Published) -> bool {
+    let now_unix = UNIX_BASE + sim.now.as_secs();
+    sim.nodes[idx].node.store().get(&rec.key.0, now_unix).any(|r| r.view().slot() == rec.slot)
+}
+
+/// Mean number of the true k closest live nodes holding each record.
+fn replica_coverage(sim: &Sim, records: &[Published]) -> f64 {
+    let total: usize = records
+        .iter()
+        .map(|rec| {
+            sim.true_closest(&rec.key, K).into_iter().filter(|&i| holds(sim, i, rec)).count()
+        })
+        .sum();
+    total as f64 / records.len() as f64
+}
+
+/// Records held by no live node at all.
+fn lost_records(sim: &Sim, records: &[Published]) -> usize {
+    records.iter().filter(|rec| !sim.live().into_iter().any(|i| holds(sim, i, rec))).count()
+}
+
+#[derive(Debug, Default)]
+struct LookupStats {
+    issued: usize,
+    ok: usize,
+    hops: Vec<u8>,
+    requests: Vec<u32>,
+}
+
+impl LookupStats {
+    fn median_hops(&self) -> f64 {
+        median(&self.hops.iter().map(|&h| f64::from(h)).collect::<Vec<_>>())
+    }
+    fn p90_hops(&self) -> u8 {
+        percentile(&self.hops, 0.9)
+    }
+    fn mean_requests(&self) -> f64 {
+        self.requests.iter().map(|&r| f64::from(r)).sum::<f64>() / self.requests.len().max(1) as f64
+    }
+    fn rate(&self) -> f64 {
+        self.ok as f64 / self.issued.max(1) as f64
+    }
+}
+
+fn median(v: &[f64]) -> f64 {
+    let mut v = v.to_vec();
+    v.sort_by(f64::total_cmp);
+    if v.is_empty() {
+        return f64::NAN;
+    }
+    let m = v.len() / 2;
+    if v.len() % 2 == 1 { v[m] } else { (v[m - 1] + v[m]) / 2.0 }
+}
+
+fn percentile<T: Copy + Ord + Default>(v: &[T], p: f64) -> T {
+    let mut v = v.to_vec();
+    v.sort_unstable();
+    if v.is_empty() {
+        return T::default();
+    }
+    v[((v.len() - 1) as f64 * p).round() as usize]
+}
+
+/// Issues FIND_NODE lookups for random ids, 20 per virtual second, and
+/// checks each found the true closest live node.
+fn find_node_round(sim: &mut Sim, count: usize) -> LookupStats {
+    let mut asked: BTreeMap<(usize, QueryId), NodeId> = BTreeMap::new();
+    for i in 0..count {
+        let src = sim.random_live();
+        let target = NodeId::random(&mut sim.rng);
+        let now = sim.instant();
+        let q = sim.nodes[src].node.find_node(now, target, &mut sim.out);
+        sim.flush(src);
+        asked.insert((src, q), target);
+        if i % 20 == 19 {
+            sim.run_for(Duration::from_secs(1));
+        }
+    }
+    sim.run_for(Duration::from_secs(30));
+    let mut st = LookupStats { issued: count, ..LookupStats::default() };
+    for (idx, e) in sim.take_events() {
+        if let Event::FindNodeDone { query, target, nodes, hops, requests } = e {
+            let Some(t) = asked.get(&(idx, query)) else { continue };
+            assert_eq!(*t, target);
+            let best = sim.true_closest(&target, 1)[0];
+            // The source itself may be the closest node; lookups return
+            // other nodes only.
+            let best_id = if best == idx { sim.true_closest(&target, 2)[1] } else { best };
+            if nodes.first().is_some_and(|n| n.id == sim.nodes[best_id].node.id().0) {
+                st.ok += 1;
+            }
+            st.hops.push(hops);
+            st.requests.push(requests);
+        }
+    }
+    st
+}
+
+/// Fetches every record from `per_record` random live nodes.
+fn find_value_round(sim: &mut Sim, records: &[Published], per_record: usize) -> LookupStats {
+    let mut asked: BTreeMap<(usize, QueryId), usize> = BTreeMap::new();
+    let mut n = 0;
+    for (ri, rec) in records.iter().enumerate() {
+        for _ in 0..per_record {
+            let src = sim.random_live();
+            let now = sim.instant();
+            let q = sim.nodes[src].node.find_value(now, rec.key, &mut sim.out);
+            sim.flush(src);
+            asked.insert((src, q), ri);
+            n += 1;
+            if n % 20 == 0 {
+                sim.run_for(Duration::from_secs(1));
+            }
+        }
+    }
+    sim.run_for(Duration::from_secs(30));
+    let mut st = LookupStats { issued: n, ..LookupStats::default() };
+    for (idx, e) in sim.take_events() {
+        if let Event::FindValueDone { query, records: found, hops, requests, .. } = e {
+            let Some(&ri) = asked.get(&(idx, query)) else { continue };
+            if found.iter().any(|r| r.view().slot() == records[ri].slot) {
+                st.ok += 1;
+            }
+            st.hops.push(hops);
+            st.requests.push(requests);
+        }
+    }
+    st
+}
+
+#[derive(Debug)]
+struct SizeStats {
+    median_error: f64,
+    p90_error: f64,
+    covered: usize,
+    nodes: usize,
+    median_points: u32,
+}
+
+fn size_round(sim: &Sim) -> SizeStats {
+    let now = sim.instant();
+    let n = sim.live().len() as f64;
+    let mut errors = Vec::new();
+    let mut covered = 0;
+    let mut points = Vec::new();
+    for i in sim.live() {
+        if let Some(est) = sim.nodes[i].node.size_estimate(now) {
+            errors.push((est.nodes - n).abs() / n);
+            if est.low <= n && n <= est.high {
+                covered += 1;
+            }
+            points.push(est.points);
+        } else {
+            errors.push(1.0);
+        }
+    }
+    let p90 = {
+        let mut e = errors.clone();
+        e.sort_by(f64::total_cmp);
+        e[((e.len() - 1) as f64 * 0.9).round() as usize]
+    };
+    SizeStats {
+        median_error: median(&errors),
+        p90_error: p90,
+        covered,
+        nodes: errors.len(),
+        median_points: percentile(&points, 0.5),
+    }
+}
+
+#[derive(Debug)]
+struct Report {
+    nodes: usize,
+    join: Duration,
+    find_node: LookupStats,
+    find_value: LookupStats,
+    put_acks: Vec<PutAcks>,
+    coverage_after_put: f64,
+    size: SizeStats,
+    churned: usize,
+    coverage_after_churn: f64,
+    coverage_after_repair: f64,
+    lost_after_repair: usize,
+    find_value_after_churn: LookupStats,
+    find_node_after_churn: LookupStats,
+    records: usize,
+    delivered: u64,
+    lost: u64,
+    virtual_time: Duration,
+    verifications: u64,
+    replications: u64,
+    unsolicited: u64,
+    table_median: usize,
+}
+
+fn scenario() -> Report {
+    let mut sim = Sim::new(SEED);
+    // Join: one node every 100 ms, each bootstrapping from 3 earlier ones.
+    for _ in 0..NODES {
+        sim.add_node();
+        sim.run_for(Duration::from_millis(100));
+    }
+    sim.run_for(Duration::from_secs(60));
+    let join = sim.now;
+    eprintln!("PHASE join delivered {} t={:?}", sim.delivered, std::time::Instant::now());
+    let bootstrapped =
+        sim.take_events().iter().filter(|(_, e)| matches!(e, Event::Bootstrapped { .. })).count();
+    assert_eq!(bootstrapped, NODES - 1, "every node after the first bootstraps");
+
+    let size = size_round(&sim);
+    let find_node = find_node_round(&mut sim, 1000);
+    eprintln!("PHASE find_node delivered {} t={:?}", sim.delivered, std::time::Instant::now());
+
+    // Publish: 8 publishers × 8 records, each put from a random node.
+    let records = make_records(&mut sim.rng, 8, 8);
+    for rec in &records {
+        let src = sim.random_live();
+        let now = sim.instant();
+        sim.nodes[src].node.put(now, &rec.bytes, &mut sim.out).unwrap();
+        sim.flush(src);
+        sim.run_for(Duration::from_millis(200));
+    }
+    sim.run_for(Duration::from_secs(20));
+    let put_acks: Vec<PutAcks> = sim
+        .take_events()
+        .into_iter()
+        .filter_map(|(_, e)| match e {
+            Event::PutDone { acks, .. } => Some(acks),
+            _ => None,
+        })
+        .collect();
+    let coverage_after_put = replica_coverage(&sim, &records);
+    let find_value = find_value_round(&mut sim, &records, 4);
+    eprintln!("PHASE put+find_value delivered {} t={:?}", sim.delivered, std::time::Instant::now());
+
+    // Churn: 10 % of the nodes leave, as many new ones join.
+    let churned = NODES / 10;
+    for _ in 0..churned {
+        let victim = sim.random_live();
+        sim.kill(victim);
+    }
+    for _ in 0..churned {
+        sim.add_node();
+        sim.run_for(Duration::from_millis(100));
+    }
+    sim.run_for(Duration::from_secs(20));
+    sim.take_events();
+    let coverage_after_churn = replica_coverage(&sim, &records);
+    eprintln!("PHASE churn delivered {} t={:?}", sim.delivered, std::time::Instant::now());
+    // Let replication run: one interval plus its jitter and slack.
+    sim.run_for(Duration::from_secs(600 + 150 + 60));
+    sim.take_events();
+    let coverage_after_repair = replica_coverage(&sim, &records);
+    let lost_after_repair = lost_records(&sim, &records);
+    eprintln!("PHASE repair delivered {} t={:?}", sim.delivered, std::time::Instant::now());
+    let find_value_after_churn = find_value_round(&mut sim, &records, 4);
+    let find_node_after_churn = find_node_round(&mut sim, 300);
+
+    let mut verifications = 0;
+    let mut replications = 0;
+    let mut unsolicited = 0;
+    let mut tables = Vec::new();
+    for n in &sim.nodes {
+        let s = n.node.stats();
+        verifications += s.verifications;
+        replications += s.replications;
+        unsolicited += s.drops.unsolicited;
+        if n.alive {
+            tables.push(n.node.table().len());
+        }
+    }
+    Report {
+        nodes: NODES,
+        join,
+        find_node,
+        find_value,
+        put_acks,
+        coverage_after_put,
+        size,
+        churned,
+        coverage_after_churn,
+        coverage_after_repair,
+        lost_after_repair,
+        find_value_after_churn,
+        find_node_after_churn,
+        records: records.len(),
+        delivered: sim.delivered,
+        lost: sim.lost,
+        virtual_time: sim.now,
+        verifications,
+        replications,
+        unsolicited,
+        table_median: percentile(&tables, 0.5),
+    }
+}
+
+impl Report {
+    fn markdown(&self) -> String {
+        let log2n = (self.nodes as f64).log2();
+        let stored: Vec<u32> = self.put_acks.iter().map(|a| a.stored).collect();
+        let mean_stored =
+            stored.iter().map(|&s| f64::from(s)).sum::<f64>() / stored.len().max(1) as f64;
+        let mut s = String::new();
+        s.push_str(&format!(
+            "Simulated network: {} nodes (k = {K}, α = 3), one-way latency 5–60 ms, 1 % loss, \
+             request timeout 800 ms, seed {SEED:#x}; {} datagrams delivered, {} lost, \
+             {:.0} s of virtual time.\n\n",
+            self.nodes,
+            self.delivered,
+            self.lost,
+            self.virtual_time.as_secs_f64()
+        ));
+        s.push_str("| measure | result |\n|---|---|\n");
+        let mut row = |k: &str, v: String| s.push_str(&format!("| {k} | {v} |\n"));
+        row(
+            "join (1 node / 100 ms, bootstrap from 3 random earlier nodes)",
+            format!(
+                "{:.0} s virtual, median routing table {} entries",
+                self.join.as_secs_f64(),
+                self.table_median
+            ),
+        );
+        row(
+            "FIND_NODE: true closest live node found",
+            format!(
+                "{}/{} ({:.1} %)",
+                self.find_node.ok,
+                self.find_node.issued,
+                100.0 * self.find_node.rate()
+            ),
+        );
+        row(
+            "FIND_NODE hops: median / p90 (log2 N)",
+            format!(
+                "{:.1} / {} ({log2n:.2})",
+                self.find_node.median_hops(),
+                self.find_node.p90_hops()
+            ),
+        );
+        row(
+            "FIND_NODE requests per lookup, mean",
+            format!("{:.1}", self.find_node.mean_requests()),
+        );
+        row(
+            "put: STOREs acknowledged per record, mean",
+            format!("{mean_stored:.1} of {K} ({} puts)", self.put_acks.len()),
+        );
+        row(
+            "replicas among each key's true k closest: after put",
+            format!("{:.1} of {K}", self.coverage_after_put),
+        );
+        row(
+            "FIND_VALUE success (64 records × 4 random nodes)",
+            format!(
+                "{}/{} ({:.1} %)",
+                self.find_value.ok,
+                self.find_value.issued,
+                100.0 * self.find_value.rate()
+            ),
+        );
+        row(
+            "FIND_VALUE hops: median / p90 (log2 N)",
+            format!(
+                "{:.1} / {} ({log2n:.2})",
+                self.find_value.median_hops(),
+                self.find_value.p90_hops()
+            ),
+        );
+        row(
+            "FIND_VALUE requests per lookup, mean",
+            format!("{:.1}", self.find_value.mean_requests()),
+        );
+        row(
+            &format!("churn: {} nodes removed, {} new nodes joined", self.churned, self.churned),
+            format!(
+                "replicas among true k closest: {:.1} right after, {:.1} after one replication interval",
+                self.coverage_after_churn, self.coverage_after_repair
+            ),
+        );
+        row(
+            "records lost (held by no live node) after churn",
+            format!("{}/{}", self.lost_after_repair, self.records),
+        );
+        row(
+            "FIND_VALUE success after churn",
+            format!(
+                "{}/{} ({:.1} %), median hops {:.1}",
+                self.find_value_after_churn.ok,
+                self.find_value_after_churn.issued,
+                100.0 * self.find_value_after_churn.rate(),
+                self.find_value_after_churn.median_hops()
+            ),
+        );
+        row(
+            "FIND_NODE success after churn",
+            format!(
+                "{}/{} ({:.1} %), median hops {:.1}",
+                self.find_node_after_churn.ok,
+                self.find_node_after_churn.issued,
+                100.0 * self.find_node_after_churn.rate(),
+                self.find_node_after_churn.median_hops()
+            ),
+        );
+        row(
+            "size estimate after join: |error| median / p90",
+            format!(
+                "{:.1} % / {:.1} % (median {} points pooled)",
+                100.0 * self.size.median_error,
+                100.0 * self.size.p90_error,
+                self.size.median_points
+            ),
+        );
+        row(
+            "size estimate: true N inside the node's 95 % interval",
+            format!(
+                "{}/{} nodes ({:.1} %)",
+                self.size.covered,
+                self.size.nodes,
+                100.0 * self.size.covered as f64 / self.size.nodes as f64
+            ),
+        );
+        row("signature verifications (all nodes)", format!("{}", self.verifications));
+        row("replication lookups (all nodes)", format!("{}", self.replications));
+        row(
+            "responses dropped as unsolicited (late after timeout, all nodes)",
+            format!("{}", self.unsolicited),
+        );
+        s
+    }
+}
+
+#[test]
+fn dht_sim_thousand_nodes() {
+    let r = scenario();
+    eprintln!("{}", r.markdown());
+    assert!(r.find_node.rate() >= 0.99, "FIND_NODE success {:.3}", r.find_node.rate());
+    assert!(r.find_value.rate() >= 0.99, "FIND_VALUE success {:.3}", r.find_value.rate());
+    assert!(
+        r.find_value_after_churn.rate() >= 0.99,
+        "after churn {:.3}",
+        r.find_value_after_churn.rate()
+    );
+    assert!(
+        r.find_node_after_churn.rate() >= 0.99,
+        "FIND_NODE after churn {:.3}",
+        r.find_node_after_churn.rate()
+    );
+    assert_eq!(r.lost_after_repair, 0);
+    assert!(r.coverage_after_repair > r.coverage_after_churn, "replication repaired replicas");
+    assert!(r.coverage_after_repair >= 0.9 * K as f64, "coverage {:.1}", r.coverage_after_repair);
+    assert!(r.find_node.median_hops() <= (r.nodes as f64).log2());
+    assert!(r.size.median_error < 0.25, "size estimate error {:.3}", r.size.median_error);
+}
+
+#[test]
+#[ignore = "prints the report table for perf/dht.md"]
+fn dht_sim_report() {
+    let t0 = Instant::now();
+    let r = scenario();
+    println!("{}", r.markdown());
+    println!("(wall time {:.1} s)", t0.elapsed().as_secs_f64());
+}

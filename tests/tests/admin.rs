@@ -1,0 +1,83 @@
+//! The state-changing admin endpoints: `POST /admin/invalidate` and the
+//! `/events` stream, behind a bearer token.
+
+use std::io::{BufRead, BufReader, Write};
+use std::net::TcpStream;
+use std::time::Duration;
+
+use ricochet_e2e::{Engine, Publisher, drain, http_request, nack_client};
+use ricochet_wire::control::{NackFlags, NackRepr, ResponseRepr};
+
+const TOKEN: &str = "s3cret-token-for-tests";
+
+fn nack(hash_key: u64, seq: u64) -> [u8; 64] {
+    let mut b = [0u8; 64];
+    NackRepr { flags: NackFlags(0), hash_key, start_seq: seq, end_seq: seq, subtree_id: [0; 32] }
+        .emit(&mut b)
+        .unwrap();
+    b
+}
+
+#[test]
+fn invalidate_needs_the_token_drops_the_flow_and_is_streamed_to_subscribers() {
+    let dir = std::env::temp_dir().join(format!("ricochet-admin-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let token_file = dir.join("token");
+    std::fs::write(&token_file, format!("{TOKEN}\n")).unwrap();
+    let e = Engine::start(&["--admin-token-file", token_file.to_str().unwrap()]);
+
+    // A subscriber on /events.
+    let mut sub = TcpStream::connect(e.admin).unwrap();
+    sub.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    write!(sub, "GET /events HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer {TOKEN}\r\n\r\n")
+        .unwrap();
+    let mut lines = BufReader::new(sub.try_clone().unwrap()).lines();
+    let status = lines.next().unwrap().unwrap();
+    assert!(status.contains("200"), "{status}");
+
+    let p = Publisher::new(e.listen_port);
+    for seq in 1..=3 {
+        p.send_tx(0xA1, seq, b"x");
+    }
+    e.wait_metrics(Duration::from_secs(5), |b| {
+        ricochet_e2e::metric_sum(b, "ricochet_frames_cached_total") >= 3.0
+    });
+
+    let path = "/admin/invalidate?hash_key=0xa1";
+    assert_eq!(http_request(e.admin, "POST", path, None).unwrap().0, 401);
+    assert_eq!(http_request(e.admin, "POST", path, Some("wrong-token-wrong")).unwrap().0, 401);
+    assert_eq!(
+        http_request(e.admin, "POST", "/admin/invalidate?hash_key=zz", Some(TOKEN)).unwrap().0,
+        400
+    );
+    let (code, body) = http_request(e.admin, "POST", path, Some(TOKEN)).unwrap();
+    assert_eq!(code, 202, "{body}");
+
+    // The flow is gone: its frames are MISSes now.
+    std::thread::sleep(Duration::from_millis(100));
+    let client = nack_client();
+    client.send_to(&nack(0xA1, 2), e.nack_addr()).unwrap();
+    let replies = drain(&client, Duration::from_millis(300));
+    assert_eq!(
+        replies.iter().map(|r| ResponseRepr::parse(r)).collect::<Vec<_>>(),
+        vec![Ok(ResponseRepr::miss())]
+    );
+
+    // The subscriber saw it.
+    let saw = lines
+        .map_while(Result::ok)
+        .take(40)
+        .any(|l| l.starts_with("data:") && l.contains("0x00000000000000a1"));
+    assert!(saw, "invalidation streamed to /events");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn without_a_token_file_the_state_changing_endpoints_are_off() {
+    let e = Engine::start(&[]);
+    let (code, body) =
+        http_request(e.admin, "POST", "/admin/invalidate?hash_key=1", Some(TOKEN)).unwrap();
+    assert_eq!(code, 403);
+    assert!(body.contains("--admin-token-file"), "{body}");
+    assert_eq!(http_request(e.admin, "GET", "/events", Some(TOKEN)).unwrap().0, 403);
+}

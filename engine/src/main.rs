@@ -326,6 +326,7 @@ fn serve(cfg: Config) -> Result<(), String> {
         let listener = tokio::net::TcpListener::bind(admin).await.map_err(|e| {
             format!("--metrics-addr (METRICS_ADDR) = {admin}: cannot listen: {e}")
         })?;
+        tokio::spawn(ricochet::admin::forward_events(state.clone()));
         tokio::spawn(async move {
             if let Err(e) = axum::serve(listener, ricochet::admin::router(state)).await {
                 tracing::error!(error = %e, "admin server stopped");

@@ -63,12 +63,17 @@ fn invalidate_needs_the_token_drops_the_flow_and_is_streamed_to_subscribers() {
         vec![Ok(ResponseRepr::miss())]
     );
 
-    // The subscriber saw it.
-    let saw = lines
-        .map_while(Result::ok)
-        .take(40)
-        .any(|l| l.starts_with("data:") && l.contains("0x00000000000000a1"));
-    assert!(saw, "invalidation streamed to /events");
+    // A proxy restart detected on a core (same key, other bytes) is
+    // streamed too.
+    p.send_tx(0xB2, 1, b"before restart");
+    std::thread::sleep(Duration::from_millis(100));
+    p.send_tx(0xB2, 1, b"after restart!");
+
+    // The subscriber saw both.
+    let data: Vec<String> =
+        lines.map_while(Result::ok).filter(|l| l.starts_with("data:")).take(2).collect();
+    assert!(data[0].contains("0x00000000000000a1") && data[0].contains("admin"), "{data:?}");
+    assert!(data[1].contains("0x00000000000000b2") && data[1].contains("epoch_reset"), "{data:?}");
     let _ = std::fs::remove_dir_all(&dir);
 }
 

@@ -193,8 +193,11 @@ async fn invalidate(
         return (StatusCode::SERVICE_UNAVAILABLE, "the owning core is busy; retry\n")
             .into_response();
     };
-    let event =
-        serde_json::json!({ "hash_key": format!("{hash_key:#018x}"), "instance": s.instance });
+    let event = serde_json::json!({
+        "hash_key": format!("{hash_key:#018x}"),
+        "instance": s.instance,
+        "reason": "admin",
+    });
     let _ = s.events.send(format!("event: invalidate\ndata: {event}\n\n"));
     (
         StatusCode::ACCEPTED,
@@ -203,6 +206,24 @@ async fn invalidate(
         ),
     )
         .into_response()
+}
+
+/// Forwards worker events (epoch resets) to `/events` subscribers, every
+/// 100 ms, until the process exits.
+pub async fn forward_events(s: AdminState) {
+    let mut tick = tokio::time::interval(std::time::Duration::from_millis(100));
+    loop {
+        tick.tick().await;
+        for e in s.shared.drain_events() {
+            let crate::rt::ControlEvent::EpochReset { hash_key } = e;
+            let event = serde_json::json!({
+                "hash_key": format!("{hash_key:#018x}"),
+                "instance": s.instance,
+                "reason": "epoch_reset",
+            });
+            let _ = s.events.send(format!("event: invalidate\ndata: {event}\n\n"));
+        }
+    }
 }
 
 /// Decrements the subscriber count when a `/events` stream ends.

@@ -146,6 +146,8 @@ pub struct WorkerCounters {
     pub sent: u64,
     /// Sends that carried more than one datagram (UDP GSO).
     pub gso_sends: u64,
+    /// Control events dropped because the control thread's queue was full.
+    pub events_dropped: u64,
     /// Sends the kernel refused or that found the socket buffer full.
     pub send_errors: u64,
     /// Malformed datagrams dropped, by `Error::reason` label.
@@ -165,6 +167,21 @@ pub struct WorkerSnapshot {
     pub recovery: retry::RecoveryStats,
 }
 
+/// What workers tell the control thread (for `/events`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ControlEvent {
+    /// A flow started a new epoch: its proxy restarted and reused the
+    /// HashKey, and every frame of the old epoch was dropped.
+    EpochReset {
+        /// The flow.
+        hash_key: u64,
+    },
+}
+
+/// Events queued for the control thread before workers drop (and count)
+/// them; it drains the queue every 100 ms.
+const EVENT_QUEUE: usize = 4096;
+
 /// State shared between workers and the control thread.
 #[derive(Debug)]
 pub struct Shared {
@@ -180,6 +197,9 @@ pub struct Shared {
     pub steering: AtomicBool,
     /// ADVERTs sent by the beacon task.
     pub beacons_sent: std::sync::atomic::AtomicU64,
+    /// Workers → control thread events (bounded; a full queue drops).
+    pub(crate) events: crossbeam_channel::Sender<ControlEvent>,
+    events_rx: crossbeam_channel::Receiver<ControlEvent>,
 }
 
 impl Shared {
@@ -203,6 +223,11 @@ impl Shared {
     pub fn start_drain(&self) {
         self.draining.store(true, Ordering::Relaxed);
     }
+    /// Takes the events workers queued since the last call.
+    pub fn drain_events(&self) -> impl Iterator<Item = ControlEvent> + '_ {
+        self.events_rx.try_iter()
+    }
+
     fn stopping(&self) -> bool {
         self.stop.load(Ordering::Relaxed)
     }
@@ -259,6 +284,7 @@ impl Runtime {
                 false
             }
         };
+        let (events_tx, events_rx) = crossbeam_channel::bounded(EVENT_QUEUE);
         let shared = Arc::new(Shared {
             stop: AtomicBool::new(false),
             failed: AtomicBool::new(false),
@@ -268,6 +294,8 @@ impl Runtime {
             backend,
             steering: AtomicBool::new(steering),
             beacons_sent: std::sync::atomic::AtomicU64::new(0),
+            events: events_tx,
+            events_rx,
         });
         let mut inboxes = Vec::with_capacity(n);
         let mut receivers = Vec::with_capacity(n);

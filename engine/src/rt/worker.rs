@@ -12,7 +12,7 @@ use ricochet_wire::frame::Frame;
 use socket2::SockAddr;
 
 use super::sys::EventFd;
-use super::{Options, Shared, WorkerCounters, WorkerSnapshot, owner, socket};
+use super::{ControlEvent, Options, Shared, WorkerCounters, WorkerSnapshot, owner, socket};
 use crate::retry::{Dest, Effect, FrameOutcome, Outbox, Payload, Recovery, Service, Transmit};
 use ricochet_wire::frame::FrameKey;
 
@@ -108,11 +108,28 @@ impl Core {
         // The one copy: receive buffer → the Bytes the cache keeps.
         let bytes = Bytes::copy_from_slice(data);
         if dest == self.index {
-            if let Err(e) = self.service.on_frame(now, bytes, None) {
-                self.drop_reason(e);
-            }
+            self.store(now, bytes);
         } else {
             self.handoff(dest, Handoff::Frame(bytes));
+        }
+    }
+
+    /// Caches a frame this worker owns; a new epoch (a restarted proxy
+    /// reusing its HashKey) is reported to the control thread for `/events`.
+    fn store(&mut self, now: Instant, bytes: Bytes) {
+        match self.service.on_frame(now, bytes, None) {
+            Ok(FrameOutcome::Cached { key, new_epoch: true, .. }) => {
+                if self
+                    .shared
+                    .events
+                    .try_send(ControlEvent::EpochReset { hash_key: key.hash_key })
+                    .is_err()
+                {
+                    self.counters.events_dropped += 1;
+                }
+            }
+            Ok(_) => {}
+            Err(e) => self.drop_reason(e),
         }
     }
 
@@ -177,7 +194,10 @@ impl Core {
             self.counters.handoffs_in += 1;
             any = true;
             let r = match h {
-                Handoff::Frame(bytes) => self.service.on_frame(now, bytes, None).map(drop),
+                Handoff::Frame(bytes) => {
+                    self.store(now, bytes);
+                    Ok(())
+                }
                 Handoff::Nack(src, buf, len) => {
                     self.service.on_nack(now, src, &buf[..len as usize], &mut self.outbox)
                 }

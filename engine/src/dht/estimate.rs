@@ -16,9 +16,14 @@
 //! # Contract
 //! - Samples with fewer than `min_points` points are ignored (a lookup
 //!   that did not converge underestimates).
-//! - At most `capacity` recent samples are kept.
+//! - At most `capacity` samples are kept, and only those taken within
+//!   `window` of `now` count: a sample describes the network when it was
+//!   taken, so while the network grows or shrinks the estimate lags by up
+//!   to `window`.
 
+use core::time::Duration;
 use std::collections::VecDeque;
+use std::time::Instant;
 
 use super::id::Distance;
 
@@ -44,41 +49,49 @@ impl SizeEstimate {
     }
 }
 
-/// Recent samples of (number of points, distance of the farthest).
+/// Recent samples of (when, number of points, distance of the farthest).
 #[derive(Debug, Clone)]
 pub struct Estimator {
-    samples: VecDeque<(u32, f64)>,
+    samples: VecDeque<(Instant, u32, f64)>,
     capacity: usize,
     min_points: usize,
+    window: Duration,
 }
 
 impl Estimator {
-    /// An estimator keeping `capacity` samples of at least `min_points`.
-    pub fn new(capacity: usize, min_points: usize) -> Self {
+    /// An estimator keeping `capacity` samples of at least `min_points`,
+    /// each counting for `window`.
+    pub fn new(capacity: usize, min_points: usize, window: Duration) -> Self {
         Estimator {
             samples: VecDeque::with_capacity(capacity),
             capacity,
             min_points: min_points.max(2),
+            window,
         }
     }
 
-    /// Adds one sample: the distances of the closest nodes to one point,
-    /// nearest first. Returns whether it was kept.
-    pub fn add(&mut self, sorted: &[Distance]) -> bool {
-        let Some(sample) = self.sample(sorted) else { return false };
+    /// Adds one sample taken at `now`: the distances of the closest nodes
+    /// to one point, nearest first. Returns whether it was kept.
+    pub fn add(&mut self, now: Instant, sorted: &[Distance]) -> bool {
+        let Some((m, d)) = self.sample(sorted) else { return false };
         if self.samples.len() >= self.capacity {
             self.samples.pop_front();
         }
-        self.samples.push_back(sample);
+        self.samples.push_back((now, m, d));
         true
     }
 
-    /// The pooled estimate, including `extra` (typically the closest nodes
-    /// to our own id) without keeping it.
-    pub fn estimate(&self, extra: &[Distance]) -> Option<SizeEstimate> {
+    /// The pooled estimate at `now` from the samples within the window and
+    /// `extra` (typically the closest nodes to our own id, not kept).
+    pub fn estimate(&self, now: Instant, extra: &[Distance]) -> Option<SizeEstimate> {
         let extra = self.sample(extra);
+        let recent = self
+            .samples
+            .iter()
+            .filter(|(at, _, _)| now.saturating_duration_since(*at) < self.window)
+            .map(|&(_, m, d)| (m, d));
         let (mut m, mut t, mut n) = (0u32, 0.0f64, 0u32);
-        for (pm, pt) in self.samples.iter().copied().chain(extra) {
+        for (pm, pt) in recent.chain(extra) {
             m += pm;
             t += pt;
             n += 1;
@@ -130,12 +143,13 @@ mod tests {
     fn estimates_a_known_population() {
         let mut rng = Rng::seed_from_u64(5);
         let mut covered = 0;
+        let now = Instant::now();
         for trial in 0..20 {
-            let mut e = Estimator::new(16, 10);
+            let mut e = Estimator::new(16, 10, Duration::from_secs(60));
             for _ in 0..10 {
-                assert!(e.add(&sample(&mut rng, 5000, 20)));
+                assert!(e.add(now, &sample(&mut rng, 5000, 20)));
             }
-            let est = e.estimate(&[]).unwrap();
+            let est = e.estimate(now, &[]).unwrap();
             assert_eq!(est.points, 200);
             assert!((est.nodes - 5000.0).abs() / 5000.0 < 0.3, "trial {trial}: {est:?}");
             assert!(est.low < est.nodes && est.nodes < est.high);
@@ -149,15 +163,19 @@ mod tests {
     }
 
     #[test]
-    fn refuses_thin_samples() {
-        let mut e = Estimator::new(2, 10);
+    fn refuses_thin_samples_and_ages_them_out() {
+        let now = Instant::now();
+        let mut e = Estimator::new(2, 10, Duration::from_secs(60));
         let mut rng = Rng::seed_from_u64(1);
-        assert!(!e.add(&sample(&mut rng, 100, 5)));
-        assert_eq!(e.estimate(&[]), None);
+        assert!(!e.add(now, &sample(&mut rng, 100, 5)));
+        assert_eq!(e.estimate(now, &[]), None);
         for _ in 0..3 {
-            assert!(e.add(&sample(&mut rng, 100, 20)));
+            assert!(e.add(now, &sample(&mut rng, 100, 20)));
         }
-        assert_eq!(e.estimate(&[]).unwrap().samples, 2);
-        assert_eq!(e.estimate(&sample(&mut rng, 100, 20)).unwrap().samples, 3);
+        assert_eq!(e.estimate(now, &[]).unwrap().samples, 2);
+        assert_eq!(e.estimate(now, &sample(&mut rng, 100, 20)).unwrap().samples, 3);
+        let later = now + Duration::from_secs(61);
+        assert_eq!(e.estimate(later, &[]), None);
+        assert_eq!(e.estimate(later, &sample(&mut rng, 100, 20)).unwrap().samples, 1);
     }
 }

@@ -35,22 +35,54 @@ impl NodeId {
 
     /// `self XOR other` as an ordered distance.
     pub fn distance(&self, other: &NodeId) -> Distance {
-        // Written without slice adaptors: this runs for every candidate of
-        // every lookup, and debug builds (the simulation) pay per call.
-        let (a, b) = (&self.0, &other.0);
-        let mut words = [0u64; 4];
-        let mut i = 0;
-        while i < 32 {
-            let mut w = 0u64;
-            let mut j = i;
-            while j < i + 8 {
-                w = (w << 8) | u64::from(a[j] ^ b[j]);
-                j += 1;
-            }
-            words[i / 8] = w;
-            i += 8;
-        }
-        Distance(words)
+        Distance::between(&self.words(), &other.words())
+    }
+
+    /// The id as four big-endian 64-bit words, most significant first
+    /// (cache it where one id is compared against many).
+    pub const fn words(&self) -> [u64; 4] {
+        // Destructuring avoids 32 bounds checks, which debug builds (the
+        // simulation) pay for on every candidate of every lookup.
+        let [
+            a0,
+            a1,
+            a2,
+            a3,
+            a4,
+            a5,
+            a6,
+            a7,
+            b0,
+            b1,
+            b2,
+            b3,
+            b4,
+            b5,
+            b6,
+            b7,
+            c0,
+            c1,
+            c2,
+            c3,
+            c4,
+            c5,
+            c6,
+            c7,
+            d0,
+            d1,
+            d2,
+            d3,
+            d4,
+            d5,
+            d6,
+            d7,
+        ] = self.0;
+        [
+            u64::from_be_bytes([a0, a1, a2, a3, a4, a5, a6, a7]),
+            u64::from_be_bytes([b0, b1, b2, b3, b4, b5, b6, b7]),
+            u64::from_be_bytes([c0, c1, c2, c3, c4, c5, c6, c7]),
+            u64::from_be_bytes([d0, d1, d2, d3, d4, d5, d6, d7]),
+        ]
     }
 
     /// A uniformly random id whose distance from `self` falls in bucket
@@ -137,6 +169,11 @@ impl PartialOrd for Distance {
 impl Distance {
     /// The largest distance.
     pub const MAX: Distance = Distance([u64::MAX; 4]);
+
+    /// The distance between two ids given as [`NodeId::words`].
+    pub const fn between(a: &[u64; 4], b: &[u64; 4]) -> Distance {
+        Distance([a[0] ^ b[0], a[1] ^ b[1], a[2] ^ b[2], a[3] ^ b[3]])
+    }
 
     /// Number of leading zero bits (256 for a zero distance).
     pub fn leading_zeros(&self) -> u32 {

@@ -7,6 +7,9 @@
 //!   a second, and sources that still find no room share one overflow
 //!   bucket, so a flood from many (possibly forged) addresses is capped as
 //!   a whole instead of growing the table.
+//! - STOREs additionally share one node-wide bucket (`store_rate`), since
+//!   each new record costs a signature verification: however many source
+//!   addresses a flood uses, verification work stays bounded.
 //! - Only requests are limited: a reply is accepted only if it matches an
 //!   outstanding request, which is its own limit.
 
@@ -28,6 +31,10 @@ pub struct RateSettings {
     pub overflow_rate: f64,
     /// Burst allowance of the shared overflow bucket.
     pub overflow_burst: f64,
+    /// Sustained STOREs per second accepted from all sources together.
+    pub store_rate: f64,
+    /// Burst allowance of the STORE bucket.
+    pub store_burst: f64,
 }
 
 impl Default for RateSettings {
@@ -38,6 +45,8 @@ impl Default for RateSettings {
             max_tracked: 4096,
             overflow_rate: 200.0,
             overflow_burst: 400.0,
+            store_rate: 500.0,
+            store_burst: 1000.0,
         }
     }
 }
@@ -67,24 +76,42 @@ impl Bucket {
     }
 }
 
+/// An IP as one integer (IPv4 as its IPv4-mapped IPv6 form, which is the
+/// same address): plain integer keys keep the map cheap.
+fn ip_key(ip: IpAddr) -> u128 {
+    match ip {
+        IpAddr::V4(v4) => u128::from(v4.to_ipv6_mapped()),
+        IpAddr::V6(v6) => u128::from(v6),
+    }
+}
+
 /// Token buckets per source IP plus a shared overflow bucket.
 #[derive(Debug, Clone)]
 pub(crate) struct Limiter {
     settings: RateSettings,
-    buckets: BTreeMap<IpAddr, Bucket>,
+    /// Keyed by [`ip_key`].
+    buckets: BTreeMap<u128, Bucket>,
     overflow: Option<Bucket>,
+    stores: Option<Bucket>,
     last_sweep: Option<Instant>,
 }
 
 impl Limiter {
     pub(crate) fn new(settings: RateSettings) -> Self {
-        Limiter { settings, buckets: BTreeMap::new(), overflow: None, last_sweep: None }
+        Limiter {
+            settings,
+            buckets: BTreeMap::new(),
+            overflow: None,
+            stores: None,
+            last_sweep: None,
+        }
     }
 
     /// Whether a request from `ip` may be answered at `now`.
     pub(crate) fn allow(&mut self, now: Instant, ip: IpAddr) -> bool {
         let s = &self.settings;
         let (rate, burst) = (s.per_ip_rate, s.per_ip_burst);
+        let ip = ip_key(ip);
         if let Some(b) = self.buckets.get_mut(&ip) {
             return b.take(now, rate, burst);
         }
@@ -104,6 +131,12 @@ impl Limiter {
         }
         let (orate, oburst) = (self.settings.overflow_rate, self.settings.overflow_burst);
         self.overflow.get_or_insert(Bucket { tokens: oburst, at: now }).take(now, orate, oburst)
+    }
+
+    /// Whether one more STORE may be processed at `now` (node-wide).
+    pub(crate) fn allow_store(&mut self, now: Instant) -> bool {
+        let (rate, burst) = (self.settings.store_rate, self.settings.store_burst);
+        self.stores.get_or_insert(Bucket { tokens: burst, at: now }).take(now, rate, burst)
     }
 
     /// Source IPs tracked individually.
@@ -126,6 +159,8 @@ mod tests {
             max_tracked: 2,
             overflow_rate: 1.0,
             overflow_burst: 2.0,
+            store_rate: 1.0,
+            store_burst: 3.0,
         };
         let mut l = Limiter::new(s);
         let a: IpAddr = [10, 0, 0, 1].into();
@@ -146,5 +181,7 @@ mod tests {
         let t2 = t1 + Duration::from_secs(10);
         assert!(l.allow(t2, c));
         assert!(l.tracked() <= 2);
+        assert_eq!((0..10).filter(|_| l.allow_store(t2)).count(), 3);
+        assert!(l.allow_store(t2 + Duration::from_secs(1)));
     }
 }

@@ -58,6 +58,16 @@
 //! }
 //! assert!(node.poll_timeout().is_some());
 //! ```
+//!
+//! The driver's loop: feed every datagram from the DHT socket to
+//! [`Node::handle`]; arm one timer for [`Node::poll_timeout`] (re-read it
+//! after every call) and call [`Node::handle_timeout`] when it fires; after
+//! each call send `out.transmits` and act on `out.events`. Commands
+//! ([`Node::find_value`], [`Node::put`]…) return a [`QueryId`] that the
+//! matching [`Event`] carries. A node's replies must reach the same
+//! `Node` that sent the request (transaction ids are per node), so one
+//! process runs one `Node` per DHT socket; the store inside it is one
+//! shard ([`store::Store`] can also be used on its own).
 
 #![warn(missing_docs)]
 
@@ -70,6 +80,9 @@ pub mod query;
 pub mod rng;
 pub mod routing;
 pub mod store;
+
+#[cfg(test)]
+mod tests;
 
 use core::net::SocketAddr;
 use core::time::Duration;
@@ -124,6 +137,8 @@ pub struct Config {
     pub replicate_interval: Duration,
     /// Concurrent replication lookups.
     pub max_replications: usize,
+    /// How long a lookup's distances count towards the size estimate.
+    pub estimate_window: Duration,
     /// Routing-table limits; `routing.k` is Kademlia's k everywhere.
     pub routing: RoutingSettings,
     /// Store limits.
@@ -151,6 +166,7 @@ impl Config {
             refresh_width: 5,
             replicate_interval: Duration::from_secs(3600),
             max_replications: 4,
+            estimate_window: Duration::from_secs(30 * 60),
             routing: RoutingSettings::default(),
             store: StoreSettings::default(),
             rate: RateSettings::default(),

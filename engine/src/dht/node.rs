@@ -94,7 +94,7 @@ impl Stats {
     /// Every drop counter as `(reason, count)`, for
     /// `ricochet_dht_dropped_total{reason=…}`.
     pub fn drops(&self) -> Vec<(&'static str, u64)> {
-        self.drops.iter()
+        self.drops.by_reason()
     }
 }
 
@@ -152,7 +152,7 @@ pub struct Drops {
 impl Drops {
     /// Every counter as `(reason, count)`; malformed datagrams under their
     /// wire reason ([`WireError::reason`]).
-    pub fn iter(&self) -> Vec<(&'static str, u64)> {
+    pub fn by_reason(&self) -> Vec<(&'static str, u64)> {
         let mut v: Vec<(&'static str, u64)> =
             WireError::REASONS.iter().copied().zip(self.malformed).collect();
         v.extend([
@@ -183,7 +183,7 @@ impl Drops {
 
     /// Total datagrams and records dropped.
     pub fn total(&self) -> u64 {
-        self.iter().iter().map(|(_, n)| n).sum()
+        self.by_reason().iter().map(|(_, n)| n).sum()
     }
 
     fn malformed(&mut self, e: WireError) {
@@ -374,7 +374,7 @@ impl Node {
             queries: BTreeMap::new(),
             next_query: 1,
             limiter: Limiter::new(config.rate.clone()),
-            estimator: Estimator::new(ESTIMATOR_SAMPLES, k.div_ceil(2)),
+            estimator: Estimator::new(ESTIMATOR_SAMPLES, k.div_ceil(2), config.estimate_window),
             votes: VecDeque::with_capacity(VOTES),
             external: None,
             unix_anchor: (now, now_unix),
@@ -456,7 +456,7 @@ impl Node {
             .iter()
             .map(|e| e.id().distance(&self.id))
             .collect();
-        self.estimator.estimate(&own)
+        self.estimator.estimate(now, &own)
     }
 
     /// The peer cache to persist: up to `max` good peers, encoded with
@@ -582,8 +582,9 @@ impl Node {
     /// Publishes a signed record: checks it as a STORE would (signature
     /// included), keeps it in the local store, looks up its key and STOREs
     /// it to the k closest nodes; ends with [`Event::PutDone`]. From then on
-    /// the record is re-stored every `replicate_interval` until it expires
-    /// (re-sign with a higher seq to extend its life).
+    /// (if the local store took it) the record is re-stored every
+    /// `replicate_interval` until it expires; re-sign it with a higher seq
+    /// and put it again to extend its life.
     pub fn put(
         &mut self,
         now: Instant,
@@ -618,7 +619,9 @@ impl Node {
         msg: &Message<'_>,
         out: &mut Outbox,
     ) {
-        if !self.limiter.allow(now, from.ip()) {
+        if !self.limiter.allow(now, from.ip())
+            || (matches!(msg.body(), Body::Store(_)) && !self.limiter.allow_store(now))
+        {
             self.stats.drops.rate_limited += 1;
             return;
         }
@@ -1008,11 +1011,14 @@ impl Node {
     fn lookup_done(&mut self, now: Instant, qid: QueryId, mut q: Query, out: &mut Outbox) {
         let k = self.config.routing.k;
         let target = q.lookup.target();
-        let converged = !(q.kind == Kind::FindValue && !q.found.is_empty());
+        // Only full-width lookups that ran to convergence sample the size:
+        // a refresh converges on a few nodes, and the rest of its answers
+        // are path nodes, not the k closest.
+        let converged =
+            (q.kind != Kind::FindValue || q.found.is_empty()) && q.purpose != Purpose::Refresh;
         if converged {
-            let dists: Vec<Distance> =
-                q.lookup.closest_replied(k).map(|c| c.id.distance(&target)).collect();
-            self.estimator.add(&dists);
+            let dists: Vec<Distance> = q.lookup.closest_replied(k).map(|c| c.dist).collect();
+            self.estimator.add(now, &dists);
         }
         if let Some(b) = self.table.bucket_of(&target) {
             self.table.mark_activity(now, b);

@@ -3,15 +3,15 @@
 //! # Contract
 //! - Candidates are kept sorted by XOR distance from the target; at most
 //!   `4·k` are kept (the farthest never-contacted ones are dropped first).
-//! - [`Lookup::next`] hands out never-contacted candidates among the
+//! - `Lookup::next` hands out never-contacted candidates among the
 //!   `width` closest not-failed ones (`width` is k for lookups, less for
 //!   bucket refreshes), keeping at most `α` requests in flight.
 //! - The lookup is finished when the `width` closest not-failed candidates
 //!   have all replied, or when nothing is in flight and no candidate is
 //!   left to ask. The caller applies per-request timeouts and reports them
-//!   with [`Lookup::timed_out`] (the candidate is asked again, up to
+//!   with `Lookup::timed_out` (the candidate is asked again, up to
 //!   `retries` times, so one lost datagram does not drop the node closest
-//!   to the target from the result) or [`Lookup::failed`].
+//!   to the target from the result) or `Lookup::failed`.
 //! - Hop counting: a candidate from the local routing table is at hop 1;
 //!   one learned from a hop-`h` node's reply is at hop `h + 1` (the lowest
 //!   such `h` wins). A lookup's hop count is the hop of the node that
@@ -45,7 +45,8 @@ pub struct PutAcks {
 impl PutAcks {
     /// STOREs still unanswered.
     pub fn outstanding(&self) -> u32 {
-        self.sent - self.stored - self.stale - self.full - self.rejected - self.timed_out
+        self.sent
+            .saturating_sub(self.stored + self.stale + self.full + self.rejected + self.timed_out)
     }
 }
 
@@ -61,8 +62,8 @@ pub(crate) enum State {
 #[derive(Debug, Clone)]
 pub(crate) struct Candidate {
     pub(crate) info: NodeInfo,
-    pub(crate) id: NodeId,
-    dist: Distance,
+    /// Distance from the lookup's target.
+    pub(crate) dist: Distance,
     pub(crate) state: State,
     pub(crate) hop: u8,
     tries: u8,
@@ -72,6 +73,7 @@ pub(crate) struct Candidate {
 #[derive(Debug, Clone)]
 pub(crate) struct Lookup {
     target: NodeId,
+    target_words: [u64; 4],
     k: usize,
     width: usize,
     alpha: usize,
@@ -89,6 +91,7 @@ impl Lookup {
     pub(crate) fn new(target: NodeId, k: usize, width: usize, alpha: usize, retries: u8) -> Self {
         Lookup {
             target,
+            target_words: target.words(),
             k: k.max(1),
             width: width.clamp(1, k.max(1)),
             alpha: alpha.max(1),
@@ -107,7 +110,7 @@ impl Lookup {
     /// whether it is new.
     pub(crate) fn add(&mut self, info: NodeInfo, hop: u8) -> bool {
         let id = NodeId(info.id);
-        let dist = id.distance(&self.target);
+        let dist = Distance::between(&id.words(), &self.target_words);
         let pos = match self.cands.binary_search_by(|c| c.dist.cmp(&dist)) {
             Ok(pos) => {
                 let c = &mut self.cands[pos];
@@ -127,7 +130,7 @@ impl Lookup {
                 _ => return false,
             }
         }
-        self.cands.insert(pos, Candidate { info, id, dist, state: State::Waiting, hop, tries: 0 });
+        self.cands.insert(pos, Candidate { info, dist, state: State::Waiting, hop, tries: 0 });
         true
     }
 
@@ -158,7 +161,7 @@ impl Lookup {
 
     /// Marks `id`'s request answered; returns its hop if it was in flight.
     pub(crate) fn replied(&mut self, id: &NodeId) -> Option<u8> {
-        let c = self.cands.iter_mut().find(|c| c.id == *id && c.state == State::InFlight)?;
+        let c = self.cands.iter_mut().find(|c| c.info.id == id.0 && c.state == State::InFlight)?;
         c.state = State::Replied;
         self.in_flight -= 1;
         Some(c.hop)
@@ -169,7 +172,8 @@ impl Lookup {
     /// retried.
     pub(crate) fn timed_out(&mut self, id: &NodeId) -> bool {
         let retries = self.retries;
-        let Some(c) = self.cands.iter_mut().find(|c| c.id == *id && c.state == State::InFlight)
+        let Some(c) =
+            self.cands.iter_mut().find(|c| c.info.id == id.0 && c.state == State::InFlight)
         else {
             return false;
         };
@@ -185,7 +189,9 @@ impl Lookup {
 
     /// Marks `id`'s request failed for good (no retry).
     pub(crate) fn failed(&mut self, id: &NodeId) {
-        if let Some(c) = self.cands.iter_mut().find(|c| c.id == *id && c.state == State::InFlight) {
+        if let Some(c) =
+            self.cands.iter_mut().find(|c| c.info.id == id.0 && c.state == State::InFlight)
+        {
             c.state = State::Failed;
             self.in_flight -= 1;
         }

@@ -155,6 +155,8 @@ pub enum Failure {
 #[derive(Debug, Clone)]
 pub struct Entry {
     id: NodeId,
+    /// `id.words()`, cached: distances are computed per lookup per entry.
+    words: [u64; 4],
     addr: SocketAddr,
     /// `addr`'s subnet for the limits (`None` if exempt).
     subnet: Option<Subnet>,
@@ -169,6 +171,7 @@ impl Entry {
     fn new(now: Instant, id: NodeId, addr: SocketAddr, subnet: Option<Subnet>) -> Self {
         Entry {
             id,
+            words: id.words(),
             addr,
             subnet,
             last_seen: now,
@@ -267,6 +270,24 @@ struct Bucket {
     last_activity: Option<Instant>,
 }
 
+/// Sorts a short run of (distance, entry) pairs by distance. At most
+/// k + a few elements arrive here; a plain insertion sort on the first
+/// distance word (the rest only on ties) beats the generic sort by a wide
+/// margin in debug builds, which the simulation runs in.
+fn insertion_sort(v: &mut [(Distance, &Entry)]) {
+    for i in 1..v.len() {
+        let mut j = i;
+        while j > 0 && less(&v[j].0, &v[j - 1].0) {
+            v.swap(j, j - 1);
+            j -= 1;
+        }
+    }
+}
+
+fn less(a: &Distance, b: &Distance) -> bool {
+    if a.0[0] != b.0[0] { a.0[0] < b.0[0] } else { a < b }
+}
+
 /// The /24 (IPv4) or /64 (IPv6) an address belongs to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 enum Subnet {
@@ -283,6 +304,9 @@ pub struct RoutingTable {
     /// Entries per subnet across all buckets (replacement caches excluded).
     subnets: BTreeMap<Subnet, u32>,
     len: usize,
+    /// Index of the nearest non-empty bucket ([`ID_BITS`] when empty): the
+    /// buckets below it are empty, so scans start here.
+    lowest: usize,
 }
 
 impl RoutingTable {
@@ -294,6 +318,7 @@ impl RoutingTable {
             buckets: vec![Bucket::default(); ID_BITS],
             subnets: BTreeMap::new(),
             len: 0,
+            lowest: ID_BITS,
         }
     }
 
@@ -330,7 +355,11 @@ impl RoutingTable {
 
     /// Every entry with its bucket index, nearest buckets first.
     pub fn iter(&self) -> impl Iterator<Item = (usize, &Entry)> + '_ {
-        self.buckets.iter().enumerate().flat_map(|(i, b)| b.entries.iter().map(move |e| (i, e)))
+        self.buckets
+            .iter()
+            .enumerate()
+            .skip(self.lowest)
+            .flat_map(|(i, b)| b.entries.iter().map(move |e| (i, e)))
     }
 
     /// Number of peers waiting in replacement caches.
@@ -384,13 +413,12 @@ impl RoutingTable {
         }
         if let Some(pos) = bucket.replacements.iter().position(|e| e.id == id) {
             let mut entry = bucket.replacements.remove(pos);
-            if entry.addr != addr {
-                entry.addr = addr;
-                entry.subnet = self.subnet(addr.ip());
+            if entry.addr == addr {
+                entry.touch(now, contact);
+                bucket.replacements.push(entry);
+                return Observed::Cached;
             }
-            entry.touch(now, contact);
-            self.buckets[b].replacements.push(entry);
-            return Observed::Cached;
+            // A new address: re-admit as a newcomer, through the limits.
         }
         let subnet = self.subnet(addr.ip());
         if !self.subnet_has_room(b, subnet, None) {
@@ -403,6 +431,7 @@ impl RoutingTable {
         if bucket.entries.len() < settings.k {
             bucket.entries.push(entry);
             self.len += 1;
+            self.lowest = self.lowest.min(b);
             self.account(subnet);
             return Observed::Inserted;
         }
@@ -460,6 +489,10 @@ impl RoutingTable {
         self.len -= 1;
         self.unaccount(removed.subnet);
         self.promote(b);
+        if b == self.lowest && self.buckets[b].entries.is_empty() {
+            self.lowest =
+                self.buckets.iter().position(|b| !b.entries.is_empty()).unwrap_or(ID_BITS);
+        }
         Failure::Removed
     }
 
@@ -477,7 +510,7 @@ impl RoutingTable {
         // order is: bucket b, then buckets below b together, then b+1, b+2…
         match self.bucket_of(target) {
             None => {
-                for bucket in &self.buckets {
+                for bucket in self.buckets.iter().skip(self.lowest) {
                     if out.len() >= count {
                         break;
                     }
@@ -489,7 +522,8 @@ impl RoutingTable {
                 self.gather(now, target, &self.buckets[b..=b], filter, count, &mut out);
                 if out.len() < count {
                     let need = count - out.len();
-                    self.gather(now, target, &self.buckets[..b], filter, need, &mut out);
+                    let lo = self.lowest.min(b);
+                    self.gather(now, target, &self.buckets[lo..b], filter, need, &mut out);
                 }
                 for bucket in &self.buckets[b + 1..] {
                     if out.len() >= count {
@@ -516,32 +550,37 @@ impl RoutingTable {
         out: &mut Vec<(Distance, &'t Entry)>,
     ) {
         let start = out.len();
+        let t = target.words();
+        let exclude = filter.exclude.map(|x| x.words());
+        let bad_after = self.settings.bad_after;
         for bucket in buckets {
             for e in &bucket.entries {
-                let keep = filter.exclude != Some(e.id)
-                    && !(filter.skip_bad && e.failures >= self.settings.bad_after)
-                    && !(filter.skip_backoff && e.in_backoff(now));
-                if keep {
-                    out.push((e.id.distance(target), e));
+                if exclude == Some(e.words)
+                    || (filter.skip_bad && e.failures >= bad_after)
+                    || (filter.skip_backoff && e.in_backoff(now))
+                {
+                    continue;
                 }
+                out.push((Distance::between(&e.words, &t), e));
             }
         }
         if need == 0 {
             out.truncate(start);
             return;
         }
-        if out.len() - start > need {
-            out[start..].select_nth_unstable_by_key(need - 1, |(d, _)| *d);
+        let group = &mut out[start..];
+        if group.len() > need {
+            group.select_nth_unstable_by(need - 1, |a, b| a.0.cmp(&b.0));
             out.truncate(start + need);
         }
-        out[start..].sort_unstable_by_key(|(d, _)| *d);
+        insertion_sort(&mut out[start..]);
     }
 
     /// Buckets due for a refresh lookup: from the nearest non-empty bucket
     /// outwards, those with no lookup in their range and no reply from a
     /// member within `interval`.
     pub fn stale_buckets(&self, now: Instant, interval: Duration) -> Vec<usize> {
-        let Some(first) = self.buckets.iter().position(|b| !b.entries.is_empty()) else {
+        let Some(first) = self.nearest_bucket() else {
             return Vec::new();
         };
         (first..ID_BITS)
@@ -562,7 +601,7 @@ impl RoutingTable {
 
     /// Index of the nearest non-empty bucket.
     pub fn nearest_bucket(&self) -> Option<usize> {
-        self.buckets.iter().position(|b| !b.entries.is_empty())
+        (self.lowest < ID_BITS).then_some(self.lowest)
     }
 
     /// Up to `max` peers for a restart cache: good ones first, most recently
@@ -626,6 +665,7 @@ impl RoutingTable {
             if self.subnet_has_room(b, subnet, None) {
                 self.buckets[b].entries.push(candidate);
                 self.len += 1;
+                self.lowest = self.lowest.min(b);
                 self.account(subnet);
                 return;
             }

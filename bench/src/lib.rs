@@ -1,8 +1,37 @@
-//! `ricochet-bench`: deterministic packet samples shared by the criterion
-//! micro-benchmarks (and, later, the load generator).
+//! `ricochet-bench`: the `ricochet-loadgen` load generator, its baselines,
+//! the perf report, and the packet samples the criterion benches use.
 //!
-//! Samples are built from fixed inputs, so every run measures the same
-//! bytes.
+//! # Layout
+//! - Sans-IO logic, unit-tested on a virtual clock: [`pace`] (open-loop
+//!   schedules), [`latency`] (HdrHistograms corrected for coordinated
+//!   omission, `.hgrm` export), [`gap`] (per-flow gap tracking),
+//!   [`escalate`] (the listener's NACK escalation), [`source`] (what a
+//!   shard-proxy publishes), [`rng`] (seeded, reproducible randomness).
+//! - I/O: [`net`] (sendmmsg/recvmmsg batches, multicast sockets), [`proc`]
+//!   (child processes with kill-on-drop guards, the engine binary),
+//!   [`metrics`] (the engine's /metrics).
+//! - [`cmd`]: one module per subcommand; [`report`] and [`charts`] turn
+//!   `perf/results/*.json` into `perf/REPORT.md` and SVG charts.
+//!
+//! Hot loops (publish, nack, reflect, sink, listen) allocate nothing per
+//! datagram: batches, histograms and tables are sized up front.
+//!
+//! Samples below are built from fixed inputs, so every run measures the
+//! same bytes.
+
+pub mod charts;
+pub mod cmd;
+pub mod escalate;
+pub mod gap;
+pub mod latency;
+pub mod metrics;
+pub mod net;
+pub mod out;
+pub mod pace;
+pub mod proc;
+pub mod report;
+pub mod rng;
+pub mod source;
 
 use ricochet_wire::control::{NackFlags, NackRepr};
 use ricochet_wire::frame::{Extra, FrameRepr, FrameVersion};

@@ -762,9 +762,11 @@ fn explain(t: &Target, files: &BTreeMap<String, WorkloadFile>) -> String {
         );
     }
     if n.contains("vs epoll") {
-        return "both back ends hand the kernel the same datagrams; the difference is the submission path \
-                (batched SendMsg SQEs vs sendmmsg) and is within this shared machine's run-to-run noise when the \
-                ratio is near 1."
+        return "both back ends hand the kernel the same datagrams, so the gap is in the submission path: one \
+                SendMsg SQE per destination run (each its own io_uring request) against one sendmmsg per receive \
+                batch, and one multishot completion per received datagram. Runs this session measured io_uring at \
+                0.87–0.95× epoll (DEFER_TASKRUN lifted it from 0.73×); it has not been profiled yet, and batching \
+                same-socket sends into fewer requests is the next thing to try."
             .into();
     }
     if n.contains("ingest") {

@@ -54,7 +54,9 @@ fn invalidate_needs_the_token_drops_the_flow_and_is_streamed_to_subscribers() {
     assert_eq!(code, 202, "{body}");
 
     // The flow is gone: its frames are MISSes now.
-    std::thread::sleep(Duration::from_millis(100));
+    e.wait_metrics(Duration::from_secs(5), |b| {
+        ricochet_e2e::metric_sum(b, "ricochet_cache_invalidations_total") >= 1.0
+    });
     let client = nack_client();
     client.send_to(&nack(0xA1, 2), e.nack_addr()).unwrap();
     let replies = drain(&client, Duration::from_millis(300));
@@ -66,7 +68,9 @@ fn invalidate_needs_the_token_drops_the_flow_and_is_streamed_to_subscribers() {
     // A proxy restart detected on a core (same key, other bytes) is
     // streamed too.
     p.send_tx(0xB2, 1, b"before restart");
-    std::thread::sleep(Duration::from_millis(100));
+    e.wait_metrics(Duration::from_secs(5), |b| {
+        ricochet_e2e::metric_sum(b, "ricochet_frames_cached_total") >= 4.0
+    });
     p.send_tx(0xB2, 1, b"after restart!");
 
     // The subscriber saw both.

@@ -235,20 +235,11 @@ impl<'a> Frame<'a> {
                     return Err(Error::BadField("frag_index"));
                 }
             }
-            FrameVersion::Bundle => {
-                let members = BundleMembers {
-                    rest: slice(buf, header..payload_end),
-                    txids: u8_at(buf, BYTE7) & BUNDLE_TXIDS_PRESENT != 0,
-                };
-                let mut count = 0usize;
-                for m in members {
-                    m?;
-                    count += 1;
-                }
-                if count != u16_at(buf, BUNDLE_TX_COUNT.start) as usize {
-                    return Err(Error::BadField("tx_count"));
-                }
-            }
+            FrameVersion::Bundle => check_bundle(
+                slice(buf, header..payload_end),
+                u8_at(buf, BYTE7),
+                u16_at(buf, BUNDLE_TX_COUNT.start),
+            )?,
             _ => {}
         }
         Ok(Frame { buf, version, payload_end })
@@ -438,7 +429,9 @@ impl<'a> FrameRepr<'a> {
         match (self.version, self.extra) {
             (FrameVersion::Fragment, Extra::Fragment(fr))
                 if fr.total > 0 && fr.index < fr.total => {}
-            (FrameVersion::Bundle, Extra::Bundle(_)) => {}
+            (FrameVersion::Bundle, Extra::Bundle(b)) => {
+                check_bundle(self.payload, self.byte7, b.tx_count)?;
+            }
             (FrameVersion::Fragment | FrameVersion::Bundle, _)
             | (_, Extra::Fragment(_) | Extra::Bundle(_)) => {
                 return Err(Error::BadField("extra"));
@@ -478,12 +471,20 @@ impl<'a> FrameRepr<'a> {
             }
         }
         w.bytes(self.version.header_len(), self.payload);
-        if self.version == FrameVersion::Bundle {
-            // Members must account for the payload exactly; re-check what we wrote.
-            Frame::new_checked(&buf[..len])?;
-        }
         Ok(len)
     }
+}
+
+/// A bundle's members must fill its member section exactly and number
+/// `tx_count`; parse and emit run the same walk (emit before writing).
+fn check_bundle(section: &[u8], byte7: u8, tx_count: u16) -> Result<()> {
+    let members = BundleMembers { rest: section, txids: byte7 & BUNDLE_TXIDS_PRESENT != 0 };
+    let mut count = 0usize;
+    for m in members {
+        m?;
+        count += 1;
+    }
+    if count == tx_count as usize { Ok(()) } else { Err(Error::BadField("tx_count")) }
 }
 
 fn read_fragment(buf: &[u8]) -> FragmentInfo {

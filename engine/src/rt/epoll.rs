@@ -107,13 +107,17 @@ impl Worker {
             };
             let now = Instant::now();
             for i in 0..n {
-                match (source, self.recv.get(i)) {
-                    (Source::Ingress, Some((data, _))) => self.core.on_ingress(now, data),
-                    (Source::Nack, Some((data, Some(src)))) => self.core.on_nack(now, src, data),
-                    (Source::Upstream, Some((data, Some(src)))) => {
-                        self.core.on_upstream(now, src, data)
+                let Some(data) = self.recv.data(i) else { continue };
+                match source {
+                    Source::Ingress => self.core.on_ingress(now, data),
+                    Source::Nack | Source::Upstream => {
+                        let Some(src) = self.recv.source(i) else { continue };
+                        if source == Source::Nack {
+                            self.core.on_nack(now, src, data);
+                        } else {
+                            self.core.on_upstream(now, src, data);
+                        }
                     }
-                    _ => {}
                 }
             }
             self.flush();

@@ -94,31 +94,47 @@ impl RecvBatch {
         Ok(self.filled)
     }
 
-    /// The `i`-th received datagram and its source.
-    pub(crate) fn get(&self, i: usize) -> Option<(&[u8], Option<SocketAddr>)> {
-        if i >= self.filled {
-            return None;
-        }
-        let h = &self.hdrs[i];
+    /// The `i`-th received datagram.
+    pub(crate) fn data(&self, i: usize) -> Option<&[u8]> {
+        let h = self.hdrs.get(i).filter(|_| i < self.filled)?;
         let len = (h.msg_len as usize).min(SLOT);
-        let data = &self.bufs[i * SLOT..i * SLOT + len];
-        // SAFETY: the kernel filled `addrs[i]` with `msg_namelen` bytes of a
-        // socket address; SockAddr copies them into its own storage.
-        let addr = unsafe {
-            SockAddr::try_init(|storage, len| {
-                std::ptr::copy_nonoverlapping(
-                    &self.addrs[i],
-                    storage.cast::<libc::sockaddr_storage>(),
-                    1,
-                );
-                *len = h.msg_hdr.msg_namelen;
-                Ok(())
-            })
-        }
-        .ok()
-        .and_then(|(_, a)| a.as_socket());
-        Some((data, addr))
+        Some(&self.bufs[i * SLOT..i * SLOT + len])
     }
+
+    /// Where the `i`-th received datagram came from. Decoded only when
+    /// asked: ingress frames never need it.
+    pub(crate) fn source(&self, i: usize) -> Option<SocketAddr> {
+        let h = self.hdrs.get(i).filter(|_| i < self.filled)?;
+        let len = (h.msg_hdr.msg_namelen as usize).min(size_of::<libc::sockaddr_storage>());
+        // SAFETY: `addrs[i]` is a live sockaddr_storage; reading `len` ≤ its
+        // size bytes of it as a byte slice is in bounds.
+        let raw = unsafe {
+            std::slice::from_raw_parts(
+                (&self.addrs[i] as *const libc::sockaddr_storage).cast::<u8>(),
+                len,
+            )
+        };
+        socket_addr(raw)
+    }
+}
+
+/// Decodes a socket address the kernel wrote (`name` is its `namelen`
+/// bytes), as recvmmsg and io_uring's recvmsg header both hand it over.
+pub(crate) fn socket_addr(name: &[u8]) -> Option<SocketAddr> {
+    if name.len() > size_of::<libc::sockaddr_storage>() {
+        return None;
+    }
+    // SAFETY: copies at most sizeof(sockaddr_storage) bytes into the
+    // storage SockAddr owns, and says how many.
+    let (_, addr) = unsafe {
+        SockAddr::try_init(|storage, len| {
+            std::ptr::copy_nonoverlapping(name.as_ptr(), storage.cast::<u8>(), name.len());
+            *len = name.len() as u32;
+            Ok(())
+        })
+    }
+    .ok()?;
+    addr.as_socket()
 }
 
 /// Space for one `UDP_SEGMENT` control message (a u16 payload), as u64s

@@ -21,7 +21,7 @@ use io_uring::types::{BufRingEntry, RecvMsgOut, Timespec};
 use io_uring::{IoUring, cqueue, opcode, types};
 use socket2::{SockAddr, Socket};
 
-use super::sys::{GsoCmsg, write_gso_cmsg};
+use super::sys::{GsoCmsg, socket_addr, write_gso_cmsg};
 use super::worker::{Core, Sockets, gso_runs};
 use crate::retry::{Dest, Payload, Transmit};
 
@@ -490,7 +490,7 @@ impl Worker {
         // `data` borrows the buffer ring, a field disjoint from `core`; the
         // buffer goes back to the kernel only when the caller recycles it.
         let data = out.payload_data();
-        match (source, sockaddr_from(out.name_data())) {
+        match (source, socket_addr(out.name_data())) {
             (Source::Ingress, _) => self.core.on_ingress(now, data),
             (Source::Nack, Some(src)) => self.core.on_nack(now, src, data),
             (Source::Upstream, Some(src)) => self.core.on_upstream(now, src, data),
@@ -582,21 +582,4 @@ impl Worker {
             opcode::SendMsg::new(types::Fd(fd), hdr).build().user_data(UD_SEND | index as u64);
         self.push(sqe)
     }
-}
-
-fn sockaddr_from(name: &[u8]) -> Option<std::net::SocketAddr> {
-    if name.len() > size_of::<libc::sockaddr_storage>() {
-        return None;
-    }
-    // SAFETY: copies at most sizeof(sockaddr_storage) bytes of the address
-    // the kernel wrote into the storage SockAddr owns.
-    let (_, addr) = unsafe {
-        SockAddr::try_init(|storage, len| {
-            std::ptr::copy_nonoverlapping(name.as_ptr(), storage.cast::<u8>(), name.len());
-            *len = name.len() as u32;
-            Ok(())
-        })
-    }
-    .ok()?;
-    addr.as_socket()
 }

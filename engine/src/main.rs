@@ -322,6 +322,7 @@ fn serve(cfg: Config) -> Result<(), String> {
         token,
     );
     state.started = started;
+    state.max_subscribers = cfg.proxy.max_downstreams;
     let result = control.block_on(async move {
         let listener = tokio::net::TcpListener::bind(admin).await.map_err(|e| {
             format!("--metrics-addr (METRICS_ADDR) = {admin}: cannot listen: {e}")

@@ -21,7 +21,8 @@ use axum::routing::get;
 
 use crate::rt::{Control, Shared, WorkerSnapshot};
 
-/// Most `/events` subscribers at once; more get 503.
+/// Default most `/events` subscribers at once (`--max-downstreams`); more
+/// get 503.
 pub const MAX_EVENT_SUBSCRIBERS: usize = 64;
 /// Events buffered per subscriber; one that falls further behind is
 /// disconnected (it reconnects and resynchronises) rather than slowing
@@ -45,6 +46,23 @@ pub struct AdminState {
     pub events: tokio::sync::broadcast::Sender<String>,
     /// Subscribers connected now.
     pub subscribers: Arc<std::sync::atomic::AtomicUsize>,
+    /// Most subscribers at once (`--max-downstreams`).
+    pub max_subscribers: usize,
+    /// Subsystems beyond the workers (Redis, DHT, gossip), each adding
+    /// metrics and a `/debug/<name>` page.
+    pub sections: Vec<Arc<dyn Section>>,
+}
+
+/// A subsystem run by the control thread that reports on the admin
+/// listener: its metric families are appended to `/metrics` and its state
+/// is served as JSON at `/debug/<name>`.
+pub trait Section: Send + Sync + std::fmt::Debug {
+    /// The page name: `/debug/<name>`.
+    fn name(&self) -> &'static str;
+    /// Appends Prometheus text (with `# HELP`/`# TYPE` lines).
+    fn metrics(&self, out: &mut String);
+    /// The debug page.
+    fn debug(&self) -> serde_json::Value;
 }
 
 impl AdminState {
@@ -63,6 +81,8 @@ impl AdminState {
             token,
             events: tokio::sync::broadcast::channel(EVENT_BUFFER).0,
             subscribers: Arc::default(),
+            max_subscribers: MAX_EVENT_SUBSCRIBERS,
+            sections: Vec::new(),
         }
     }
 }
@@ -74,6 +94,7 @@ pub fn router(state: AdminState) -> Router {
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/debug/stats", get(debug_stats))
+        .route("/debug/{section}", get(debug_section))
         .route("/admin/invalidate", axum::routing::post(invalidate))
         .route("/events", get(events))
         .with_state(state)
@@ -87,7 +108,10 @@ pub async fn serve(addr: SocketAddr, state: AdminState) -> std::io::Result<()> {
 
 async fn metrics(State(s): State<AdminState>) -> impl IntoResponse {
     let snaps = snapshots(&s.shared);
-    let body = render_metrics(&snaps, &s.shared, s.started.elapsed().as_secs_f64());
+    let mut body = render_metrics(&snaps, &s.shared, s.started.elapsed().as_secs_f64());
+    for section in &s.sections {
+        section.metrics(&mut body);
+    }
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], body)
 }
 
@@ -105,6 +129,20 @@ async fn readyz(State(s): State<AdminState>) -> impl IntoResponse {
         (StatusCode::SERVICE_UNAVAILABLE, "starting")
     } else {
         (StatusCode::OK, "ready")
+    }
+}
+
+async fn debug_section(
+    State(s): State<AdminState>,
+    axum::extract::Path(name): axum::extract::Path<String>,
+) -> axum::response::Response {
+    match s.sections.iter().find(|x| x.name() == name) {
+        Some(section) => axum::Json(section.debug()).into_response(),
+        None => {
+            let known: Vec<_> = s.sections.iter().map(|x| x.name()).collect();
+            let msg = format!("no /debug/{name} here; this endpoint has /debug/stats {known:?}\n");
+            (StatusCode::NOT_FOUND, msg).into_response()
+        }
     }
 }
 
@@ -244,7 +282,7 @@ async fn events(
     if let Err(e) = authorize(&s, &headers) {
         return e.into_response();
     }
-    if s.subscribers.fetch_add(1, Ordering::Relaxed) >= MAX_EVENT_SUBSCRIBERS {
+    if s.subscribers.fetch_add(1, Ordering::Relaxed) >= s.max_subscribers {
         s.subscribers.fetch_sub(1, Ordering::Relaxed);
         return (StatusCode::SERVICE_UNAVAILABLE, "too many /events subscribers\n").into_response();
     }

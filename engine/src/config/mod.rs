@@ -213,6 +213,10 @@ pub struct Config {
     pub beacon: BeaconConfig,
     /// Cross-domain recovery from upstream endpoints.
     pub proxy: ProxyConfig,
+    /// Gossip between sibling endpoints.
+    pub cluster: ClusterConfig,
+    /// The DHT node and upstream discovery.
+    pub discovery: DiscoveryConfig,
     /// Logging, admin HTTP, drain and warm-up.
     pub runtime: RuntimeConfig,
     /// The TOML file read, if any.
@@ -468,6 +472,63 @@ pub struct ProxyConfig {
     pub dedup_window: Duration,
     /// Recovery jobs queued before drops.
     pub queue_depth: usize,
+    /// Upstream admin addresses whose `/events` this endpoint subscribes to.
+    pub events_upstreams: Vec<HostPort>,
+    /// Bearer-token file for the upstreams' `/events`.
+    pub events_token_file: Option<PathBuf>,
+    /// Most `/events` subscribers served at once.
+    pub max_downstreams: usize,
+}
+
+/// The gossip control plane between sibling endpoints.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClusterConfig {
+    /// Gossip UDP port; gossip runs when `--cluster-key-file` is set.
+    pub port: u16,
+    /// Siblings to join through.
+    pub peers: Vec<HostPort>,
+}
+
+/// Where upstream endpoints come from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum UpstreamDiscovery {
+    /// Only `--upstream-retry-endpoints`.
+    Static,
+    /// The static list, then whatever the DHT knows for `--upstream-domain`.
+    Dht,
+}
+
+impl UpstreamDiscovery {
+    /// The configuration name.
+    pub const fn name(self) -> &'static str {
+        match self {
+            UpstreamDiscovery::Static => "static",
+            UpstreamDiscovery::Dht => "dht",
+        }
+    }
+}
+
+/// The DHT node and upstream discovery.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DiscoveryConfig {
+    /// Whether a DHT node runs (also when `upstream_discovery` is `Dht`).
+    pub enabled: bool,
+    /// DHT UDP port.
+    pub port: u16,
+    /// Nodes to join through.
+    pub bootstrap: Vec<HostPort>,
+    /// The endpoint's ed25519 key file; `None` = a fresh key each start.
+    pub node_key_file: Option<PathBuf>,
+    /// Where good peers are saved for the next start.
+    pub peer_cache: Option<PathBuf>,
+    /// The domain this endpoint serves (empty = publish no record).
+    pub domain: String,
+    /// Where upstreams come from.
+    pub upstream_discovery: UpstreamDiscovery,
+    /// The upstream domain looked up with [`UpstreamDiscovery::Dht`].
+    pub upstream_domain: String,
+    /// Lookup and republish period.
+    pub refresh: Duration,
 }
 
 /// Packet I/O back end.

@@ -21,9 +21,10 @@ use super::parse::{
 };
 use super::settings::{ALL_KEYS, Key, Kind, RunArgs, SETTINGS, Setting};
 use super::{
-    BeaconConfig, BeaconScope, CacheBackend, CacheConfig, CacheTtls, Config, ConfigError,
-    Effective, EngineConfig, Environment, HostPort, IoBackend, LogFormat, NackConfig,
-    NetworkConfig, Origin, Problem, ProxyConfig, RateLimitConfig, RetransmitConfig, RuntimeConfig,
+    BeaconConfig, BeaconScope, CacheBackend, CacheConfig, CacheTtls, ClusterConfig, Config,
+    ConfigError, DiscoveryConfig, Effective, EngineConfig, Environment, HostPort, IoBackend,
+    LogFormat, NackConfig, NetworkConfig, Origin, Problem, ProxyConfig, RateLimitConfig,
+    RetransmitConfig, RuntimeConfig, UpstreamDiscovery,
 };
 
 /// A setting's winning raw value.
@@ -79,9 +80,12 @@ impl<'a> Resolver<'a> {
         let rate_limits = self.rate_limits();
         let beacon = self.beacon();
         let proxy = self.proxy();
+        let cluster = self.cluster();
+        let discovery = self.discovery();
         let runtime = self.runtime();
         self.compat(engine.cpus.len());
         self.cross_check(&network, &cache, &beacon, &proxy);
+        self.check_discovery(&proxy, &discovery);
         if !self.problems.is_empty() {
             return Err(ConfigError { problems: self.problems });
         }
@@ -94,6 +98,8 @@ impl<'a> Resolver<'a> {
             rate_limits,
             beacon,
             proxy,
+            cluster,
+            discovery,
             runtime,
             config_file: self.file.map(|f| f.path),
             notes: self.notes,
@@ -285,6 +291,78 @@ impl<'a> Resolver<'a> {
             ),
             dedup_window: self.get(Key::ProxyDedupWindow, positive_duration),
             queue_depth: self.get(Key::ProxyQueueDepth, |s| parse_int_in(s, 1..=1 << 20)),
+            events_upstreams: self.get(Key::UpstreamEvents, |s| {
+                split_csv(s).into_iter().map(host_port_with_port).collect()
+            }),
+            events_token_file: self.get(Key::UpstreamEventsTokenFile, optional(path)),
+            max_downstreams: self.get(Key::MaxDownstreams, |s| parse_int_in(s, 1..=4096)),
+        }
+    }
+
+    fn cluster(&mut self) -> ClusterConfig {
+        ClusterConfig {
+            port: self.get(Key::GossipPort, parse_port),
+            peers: self.get(Key::GossipPeers, |s| {
+                split_csv(s).into_iter().map(host_port_with_port).collect()
+            }),
+        }
+    }
+
+    fn discovery(&mut self) -> DiscoveryConfig {
+        let upstream_discovery = self.get(Key::UpstreamDiscovery, |s| {
+            parse_choice(
+                s,
+                &[("static", UpstreamDiscovery::Static), ("dht", UpstreamDiscovery::Dht)],
+            )
+        });
+        DiscoveryConfig {
+            enabled: self.get(Key::DhtEnabled, parse_go_bool)
+                || upstream_discovery == UpstreamDiscovery::Dht,
+            port: self.get(Key::DhtPort, parse_port),
+            bootstrap: self.get(Key::DhtBootstrap, |s| {
+                split_csv(s).into_iter().map(host_port_with_port).collect()
+            }),
+            node_key_file: self.get(Key::NodeKeyFile, optional(path)),
+            peer_cache: self.get(Key::DhtPeerCache, optional(path)),
+            domain: self.get(Key::Domain, domain_name),
+            upstream_discovery,
+            upstream_domain: self.get(Key::UpstreamDomain, domain_name),
+            refresh: self.get(Key::DhtRefresh, positive_duration),
+        }
+    }
+
+    /// Discovery settings that only make sense together.
+    fn check_discovery(&mut self, proxy: &ProxyConfig, d: &DiscoveryConfig) {
+        if d.upstream_discovery != UpstreamDiscovery::Dht
+            || !self.parsed(&[Key::UpstreamDiscovery, Key::UpstreamDomain, Key::ProxyEnabled])
+        {
+            return;
+        }
+        let origin = self.raw(Key::UpstreamDiscovery).origin;
+        if d.upstream_domain.is_empty() {
+            let msg = format!(
+                "{} is required with --upstream-discovery dht: set {} to the name the upstream endpoints publish under (their --domain), or set {} to static",
+                name_pair(Key::UpstreamDomain),
+                self.target(Key::UpstreamDomain, Origin::Flag),
+                self.target(Key::UpstreamDiscovery, origin),
+            );
+            self.problem(Some(Key::UpstreamDomain), msg);
+        }
+        if !proxy.enabled {
+            let msg = format!(
+                "--upstream-discovery dht finds upstreams for recovery, which is off: set {} to true, or set {} to static",
+                self.target(Key::ProxyEnabled, Origin::Flag),
+                self.target(Key::UpstreamDiscovery, origin),
+            );
+            self.problem(Some(Key::UpstreamDiscovery), msg);
+        }
+        if !d.domain.is_empty() && d.domain == d.upstream_domain {
+            let msg = format!(
+                "{} names this endpoint's own domain ({:?}): an endpoint would recover from its siblings and itself; set it to the upstream domain",
+                name_pair(Key::UpstreamDomain),
+                d.domain,
+            );
+            self.problem(Some(Key::UpstreamDomain), msg);
         }
     }
 
@@ -378,10 +456,11 @@ impl<'a> Resolver<'a> {
         }
         if proxy.enabled
             && proxy.upstreams.is_empty()
+            && self.raw(Key::UpstreamDiscovery).value != "dht"
             && self.parsed(&[Key::ProxyEnabled, Key::UpstreamRetryEndpoints])
         {
             let msg = format!(
-                "{} is required with --proxy-enabled: set {} to the upstream endpoints' NACK addresses (host:port,host:port), or set {} to false",
+                "{} is required with --proxy-enabled: set {} to the upstream endpoints' NACK addresses (host:port,host:port), use --upstream-discovery dht, or set {} to false",
                 name_pair(Key::UpstreamRetryEndpoints),
                 self.target(Key::UpstreamRetryEndpoints, Origin::Flag),
                 self.target(Key::ProxyEnabled, self.raw(Key::ProxyEnabled).origin),
@@ -748,6 +827,19 @@ fn optional<T>(
     move |s| if s.is_empty() { Ok(None) } else { parse(s).map(Some) }
 }
 
+/// A domain name as published in DHT records: 1..=64 printable ASCII
+/// characters without spaces (empty = none).
+fn domain_name(s: &str) -> Result<String, ValueError> {
+    if s.len() <= 64 && s.bytes().all(|b| b.is_ascii_graphic()) {
+        Ok(s.to_owned())
+    } else {
+        Err(ValueError::new(
+            format!("{s:?} is not a domain name"),
+            "at most 64 printable ASCII characters without spaces, such as bsv-mainnet-eu1",
+        ))
+    }
+}
+
 fn path(s: &str) -> Result<PathBuf, ValueError> {
     Ok(PathBuf::from(s))
 }
@@ -833,7 +925,7 @@ macro_rules! show_name {
         }
     })*};
 }
-show_name!(Scope, SourceMode, CacheBackend, IoBackend, LogFormat, BeaconScope);
+show_name!(Scope, SourceMode, CacheBackend, IoBackend, LogFormat, BeaconScope, UpstreamDiscovery);
 
 impl Show for String {
     fn show(&self) -> String {

@@ -90,6 +90,8 @@ const RETRANSMIT: &str = "Retransmit";
 const RATE: &str = "Rate limits";
 const BEACON: &str = "Beacon";
 const PROXY: &str = "Proxy (cross-domain recovery)";
+const CLUSTER: &str = "Cluster (gossip between sibling endpoints)";
+const DISCOVERY: &str = "Discovery (DHT)";
 const RUNTIME: &str = "Runtime and observability";
 const COMPAT: &str = "Accepted for compatibility, ignored";
 
@@ -255,6 +257,37 @@ settings! {
     ProxyQueueDepth("proxy-queue-depth", "PROXY_QUEUE_DEPTH", "1024", Val("N"), PROXY,
         "Recovery jobs queued before new ones are dropped and counted, 1..=1048576",
         aliases = ["proxy-queue"], env_aliases = ["PROXY_QUEUE"]),
+
+    UpstreamEvents("upstream-events", "RICOCHET_UPSTREAM_EVENTS", "", List("HOST:PORT,..."), PROXY,
+        "Upstream endpoints' admin addresses: subscribe to their /events and apply their invalidations here"),
+    UpstreamEventsTokenFile("upstream-events-token-file", "RICOCHET_UPSTREAM_EVENTS_TOKEN_FILE", "", Val("FILE"), PROXY,
+        "File holding the bearer token the upstream endpoints' /events require"),
+    MaxDownstreams("max-downstreams", "RICOCHET_MAX_DOWNSTREAMS", "64", Val("N"), PROXY,
+        "Most downstream endpoints (and other clients) subscribed to /events at once, 1..=4096"),
+
+    GossipPort("gossip-port", "RICOCHET_GOSSIP_PORT", "9310", Val("PORT"), CLUSTER,
+        "UDP port of the gossip control plane between sibling endpoints (runs when --cluster-key-file is set)"),
+    GossipPeers("gossip-peers", "RICOCHET_GOSSIP_PEERS", "", List("HOST:PORT,..."), CLUSTER,
+        "Sibling endpoints' gossip addresses to join through (more are learnt by peer exchange)"),
+
+    DhtEnabled("dht-enabled", "RICOCHET_DHT_ENABLED", "false", Bool, DISCOVERY,
+        "Run a DHT node and publish this endpoint's signed record under --domain"),
+    DhtPort("dht-port", "RICOCHET_DHT_PORT", "9320", Val("PORT"), DISCOVERY,
+        "UDP port of the DHT node"),
+    DhtBootstrap("dht-bootstrap", "RICOCHET_DHT_BOOTSTRAP", "", List("HOST:PORT,..."), DISCOVERY,
+        "DHT nodes to join through (addresses only)"),
+    NodeKeyFile("node-key-file", "RICOCHET_NODE_KEY_FILE", "", Val("FILE"), DISCOVERY,
+        "File holding this endpoint's ed25519 secret key (64 hex digits); created if missing [default: a new key each start]"),
+    DhtPeerCache("dht-peer-cache", "RICOCHET_DHT_PEER_CACHE", "", Val("FILE"), DISCOVERY,
+        "File the DHT's good peers are saved to and rejoined from at the next start"),
+    Domain("domain", "RICOCHET_DOMAIN", "", Val("NAME"), DISCOVERY,
+        "Name of the multicast domain this endpoint serves; its DHT record is published under it"),
+    UpstreamDiscovery("upstream-discovery", "RICOCHET_UPSTREAM_DISCOVERY", "static", Val("MODE"), DISCOVERY,
+        "Where upstream endpoints come from: static (--upstream-retry-endpoints) or dht (also from the DHT)"),
+    UpstreamDomain("upstream-domain", "RICOCHET_UPSTREAM_DOMAIN", "", Val("NAME"), DISCOVERY,
+        "With --upstream-discovery dht: the domain whose endpoints are this endpoint's upstreams"),
+    DhtRefresh("dht-refresh", "RICOCHET_DHT_REFRESH", "30s", Val("DURATION"), DISCOVERY,
+        "How often the upstream list is looked up again and this endpoint's record republished"),
 
     Debug("debug", "DEBUG", "false", Bool, RUNTIME,
         "Debug logging (the same as --log-level debug)"),

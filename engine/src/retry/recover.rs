@@ -133,6 +133,19 @@ impl Recovery {
         }
     }
 
+    /// Replaces the upstream list (upstream discovery found a new one).
+    /// Jobs in flight keep their position in the list: the next attempt of
+    /// each goes to the new list's next entry, and an upstream MISS that
+    /// arrives for an address no longer listed is left to the timeout.
+    pub fn set_upstreams(&mut self, upstreams: Vec<SocketAddr>) {
+        self.settings.upstreams = upstreams;
+    }
+
+    /// The upstreams asked, in order.
+    pub fn upstreams(&self) -> &[SocketAddr] {
+        &self.settings.upstreams
+    }
+
     /// Whether any upstream is configured.
     pub fn enabled(&self) -> bool {
         !self.settings.upstreams.is_empty()

@@ -251,6 +251,21 @@ pub struct Control {
 }
 
 impl Control {
+    /// Gives every worker a new upstream list (upstream discovery). Returns
+    /// how many workers could not take it now (inbox full); call again.
+    pub fn set_upstreams(&self, upstreams: &[std::net::SocketAddr]) -> usize {
+        let list: Arc<[std::net::SocketAddr]> = upstreams.into();
+        let mut missed = 0;
+        for (inbox, waker) in self.inboxes.iter().zip(&self.wakers) {
+            if inbox.try_send(worker::Handoff::Upstreams(list.clone())).is_ok() {
+                waker.wake();
+            } else {
+                missed += 1;
+            }
+        }
+        missed
+    }
+
     /// Drops every cached frame of `hash_key` on its owning worker; returns
     /// that worker's index, or `None` if its inbox is full (try again).
     pub fn invalidate(&self, hash_key: u64) -> Option<usize> {

@@ -26,6 +26,8 @@ pub(crate) enum Handoff {
     Nack(SocketAddr, [u8; 64], u8),
     /// Drop every cached frame of this flow (from `/admin/invalidate`).
     Invalidate(u64),
+    /// A new upstream list (upstream discovery).
+    Upstreams(Arc<[SocketAddr]>),
 }
 
 /// A worker's sockets.
@@ -203,6 +205,10 @@ impl Core {
                 }
                 Handoff::Invalidate(hash_key) => {
                     self.service.invalidate(hash_key);
+                    Ok(())
+                }
+                Handoff::Upstreams(list) => {
+                    self.recovery.set_upstreams(list.to_vec());
                     Ok(())
                 }
             };

@@ -17,6 +17,20 @@ for comp in rustfmt clippy; do
   fi
 done
 
+# The Redis tests (tests/tests/redis_siblings.rs) start their own
+# redis-server processes on free loopback ports, one per test, so a test can
+# kill Redis mid-run and start it again; this only makes sure the server is
+# installed.
+if ! command -v redis-server >/dev/null 2>&1; then
+  step "installing redis-server (Debian package)"
+  sudo_cmd=""
+  [ "$(id -u)" = 0 ] || sudo_cmd="sudo"
+  $sudo_cmd apt-get install -y redis-server >/dev/null 2>&1 \
+    || { $sudo_cmd apt-get update >/dev/null && $sudo_cmd apt-get install -y redis-server >/dev/null; } \
+    || { echo "cannot install redis-server: run apt-get install -y redis-server as root" >&2; exit 1; }
+fi
+step "redis: $(redis-server --version | cut -d' ' -f1-3)"
+
 step "cargo fmt --check"
 cargo fmt --all -- --check
 

@@ -16,3 +16,4 @@ pub mod config;
 pub mod dht;
 pub mod retry;
 pub mod rt;
+pub mod store;

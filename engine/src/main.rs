@@ -164,6 +164,8 @@ fn options(cfg: &Config) -> Result<(Options, beacon::BeaconSettings), String> {
         proxy_enabled: cfg.proxy.enabled,
         shard_bits: net.shard_bits,
         beef_shard_bits: net.beef_shard_bits,
+        retransmit_dedup: c.redis_addr.is_some(),
+        shared_cache: c.redis_addr.is_some() && c.backend == config::CacheBackend::Redis,
     };
     let backend = match cfg.engine.backend {
         config::IoBackend::Auto => Backend::Auto,
@@ -177,6 +179,8 @@ fn options(cfg: &Config) -> Result<(Options, beacon::BeaconSettings), String> {
         dedup_window: cfg.proxy.dedup_window,
         // Per worker: gaps are recovered by the worker that owns the flow.
         queue_depth: cfg.proxy.queue_depth.div_ceil(cfg.engine.cpus.len()).max(1),
+        // Siblings sharing a Redis server claim each gap there first.
+        shared_claims: cfg.cache.redis_addr.is_some(),
     };
     let opts = Options {
         cpus: cfg.engine.cpus.clone(),
@@ -193,6 +197,8 @@ fn options(cfg: &Config) -> Result<(Options, beacon::BeaconSettings), String> {
         retry,
         recovery,
         batch: 32,
+        store: None,
+        dedup_window: cfg.retransmit.dedup_window,
     };
     let advertised = match (cfg.nack.addr, net.ipv4_lab) {
         (Some(IpAddr::V6(a)), _) => a,
@@ -273,8 +279,23 @@ fn admin_addr(cfg: &Config) -> Result<SocketAddr, String> {
 
 fn serve(cfg: Config) -> Result<(), String> {
     let started = Instant::now();
-    let (opts, beacon_settings) = options(&cfg)?;
+    let (mut opts, beacon_settings) = options(&cfg)?;
     let admin = admin_addr(&cfg)?;
+    let store = cfg.cache.redis_addr.as_ref().map(|addr| {
+        let shared_cache = cfg.cache.backend == config::CacheBackend::Redis;
+        let (client, queue) = ricochet::store::channel(shared_cache);
+        opts.store = Some(client);
+        let settings = ricochet::store::StoreSettings {
+            addr: addr.to_string(),
+            shared_cache,
+            dial_timeout: cfg.cache.dial_timeout,
+            op_timeout: cfg.cache.op_timeout,
+            dedup_window: cfg.retransmit.dedup_window,
+            proxy_window: cfg.proxy.dedup_window,
+            owner: cfg.runtime.instance_id.clone(),
+        };
+        (settings, queue, std::sync::Arc::new(ricochet::store::StoreStats::default()))
+    });
     let runtime = Runtime::start(opts.clone()).map_err(|e| {
         format!(
             "starting the workers failed: {e} (ports {} and {}; is another endpoint running, or \
@@ -322,12 +343,25 @@ fn serve(cfg: Config) -> Result<(), String> {
         token,
     );
     state.started = started;
+    let store = store.map(|(settings, queue, stats)| {
+        state.sections.push(stats.clone());
+        (settings, queue, stats)
+    });
+    let store_control = runtime.control();
     state.max_subscribers = cfg.proxy.max_downstreams;
     let result = control.block_on(async move {
         let listener = tokio::net::TcpListener::bind(admin).await.map_err(|e| {
             format!("--metrics-addr (METRICS_ADDR) = {admin}: cannot listen: {e}")
         })?;
         tokio::spawn(ricochet::admin::forward_events(state.clone()));
+        if let Some((settings, queue, stats)) = store {
+            tracing::info!(addr = %settings.addr, shared_cache = settings.shared_cache, "shared store: Redis");
+            tokio::spawn(async move {
+                if let Err(e) = ricochet::store::run(settings, queue, store_control, stats).await {
+                    tracing::error!("{e}");
+                }
+            });
+        }
         tokio::spawn(async move {
             if let Err(e) = axum::serve(listener, ricochet::admin::router(state)).await {
                 tracing::error!(error = %e, "admin server stopped");

@@ -70,6 +70,16 @@ impl Engine {
         Engine::launch(&[], &args, p, admin)
     }
 
+    /// Starts `ricochet run --ipv4-lab` like [`Engine::start`] but on the
+    /// ports of `p` (from [`ports`]), so a test can stop an endpoint and
+    /// start it again at the same addresses.
+    pub fn start_on(p: [u16; 8], extra: &[&str]) -> Engine {
+        let admin = SocketAddr::from((Ipv4Addr::LOCALHOST, p[2]));
+        let mut args: Vec<String> = vec!["--ipv4-lab".into()];
+        args.extend(extra.iter().map(|s| s.to_string()));
+        Engine::launch(&[], &args, p, admin)
+    }
+
     /// Starts `prefix… ricochet run args…` (e.g. `ip netns exec NS`) with
     /// the ports of `p` (listen, NACK, —, egress) and the admin server on
     /// `admin`, and waits for `/readyz`. The caller must be able to reach
@@ -330,4 +340,128 @@ pub fn drain(sock: &UdpSocket, timeout: Duration) -> Vec<Vec<u8>> {
         out.push(buf[..n].to_vec());
     }
     out
+}
+
+/// A single-SeqNum NACK for `hash_key` with `flags` (0x01 = Proxied) and
+/// SubtreeID 0x20….
+pub fn nack_for(hash_key: u64, seq: u64, flags: u8) -> [u8; 64] {
+    let mut b = [0u8; 64];
+    ricochet_wire::control::NackRepr {
+        flags: ricochet_wire::control::NackFlags(flags),
+        hash_key,
+        start_seq: seq,
+        end_seq: seq,
+        subtree_id: [0x20; 32],
+    }
+    .emit(&mut b)
+    .unwrap();
+    b
+}
+
+/// A lossy bridge between two loopback lab domains: joins shard groups
+/// 0–3 and the block group on `a_port` and forwards every frame to the same
+/// group on `b_port`, except every `drop_every`-th SeqNum. Returns the
+/// dropped SeqNums once `expect` frames have passed (or 10 s elapse).
+pub fn bridge(
+    a_port: u16,
+    b_port: u16,
+    expect: u64,
+    drop_every: u64,
+) -> std::thread::JoinHandle<std::collections::BTreeSet<u64>> {
+    let listeners: Vec<UdpSocket> =
+        (0..4).chain([0xFFFE]).map(|g| group_listener(g, a_port)).collect();
+    let out = Publisher::new(b_port);
+    std::thread::spawn(move || {
+        let mut dropped = std::collections::BTreeSet::new();
+        let mut seen = 0;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let mut buf = [0u8; 65_536];
+        for l in &listeners {
+            l.set_read_timeout(Some(Duration::from_millis(5))).unwrap();
+        }
+        while seen < expect && Instant::now() < deadline {
+            for l in &listeners {
+                while let Ok((n, _)) = l.recv_from(&mut buf) {
+                    let Ok(f) = ricochet_wire::frame::Frame::new_checked(&buf[..n]) else {
+                        continue;
+                    };
+                    seen += 1;
+                    let group = ricochet_wire::group::shard_index(f.id(), 2).unwrap();
+                    if f.seq() % drop_every == 0 {
+                        dropped.insert(f.seq());
+                    } else {
+                        out.send_raw(group, &buf[..n]);
+                    }
+                }
+            }
+        }
+        dropped
+    })
+}
+
+/// A real `redis-server` on a loopback port, stopped on drop.
+/// `scripts/test.sh` installs it; a missing binary fails the test with the
+/// command that installs it.
+#[derive(Debug)]
+pub struct RedisServer {
+    child: Option<Child>,
+    /// Its port.
+    pub port: u16,
+}
+
+impl RedisServer {
+    /// Starts one on a fresh port and waits until it answers PING.
+    pub fn start() -> RedisServer {
+        let port = ports()[0];
+        let mut r = RedisServer { child: None, port };
+        r.restart();
+        r
+    }
+
+    /// `host:port` for `--redis-addr`.
+    pub fn addr(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    /// Starts it (again) on the same port and waits until it answers PING.
+    pub fn restart(&mut self) {
+        self.stop();
+        let child = Command::new("redis-server")
+            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no", "--protected-mode", "no"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server not found; install it: apt-get install -y redis-server (scripts/test.sh does)");
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !self.ping() {
+            assert!(Instant::now() < deadline, "redis-server on port {} did not start", self.port);
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Kills it (SIGKILL: a crash, not a clean shutdown).
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Whether it answers PING now.
+    pub fn ping(&self) -> bool {
+        let Ok(mut s) = TcpStream::connect((Ipv4Addr::LOCALHOST, self.port)) else {
+            return false;
+        };
+        let _ = s.set_read_timeout(Some(Duration::from_millis(500)));
+        let mut buf = [0u8; 7];
+        s.write_all(b"PING\r\n").is_ok() && s.read_exact(&mut buf).is_ok() && &buf == b"+PONG\r\n"
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        self.stop();
+    }
 }

@@ -9,63 +9,17 @@ use std::collections::BTreeSet;
 use std::net::{Ipv4Addr, SocketAddr, UdpSocket};
 use std::time::{Duration, Instant};
 
-use ricochet_e2e::{Engine, Publisher, drain, group_listener, nack_client, ports};
-use ricochet_wire::control::{NackFlags, NackRepr, ResponseRepr};
+use ricochet_e2e::{
+    Engine, Publisher, bridge, drain, group_listener, nack_client, nack_for, ports,
+};
+use ricochet_wire::control::{NackFlags, ResponseRepr};
 use ricochet_wire::frame::Frame;
 
 const FLOW: u64 = 0x00C0_FFEE;
 const FRAMES: u64 = 200;
 
 fn nack(seq: u64, flags: u8) -> [u8; 64] {
-    let mut b = [0u8; 64];
-    NackRepr {
-        flags: NackFlags(flags),
-        hash_key: FLOW,
-        start_seq: seq,
-        end_seq: seq,
-        subtree_id: [0x20; 32],
-    }
-    .emit(&mut b)
-    .unwrap();
-    b
-}
-
-/// Joins domain A's groups on its port and forwards every frame into
-/// domain B's port, dropping every `drop_every`-th; returns the dropped
-/// SeqNums once `expect` frames have passed (or 10 s elapse).
-fn bridge(
-    a_port: u16,
-    b_port: u16,
-    expect: u64,
-    drop_every: u64,
-) -> std::thread::JoinHandle<BTreeSet<u64>> {
-    let listeners: Vec<UdpSocket> =
-        (0..4).chain([0xFFFE]).map(|g| group_listener(g, a_port)).collect();
-    let out = Publisher::new(b_port);
-    std::thread::spawn(move || {
-        let mut dropped = BTreeSet::new();
-        let mut seen = 0;
-        let deadline = Instant::now() + Duration::from_secs(10);
-        let mut buf = [0u8; 65_536];
-        for l in &listeners {
-            l.set_read_timeout(Some(Duration::from_millis(5))).unwrap();
-        }
-        while seen < expect && Instant::now() < deadline {
-            for l in &listeners {
-                while let Ok((n, _)) = l.recv_from(&mut buf) {
-                    let Ok(f) = Frame::new_checked(&buf[..n]) else { continue };
-                    seen += 1;
-                    let group = ricochet_wire::group::shard_index(f.id(), 2).unwrap();
-                    if f.seq() % drop_every == 0 {
-                        dropped.insert(f.seq());
-                    } else {
-                        out.send_raw(group, &buf[..n]);
-                    }
-                }
-            }
-        }
-        dropped
-    })
+    nack_for(FLOW, seq, flags)
 }
 
 #[test]

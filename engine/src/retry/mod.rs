@@ -18,6 +18,9 @@
 //!   restarted proxy's reused HashKey from being served stale frames.
 //! - [`limit`]: the reference endpoint's four NACK rate-limit tiers in
 //!   bounded memory.
+//! - [`claims`]: time-boxed claims, the local half of retransmit and
+//!   upstream-fetch dedup.
+//! - [`recover`]: cross-domain recovery from upstream endpoints.
 //! - [`service`]: the NACK state machine that ties the two together and
 //!   decides what goes back on the wire.
 //!
@@ -40,15 +43,18 @@
 #![warn(missing_docs)]
 
 pub mod cache;
+pub mod claims;
 pub mod limit;
 pub mod recover;
 pub mod service;
 
 pub use cache::{Cache, CacheSettings, CacheStats, TtlClass, Ttls};
+pub use claims::Claims;
 pub use limit::{LimitSettings, Limiter, Tier};
-pub use recover::{Recovered, Recovery, RecoverySettings, RecoveryStats};
+pub use recover::{ClaimResult, Enqueued, Recovered, Recovery, RecoverySettings, RecoveryStats};
 pub use service::{
-    Dest, Effect, FrameOutcome, Outbox, Payload, Service, Settings, Stats, Transmit,
+    Dest, Effect, FrameOutcome, Lookup, Outbox, Payload, PendingMulticast, Service, Settings,
+    Stats, Transmit,
 };
 
 use std::collections::hash_map::RandomState;

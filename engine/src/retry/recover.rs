@@ -16,6 +16,11 @@
 //!   counted (the listener will NACK again). Each (HashKey, SeqNum) is
 //!   claimed for `dedup_window` from its first enqueue, so a gap costs one
 //!   upstream fetch however many listeners NACK it.
+//! - Siblings: with `shared_claims` on (a Redis server shared by sibling
+//!   endpoints), a new job first waits for the caller's cross-instance
+//!   claim ([`Enqueued::NeedsClaim`], answered by [`Recovery::on_claim`]):
+//!   won or unanswerable (Redis down: local dedup only) → ask upstream;
+//!   lost → a sibling fetches it, the job ends.
 //! - Never trusted: a datagram from the upstream socket is a frame only if
 //!   it parses as one and its key matches a claimed gap; anything else is
 //!   counted and dropped. Upstream MISS/ACK carry no HashKey, so a MISS is
@@ -24,6 +29,8 @@
 //!   outlive jobs), so a wrong guess costs time, never a frame.
 
 use std::collections::{HashMap, VecDeque};
+
+use super::claims::Claims;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
@@ -46,6 +53,9 @@ pub struct RecoverySettings {
     pub dedup_window: Duration,
     /// Jobs in flight before new ones are dropped (1024).
     pub queue_depth: usize,
+    /// Each job waits for a cross-instance claim before asking upstream
+    /// (`REDIS_ADDR` set).
+    pub shared_claims: bool,
 }
 
 impl Default for RecoverySettings {
@@ -56,6 +66,7 @@ impl Default for RecoverySettings {
             max_endpoints: 0,
             dedup_window: Duration::from_secs(60),
             queue_depth: 1024,
+            shared_claims: false,
         }
     }
 }
@@ -83,8 +94,38 @@ pub struct RecoveryStats {
     pub garbage: u64,
     /// Sum of recovery latencies, microseconds (divide by `recovered`).
     pub latency_us_sum: u64,
+    /// Jobs a sibling endpoint had claimed already (shared claims).
+    pub claimed_by_sibling: u64,
+    /// Jobs that went ahead without a cross-instance claim because the
+    /// shared store could not answer.
+    pub claims_unavailable: u64,
     /// Jobs in flight now (a gauge).
     pub in_flight: u64,
+}
+
+/// What [`Recovery::enqueue`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Enqueued {
+    /// Recovery is off (no upstreams).
+    Off,
+    /// Claimed here already, or the queue was full: nothing to do.
+    Refused,
+    /// The first Proxied NACK is queued.
+    Asked,
+    /// The job waits for the cross-instance claim of this key; answer with
+    /// [`Recovery::on_claim`].
+    NeedsClaim,
+}
+
+/// The answer to a cross-instance claim.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClaimResult {
+    /// This endpoint holds the claim.
+    Won,
+    /// Another endpoint holds it.
+    Lost,
+    /// The shared store did not answer (down, slow, or its queue full).
+    Unavailable,
 }
 
 /// A recovered frame, to re-cache and multicast.
@@ -103,6 +144,8 @@ struct Job {
     /// Index into `upstreams` of the one being asked.
     attempt: usize,
     deadline: Instant,
+    /// Waiting for the cross-instance claim; nothing sent yet.
+    claiming: bool,
 }
 
 /// The recovery state machine of one worker.
@@ -110,10 +153,8 @@ struct Job {
 pub struct Recovery {
     settings: RecoverySettings,
     jobs: HashMap<FrameKey, Job>,
-    /// Claim expiry per gap; bounded by the dedup window's traffic, trimmed
-    /// in `handle_timeouts`.
-    claims: HashMap<FrameKey, Instant>,
-    claim_order: VecDeque<(Instant, FrameKey)>,
+    /// Gaps claimed for the dedup window; trimmed in `handle_timeouts`.
+    claims: Claims<FrameKey>,
     /// (deadline, key, attempt) in deadline order: every wait is `timeout`
     /// long, so pushing at the back keeps the queue sorted.
     timers: VecDeque<(Instant, FrameKey, usize)>,
@@ -124,12 +165,13 @@ impl Recovery {
     /// A recovery path with these settings.
     pub fn new(settings: RecoverySettings) -> Self {
         Recovery {
-            settings,
             jobs: HashMap::new(),
-            claims: HashMap::new(),
-            claim_order: VecDeque::new(),
+            // A claim per job at most, plus those whose window still runs:
+            // 64 windows' worth of a full queue.
+            claims: Claims::new(settings.dedup_window, settings.queue_depth.saturating_mul(64)),
             timers: VecDeque::new(),
             stats: RecoveryStats::default(),
+            settings,
         }
     }
 
@@ -157,32 +199,63 @@ impl Recovery {
     }
 
     /// Starts recovering `key` unless it is claimed already or the queue
-    /// is full; queues the first Proxied NACK.
+    /// is full; queues the first Proxied NACK, or with shared claims waits
+    /// for [`Recovery::on_claim`].
     pub fn enqueue(
         &mut self,
         now: Instant,
         key: FrameKey,
         subtree_id: [u8; 32],
         out: &mut Vec<Transmit>,
-    ) {
+    ) -> Enqueued {
         if !self.enabled() {
-            return;
+            return Enqueued::Off;
         }
-        if self.claims.get(&key).is_some_and(|&until| until > now) {
+        if self.claims.is_claimed(now, key) {
             self.stats.deduplicated += 1;
-            return;
+            return Enqueued::Refused;
         }
         if self.jobs.len() >= self.settings.queue_depth {
             self.stats.dropped_queue_full += 1;
-            return;
+            return Enqueued::Refused;
         }
-        let until = now + self.settings.dedup_window;
-        self.claims.insert(key, until);
-        self.claim_order.push_back((until, key));
+        self.claims.try_claim(now, key);
         self.stats.queued += 1;
-        let job = Job { subtree_id, started: now, attempt: 0, deadline: now };
+        let job = Job { subtree_id, started: now, attempt: 0, deadline: now, claiming: false };
+        if self.settings.shared_claims {
+            self.jobs.insert(key, Job { claiming: true, ..job });
+            return Enqueued::NeedsClaim;
+        }
         self.jobs.insert(key, job);
         self.ask(now, key, out);
+        Enqueued::Asked
+    }
+
+    /// The cross-instance claim of a job that [`Recovery::enqueue`] left
+    /// waiting: won or unavailable → ask upstream; lost → a sibling is
+    /// fetching the frame, the job ends (and its local claim stays, so this
+    /// endpoint does not ask again within the window).
+    pub fn on_claim(
+        &mut self,
+        now: Instant,
+        key: FrameKey,
+        result: ClaimResult,
+        out: &mut Vec<Transmit>,
+    ) {
+        let Some(job) = self.jobs.get_mut(&key).filter(|j| j.claiming) else { return };
+        match result {
+            ClaimResult::Lost => {
+                self.jobs.remove(&key);
+                self.stats.claimed_by_sibling += 1;
+            }
+            ClaimResult::Won | ClaimResult::Unavailable => {
+                job.claiming = false;
+                if result == ClaimResult::Unavailable {
+                    self.stats.claims_unavailable += 1;
+                }
+                self.ask(now, key, out);
+            }
+        }
     }
 
     /// A datagram from the upstream socket: a frame for a claimed gap is
@@ -197,7 +270,7 @@ impl Recovery {
     ) -> Option<Recovered> {
         if let Ok(frame) = Frame::new_checked(datagram) {
             let key = frame.key()?;
-            if !self.claims.contains_key(&key) {
+            if !self.claims.contains(key) {
                 self.stats.garbage += 1;
                 return None;
             }
@@ -244,15 +317,7 @@ impl Recovery {
                 self.advance(now, key, out);
             }
         }
-        while let Some(&(until, key)) = self.claim_order.front() {
-            if until > now {
-                break;
-            }
-            self.claim_order.pop_front();
-            if self.claims.get(&key) == Some(&until) {
-                self.claims.remove(&key);
-            }
-        }
+        self.claims.expire(now);
     }
 
     /// When [`Recovery::handle_timeouts`] next has work.
@@ -270,7 +335,7 @@ impl Recovery {
     fn oldest_waiting_on(&self, from: SocketAddr) -> Option<FrameKey> {
         self.jobs
             .iter()
-            .filter(|(_, j)| self.settings.upstreams.get(j.attempt) == Some(&from))
+            .filter(|(_, j)| !j.claiming && self.settings.upstreams.get(j.attempt) == Some(&from))
             .min_by_key(|(_, j)| j.deadline)
             .map(|(k, _)| *k)
     }
@@ -463,5 +528,34 @@ mod tests {
         r.enqueue(Instant::now(), key(1), [0; 32], &mut out);
         assert!(out.is_empty());
         assert_eq!(r.stats().queued, 0);
+    }
+
+    #[test]
+    fn shared_claims_wait_then_ask_or_stand_down() {
+        let t0 = Instant::now();
+        let mut r = Recovery::new(RecoverySettings {
+            upstreams: vec![U1.parse().unwrap()],
+            shared_claims: true,
+            ..RecoverySettings::default()
+        });
+        let mut out = Vec::new();
+        assert_eq!(r.enqueue(t0, key(1), [0; 32], &mut out), Enqueued::NeedsClaim);
+        assert_eq!(r.enqueue(t0, key(2), [0; 32], &mut out), Enqueued::NeedsClaim);
+        assert_eq!(r.enqueue(t0, key(3), [0; 32], &mut out), Enqueued::NeedsClaim);
+        assert!(out.is_empty(), "nothing is sent before the claim");
+        // A job waiting for its claim never times out upstream.
+        r.handle_timeouts(t0 + Duration::from_secs(5), &mut out);
+        assert!(out.is_empty());
+        r.on_claim(t0, key(1), ClaimResult::Won, &mut out);
+        r.on_claim(t0, key(2), ClaimResult::Lost, &mut out);
+        r.on_claim(t0, key(3), ClaimResult::Unavailable, &mut out);
+        assert_eq!(out.len(), 2, "won and unavailable ask upstream");
+        let st = r.stats();
+        assert_eq!((st.claimed_by_sibling, st.claims_unavailable, st.in_flight), (1, 1, 2));
+        // The lost gap stays claimed here: asking again is deduplicated.
+        assert_eq!(r.enqueue(t0, key(2), [0; 32], &mut out), Enqueued::Refused);
+        // A late or repeated answer changes nothing.
+        r.on_claim(t0, key(1), ClaimResult::Won, &mut out);
+        assert_eq!(out.len(), 2);
     }
 }

@@ -27,6 +27,20 @@
 //!    then an ACK whose flags say which of those were queued (unless
 //!    suppressed).
 //!
+//! # Siblings sharing a store
+//! With `retransmit_dedup` on (a Redis server shared by sibling endpoints),
+//! step 5's multicast is not queued: an [`Effect::Multicast`] carries the
+//! frame, and the ACK that reports it, to the caller, which claims the
+//! retransmit across instances and answers with
+//! [`Service::on_multicast_claim`] — so a frame goes to its group once per
+//! dedup window however many siblings are asked. The unicast copy, if any,
+//! is queued at once. With `shared_cache` on (`CACHE_BACKEND=redis`) a miss
+//! is not answered at once: an [`Effect::Lookup`] asks the caller to look
+//! in the shared store, and [`Service::on_lookup`] finishes the answer —
+//! the frame served as a hit (and cached here), or MISS and recovery as in
+//! step 3. A range NACK stops at such a miss either way; the requester asks
+//! again for the rest.
+//!
 //! Unlike the reference, which drops them, range NACKs (EndSeq > StartSeq)
 //! are served frame by frame from StartSeq: steps 4–5 per frame held, then
 //! on the first frame not held a MISS (and Recover for that SeqNum) and
@@ -101,6 +115,12 @@ pub struct Settings {
     pub shard_bits: u8,
     /// `BEEF_SHARD_BITS`: BEEF object plane shard bits (4).
     pub beef_shard_bits: u8,
+    /// `REDIS_ADDR` set: multicast retransmits wait for a cross-instance
+    /// dedup claim ([`Effect::Multicast`]) (off).
+    pub retransmit_dedup: bool,
+    /// `CACHE_BACKEND=redis`: a miss here is looked up in the shared store
+    /// before it is answered ([`Effect::Lookup`]) (off).
+    pub shared_cache: bool,
 }
 
 impl Default for Settings {
@@ -117,6 +137,8 @@ impl Default for Settings {
             proxy_enabled: false,
             shard_bits: DEFAULT_SHARD_BITS,
             beef_shard_bits: DEFAULT_BEEF_SHARD_BITS,
+            retransmit_dedup: false,
+            shared_cache: false,
         }
     }
 }
@@ -188,7 +210,7 @@ pub struct Transmit {
 }
 
 /// Work for other parts of the daemon that is not a datagram.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum Effect {
     /// A NACKed frame is not held and proxying is on: fetch it upstream
     /// (proxied NACK, flag 0x01), re-cache it, retransmit it.
@@ -200,6 +222,41 @@ pub enum Effect {
         /// The NACK's SubtreeID, forwarded upstream.
         subtree_id: [u8; 32],
     },
+    /// A multicast retransmit waiting for its cross-instance dedup claim;
+    /// answer with [`Service::on_multicast_claim`].
+    Multicast(PendingMulticast),
+    /// A miss to look up in the shared store; answer with
+    /// [`Service::on_lookup`].
+    Lookup(Lookup),
+}
+
+/// A multicast retransmit held back for its dedup claim, with the ACK that
+/// reports it.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct PendingMulticast {
+    /// The frame's key (what is claimed).
+    pub key: FrameKey,
+    /// Its group.
+    pub group: u16,
+    /// The frame.
+    pub frame: Bytes,
+    /// Who to ACK once decided (`None`: ACKs suppressed).
+    pub ack_to: Option<SocketAddr>,
+    /// ACK flags for what was already queued (the unicast copy).
+    pub ack_flags: u8,
+}
+
+/// A NACKed frame not held here, to look for in the shared store.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Lookup {
+    /// The frame asked for.
+    pub key: FrameKey,
+    /// The NACK's source.
+    pub src: SocketAddr,
+    /// The NACK's SubtreeID (forwarded upstream if it comes to recovery).
+    pub subtree_id: [u8; 32],
+    /// Whether the NACK was Proxied.
+    pub proxied: bool,
 }
 
 /// Caller-owned output buffers, drained after each call and reused so that
@@ -271,6 +328,8 @@ pub enum FrameOutcome {
         group: u16,
         /// The flow's older frames were dropped first (proxy restart).
         new_epoch: bool,
+        /// How long it stays cached (its class's TTL).
+        ttl: std::time::Duration,
     },
     /// Already cached; the first copy was kept.
     Duplicate(FrameKey),
@@ -334,6 +393,13 @@ pub struct Stats {
     pub rate_limited_group: u64,
     /// [`Effect::Recover`]s emitted.
     pub recover_requested: u64,
+    /// Multicast retransmits skipped because a sibling (or this endpoint)
+    /// sent the frame to its group within the dedup window.
+    pub retransmits_deduplicated: u64,
+    /// Misses found in the shared store.
+    pub shared_hits: u64,
+    /// Misses not in the shared store either (or it could not answer).
+    pub shared_misses: u64,
     /// The cache shard's gauges and counters.
     pub cache: CacheStats,
 }
@@ -430,7 +496,12 @@ impl Service {
         Ok(match self.cache.insert(now, key, class, group, datagram, origin) {
             Insert::Inserted { new_epoch } => {
                 self.stats.frames_cached += 1;
-                FrameOutcome::Cached { key, group, new_epoch }
+                FrameOutcome::Cached {
+                    key,
+                    group,
+                    new_epoch,
+                    ttl: self.settings.cache.ttls.get(class),
+                }
             }
             Insert::Duplicate => {
                 self.stats.frames_duplicate += 1;
@@ -487,55 +558,86 @@ impl Service {
             }
         }
 
+        let subtree_id = *nack.subtree_id();
         let flow = self.cache.view(hash_key, now);
         for seq in start..=last {
+            let key = FrameKey { hash_key, seq };
             let Some(hit) = flow.and_then(|f| f.get(seq)) else {
-                stats.cache_misses += 1;
-                if !s.suppress_miss {
-                    respond(out, stats, src, ResponseRepr::miss());
-                }
-                if s.proxy_enabled && !proxied {
-                    stats.recover_requested += 1;
-                    out.effects.push(Effect::Recover {
-                        hash_key,
-                        seq,
-                        subtree_id: *nack.subtree_id(),
-                    });
+                if self.settings.shared_cache {
+                    let lookup = Lookup { key, src, subtree_id, proxied };
+                    out.effects.push(Effect::Lookup(lookup));
+                } else {
+                    serve_miss(&self.settings, &mut self.stats, src, key, subtree_id, proxied, out);
                 }
                 break;
             };
-            stats.cache_hits += 1;
-            if !self.limiter.check_group(now, src.ip(), hit.group) {
-                stats.rate_limited_group += 1;
-                if s.throttle_responses {
-                    respond(out, stats, src, ResponseRepr::throttled(start, BUCKET_PER_GROUP));
-                } else if !s.suppress_ack {
-                    respond(out, stats, src, ResponseRepr::ack(seq, AckFlags(0)));
-                }
+            self.stats.cache_hits += 1;
+            let ctx = Hit { now, src, start, key, group: hit.group, frame: hit.frame, proxied };
+            if !serve_hit(&self.settings, &mut self.stats, &mut self.limiter, ctx, out) {
                 break;
-            }
-            let mut flags = 0;
-            if s.multicast_retransmit {
-                flags |= AckFlags::MULTICAST;
-                stats.retransmits_multicast += 1;
-                out.transmits.push(Transmit {
-                    dest: Dest::Group(hit.group),
-                    payload: Payload::Frame(hit.frame.clone()),
-                });
-            }
-            if s.unicast_retransmit || proxied {
-                flags |= AckFlags::UNICAST;
-                stats.retransmits_unicast += 1;
-                out.transmits.push(Transmit {
-                    dest: Dest::Unicast(src),
-                    payload: Payload::Frame(hit.frame.clone()),
-                });
-            }
-            if !s.suppress_ack {
-                respond(out, stats, src, ResponseRepr::ack(seq, AckFlags(flags)));
             }
         }
         Ok(())
+    }
+
+    /// Finishes an [`Effect::Multicast`]: `send` (the dedup claim was won,
+    /// or could not be made anywhere) queues the frame to its group; either
+    /// way the held-back ACK follows, its flags saying what was sent.
+    pub fn on_multicast_claim(&mut self, m: PendingMulticast, send: bool, out: &mut Outbox) {
+        let mut flags = m.ack_flags;
+        if send {
+            flags |= AckFlags::MULTICAST;
+            self.stats.retransmits_multicast += 1;
+            out.transmits
+                .push(Transmit { dest: Dest::Group(m.group), payload: Payload::Frame(m.frame) });
+        } else {
+            self.stats.retransmits_deduplicated += 1;
+        }
+        if let Some(to) = m.ack_to {
+            respond(out, &mut self.stats, to, ResponseRepr::ack(m.key.seq, AckFlags(flags)));
+        }
+    }
+
+    /// Finishes an [`Effect::Lookup`] with what the shared store held:
+    /// a frame with the right key is cached here and served as a hit;
+    /// anything else (nothing, a frame of another key, the store down) is
+    /// answered as a miss.
+    pub fn on_lookup(&mut self, now: Instant, l: Lookup, found: Option<Bytes>, out: &mut Outbox) {
+        let valid = found.filter(|b| {
+            Frame::new_checked(b).ok().and_then(|f| f.key()).is_some_and(|k| k == l.key)
+        });
+        let Some(frame) = valid else {
+            self.stats.shared_misses += 1;
+            let (s, stats) = (&self.settings, &mut self.stats);
+            return serve_miss(s, stats, l.src, l.key, l.subtree_id, l.proxied, out);
+        };
+        self.stats.shared_hits += 1;
+        self.stats.cache_hits += 1;
+        let group = match self.store(now, frame.clone(), None, Origin::Recovered) {
+            Ok(FrameOutcome::Cached { group, .. }) => group,
+            // Cached meanwhile, or refused by the cache: serve it anyway
+            // with the group its class maps to.
+            _ => match Frame::new_checked(&frame).ok().and_then(|f| {
+                group::retransmit_index(&f, self.settings.shard_bits, self.settings.beef_shard_bits)
+                    .ok()
+            }) {
+                Some(g) => g,
+                None => {
+                    let (s, stats) = (&self.settings, &mut self.stats);
+                    return serve_miss(s, stats, l.src, l.key, l.subtree_id, l.proxied, out);
+                }
+            },
+        };
+        let ctx = Hit {
+            now,
+            src: l.src,
+            start: l.key.seq,
+            key: l.key,
+            group,
+            frame: &frame,
+            proxied: l.proxied,
+        };
+        serve_hit(&self.settings, &mut self.stats, &mut self.limiter, ctx, out);
     }
 
     /// Gives back the memory of expired frames, with bounded work per call;
@@ -553,6 +655,85 @@ impl Service {
     pub fn stats(&self) -> Stats {
         Stats { cache: self.cache.stats(), ..self.stats }
     }
+}
+
+/// One held frame being served.
+struct Hit<'a> {
+    now: Instant,
+    src: SocketAddr,
+    /// The NACK's StartSeq (THROTTLED echoes it).
+    start: u64,
+    key: FrameKey,
+    group: u16,
+    frame: &'a Bytes,
+    proxied: bool,
+}
+
+/// Step 3 for one frame: MISS, and recovery when proxying.
+fn serve_miss(
+    s: &Settings,
+    stats: &mut Stats,
+    src: SocketAddr,
+    key: FrameKey,
+    subtree_id: [u8; 32],
+    proxied: bool,
+    out: &mut Outbox,
+) {
+    stats.cache_misses += 1;
+    if !s.suppress_miss {
+        respond(out, stats, src, ResponseRepr::miss());
+    }
+    if s.proxy_enabled && !proxied {
+        stats.recover_requested += 1;
+        out.effects.push(Effect::Recover { hash_key: key.hash_key, seq: key.seq, subtree_id });
+    }
+}
+
+/// Steps 4–5 for one held frame; false when the group tier refused it
+/// (which ends a range).
+fn serve_hit(
+    s: &Settings,
+    stats: &mut Stats,
+    limiter: &mut Limiter,
+    h: Hit<'_>,
+    out: &mut Outbox,
+) -> bool {
+    let (src, seq) = (h.src, h.key.seq);
+    if !limiter.check_group(h.now, src.ip(), h.group) {
+        stats.rate_limited_group += 1;
+        if s.throttle_responses {
+            respond(out, stats, src, ResponseRepr::throttled(h.start, BUCKET_PER_GROUP));
+        } else if !s.suppress_ack {
+            respond(out, stats, src, ResponseRepr::ack(seq, AckFlags(0)));
+        }
+        return false;
+    }
+    let mut flags = 0;
+    let deferred = s.multicast_retransmit && s.retransmit_dedup;
+    if s.multicast_retransmit && !deferred {
+        flags |= AckFlags::MULTICAST;
+        stats.retransmits_multicast += 1;
+        let payload = Payload::Frame(h.frame.clone());
+        out.transmits.push(Transmit { dest: Dest::Group(h.group), payload });
+    }
+    if s.unicast_retransmit || h.proxied {
+        flags |= AckFlags::UNICAST;
+        stats.retransmits_unicast += 1;
+        let payload = Payload::Frame(h.frame.clone());
+        out.transmits.push(Transmit { dest: Dest::Unicast(src), payload });
+    }
+    if deferred {
+        out.effects.push(Effect::Multicast(PendingMulticast {
+            key: h.key,
+            group: h.group,
+            frame: h.frame.clone(),
+            ack_to: (!s.suppress_ack).then_some(src),
+            ack_flags: flags,
+        }));
+    } else if !s.suppress_ack {
+        respond(out, stats, src, ResponseRepr::ack(seq, AckFlags(flags)));
+    }
+    true
 }
 
 /// Queues a 16-byte response to the NACK's source and counts it.
@@ -721,7 +902,8 @@ mod tests {
             FrameOutcome::Cached {
                 key: FrameKey { hash_key: HK, seq: 9 },
                 group: 0x0123,
-                new_epoch: false
+                new_epoch: false,
+                ttl: Duration::from_secs(60),
             }
         );
         let mut out = Outbox::new();
@@ -790,7 +972,8 @@ mod tests {
             FrameOutcome::Cached {
                 key: FrameKey { hash_key: HK, seq: 1 },
                 group: 2,
-                new_epoch: false
+                new_epoch: false,
+                ttl: Duration::from_secs(60),
             }
         );
         assert_eq!(
@@ -826,6 +1009,69 @@ mod tests {
         assert_eq!(sent(&mut out), [Sent::Miss]);
         assert!(out.effects().is_empty());
         assert_eq!(svc.stats().recover_requested, 1);
+    }
+
+    #[test]
+    fn deduplicated_multicast_waits_for_its_claim_and_the_ack_reports_it() {
+        let (mut svc, t0) = service(|s| {
+            s.retransmit_dedup = true;
+            s.unicast_retransmit = true;
+        });
+        let mut out = Outbox::new();
+        svc.on_nack(t0, src(), &nack(HK, 3, 3, 0), &mut out).unwrap();
+        // The unicast copy leaves now; the multicast and the ACK wait.
+        assert_eq!(sent(&mut out), [Sent::Uc(3)]);
+        let Some(Effect::Multicast(m)) = out.effects.pop() else { panic!("{:?}", out.effects) };
+        assert_eq!(
+            (m.key, m.ack_to, m.ack_flags),
+            (FrameKey { hash_key: HK, seq: 3 }, Some(src()), 2)
+        );
+        svc.on_multicast_claim(m.clone(), true, &mut out);
+        assert_eq!(sent(&mut out), [Sent::Mc(m.group, 3), Sent::Ack(3, 3)]);
+        // Lost: no multicast, and the ACK says only unicast was sent.
+        svc.on_multicast_claim(m, false, &mut out);
+        assert_eq!(sent(&mut out), [Sent::Ack(3, 2)]);
+        let st = svc.stats();
+        assert_eq!((st.retransmits_multicast, st.retransmits_deduplicated), (1, 1));
+    }
+
+    #[test]
+    fn shared_cache_lookup_serves_a_found_frame_and_caches_it() {
+        let (mut svc, t0) = service(|s| {
+            s.shared_cache = true;
+            s.proxy_enabled = true;
+        });
+        let mut out = Outbox::new();
+        svc.on_nack(t0, src(), &nack(HK, 9, 9, 0), &mut out).unwrap();
+        assert!(out.transmits.is_empty(), "nothing is answered before the lookup");
+        let Some(Effect::Lookup(l)) = out.effects.pop() else { panic!("{:?}", out.effects) };
+        svc.on_lookup(t0, l, Some(tx(9)), &mut out);
+        assert_eq!(sent(&mut out), [Sent::Mc(2, 9), Sent::Ack(9, 1)]);
+        assert!(out.effects.is_empty());
+        // Now held locally: a second NACK is a plain hit.
+        svc.on_nack(t0, src(), &nack(HK, 9, 9, 0), &mut out).unwrap();
+        assert_eq!(sent(&mut out), [Sent::Mc(2, 9), Sent::Ack(9, 1)]);
+        assert_eq!(svc.stats().shared_hits, 1);
+    }
+
+    #[test]
+    fn shared_cache_lookup_miss_or_wrong_frame_is_a_miss_with_recovery() {
+        let (mut svc, t0) = service(|s| {
+            s.shared_cache = true;
+            s.proxy_enabled = true;
+        });
+        for found in [None, Some(tx(8)), Some(Bytes::from_static(b"garbage"))] {
+            let mut out = Outbox::new();
+            svc.on_nack(t0, src(), &nack(HK, 9, 9, 0), &mut out).unwrap();
+            let Some(Effect::Lookup(l)) = out.effects.pop() else { panic!() };
+            svc.on_lookup(t0, l, found, &mut out);
+            assert_eq!(sent(&mut out), [Sent::Miss]);
+            assert_eq!(
+                out.effects,
+                [Effect::Recover { hash_key: HK, seq: 9, subtree_id: [0x22; 32] }]
+            );
+        }
+        assert_eq!(svc.stats().shared_misses, 3);
     }
 
     #[test]

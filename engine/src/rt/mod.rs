@@ -101,6 +101,11 @@ pub struct Options {
     pub recovery: retry::RecoverySettings,
     /// Datagrams per recvmmsg/sendmmsg batch.
     pub batch: usize,
+    /// The shared store (Redis) when `REDIS_ADDR` is set.
+    pub store: Option<crate::store::StoreClient>,
+    /// `DEDUP_WINDOW`: how long a multicast retransmit stays claimed when
+    /// retransmits are deduplicated across siblings.
+    pub dedup_window: Duration,
 }
 
 /// The worker that owns a flow: `low32(hash_key) % workers`. The low 32
@@ -150,6 +155,14 @@ pub struct WorkerCounters {
     pub events_dropped: u64,
     /// Sends the kernel refused or that found the socket buffer full.
     pub send_errors: u64,
+    /// Shared-store requests answered unavailable by the worker itself:
+    /// the store's queue was full, too many were parked, or no answer came
+    /// by the deadline.
+    pub store_unavailable: u64,
+    /// Shared-store requests waiting for their answer now (a gauge).
+    pub store_pending: u64,
+    /// Frames not written to the shared cache because its queue was full.
+    pub store_puts_dropped: u64,
     /// Malformed datagrams dropped, by `Error::reason` label.
     pub dropped: std::collections::BTreeMap<&'static str, u64>,
 }
@@ -251,6 +264,17 @@ pub struct Control {
 }
 
 impl Control {
+    /// Hands a shared-store answer to the worker that asked. An answer
+    /// that does not fit the inbox is lost; the worker gives up on it after
+    /// [`STORE_ANSWER_DEADLINE`] and goes ahead as if Redis were down.
+    pub(crate) fn answer(&self, to: crate::store::ReplyTo, answer: crate::store::Answer) {
+        if let Some(inbox) = self.inboxes.get(to.worker) {
+            if inbox.try_send(worker::Handoff::Store(to.token, answer)).is_ok() {
+                self.wakers[to.worker].wake();
+            }
+        }
+    }
+
     /// Gives every worker a new upstream list (upstream discovery). Returns
     /// how many workers could not take it now (inbox full); call again.
     pub fn set_upstreams(&self, upstreams: &[std::net::SocketAddr]) -> usize {
@@ -432,6 +456,10 @@ impl AnyWorker {
 /// Depth of each worker's hand-off inbox. Full inboxes drop (counted):
 /// blocking a worker on a peer would couple their latencies.
 const INBOX_DEPTH: usize = 8192;
+/// How long a worker waits for a shared-store answer before it goes ahead
+/// as if Redis were down (answers normally come within `CACHE_OP_TIMEOUT`
+/// or at once; this only catches answers lost to a full inbox).
+pub const STORE_ANSWER_DEADLINE: Duration = Duration::from_secs(3);
 /// How often a worker expires its cache and publishes statistics.
 const TICK: Duration = Duration::from_millis(100);
 

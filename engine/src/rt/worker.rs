@@ -13,7 +13,11 @@ use socket2::SockAddr;
 
 use super::sys::EventFd;
 use super::{ControlEvent, Options, Shared, WorkerCounters, WorkerSnapshot, owner, socket};
-use crate::retry::{Dest, Effect, FrameOutcome, Outbox, Payload, Recovery, Service, Transmit};
+use crate::retry::{
+    ClaimResult, Claims, Dest, Effect, Enqueued, FrameOutcome, Lookup, Outbox, PendingMulticast,
+    Recovery, Service, Transmit,
+};
+use crate::store::{Answer, ClaimKind, Op, ReplyTo, StoreClient};
 use ricochet_wire::frame::FrameKey;
 
 /// What one worker hands another.
@@ -28,6 +32,32 @@ pub(crate) enum Handoff {
     Invalidate(u64),
     /// A new upstream list (upstream discovery).
     Upstreams(Arc<[SocketAddr]>),
+    /// The shared store's answer to a parked request.
+    Store(u64, Answer),
+}
+
+/// A request waiting for the shared store's answer.
+#[derive(Debug)]
+enum Parked {
+    /// A multicast retransmit waiting for its dedup claim.
+    Multicast(PendingMulticast),
+    /// A miss waiting for the shared-cache lookup.
+    Lookup(Lookup),
+    /// A recovery job waiting for its proxy claim.
+    Proxy(FrameKey),
+}
+
+/// Most requests a worker parks for the shared store; beyond that new ones
+/// go ahead as if Redis were down.
+const MAX_PARKED: usize = 16_384;
+
+/// Requests parked for the shared store, with a deadline each.
+#[derive(Debug, Default)]
+struct StoreWaits {
+    next_token: u64,
+    parked: std::collections::HashMap<u64, (Instant, Parked)>,
+    /// (parked at, token) in time order, for the deadline sweep.
+    order: std::collections::VecDeque<(Instant, u64)>,
 }
 
 /// A worker's sockets.
@@ -58,6 +88,12 @@ pub(crate) struct Core {
     group_dests: std::collections::HashMap<u16, SockAddr>,
     /// Peers handed something since the last [`Core::wake_peers`].
     to_wake: Vec<bool>,
+    /// The shared store, when `REDIS_ADDR` is set.
+    store: Option<StoreClient>,
+    waits: StoreWaits,
+    /// Multicast retransmits sent within the dedup window: the whole dedup
+    /// when Redis is down, a shortcut when it is up.
+    local_dedup: Claims<FrameKey>,
     pub(crate) opts: Options,
 }
 
@@ -90,6 +126,9 @@ impl Core {
             counters: WorkerCounters::default(),
             group_dests: std::collections::HashMap::new(),
             to_wake: vec![false; workers],
+            store: opts.store.clone(),
+            waits: StoreWaits::default(),
+            local_dedup: Claims::new(opts.dedup_window, 1 << 20),
             opts: opts.clone(),
         }
     }
@@ -119,19 +158,30 @@ impl Core {
     /// Caches a frame this worker owns; a new epoch (a restarted proxy
     /// reusing its HashKey) is reported to the control thread for `/events`.
     fn store(&mut self, now: Instant, bytes: Bytes) {
-        match self.service.on_frame(now, bytes, None) {
-            Ok(FrameOutcome::Cached { key, new_epoch: true, .. }) => {
-                if self
-                    .shared
-                    .events
-                    .try_send(ControlEvent::EpochReset { hash_key: key.hash_key })
-                    .is_err()
+        match self.service.on_frame(now, bytes.clone(), None) {
+            Ok(FrameOutcome::Cached { key, new_epoch, ttl, .. }) => {
+                if new_epoch
+                    && self
+                        .shared
+                        .events
+                        .try_send(ControlEvent::EpochReset { hash_key: key.hash_key })
+                        .is_err()
                 {
                     self.counters.events_dropped += 1;
                 }
+                self.share_frame(key, ttl, bytes);
             }
             Ok(_) => {}
             Err(e) => self.drop_reason(e),
+        }
+    }
+
+    /// Writes a newly cached frame to the shared cache
+    /// (`CACHE_BACKEND=redis`); a full queue drops the write (counted).
+    fn share_frame(&mut self, key: FrameKey, ttl: std::time::Duration, frame: Bytes) {
+        let Some(store) = self.store.as_ref().filter(|s| s.shared_cache) else { return };
+        if store.try_send(Op::Put { key, ttl, frame }).is_err() {
+            self.counters.store_puts_dropped += 1;
         }
     }
 
@@ -153,18 +203,113 @@ impl Core {
         self.take_effects(now);
     }
 
-    /// Hands the service's recovery requests to the recovery path, which
-    /// queues the Proxied NACKs (or drops and counts them when its queue is
-    /// full); the effects vector is emptied either way.
+    /// Carries out the service's effects until none are left (finishing
+    /// one can queue another, e.g. a shared-cache miss asks for recovery):
+    /// recovery requests go to the recovery path, which queues the Proxied
+    /// NACKs or parks the job for its cross-instance claim; deduplicated
+    /// multicasts and shared-cache lookups are parked for the store's
+    /// answer, or decided at once when it cannot be asked.
     fn take_effects(&mut self, now: Instant) {
-        for e in self.outbox.effects.drain(..) {
-            let Effect::Recover { hash_key, seq, subtree_id } = e;
-            self.recovery.enqueue(
-                now,
-                FrameKey { hash_key, seq },
-                subtree_id,
-                &mut self.outbox.transmits,
-            );
+        while !self.outbox.effects.is_empty() {
+            let effects = std::mem::take(&mut self.outbox.effects);
+            for e in effects {
+                match e {
+                    Effect::Recover { hash_key, seq, subtree_id } => {
+                        let key = FrameKey { hash_key, seq };
+                        let out = &mut self.outbox.transmits;
+                        if self.recovery.enqueue(now, key, subtree_id, out) == Enqueued::NeedsClaim
+                        {
+                            self.ask_store(now, Parked::Proxy(key));
+                        }
+                    }
+                    Effect::Multicast(m) => self.multicast_deduplicated(now, m),
+                    Effect::Lookup(l) => self.ask_store(now, Parked::Lookup(l)),
+                }
+            }
+        }
+    }
+
+    /// A multicast retransmit that siblings must not repeat: a claim held
+    /// here already decides it at once; otherwise it is claimed locally and
+    /// then in Redis.
+    fn multicast_deduplicated(&mut self, now: Instant, m: PendingMulticast) {
+        if !self.local_dedup.try_claim(now, m.key) {
+            return self.service.on_multicast_claim(m, false, &mut self.outbox);
+        }
+        self.ask_store(now, Parked::Multicast(m));
+    }
+
+    /// Parks `p` and queues its request to the shared store; when that is
+    /// impossible (no store, queue full, too many parked) it is decided as
+    /// if Redis were down.
+    fn ask_store(&mut self, now: Instant, p: Parked) {
+        let token = self.waits.next_token;
+        let reply = ReplyTo { worker: self.index, token };
+        let op = match &p {
+            Parked::Multicast(m) => Op::Claim { kind: ClaimKind::Retransmit, key: m.key, reply },
+            Parked::Proxy(key) => Op::Claim { kind: ClaimKind::Proxy, key: *key, reply },
+            Parked::Lookup(l) => Op::Get { key: l.key, reply },
+        };
+        let queued = self.waits.parked.len() < MAX_PARKED
+            && self.store.as_ref().is_some_and(|s| s.try_send(op).is_ok());
+        if !queued {
+            self.counters.store_unavailable += 1;
+            return self.settle(now, p, None);
+        }
+        self.waits.next_token += 1;
+        self.waits.parked.insert(token, (now, p));
+        self.waits.order.push_back((now, token));
+    }
+
+    /// Finishes a parked request with the store's answer (`None`: no
+    /// answer, go ahead as if Redis were down).
+    fn settle(&mut self, now: Instant, p: Parked, answer: Option<Answer>) {
+        let claim = match answer {
+            Some(Answer::Claim(c)) => c,
+            _ => ClaimResult::Unavailable,
+        };
+        match p {
+            Parked::Multicast(m) => {
+                let send = claim != ClaimResult::Lost;
+                self.service.on_multicast_claim(m, send, &mut self.outbox);
+            }
+            Parked::Proxy(key) => {
+                self.recovery.on_claim(now, key, claim, &mut self.outbox.transmits);
+            }
+            Parked::Lookup(l) => {
+                let found = match answer {
+                    Some(Answer::Get(Ok(found))) => found,
+                    _ => None,
+                };
+                self.service.on_lookup(now, l, found, &mut self.outbox);
+            }
+        }
+        self.take_effects(now);
+    }
+
+    /// A store answer arrived.
+    fn on_store_answer(&mut self, now: Instant, token: u64, answer: Answer) {
+        if let Some((_, p)) = self.waits.parked.remove(&token) {
+            self.settle(now, p, Some(answer));
+        }
+    }
+
+    /// Goes ahead with requests whose answer is overdue.
+    fn expire_store_waits(&mut self, now: Instant) {
+        while let Some(&(at, token)) = self.waits.order.front() {
+            if now.duration_since(at) < super::STORE_ANSWER_DEADLINE {
+                break;
+            }
+            self.waits.order.pop_front();
+            if let Some((_, p)) = self.waits.parked.remove(&token) {
+                self.counters.store_unavailable += 1;
+                self.settle(now, p, None);
+            }
+        }
+        // Tokens answered in time leave stale entries behind; keep the
+        // queue from outgrowing the parked set.
+        if self.waits.parked.is_empty() {
+            self.waits.order.clear();
         }
     }
 
@@ -178,11 +323,22 @@ impl Core {
             return;
         };
         match self.service.on_recovered_frame(now, rec.frame.clone()) {
-            Ok(FrameOutcome::Cached { group, .. }) if self.opts.retry.multicast_retransmit => {
-                self.outbox.transmits.push(Transmit {
-                    dest: Dest::Group(group),
-                    payload: Payload::Frame(rec.frame),
-                });
+            Ok(FrameOutcome::Cached { key, group, ttl, .. }) => {
+                self.share_frame(key, ttl, rec.frame.clone());
+                if self.opts.retry.multicast_retransmit {
+                    let m = PendingMulticast {
+                        key,
+                        group,
+                        frame: rec.frame,
+                        ack_to: None,
+                        ack_flags: 0,
+                    };
+                    if self.opts.retry.retransmit_dedup {
+                        self.multicast_deduplicated(now, m);
+                    } else {
+                        self.service.on_multicast_claim(m, true, &mut self.outbox);
+                    }
+                }
             }
             Ok(_) => {}
             Err(e) => self.drop_reason(e),
@@ -209,6 +365,10 @@ impl Core {
                 }
                 Handoff::Upstreams(list) => {
                     self.recovery.set_upstreams(list.to_vec());
+                    Ok(())
+                }
+                Handoff::Store(token, answer) => {
+                    self.on_store_answer(now, token, answer);
                     Ok(())
                 }
             };
@@ -264,11 +424,14 @@ impl Core {
     /// control thread.
     pub(crate) fn tick(&mut self, now: Instant) {
         self.recovery.handle_timeouts(now, &mut self.outbox.transmits);
+        self.expire_store_waits(now);
+        self.local_dedup.expire(now);
         self.service.expire(now);
         self.publish();
     }
 
     pub(crate) fn publish(&mut self) {
+        self.counters.store_pending = self.waits.parked.len() as u64;
         if let Ok(mut s) = self.shared.snapshots[self.index].lock() {
             *s = WorkerSnapshot {
                 cpu: self.opts.cpus.get(self.index).copied().unwrap_or(0),

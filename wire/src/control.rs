@@ -87,10 +87,20 @@ impl NackFlags {
     /// Sent by an endpoint on behalf of a downstream domain: MUST NOT be
     /// proxied again and is always answered with a unicast copy.
     pub const PROXIED: u8 = 0x01;
+    /// ricochet's extension: forwarded by a sibling endpoint of the same
+    /// domain to the sibling that owns the gap, which recovers it whatever
+    /// its own view of ownership (so a forward never bounces). Endpoints
+    /// that do not know the bit ignore it, as BRC-126 reserves it.
+    pub const SIBLING: u8 = 0x02;
 
     /// Whether the Proxied bit is set.
     pub const fn proxied(self) -> bool {
         self.0 & Self::PROXIED != 0
+    }
+
+    /// Whether the Sibling bit is set.
+    pub const fn sibling(self) -> bool {
+        self.0 & Self::SIBLING != 0
     }
 }
 

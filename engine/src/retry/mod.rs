@@ -47,6 +47,7 @@ pub mod claims;
 pub mod limit;
 pub mod recover;
 pub mod service;
+pub mod siblings;
 
 pub use cache::{Cache, CacheSettings, CacheStats, TtlClass, Ttls};
 pub use claims::Claims;
@@ -56,6 +57,7 @@ pub use service::{
     Dest, Effect, FrameOutcome, Lookup, Outbox, Payload, PendingMulticast, Service, Settings,
     Stats, Transmit,
 };
+pub use siblings::{Sibling, Siblings};
 
 use std::collections::hash_map::RandomState;
 use std::hash::{BuildHasher, Hasher};

@@ -221,6 +221,9 @@ pub enum Effect {
         seq: u64,
         /// The NACK's SubtreeID, forwarded upstream.
         subtree_id: [u8; 32],
+        /// A sibling forwarded the NACK here because this endpoint owns the
+        /// gap: recover it, do not forward it again.
+        from_sibling: bool,
     },
     /// A multicast retransmit waiting for its cross-instance dedup claim;
     /// answer with [`Service::on_multicast_claim`].
@@ -257,6 +260,10 @@ pub struct Lookup {
     pub subtree_id: [u8; 32],
     /// Whether the NACK was Proxied.
     pub proxied: bool,
+    /// Whether a sibling forwarded it ([`NackFlags::SIBLING`]).
+    ///
+    /// [`NackFlags::SIBLING`]: ricochet_wire::control::NackFlags::SIBLING
+    pub from_sibling: bool,
 }
 
 /// Caller-owned output buffers, drained after each call and reused so that
@@ -532,6 +539,7 @@ impl Service {
         let nack = Nack::new_checked(datagram)?;
         let (hash_key, start, end) = (nack.hash_key(), nack.start_seq(), nack.end_seq());
         let proxied = nack.flags().proxied();
+        let from_sibling = nack.flags().sibling();
         self.stats.nacks_proxied += u64::from(proxied);
         let s = &self.settings;
         let stats = &mut self.stats;
@@ -564,10 +572,11 @@ impl Service {
             let key = FrameKey { hash_key, seq };
             let Some(hit) = flow.and_then(|f| f.get(seq)) else {
                 if self.settings.shared_cache {
-                    let lookup = Lookup { key, src, subtree_id, proxied };
+                    let lookup = Lookup { key, src, subtree_id, proxied, from_sibling };
                     out.effects.push(Effect::Lookup(lookup));
                 } else {
-                    serve_miss(&self.settings, &mut self.stats, src, key, subtree_id, proxied, out);
+                    let m = Miss { src, key, subtree_id, proxied, from_sibling };
+                    serve_miss(&self.settings, &mut self.stats, m, out);
                 }
                 break;
             };
@@ -608,8 +617,7 @@ impl Service {
         });
         let Some(frame) = valid else {
             self.stats.shared_misses += 1;
-            let (s, stats) = (&self.settings, &mut self.stats);
-            return serve_miss(s, stats, l.src, l.key, l.subtree_id, l.proxied, out);
+            return serve_miss(&self.settings, &mut self.stats, Miss::from(l), out);
         };
         self.stats.shared_hits += 1;
         self.stats.cache_hits += 1;
@@ -622,10 +630,7 @@ impl Service {
                     .ok()
             }) {
                 Some(g) => g,
-                None => {
-                    let (s, stats) = (&self.settings, &mut self.stats);
-                    return serve_miss(s, stats, l.src, l.key, l.subtree_id, l.proxied, out);
-                }
+                None => return serve_miss(&self.settings, &mut self.stats, Miss::from(l), out),
             },
         };
         let ctx = Hit {
@@ -669,23 +674,36 @@ struct Hit<'a> {
     proxied: bool,
 }
 
-/// Step 3 for one frame: MISS, and recovery when proxying.
-fn serve_miss(
-    s: &Settings,
-    stats: &mut Stats,
+/// A frame asked for and not held.
+struct Miss {
     src: SocketAddr,
     key: FrameKey,
     subtree_id: [u8; 32],
     proxied: bool,
-    out: &mut Outbox,
-) {
+    from_sibling: bool,
+}
+
+impl From<Lookup> for Miss {
+    fn from(l: Lookup) -> Miss {
+        let Lookup { key, src, subtree_id, proxied, from_sibling } = l;
+        Miss { src, key, subtree_id, proxied, from_sibling }
+    }
+}
+
+/// Step 3 for one frame: MISS, and recovery when proxying.
+fn serve_miss(s: &Settings, stats: &mut Stats, m: Miss, out: &mut Outbox) {
     stats.cache_misses += 1;
     if !s.suppress_miss {
-        respond(out, stats, src, ResponseRepr::miss());
+        respond(out, stats, m.src, ResponseRepr::miss());
     }
-    if s.proxy_enabled && !proxied {
+    if s.proxy_enabled && !m.proxied {
         stats.recover_requested += 1;
-        out.effects.push(Effect::Recover { hash_key: key.hash_key, seq: key.seq, subtree_id });
+        out.effects.push(Effect::Recover {
+            hash_key: m.key.hash_key,
+            seq: m.key.seq,
+            subtree_id: m.subtree_id,
+            from_sibling: m.from_sibling,
+        });
     }
 }
 
@@ -1002,7 +1020,12 @@ mod tests {
         assert_eq!(sent(&mut out), [Sent::Miss]);
         assert_eq!(
             out.drain_effects().collect::<Vec<_>>(),
-            [Effect::Recover { hash_key: HK, seq: 99, subtree_id: [0x22; 32] }]
+            [Effect::Recover {
+                hash_key: HK,
+                seq: 99,
+                subtree_id: [0x22; 32],
+                from_sibling: false
+            }]
         );
         // A proxied NACK is never proxied again.
         svc.on_nack(t0, src(), &nack(HK, 98, 98, NackFlags::PROXIED), &mut out).unwrap();
@@ -1068,7 +1091,12 @@ mod tests {
             assert_eq!(sent(&mut out), [Sent::Miss]);
             assert_eq!(
                 out.effects,
-                [Effect::Recover { hash_key: HK, seq: 9, subtree_id: [0x22; 32] }]
+                [Effect::Recover {
+                    hash_key: HK,
+                    seq: 9,
+                    subtree_id: [0x22; 32],
+                    from_sibling: false
+                }]
             );
         }
         assert_eq!(svc.stats().shared_misses, 3);
@@ -1113,7 +1141,10 @@ mod tests {
             sent(&mut out),
             [Sent::Mc(2, 4), Sent::Ack(4, 1), Sent::Mc(2, 5), Sent::Ack(5, 1), Sent::Miss]
         );
-        assert_eq!(out.effects, [Effect::Recover { hash_key: HK, seq: 6, subtree_id: [0x22; 32] }]);
+        assert_eq!(
+            out.effects,
+            [Effect::Recover { hash_key: HK, seq: 6, subtree_id: [0x22; 32], from_sibling: false }]
+        );
         // An unknown flow misses at StartSeq.
         assert_eq!(ask(&mut svc, t0, nack(HK ^ 1, 1, 3, 0)), [Sent::Miss]);
     }

@@ -159,6 +159,10 @@ pub struct WorkerCounters {
     /// the store's queue was full, too many were parked, or no answer came
     /// by the deadline.
     pub store_unavailable: u64,
+    /// Gaps forwarded to the sibling that owns them (gossip membership).
+    pub gaps_forwarded_to_owner: u64,
+    /// Replies from siblings to forwarded NACKs (ignored).
+    pub sibling_replies: u64,
     /// Shared-store requests waiting for their answer now (a gauge).
     pub store_pending: u64,
     /// Frames not written to the shared cache because its queue was full.
@@ -273,6 +277,21 @@ impl Control {
                 self.wakers[to.worker].wake();
             }
         }
+    }
+
+    /// Gives every worker the live siblings (gossip membership) for gap
+    /// ownership. Returns how many workers could not take it now.
+    pub fn set_siblings(&self, view: retry::Siblings) -> usize {
+        let view = Arc::new(view);
+        let mut missed = 0;
+        for (inbox, waker) in self.inboxes.iter().zip(&self.wakers) {
+            if inbox.try_send(worker::Handoff::Siblings(view.clone())).is_ok() {
+                waker.wake();
+            } else {
+                missed += 1;
+            }
+        }
+        missed
     }
 
     /// Gives every worker a new upstream list (upstream discovery). Returns

@@ -14,8 +14,8 @@ use socket2::SockAddr;
 use super::sys::EventFd;
 use super::{ControlEvent, Options, Shared, WorkerCounters, WorkerSnapshot, owner, socket};
 use crate::retry::{
-    ClaimResult, Claims, Dest, Effect, Enqueued, FrameOutcome, Lookup, Outbox, PendingMulticast,
-    Recovery, Service, Transmit,
+    ClaimResult, Claims, Dest, Effect, Enqueued, FrameOutcome, Lookup, Outbox, Payload,
+    PendingMulticast, Recovery, Service, Siblings, Transmit,
 };
 use crate::store::{Answer, ClaimKind, Op, ReplyTo, StoreClient};
 use ricochet_wire::frame::FrameKey;
@@ -34,6 +34,8 @@ pub(crate) enum Handoff {
     Upstreams(Arc<[SocketAddr]>),
     /// The shared store's answer to a parked request.
     Store(u64, Answer),
+    /// The live siblings (gossip membership), for gap ownership.
+    Siblings(Arc<Siblings>),
 }
 
 /// A request waiting for the shared store's answer.
@@ -94,6 +96,8 @@ pub(crate) struct Core {
     /// Multicast retransmits sent within the dedup window: the whole dedup
     /// when Redis is down, a shortcut when it is up.
     local_dedup: Claims<FrameKey>,
+    /// Live siblings: a gap another one owns is forwarded to it.
+    siblings: Arc<Siblings>,
     pub(crate) opts: Options,
 }
 
@@ -129,6 +133,7 @@ impl Core {
             store: opts.store.clone(),
             waits: StoreWaits::default(),
             local_dedup: Claims::new(opts.dedup_window, 1 << 20),
+            siblings: Arc::default(),
             opts: opts.clone(),
         }
     }
@@ -214,8 +219,11 @@ impl Core {
             let effects = std::mem::take(&mut self.outbox.effects);
             for e in effects {
                 match e {
-                    Effect::Recover { hash_key, seq, subtree_id } => {
+                    Effect::Recover { hash_key, seq, subtree_id, from_sibling } => {
                         let key = FrameKey { hash_key, seq };
+                        if !from_sibling && self.forward_to_owner(key, subtree_id) {
+                            continue;
+                        }
                         let out = &mut self.outbox.transmits;
                         if self.recovery.enqueue(now, key, subtree_id, out) == Enqueued::NeedsClaim
                         {
@@ -227,6 +235,31 @@ impl Core {
                 }
             }
         }
+    }
+
+    /// When a live sibling owns the gap `key`, forwards the NACK to it
+    /// (flagged Sibling, from the upstream socket) and returns true; the
+    /// owner fetches it upstream and multicasts it into the domain.
+    fn forward_to_owner(&mut self, key: FrameKey, subtree_id: [u8; 32]) -> bool {
+        if !self.recovery.enabled() {
+            return false;
+        }
+        let Some(owner) = self.siblings.owner(key) else { return false };
+        let nack = ricochet_wire::control::NackRepr {
+            flags: ricochet_wire::control::NackFlags(ricochet_wire::control::NackFlags::SIBLING),
+            hash_key: key.hash_key,
+            start_seq: key.seq,
+            end_seq: key.seq,
+            subtree_id,
+        };
+        let mut buf = [0u8; 64];
+        let Ok(len) = nack.emit(&mut buf) else { return false };
+        self.counters.gaps_forwarded_to_owner += 1;
+        self.outbox.transmits.push(Transmit {
+            dest: Dest::Upstream(owner.nack),
+            payload: Payload::Control { buf, len: len as u8 },
+        });
+        true
     }
 
     /// A multicast retransmit that siblings must not repeat: a claim held
@@ -318,6 +351,12 @@ impl Core {
     /// so every listener that lost it gets it.
     pub(crate) fn on_upstream(&mut self, now: Instant, src: SocketAddr, data: &[u8]) {
         self.counters.upstream_datagrams += 1;
+        if self.siblings.others().iter().any(|s| s.nack == src) {
+            // The owner's MISS or ACK to a forwarded NACK: the frame itself
+            // reaches this domain by multicast.
+            self.counters.sibling_replies += 1;
+            return;
+        }
         let Some(rec) = self.recovery.on_datagram(now, src, data, &mut self.outbox.transmits)
         else {
             return;
@@ -365,6 +404,10 @@ impl Core {
                 }
                 Handoff::Upstreams(list) => {
                     self.recovery.set_upstreams(list.to_vec());
+                    Ok(())
+                }
+                Handoff::Siblings(view) => {
+                    self.siblings = view;
                     Ok(())
                 }
                 Handoff::Store(token, answer) => {

@@ -125,6 +125,8 @@ async fn healthz(State(s): State<AdminState>) -> impl IntoResponse {
 async fn readyz(State(s): State<AdminState>) -> impl IntoResponse {
     if s.shared.draining() {
         (StatusCode::SERVICE_UNAVAILABLE, "draining")
+    } else if s.shared.warming() {
+        (StatusCode::SERVICE_UNAVAILABLE, "warming")
     } else if !s.shared.ready() {
         (StatusCode::SERVICE_UNAVAILABLE, "starting")
     } else {

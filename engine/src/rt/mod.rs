@@ -36,6 +36,8 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
+use bytes::Bytes;
+
 use ricochet_wire::group::{Scope, SourceMode};
 
 use crate::retry::{self, Stats};
@@ -159,6 +161,8 @@ pub struct WorkerCounters {
     /// the store's queue was full, too many were parked, or no answer came
     /// by the deadline.
     pub store_unavailable: u64,
+    /// Frames taken from a sibling's snapshot at a warm restart.
+    pub warm_frames: u64,
     /// Gaps forwarded to the sibling that owns them (gossip membership).
     pub gaps_forwarded_to_owner: u64,
     /// Replies from siblings to forwarded NACKs (ignored).
@@ -206,6 +210,7 @@ pub struct Shared {
     failed: AtomicBool,
     draining: AtomicBool,
     ready: AtomicBool,
+    warming: AtomicBool,
     /// Per-worker snapshots, refreshed every tick.
     pub snapshots: Vec<Mutex<WorkerSnapshot>>,
     /// The backend actually running.
@@ -224,9 +229,19 @@ impl Shared {
     pub fn draining(&self) -> bool {
         self.draining.load(Ordering::Relaxed)
     }
-    /// Whether every worker has started and none has failed.
+    /// Whether every worker has started, none has failed and no warm-up
+    /// from siblings is in progress.
     pub fn ready(&self) -> bool {
-        self.ready.load(Ordering::Relaxed) && !self.failed()
+        self.ready.load(Ordering::Relaxed) && !self.failed() && !self.warming()
+    }
+    /// Whether the cache is being warmed from siblings (`/readyz` 503
+    /// "warming"), bounded by `--warmup-timeout`.
+    pub fn warming(&self) -> bool {
+        self.warming.load(Ordering::Relaxed)
+    }
+    /// Starts or ends the warm-up period.
+    pub fn set_warming(&self, on: bool) {
+        self.warming.store(on, Ordering::Relaxed);
     }
     /// Whether a worker stopped on an error; the process should exit.
     pub fn failed(&self) -> bool {
@@ -294,6 +309,46 @@ impl Control {
         missed
     }
 
+    /// Collects the hot part of every worker's cache, up to `max_bytes` in
+    /// all (split evenly), for a sibling's warm restart. Workers answer
+    /// between packet batches; a worker that does not answer within
+    /// `wait` (busy, or its inbox full) contributes nothing.
+    pub fn export_hot(&self, max_bytes: usize, wait: Duration) -> Vec<Bytes> {
+        let share = max_bytes / self.inboxes.len().max(1);
+        let (tx, rx) = crossbeam_channel::bounded(self.inboxes.len());
+        let mut asked = 0;
+        for (inbox, waker) in self.inboxes.iter().zip(&self.wakers) {
+            if inbox.try_send(worker::Handoff::Export(share, tx.clone())).is_ok() {
+                waker.wake();
+                asked += 1;
+            }
+        }
+        let deadline = std::time::Instant::now() + wait;
+        let mut out = Vec::new();
+        for _ in 0..asked {
+            match rx.recv_deadline(deadline) {
+                Ok(frames) => out.extend(frames),
+                Err(_) => break,
+            }
+        }
+        out
+    }
+
+    /// Hands a frame from a sibling's snapshot to the worker that owns its
+    /// flow; false when it is not a keyed frame or that inbox is full.
+    pub fn warm(&self, frame: Bytes) -> bool {
+        let Some(key) = ricochet_wire::frame::Frame::new_checked(&frame).ok().and_then(|f| f.key())
+        else {
+            return false;
+        };
+        let w = owner(key.hash_key, self.inboxes.len());
+        if self.inboxes[w].try_send(worker::Handoff::Warm(frame)).is_err() {
+            return false;
+        }
+        self.wakers[w].wake();
+        true
+    }
+
     /// Gives every worker a new upstream list (upstream discovery). Returns
     /// how many workers could not take it now (inbox full); call again.
     pub fn set_upstreams(&self, upstreams: &[std::net::SocketAddr]) -> usize {
@@ -348,6 +403,7 @@ impl Runtime {
             failed: AtomicBool::new(false),
             draining: AtomicBool::new(false),
             ready: AtomicBool::new(false),
+            warming: AtomicBool::new(false),
             snapshots: (0..n).map(|_| Mutex::new(WorkerSnapshot::default())).collect(),
             backend,
             steering: AtomicBool::new(steering),

@@ -36,6 +36,12 @@ pub(crate) enum Handoff {
     Store(u64, Answer),
     /// The live siblings (gossip membership), for gap ownership.
     Siblings(Arc<Siblings>),
+    /// Send the hot part of the cache (up to this many bytes) back, for a
+    /// sibling's warm restart.
+    Export(usize, Sender<Vec<Bytes>>),
+    /// A frame from a sibling's snapshot (warm restart): cached like a
+    /// recovered frame, never starting an epoch.
+    Warm(Bytes),
 }
 
 /// A request waiting for the shared store's answer.
@@ -409,6 +415,14 @@ impl Core {
                 Handoff::Siblings(view) => {
                     self.siblings = view;
                     Ok(())
+                }
+                Handoff::Export(max_bytes, reply) => {
+                    let _ = reply.try_send(self.service.cache().hot(now, max_bytes));
+                    Ok(())
+                }
+                Handoff::Warm(frame) => {
+                    self.counters.warm_frames += 1;
+                    self.service.on_recovered_frame(now, frame).map(|_| ())
                 }
                 Handoff::Store(token, answer) => {
                     self.on_store_answer(now, token, answer);

@@ -277,10 +277,55 @@ fn admin_addr(cfg: &Config) -> Result<SocketAddr, String> {
     resolved.ok_or_else(|| format!("--metrics-addr (METRICS_ADDR) = {hp}: cannot resolve"))
 }
 
+/// Reads a bearer token from the file `flag` names: trimmed, at least 16
+/// characters.
+fn read_token(path: &std::path::Path, flag: &str) -> Result<std::sync::Arc<str>, String> {
+    let t = std::fs::read_to_string(path)
+        .map_err(|e| format!("{flag} = {}: cannot read it: {e}", path.display()))?;
+    let t = t.trim();
+    if t.len() < 16 {
+        return Err(format!(
+            "{flag} = {}: the token must be at least 16 characters",
+            path.display()
+        ));
+    }
+    Ok(std::sync::Arc::from(t))
+}
+
+/// The `/events` subscriptions of `--upstream-events`, with their token.
+fn upstream_events(
+    cfg: &Config,
+) -> Result<Option<std::sync::Arc<ricochet::admin::subscribe::UpstreamEvents>>, String> {
+    let p = &cfg.proxy;
+    if p.events_upstreams.is_empty() {
+        return Ok(None);
+    }
+    let Some(path) = &p.events_token_file else {
+        return Err("--upstream-events is set but --upstream-events-token-file is not: the \
+                    upstreams' /events need their --admin-token-file token; write it to a file \
+                    and name that file"
+            .to_string());
+    };
+    let token = read_token(path, "--upstream-events-token-file")?;
+    Ok(Some(ricochet::admin::subscribe::UpstreamEvents::new(
+        &p.events_upstreams,
+        token,
+        ricochet::admin::EVENTS_KEEP_ALIVE,
+    )))
+}
+
 fn serve(cfg: Config) -> Result<(), String> {
     let started = Instant::now();
     let (mut opts, beacon_settings) = options(&cfg)?;
     let admin = admin_addr(&cfg)?;
+    // Token files are read before any socket opens, so a bad one fails fast.
+    let token = cfg
+        .engine
+        .admin_token_file
+        .as_deref()
+        .map(|p| read_token(p, "--admin-token-file"))
+        .transpose()?;
+    let upstream_events = upstream_events(&cfg)?;
     let store = cfg.cache.redis_addr.as_ref().map(|addr| {
         let shared_cache = cfg.cache.backend == config::CacheBackend::Redis;
         let (client, queue) = ricochet::store::channel(shared_cache);
@@ -320,22 +365,6 @@ fn serve(cfg: Config) -> Result<(), String> {
         .map_err(|e| format!("control thread runtime: {e}"))?;
     let drain = cfg.runtime.drain_timeout;
     let beacons = cfg.beacon.enabled;
-    let token = match &cfg.engine.admin_token_file {
-        None => None,
-        Some(path) => {
-            let t = std::fs::read_to_string(path).map_err(|e| {
-                format!("--admin-token-file = {}: cannot read it: {e}", path.display())
-            })?;
-            let t = t.trim();
-            if t.len() < 16 {
-                return Err(format!(
-                    "--admin-token-file = {}: the token must be at least 16 characters",
-                    path.display()
-                ));
-            }
-            Some(std::sync::Arc::<str>::from(t))
-        }
-    };
     let mut state = ricochet::admin::AdminState::new(
         shared.clone(),
         cfg.runtime.instance_id.clone(),
@@ -349,11 +378,17 @@ fn serve(cfg: Config) -> Result<(), String> {
     });
     let store_control = runtime.control();
     state.max_subscribers = cfg.proxy.max_downstreams;
+    if let Some(u) = &upstream_events {
+        state.sections.push(u.clone());
+    }
     let result = control.block_on(async move {
         let listener = tokio::net::TcpListener::bind(admin).await.map_err(|e| {
             format!("--metrics-addr (METRICS_ADDR) = {admin}: cannot listen: {e}")
         })?;
         tokio::spawn(ricochet::admin::forward_events(state.clone()));
+        if let Some(u) = &upstream_events {
+            u.spawn(&state);
+        }
         if let Some((settings, queue, stats)) = store {
             tracing::info!(addr = %settings.addr, shared_cache = settings.shared_cache, "shared store: Redis");
             tokio::spawn(async move {

@@ -21,9 +21,14 @@ use axum::routing::get;
 
 use crate::rt::{Control, Shared, WorkerSnapshot};
 
+pub mod subscribe;
+
 /// Default most `/events` subscribers at once (`--max-downstreams`); more
 /// get 503.
 pub const MAX_EVENT_SUBSCRIBERS: usize = 64;
+/// A `/events` stream idle this long gets a comment, so a subscriber can
+/// tell a quiet upstream from a dead one (it gives up after three).
+pub const EVENTS_KEEP_ALIVE: std::time::Duration = std::time::Duration::from_secs(15);
 /// Events buffered per subscriber; one that falls further behind is
 /// disconnected (it reconnects and resynchronises) rather than slowing
 /// the others.
@@ -109,6 +114,12 @@ pub async fn serve(addr: SocketAddr, state: AdminState) -> std::io::Result<()> {
 async fn metrics(State(s): State<AdminState>) -> impl IntoResponse {
     let snaps = snapshots(&s.shared);
     let mut body = render_metrics(&snaps, &s.shared, s.started.elapsed().as_secs_f64());
+    let _ = writeln!(
+        body,
+        "# HELP ricochet_events_subscribers /events subscribers connected now.\n\
+         # TYPE ricochet_events_subscribers gauge\nricochet_events_subscribers {}",
+        s.subscribers.load(std::sync::atomic::Ordering::Relaxed)
+    );
     for section in &s.sections {
         section.metrics(&mut body);
     }
@@ -298,7 +309,10 @@ async fn events(
                 return Some((Ok::<_, std::convert::Infallible>(h), (None, rx, guard)));
             }
             // A lagging subscriber is cut off: it reconnects and catches up.
-            let msg = rx.recv().await.ok()?;
+            let msg = match tokio::time::timeout(EVENTS_KEEP_ALIVE, rx.recv()).await {
+                Ok(msg) => msg.ok()?,
+                Err(_) => ":\n\n".to_string(), // keep-alive
+            };
             Some((Ok(msg), (None, rx, guard)))
         },
     );

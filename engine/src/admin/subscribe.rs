@@ -1,0 +1,1392 @@
+//! The downstream side of invalidation push (issue 5, scope 3; seed 003):
+//! this endpoint subscribes to every `--upstream-events` endpoint's
+//! `/events` stream and drops the flows they invalidate.
+//!
+//! # Contract
+//! - Registration *is* the subscription: one task per upstream on the
+//!   control thread holds `GET /events` open with the bearer token from
+//!   `--upstream-events-token-file`. It registers at start and, after any
+//!   disconnect or refusal, again after a backoff of 250 ms doubling to
+//!   10 s (jittered; back to 250 ms after a registration that lasted
+//!   [`HEALTHY_AFTER`]).
+//! - What is applied: an SSE event of type `invalidate` whose data is a
+//!   JSON object with a non-zero `hash_key` (`"0x…"` hex, decimal string or
+//!   number) and `reason` `"admin"` (`POST /admin/invalidate` upstream) or
+//!   `"epoch_reset"` (the upstream saw the flow's proxy restart). Both mean
+//!   "drop every cached frame of the flow": [`Control::invalidate`] on the
+//!   owning core. Events of another type or with another reason are
+//!   counted as ignored; malformed ones as `bad_event` errors.
+//! - Cascade: every event applied is re-sent on this endpoint's own
+//!   `/events` with `hops` one higher, so a chain of domains stays
+//!   coherent. An event that has already crossed [`MAX_HOPS`] endpoints is
+//!   dropped and counted (`loop`): it only gets that far around a cycle of
+//!   subscriptions.
+//! - Liveness: the upstream sends a comment every
+//!   [`EVENTS_KEEP_ALIVE`](super::EVENTS_KEEP_ALIVE); three intervals of
+//!   silence count as a disconnect.
+//! - Bounds: a hostile upstream cannot make this allocate without bound —
+//!   the response head, chunk-size lines, SSE lines and one event's data
+//!   each have a fixed cap, and exceeding one ends the connection.
+//!
+//! The HTTP/1.1 and SSE decoding is the sans-IO [`Decoder`]: bytes in,
+//! [`Item`]s out, the same items however the bytes are split.
+
+use std::fmt::Write as _;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tokio::net::TcpStream;
+
+use super::AdminState;
+use crate::config::{Host, HostPort};
+use crate::rt::Control;
+
+/// An invalidation that has crossed this many endpoints is not applied or
+/// forwarded again: it is going round a cycle of subscriptions.
+pub const MAX_HOPS: u64 = 8;
+/// First wait before re-registering, and the wait after a healthy
+/// registration.
+pub const BACKOFF_MIN: Duration = Duration::from_millis(250);
+/// Longest wait between registration attempts.
+pub const BACKOFF_MAX: Duration = Duration::from_secs(10);
+/// A registration that lasted this long was healthy: the next attempt
+/// after it waits [`BACKOFF_MIN`] again. Shorter ones keep doubling the
+/// backoff, so an upstream that accepts and then fails at once is not
+/// hammered.
+pub const HEALTHY_AFTER: Duration = BACKOFF_MAX;
+
+/// Most bytes of a response head (status line and headers).
+pub const MAX_HEAD: usize = 8 * 1024;
+/// Most bytes of a chunk-size or trailer line.
+pub const MAX_CHUNK_LINE: usize = 1024;
+/// Most bytes of one SSE line.
+pub const MAX_LINE: usize = 16 * 1024;
+/// Most bytes of one SSE event's data.
+pub const MAX_EVENT: usize = 16 * 1024;
+/// Bytes of a refusal's body kept for the log.
+pub const MAX_REJECTION: usize = 512;
+
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+const READ_BUFFER: usize = 8 * 1024;
+/// `Control::invalidate` refuses while the owner's inbox is full: retry this
+/// often, this many times.
+const APPLY_RETRY: Duration = Duration::from_millis(10);
+const APPLY_ATTEMPTS: u32 = 50;
+
+/// Every upstream this endpoint subscribes to, with its counters; the
+/// `upstream-events` admin section.
+#[derive(Debug)]
+pub struct UpstreamEvents {
+    upstreams: Vec<Arc<Upstream>>,
+    token: Secret,
+    keep_alive: Duration,
+}
+
+/// The bearer token, kept out of `Debug` output.
+#[derive(Clone)]
+struct Secret(Arc<str>);
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("<token>")
+    }
+}
+
+impl UpstreamEvents {
+    /// Subscriptions to `upstreams` (admin `host:port`s) with `token`,
+    /// expecting a keep-alive every `keep_alive`.
+    pub fn new(upstreams: &[HostPort], token: Arc<str>, keep_alive: Duration) -> Arc<Self> {
+        Arc::new(UpstreamEvents {
+            upstreams: upstreams
+                .iter()
+                .map(|hp| {
+                    Arc::new(Upstream {
+                        addr: hp.clone(),
+                        label: hp.to_string(),
+                        stats: Stats::default(),
+                        status: Mutex::new(Status::new()),
+                    })
+                })
+                .collect(),
+            token: Secret(token),
+            keep_alive,
+        })
+    }
+
+    /// Starts one subscription task per upstream on the current runtime;
+    /// they apply invalidations through `state.control` and re-send them on
+    /// `state.events`, and run until the process exits.
+    pub fn spawn(&self, state: &AdminState) {
+        let labels: Vec<&str> = self.upstreams.iter().map(|u| u.label.as_str()).collect();
+        tracing::info!(upstreams = ?labels, "subscribing to upstream invalidations");
+        for up in &self.upstreams {
+            let ctx = Ctx {
+                control: state.control.clone(),
+                events: state.events.clone(),
+                token: self.token.clone(),
+                silence: self.keep_alive * 3,
+            };
+            tokio::spawn(run(up.clone(), ctx));
+        }
+    }
+}
+
+impl super::Section for UpstreamEvents {
+    fn name(&self) -> &'static str {
+        "upstream-events"
+    }
+
+    fn metrics(&self, out: &mut String) {
+        let family = |out: &mut String, name: &str, kind: &str, help: &str| {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+        };
+        let each = |out: &mut String, name: &str, f: &dyn Fn(&Stats) -> u64| {
+            for up in &self.upstreams {
+                let _ =
+                    writeln!(out, "{name}{{upstream=\"{}\"}} {}", escape(&up.label), f(&up.stats));
+            }
+        };
+        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        let name = "ricochet_upstream_events_connected";
+        family(out, name, "gauge", "1 while registered with the upstream's /events.");
+        each(out, name, &|s| u64::from(s.connected.load(Ordering::Relaxed)));
+        for (name, help, field) in [
+            (
+                "ricochet_upstream_events_connects_total",
+                "Registrations with the upstream's /events that succeeded.",
+                (|s| &s.connects) as fn(&Stats) -> &AtomicU64,
+            ),
+            (
+                "ricochet_upstream_events_disconnects_total",
+                "Registered /events streams that ended.",
+                |s| &s.disconnects,
+            ),
+            (
+                "ricochet_upstream_events_invalidations_applied_total",
+                "Invalidations from the upstream applied here (and re-sent on this /events).",
+                |s| &s.applied,
+            ),
+            (
+                "ricochet_upstream_events_ignored_total",
+                "Well-formed upstream events that are not invalidations this endpoint applies.",
+                |s| &s.ignored,
+            ),
+        ] {
+            family(out, name, "counter", help);
+            each(out, name, &|s| get(field(s)));
+        }
+        let name = "ricochet_upstream_events_errors_total";
+        family(out, name, "counter", "Subscription failures and bad upstream events, by reason.");
+        for up in &self.upstreams {
+            for kind in ErrorKind::ALL {
+                let _ = writeln!(
+                    out,
+                    "{name}{{upstream=\"{}\",reason=\"{}\"}} {}",
+                    escape(&up.label),
+                    kind.as_str(),
+                    get(&up.stats.errors[kind as usize])
+                );
+            }
+        }
+    }
+
+    fn debug(&self) -> serde_json::Value {
+        let now = Instant::now();
+        let upstreams: Vec<_> = self
+            .upstreams
+            .iter()
+            .map(|up| {
+                let s = &up.stats;
+                let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+                let errors: serde_json::Map<_, _> = ErrorKind::ALL
+                    .iter()
+                    .map(|&k| (k.as_str().to_string(), get(&s.errors[k as usize]).into()))
+                    .collect();
+                let status =
+                    up.status.lock().map(|g| g.clone()).unwrap_or_else(|p| p.into_inner().clone());
+                serde_json::json!({
+                    "upstream": up.label,
+                    "state": status.state,
+                    "state_seconds": now.saturating_duration_since(status.since).as_secs_f64(),
+                    "connected": s.connected.load(Ordering::Relaxed),
+                    "connects": get(&s.connects),
+                    "disconnects": get(&s.disconnects),
+                    "invalidations_applied": get(&s.applied),
+                    "events_ignored": get(&s.ignored),
+                    "errors": errors,
+                    "backoff_ms": status.backoff.as_millis() as u64,
+                    "last_error": status.last_error.map(|e| serde_json::json!({
+                        "reason": e.kind.as_str(),
+                        "detail": e.detail,
+                        "seconds_ago": now.saturating_duration_since(e.at).as_secs_f64(),
+                    })),
+                })
+            })
+            .collect();
+        serde_json::json!({
+            "keep_alive_seconds": self.keep_alive.as_secs_f64(),
+            "silence_timeout_seconds": (self.keep_alive * 3).as_secs_f64(),
+            "upstreams": upstreams,
+        })
+    }
+}
+
+/// Why a subscription failed or an upstream event was not applied.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ErrorKind {
+    /// The upstream could not be resolved or reached.
+    Connect,
+    /// 401: the token is not the upstream's.
+    Unauthorized,
+    /// 403: the upstream has no `--admin-token-file`.
+    Forbidden,
+    /// 503: the upstream is at `--max-downstreams`.
+    Refused,
+    /// Another status, or a 200 that is not an event stream.
+    HttpStatus,
+    /// Malformed HTTP framing or SSE.
+    BadResponse,
+    /// A head, line or event over its cap.
+    TooLarge,
+    /// No bytes for three keep-alive intervals.
+    Silence,
+    /// The upstream ended the stream.
+    Closed,
+    /// A socket error mid-stream.
+    Io,
+    /// An `invalidate` event whose data is not a valid invalidation.
+    BadEvent,
+    /// The owning core's inbox stayed full; the flow was not dropped here.
+    ApplyBusy,
+    /// An event that went round a cycle of subscriptions.
+    Loop,
+}
+
+impl ErrorKind {
+    /// Every kind, in metric order.
+    pub const ALL: [ErrorKind; 13] = [
+        ErrorKind::Connect,
+        ErrorKind::Unauthorized,
+        ErrorKind::Forbidden,
+        ErrorKind::Refused,
+        ErrorKind::HttpStatus,
+        ErrorKind::BadResponse,
+        ErrorKind::TooLarge,
+        ErrorKind::Silence,
+        ErrorKind::Closed,
+        ErrorKind::Io,
+        ErrorKind::BadEvent,
+        ErrorKind::ApplyBusy,
+        ErrorKind::Loop,
+    ];
+
+    /// The `reason` label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorKind::Connect => "connect",
+            ErrorKind::Unauthorized => "unauthorized",
+            ErrorKind::Forbidden => "forbidden",
+            ErrorKind::Refused => "refused",
+            ErrorKind::HttpStatus => "http_status",
+            ErrorKind::BadResponse => "bad_response",
+            ErrorKind::TooLarge => "too_large",
+            ErrorKind::Silence => "silence",
+            ErrorKind::Closed => "closed",
+            ErrorKind::Io => "io",
+            ErrorKind::BadEvent => "bad_event",
+            ErrorKind::ApplyBusy => "apply_busy",
+            ErrorKind::Loop => "loop",
+        }
+    }
+}
+
+/// What the [`Decoder`] produces.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Item {
+    /// The response head: its status, and whether it announces
+    /// `text/event-stream`.
+    Head {
+        /// HTTP status code.
+        status: u16,
+        /// `Content-Type: text/event-stream`.
+        event_stream: bool,
+    },
+    /// One dispatched server-sent event (of a 200 response).
+    Event(SseEvent),
+    /// The response body ended (last chunk, or `Content-Length` reached).
+    End,
+}
+
+/// A server-sent event as the WHATWG event-stream format defines it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SseEvent {
+    /// The `event:` field; `message` when absent.
+    pub kind: String,
+    /// The `data:` lines, joined by `\n`.
+    pub data: String,
+}
+
+/// Why the [`Decoder`] gave up. Once it fails it stays failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum DecodeError {
+    /// The response head is longer than [`MAX_HEAD`].
+    HeadTooLong,
+    /// The status line is not `HTTP/1.x NNN …`.
+    BadStatusLine,
+    /// A header line has no colon, or `Content-Length` is not a number.
+    BadHeader,
+    /// A chunk-size or trailer line is longer than [`MAX_CHUNK_LINE`].
+    ChunkLineTooLong,
+    /// A chunk size is not hex or overflows.
+    BadChunkSize,
+    /// Chunk data is not followed by CRLF.
+    BadChunkEnd,
+    /// An SSE line is longer than [`MAX_LINE`].
+    LineTooLong,
+    /// An SSE event's data is longer than [`MAX_EVENT`].
+    EventTooLarge,
+}
+
+impl DecodeError {
+    /// The error-metric reason it counts under.
+    pub fn kind(self) -> ErrorKind {
+        match self {
+            DecodeError::HeadTooLong
+            | DecodeError::ChunkLineTooLong
+            | DecodeError::LineTooLong
+            | DecodeError::EventTooLarge => ErrorKind::TooLarge,
+            _ => ErrorKind::BadResponse,
+        }
+    }
+}
+
+/// Decodes an HTTP/1.1 response carrying a server-sent event stream
+/// (RFC 9112 §6–7 framing, WHATWG HTML "event stream interpretation"; the
+/// events themselves are described in docs/OPERATIONS.md, "Invalidation
+/// push between domains"):
+/// status line and headers, then a chunked, `Content-Length` or
+/// read-until-close body, whose bytes are parsed as SSE (status 200) or kept
+/// up to [`MAX_REJECTION`] bytes (any other status, for the log).
+///
+/// Sans-IO: [`feed`](Self::feed) takes whatever bytes arrived and appends
+/// the items they complete; how the stream is split never changes the
+/// items. Every buffer it holds is capped (see the `MAX_*` constants).
+#[derive(Debug, Default)]
+pub struct Decoder {
+    phase: Phase,
+    /// The head line, chunk-size line or trailer line being read.
+    line: Vec<u8>,
+    /// Head bytes so far.
+    head_len: usize,
+    status: Option<u16>,
+    event_stream: bool,
+    chunked: bool,
+    length: Option<u64>,
+    rejection: Vec<u8>,
+    sse: SseParser,
+}
+
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    #[default]
+    StatusLine,
+    Headers,
+    ChunkSize,
+    ChunkData(u64),
+    /// After chunk data: CR or LF expected.
+    ChunkCr,
+    /// After chunk data and its CR: LF expected.
+    ChunkLf,
+    Trailers,
+    Length(u64),
+    UntilClose,
+    Done,
+    Failed(DecodeError),
+}
+
+impl Decoder {
+    /// A decoder awaiting the status line.
+    pub fn new() -> Self {
+        Decoder::default()
+    }
+
+    /// The status, once the status line is in.
+    pub fn status(&self) -> Option<u16> {
+        self.status
+    }
+
+    /// The start of a non-200 response's body, for the log.
+    pub fn rejection(&self) -> String {
+        String::from_utf8_lossy(&self.rejection).trim().to_string()
+    }
+
+    /// Whether a non-200 body has filled its [`MAX_REJECTION`] bytes.
+    pub fn rejection_full(&self) -> bool {
+        self.rejection.len() >= MAX_REJECTION
+    }
+
+    /// Bytes held in buffers now (the caps bound it).
+    pub fn buffered(&self) -> usize {
+        self.line.len() + self.rejection.len() + self.sse.buffered()
+    }
+
+    /// Consumes `bytes`, appending the items they complete to `out`. After
+    /// an error every call returns it again; after [`Item::End`] further
+    /// bytes are ignored.
+    pub fn feed(&mut self, mut bytes: &[u8], out: &mut Vec<Item>) -> Result<(), DecodeError> {
+        while !bytes.is_empty() {
+            match self.step(bytes, out) {
+                Ok(n) => bytes = &bytes[n..],
+                Err(e) => {
+                    self.phase = Phase::Failed(e);
+                    return Err(e);
+                }
+            }
+        }
+        match self.phase {
+            Phase::Failed(e) => Err(e),
+            _ => Ok(()),
+        }
+    }
+
+    /// Consumes a prefix of `bytes` (at least one byte) and returns its
+    /// length.
+    fn step(&mut self, bytes: &[u8], out: &mut Vec<Item>) -> Result<usize, DecodeError> {
+        match self.phase {
+            Phase::StatusLine | Phase::Headers => {
+                let budget = MAX_HEAD - self.head_len;
+                let (n, done) = take_line(&mut self.line, bytes, budget);
+                self.head_len += n;
+                if !done {
+                    return if n == budget { Err(DecodeError::HeadTooLong) } else { Ok(n) };
+                }
+                let line = std::mem::take(&mut self.line);
+                let result = self.head_line(trim_cr(&line), out);
+                self.line = line;
+                self.line.clear();
+                result.map(|()| n)
+            }
+            Phase::ChunkSize | Phase::Trailers => {
+                let budget = MAX_CHUNK_LINE - self.line.len();
+                let (n, done) = take_line(&mut self.line, bytes, budget);
+                if !done {
+                    return if n == budget { Err(DecodeError::ChunkLineTooLong) } else { Ok(n) };
+                }
+                let line = trim_cr(&self.line);
+                if self.phase == Phase::Trailers {
+                    if line.is_empty() {
+                        self.finish(out);
+                    }
+                } else {
+                    let size = chunk_size(line)?;
+                    self.phase = if size == 0 { Phase::Trailers } else { Phase::ChunkData(size) };
+                }
+                self.line.clear();
+                Ok(n)
+            }
+            Phase::ChunkData(left) => {
+                let n = bytes.len().min(usize::try_from(left).unwrap_or(usize::MAX));
+                self.body(&bytes[..n], out)?;
+                let left = left - n as u64;
+                self.phase = if left == 0 { Phase::ChunkCr } else { Phase::ChunkData(left) };
+                Ok(n)
+            }
+            Phase::ChunkCr | Phase::ChunkLf => {
+                self.phase = match (self.phase, bytes[0]) {
+                    (Phase::ChunkCr, b'\r') => Phase::ChunkLf,
+                    (_, b'\n') => Phase::ChunkSize,
+                    _ => return Err(DecodeError::BadChunkEnd),
+                };
+                Ok(1)
+            }
+            Phase::Length(left) => {
+                let n = bytes.len().min(usize::try_from(left).unwrap_or(usize::MAX));
+                self.body(&bytes[..n], out)?;
+                let left = left - n as u64;
+                if left == 0 {
+                    self.finish(out);
+                } else {
+                    self.phase = Phase::Length(left);
+                }
+                Ok(n)
+            }
+            Phase::UntilClose => {
+                self.body(bytes, out)?;
+                Ok(bytes.len())
+            }
+            Phase::Done => Ok(bytes.len()),
+            Phase::Failed(e) => Err(e),
+        }
+    }
+
+    fn head_line(&mut self, line: &[u8], out: &mut Vec<Item>) -> Result<(), DecodeError> {
+        if self.phase == Phase::StatusLine {
+            self.status = Some(status_code(line).ok_or(DecodeError::BadStatusLine)?);
+            self.phase = Phase::Headers;
+            return Ok(());
+        }
+        if !line.is_empty() {
+            let colon = line.iter().position(|&b| b == b':').ok_or(DecodeError::BadHeader)?;
+            let name = String::from_utf8_lossy(&line[..colon]).trim().to_ascii_lowercase();
+            let value = String::from_utf8_lossy(&line[colon + 1..]).trim().to_ascii_lowercase();
+            match name.as_str() {
+                // The last coding decides whether the body is chunked.
+                "transfer-encoding" => {
+                    self.chunked = value.rsplit(',').next().is_some_and(|c| c.trim() == "chunked");
+                }
+                "content-length" => {
+                    let n: u64 = value.parse().map_err(|_| DecodeError::BadHeader)?;
+                    if self.length.is_some_and(|m| m != n) {
+                        return Err(DecodeError::BadHeader);
+                    }
+                    self.length = Some(n);
+                }
+                "content-type" => {
+                    self.event_stream =
+                        value.split(';').next().map(str::trim) == Some("text/event-stream");
+                }
+                _ => {}
+            }
+            return Ok(());
+        }
+        // The empty line: the head is complete.
+        let status = self.status.unwrap_or(0);
+        out.push(Item::Head { status, event_stream: self.event_stream });
+        self.phase = if (100..200).contains(&status) || status == 204 || status == 304 {
+            Phase::Done
+        } else if self.chunked {
+            Phase::ChunkSize
+        } else if let Some(n) = self.length {
+            Phase::Length(n)
+        } else {
+            Phase::UntilClose
+        };
+        if matches!(self.phase, Phase::Done | Phase::Length(0)) {
+            self.finish(out);
+        }
+        Ok(())
+    }
+
+    fn body(&mut self, bytes: &[u8], out: &mut Vec<Item>) -> Result<(), DecodeError> {
+        if self.status == Some(200) {
+            self.sse.feed(bytes, out)
+        } else {
+            let room = MAX_REJECTION - self.rejection.len();
+            self.rejection.extend_from_slice(&bytes[..bytes.len().min(room)]);
+            Ok(())
+        }
+    }
+
+    fn finish(&mut self, out: &mut Vec<Item>) {
+        self.phase = Phase::Done;
+        out.push(Item::End);
+    }
+}
+
+/// Appends `bytes` up to the first LF to `line`, consuming at most
+/// `budget` bytes, the LF included (the LF is not stored); returns how many
+/// it consumed and whether the line ended. A line that is not over when
+/// the budget is spent is too long: callers fail then, so they never call
+/// with a budget of zero.
+fn take_line(line: &mut Vec<u8>, bytes: &[u8], budget: usize) -> (usize, bool) {
+    let window = &bytes[..bytes.len().min(budget)];
+    match window.iter().position(|&b| b == b'\n') {
+        Some(i) => {
+            line.extend_from_slice(&window[..i]);
+            (i + 1, true)
+        }
+        None => {
+            line.extend_from_slice(window);
+            (window.len(), false)
+        }
+    }
+}
+
+fn trim_cr(line: &[u8]) -> &[u8] {
+    line.strip_suffix(b"\r").unwrap_or(line)
+}
+
+/// `HTTP/1.x NNN reason` → `NNN`.
+fn status_code(line: &[u8]) -> Option<u16> {
+    let rest = line.strip_prefix(b"HTTP/1.")?;
+    let (&minor, rest) = rest.split_first()?;
+    let rest = rest.strip_prefix(b" ")?;
+    if !minor.is_ascii_digit() || rest.len() < 3 || !rest[..3].iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    if rest.len() > 3 && rest[3] != b' ' {
+        return None;
+    }
+    std::str::from_utf8(&rest[..3]).ok()?.parse().ok()
+}
+
+/// `1a2;ext=…` → 0x1a2 (RFC 9112 §7.1).
+fn chunk_size(line: &[u8]) -> Result<u64, DecodeError> {
+    let end = line.iter().position(|&b| b == b';').unwrap_or(line.len());
+    let hex = line[..end].trim_ascii();
+    if hex.is_empty() || hex.len() > 16 {
+        return Err(DecodeError::BadChunkSize);
+    }
+    let hex = std::str::from_utf8(hex).map_err(|_| DecodeError::BadChunkSize)?;
+    u64::from_str_radix(hex, 16).map_err(|_| DecodeError::BadChunkSize)
+}
+
+/// The WHATWG event-stream line parser: lines end in CRLF, LF or CR; an
+/// empty line dispatches; `:` starts a comment.
+#[derive(Debug, Default)]
+struct SseParser {
+    line: Vec<u8>,
+    /// The last byte was a CR: a LF right after it ends no line.
+    after_cr: bool,
+    kind: Vec<u8>,
+    data: Vec<u8>,
+    /// Some `data:` field was seen since the last dispatch.
+    has_data: bool,
+}
+
+impl SseParser {
+    fn buffered(&self) -> usize {
+        self.line.len() + self.kind.len() + self.data.len()
+    }
+
+    fn feed(&mut self, bytes: &[u8], out: &mut Vec<Item>) -> Result<(), DecodeError> {
+        let mut rest = bytes;
+        while let Some((&first, tail)) = rest.split_first() {
+            if std::mem::take(&mut self.after_cr) && first == b'\n' {
+                rest = tail;
+                continue;
+            }
+            match rest.iter().position(|&b| b == b'\n' || b == b'\r') {
+                Some(i) => {
+                    self.push(&rest[..i])?;
+                    self.after_cr = rest[i] == b'\r';
+                    self.end_line(out)?;
+                    rest = &rest[i + 1..];
+                }
+                None => {
+                    self.push(rest)?;
+                    rest = &[];
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn push(&mut self, bytes: &[u8]) -> Result<(), DecodeError> {
+        if self.line.len() + bytes.len() > MAX_LINE {
+            return Err(DecodeError::LineTooLong);
+        }
+        self.line.extend_from_slice(bytes);
+        Ok(())
+    }
+
+    fn end_line(&mut self, out: &mut Vec<Item>) -> Result<(), DecodeError> {
+        let line = std::mem::take(&mut self.line);
+        let result = self.field(&line, out);
+        self.line = line;
+        self.line.clear();
+        result
+    }
+
+    fn field(&mut self, line: &[u8], out: &mut Vec<Item>) -> Result<(), DecodeError> {
+        if line.is_empty() {
+            if std::mem::take(&mut self.has_data) {
+                self.data.pop(); // the newline after the last data line
+                let kind = if self.kind.is_empty() { "message".into() } else { lossy(&self.kind) };
+                out.push(Item::Event(SseEvent { kind, data: lossy(&self.data) }));
+            }
+            self.kind.clear();
+            self.data.clear();
+            return Ok(());
+        }
+        if line[0] == b':' {
+            return Ok(()); // a comment: the keep-alive
+        }
+        let (name, value) = match line.iter().position(|&b| b == b':') {
+            Some(i) => (&line[..i], line[i + 1..].strip_prefix(b" ").unwrap_or(&line[i + 1..])),
+            None => (line, &[][..]),
+        };
+        match name {
+            b"event" => {
+                self.kind.clear();
+                self.kind.extend_from_slice(value);
+            }
+            b"data" => {
+                if self.data.len() + value.len() + 1 > MAX_EVENT {
+                    return Err(DecodeError::EventTooLarge);
+                }
+                self.data.extend_from_slice(value);
+                self.data.push(b'\n');
+                self.has_data = true;
+            }
+            _ => {} // id, retry and unknown fields: this stream has no replay
+        }
+        Ok(())
+    }
+}
+
+fn lossy(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+/// Why a flow is invalidated upstream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reason {
+    /// `POST /admin/invalidate`.
+    Admin,
+    /// The flow's proxy restarted and reused its HashKey.
+    EpochReset,
+}
+
+impl Reason {
+    /// As sent in the event's `reason`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Reason::Admin => "admin",
+            Reason::EpochReset => "epoch_reset",
+        }
+    }
+}
+
+/// An upstream invalidation to apply here.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Invalidation {
+    /// The flow to drop.
+    pub hash_key: u64,
+    /// Why it was invalidated.
+    pub reason: Reason,
+    /// The instance that invalidated it first.
+    pub origin: String,
+    /// Endpoints it crossed before the one that sent it here (0 from the
+    /// originating endpoint).
+    pub hops: u64,
+}
+
+impl Invalidation {
+    /// The event this endpoint re-sends on its own `/events`.
+    pub fn forwarded(&self) -> String {
+        let event = serde_json::json!({
+            "hash_key": format!("{:#018x}", self.hash_key),
+            "instance": self.origin,
+            "reason": self.reason.as_str(),
+            "hops": self.hops + 1,
+        });
+        format!("event: invalidate\ndata: {event}\n\n")
+    }
+}
+
+/// What to do with one upstream event.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verdict {
+    /// Drop the flow here and re-send.
+    Apply(Invalidation),
+    /// Not something this endpoint applies (another event type or reason).
+    Ignore,
+    /// An `invalidate` event that cannot be understood.
+    Malformed,
+    /// Crossed [`MAX_HOPS`] endpoints already.
+    Loop,
+}
+
+/// Decides what an upstream event means here (see the module docs).
+pub fn verdict(ev: &SseEvent) -> Verdict {
+    if ev.kind != "invalidate" {
+        return Verdict::Ignore;
+    }
+    let Ok(serde_json::Value::Object(m)) = serde_json::from_str::<serde_json::Value>(&ev.data)
+    else {
+        return Verdict::Malformed;
+    };
+    let hash_key = match m.get("hash_key") {
+        Some(serde_json::Value::String(s)) => {
+            let s = s.trim();
+            match s.strip_prefix("0x").or_else(|| s.strip_prefix("0X")) {
+                Some(hex) => u64::from_str_radix(hex, 16).ok(),
+                None => s.parse().ok(),
+            }
+        }
+        Some(serde_json::Value::Number(n)) => n.as_u64(),
+        _ => None,
+    };
+    let Some(hash_key) = hash_key.filter(|&k| k != 0) else { return Verdict::Malformed };
+    let reason = match m.get("reason").and_then(|r| r.as_str()) {
+        Some("admin") => Reason::Admin,
+        Some("epoch_reset") => Reason::EpochReset,
+        Some(_) => return Verdict::Ignore,
+        None => return Verdict::Malformed,
+    };
+    let hops = match m.get("hops") {
+        None => 0,
+        Some(h) => match h.as_u64() {
+            Some(h) => h,
+            None => return Verdict::Malformed,
+        },
+    };
+    if hops >= MAX_HOPS {
+        return Verdict::Loop;
+    }
+    let origin: String =
+        m.get("instance").and_then(|i| i.as_str()).unwrap_or("").chars().take(256).collect();
+    Verdict::Apply(Invalidation { hash_key, reason, origin, hops })
+}
+
+#[derive(Debug)]
+struct Upstream {
+    addr: HostPort,
+    label: String,
+    stats: Stats,
+    status: Mutex<Status>,
+}
+
+#[derive(Debug, Default)]
+struct Stats {
+    connected: AtomicBool,
+    connects: AtomicU64,
+    disconnects: AtomicU64,
+    applied: AtomicU64,
+    ignored: AtomicU64,
+    errors: [AtomicU64; ErrorKind::ALL.len()],
+}
+
+#[derive(Debug, Clone)]
+struct Status {
+    state: &'static str,
+    since: Instant,
+    backoff: Duration,
+    last_error: Option<LastError>,
+}
+
+#[derive(Debug, Clone)]
+struct LastError {
+    kind: ErrorKind,
+    detail: String,
+    at: Instant,
+}
+
+impl Status {
+    fn new() -> Self {
+        Status {
+            state: "connecting",
+            since: Instant::now(),
+            backoff: BACKOFF_MIN,
+            last_error: None,
+        }
+    }
+}
+
+impl Upstream {
+    fn set_state(&self, state: &'static str, backoff: Duration) {
+        let mut s = self.status.lock().unwrap_or_else(|p| p.into_inner());
+        s.state = state;
+        s.since = Instant::now();
+        s.backoff = backoff;
+    }
+
+    /// Counts an error and keeps it for the debug page; returns whether it
+    /// differs from the last one (so repeats log quietly).
+    fn error(&self, kind: ErrorKind, detail: &str) -> bool {
+        self.stats.errors[kind as usize].fetch_add(1, Ordering::Relaxed);
+        let mut s = self.status.lock().unwrap_or_else(|p| p.into_inner());
+        let new = s.last_error.as_ref().is_none_or(|e| e.kind != kind || e.detail != detail);
+        s.last_error = Some(LastError { kind, detail: detail.to_string(), at: Instant::now() });
+        new
+    }
+}
+
+#[derive(Debug)]
+struct Ctx {
+    control: Control,
+    events: tokio::sync::broadcast::Sender<String>,
+    token: Secret,
+    silence: Duration,
+}
+
+/// How a session ended.
+#[derive(Debug)]
+struct End {
+    /// When it registered, if it did.
+    registered: Option<Instant>,
+    kind: ErrorKind,
+    detail: String,
+}
+
+/// Registers with one upstream for ever: a session, then a backoff, again.
+async fn run(up: Arc<Upstream>, ctx: Ctx) {
+    let mut backoff = BACKOFF_MIN;
+    loop {
+        up.set_state("connecting", backoff);
+        let end = session(&up, &ctx).await;
+        let mut healthy = false;
+        if let Some(at) = end.registered {
+            up.stats.connected.store(false, Ordering::Relaxed);
+            up.stats.disconnects.fetch_add(1, Ordering::Relaxed);
+            healthy = at.elapsed() >= HEALTHY_AFTER;
+        }
+        if healthy {
+            backoff = BACKOFF_MIN;
+        }
+        let new = up.error(end.kind, &end.detail);
+        let msg = advice(end.kind, &up.label, &end.detail);
+        if healthy || new {
+            tracing::warn!(upstream = %up.label, reason = end.kind.as_str(), retry_in = ?backoff, "{msg}");
+        } else {
+            tracing::debug!(upstream = %up.label, reason = end.kind.as_str(), retry_in = ?backoff, "{msg}");
+        }
+        up.set_state("backoff", backoff);
+        tokio::time::sleep(jitter(backoff)).await;
+        backoff = (backoff * 2).min(BACKOFF_MAX);
+    }
+}
+
+/// The log line for a failure: what happened and, where the operator can
+/// act, the fix.
+fn advice(kind: ErrorKind, upstream: &str, detail: &str) -> String {
+    match kind {
+        ErrorKind::Unauthorized => format!(
+            "upstream {upstream} refused the token ({detail}): --upstream-events-token-file \
+             must hold the token of that endpoint's --admin-token-file"
+        ),
+        ErrorKind::Forbidden => format!(
+            "upstream {upstream} has /events off ({detail}): start it with --admin-token-file"
+        ),
+        ErrorKind::Refused => format!(
+            "upstream {upstream} refused the registration ({detail}): it serves at most \
+             --max-downstreams subscribers; raise it there or subscribe fewer endpoints to it"
+        ),
+        ErrorKind::HttpStatus => format!(
+            "upstream {upstream} did not answer GET /events with an event stream ({detail}): \
+             --upstream-events must list upstream endpoints' admin addresses (their --metrics-addr)"
+        ),
+        ErrorKind::Connect => format!(
+            "cannot reach upstream {upstream} ({detail}): is it running, and is its \
+             --metrics-addr reachable from here?"
+        ),
+        _ => format!("/events stream from upstream {upstream} ended: {detail}"),
+    }
+}
+
+/// Half to all of `d`, so downstreams refused together spread out.
+fn jitter(d: Duration) -> Duration {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |t| t.subsec_nanos());
+    let half = d / 2;
+    half + half.mul_f64(f64::from(nanos % 1000) / 1000.0)
+}
+
+/// One connection: register, then apply events until it ends.
+async fn session(up: &Upstream, ctx: &Ctx) -> End {
+    let end = |registered, kind, detail: String| End { registered, kind, detail };
+    let mut stream = match tokio::time::timeout(CONNECT_TIMEOUT, connect(&up.addr)).await {
+        Ok(Ok(s)) => s,
+        Ok(Err(e)) => return end(None, ErrorKind::Connect, e.to_string()),
+        Err(_) => {
+            return end(None, ErrorKind::Connect, format!("no answer in {CONNECT_TIMEOUT:?}"));
+        }
+    };
+    let host = match up.addr.host {
+        Host::Any => format!("localhost:{}", up.addr.port),
+        _ => up.label.clone(),
+    };
+    let request = format!(
+        "GET /events HTTP/1.1\r\nHost: {host}\r\nAuthorization: Bearer {}\r\n\
+         Accept: text/event-stream\r\nCache-Control: no-cache\r\n\
+         User-Agent: ricochet/{}\r\n\r\n",
+        ctx.token.0,
+        env!("CARGO_PKG_VERSION")
+    );
+    match tokio::time::timeout(CONNECT_TIMEOUT, write_all(&stream, request.as_bytes())).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => return end(None, ErrorKind::Io, format!("sending the request: {e}")),
+        Err(_) => return end(None, ErrorKind::Io, "sending the request timed out".into()),
+    }
+    let mut decoder = Decoder::new();
+    let mut buf = vec![0u8; READ_BUFFER];
+    let mut items = Vec::new();
+    let mut registered = None;
+    loop {
+        let n = match tokio::time::timeout(ctx.silence, read_some(&mut stream, &mut buf)).await {
+            Err(_) => {
+                let detail = format!("no data for {:?} (three keep-alive intervals)", ctx.silence);
+                return end(registered, ErrorKind::Silence, detail);
+            }
+            Ok(Err(e)) => return end(registered, ErrorKind::Io, e.to_string()),
+            Ok(Ok(0)) => return closed(registered, &decoder),
+            Ok(Ok(n)) => n,
+        };
+        let result = decoder.feed(&buf[..n], &mut items);
+        for item in items.drain(..) {
+            match item {
+                Item::Head { status: 200, event_stream: true } => {
+                    registered = Some(Instant::now());
+                    up.stats.connects.fetch_add(1, Ordering::Relaxed);
+                    up.stats.connected.store(true, Ordering::Relaxed);
+                    up.set_state("registered", BACKOFF_MIN);
+                    tracing::info!(upstream = %up.label, "registered for invalidations");
+                }
+                Item::Head { status: 200, event_stream: false } => {
+                    let detail = "200 without Content-Type: text/event-stream".to_string();
+                    return end(None, ErrorKind::HttpStatus, detail);
+                }
+                Item::Head { .. } => {}
+                Item::Event(ev) if registered.is_some() => apply(up, ctx, &ev).await,
+                Item::Event(_) => {}
+                Item::End => return closed(registered, &decoder),
+            }
+        }
+        if let Err(e) = result {
+            return end(registered, e.kind(), format!("malformed response: {e:?}"));
+        }
+        if registered.is_none() && decoder.rejection_full() {
+            return closed(registered, &decoder);
+        }
+    }
+}
+
+/// The end of a response: a refusal if it never registered.
+fn closed(registered: Option<Instant>, decoder: &Decoder) -> End {
+    let (kind, detail) = match (registered.is_some(), decoder.status()) {
+        (true, _) => (ErrorKind::Closed, "the upstream closed the stream".to_string()),
+        (false, None) => (ErrorKind::BadResponse, "closed before a response".to_string()),
+        (false, Some(status)) => {
+            let kind = match status {
+                401 => ErrorKind::Unauthorized,
+                403 => ErrorKind::Forbidden,
+                503 => ErrorKind::Refused,
+                _ => ErrorKind::HttpStatus,
+            };
+            (kind, format!("HTTP {status}: {:?}", decoder.rejection()))
+        }
+    };
+    End { registered, kind, detail }
+}
+
+/// Applies one upstream event here and re-sends it downstream.
+async fn apply(up: &Upstream, ctx: &Ctx, ev: &SseEvent) {
+    let inv = match verdict(ev) {
+        Verdict::Apply(inv) => inv,
+        Verdict::Ignore => {
+            up.stats.ignored.fetch_add(1, Ordering::Relaxed);
+            tracing::debug!(upstream = %up.label, kind = %ev.kind, "upstream event ignored");
+            return;
+        }
+        // Logged when they start; a run of the same is only counted.
+        Verdict::Malformed => {
+            if up.error(ErrorKind::BadEvent, "an invalidate event without a valid hash_key/reason")
+            {
+                let data = excerpt(&ev.data);
+                tracing::warn!(upstream = %up.label, data, "malformed invalidate event");
+            }
+            return;
+        }
+        Verdict::Loop => {
+            if up.error(ErrorKind::Loop, "an invalidation crossed too many endpoints") {
+                tracing::warn!(
+                    upstream = %up.label, data = excerpt(&ev.data),
+                    "invalidation crossed {MAX_HOPS} endpoints: the --upstream-events subscriptions form a cycle"
+                );
+            }
+            return;
+        }
+    };
+    let mut applied = None;
+    for _ in 0..APPLY_ATTEMPTS {
+        applied = ctx.control.invalidate(inv.hash_key);
+        if applied.is_some() {
+            break;
+        }
+        tokio::time::sleep(APPLY_RETRY).await;
+    }
+    match applied {
+        Some(worker) => {
+            up.stats.applied.fetch_add(1, Ordering::Relaxed);
+            tracing::debug!(
+                upstream = %up.label, hash_key = format_args!("{:#018x}", inv.hash_key),
+                reason = inv.reason.as_str(), worker, "upstream invalidation applied"
+            );
+        }
+        None => {
+            up.error(ErrorKind::ApplyBusy, "the owning core's inbox stayed full");
+            tracing::warn!(
+                upstream = %up.label, hash_key = format_args!("{:#018x}", inv.hash_key),
+                "upstream invalidation not applied: the owning core stayed busy"
+            );
+        }
+    }
+    // Downstream caches drop the flow even if this one could not.
+    let _ = ctx.events.send(inv.forwarded());
+}
+
+async fn connect(hp: &HostPort) -> std::io::Result<TcpStream> {
+    let addrs: Vec<SocketAddr> = match &hp.host {
+        Host::Ip(ip) => vec![SocketAddr::new(*ip, hp.port)],
+        Host::Any => vec![
+            SocketAddr::new(IpAddr::V6(Ipv6Addr::LOCALHOST), hp.port),
+            SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), hp.port),
+        ],
+        Host::Name(n) => tokio::net::lookup_host((n.as_str(), hp.port)).await?.collect(),
+    };
+    let mut last = std::io::Error::new(std::io::ErrorKind::NotFound, "resolves to no address");
+    for a in addrs {
+        match TcpStream::connect(a).await {
+            Ok(s) => return Ok(s),
+            Err(e) => last = e,
+        }
+    }
+    Err(last)
+}
+
+async fn write_all(s: &TcpStream, mut bytes: &[u8]) -> std::io::Result<()> {
+    while !bytes.is_empty() {
+        s.writable().await?;
+        match s.try_write(bytes) {
+            Ok(n) => bytes = &bytes[n..],
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+async fn read_some(s: &mut TcpStream, buf: &mut [u8]) -> std::io::Result<usize> {
+    loop {
+        s.readable().await?;
+        match s.try_read(buf) {
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+            r => return r,
+        }
+    }
+}
+
+/// The start of an upstream's text, for a log line.
+fn excerpt(s: &str) -> &str {
+    s.char_indices().nth(200).map_or(s, |(i, _)| &s[..i])
+}
+
+fn escape(label: &str) -> String {
+    label.replace('\\', "\\\\").replace('"', "\\\"")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    const HEAD: &[u8] = b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\n\
+                          cache-control: no-cache\r\ntransfer-encoding: chunked\r\n\r\n";
+
+    fn chunked(parts: &[&[u8]]) -> Vec<u8> {
+        let mut out = HEAD.to_vec();
+        for p in parts {
+            out.extend_from_slice(format!("{:x}\r\n", p.len()).as_bytes());
+            out.extend_from_slice(p);
+            out.extend_from_slice(b"\r\n");
+        }
+        out
+    }
+
+    fn decode(bytes: &[u8]) -> (Vec<Item>, Result<(), DecodeError>) {
+        let mut d = Decoder::new();
+        let mut out = Vec::new();
+        let r = d.feed(bytes, &mut out);
+        (out, r)
+    }
+
+    /// Feeds `bytes` cut at `cuts` (positions, any order, may exceed the
+    /// length), stopping at the first error.
+    fn decode_split(bytes: &[u8], cuts: &[usize]) -> (Vec<Item>, Result<(), DecodeError>) {
+        let mut cuts: Vec<usize> = cuts.iter().map(|&c| c % (bytes.len() + 1)).collect();
+        cuts.sort_unstable();
+        let mut d = Decoder::new();
+        let mut out = Vec::new();
+        let mut from = 0;
+        for to in cuts.into_iter().chain([bytes.len()]) {
+            if let Err(e) = d.feed(&bytes[from..to], &mut out) {
+                return (out, Err(e));
+            }
+            from = to;
+        }
+        (out, Ok(()))
+    }
+
+    fn event(kind: &str, data: &str) -> Item {
+        Item::Event(SseEvent { kind: kind.into(), data: data.into() })
+    }
+
+    #[test]
+    fn what_the_upstream_sends_decodes_to_its_events() {
+        // As axum writes /events: the hello comment, an invalidation, a
+        // keep-alive, an epoch reset split over two chunks.
+        let bytes = chunked(&[
+            b": ricochet edge-1 events\n\n",
+            b"event: invalidate\ndata: {\"hash_key\":\"0x00000000000000a1\",\"instance\":\"edge-1\",\"reason\":\"admin\"}\n\n",
+            b":\n\n",
+            b"event: invalidate\ndata: {\"hash_key\":\"0x00000000000000b2\",",
+            b"\"instance\":\"edge-1\",\"reason\":\"epoch_reset\"}\n\n",
+        ]);
+        let (items, r) = decode(&bytes);
+        assert_eq!(r, Ok(()));
+        assert_eq!(items.len(), 3, "{items:?}");
+        assert_eq!(items[0], Item::Head { status: 200, event_stream: true });
+        let Item::Event(a) = &items[1] else { panic!("{items:?}") };
+        let Item::Event(b) = &items[2] else { panic!("{items:?}") };
+        assert_eq!(
+            verdict(a),
+            Verdict::Apply(Invalidation {
+                hash_key: 0xa1,
+                reason: Reason::Admin,
+                origin: "edge-1".into(),
+                hops: 0
+            })
+        );
+        assert!(matches!(
+            verdict(b),
+            Verdict::Apply(Invalidation { hash_key: 0xb2, reason: Reason::EpochReset, .. })
+        ));
+    }
+
+    #[test]
+    fn sse_line_endings_multiline_data_and_fields() {
+        let body: &[u8] = b"data: one\r\ndata:two\rdata\n\nevent: x\nid: 7\nretry: 10\ndata: y\n\nevent: nodata\n\n";
+        let (items, r) = decode(&chunked(&[body]));
+        assert_eq!(r, Ok(()));
+        assert_eq!(items[1..], [event("message", "one\ntwo\n"), event("x", "y")]);
+    }
+
+    #[test]
+    fn last_chunk_and_trailers_end_the_body() {
+        let mut bytes = chunked(&[b"data: a\n\n"]);
+        bytes.extend_from_slice(b"0;ext=1\r\nx-trailer: 1\r\n\r\n");
+        let (items, r) = decode(&bytes);
+        assert_eq!(r, Ok(()));
+        assert_eq!(items[1..], [event("message", "a"), Item::End]);
+    }
+
+    #[test]
+    fn a_refusal_keeps_its_status_and_body() {
+        let bytes = b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: text/plain\r\n\
+                      content-length: 28\r\n\r\ntoo many /events subscribers\n";
+        let mut d = Decoder::new();
+        let mut items = Vec::new();
+        d.feed(bytes, &mut items).unwrap();
+        assert_eq!(items, [Item::Head { status: 503, event_stream: false }, Item::End]);
+        assert_eq!(d.rejection(), "too many /events subscribers");
+        let end = closed(None, &d);
+        assert_eq!(end.kind, ErrorKind::Refused);
+    }
+
+    #[test]
+    fn caps_end_the_stream() {
+        let long = vec![b'a'; MAX_HEAD];
+        assert_eq!(decode(&long).1, Err(DecodeError::HeadTooLong));
+        let mut line = b"data: ".to_vec();
+        line.resize(MAX_LINE + 10, b'x');
+        assert_eq!(decode(&chunked(&[&line])).1, Err(DecodeError::LineTooLong));
+        let many: Vec<u8> = std::iter::repeat_n(&b"data: 0123456789abcdef\n"[..], MAX_EVENT / 16)
+            .flatten()
+            .copied()
+            .collect();
+        assert_eq!(decode(&chunked(&[&many])).1, Err(DecodeError::EventTooLarge));
+        let mut bytes = HEAD.to_vec();
+        bytes.extend_from_slice(&[b'1'; MAX_CHUNK_LINE + 1]);
+        assert_eq!(decode(&bytes).1, Err(DecodeError::ChunkLineTooLong));
+        let mut bytes = HEAD.to_vec();
+        bytes.extend_from_slice(b"11111111111111111\r\n");
+        assert_eq!(decode(&bytes).1, Err(DecodeError::BadChunkSize));
+        let mut bytes = HEAD.to_vec();
+        bytes.extend_from_slice(b"1\r\nab");
+        assert_eq!(decode(&bytes).1, Err(DecodeError::BadChunkEnd));
+        assert_eq!(decode(b"HTTP/2 200\r\n").1, Err(DecodeError::BadStatusLine));
+    }
+
+    #[test]
+    fn verdicts() {
+        let ev = |kind: &str, data: &str| SseEvent { kind: kind.into(), data: data.into() };
+        assert_eq!(verdict(&ev("message", "{}")), Verdict::Ignore);
+        assert_eq!(verdict(&ev("invalidate", "nope")), Verdict::Malformed);
+        assert_eq!(
+            verdict(&ev("invalidate", r#"{"hash_key":"0x0","reason":"admin"}"#)),
+            Verdict::Malformed
+        );
+        assert_eq!(verdict(&ev("invalidate", r#"{"hash_key":"0x1"}"#)), Verdict::Malformed);
+        assert_eq!(
+            verdict(&ev("invalidate", r#"{"hash_key":"0x1","reason":"later"}"#)),
+            Verdict::Ignore
+        );
+        assert_eq!(
+            verdict(&ev("invalidate", r#"{"hash_key":5,"reason":"admin","hops":8}"#)),
+            Verdict::Loop
+        );
+        let Verdict::Apply(inv) =
+            verdict(&ev("invalidate", r#"{"hash_key":"12","reason":"admin","hops":2}"#))
+        else {
+            panic!()
+        };
+        assert_eq!((inv.hash_key, inv.hops, inv.origin.as_str()), (12, 2, ""));
+        // What is re-sent parses back one hop further.
+        let (items, _) = decode(&chunked(&[inv.forwarded().as_bytes()]));
+        let Item::Event(again) = &items[1] else { panic!("{items:?}") };
+        assert_eq!(verdict(again), Verdict::Apply(Invalidation { hops: 3, ..inv }));
+    }
+
+    fn sse_body() -> impl Strategy<Value = Vec<u8>> {
+        let line = prop_oneof![
+            Just(b"\n".to_vec()),
+            Just(b"\r\n".to_vec()),
+            Just(b"\r".to_vec()),
+            Just(b":\n".to_vec()),
+            Just(b"event: invalidate\n".to_vec()),
+            "[a-z:{}\" ]{0,40}\n".prop_map(|s| format!("data: {s}").into_bytes()),
+            proptest::collection::vec(any::<u8>(), 0..20),
+        ];
+        proptest::collection::vec(line, 0..30).prop_map(|v| v.concat())
+    }
+
+    proptest! {
+        #[test]
+        fn arbitrary_bytes_never_panic_and_stay_bounded(
+            bytes in proptest::collection::vec(any::<u8>(), 0..4096),
+            cuts in proptest::collection::vec(any::<usize>(), 0..8),
+        ) {
+            let mut d = Decoder::new();
+            let _ = d.feed(&bytes, &mut Vec::new());
+            prop_assert!(d.buffered() <= MAX_HEAD + MAX_REJECTION + MAX_LINE * 2 + MAX_EVENT);
+            prop_assert_eq!(decode(&bytes), decode_split(&bytes, &cuts));
+            // The same bytes as a 200 event-stream body.
+            let mut with_head = HEAD.to_vec();
+            with_head.extend_from_slice(&bytes);
+            prop_assert_eq!(decode(&with_head), decode_split(&with_head, &cuts));
+        }
+
+        #[test]
+        fn splitting_a_chunked_event_stream_anywhere_gives_the_same_events(
+            body in sse_body(),
+            chunk_sizes in proptest::collection::vec(1usize..64, 1..16),
+            cuts in proptest::collection::vec(any::<usize>(), 0..16),
+        ) {
+            let mut parts = Vec::new();
+            let mut rest = &body[..];
+            for &n in chunk_sizes.iter().cycle() {
+                if rest.is_empty() {
+                    break;
+                }
+                let (a, b) = rest.split_at(n.min(rest.len()));
+                parts.push(a);
+                rest = b;
+            }
+            let mut bytes = chunked(&parts);
+            bytes.extend_from_slice(b"0\r\n\r\n");
+            let whole = decode(&bytes);
+            prop_assert_eq!(&whole.1, &Ok(()));
+            prop_assert_eq!(whole.0.last(), Some(&Item::End));
+            // Chunking is invisible: the same as one chunk.
+            let one = { let mut b = chunked(&[&body]); b.extend_from_slice(b"0\r\n\r\n"); b };
+            prop_assert_eq!(&decode(&one), &whole);
+            prop_assert_eq!(decode_split(&bytes, &cuts), whole);
+        }
+    }
+}

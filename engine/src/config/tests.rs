@@ -567,6 +567,13 @@ fn render_output_loads_back_to_the_same_config() {
         "--admin-token-file=/run/token",
         "--log-format=json",
         "--mc-group-id=0x00ff",
+        "--gossip-peers=10.0.0.7:9310",
+        "--dht-bootstrap=seed.example:9320",
+        "--domain=b",
+        "--upstream-discovery=dht",
+        "--upstream-domain=a",
+        "--upstream-events=10.0.0.1:9400",
+        "--upstream-events-token-file=/run/up-token",
     ];
     let first = load(&flags, &env()).unwrap();
     let env = env().with_var("RICOCHET_CONFIG", "/r.toml").with_file("/r.toml", &first.render());
@@ -579,5 +586,25 @@ fn render_output_loads_back_to_the_same_config() {
     assert_eq!(first.rate_limits, second.rate_limits);
     assert_eq!(first.beacon, second.beacon);
     assert_eq!(first.proxy, second.proxy);
+    assert_eq!(first.cluster, second.cluster);
+    assert_eq!(first.discovery, second.discovery);
     assert_eq!(first.runtime, second.runtime);
+}
+
+#[test]
+fn the_operations_guide_lists_every_flag_and_env_var() {
+    let guide = include_str!("../../../docs/OPERATIONS.md");
+    for s in SETTINGS {
+        // A flag-table row: its first cell names the flag, its second the
+        // env var.
+        let listed = guide.lines().any(|l| {
+            let mut cells = l.split(" | ");
+            let (Some(flag), Some(env)) = (cells.next(), cells.next()) else { return false };
+            let flag = flag.trim_start_matches("| ");
+            (flag.starts_with(&format!("`--{}`", s.flag))
+                || flag.starts_with(&format!("`--{}[=BOOL]`", s.flag)))
+                && env.contains(&format!("`{}`", s.env))
+        });
+        assert!(listed, "docs/OPERATIONS.md has no flag-table row for --{} ({})", s.flag, s.env);
+    }
 }

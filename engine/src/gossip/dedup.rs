@@ -1,0 +1,291 @@
+//! Rumor dedup: a bounded LRU of rumor ids (BLAKE3-256 of the payload).
+//!
+//! # Contract
+//! - [`RumorLru::get`], [`RumorLru::insert`] and [`RumorLru::set_flags`]
+//!   are O(1): a hash index over a slab of entries threaded on an intrusive
+//!   doubly-linked recency list. Nothing allocates after construction.
+//! - At most `capacity` ids are held; inserting into a full LRU evicts the
+//!   least recently used one. Looking an id up refreshes it.
+//! - Each id carries a byte of flags (delivered, forwarded per cube) so one
+//!   lookup answers both "seen?" and "already forwarded on this cube?".
+//! - The hash is keyed per instance (from the engine's seed); ids are
+//!   BLAKE3 outputs, so no sender can aim collisions at one bucket.
+//! - One LRU per engine, and so one shard per worker thread: nothing is
+//!   shared. A process that splits rumors across workers by id uses
+//!   [`shard_of`] so each id always meets the same shard.
+
+use core::hash::{BuildHasher, Hasher};
+use std::collections::HashMap;
+
+/// The worker shard that owns a rumor id: its first 8 bytes mod `shards`.
+pub fn shard_of(id: &[u8; 32], shards: usize) -> usize {
+    let mut w = [0u8; 8];
+    w.copy_from_slice(&id[..8]);
+    if shards == 0 { 0 } else { (u64::from_le_bytes(w) % shards as u64) as usize }
+}
+
+const NIL: u32 = u32::MAX;
+
+#[derive(Debug, Clone)]
+struct Slot {
+    id: [u8; 32],
+    flags: u8,
+    prev: u32,
+    next: u32,
+}
+
+/// A bounded, O(1) LRU set of rumor ids with a flag byte each.
+#[derive(Debug, Clone)]
+pub struct RumorLru {
+    index: HashMap<[u8; 32], u32, KeyedBuild>,
+    slots: Vec<Slot>,
+    /// Most recently used.
+    head: u32,
+    /// Least recently used.
+    tail: u32,
+    capacity: usize,
+}
+
+impl RumorLru {
+    /// An empty LRU holding at most `capacity` ids (at least 1), its hash
+    /// keyed by `hash_key`.
+    pub fn new(capacity: usize, hash_key: u64) -> Self {
+        let capacity = capacity.clamp(1, NIL as usize - 1);
+        RumorLru {
+            index: HashMap::with_capacity_and_hasher(capacity, KeyedBuild(hash_key)),
+            slots: Vec::with_capacity(capacity),
+            head: NIL,
+            tail: NIL,
+            capacity,
+        }
+    }
+
+    /// Ids held.
+    pub fn len(&self) -> usize {
+        self.slots.len()
+    }
+
+    /// Whether no id is held.
+    pub fn is_empty(&self) -> bool {
+        self.slots.is_empty()
+    }
+
+    /// The most ids held.
+    pub fn capacity(&self) -> usize {
+        self.capacity
+    }
+
+    /// The flags of `id` if held, refreshing it.
+    pub fn get(&mut self, id: &[u8; 32]) -> Option<u8> {
+        let i = *self.index.get(id)?;
+        self.touch(i);
+        Some(self.slots[i as usize].flags)
+    }
+
+    /// Whether `id` is held (no refresh).
+    pub fn contains(&self, id: &[u8; 32]) -> bool {
+        self.index.contains_key(id)
+    }
+
+    /// Inserts `id` with `flags` (or overwrites its flags), making it the
+    /// most recent. Returns the id evicted to make room, if any.
+    pub fn insert(&mut self, id: [u8; 32], flags: u8) -> Option<[u8; 32]> {
+        if let Some(&i) = self.index.get(&id) {
+            self.slots[i as usize].flags = flags;
+            self.touch(i);
+            return None;
+        }
+        let mut evicted = None;
+        let i = if self.slots.len() < self.capacity {
+            self.slots.push(Slot { id, flags, prev: NIL, next: NIL });
+            (self.slots.len() - 1) as u32
+        } else {
+            let i = self.tail;
+            self.unlink(i);
+            let slot = &mut self.slots[i as usize];
+            self.index.remove(&slot.id);
+            evicted = Some(slot.id);
+            *slot = Slot { id, flags, prev: NIL, next: NIL };
+            i
+        };
+        self.index.insert(id, i);
+        self.push_front(i);
+        evicted
+    }
+
+    /// ORs `flags` into a held id's flags (refreshing it); returns the
+    /// flags before, or `None` if `id` is not held.
+    pub fn set_flags(&mut self, id: &[u8; 32], flags: u8) -> Option<u8> {
+        let i = *self.index.get(id)?;
+        self.touch(i);
+        let slot = &mut self.slots[i as usize];
+        let before = slot.flags;
+        slot.flags |= flags;
+        Some(before)
+    }
+
+    fn touch(&mut self, i: u32) {
+        if self.head != i {
+            self.unlink(i);
+            self.push_front(i);
+        }
+    }
+
+    fn unlink(&mut self, i: u32) {
+        let (prev, next) = {
+            let s = &self.slots[i as usize];
+            (s.prev, s.next)
+        };
+        if prev == NIL {
+            self.head = next;
+        } else {
+            self.slots[prev as usize].next = next;
+        }
+        if next == NIL {
+            self.tail = prev;
+        } else {
+            self.slots[next as usize].prev = prev;
+        }
+        let s = &mut self.slots[i as usize];
+        s.prev = NIL;
+        s.next = NIL;
+    }
+
+    fn push_front(&mut self, i: u32) {
+        let old = self.head;
+        {
+            let s = &mut self.slots[i as usize];
+            s.prev = NIL;
+            s.next = old;
+        }
+        if old == NIL {
+            self.tail = i;
+        } else {
+            self.slots[old as usize].prev = i;
+        }
+        self.head = i;
+    }
+}
+
+/// Builds [`KeyedHasher`]s with one per-instance key.
+#[derive(Debug, Clone, Copy)]
+struct KeyedBuild(u64);
+
+impl BuildHasher for KeyedBuild {
+    type Hasher = KeyedHasher;
+    fn build_hasher(&self) -> KeyedHasher {
+        KeyedHasher(self.0)
+    }
+}
+
+/// A multiply-xor hash over 8-byte words: ample for BLAKE3 outputs.
+#[derive(Debug, Clone, Copy)]
+struct KeyedHasher(u64);
+
+impl Hasher for KeyedHasher {
+    fn finish(&self) -> u64 {
+        let mut z = self.0;
+        z = (z ^ (z >> 31)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 29)
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for chunk in bytes.chunks(8) {
+            let mut w = [0u8; 8];
+            w[..chunk.len()].copy_from_slice(chunk);
+            self.0 = (self.0 ^ u64::from_le_bytes(w)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+    use std::collections::VecDeque;
+
+    fn id(i: u32) -> [u8; 32] {
+        ricochet_wire::gossip::rumor_id(&i.to_be_bytes())
+    }
+
+    #[test]
+    fn evicts_least_recently_used() {
+        let mut l = RumorLru::new(3, 7);
+        assert_eq!(l.insert(id(1), 1), None);
+        assert_eq!(l.insert(id(2), 2), None);
+        assert_eq!(l.insert(id(3), 3), None);
+        assert_eq!(l.get(&id(1)), Some(1)); // 1 is now the newest
+        assert_eq!(l.insert(id(4), 4), Some(id(2)));
+        assert!(!l.contains(&id(2)));
+        assert_eq!(l.set_flags(&id(3), 0x10), Some(3));
+        assert_eq!(l.get(&id(3)), Some(0x13));
+        assert_eq!(l.insert(id(5), 5), Some(id(1)));
+        assert_eq!(l.len(), 3);
+        assert_eq!(l.set_flags(&id(9), 1), None);
+        assert_eq!(l.insert(id(4), 0x40), None); // overwrite, no eviction
+        assert_eq!(l.get(&id(4)), Some(0x40));
+    }
+
+    #[test]
+    fn capacity_one_and_shards() {
+        let mut l = RumorLru::new(0, 1);
+        assert_eq!(l.capacity(), 1);
+        l.insert(id(1), 0);
+        assert_eq!(l.insert(id(2), 0), Some(id(1)));
+        assert_eq!(l.len(), 1);
+        for i in 0..100 {
+            assert!(shard_of(&id(i), 4) < 4);
+        }
+        assert_eq!(shard_of(&id(1), 0), 0);
+    }
+
+    proptest! {
+        /// Agrees with a naive model (a recency deque) on every operation.
+        #[test]
+        fn matches_a_naive_lru(cap in 1usize..8, ops in prop::collection::vec((0u8..3, 0u32..12), 0..200)) {
+            let mut l = RumorLru::new(cap, 99);
+            let mut model: VecDeque<([u8; 32], u8)> = VecDeque::new();
+            for (op, k) in ops {
+                let key = id(k);
+                match op {
+                    0 => {
+                        let got = l.get(&key);
+                        let pos = model.iter().position(|(x, _)| *x == key);
+                        let want = pos.map(|p| {
+                            let e = model.remove(p).unwrap();
+                            model.push_front(e);
+                            e.1
+                        });
+                        prop_assert_eq!(got, want);
+                    }
+                    1 => {
+                        let flags = (k % 7) as u8;
+                        let got = l.insert(key, flags);
+                        let want = if let Some(p) = model.iter().position(|(x, _)| *x == key) {
+                            model.remove(p);
+                            model.push_front((key, flags));
+                            None
+                        } else {
+                            let ev = if model.len() == cap { model.pop_back().map(|e| e.0) } else { None };
+                            model.push_front((key, flags));
+                            ev
+                        };
+                        prop_assert_eq!(got, want);
+                    }
+                    _ => {
+                        let got = l.set_flags(&key, 0x80);
+                        let want = model.iter().position(|(x, _)| *x == key).map(|p| {
+                            let mut e = model.remove(p).unwrap();
+                            let before = e.1;
+                            e.1 |= 0x80;
+                            model.push_front(e);
+                            before
+                        });
+                        prop_assert_eq!(got, want);
+                    }
+                }
+                prop_assert_eq!(l.len(), model.len());
+            }
+        }
+    }
+}

@@ -1,0 +1,1859 @@
+//! The gossip engine: one sans-IO state machine tying the hypercube, the
+//! dedup LRU, the ACK tracker, anti-entropy and the limits together.
+//!
+//! # Contract
+//! - Inputs: [`Gossip::handle`] (a datagram), [`Gossip::handle_timeout`]
+//!   (the timer from [`Gossip::poll_timeout`] fired) and the commands
+//!   [`Gossip::set_members`], [`Gossip::publish`], [`Gossip::query`],
+//!   [`Gossip::pull`], [`Gossip::send_frame`]. Outputs: datagrams and
+//!   [`Event`]s in the caller's [`Outbox`], moved there at the end of every
+//!   call (datagrams only as far as the egress cap allows; the rest wait
+//!   for a later call or the egress timer).
+//! - The protocol rules are in the [module docs](super); the invariants
+//!   kept here: a rumor body is retained exactly as long as a send of it
+//!   awaits an ACK; watermarks move only on completed exchanges; every
+//!   table is bounded by a [`Config`] field; no input panics.
+
+use core::net::SocketAddr;
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::{Duration, Instant};
+
+use ricochet_wire::Error as WireError;
+use ricochet_wire::gossip::{
+    DigestRepr, ExchangeRepr, GossipFrame, MAX_PULL_RESPONSE, ORIGIN_DIMENSION, PullRepr,
+    RumorAckRepr, RumorRepr, rumor_id,
+};
+use ricochet_wire::mac::{ClusterKey, MAC_LEN};
+
+use super::dedup::RumorLru;
+use super::entries::{self, Chunked, Entries, META_BACKPRESSURE};
+use super::hypercube::{Cube, DimensionHealth, Sender, expected_sender, tree_targets};
+use super::limit::{EgressQueue, PeerLimiter, TokenBucket};
+use super::stats::Stats;
+use super::sync::{AdaptiveInterval, Backoff, Outcome, PeerSync};
+use super::{Config, Event, Member, Outbox, PublishError, Store, TopicError, TopicMode, Transmit};
+use crate::dht::rng::Rng;
+
+/// A rumor's id: BLAKE3-256 of its payload.
+pub type RumorId = [u8; 32];
+
+/// Names one [`Gossip::query`]; carried in its replies.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct QueryId(pub u32);
+
+/// G3 from-dimension: random-peer fallback push.
+pub const FALLBACK_DIMENSION: u8 = 0xFE;
+/// G3 from-dimension bit: the dual cube.
+pub const DUAL_BIT: u8 = 0x80;
+/// G3 from-dimension bit: sent around a silent member (no sender check).
+pub const REROUTE_BIT: u8 = 0x40;
+/// Highest dimension the from-dimension byte can name.
+pub const MAX_DIMENSION: u8 = 0x1F;
+
+/// G1 exchange-id bit 31: this chunk answers a request, a pull or a query.
+const RESPONSE_BIT: u32 = 0x8000_0000;
+/// Egress priority of G5 ACKs: above everything else.
+const ACK_PRIORITY: u8 = u8::MAX;
+/// Bytes of a G1 frame besides its topic and entries.
+const G1_OVERHEAD: usize = 24;
+/// Bytes of a G3 frame besides its topic and payload.
+const G3_OVERHEAD: usize = 10;
+/// Bytes a query adds in front of its payload: query id and origin id.
+const QUERY_HEADER: usize = 4 + 32;
+
+// Dedup flags.
+const DELIVERED: u8 = 0x01;
+const FWD_PRIMARY: u8 = 0x02;
+const FWD_DUAL: u8 = 0x04;
+const FWD_FALLBACK: u8 = 0x08;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Route {
+    Primary,
+    Dual,
+    Fallback,
+}
+
+impl Route {
+    fn flag(self) -> u8 {
+        match self {
+            Route::Primary => FWD_PRIMARY,
+            Route::Dual => FWD_DUAL,
+            Route::Fallback => FWD_FALLBACK,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Arrival {
+    Origin,
+    Cube { route: Route, dim: u32, rerouted: bool },
+    Fallback,
+}
+
+fn decode_dimension(b: u8) -> Option<Arrival> {
+    match b {
+        ORIGIN_DIMENSION => Some(Arrival::Origin),
+        FALLBACK_DIMENSION => Some(Arrival::Fallback),
+        _ if b & 0x20 != 0 => None,
+        _ => {
+            let route = if b & DUAL_BIT != 0 { Route::Dual } else { Route::Primary };
+            Some(Arrival::Cube {
+                route,
+                dim: u32::from(b & MAX_DIMENSION),
+                rerouted: b & REROUTE_BIT != 0,
+            })
+        }
+    }
+}
+
+fn encode_dimension(route: Route, dim: u32, rerouted: bool) -> u8 {
+    let d = (dim as u8) & MAX_DIMENSION;
+    let r = if rerouted { REROUTE_BIT } else { 0 };
+    match route {
+        Route::Primary => d | r,
+        Route::Dual => DUAL_BIT | d | r,
+        Route::Fallback => FALLBACK_DIMENSION,
+    }
+}
+
+/// A rumor body kept while sends of it await ACKs.
+#[derive(Debug)]
+struct Held {
+    topic: Vec<u8>,
+    payload: Vec<u8>,
+    priority: u8,
+    refs: u32,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct PendingAck {
+    rumor: RumorId,
+    target: SocketAddr,
+    route: Route,
+    dim: u32,
+    target_pos: usize,
+    epoch: u64,
+    hop: u8,
+    attempt: u8,
+    /// Fallback: the member we got the rumor from (never pushed back to).
+    source: Option<SocketAddr>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Timer {
+    Ack(u64),
+    Round(u64),
+    Exchange(u32),
+    Pull(u64),
+    Query(u32),
+}
+
+/// Which chunks of an exchange have arrived.
+#[derive(Debug, Clone)]
+struct Chunks {
+    count: u16,
+    seen: Vec<u64>,
+    missing: u16,
+}
+
+impl Chunks {
+    fn new(count: u16) -> Self {
+        Chunks { count, seen: vec![0; usize::from(count).div_ceil(64)], missing: count }
+    }
+
+    /// Marks a chunk; false if it was already seen (or out of range).
+    fn mark(&mut self, index: u16) -> bool {
+        if index >= self.count {
+            return false;
+        }
+        let i = usize::from(index);
+        let Some(w) = self.seen.get_mut(i / 64) else { return false };
+        let bit = 1u64 << (i % 64);
+        if *w & bit != 0 {
+            return false;
+        }
+        *w |= bit;
+        self.missing -= 1;
+        true
+    }
+
+    fn complete(&self) -> bool {
+        self.missing == 0
+    }
+}
+
+/// An exchange we started.
+#[derive(Debug)]
+struct OutExchange {
+    peer: SocketAddr,
+    topic: Vec<u8>,
+    full: bool,
+    /// Our watermark when we sent (None if the request was cut short).
+    sent_to: Option<i64>,
+    deadline: Instant,
+    /// The answer: its chunks, watermark and full flag, once it starts.
+    answer: Option<(Chunks, i64, bool)>,
+    applied: u64,
+    backpressure: bool,
+}
+
+/// A peer's exchange we are reassembling and answering.
+#[derive(Debug)]
+struct InExchange {
+    topic: Vec<u8>,
+    full: bool,
+    watermark: i64,
+    chunks: Chunks,
+    applied: u64,
+    answered: bool,
+    deadline: Instant,
+}
+
+#[derive(Debug)]
+struct PullState {
+    peer: SocketAddr,
+    topic: Vec<u8>,
+    answer: Option<(u32, Chunks, i64, bool)>,
+    applied: u64,
+}
+
+#[derive(Debug)]
+struct QueryState {
+    topic: Vec<u8>,
+    replies: u32,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Round {
+    seq: u64,
+    peer: SocketAddr,
+    /// The peer answered the probe with an exchange (either direction).
+    syncing: bool,
+}
+
+#[derive(Debug, Default)]
+struct PeerState {
+    topics: BTreeMap<Vec<u8>, PeerSync>,
+    backoff: Backoff,
+    failures: u32,
+}
+
+#[derive(Debug)]
+struct TopicState {
+    mode: TopicMode,
+    priority: u8,
+    subscribed: bool,
+    hash: u64,
+}
+
+/// A sealed datagram waiting for egress budget.
+#[derive(Debug)]
+struct OutDatagram {
+    dest: SocketAddr,
+    payload: Vec<u8>,
+    frame: u8,
+}
+
+/// The gossip engine (see the [module docs](super)).
+#[derive(Debug)]
+pub struct Gossip {
+    config: Config,
+    key: ClusterKey,
+    me: Member,
+    rng: Rng,
+    members: Vec<Member>,
+    by_addr: BTreeMap<SocketAddr, usize>,
+    by_id: BTreeMap<[u8; 32], usize>,
+    self_index: usize,
+    primary: Cube,
+    dual: Cube,
+    health: [DimensionHealth; 2],
+    epoch: u64,
+    mismatch_until: Option<Instant>,
+    topics: BTreeMap<Vec<u8>, TopicState>,
+    dedup: RumorLru,
+    held: BTreeMap<RumorId, Held>,
+    pending: BTreeMap<u64, PendingAck>,
+    pending_index: BTreeMap<(RumorId, SocketAddr), u64>,
+    next_seq: u64,
+    timers: BTreeSet<(Instant, Timer)>,
+    peers: BTreeMap<SocketAddr, PeerState>,
+    limiter: PeerLimiter,
+    egress: EgressQueue<OutDatagram>,
+    egress_bucket: TokenBucket,
+    egress_wakeup: Option<Instant>,
+    interval: AdaptiveInterval,
+    next_probe: Option<Instant>,
+    round: Option<Round>,
+    probe_order: Vec<SocketAddr>,
+    probe_cursor: usize,
+    outbound: BTreeMap<u32, OutExchange>,
+    inbound: BTreeMap<(SocketAddr, u32), InExchange>,
+    pulls: BTreeMap<u64, PullState>,
+    pull_index: BTreeMap<(SocketAddr, Vec<u8>), u64>,
+    queries: BTreeMap<u32, QueryState>,
+    events: Vec<Event>,
+    /// G3 datagrams queued so far (to count forwards).
+    queued_rumors: u64,
+    stats: Stats,
+}
+
+impl Gossip {
+    /// An engine for the member `(id, addr)` with no peers and no topics.
+    /// The first probe round is due within one base interval.
+    pub fn new(
+        id: [u8; 32],
+        addr: SocketAddr,
+        key: ClusterKey,
+        config: Config,
+        now: Instant,
+    ) -> Self {
+        let mut rng = Rng::from_seed(config.seed);
+        let dedup = RumorLru::new(config.dedup_capacity, rng.next_u64());
+        let first = now + config.interval_min + rng.jitter(config.interval_base);
+        let me = Member { id, addr };
+        let mut g = Gossip {
+            key,
+            me,
+            members: Vec::new(),
+            by_addr: BTreeMap::new(),
+            by_id: BTreeMap::new(),
+            self_index: 0,
+            primary: Cube::default(),
+            dual: Cube::default(),
+            health: [DimensionHealth::default(), DimensionHealth::default()],
+            epoch: 0,
+            mismatch_until: None,
+            topics: BTreeMap::new(),
+            dedup,
+            held: BTreeMap::new(),
+            pending: BTreeMap::new(),
+            pending_index: BTreeMap::new(),
+            next_seq: 1,
+            timers: BTreeSet::new(),
+            peers: BTreeMap::new(),
+            limiter: PeerLimiter::new(
+                config.peer_rate,
+                config.peer_burst,
+                config.max_tracked_peers,
+            ),
+            egress: EgressQueue::new(config.max_queue),
+            egress_bucket: TokenBucket::new(config.egress_rate, config.egress_burst),
+            egress_wakeup: None,
+            interval: AdaptiveInterval::new(
+                config.interval_min,
+                config.interval_base,
+                config.interval_max,
+                config.interval_jitter,
+            ),
+            next_probe: Some(first),
+            round: None,
+            probe_order: Vec::new(),
+            probe_cursor: 0,
+            outbound: BTreeMap::new(),
+            inbound: BTreeMap::new(),
+            pulls: BTreeMap::new(),
+            pull_index: BTreeMap::new(),
+            queries: BTreeMap::new(),
+            events: Vec::new(),
+            queued_rumors: 0,
+            stats: Stats::default(),
+            rng,
+            config,
+        };
+        g.install_members(vec![me]);
+        g
+    }
+
+    // ----------------------------------------------------------------------
+    // Accessors
+    // ----------------------------------------------------------------------
+
+    /// This member.
+    pub fn me(&self) -> Member {
+        self.me
+    }
+
+    /// The configuration in force.
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// A snapshot of the counters.
+    pub fn stats(&self) -> Stats {
+        self.stats
+    }
+
+    /// The membership view, sorted by id, this member included.
+    pub fn members(&self) -> &[Member] {
+        &self.members
+    }
+
+    /// Our position in the primary cube.
+    pub fn position(&self) -> usize {
+        self.primary.position_of(self.self_index).unwrap_or(0)
+    }
+
+    /// Whether rumors use the hypercube at `now` (else random-peer push).
+    pub fn cube_valid(&self, now: Instant) -> bool {
+        !self.config.force_fallback
+            && self.members.len() >= self.config.min_cube_members.max(2)
+            && self.mismatch_until.is_none_or(|t| now >= t)
+    }
+
+    /// Per-dimension health weights of the primary (`dual = false`) or
+    /// dual cube.
+    pub fn dimension_weights(&self, dual: bool) -> &[f64] {
+        self.health[usize::from(dual)].weights()
+    }
+
+    /// The G2 fingerprint: every StatefulMerge store's fingerprint, mixed
+    /// with its topic name, XORed together.
+    pub fn fingerprint(&self) -> u64 {
+        self.topics
+            .values()
+            .filter_map(|t| match &t.mode {
+                TopicMode::StatefulMerge(s) => Some(mix(s.fingerprint() ^ t.hash)),
+                _ => None,
+            })
+            .fold(0, |a, b| a ^ b)
+    }
+
+    /// A StatefulMerge topic's store.
+    pub fn store(&self, topic: &[u8]) -> Option<&(dyn Store + Send)> {
+        match &self.topics.get(topic)?.mode {
+            TopicMode::StatefulMerge(s) => Some(s.as_ref()),
+            _ => None,
+        }
+    }
+
+    /// A StatefulMerge topic's store, for local changes that should travel
+    /// by anti-entropy only (use [`Gossip::publish`] to rumor them too).
+    pub fn store_mut(&mut self, topic: &[u8]) -> Option<&mut (dyn Store + Send + 'static)> {
+        match &mut self.topics.get_mut(topic)?.mode {
+            TopicMode::StatefulMerge(s) => Some(s.as_mut()),
+            _ => None,
+        }
+    }
+
+    /// The unjittered anti-entropy interval.
+    pub fn interval(&self) -> Duration {
+        self.interval.current()
+    }
+
+    /// G3 sends awaiting an ACK.
+    pub fn pending_acks(&self) -> usize {
+        self.pending.len()
+    }
+
+    /// Rumor ids in the dedup LRU.
+    pub fn dedup_len(&self) -> usize {
+        self.dedup.len()
+    }
+
+    /// Datagrams waiting for egress budget.
+    pub fn queued(&self) -> usize {
+        self.egress.len()
+    }
+
+    /// Whether we signal backpressure: too many inbound exchanges in
+    /// flight, or the egress queue over the overload threshold.
+    pub fn overloaded(&self) -> bool {
+        let active = self.inbound.values().filter(|x| !x.answered).count();
+        active > self.config.backpressure_threshold
+            || self.egress.len() >= self.config.overload_threshold
+    }
+
+    /// When a peer's backoff ends, if it is backed off.
+    pub fn peer_backoff(&self, peer: SocketAddr) -> Option<Instant> {
+        self.peers.get(&peer).and_then(|p| p.backoff.until())
+    }
+
+    /// The full-sync cadence N for a peer and topic, once they exchanged.
+    pub fn full_sync_every(&self, peer: SocketAddr, topic: &[u8]) -> Option<u32> {
+        self.peers.get(&peer)?.topics.get(topic).map(PeerSync::full_every)
+    }
+
+    /// The largest payload [`Gossip::publish`] accepts on a topic name of
+    /// `topic_len` bytes: one G3 frame plus MAC in one datagram.
+    pub fn max_rumor_payload(&self, topic_len: usize) -> usize {
+        self.config.max_datagram.saturating_sub(MAC_LEN + G3_OVERHEAD + topic_len)
+    }
+
+    /// When [`Gossip::handle_timeout`] should next be called.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        [self.timers.first().map(|(t, _)| *t), self.next_probe, self.egress_wakeup]
+            .into_iter()
+            .flatten()
+            .min()
+    }
+
+    // ----------------------------------------------------------------------
+    // Commands
+    // ----------------------------------------------------------------------
+
+    /// Replaces the membership view. `members` may include this member or
+    /// not; duplicates by id are dropped, the list is cut to
+    /// [`Config::max_members`]. A changed view renumbers the cube, ends a
+    /// view-mismatch fallback and forgets state of departed peers.
+    pub fn set_members(&mut self, members: &[Member]) {
+        let mut list: Vec<Member> = members
+            .iter()
+            .filter(|m| m.id != self.me.id && m.addr != self.me.addr)
+            .copied()
+            .collect();
+        list.sort_unstable();
+        list.dedup_by(|a, b| a.id == b.id);
+        list.truncate(self.config.max_members.saturating_sub(1));
+        list.push(self.me);
+        list.sort_unstable();
+        if list != self.members {
+            self.install_members(list);
+            self.epoch += 1;
+            self.mismatch_until = None;
+            self.probe_order.clear();
+            self.probe_cursor = 0;
+            let by_addr = &self.by_addr;
+            self.peers.retain(|a, _| by_addr.contains_key(a));
+        }
+    }
+
+    /// Registers a topic. `priority` is its rumors' egress priority
+    /// (higher first; G5 ACKs always go first).
+    pub fn register_topic(
+        &mut self,
+        name: &[u8],
+        mode: TopicMode,
+        priority: u8,
+    ) -> Result<(), TopicError> {
+        if name.len() > ricochet_wire::gossip::MAX_TOPIC {
+            return Err(TopicError::NameTooLong);
+        }
+        if self.topics.contains_key(name) {
+            return Err(TopicError::Exists);
+        }
+        if self.topics.len() >= self.config.max_topics {
+            return Err(TopicError::TooMany);
+        }
+        let h = blake3::hash(name);
+        let hash = u64::from_le_bytes(h.as_bytes()[..8].try_into().unwrap_or([0; 8]));
+        self.topics.insert(name.to_vec(), TopicState { mode, priority, subscribed: false, hash });
+        Ok(())
+    }
+
+    /// Emit [`Event::Delivered`] and [`Event::Applied`] for this topic.
+    pub fn subscribe(&mut self, topic: &[u8]) -> Result<(), PublishError> {
+        self.topics.get_mut(topic).ok_or(PublishError::UnknownTopic)?.subscribed = true;
+        Ok(())
+    }
+
+    /// Stop emitting events for this topic (propagation continues).
+    pub fn unsubscribe(&mut self, topic: &[u8]) {
+        if let Some(t) = self.topics.get_mut(topic) {
+            t.subscribed = false;
+        }
+    }
+
+    /// Publishes `payload` on a BroadcastOnly or StatefulMerge topic (for
+    /// the latter it is a record, applied locally first) and rumors it to
+    /// every member. Returns its rumor id.
+    pub fn publish(
+        &mut self,
+        now: Instant,
+        topic: &[u8],
+        payload: &[u8],
+        priority: u8,
+        out: &mut Outbox,
+    ) -> Result<RumorId, PublishError> {
+        let max = self.max_rumor_payload(topic.len());
+        let overloaded = self.egress.len() >= self.config.overload_threshold;
+        let t = self.topics.get_mut(topic).ok_or(PublishError::UnknownTopic)?;
+        match &mut t.mode {
+            TopicMode::RequestResponse(_) => return Err(PublishError::WrongMode),
+            _ if payload.len() > max => return Err(PublishError::TooLarge { max }),
+            _ if overloaded => return Err(PublishError::Backpressure),
+            TopicMode::StatefulMerge(store) => {
+                store.apply(payload).map_err(|_| PublishError::Rejected)?;
+            }
+            TopicMode::BroadcastOnly => {}
+        }
+        self.stats.rumors_published += 1;
+        let id = self.originate(now, topic, payload, priority);
+        self.flush(now, out);
+        Ok(id)
+    }
+
+    /// Sends a query on a RequestResponse topic to every member; replies
+    /// come as [`Event::QueryReply`] until [`Event::QueryDone`] after
+    /// [`Config::query_timeout`].
+    pub fn query(
+        &mut self,
+        now: Instant,
+        topic: &[u8],
+        payload: &[u8],
+        out: &mut Outbox,
+    ) -> Result<QueryId, PublishError> {
+        let max = self.max_rumor_payload(topic.len()).saturating_sub(QUERY_HEADER);
+        let t = self.topics.get(topic).ok_or(PublishError::UnknownTopic)?;
+        if !matches!(t.mode, TopicMode::RequestResponse(_)) {
+            return Err(PublishError::WrongMode);
+        }
+        let priority = t.priority;
+        if payload.len() > max {
+            return Err(PublishError::TooLarge { max });
+        }
+        if self.egress.len() >= self.config.overload_threshold {
+            return Err(PublishError::Backpressure);
+        }
+        if self.queries.len() >= self.config.max_outstanding {
+            return Err(PublishError::Busy);
+        }
+        let qid = loop {
+            let q = (self.rng.next_u64() as u32) & !RESPONSE_BIT;
+            if q != 0 && !self.queries.contains_key(&q) {
+                break q;
+            }
+        };
+        let mut body = Vec::with_capacity(QUERY_HEADER + payload.len());
+        body.extend_from_slice(&qid.to_be_bytes());
+        body.extend_from_slice(&self.me.id);
+        body.extend_from_slice(payload);
+        let deadline = now + self.config.query_timeout;
+        self.queries.insert(qid, QueryState { topic: topic.to_vec(), replies: 0 });
+        self.timers.insert((deadline, Timer::Query(qid)));
+        self.stats.queries_sent += 1;
+        self.originate(now, topic, &body, priority);
+        self.flush(now, out);
+        Ok(QueryId(qid))
+    }
+
+    /// One-shot catch-up (G4): asks `peer` for its records of a
+    /// StatefulMerge topic newer than our watermark for it. Ends with
+    /// [`Event::PullDone`].
+    pub fn pull(
+        &mut self,
+        now: Instant,
+        peer: SocketAddr,
+        topic: &[u8],
+        out: &mut Outbox,
+    ) -> Result<(), PublishError> {
+        match self.topics.get(topic).map(|t| &t.mode) {
+            None => return Err(PublishError::UnknownTopic),
+            Some(TopicMode::StatefulMerge(_)) => {}
+            Some(_) => return Err(PublishError::WrongMode),
+        }
+        let key = (peer, topic.to_vec());
+        if self.pulls.len() >= self.config.max_outstanding || self.pull_index.contains_key(&key) {
+            return Err(PublishError::Busy);
+        }
+        let since = self.peer_sync(peer, topic).ok_or(PublishError::Busy)?.recv.unwrap_or(0);
+        let max_response = self.config.max_exchange_bytes.min(MAX_PULL_RESPONSE as usize) as u32;
+        let frame = GossipFrame::Pull(PullRepr { topic, since_ns: since.max(0), max_response });
+        self.send(peer, self.config.sync_priority, &frame);
+        let seq = self.next_seq();
+        let deadline = now + self.config.exchange_timeout;
+        self.pulls.insert(seq, PullState { peer, topic: topic.to_vec(), answer: None, applied: 0 });
+        self.pull_index.insert(key, seq);
+        self.timers.insert((deadline, Timer::Pull(seq)));
+        self.stats.pulls_sent += 1;
+        self.flush(now, out);
+        Ok(())
+    }
+
+    /// Seals and queues a gossip frame built elsewhere (the IBLT and
+    /// snapshot drivers) to `dest`, at `priority`.
+    pub fn send_frame(
+        &mut self,
+        now: Instant,
+        dest: SocketAddr,
+        frame: &[u8],
+        priority: u8,
+        out: &mut Outbox,
+    ) -> Result<(), PublishError> {
+        let max = self.config.max_datagram.saturating_sub(MAC_LEN);
+        if frame.len() > max {
+            return Err(PublishError::TooLarge { max });
+        }
+        let mut buf = vec![0u8; frame.len() + MAC_LEN];
+        buf[..frame.len()].copy_from_slice(frame);
+        if self.key.seal(&mut buf, frame.len()).is_err() {
+            return Err(PublishError::TooLarge { max });
+        }
+        let n = frame.get(1).map_or(0, |b| b.wrapping_sub(0x30));
+        self.enqueue(dest, priority, n, buf);
+        self.flush(now, out);
+        Ok(())
+    }
+
+    // ----------------------------------------------------------------------
+    // Inputs
+    // ----------------------------------------------------------------------
+
+    /// Processes one datagram from `from`.
+    pub fn handle(&mut self, now: Instant, from: SocketAddr, bytes: &[u8], out: &mut Outbox) {
+        self.stats.rx_datagrams += 1;
+        self.stats.rx_bytes += bytes.len() as u64;
+        self.receive(now, from, bytes);
+        self.flush(now, out);
+    }
+
+    /// Processes every timer due at `now`: ACK deadlines (retries), probe
+    /// rounds, exchange, pull and query deadlines, the egress cap.
+    pub fn handle_timeout(&mut self, now: Instant, out: &mut Outbox) {
+        while let Some(&(at, timer)) = self.timers.first() {
+            if at > now {
+                break;
+            }
+            self.timers.pop_first();
+            match timer {
+                Timer::Ack(seq) => self.ack_timeout(now, seq),
+                Timer::Round(seq) => {
+                    if self.round.is_some_and(|r| r.seq == seq) {
+                        self.finish_round(now, Outcome::Failed);
+                    }
+                }
+                Timer::Exchange(id) => self.exchange_timeout(now, id),
+                Timer::Pull(seq) => self.pull_timeout(seq),
+                Timer::Query(q) => {
+                    if let Some(s) = self.queries.remove(&q) {
+                        self.events
+                            .push(Event::QueryDone { query: QueryId(q), replies: s.replies });
+                    }
+                }
+            }
+        }
+        if self.next_probe.is_some_and(|t| now >= t) {
+            self.start_round(now);
+        }
+        self.flush(now, out);
+    }
+
+    // ----------------------------------------------------------------------
+    // Receive path
+    // ----------------------------------------------------------------------
+
+    fn receive(&mut self, now: Instant, from: SocketAddr, bytes: &[u8]) {
+        if from == self.me.addr {
+            self.stats.drops.self_source += 1;
+            return;
+        }
+        if bytes.len() > self.config.max_datagram {
+            self.stats
+                .drops
+                .malformed(WireError::TooLong { max: self.config.max_datagram, got: bytes.len() });
+            return;
+        }
+        let body = match self.key.open(bytes) {
+            Ok(b) => b,
+            Err(e) => {
+                self.stats.drops.malformed(e);
+                return;
+            }
+        };
+        if !self.limiter.allow(now, from) {
+            self.stats.drops.rate_limited += 1;
+            return;
+        }
+        let frame = match GossipFrame::parse(body) {
+            Ok(f) => f,
+            Err(e) => {
+                self.stats.drops.malformed(e);
+                return;
+            }
+        };
+        self.stats.received.bump(usize::from(frame_number(&frame)));
+        match frame {
+            GossipFrame::Exchange(x) if x.exchange_id & RESPONSE_BIT != 0 => {
+                self.on_answer(now, from, &x);
+            }
+            GossipFrame::Exchange(x) => self.on_request(now, from, &x),
+            GossipFrame::Digest(d) => self.on_digest(now, from, d),
+            GossipFrame::Rumor(r) => self.on_rumor(now, from, &r),
+            GossipFrame::Pull(p) => self.on_pull(from, &p),
+            GossipFrame::RumorAck(a) => self.on_ack(from, &a.rumor_id),
+            GossipFrame::Reconcile(_) | GossipFrame::Snapshot(_) => {
+                self.stats.frames_handed_off += 1;
+                self.events.push(Event::Frame { from, bytes: body.to_vec() });
+            }
+        }
+    }
+
+    // ----------------------------------------------------------------------
+    // G3 / G5: rumors
+    // ----------------------------------------------------------------------
+
+    /// Starts a rumor here: remembers it as delivered and fans it out.
+    fn originate(&mut self, now: Instant, topic: &[u8], payload: &[u8], priority: u8) -> RumorId {
+        let id = rumor_id(payload);
+        self.hold(id, topic, payload, priority);
+        if self.cube_valid(now) {
+            let dual = if self.config.dual_cube { FWD_DUAL } else { 0 };
+            self.dedup.insert(id, DELIVERED | FWD_PRIMARY | dual);
+            self.cube_fanout(now, id, Route::Primary, None, 1);
+            if self.config.dual_cube {
+                self.cube_fanout(now, id, Route::Dual, None, 1);
+            }
+        } else {
+            self.dedup.insert(id, DELIVERED | FWD_FALLBACK);
+            self.fallback_fanout(now, id, 1, None);
+        }
+        self.release(&id);
+        id
+    }
+
+    fn on_rumor(&mut self, now: Instant, from: SocketAddr, r: &RumorRepr<'_>) {
+        let Some(arrival) = decode_dimension(r.from_dimension) else {
+            self.stats.drops.bad_dimension += 1;
+            return;
+        };
+        let id = rumor_id(r.payload);
+        // ACK every copy, duplicates too: the sender may have missed our
+        // first ACK and must stop retrying.
+        self.send(from, ACK_PRIORITY, &GossipFrame::RumorAck(RumorAckRepr { rumor_id: id }));
+        let flags = match self.dedup.get(&id) {
+            Some(f) => {
+                self.stats.rumor_duplicates += 1;
+                f
+            }
+            None => {
+                self.dedup.insert(id, DELIVERED);
+                self.stats.rumors_delivered += 1;
+                self.deliver(from, r);
+                DELIVERED
+            }
+        };
+        let hop = r.hop_count.saturating_add(1);
+        let forwarded_before = self.queued_rumors;
+        self.hold(id, r.topic, r.payload, r.priority);
+        match arrival {
+            Arrival::Origin => {
+                if self.cube_valid(now) {
+                    for route in self.cube_routes() {
+                        if flags & route.flag() == 0 {
+                            self.dedup.set_flags(&id, route.flag());
+                            self.cube_fanout(now, id, route, None, hop);
+                        }
+                    }
+                } else if flags & FWD_FALLBACK == 0 {
+                    self.dedup.set_flags(&id, FWD_FALLBACK);
+                    self.fallback_fanout(now, id, hop, Some(from));
+                }
+            }
+            Arrival::Cube { route, dim, rerouted } => {
+                if flags & route.flag() == 0 {
+                    self.dedup.set_flags(&id, route.flag());
+                    if !rerouted && !self.sender_consistent(route, dim, from) {
+                        self.view_mismatch(now, from);
+                    }
+                    if self.cube_valid(now) {
+                        self.cube_fanout(now, id, route, Some(dim), hop);
+                    } else if flags & FWD_FALLBACK == 0 {
+                        self.dedup.set_flags(&id, FWD_FALLBACK);
+                        self.fallback_forward(now, id, r.hop_count, from);
+                    }
+                }
+            }
+            Arrival::Fallback => {
+                if flags & FWD_FALLBACK == 0 {
+                    self.dedup.set_flags(&id, FWD_FALLBACK);
+                    self.fallback_forward(now, id, r.hop_count, from);
+                }
+            }
+        }
+        self.stats.rumor_forwards += self.queued_rumors - forwarded_before;
+        self.release(&id);
+    }
+
+    /// Local effects of a rumor seen for the first time.
+    fn deliver(&mut self, from: SocketAddr, r: &RumorRepr<'_>) {
+        let Some(t) = self.topics.get_mut(r.topic) else {
+            self.stats.unknown_topic_rumors += 1;
+            return;
+        };
+        let subscribed = t.subscribed;
+        let event = |changed| Event::Delivered {
+            topic: r.topic.to_vec(),
+            payload: r.payload.to_vec(),
+            from,
+            hops: r.hop_count,
+            changed,
+        };
+        match &mut t.mode {
+            TopicMode::BroadcastOnly => {
+                if subscribed {
+                    self.events.push(event(false));
+                }
+            }
+            TopicMode::StatefulMerge(store) => match store.apply(r.payload) {
+                Ok(changed) => {
+                    if subscribed {
+                        self.events.push(event(changed));
+                    }
+                }
+                Err(_) => self.stats.drops.apply_rejected += 1,
+            },
+            TopicMode::RequestResponse(responder) => {
+                let Some((head, query)) = r.payload.split_first_chunk::<QUERY_HEADER>() else {
+                    self.stats.drops.bad_query += 1;
+                    return;
+                };
+                let qid = u32::from_be_bytes([head[0], head[1], head[2], head[3]]);
+                let mut origin = [0u8; 32];
+                origin.copy_from_slice(&head[4..]);
+                if origin == self.me.id || qid & RESPONSE_BIT != 0 {
+                    return;
+                }
+                if let Some(reply) = responder.respond(&origin, query) {
+                    self.send_reply(r.topic, qid, &origin, &reply);
+                }
+            }
+        }
+    }
+
+    fn send_reply(&mut self, topic: &[u8], qid: u32, origin: &[u8; 32], reply: &[u8]) {
+        let Some(&m) = self.by_id.get(origin) else {
+            self.stats.drops.unknown_peer += 1;
+            return;
+        };
+        let dest = self.members[m].addr;
+        let c = entries::chunk(&[reply], self.g1_capacity(topic), usize::MAX, 0);
+        if c.included != 1 || c.chunks.len() != 1 {
+            self.stats.drops.reply_too_large += 1;
+            return;
+        }
+        let priority = self.topics.get(topic).map_or(0, |t| t.priority);
+        self.emit_chunks(dest, topic, qid | RESPONSE_BIT, false, 0, &c, priority);
+    }
+
+    fn cube_routes(&self) -> Vec<Route> {
+        if self.config.dual_cube { vec![Route::Primary, Route::Dual] } else { vec![Route::Primary] }
+    }
+
+    fn cube(&self, route: Route) -> &Cube {
+        if route == Route::Dual { &self.dual } else { &self.primary }
+    }
+
+    fn health_mut(&mut self, route: Route) -> &mut DimensionHealth {
+        &mut self.health[usize::from(route == Route::Dual)]
+    }
+
+    /// Sends on every tree edge below us in `route`'s cube.
+    fn cube_fanout(&mut self, now: Instant, id: RumorId, route: Route, from: Option<u32>, hop: u8) {
+        let cube = self.cube(route);
+        let Some(me) = cube.position_of(self.self_index) else { return };
+        let targets: Vec<(u32, usize, SocketAddr)> = tree_targets(cube.len(), me, from)
+            .into_iter()
+            .filter_map(|(d, p)| cube.member_at(p).map(|m| (d, p, self.members[m].addr)))
+            .collect();
+        for (dim, pos, addr) in targets {
+            self.send_rumor(now, id, addr, route, dim, pos, hop, 0, None, false);
+        }
+    }
+
+    /// Random-peer push to `fallback_fanout` members other than us and
+    /// `exclude`.
+    fn fallback_fanout(&mut self, now: Instant, id: RumorId, hop: u8, exclude: Option<SocketAddr>) {
+        let mut cands: Vec<SocketAddr> = self
+            .members
+            .iter()
+            .map(|m| m.addr)
+            .filter(|a| *a != self.me.addr && Some(*a) != exclude)
+            .collect();
+        let k = self.config.fallback_fanout.min(cands.len());
+        for i in 0..k {
+            let j = i + self.rng.index(cands.len() - i);
+            cands.swap(i, j);
+        }
+        for &addr in &cands[..k] {
+            self.send_rumor(now, id, addr, Route::Fallback, 0, 0, hop, 0, exclude, false);
+        }
+    }
+
+    /// Fallback forwarding of a rumor that travelled `hop` hops: with
+    /// probability `P / (1 + hop)`, below the hop limit.
+    fn fallback_forward(&mut self, now: Instant, id: RumorId, hop: u8, from: SocketAddr) {
+        if hop >= self.config.max_hops {
+            return;
+        }
+        let p = self.config.fallback_forward_p / (1.0 + f64::from(hop));
+        if self.rng.chance(p) {
+            self.fallback_fanout(now, id, hop.saturating_add(1), Some(from));
+        }
+    }
+
+    /// Sends one G3 copy of a held rumor and tracks its ACK.
+    #[allow(clippy::too_many_arguments)]
+    fn send_rumor(
+        &mut self,
+        now: Instant,
+        id: RumorId,
+        dest: SocketAddr,
+        route: Route,
+        dim: u32,
+        target_pos: usize,
+        hop: u8,
+        attempt: u8,
+        source: Option<SocketAddr>,
+        rerouted: bool,
+    ) {
+        if dest == self.me.addr {
+            return;
+        }
+        let Some(h) = self.held.get(&id) else { return };
+        let priority = h.priority;
+        let frame = GossipFrame::Rumor(RumorRepr {
+            hop_count: hop,
+            from_dimension: encode_dimension(route, dim, rerouted),
+            priority,
+            topic: &h.topic,
+            payload: &h.payload,
+        });
+        let Some(bytes) = self.seal(&frame) else { return };
+        self.enqueue(dest, priority, 3, bytes);
+        if route == Route::Fallback {
+            self.stats.fallback_sends += 1;
+        }
+        if self.pending.len() >= self.config.max_pending_acks {
+            self.stats.untracked_sends += 1;
+            return;
+        }
+        let seq = self.next_seq();
+        let p = PendingAck {
+            rumor: id,
+            target: dest,
+            route,
+            dim,
+            target_pos,
+            epoch: self.epoch,
+            hop,
+            attempt,
+            source,
+        };
+        if let Some(h) = self.held.get_mut(&id) {
+            h.refs += 1;
+        }
+        if let Some(old) = self.pending_index.insert((id, dest), seq) {
+            if self.pending.remove(&old).is_some() {
+                self.unref(&id);
+            }
+        }
+        self.pending.insert(seq, p);
+        self.timers.insert((now + self.config.ack_timeout, Timer::Ack(seq)));
+    }
+
+    fn on_ack(&mut self, from: SocketAddr, id: &RumorId) {
+        let Some(seq) = self.pending_index.remove(&(*id, from)) else {
+            self.stats.acks_unmatched += 1;
+            return;
+        };
+        let Some(p) = self.pending.remove(&seq) else { return };
+        self.stats.acks_matched += 1;
+        if p.route != Route::Fallback {
+            self.health_mut(p.route).success(p.dim);
+        }
+        self.unref(id);
+    }
+
+    fn ack_timeout(&mut self, now: Instant, seq: u64) {
+        let Some(p) = self.pending.remove(&seq) else { return };
+        if self.pending_index.get(&(p.rumor, p.target)) == Some(&seq) {
+            self.pending_index.remove(&(p.rumor, p.target));
+        }
+        if p.route != Route::Fallback {
+            self.health_mut(p.route).loss(p.dim);
+        }
+        if p.attempt >= self.config.rumor_retries {
+            self.stats.rumors_dropped += 1;
+            self.events.push(Event::RumorDropped { rumor: p.rumor, peer: p.target });
+            self.unref(&p.rumor);
+            return;
+        }
+        self.stats.rumor_retries += 1;
+        let attempt = p.attempt + 1;
+        match p.route {
+            Route::Fallback => {
+                let cands: Vec<SocketAddr> = self
+                    .members
+                    .iter()
+                    .map(|m| m.addr)
+                    .filter(|a| *a != self.me.addr && *a != p.target && Some(*a) != p.source)
+                    .collect();
+                let dest =
+                    if cands.is_empty() { p.target } else { cands[self.rng.index(cands.len())] };
+                self.send_rumor(now, p.rumor, dest, p.route, 0, 0, p.hop, attempt, p.source, false);
+            }
+            route => {
+                let weight = self.health[usize::from(route == Route::Dual)].weight(p.dim);
+                let direct =
+                    (attempt == 1 && weight >= self.config.reroute_below) || p.epoch != self.epoch;
+                let cube = self.cube(route);
+                let around: Vec<(u32, usize, SocketAddr)> = if direct {
+                    Vec::new()
+                } else {
+                    tree_targets(cube.len(), p.target_pos, Some(p.dim))
+                        .into_iter()
+                        .filter_map(|(d, q)| {
+                            cube.member_at(q).map(|m| (d, q, self.members[m].addr))
+                        })
+                        .collect()
+                };
+                // The target itself always gets another copy (it may only
+                // have lost our datagram); a reroute adds its subtree.
+                self.send_rumor(
+                    now,
+                    p.rumor,
+                    p.target,
+                    route,
+                    p.dim,
+                    p.target_pos,
+                    p.hop,
+                    attempt,
+                    None,
+                    false,
+                );
+                let hop = p.hop.saturating_add(1);
+                for (d, q, addr) in around {
+                    self.stats.rumor_reroutes += 1;
+                    self.send_rumor(now, p.rumor, addr, route, d, q, hop, attempt, None, true);
+                }
+            }
+        }
+        self.unref(&p.rumor);
+    }
+
+    /// Whether a rumor that arrived on `dim` of `route`'s cube came from
+    /// the member our view puts there.
+    fn sender_consistent(&self, route: Route, dim: u32, from: SocketAddr) -> bool {
+        let cube = self.cube(route);
+        let Some(me) = cube.position_of(self.self_index) else { return false };
+        match expected_sender(cube.len(), me, dim) {
+            None => false,
+            // The partner is virtual: its nearest real ancestor, some member,
+            // sends in its place.
+            Some(Sender::Virtual) => self.by_addr.contains_key(&from),
+            Some(Sender::Partner(p)) => {
+                cube.member_at(p).map(|m| self.members[m].addr) == Some(from)
+            }
+        }
+    }
+
+    fn view_mismatch(&mut self, now: Instant, from: SocketAddr) {
+        self.stats.view_mismatches += 1;
+        if self.mismatch_until.is_none_or(|t| now >= t) {
+            self.events.push(Event::ViewMismatch { from });
+        }
+        self.mismatch_until = Some(now + self.config.fallback_hold);
+    }
+
+    fn hold(&mut self, id: RumorId, topic: &[u8], payload: &[u8], priority: u8) {
+        self.held.entry(id).or_insert_with(|| Held {
+            topic: topic.to_vec(),
+            payload: payload.to_vec(),
+            priority,
+            refs: 0,
+        });
+    }
+
+    /// Drops a held body nobody waits on.
+    fn release(&mut self, id: &RumorId) {
+        if self.held.get(id).is_some_and(|h| h.refs == 0) {
+            self.held.remove(id);
+        }
+    }
+
+    fn unref(&mut self, id: &RumorId) {
+        if let Some(h) = self.held.get_mut(id) {
+            h.refs = h.refs.saturating_sub(1);
+        }
+        self.release(id);
+    }
+
+    // ----------------------------------------------------------------------
+    // G2: probe rounds
+    // ----------------------------------------------------------------------
+
+    fn start_round(&mut self, now: Instant) {
+        self.next_probe = None;
+        self.sweep(now);
+        let stateful = self.topics.values().any(|t| matches!(t.mode, TopicMode::StatefulMerge(_)));
+        let peer = if stateful && self.round.is_none() { self.pick_peer(now) } else { None };
+        let Some(peer) = peer else {
+            self.next_probe = Some(now + self.interval.sample(&mut self.rng));
+            return;
+        };
+        let fingerprint = self.fingerprint();
+        self.send(
+            peer,
+            self.config.sync_priority,
+            &GossipFrame::Digest(DigestRepr { fingerprint, matched: false }),
+        );
+        self.stats.probes_sent += 1;
+        let seq = self.next_seq();
+        self.round = Some(Round { seq, peer, syncing: false });
+        self.timers.insert((now + self.config.exchange_timeout, Timer::Round(seq)));
+    }
+
+    /// The next member of a shuffled round-robin that is not backed off.
+    fn pick_peer(&mut self, now: Instant) -> Option<SocketAddr> {
+        for _ in 0..=self.members.len() {
+            if self.probe_cursor >= self.probe_order.len() {
+                self.probe_order =
+                    self.members.iter().map(|m| m.addr).filter(|a| *a != self.me.addr).collect();
+                self.rng.shuffle(&mut self.probe_order);
+                self.probe_cursor = 0;
+                if self.probe_order.is_empty() {
+                    return None;
+                }
+            }
+            let a = self.probe_order[self.probe_cursor];
+            self.probe_cursor += 1;
+            if self.by_addr.contains_key(&a)
+                && !self.peers.get(&a).is_some_and(|p| p.backoff.active(now))
+            {
+                return Some(a);
+            }
+        }
+        None
+    }
+
+    fn finish_round(&mut self, now: Instant, outcome: Outcome) {
+        let Some(r) = self.round.take() else { return };
+        let (initial, max) = (self.config.backoff_initial, self.config.backoff_max);
+        if let Some(p) = self.peers.get_mut(&r.peer) {
+            if outcome == Outcome::Failed {
+                if !r.syncing {
+                    p.failures += 1;
+                    if p.failures >= 2 {
+                        p.backoff.signal(now, initial, max);
+                    }
+                }
+            } else {
+                p.failures = 0;
+            }
+        }
+        if outcome == Outcome::Failed {
+            self.stats.rounds_failed += 1;
+        }
+        self.interval.observe(outcome);
+        let wait = if self.overloaded() {
+            super::sync::jittered(
+                self.config.interval_max,
+                self.config.interval_jitter,
+                &mut self.rng,
+            )
+        } else {
+            self.interval.sample(&mut self.rng)
+        };
+        self.next_probe = Some(now + wait);
+    }
+
+    /// Records arrived outside our own round: probe again soon.
+    fn note_applied(&mut self, now: Instant, applied: u64) {
+        if applied == 0 {
+            return;
+        }
+        self.interval.observe(Outcome::Applied(applied));
+        if let Some(t) = self.next_probe {
+            let soon = now + self.interval.sample_min(&mut self.rng);
+            self.next_probe = Some(t.min(soon));
+        }
+    }
+
+    fn on_digest(&mut self, now: Instant, from: SocketAddr, d: DigestRepr) {
+        if d.matched {
+            // A reply (probes never set the flag).
+            if self.round.is_some_and(|r| r.peer == from && !r.syncing) {
+                self.stats.digest_matches += 1;
+                self.finish_round(now, Outcome::Idle);
+            }
+            return;
+        }
+        let fingerprint = self.fingerprint();
+        if d.fingerprint == fingerprint {
+            self.send(
+                from,
+                self.config.sync_priority,
+                &GossipFrame::Digest(DigestRepr { fingerprint, matched: true }),
+            );
+            return;
+        }
+        if self.overloaded() {
+            self.stats.drops.overloaded += 1;
+            return;
+        }
+        if self.peers.get(&from).is_some_and(|p| p.backoff.active(now))
+            || self.outbound.values().any(|x| x.peer == from)
+        {
+            return;
+        }
+        if let Some(r) = self.round.as_mut().filter(|r| r.peer == from) {
+            r.syncing = true;
+        }
+        let topics: Vec<Vec<u8>> = self
+            .topics
+            .iter()
+            .filter(|(_, t)| matches!(t.mode, TopicMode::StatefulMerge(_)))
+            .map(|(n, _)| n.clone())
+            .collect();
+        for t in topics {
+            self.start_exchange(now, from, &t);
+        }
+    }
+
+    // ----------------------------------------------------------------------
+    // G1: exchanges
+    // ----------------------------------------------------------------------
+
+    fn start_exchange(&mut self, now: Instant, peer: SocketAddr, topic: &[u8]) {
+        if self.outbound.len() >= self.config.max_inbound_exchanges {
+            return;
+        }
+        let Some(ps) = self.peer_sync(peer, topic).copied() else {
+            self.stats.drops.unknown_peer += 1;
+            return;
+        };
+        let full = ps.full_due();
+        let Some(store) = self.store(topic) else { return };
+        let records = match (full, ps.sent) {
+            (false, Some(sent)) => store.delta_since(sent),
+            _ => store.snapshot(),
+        };
+        let mark = store.watermark().max(0);
+        let id = self.fresh_exchange_id();
+        let meta = if self.overloaded() { META_BACKPRESSURE } else { 0 };
+        let c = self.chunk(topic, &records, self.config.max_exchange_bytes, meta);
+        let watermark = if full { 0 } else { ps.recv.unwrap_or(0).max(0) };
+        self.emit_chunks(peer, topic, id, full, watermark, &c, self.config.sync_priority);
+        let deadline = now + self.config.exchange_timeout;
+        self.outbound.insert(
+            id,
+            OutExchange {
+                peer,
+                topic: topic.to_vec(),
+                full,
+                sent_to: (!c.truncated).then_some(mark),
+                deadline,
+                answer: None,
+                applied: 0,
+                backpressure: false,
+            },
+        );
+        self.timers.insert((deadline, Timer::Exchange(id)));
+        self.stats.exchanges_started += 1;
+        if full {
+            self.stats.full_syncs += 1;
+        }
+    }
+
+    /// A chunk of a peer's exchange: apply it; once every chunk is in,
+    /// answer.
+    fn on_request(&mut self, now: Instant, from: SocketAddr, x: &ExchangeRepr<'_>) {
+        let Ok(entries) = entries::parse(x.entries) else {
+            self.stats.drops.bad_entries += 1;
+            return;
+        };
+        match self.topics.get(x.topic).map(|t| &t.mode) {
+            None => {
+                self.stats.drops.unknown_topic += 1;
+                return;
+            }
+            Some(TopicMode::StatefulMerge(_)) => {}
+            Some(_) => {
+                self.stats.drops.wrong_mode += 1;
+                return;
+            }
+        }
+        let key = (from, x.exchange_id);
+        if !self.inbound.contains_key(&key) {
+            if self.inbound.len() >= self.config.max_inbound_exchanges {
+                self.sweep(now);
+            }
+            if self.inbound.len() >= self.config.max_inbound_exchanges {
+                self.stats.drops.exchange_table_full += 1;
+                return;
+            }
+            self.inbound.insert(
+                key,
+                InExchange {
+                    topic: x.topic.to_vec(),
+                    full: x.full,
+                    watermark: x.watermark_ns,
+                    chunks: Chunks::new(x.chunk_count),
+                    applied: 0,
+                    answered: false,
+                    deadline: now + self.config.exchange_timeout,
+                },
+            );
+        }
+        let Some(ex) = self.inbound.get_mut(&key) else { return };
+        if ex.topic != x.topic
+            || ex.chunks.count != x.chunk_count
+            || ex.full != x.full
+            || ex.watermark != x.watermark_ns
+        {
+            self.stats.drops.chunk_mismatch += 1;
+            return;
+        }
+        if !ex.chunks.mark(x.chunk_index) {
+            return;
+        }
+        if entries.backpressure() {
+            self.backpressure_from(now, from);
+        }
+        let applied = self.apply_records(x.topic, from, &entries);
+        let Some(ex) = self.inbound.get_mut(&key) else { return };
+        ex.applied += applied;
+        if let Some(r) = self.round.as_mut().filter(|r| r.peer == from) {
+            r.syncing = true;
+        }
+        if ex.chunks.complete() && !ex.answered {
+            ex.answered = true;
+            let (full, watermark, total) = (ex.full, ex.watermark, ex.applied);
+            self.answer(from, x.topic, x.exchange_id, full, watermark);
+            if self.round.is_some_and(|r| r.peer == from) {
+                self.finish_round(now, outcome_of(total));
+            } else {
+                self.note_applied(now, total);
+            }
+        }
+    }
+
+    fn answer(&mut self, to: SocketAddr, topic: &[u8], id: u32, full: bool, watermark: i64) {
+        self.stats.exchanges_answered += 1;
+        let answer_id = id | RESPONSE_BIT;
+        let priority = self.config.sync_priority;
+        if self.overloaded() {
+            self.stats.backpressure_sent += 1;
+            let c = self.chunk(topic, &[] as &[&[u8]], 0, META_BACKPRESSURE);
+            self.emit_chunks(to, topic, answer_id, false, watermark, &c, priority);
+            return;
+        }
+        let Some(store) = self.store(topic) else { return };
+        let records = if full { store.snapshot() } else { store.delta_since(watermark) };
+        let mark = store.watermark().max(0);
+        let c = self.chunk(topic, &records, self.config.max_exchange_bytes, 0);
+        // A cut answer must not move the requester's watermark past what it
+        // carries: report the one it asked from.
+        let wm = if c.truncated { if full { 0 } else { watermark } } else { mark };
+        self.emit_chunks(to, topic, answer_id, full, wm, &c, priority);
+    }
+
+    /// A G1 response: the answer to our exchange, pull or query.
+    fn on_answer(&mut self, now: Instant, from: SocketAddr, x: &ExchangeRepr<'_>) {
+        let Ok(entries) = entries::parse(x.entries) else {
+            self.stats.drops.bad_entries += 1;
+            return;
+        };
+        let id = x.exchange_id & !RESPONSE_BIT;
+        if self.outbound.get(&id).is_some_and(|o| o.peer == from && o.topic == x.topic) {
+            self.on_exchange_answer(now, from, id, x, &entries);
+        } else if self.queries.get(&id).is_some_and(|q| q.topic == x.topic) {
+            let Some(reply) = entries.iter().next().filter(|_| x.chunk_count == 1) else {
+                self.stats.drops.reply_too_large += 1;
+                return;
+            };
+            if let Some(q) = self.queries.get_mut(&id) {
+                q.replies += 1;
+            }
+            self.stats.query_replies += 1;
+            self.events.push(Event::QueryReply {
+                query: QueryId(id),
+                from,
+                payload: reply.to_vec(),
+            });
+        } else if let Some(&seq) = self.pull_index.get(&(from, x.topic.to_vec())) {
+            self.on_pull_answer(now, from, seq, x, &entries);
+        } else {
+            self.stats.drops.unsolicited += 1;
+        }
+    }
+
+    fn on_exchange_answer(
+        &mut self,
+        now: Instant,
+        from: SocketAddr,
+        id: u32,
+        x: &ExchangeRepr<'_>,
+        entries: &Entries<'_>,
+    ) {
+        let Some(ex) = self.outbound.get_mut(&id) else { return };
+        let (chunks, wm, full) =
+            ex.answer.get_or_insert_with(|| (Chunks::new(x.chunk_count), x.watermark_ns, x.full));
+        if chunks.count != x.chunk_count || *wm != x.watermark_ns || *full != x.full {
+            self.stats.drops.chunk_mismatch += 1;
+            return;
+        }
+        if !chunks.mark(x.chunk_index) {
+            return;
+        }
+        let complete = chunks.complete();
+        if entries.backpressure() {
+            ex.backpressure = true;
+            self.backpressure_from(now, from);
+        }
+        let applied = self.apply_records(x.topic, from, entries);
+        if let Some(ex) = self.outbound.get_mut(&id) {
+            ex.applied += applied;
+        }
+        if complete {
+            self.complete_exchange(now, id);
+        }
+    }
+
+    fn complete_exchange(&mut self, now: Instant, id: u32) {
+        let Some(ex) = self.outbound.remove(&id) else { return };
+        self.stats.exchanges_completed += 1;
+        let (recv_to, answer_full) = match ex.answer {
+            Some((_, wm, full)) if !ex.backpressure => (Some(wm), full),
+            _ => (None, false),
+        };
+        if let Some(p) = self.peers.get_mut(&ex.peer) {
+            if !ex.backpressure {
+                p.backoff.clear();
+                p.failures = 0;
+            }
+            if let Some(ps) = p.topics.get_mut(&ex.topic) {
+                ps.completed(ex.full && answer_full, recv_to, ex.sent_to, ex.applied);
+            }
+        }
+        if self.round.is_some_and(|r| r.peer == ex.peer && r.syncing) {
+            self.finish_round(now, outcome_of(ex.applied));
+        } else {
+            self.note_applied(now, ex.applied);
+        }
+    }
+
+    fn exchange_timeout(&mut self, now: Instant, id: u32) {
+        if self.outbound.get(&id).is_none_or(|x| x.deadline > now) {
+            return;
+        }
+        let Some(ex) = self.outbound.remove(&id) else { return };
+        self.stats.exchanges_failed += 1;
+        if self.round.is_some_and(|r| r.peer == ex.peer) {
+            self.finish_round(now, Outcome::Failed);
+        }
+        self.note_applied(now, ex.applied);
+    }
+
+    fn apply_records(&mut self, topic: &[u8], from: SocketAddr, entries: &Entries<'_>) -> u64 {
+        let Some(t) = self.topics.get_mut(topic) else { return 0 };
+        let TopicMode::StatefulMerge(store) = &mut t.mode else { return 0 };
+        let mut applied = 0;
+        for rec in entries.iter() {
+            match store.apply(rec) {
+                Ok(true) => applied += 1,
+                Ok(false) => {}
+                Err(_) => self.stats.drops.apply_rejected += 1,
+            }
+        }
+        self.stats.records_applied += applied;
+        if applied > 0 && t.subscribed {
+            self.events.push(Event::Applied { topic: topic.to_vec(), from, records: applied });
+        }
+        applied
+    }
+
+    fn backpressure_from(&mut self, now: Instant, from: SocketAddr) {
+        self.stats.backpressure_received += 1;
+        let (initial, max) = (self.config.backoff_initial, self.config.backoff_max);
+        if let Some(p) = self.peer_state(from) {
+            p.backoff.signal(now, initial, max);
+        }
+    }
+
+    // ----------------------------------------------------------------------
+    // G4: pull
+    // ----------------------------------------------------------------------
+
+    fn on_pull(&mut self, from: SocketAddr, p: &PullRepr<'_>) {
+        match self.topics.get(p.topic).map(|t| &t.mode) {
+            None => {
+                self.stats.drops.unknown_topic += 1;
+                return;
+            }
+            Some(TopicMode::StatefulMerge(_)) => {}
+            Some(_) => {
+                self.stats.drops.wrong_mode += 1;
+                return;
+            }
+        }
+        if self.overloaded() {
+            self.stats.drops.overloaded += 1;
+            return;
+        }
+        let cap = match p.max_response {
+            0 => self.config.max_exchange_bytes,
+            n => (n as usize).min(self.config.max_exchange_bytes),
+        };
+        let Some(store) = self.store(p.topic) else { return };
+        let full = p.since_ns == 0;
+        let records = if full { store.snapshot() } else { store.delta_since(p.since_ns) };
+        let mark = store.watermark().max(0);
+        let c = self.chunk(p.topic, &records, cap, 0);
+        let wm = if c.truncated { p.since_ns } else { mark };
+        let id = self.fresh_exchange_id() | RESPONSE_BIT;
+        self.emit_chunks(from, p.topic, id, full, wm, &c, self.config.sync_priority);
+        self.stats.pulls_answered += 1;
+    }
+
+    fn on_pull_answer(
+        &mut self,
+        now: Instant,
+        from: SocketAddr,
+        seq: u64,
+        x: &ExchangeRepr<'_>,
+        entries: &Entries<'_>,
+    ) {
+        let Some(pull) = self.pulls.get_mut(&seq) else { return };
+        let (eid, chunks, wm, full) = pull.answer.get_or_insert_with(|| {
+            (x.exchange_id, Chunks::new(x.chunk_count), x.watermark_ns, x.full)
+        });
+        if *eid != x.exchange_id {
+            self.stats.drops.unsolicited += 1;
+            return;
+        }
+        if chunks.count != x.chunk_count || *wm != x.watermark_ns || *full != x.full {
+            self.stats.drops.chunk_mismatch += 1;
+            return;
+        }
+        if !chunks.mark(x.chunk_index) {
+            return;
+        }
+        let (complete, wm, full) = (chunks.complete(), *wm, *full);
+        let applied = self.apply_records(x.topic, from, entries);
+        let Some(pull) = self.pulls.get_mut(&seq) else { return };
+        pull.applied += applied;
+        if complete {
+            let Some(pull) = self.pulls.remove(&seq) else { return };
+            self.pull_index.remove(&(pull.peer, pull.topic.clone()));
+            if let Some(ps) = self.peer_sync(from, x.topic) {
+                if full {
+                    ps.recv = Some(wm);
+                } else {
+                    ps.pulled(wm);
+                }
+            }
+            self.events.push(Event::PullDone {
+                topic: pull.topic,
+                peer: pull.peer,
+                records: pull.applied,
+                complete: true,
+            });
+            self.note_applied(now, pull.applied);
+        }
+    }
+
+    fn pull_timeout(&mut self, seq: u64) {
+        let Some(pull) = self.pulls.remove(&seq) else { return };
+        self.pull_index.remove(&(pull.peer, pull.topic.clone()));
+        self.events.push(Event::PullDone {
+            topic: pull.topic,
+            peer: pull.peer,
+            records: pull.applied,
+            complete: false,
+        });
+    }
+
+    // ----------------------------------------------------------------------
+    // Helpers
+    // ----------------------------------------------------------------------
+
+    fn install_members(&mut self, list: Vec<Member>) {
+        self.by_addr = list.iter().enumerate().map(|(i, m)| (m.addr, i)).collect();
+        self.by_id = list.iter().enumerate().map(|(i, m)| (m.id, i)).collect();
+        self.self_index = self.by_id.get(&self.me.id).copied().unwrap_or(0);
+        let ids: Vec<[u8; 32]> = list.iter().map(|m| m.id).collect();
+        let hashed: Vec<[u8; 32]> = ids.iter().map(|id| *blake3::hash(id).as_bytes()).collect();
+        self.primary = Cube::new(&ids);
+        self.dual = Cube::new(&hashed);
+        self.members = list;
+    }
+
+    fn peer_state(&mut self, peer: SocketAddr) -> Option<&mut PeerState> {
+        if !self.peers.contains_key(&peer)
+            && self.peers.len() >= self.config.max_members.saturating_mul(2)
+        {
+            return None;
+        }
+        Some(self.peers.entry(peer).or_default())
+    }
+
+    fn peer_sync(&mut self, peer: SocketAddr, topic: &[u8]) -> Option<&mut PeerSync> {
+        let range = self.config.full_sync_every;
+        let p = self.peer_state(peer)?;
+        Some(p.topics.entry(topic.to_vec()).or_insert_with(|| PeerSync::new(range)))
+    }
+
+    fn fresh_exchange_id(&mut self) -> u32 {
+        loop {
+            let id = (self.rng.next_u64() as u32) & !RESPONSE_BIT;
+            if id != 0 && !self.outbound.contains_key(&id) {
+                return id;
+            }
+        }
+    }
+
+    fn next_seq(&mut self) -> u64 {
+        self.next_seq += 1;
+        self.next_seq
+    }
+
+    /// Bytes of entries one G1 chunk of `topic` can carry.
+    fn g1_capacity(&self, topic: &[u8]) -> usize {
+        self.config.max_datagram.saturating_sub(MAC_LEN + G1_OVERHEAD + topic.len())
+    }
+
+    fn chunk<R: AsRef<[u8]>>(
+        &mut self,
+        topic: &[u8],
+        records: &[R],
+        max: usize,
+        meta: u8,
+    ) -> Chunked {
+        let c = entries::chunk(records, self.g1_capacity(topic), max, meta);
+        self.stats.records_oversize += c.oversize as u64;
+        if c.truncated {
+            self.stats.exchanges_truncated += 1;
+        }
+        c
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn emit_chunks(
+        &mut self,
+        dest: SocketAddr,
+        topic: &[u8],
+        id: u32,
+        full: bool,
+        watermark: i64,
+        c: &Chunked,
+        priority: u8,
+    ) {
+        let count = c.chunks.len().min(usize::from(u16::MAX)) as u16;
+        for (i, e) in c.chunks.iter().take(usize::from(count)).enumerate() {
+            let frame = GossipFrame::Exchange(ExchangeRepr {
+                full,
+                exchange_id: id,
+                chunk_index: i as u16,
+                chunk_count: count,
+                topic,
+                watermark_ns: watermark.max(0),
+                entries: e,
+            });
+            self.send(dest, priority, &frame);
+        }
+        self.stats.records_sent += c.included as u64;
+    }
+
+    fn seal(&self, frame: &GossipFrame<'_>) -> Option<Vec<u8>> {
+        let len = frame.buffer_len();
+        let mut buf = vec![0u8; len + MAC_LEN];
+        frame.emit(&mut buf).ok()?;
+        self.key.seal(&mut buf, len).ok()?;
+        Some(buf)
+    }
+
+    fn send(&mut self, dest: SocketAddr, priority: u8, frame: &GossipFrame<'_>) {
+        if let Some(bytes) = self.seal(frame) {
+            self.enqueue(dest, priority, frame_number(frame), bytes);
+        }
+    }
+
+    fn enqueue(&mut self, dest: SocketAddr, priority: u8, frame: u8, payload: Vec<u8>) {
+        if frame == 3 {
+            self.queued_rumors += 1;
+        }
+        if self.egress.push(priority, OutDatagram { dest, payload, frame }).is_err() {
+            self.stats.drops.egress_full += 1;
+        }
+    }
+
+    /// Moves what the egress cap allows into the outbox, and the events.
+    fn flush(&mut self, now: Instant, out: &mut Outbox) {
+        self.egress_wakeup = None;
+        while let Some(next) = self.egress.peek() {
+            let need = (next.payload.len() as f64).min(self.config.egress_burst);
+            if !self.egress_bucket.take(now, need) {
+                self.stats.egress_deferred += 1;
+                self.egress_wakeup = Some(self.egress_bucket.ready_at(now, need));
+                break;
+            }
+            let Some(q) = self.egress.pop() else { break };
+            let d = q.item;
+            self.stats.tx_datagrams += 1;
+            self.stats.tx_bytes += d.payload.len() as u64;
+            self.stats.sent.bump(usize::from(d.frame));
+            out.transmits.push(Transmit { dest: d.dest, payload: d.payload });
+        }
+        out.events.append(&mut self.events);
+    }
+
+    /// Forgets answered or expired inbound exchanges past their deadline
+    /// and idle rate-limit entries.
+    fn sweep(&mut self, now: Instant) {
+        self.inbound.retain(|_, x| x.deadline > now);
+        self.limiter.sweep(now);
+        if self.mismatch_until.is_some_and(|t| now >= t) {
+            self.mismatch_until = None;
+        }
+    }
+}
+
+fn outcome_of(applied: u64) -> Outcome {
+    if applied > 0 { Outcome::Applied(applied) } else { Outcome::Unchanged }
+}
+
+fn frame_number(f: &GossipFrame<'_>) -> u8 {
+    match f {
+        GossipFrame::Exchange(_) => 1,
+        GossipFrame::Digest(_) => 2,
+        GossipFrame::Rumor(_) => 3,
+        GossipFrame::Pull(_) | GossipFrame::Reconcile(_) => 4,
+        GossipFrame::RumorAck(_) => 5,
+        GossipFrame::Snapshot(_) => 6,
+    }
+}
+
+/// splitmix64's finaliser: spreads a topic's fingerprint before XOR.
+fn mix(x: u64) -> u64 {
+    let mut z = x.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn from_dimension_codes_round_trip() {
+        for dim in 0..=u32::from(MAX_DIMENSION) {
+            for route in [Route::Primary, Route::Dual] {
+                for rerouted in [false, true] {
+                    let b = encode_dimension(route, dim, rerouted);
+                    assert_eq!(decode_dimension(b), Some(Arrival::Cube { route, dim, rerouted }));
+                }
+            }
+        }
+        assert_eq!(decode_dimension(0xFF), Some(Arrival::Origin));
+        assert_eq!(decode_dimension(0xFE), Some(Arrival::Fallback));
+        for bad in [0x20, 0x3F, 0x60, 0xA0, 0xE0, 0xFD] {
+            assert_eq!(decode_dimension(bad), None, "{bad:#x}");
+        }
+    }
+
+    #[test]
+    fn chunks_track_arrivals() {
+        let mut c = Chunks::new(70);
+        assert!(!c.complete());
+        for i in 0..70 {
+            assert!(c.mark(i));
+            assert!(!c.mark(i));
+        }
+        assert!(!c.mark(70));
+        assert!(c.complete());
+        assert!(Chunks::new(0).complete());
+    }
+}

@@ -1,0 +1,670 @@
+//! Engine-level tests on a small synchronous network: security checks on
+//! the receive path, ACK retries and rerouting, view mismatch fallback,
+//! anti-entropy with chunking, pull, queries, egress priorities and
+//! backpressure. The N-member simulation lives in
+//! `engine/tests/gossip_sim.rs`.
+
+use core::net::{IpAddr, Ipv4Addr, SocketAddr};
+use core::time::Duration;
+use std::collections::VecDeque;
+use std::time::Instant;
+
+use ricochet_wire::gossip::{DigestRepr, ExchangeRepr, GossipFrame, RumorRepr, SnapshotRepr};
+use ricochet_wire::mac::ClusterKey;
+
+use super::*;
+
+const TOPIC: &[u8] = b"state";
+
+fn addr(i: usize) -> SocketAddr {
+    SocketAddr::new(IpAddr::V4(Ipv4Addr::new(10, 0, (i >> 8) as u8, i as u8)), 9310)
+}
+
+fn key() -> ClusterKey {
+    ClusterKey::new([9; 32])
+}
+
+fn member(i: usize) -> Member {
+    Member { id: *blake3::hash(&(i as u64).to_le_bytes()).as_bytes(), addr: addr(i) }
+}
+
+fn seal(frame: &GossipFrame<'_>) -> Vec<u8> {
+    let len = frame.buffer_len();
+    let mut buf = vec![0u8; len + 16];
+    frame.emit(&mut buf).unwrap();
+    key().seal(&mut buf, len).unwrap();
+    buf
+}
+
+/// Frame number of a sealed datagram.
+fn kind(payload: &[u8]) -> u8 {
+    payload[1] - 0x30
+}
+
+/// Decides, per datagram `(from, to, bytes)`, whether the network drops it.
+type Filter = Box<dyn FnMut(usize, usize, &[u8]) -> bool>;
+
+struct Net {
+    t0: Instant,
+    now: Duration,
+    nodes: Vec<Gossip>,
+    /// In flight: (deliver at, to, from, bytes).
+    queue: VecDeque<(Duration, usize, SocketAddr, Vec<u8>)>,
+    out: Outbox,
+    /// Drops every datagram for which this returns true.
+    filter: Filter,
+    sent: [u64; 7],
+    events: Vec<(usize, Event)>,
+}
+
+impl Net {
+    fn new(n: usize, tweak: impl Fn(&mut Config)) -> Net {
+        let t0 = Instant::now();
+        let members: Vec<Member> = (0..n).map(member).collect();
+        let nodes = (0..n)
+            .map(|i| {
+                let mut c = Config::new([i as u8 + 1; 32]);
+                tweak(&mut c);
+                let m = members[i];
+                let mut g = Gossip::new(m.id, m.addr, key(), c, t0);
+                g.register_topic(TOPIC, TopicMode::StatefulMerge(Box::new(MemStore::new())), 1)
+                    .unwrap();
+                g.register_topic(b"news", TopicMode::BroadcastOnly, 3).unwrap();
+                g.subscribe(TOPIC).unwrap();
+                g.subscribe(b"news").unwrap();
+                g.set_members(&members);
+                g
+            })
+            .collect();
+        Net {
+            t0,
+            now: Duration::ZERO,
+            nodes,
+            queue: VecDeque::new(),
+            out: Outbox::new(),
+            filter: Box::new(|_, _, _| false),
+            sent: [0; 7],
+            events: Vec::new(),
+        }
+    }
+
+    fn instant(&self) -> Instant {
+        self.t0 + self.now
+    }
+
+    fn index(&self, a: SocketAddr) -> Option<usize> {
+        self.nodes.iter().position(|g| g.me().addr == a)
+    }
+
+    fn flush(&mut self, from: usize) {
+        let src = self.nodes[from].me().addr;
+        for t in std::mem::take(&mut self.out.transmits) {
+            assert!(t.payload.len() <= 1232);
+            self.sent[usize::from(kind(&t.payload))] += 1;
+            let Some(to) = self.index(t.dest) else { continue };
+            if (self.filter)(from, to, &t.payload) {
+                continue;
+            }
+            self.queue.push_back((self.now + Duration::from_millis(1), to, src, t.payload));
+        }
+        for e in self.out.events.drain(..) {
+            self.events.push((from, e));
+        }
+    }
+
+    /// Delivers datagrams and fires timers until `end`.
+    fn run_for(&mut self, d: Duration) {
+        let end = self.now + d;
+        loop {
+            let next_msg = self.queue.front().map(|m| m.0);
+            let next_timer = self
+                .nodes
+                .iter()
+                .enumerate()
+                .filter_map(|(i, g)| {
+                    g.poll_timeout().map(|t| (t.saturating_duration_since(self.t0), i))
+                })
+                .min();
+            let step = match (next_msg, next_timer) {
+                (Some(m), Some((t, _))) if m <= t => Some(None),
+                (Some(_), None) => Some(None),
+                (_, Some((t, i))) => Some(Some((t, i))),
+                (None, None) => None,
+            };
+            match step {
+                Some(None) if next_msg.is_some_and(|m| m <= end) => {
+                    let (at, to, from, bytes) = self.queue.pop_front().unwrap();
+                    self.now = self.now.max(at);
+                    let now = self.instant();
+                    self.nodes[to].handle(now, from, &bytes, &mut self.out);
+                    self.flush(to);
+                }
+                Some(Some((t, i))) if t <= end => {
+                    self.now = self.now.max(t);
+                    let now = self.instant();
+                    self.nodes[i].handle_timeout(now, &mut self.out);
+                    self.flush(i);
+                }
+                _ => break,
+            }
+        }
+        self.now = end;
+    }
+
+    fn publish(&mut self, i: usize, topic: &[u8], payload: &[u8]) -> Result<RumorId, PublishError> {
+        let now = self.instant();
+        let r = self.nodes[i].publish(now, topic, payload, 1, &mut self.out);
+        self.flush(i);
+        r
+    }
+
+    fn holds(&self, i: usize, k: &[u8]) -> bool {
+        self.nodes[i]
+            .store(TOPIC)
+            .unwrap()
+            .snapshot()
+            .iter()
+            .any(|r| MemStore::split(r).is_some_and(|(key, _, _)| key == k))
+    }
+}
+
+fn rec(k: &str) -> Vec<u8> {
+    MemStore::record(k.as_bytes(), 1, b"v").unwrap()
+}
+
+#[test]
+fn broadcast_reaches_everyone_with_n_minus_one_messages() {
+    for n in [2, 5, 8, 13] {
+        let mut net = Net::new(n, |_| {});
+        net.publish(0, TOPIC, &rec("a")).unwrap();
+        net.run_for(Duration::from_millis(100));
+        assert!((0..n).all(|i| net.holds(i, b"a")), "n={n}");
+        assert_eq!((net.sent[3], net.sent[5]), (n as u64 - 1, n as u64 - 1), "n={n}");
+        let delivered = net
+            .events
+            .iter()
+            .filter(|(_, e)| matches!(e, Event::Delivered { changed: true, .. }))
+            .count();
+        assert_eq!(delivered, n - 1);
+        assert!(net.nodes.iter().all(|g| g.pending_acks() == 0));
+    }
+}
+
+#[test]
+fn broadcast_only_topics_emit_events_and_dual_cube_doubles_the_trees() {
+    let mut net = Net::new(8, |c| c.dual_cube = true);
+    net.publish(3, b"news", b"hello").unwrap();
+    net.run_for(Duration::from_millis(100));
+    assert_eq!(net.sent[3], 14, "two trees of 7 edges");
+    let got: Vec<usize> = net
+        .events
+        .iter()
+        .filter_map(|(i, e)| {
+            matches!(e, Event::Delivered { payload, .. } if payload == b"hello").then_some(*i)
+        })
+        .collect();
+    assert_eq!(got.len(), 7, "each member delivers once: {got:?}");
+    let dups: u64 = net.nodes.iter().map(|g| g.stats().rumor_duplicates).sum();
+    assert_eq!(dups, 7);
+}
+
+#[test]
+fn hostile_datagrams_are_dropped_and_counted() {
+    let mut net = Net::new(2, |_| {});
+    let now = net.instant();
+    let g = &mut net.nodes[0];
+    let from = addr(1);
+    let mut out = Outbox::new();
+    let digest = seal(&GossipFrame::Digest(DigestRepr { fingerprint: 1, matched: true }));
+    // Forged (wrong key).
+    let mut forged = digest.clone();
+    ClusterKey::new([1; 32]).seal(&mut forged, 12).unwrap();
+    g.handle(now, from, &forged, &mut out);
+    // Tampered body, truncated, empty, oversized.
+    let mut tampered = digest.clone();
+    tampered[5] ^= 1;
+    g.handle(now, from, &tampered, &mut out);
+    g.handle(now, from, &digest[..10], &mut out);
+    g.handle(now, from, &[], &mut out);
+    g.handle(now, from, &vec![0u8; 1233], &mut out);
+    // Authenticated garbage.
+    let mut garbage = vec![0x47, 0x39, 1, 2, 3, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0];
+    key().seal(&mut garbage, 2).unwrap();
+    g.handle(now, from, &garbage[..18], &mut out);
+    // From ourselves.
+    g.handle(now, addr(0), &digest, &mut out);
+    // A G3 with a from-dimension this engine never uses.
+    let bad_dim = seal(&GossipFrame::Rumor(RumorRepr {
+        hop_count: 1,
+        from_dimension: 0x33,
+        priority: 0,
+        topic: b"news",
+        payload: b"x",
+    }));
+    g.handle(now, from, &bad_dim, &mut out);
+    // A G1 chunk whose entries do not parse, and one for an unknown topic.
+    let bad_entries = seal(&GossipFrame::Exchange(ExchangeRepr {
+        full: false,
+        exchange_id: 1,
+        chunk_index: 0,
+        chunk_count: 1,
+        topic: TOPIC,
+        watermark_ns: 0,
+        entries: &[0, 0, 9],
+    }));
+    g.handle(now, from, &bad_entries, &mut out);
+    let unknown = seal(&GossipFrame::Exchange(ExchangeRepr {
+        full: false,
+        exchange_id: 1,
+        chunk_index: 0,
+        chunk_count: 1,
+        topic: b"nope",
+        watermark_ns: 0,
+        entries: &[0],
+    }));
+    g.handle(now, from, &unknown, &mut out);
+    // An answer nobody asked for.
+    let unsolicited = seal(&GossipFrame::Exchange(ExchangeRepr {
+        full: false,
+        exchange_id: 0x8000_0001,
+        chunk_index: 0,
+        chunk_count: 1,
+        topic: TOPIC,
+        watermark_ns: 0,
+        entries: &[0],
+    }));
+    g.handle(now, from, &unsolicited, &mut out);
+    let d = g.stats().drops;
+    assert_eq!(d.get("bad_mac"), 2);
+    assert_eq!(d.get("truncated"), 2);
+    assert_eq!(d.get("too_long"), 1);
+    assert_eq!(d.get("unknown_type"), 1);
+    assert_eq!(d.self_source, 1);
+    assert_eq!(d.bad_dimension, 1);
+    assert_eq!(d.bad_entries, 1);
+    assert_eq!(d.unknown_topic, 1);
+    assert_eq!(d.unsolicited, 1);
+    assert_eq!(d.total(), 11);
+    assert!(out.transmits.is_empty(), "nothing answered: {:?}", out.transmits);
+    assert_eq!(g.stats().rx_datagrams, 11);
+}
+
+#[test]
+fn per_peer_rate_limit() {
+    let mut net = Net::new(2, |_| {});
+    let now = net.instant();
+    let matched = seal(&GossipFrame::Digest(DigestRepr { fingerprint: 1, matched: true }));
+    let mut out = Outbox::new();
+    for _ in 0..600 {
+        net.nodes[0].handle(now, addr(1), &matched, &mut out);
+    }
+    assert_eq!(net.nodes[0].stats().drops.rate_limited, 100);
+    // Another source has its own bucket.
+    net.nodes[0].handle(now, addr(7), &matched, &mut out);
+    assert_eq!(net.nodes[0].stats().drops.rate_limited, 100);
+    // 100 msg/s refill.
+    let later = now + Duration::from_millis(100);
+    for _ in 0..10 {
+        net.nodes[0].handle(later, addr(1), &matched, &mut out);
+    }
+    assert_eq!(net.nodes[0].stats().drops.rate_limited, 100);
+    net.nodes[0].handle(later, addr(1), &matched, &mut out);
+    assert_eq!(net.nodes[0].stats().drops.rate_limited, 101);
+}
+
+#[test]
+fn a_lost_rumor_is_retried_over_the_same_edge() {
+    let mut net = Net::new(4, |_| {});
+    let mut dropped = false;
+    net.filter = Box::new(move |_, to, p| {
+        if kind(p) == 3 && to == 2 && !dropped {
+            dropped = true;
+            return true;
+        }
+        false
+    });
+    net.publish(0, TOPIC, &rec("a")).unwrap();
+    net.run_for(Duration::from_secs(2));
+    assert!((0..4).all(|i| net.holds(i, b"a")));
+    let retries: u64 = net.nodes.iter().map(|g| g.stats().rumor_retries).sum();
+    assert_eq!(retries, 1);
+    assert_eq!(net.sent[3], 4);
+    assert!(net.nodes.iter().all(|g| g.pending_acks() == 0));
+}
+
+#[test]
+fn a_dead_member_is_routed_around_and_reported() {
+    // 8 members; find the member the origin reaches on dimension 2 of the
+    // primary cube (it has children on no higher dimension… so use dim 0,
+    // whose receiver forwards on dims 1 and 2).
+    let mut net = Net::new(8, |_| {});
+    let origin = 0;
+    let pos = net.nodes[origin].position();
+    let dead_pos = pos ^ 1;
+    let dead_addr = net.nodes[origin].members()[dead_pos].addr;
+    let dead = net.index(dead_addr).unwrap();
+    net.filter = Box::new(move |_, to, _| to == dead);
+    net.publish(origin, TOPIC, &rec("a")).unwrap();
+    net.run_for(Duration::from_secs(5));
+    for i in 0..8 {
+        assert_eq!(net.holds(i, b"a"), i != dead, "member {i}");
+    }
+    let s = net.nodes[origin].stats();
+    assert_eq!(s.rumor_retries, 3);
+    assert_eq!(s.rumor_reroutes, 2 * 2, "two retries around, two children each");
+    assert_eq!(s.rumors_dropped, 1);
+    assert!(net.events.iter().any(|(i, e)| *i == origin
+        && matches!(e, Event::RumorDropped { peer, .. } if *peer == dead_addr)));
+    assert!(net.nodes[origin].dimension_weights(false)[0] < 0.25);
+    // The children got rerouted copies: no view mismatch.
+    assert!(net.nodes.iter().all(|g| g.stats().view_mismatches == 0));
+}
+
+#[test]
+fn a_view_mismatch_switches_to_random_push() {
+    let mut net = Net::new(6, |_| {});
+    let now = net.instant();
+    // A rumor on dimension 0 from a member that is not our dimension-0
+    // partner: the sender sorts the membership differently.
+    let pos = net.nodes[1].position();
+    let partner = net.nodes[1].members()[pos ^ 1].addr;
+    let stranger = (0..6).map(addr).find(|a| *a != partner && *a != addr(1)).unwrap();
+    let f = seal(&GossipFrame::Rumor(RumorRepr {
+        hop_count: 1,
+        from_dimension: 0,
+        priority: 0,
+        topic: b"news",
+        payload: b"x",
+    }));
+    net.nodes[1].handle(now, stranger, &f, &mut net.out);
+    net.flush(1);
+    assert!(
+        net.events.iter().any(|(i, e)| *i == 1 && *e == Event::ViewMismatch { from: stranger })
+    );
+    assert!(!net.nodes[1].cube_valid(now));
+    assert!(net.nodes[1].cube_valid(now + Duration::from_secs(30)));
+    // Our own rumors now go by random push.
+    let sent = net.nodes[1].stats().fallback_sends;
+    net.publish(1, b"news", b"y").unwrap();
+    assert!(net.nodes[1].stats().fallback_sends > sent);
+    net.run_for(Duration::from_secs(1));
+    let got = net
+        .events
+        .iter()
+        .filter(|(_, e)| matches!(e, Event::Delivered { payload, .. } if payload == b"y"))
+        .count();
+    assert!(got >= 1);
+    // A membership change ends it at once.
+    let mut view: Vec<Member> = (0..6).map(member).collect();
+    view.pop();
+    net.nodes[1].set_members(&view);
+    assert!(net.nodes[1].cube_valid(net.instant()));
+}
+
+#[test]
+fn fallback_push_respects_hop_limit_and_probability() {
+    let mut net = Net::new(16, |c| {
+        c.force_fallback = true;
+        c.fallback_fanout = 3;
+        c.max_hops = 2;
+    });
+    net.publish(0, b"news", b"x").unwrap();
+    net.run_for(Duration::from_millis(200));
+    // Origin sends 3 at hop 1; receivers forward with p = 1/2 at most once
+    // each (3 more each), hop 2 is the limit.
+    assert!(net.sent[3] >= 3 && net.sent[3] <= 3 + 3 * 3, "{}", net.sent[3]);
+    assert!(net.nodes.iter().map(|g| g.stats().fallback_sends).sum::<u64>() == net.sent[3]);
+}
+
+#[test]
+fn anti_entropy_converges_with_chunked_exchanges() {
+    let mut net = Net::new(3, |_| {});
+    // 300 records of ~100 bytes on node 0, written without rumors: only
+    // G2/G1 can carry them (about 30 KB: dozens of chunks).
+    for k in 0..300 {
+        let r = MemStore::record(format!("key-{k:04}").as_bytes(), 7, &[k as u8; 90]).unwrap();
+        net.nodes[0].store_mut(TOPIC).unwrap().apply(&r).unwrap();
+    }
+    assert_ne!(net.nodes[0].fingerprint(), net.nodes[1].fingerprint());
+    net.run_for(Duration::from_secs(60));
+    let fp = net.nodes[0].fingerprint();
+    assert!(net.nodes.iter().all(|g| g.fingerprint() == fp), "converged");
+    assert!(net.sent[1] > 40, "chunked: {} G1 datagrams", net.sent[1]);
+    let s: Vec<Stats> = net.nodes.iter().map(Gossip::stats).collect();
+    assert!(s.iter().map(|s| s.exchanges_completed).sum::<u64>() > 0);
+    assert!(s.iter().map(|s| s.digest_matches).sum::<u64>() > 0, "idle rounds after");
+    // Applied events were emitted.
+    assert!(net.events.iter().any(|(_, e)| matches!(e, Event::Applied { .. })));
+    // Once converged, rounds are idle and the interval grows.
+    net.run_for(Duration::from_secs(200));
+    assert!(net.nodes.iter().all(|g| g.interval() >= Duration::from_secs(20)));
+    // A new record travels by anti-entropy too; where a pair has
+    // watermarks the exchange is a delta.
+    net.nodes[2].store_mut(TOPIC).unwrap().apply(&rec("late")).unwrap();
+    net.run_for(Duration::from_secs(150));
+    assert!((0..3).all(|i| net.holds(i, b"late")));
+    let s: Vec<Stats> = net.nodes.iter().map(Gossip::stats).collect();
+    let started: u64 = s.iter().map(|s| s.exchanges_started).sum();
+    let full: u64 = s.iter().map(|s| s.full_syncs).sum();
+    assert!(started > full, "some delta exchanges: {started} started, {full} full");
+    let cadence = (0..3).flat_map(|i| (0..3).map(move |j| (i, j))).find_map(|(i, j)| {
+        let peer = net.nodes[j].me().addr;
+        net.nodes[i].full_sync_every(peer, TOPIC)
+    });
+    assert!(cadence.is_some_and(|n| (5..=20).contains(&n)), "{cadence:?}");
+}
+
+#[test]
+fn pull_catches_up_in_one_round_trip() {
+    let mut net = Net::new(2, |c| c.interval_min = Duration::from_secs(3600));
+    for k in 0..50 {
+        let r = MemStore::record(format!("k{k}").as_bytes(), 1, &[1; 60]).unwrap();
+        net.nodes[0].store_mut(TOPIC).unwrap().apply(&r).unwrap();
+    }
+    let now = net.instant();
+    let peer = net.nodes[0].me().addr;
+    net.nodes[1].pull(now, peer, TOPIC, &mut net.out).unwrap();
+    assert_eq!(net.nodes[1].pull(now, peer, TOPIC, &mut net.out), Err(PublishError::Busy));
+    net.flush(1);
+    net.run_for(Duration::from_millis(50));
+    assert_eq!(net.nodes[1].store(TOPIC).unwrap().snapshot().len(), 50);
+    assert!(
+        net.events
+            .iter()
+            .any(|(i, e)| *i == 1
+                && matches!(e, Event::PullDone { records: 50, complete: true, .. }))
+    );
+    // A second pull asks from the watermark: nothing new.
+    net.nodes[0].store_mut(TOPIC).unwrap().apply(&rec("new")).unwrap();
+    let now = net.instant();
+    net.nodes[1].pull(now, peer, TOPIC, &mut net.out).unwrap();
+    net.flush(1);
+    net.run_for(Duration::from_millis(50));
+    assert!(
+        net.events.iter().any(
+            |(i, e)| *i == 1 && matches!(e, Event::PullDone { records: 1, complete: true, .. })
+        )
+    );
+    assert_eq!(net.nodes[0].stats().pulls_answered, 2);
+    assert_eq!(net.nodes[1].pull(now, peer, b"news", &mut net.out), Err(PublishError::WrongMode));
+}
+
+#[derive(Debug)]
+struct Echo(u8);
+
+impl Responder for Echo {
+    fn respond(&mut self, _origin: &[u8; 32], query: &[u8]) -> Option<Vec<u8>> {
+        (self.0 % 2 == 0).then(|| [query, &[self.0]].concat())
+    }
+}
+
+#[test]
+fn queries_collect_replies_from_responders() {
+    let mut net = Net::new(6, |_| {});
+    for (i, g) in net.nodes.iter_mut().enumerate() {
+        g.register_topic(b"ask", TopicMode::RequestResponse(Box::new(Echo(i as u8))), 2).unwrap();
+    }
+    let now = net.instant();
+    let q = net.nodes[1].query(now, b"ask", b"who", &mut net.out).unwrap();
+    net.flush(1);
+    net.run_for(Duration::from_secs(3));
+    let mut replies: Vec<Vec<u8>> = net
+        .events
+        .iter()
+        .filter_map(|(i, e)| match e {
+            Event::QueryReply { query, payload, .. } if *i == 1 && *query == q => {
+                Some(payload.clone())
+            }
+            _ => None,
+        })
+        .collect();
+    replies.sort();
+    // Members 0, 2, 4 answer (even); 1 is the origin.
+    assert_eq!(replies, vec![b"who\x00".to_vec(), b"who\x02".to_vec(), b"who\x04".to_vec()]);
+    assert!(net.events.iter().any(|(_, e)| *e == Event::QueryDone { query: q, replies: 3 }));
+    assert_eq!(net.nodes[1].query(now, TOPIC, b"x", &mut net.out), Err(PublishError::WrongMode));
+    assert_eq!(net.publish(1, b"ask", b"x"), Err(PublishError::WrongMode));
+}
+
+#[test]
+fn publish_limits() {
+    let mut net = Net::new(2, |c| {
+        // A trickle of egress: everything queues.
+        c.egress_rate = 1.0;
+        c.egress_burst = 1300.0;
+        c.overload_threshold = 3;
+    });
+    let max = net.nodes[0].max_rumor_payload(4);
+    assert_eq!(max, 1232 - 16 - 10 - 4);
+    assert_eq!(net.publish(0, b"news", &vec![0; max + 1]), Err(PublishError::TooLarge { max }));
+    assert_eq!(net.publish(0, b"nope", b"x"), Err(PublishError::UnknownTopic));
+    assert_eq!(net.publish(0, TOPIC, b"\x09bad"), Err(PublishError::Rejected));
+    // The first datagram uses the burst; later ones queue until the
+    // overload threshold refuses new work.
+    let mut results = Vec::new();
+    for k in 0..6 {
+        results.push(net.publish(0, b"news", &vec![k; 1000]));
+    }
+    assert!(results[..4].iter().all(Result::is_ok), "{results:?}");
+    assert_eq!(results[5], Err(PublishError::Backpressure));
+    assert!(net.nodes[0].overloaded());
+    assert!(net.nodes[0].stats().egress_deferred > 0);
+    assert!(net.nodes[0].poll_timeout().is_some());
+}
+
+#[test]
+fn egress_sends_acks_before_rumors_before_sync() {
+    let mut net = Net::new(2, |c| {
+        c.egress_rate = 1.0;
+        c.egress_burst = 1.0; // one datagram per second at most
+        c.sync_priority = 0;
+        c.ack_timeout = Duration::from_secs(3600);
+    });
+    let now = net.instant();
+    let mut out = Outbox::new();
+    // Use up the burst.
+    net.nodes[0].publish(now, b"news", b"w", 9, &mut out).unwrap();
+    assert_eq!(out.transmits.len(), 1);
+    out.transmits.clear();
+    // Queue, in this order: a rumor (priority 9), a probe answer (sync
+    // priority 0), an ACK.
+    net.nodes[0].publish(now, b"news", b"x", 9, &mut out).unwrap();
+    let fingerprint = net.nodes[0].fingerprint();
+    let probe = seal(&GossipFrame::Digest(DigestRepr { fingerprint, matched: false }));
+    net.nodes[0].handle(now, addr(7), &probe, &mut out);
+    let rumor = seal(&GossipFrame::Rumor(RumorRepr {
+        hop_count: 1,
+        from_dimension: 0,
+        priority: 0,
+        topic: b"news",
+        payload: b"y",
+    }));
+    net.nodes[0].handle(now, addr(1), &rumor, &mut out);
+    assert!(out.transmits.is_empty());
+    assert_eq!(net.nodes[0].queued(), 3);
+    for k in 1..=3 {
+        net.nodes[0].handle_timeout(now + Duration::from_millis(1100 * k), &mut out);
+    }
+    let kinds: Vec<u8> = out.transmits.iter().map(|t| kind(&t.payload)).collect();
+    assert_eq!(kinds, vec![5, 3, 2]);
+}
+
+#[test]
+fn backpressure_backs_the_initiator_off() {
+    // Node 0 is permanently overloaded (threshold 0): it answers exchanges
+    // with a backpressure-flagged empty chunk.
+    let mut net = Net::new(2, |_| {});
+    net.nodes[1].store_mut(TOPIC).unwrap().apply(&rec("a")).unwrap();
+    let n0 = net.nodes[0].me().addr;
+    // Node 0 probes; node 1 sees a mismatch and starts an exchange; node 0
+    // (overloaded from here on) answers with backpressure.
+    let now = net.instant();
+    let probe = seal(&GossipFrame::Digest(DigestRepr {
+        fingerprint: net.nodes[0].fingerprint(),
+        matched: false,
+    }));
+    net.nodes[1].handle(now, n0, &probe, &mut net.out);
+    net.flush(1);
+    let mut cfg = net.nodes[0].config().clone();
+    cfg.overload_threshold = 0;
+    // Rebuild node 0 with the overloaded config, same identity and store.
+    let me = net.nodes[0].me();
+    let mut g = Gossip::new(me.id, me.addr, key(), cfg, now);
+    g.register_topic(TOPIC, TopicMode::StatefulMerge(Box::new(MemStore::new())), 1).unwrap();
+    g.set_members(&[member(0), member(1)]);
+    net.nodes[0] = g;
+    net.run_for(Duration::from_millis(20));
+    assert!(net.nodes[0].stats().backpressure_sent >= 1);
+    assert!(net.nodes[1].stats().backpressure_received >= 1);
+    let until = net.nodes[1].peer_backoff(n0).unwrap();
+    assert_eq!(until.duration_since(net.t0).as_secs(), 30);
+    // Records still flowed to the overloaded node (it applies before
+    // answering), but node 1 advanced no watermark for it.
+    assert!(net.holds(0, b"a"));
+}
+
+#[test]
+fn snapshot_and_reconcile_frames_are_handed_to_the_caller() {
+    let mut net = Net::new(2, |_| {});
+    let now = net.instant();
+    let f = seal(&GossipFrame::Snapshot(SnapshotRepr::ManifestRequest { request_id: 3 }));
+    let mut out = Outbox::new();
+    net.nodes[0].handle(now, addr(1), &f, &mut out);
+    assert!(
+        matches!(&out.events[..], [Event::Frame { bytes, .. }] if bytes[..] == f[..f.len() - 16])
+    );
+    assert_eq!(net.nodes[0].stats().frames_handed_off, 1);
+    // And a driver can send one back, sealed.
+    let mut raw = vec![0u8; 11];
+    GossipFrame::Snapshot(SnapshotRepr::ManifestRequest { request_id: 4 }).emit(&mut raw).unwrap();
+    net.nodes[0].send_frame(now, addr(1), &raw, 0, &mut out).unwrap();
+    let t = out.transmits.pop().unwrap();
+    assert_eq!(key().open(&t.payload).unwrap(), &raw[..]);
+    assert_eq!(net.nodes[0].stats().sent.get(6), 1);
+}
+
+#[test]
+fn duplicate_rumors_are_acked_but_not_forwarded_again() {
+    let mut net = Net::new(4, |_| {});
+    let now = net.instant();
+    let pos = net.nodes[0].position();
+    // Deliver the same rumor twice to node 0 from its dimension-0 partner.
+    let partner = net.nodes[0].members()[pos ^ 1].addr;
+    let f = seal(&GossipFrame::Rumor(RumorRepr {
+        hop_count: 1,
+        from_dimension: 0,
+        priority: 0,
+        topic: b"news",
+        payload: b"z",
+    }));
+    let mut out = Outbox::new();
+    net.nodes[0].handle(now, partner, &f, &mut out);
+    let first: Vec<u8> = out.transmits.drain(..).map(|t| kind(&t.payload)).collect();
+    net.nodes[0].handle(now, partner, &f, &mut out);
+    let second: Vec<u8> = out.transmits.drain(..).map(|t| kind(&t.payload)).collect();
+    assert_eq!(first, vec![5, 3], "ACK, then forward on dimension 1");
+    assert_eq!(second, vec![5], "ACK only");
+    assert_eq!(net.nodes[0].stats().rumor_duplicates, 1);
+    assert_eq!(net.nodes[0].stats().rumor_forwards, 1);
+    assert!(net.nodes[0].dedup_len() == 1 && net.nodes[0].pending_acks() == 1);
+}

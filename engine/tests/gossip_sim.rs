@@ -1,0 +1,567 @@
+//! Deterministic simulation of whisper gossip: N `ricochet::gossip::Gossip`
+//! engines on a virtual network (seeded latency, loss and reordering, a
+//! virtual clock, partitions).
+//!
+//! Everything is a pure function of `SEED`: the engines' generators, member
+//! ids, latency and loss draws, publishing origins. Assertions are on counts
+//! and virtual time, never wall time. Every datagram goes through the real
+//! MAC, encoder and decoder.
+//!
+//! Scenarios, for N = 16, 64, 256 (`gossip_sim_*`):
+//! - (a) no loss: a rumor reaches every member with exactly N − 1 G3
+//!   messages (asserted for non-powers of two as well: the virtual-partner
+//!   rule makes it exact for every N);
+//! - (b) 5 % loss on every datagram: every member gets the record, through
+//!   G5-driven retries and, for whatever those miss, G2/G1 anti-entropy;
+//! - (c) a partition into two halves, records published on both sides,
+//!   then the partition heals: every store converges (equal fingerprints).
+//!
+//! `gossip_sim_report` (ignored) prints the markdown tables kept in
+//! `perf/gossip.md`:
+//!
+//! ```text
+//! cargo test -p ricochet --test gossip_sim -- --ignored --nocapture gossip_sim_report
+//! ```
+
+use std::cmp::{Ordering, Reverse};
+use std::collections::BinaryHeap;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::time::{Duration, Instant};
+
+use ricochet::dht::rng::Rng;
+use ricochet::gossip::{Config, Event, Gossip, MemStore, Member, Outbox, TopicMode};
+use ricochet_wire::mac::ClusterKey;
+
+const SEED: u64 = 0x6055_1926;
+const TOPIC: &[u8] = b"state";
+
+/// One scheduled happening on the virtual network.
+#[derive(Debug)]
+enum What {
+    Deliver { to: usize, from: SocketAddr, bytes: Vec<u8> },
+    Timer { node: usize },
+}
+
+#[derive(Debug)]
+struct Item {
+    at: Duration,
+    seq: u64,
+    what: What,
+}
+
+impl PartialEq for Item {
+    fn eq(&self, other: &Self) -> bool {
+        (self.at, self.seq) == (other.at, other.seq)
+    }
+}
+impl Eq for Item {}
+impl PartialOrd for Item {
+    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
+        Some(self.cmp(other))
+    }
+}
+impl Ord for Item {
+    fn cmp(&self, other: &Self) -> Ordering {
+        (self.at, self.seq).cmp(&(other.at, other.seq))
+    }
+}
+
+struct SimNode {
+    g: Gossip,
+    addr: SocketAddr,
+    timer: Option<Duration>,
+    side: u8,
+}
+
+/// Datagrams put on the wire, by frame type (index 1–6).
+#[derive(Debug, Clone, Copy, Default)]
+struct Wire([u64; 7]);
+
+impl Wire {
+    fn since(&self, earlier: &Wire) -> Wire {
+        let mut w = Wire::default();
+        for i in 0..7 {
+            w.0[i] = self.0[i] - earlier.0[i];
+        }
+        w
+    }
+    fn g(&self, n: usize) -> u64 {
+        self.0[n]
+    }
+}
+
+/// What one node's step revealed about the record being tracked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Via {
+    Rumor(u8),
+    AntiEntropy,
+}
+
+struct Tracker {
+    key: Vec<u8>,
+    have: Vec<Option<(Duration, Via)>>,
+    count: usize,
+}
+
+struct Sim {
+    base: Instant,
+    now: Duration,
+    nodes: Vec<SimNode>,
+    queue: BinaryHeap<Reverse<Item>>,
+    seq: u64,
+    rng: Rng,
+    loss: f64,
+    latency_ms: (u64, u64),
+    partitioned: bool,
+    out: Outbox,
+    wire: Wire,
+    lost: u64,
+    tracker: Option<Tracker>,
+}
+
+fn addr_of(i: usize) -> SocketAddr {
+    SocketAddr::new(IpAddr::V4(Ipv4Addr::new(10, (i >> 8) as u8, i as u8, 1)), 9310)
+}
+
+fn index_of(a: &SocketAddr) -> Option<usize> {
+    match a.ip() {
+        IpAddr::V4(v4) if v4.octets()[0] == 10 => {
+            let o = v4.octets();
+            Some(usize::from(o[1]) << 8 | usize::from(o[2]))
+        }
+        _ => None,
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Setup {
+    n: usize,
+    loss: f64,
+    retries: u8,
+    dual: bool,
+    fallback: bool,
+}
+
+impl Setup {
+    fn new(n: usize, loss: f64) -> Self {
+        Setup { n, loss, retries: 3, dual: false, fallback: false }
+    }
+}
+
+impl Sim {
+    fn new(setup: Setup, seed: u64) -> Self {
+        let mut rng = Rng::seed_from_u64(seed ^ setup.n as u64);
+        let base = Instant::now();
+        let key = ClusterKey::new([0x2A; 32]);
+        let members: Vec<Member> = (0..setup.n)
+            .map(|i| {
+                let mut id = [0u8; 32];
+                rng.fill(&mut id);
+                Member { id, addr: addr_of(i) }
+            })
+            .collect();
+        let mut nodes = Vec::with_capacity(setup.n);
+        for (i, m) in members.iter().enumerate() {
+            let mut s = [0u8; 32];
+            rng.fill(&mut s);
+            let mut c = Config::new(s);
+            c.rumor_retries = setup.retries;
+            c.dual_cube = setup.dual;
+            c.force_fallback = setup.fallback;
+            let mut g = Gossip::new(m.id, m.addr, key.clone(), c, base);
+            g.register_topic(TOPIC, TopicMode::StatefulMerge(Box::new(MemStore::new())), 1)
+                .unwrap();
+            g.subscribe(TOPIC).unwrap();
+            g.set_members(&members);
+            let side = u8::from(i >= setup.n / 2);
+            nodes.push(SimNode { g, addr: m.addr, timer: None, side });
+        }
+        let mut sim = Sim {
+            base,
+            now: Duration::ZERO,
+            nodes,
+            queue: BinaryHeap::new(),
+            seq: 0,
+            rng,
+            loss: setup.loss,
+            latency_ms: (1, 20),
+            partitioned: false,
+            out: Outbox::new(),
+            wire: Wire::default(),
+            lost: 0,
+            tracker: None,
+        };
+        for i in 0..setup.n {
+            sim.flush(i);
+        }
+        sim
+    }
+
+    fn instant(&self) -> Instant {
+        self.base + self.now
+    }
+
+    /// Puts the outbox on the network (losing, delaying and so reordering
+    /// datagrams), notes tracked deliveries and re-arms the node's timer.
+    fn flush(&mut self, idx: usize) {
+        let from = self.nodes[idx].addr;
+        for t in self.out.transmits.drain(..) {
+            assert!(t.payload.len() <= 1232, "datagram over budget: {}", t.payload.len());
+            let frame = usize::from(t.payload[1].wrapping_sub(0x30));
+            if frame < 7 {
+                self.wire.0[frame] += 1;
+            }
+            let Some(to) = index_of(&t.dest).filter(|&i| i < self.nodes.len()) else {
+                self.lost += 1;
+                continue;
+            };
+            if (self.partitioned && self.nodes[to].side != self.nodes[idx].side)
+                || self.rng.chance(self.loss)
+            {
+                self.lost += 1;
+                continue;
+            }
+            let (lo, hi) = self.latency_ms;
+            let us = 1000 * lo + self.rng.below(1000 * (hi - lo) + 1);
+            self.seq += 1;
+            self.queue.push(Reverse(Item {
+                at: self.now + Duration::from_micros(us),
+                seq: self.seq,
+                what: What::Deliver { to, from, bytes: t.payload },
+            }));
+        }
+        if let Some(tr) = self.tracker.as_mut() {
+            if tr.have[idx].is_none() {
+                if let Some(store) = self.nodes[idx].g.store(TOPIC) {
+                    let got = store.delta_since(0).iter().any(|r| {
+                        MemStore::split(r).is_some_and(|(k, _, _)| k == tr.key.as_slice())
+                    });
+                    if got {
+                        let hops = self.out.events.iter().find_map(|e| match e {
+                            Event::Delivered { payload, hops, .. }
+                                if MemStore::split(payload)
+                                    .is_some_and(|(k, _, _)| k == tr.key.as_slice()) =>
+                            {
+                                Some(*hops)
+                            }
+                            _ => None,
+                        });
+                        let via = hops.map_or(Via::AntiEntropy, Via::Rumor);
+                        tr.have[idx] = Some((self.now, via));
+                        tr.count += 1;
+                    }
+                }
+            }
+        }
+        self.out.events.clear();
+        if let Some(t) = self.nodes[idx].g.poll_timeout() {
+            let at = t.saturating_duration_since(self.base).max(self.now);
+            if self.nodes[idx].timer.is_none_or(|cur| at < cur) {
+                self.nodes[idx].timer = Some(at);
+                self.seq += 1;
+                self.queue.push(Reverse(Item {
+                    at,
+                    seq: self.seq,
+                    what: What::Timer { node: idx },
+                }));
+            }
+        }
+    }
+
+    /// Runs until `end`, or until `stop` holds after a step.
+    fn run_until(&mut self, end: Duration, stop: impl Fn(&Sim) -> bool) -> bool {
+        while let Some(Reverse(item)) = self.queue.peek() {
+            if item.at > end {
+                break;
+            }
+            let Some(Reverse(item)) = self.queue.pop() else { break };
+            self.now = item.at;
+            let now = self.instant();
+            let idx = match item.what {
+                What::Deliver { to, from, bytes } => {
+                    self.nodes[to].g.handle(now, from, &bytes, &mut self.out);
+                    to
+                }
+                What::Timer { node } => {
+                    if self.nodes[node].timer != Some(item.at) {
+                        continue; // superseded by an earlier timer
+                    }
+                    self.nodes[node].timer = None;
+                    self.nodes[node].g.handle_timeout(now, &mut self.out);
+                    node
+                }
+            };
+            self.flush(idx);
+            if stop(self) {
+                return true;
+            }
+        }
+        self.now = self.now.max(end);
+        false
+    }
+
+    fn run_for(&mut self, d: Duration) {
+        let end = self.now + d;
+        self.run_until(end, |_| false);
+    }
+
+    fn publish(&mut self, idx: usize, record: &[u8]) {
+        let now = self.instant();
+        self.nodes[idx].g.publish(now, TOPIC, record, 1, &mut self.out).unwrap();
+        self.flush(idx);
+    }
+
+    fn converged(&self) -> bool {
+        let fp = self.nodes[0].g.fingerprint();
+        self.nodes.iter().all(|n| n.g.fingerprint() == fp)
+    }
+
+    fn total_stats(&self) -> (u64, u64, u64) {
+        self.nodes.iter().fold((0, 0, 0), |(r, d, x), n| {
+            let s = n.g.stats();
+            (r + s.rumor_retries, d + s.rumors_dropped, x + s.rumor_reroutes)
+        })
+    }
+}
+
+/// One broadcast's measurements.
+#[derive(Debug, Clone, Copy)]
+struct Broadcast {
+    complete: bool,
+    /// Time from publish to the last member holding the record.
+    time: Duration,
+    /// Hop count of the last member reached by the rumor itself.
+    last_hop: u8,
+    /// Members reached by anti-entropy rather than the rumor.
+    by_anti_entropy: usize,
+    /// Datagrams from publish until delivery completed and the ACKs and
+    /// retries settled.
+    wire: Wire,
+}
+
+/// Publishes one record from a random member and runs until every member
+/// holds it (or `limit` passes), then lets ACKs and retries settle.
+fn broadcast(sim: &mut Sim, k: usize, limit: Duration) -> Broadcast {
+    let n = sim.nodes.len();
+    let origin = sim.rng.index(n);
+    let key = format!("k{k}").into_bytes();
+    let record = MemStore::record(&key, 1, b"value").unwrap();
+    let before = sim.wire;
+    let start = sim.now;
+    sim.tracker = Some(Tracker { key, have: vec![None; n], count: 0 });
+    sim.publish(origin, &record);
+    let end = start + limit;
+    let complete = sim.run_until(end, |s| s.tracker.as_ref().is_some_and(|t| t.count == n));
+    let tr = sim.tracker.take().unwrap();
+    let done_at = tr.have.iter().flatten().map(|(t, _)| *t).max().unwrap_or(start);
+    let last_hop = tr
+        .have
+        .iter()
+        .flatten()
+        .filter_map(|(_, v)| match v {
+            Via::Rumor(h) => Some(*h),
+            Via::AntiEntropy => None,
+        })
+        .max()
+        .unwrap_or(0);
+    let by_anti_entropy = tr
+        .have
+        .iter()
+        .enumerate()
+        .filter(|(i, h)| *i != origin && matches!(h, Some((_, Via::AntiEntropy))))
+        .count();
+    // Let outstanding ACKs, retries and their timeouts play out (no
+    // anti-entropy round is needed for them: 3 retries × 500 ms).
+    sim.run_for(Duration::from_secs(3));
+    Broadcast {
+        complete,
+        time: done_at - start,
+        last_hop,
+        by_anti_entropy,
+        wire: sim.wire.since(&before),
+    }
+}
+
+/// Runs `count` broadcasts one after another on a warmed-up cluster.
+fn broadcasts(setup: Setup, count: usize, limit: Duration) -> (Sim, Vec<Broadcast>) {
+    let mut sim = Sim::new(setup, SEED);
+    sim.run_for(Duration::from_secs(20));
+    let v = (0..count).map(|k| broadcast(&mut sim, k, limit)).collect();
+    (sim, v)
+}
+
+/// Partition into halves, publish `per_side` records on each side, run
+/// `split` partitioned, heal; returns the virtual time until every
+/// fingerprint is equal (None if not within `limit`) and the sim.
+fn partition(
+    n: usize,
+    per_side: usize,
+    split: Duration,
+    limit: Duration,
+) -> (Option<Duration>, Sim) {
+    let mut sim = Sim::new(Setup::new(n, 0.0), SEED ^ 0xC);
+    sim.run_for(Duration::from_secs(20));
+    sim.partitioned = true;
+    for k in 0..per_side {
+        for side in 0..2u8 {
+            let members: Vec<usize> = (0..n).filter(|&i| sim.nodes[i].side == side).collect();
+            let origin = members[sim.rng.index(members.len())];
+            let rec = MemStore::record(format!("s{side}-{k}").as_bytes(), 1, b"v").unwrap();
+            sim.publish(origin, &rec);
+        }
+        sim.run_for(Duration::from_secs(1));
+    }
+    sim.run_for(split);
+    assert!(!sim.converged(), "the halves must differ while partitioned");
+    sim.partitioned = false;
+    let healed = sim.now;
+    let ok = sim.run_until(healed + limit, Sim::converged);
+    (ok.then(|| sim.now - healed), sim)
+}
+
+fn assert_no_loss(n: usize) {
+    let (sim, runs) = broadcasts(Setup::new(n, 0.0), 4, Duration::from_secs(5));
+    for (k, b) in runs.iter().enumerate() {
+        assert!(b.complete, "n={n} broadcast {k} incomplete");
+        assert_eq!(b.wire.g(3), n as u64 - 1, "n={n} broadcast {k}: G3 messages");
+        assert_eq!(b.wire.g(5), n as u64 - 1, "n={n} broadcast {k}: G5 ACKs");
+        assert_eq!(b.by_anti_entropy, 0);
+        let d = u32::BITS - (n as u32 - 1).leading_zeros();
+        assert!(u32::from(b.last_hop) <= d, "n={n}: {} hops > {d}", b.last_hop);
+    }
+    let (retries, dropped, _) = sim.total_stats();
+    assert_eq!((retries, dropped), (0, 0), "no loss, no retries");
+    for x in &sim.nodes {
+        let s = x.g.stats();
+        assert_eq!(s.drops.total(), 0, "{:?}", s.drops.by_reason());
+        assert_eq!(s.rumor_duplicates, 0);
+    }
+}
+
+fn assert_lossy(n: usize) {
+    let (sim, runs) = broadcasts(Setup::new(n, 0.05), 3, Duration::from_secs(300));
+    for (k, b) in runs.iter().enumerate() {
+        assert!(b.complete, "n={n} broadcast {k} incomplete after {:?}", b.time);
+        assert!(b.wire.g(3) >= n as u64 - 1);
+    }
+    let (retries, _, _) = sim.total_stats();
+    assert!(retries > 0, "5 % loss must cause retries");
+    for x in &sim.nodes {
+        assert_eq!(x.g.stats().drops.total(), 0, "{:?}", x.g.stats().drops.by_reason());
+    }
+}
+
+fn assert_partition_heals(n: usize) {
+    let (healed, sim) = partition(n, 4, Duration::from_secs(30), Duration::from_secs(400));
+    let t = healed.unwrap_or_else(|| panic!("n={n}: stores did not converge after the heal"));
+    assert!(t < Duration::from_secs(400));
+    let store = sim.nodes[0].g.store(TOPIC).unwrap();
+    assert_eq!(store.snapshot().len(), 8, "every record from both sides");
+}
+
+#[test]
+fn gossip_sim_16() {
+    assert_no_loss(16);
+    assert_lossy(16);
+    assert_partition_heals(16);
+}
+
+#[test]
+fn gossip_sim_64() {
+    assert_no_loss(64);
+    assert_lossy(64);
+    assert_partition_heals(64);
+}
+
+#[test]
+fn gossip_sim_256() {
+    assert_no_loss(256);
+    assert_lossy(256);
+    assert_partition_heals(256);
+}
+
+#[test]
+fn gossip_sim_non_powers_of_two_cost_n_minus_one() {
+    for n in [12, 24, 100] {
+        let (_, runs) = broadcasts(Setup::new(n, 0.0), 2, Duration::from_secs(5));
+        for b in runs {
+            assert!(b.complete);
+            assert_eq!(b.wire.g(3), n as u64 - 1, "n={n}");
+        }
+    }
+}
+
+#[test]
+fn gossip_sim_anti_entropy_alone_completes_delivery() {
+    // No G5 retries: whatever 5 % loss takes from the rumor must come by
+    // G2/G1.
+    let mut setup = Setup::new(64, 0.05);
+    setup.retries = 0;
+    let (_, runs) = broadcasts(setup, 3, Duration::from_secs(300));
+    assert!(runs.iter().all(|b| b.complete));
+    assert!(runs.iter().map(|b| b.by_anti_entropy).sum::<usize>() > 0);
+}
+
+fn mean(v: impl Iterator<Item = f64>) -> f64 {
+    let v: Vec<f64> = v.collect();
+    if v.is_empty() { 0.0 } else { v.iter().sum::<f64>() / v.len() as f64 }
+}
+
+fn row(label: &str, setup: Setup, count: usize) -> String {
+    let (sim, runs) = broadcasts(setup, count, Duration::from_secs(600));
+    let n = setup.n as f64;
+    let complete = runs.iter().filter(|b| b.complete).count();
+    let g3 = mean(runs.iter().map(|b| b.wire.g(3) as f64));
+    let g5 = mean(runs.iter().map(|b| b.wire.g(5) as f64));
+    let sync = mean(runs.iter().map(|b| (b.wire.g(1) + b.wire.g(2)) as f64));
+    let hop = runs.iter().map(|b| b.last_hop).max().unwrap_or(0);
+    let t_mean = mean(runs.iter().map(|b| b.time.as_secs_f64() * 1000.0));
+    let t_max = runs.iter().map(|b| b.time).max().unwrap_or_default().as_secs_f64() * 1000.0;
+    let ae: usize = runs.iter().map(|b| b.by_anti_entropy).sum();
+    let (retries, dropped, reroutes) = sim.total_stats();
+    format!(
+        "| {label} | {} | {complete}/{count} | {g3:.1} | {:.2} | {g5:.1} | {sync:.0} | {hop} | {t_mean:.0} | {t_max:.0} | {ae} | {retries} / {reroutes} / {dropped} |",
+        setup.n,
+        (g3 + g5) / n,
+    )
+}
+
+#[test]
+#[ignore = "prints the report tables for perf/gossip.md"]
+fn gossip_sim_report() {
+    let start = Instant::now();
+    println!(
+        "| mode | N | complete | G3 per broadcast | (G3+G5) per member | G5 per broadcast | G1+G2 during broadcast | last-delivery hop (max) | time to full delivery, mean ms | max ms | members reached by anti-entropy | retries / reroutes / budget exhausted |"
+    );
+    println!("|---|---|---|---|---|---|---|---|---|---|---|---|");
+    for n in [16, 24, 64, 100, 256] {
+        println!("{}", row("cube, 0 % loss", Setup::new(n, 0.0), 8));
+    }
+    for n in [16, 64, 256] {
+        println!("{}", row("cube, 5 % loss", Setup::new(n, 0.05), 8));
+    }
+    for n in [16, 64, 256] {
+        let mut s = Setup::new(n, 0.05);
+        s.retries = 0;
+        println!("{}", row("cube, 5 % loss, no retries", s, 8));
+    }
+    for n in [16, 64, 256] {
+        let mut s = Setup::new(n, 0.05);
+        s.dual = true;
+        println!("{}", row("dual cube, 5 % loss", s, 8));
+    }
+    for n in [16, 64, 256] {
+        let mut s = Setup::new(n, 0.0);
+        s.fallback = true;
+        println!("{}", row("random push (fallback), 0 % loss", s, 8));
+    }
+    println!();
+    println!("| N | records per side | partition | time to equal fingerprints after heal |");
+    println!("|---|---|---|---|");
+    for n in [16, 64, 256] {
+        let (t, _) = partition(n, 4, Duration::from_secs(30), Duration::from_secs(600));
+        let t = t.map_or("not within 600 s".to_string(), |d| format!("{:.1} s", d.as_secs_f64()));
+        println!("| {n} | 4 | 30 s | {t} |");
+    }
+    println!("\n(report computed in {:.1} s wall)", start.elapsed().as_secs_f64());
+}

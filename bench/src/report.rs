@@ -701,6 +701,19 @@ pub fn run(a: ReportArgs) -> Result<(), String> {
         );
     }
 
+    // The DHT's figures come from its deterministic simulation
+    // (engine/tests/dht_sim.rs), not from a bench workload: they are kept in
+    // perf/dht.md and copied in here so a regenerated report keeps them.
+    match std::fs::read_to_string(a.out.join("dht.md")) {
+        Ok(dht) => {
+            let _ = writeln!(w, "{}\n", dht.trim_end());
+        }
+        Err(e) => eprintln!(
+            "note: {}: {e}; the report has no DHT section",
+            a.out.join("dht.md").display()
+        ),
+    }
+
     if !missed.is_empty() {
         let _ = writeln!(w, "## Missed targets: what the measurements say\n");
         for t in &missed {

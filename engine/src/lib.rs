@@ -14,6 +14,7 @@
 pub mod admin;
 pub mod config;
 pub mod dht;
+pub mod discovery;
 pub mod gossip;
 pub mod retry;
 pub mod rt;

@@ -381,6 +381,14 @@ fn serve(cfg: Config) -> Result<(), String> {
     if let Some(u) = &upstream_events {
         state.sections.push(u.clone());
     }
+    let discovery = if cfg.discovery.enabled {
+        let settings = ricochet::discovery::Settings::from_config(&cfg, &opts, &beacon_settings);
+        let d = ricochet::discovery::Discovery::new(settings, runtime.control(), shared.clone())?;
+        state.sections.push(d.section());
+        Some(d)
+    } else {
+        None
+    };
     let result = control.block_on(async move {
         let listener = tokio::net::TcpListener::bind(admin).await.map_err(|e| {
             format!("--metrics-addr (METRICS_ADDR) = {admin}: cannot listen: {e}")
@@ -405,6 +413,7 @@ fn serve(cfg: Config) -> Result<(), String> {
         if beacons {
             tokio::spawn(beacon::run(opts.clone(), beacon_settings, shared.clone()));
         }
+        let discovery = discovery.map(ricochet::discovery::Discovery::spawn);
         let failed = {
             let shared = shared.clone();
             async move {
@@ -421,6 +430,9 @@ fn serve(cfg: Config) -> Result<(), String> {
         if !drain.is_zero() {
             tracing::info!(?drain, "draining: not ready, still serving");
             tokio::time::sleep(drain).await;
+        }
+        if let Some(d) = discovery {
+            d.stop().await;
         }
         Ok::<(), String>(())
     });

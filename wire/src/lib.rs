@@ -22,6 +22,7 @@
 pub mod control;
 pub mod crc32c;
 pub mod dht;
+pub mod endpoint;
 pub mod error;
 pub mod field;
 pub mod flow;

@@ -220,3 +220,17 @@ fn store_ack() {
          01",
     );
 }
+
+/// docs § "Domain topic keys".
+#[test]
+fn domain_topic_keys() {
+    use ricochet_wire::endpoint::domain_topic_key;
+    assert_eq!(
+        domain_topic_key(b"eu-west").to_vec(),
+        unhex("2e05d280ede8b298908b2e7b6271f75ed831483f2a4c7d53f84e23981a1d2170")
+    );
+    assert_eq!(
+        domain_topic_key(b"a").to_vec(),
+        unhex("50dbc5ed6ad632304e179c0c9ace370dd92a3ac9adf60d522ba807806efb71ef")
+    );
+}

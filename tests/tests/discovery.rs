@@ -1,0 +1,276 @@
+//! Upstream discovery through the DHT, end to end: the two-domain scenario
+//! of `recovery.rs`, but D has no static upstream. Domain A has two
+//! endpoints, U1 (tier 0) and U2 (tier 1), both hearing A's publisher and
+//! both publishing signed endpoint records under domain `a`; D serves
+//! domain B behind a lossy bridge and finds its upstreams by looking `a` up
+//! in the DHT (bootstrapping from U1's DHT port). D must find both in tier
+//! order and fill the bridge's gaps through U1; after U1 is stopped, D's
+//! list must drop it and later gaps must fill through U2.
+//!
+//! Every wait is a condition polled against a deadline; no assertion
+//! depends on how long something took.
+
+use std::collections::BTreeSet;
+use std::net::{Ipv4Addr, SocketAddr, UdpSocket};
+use std::os::unix::fs::PermissionsExt;
+use std::time::{Duration, Instant};
+
+use ricochet_e2e::{
+    Engine, Publisher, bridge, drain, group_listener, metric_sum, nack_client, nack_for, ports,
+};
+use ricochet_wire::frame::Frame;
+
+const FLOW: u64 = 0x00D1_5C0E;
+const DROP_EVERY: u64 = 10;
+const PHASE: u64 = 100;
+
+fn args(list: &[&str]) -> Vec<String> {
+    list.iter().map(|s| s.to_string()).collect()
+}
+
+fn admin(port: u16) -> SocketAddr {
+    SocketAddr::from((Ipv4Addr::LOCALHOST, port))
+}
+
+/// The `addr` of every entry of `/debug/dht`'s `upstreams` array, in order.
+fn upstreams(e: &Engine) -> Vec<String> {
+    let Ok((200, body)) = e.http("/debug/dht") else { return Vec::new() };
+    let Some(start) = body.find("\"upstreams\":[") else { return Vec::new() };
+    let list = &body[start..];
+    let list = &list[..list.find(']').unwrap_or(list.len())];
+    list.split("\"addr\":\"")
+        .skip(1)
+        .filter_map(|s| s.split('"').next())
+        .map(str::to_owned)
+        .collect()
+}
+
+/// Polls `cond` every 100 ms until it holds or `timeout` passes.
+fn wait_for(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if cond() {
+            return true;
+        }
+        if Instant::now() > deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Collects every FLOW frame reaching B's groups.
+fn collect(listeners: &[UdpSocket], have: &mut BTreeSet<u64>) {
+    for l in listeners {
+        for d in drain(l, Duration::from_millis(50)) {
+            if let Ok(f) = Frame::new_checked(&d)
+                && f.hash_key() == FLOW
+            {
+                have.insert(f.seq());
+            }
+        }
+    }
+}
+
+/// Publishes `seqs` in A through a bridge that drops every 10th into B,
+/// NACKs each gap to D, and waits for the gaps to fill. Returns the gaps
+/// and those still unfilled at the deadline.
+fn lossy_phase(
+    a_port: u16,
+    b_port: u16,
+    b_listeners: &[UdpSocket],
+    d: &Engine,
+    seqs: std::ops::RangeInclusive<u64>,
+) -> (Vec<u64>, Vec<u64>) {
+    let n = seqs.end() - seqs.start() + 1;
+    let bridge = bridge(a_port, b_port, n, DROP_EVERY);
+    let publisher = Publisher::new(a_port);
+    for seq in seqs.clone() {
+        publisher.send_tx(FLOW, seq, &seq.to_be_bytes());
+    }
+    let dropped = bridge.join().unwrap();
+    let mut have = BTreeSet::new();
+    collect(b_listeners, &mut have);
+    let gaps: Vec<u64> = seqs.filter(|s| !have.contains(s)).collect();
+    assert_eq!(gaps, dropped.iter().copied().collect::<Vec<_>>(), "the gaps are the drops");
+    let client = nack_client();
+    for &seq in &gaps {
+        client.send_to(&nack_for(FLOW, seq, 0), d.nack_addr()).unwrap();
+        drain(&client, Duration::from_millis(50));
+    }
+    wait_for(Duration::from_secs(10), || {
+        collect(b_listeners, &mut have);
+        gaps.iter().all(|s| have.contains(s))
+    });
+    let unfilled = gaps.iter().copied().filter(|s| !have.contains(s)).collect();
+    (gaps, unfilled)
+}
+
+#[test]
+fn d_finds_its_upstreams_through_the_dht_and_switches_when_one_stops() {
+    let dir = std::env::temp_dir().join(format!("ricochet-e2e-discovery-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let key_file = dir.join("d.key");
+    let peer_cache = dir.join("d.peers");
+
+    // U1: domain A's first endpoint, and the DHT seed.
+    let a = ports();
+    let seed = format!("127.0.0.1:{}", a[4]);
+    let u1_args = args(&[
+        "--ipv4-lab",
+        "--dht-enabled",
+        "--dht-port",
+        &a[4].to_string(),
+        "--domain",
+        "a",
+        "--dht-refresh",
+        "1s",
+        "--beacon-tier",
+        "0",
+        "--beacon-preference",
+        "200",
+    ]);
+    let mut u1 = Engine::launch(&[], &u1_args, a, admin(a[2]));
+
+    // U2: the second endpoint of A, on A's data port too (so it caches
+    // the same frames), with its own NACK, admin and DHT ports.
+    let p2 = ports();
+    let u2_args = args(&[
+        "--ipv4-lab",
+        "--dht-enabled",
+        "--dht-port",
+        &p2[4].to_string(),
+        "--dht-bootstrap",
+        &seed,
+        "--domain",
+        "a",
+        "--dht-refresh",
+        "1s",
+        "--beacon-tier",
+        "1",
+    ]);
+    let u2 = Engine::launch(&[], &u2_args, [a[0], p2[1], p2[2], p2[3], 0, 0, 0, 0], admin(p2[2]));
+
+    // D: domain B, recovering from whatever the DHT says serves `a`.
+    let b = ports();
+    let d_args = args(&[
+        "--ipv4-lab",
+        "--proxy-enabled",
+        "--upstream-discovery",
+        "dht",
+        "--upstream-domain",
+        "a",
+        "--dht-port",
+        &b[4].to_string(),
+        "--dht-bootstrap",
+        &seed,
+        "--domain",
+        "b",
+        "--dht-refresh",
+        "1s",
+        "--node-key-file",
+        key_file.to_str().unwrap(),
+        "--dht-peer-cache",
+        peer_cache.to_str().unwrap(),
+    ]);
+    // D's retransmits go to B's data port, where B's listener listens.
+    let mut d = Engine::launch(&[], &d_args, [b[0], b[1], b[2], b[0], 0, 0, 0, 0], admin(b[2]));
+    let b_listeners: Vec<UdpSocket> = (0..4).map(|g| group_listener(g, b[0])).collect();
+
+    let u1_nack = format!("127.0.0.1:{}", u1.nack_port);
+    let u2_nack = format!("127.0.0.1:{}", u2.nack_port);
+    let both = vec![u1_nack.clone(), u2_nack.clone()];
+    let found = wait_for(Duration::from_secs(30), || upstreams(&d) == both);
+    assert!(
+        found,
+        "D did not list [U1, U2] from the DHT: {:?}\n/debug/dht:\n{}\nD log:\n{}",
+        upstreams(&d),
+        d.http("/debug/dht").map(|r| r.1).unwrap_or_default(),
+        d.kill_and_logs()
+    );
+    let debug = d.http("/debug/dht").unwrap().1;
+    assert!(debug.contains("\"source\":\"dht\""), "{debug}");
+    let m = d.http("/metrics").unwrap().1;
+    assert_eq!(metric_sum(&m, "ricochet_dht_upstreams_discovered"), 2.0, "{m}");
+
+    // Phase 1: the bridge's gaps fill through U1, the first by tier.
+    let (gaps, unfilled) = lossy_phase(a[0], b[0], &b_listeners, &d, 1..=PHASE);
+    assert!(!gaps.is_empty());
+    assert!(
+        unfilled.is_empty(),
+        "phase 1: unfilled {unfilled:?}\nD:\n{}",
+        d.http("/metrics").unwrap().1
+    );
+    let u1_proxied = metric_sum(&u1.http("/metrics").unwrap().1, "ricochet_nacks_proxied_total");
+    assert!(u1_proxied >= 1.0, "U1 served D's recoveries");
+
+    // U1 stops: D's list must drop it.
+    u1.terminate();
+    assert!(u1.wait_exit(Duration::from_secs(10)).is_some_and(|s| s.success()));
+    let switched = wait_for(Duration::from_secs(40), || upstreams(&d) == [u2_nack.clone()]);
+    assert!(
+        switched,
+        "D still lists {:?} after U1 stopped\n/debug/dht:\n{}",
+        upstreams(&d),
+        d.http("/debug/dht").map(|r| r.1).unwrap_or_default()
+    );
+
+    // U1 left as a clean stop does: its last record said Draining.
+    let m = d.http("/metrics").unwrap().1;
+    assert!(
+        ricochet_e2e::metric_value(&m, "ricochet_dht_records_unused_total{reason=\"draining\"}")
+            .is_some_and(|v| v >= 1.0),
+        "{m}"
+    );
+
+    // Phase 2: later gaps fill through U2.
+    let u2_before = metric_sum(&u2.http("/metrics").unwrap().1, "ricochet_nacks_proxied_total");
+    let (gaps, unfilled) = lossy_phase(a[0], b[0], &b_listeners, &d, PHASE + 1..=2 * PHASE);
+    assert!(!gaps.is_empty());
+    assert!(
+        unfilled.is_empty(),
+        "phase 2: unfilled {unfilled:?}\nD:\n{}\nU2:\n{}",
+        d.http("/metrics").unwrap().1,
+        u2.http("/metrics").unwrap().1
+    );
+    let u2_after = metric_sum(&u2.http("/metrics").unwrap().1, "ricochet_nacks_proxied_total");
+    assert!(u2_after > u2_before, "U2 served the later recoveries ({u2_before} → {u2_after})");
+
+    // A clean stop saves D's peer cache; its key file was created 0600.
+    d.terminate();
+    assert!(d.wait_exit(Duration::from_secs(10)).is_some_and(|s| s.success()));
+    let key = std::fs::read_to_string(&key_file).unwrap();
+    assert_eq!(key.trim().len(), 64);
+    assert!(key.trim().bytes().all(|c| c.is_ascii_hexdigit()));
+    let mode = std::fs::metadata(&key_file).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600);
+    let cache = std::fs::read(&peer_cache).expect("peer cache saved on stop");
+    assert_eq!(&cache[..4], b"RDPC");
+    assert!(cache.len() >= 7 + 51, "at least one peer saved");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn bad_node_key_files_stop_the_start_with_the_flag_named() {
+    let dir = std::env::temp_dir().join(format!("ricochet-e2e-badkey-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let key_file = dir.join("bad.key");
+    std::fs::write(&key_file, "not a key").unwrap();
+    let p = ports();
+    let out = std::process::Command::new(ricochet_e2e::bin("ricochet"))
+        .args(["run", "--ipv4-lab", "--dht-enabled", "--domain", "a"])
+        .args(["--listen-port", &p[0].to_string(), "--nack-port", &p[1].to_string()])
+        .args(["--metrics-addr", &format!("127.0.0.1:{}", p[2])])
+        .args(["--dht-port", &p[4].to_string()])
+        .args(["--node-key-file", key_file.to_str().unwrap()])
+        .env_remove("RUST_LOG")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("--node-key-file") && err.contains("64 hex digits"), "{err}");
+    assert!(!err.contains("not a key"), "the key file's content is never echoed: {err}");
+    let _ = std::fs::remove_dir_all(&dir);
+}

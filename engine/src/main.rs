@@ -249,7 +249,15 @@ fn resolve_upstreams(cfg: &Config, nack_bind: IpAddr) -> Result<Vec<SocketAddr>,
             })?;
             let mut addrs: Vec<SocketAddr> = addrs.collect();
             addrs.sort_by_key(|a| a.is_ipv4() != nack_bind.is_ipv4());
-            addrs.into_iter().next().ok_or_else(|| {
+            // A dual-stack upstream socket sees IPv4 replies as v4-mapped
+            // sources; recovery matches replies to the address it asked.
+            let mapped = |a: SocketAddr| match (a, nack_bind) {
+                (SocketAddr::V4(v4), IpAddr::V6(_)) => {
+                    SocketAddr::new(IpAddr::V6(v4.ip().to_ipv6_mapped()), v4.port())
+                }
+                _ => a,
+            };
+            addrs.into_iter().next().map(mapped).ok_or_else(|| {
                 format!("--upstream-retry-endpoints (UPSTREAM_RETRY_ENDPOINTS): {hp} resolves to nothing")
             })
         })

@@ -21,6 +21,7 @@ use axum::routing::get;
 
 use crate::rt::{Control, Shared, WorkerSnapshot};
 
+pub mod sse;
 pub mod subscribe;
 
 /// Default most `/events` subscribers at once (`--max-downstreams`); more

@@ -135,11 +135,11 @@ settings! {
     Ipv4Lab("ipv4-lab", "RICOCHET_IPV4_LAB", "false", Bool, ENGINE,
         "Lab mode: IPv4 groups 239.11.x.y on 127.0.0.1 instead of IPv6 groups"),
     MaxDatagram("max-datagram", "RICOCHET_MAX_DATAGRAM", "1232", Val("BYTES"), ENGINE,
-        "Datagram budget for ricochet's own cluster and DHT messages, 512..=65507 bytes"),
+        "Datagram budget for ricochet's own gossip messages, 512..=65507 bytes"),
     AdminTokenFile("admin-token-file", "RICOCHET_ADMIN_TOKEN_FILE", "", Val("FILE"), ENGINE,
         "File holding the bearer token that the state-changing admin endpoints (/admin/*, /events) require"),
     ClusterKeyFile("cluster-key-file", "RICOCHET_CLUSTER_KEY_FILE", "", Val("FILE"), ENGINE,
-        "File holding the cluster key that authenticates gossip and DHT datagrams"),
+        "File holding the cluster key that authenticates gossip datagrams; gossip runs when it is set"),
 
     McIface("mc-iface", "MC_IFACE", "eth0", Val("IFACE"), NETWORK,
         "Interface that joins the multicast groups [with --ipv4-lab: 127.0.0.1]"),

@@ -222,8 +222,8 @@ impl Core {
     /// answer, or decided at once when it cannot be asked.
     fn take_effects(&mut self, now: Instant) {
         while !self.outbox.effects.is_empty() {
-            let effects = std::mem::take(&mut self.outbox.effects);
-            for e in effects {
+            let mut effects = std::mem::take(&mut self.outbox.effects);
+            for e in effects.drain(..) {
                 match e {
                     Effect::Recover { hash_key, seq, subtree_id, from_sibling } => {
                         let key = FrameKey { hash_key, seq };
@@ -239,6 +239,10 @@ impl Core {
                     Effect::Multicast(m) => self.multicast_deduplicated(now, m),
                     Effect::Lookup(l) => self.ask_store(now, Parked::Lookup(l)),
                 }
+            }
+            // Keep the vector's capacity: no allocation per miss.
+            if self.outbox.effects.is_empty() {
+                self.outbox.effects = effects;
             }
         }
     }

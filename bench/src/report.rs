@@ -701,17 +701,22 @@ pub fn run(a: ReportArgs) -> Result<(), String> {
         );
     }
 
-    // The DHT's figures come from its deterministic simulation
-    // (engine/tests/dht_sim.rs), not from a bench workload: they are kept in
-    // perf/dht.md and copied in here so a regenerated report keeps them.
-    match std::fs::read_to_string(a.out.join("dht.md")) {
-        Ok(dht) => {
-            let _ = writeln!(w, "{}\n", dht.trim_end());
+    // The DHT's and gossip's figures come from their deterministic
+    // simulations (engine/tests/dht_sim.rs, gossip_sim.rs, the IBLT report
+    // test), not from a bench workload: they are kept in perf/*.md and
+    // copied in here so a regenerated report keeps them.
+    for (file, what) in
+        [("dht.md", "DHT"), ("gossip.md", "gossip"), ("gossip-iblt.md", "IBLT reconciliation")]
+    {
+        match std::fs::read_to_string(a.out.join(file)) {
+            Ok(text) => {
+                let _ = writeln!(w, "{}\n", text.trim_end());
+            }
+            Err(e) => eprintln!(
+                "note: {}: {e}; the report has no {what} section",
+                a.out.join(file).display()
+            ),
         }
-        Err(e) => eprintln!(
-            "note: {}: {e}; the report has no DHT section",
-            a.out.join("dht.md").display()
-        ),
     }
 
     if !missed.is_empty() {

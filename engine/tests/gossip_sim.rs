@@ -16,11 +16,20 @@
 //! - (c) a partition into two halves, records published on both sides,
 //!   then the partition heals: every store converges (equal fingerprints).
 //!
-//! `gossip_sim_report` (ignored) prints the markdown tables kept in
-//! `perf/gossip.md`:
+//! And G4 reconciliation (`gossip_sim_reconcile`): two members that differ
+//! in d records (d = 10, 100, 1000) over 1000 common ones — at first
+//! contact (a fixed table, flipping to rateless when it fails) and with
+//! watermarks in place (a table sized by the estimate) — and 16 members,
+//! half of which hold d records the others lack; every store converges,
+//! and the IBLT cells and symbols per difference and the datagrams and
+//! bytes are compared with the same runs over G1 alone.
+//!
+//! `gossip_sim_report` and `gossip_sim_reconcile_report` (ignored) print
+//! the markdown tables kept in `perf/gossip.md`:
 //!
 //! ```text
 //! cargo test -p ricochet --test gossip_sim -- --ignored --nocapture gossip_sim_report
+//! cargo test -p ricochet --test gossip_sim -- --ignored --nocapture gossip_sim_reconcile_report
 //! ```
 
 use std::cmp::{Ordering, Reverse};
@@ -29,8 +38,9 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::{Duration, Instant};
 
 use ricochet::dht::rng::Rng;
-use ricochet::gossip::{Config, Event, Gossip, MemStore, Member, Outbox, TopicMode};
-use ricochet_wire::mac::ClusterKey;
+use ricochet::gossip::{Config, Event, Gossip, MemStore, Member, Outbox, Stats, TopicMode};
+use ricochet_wire::gossip::{DigestRepr, GossipFrame};
+use ricochet_wire::mac::{ClusterKey, MAC_LEN};
 
 const SEED: u64 = 0x6055_1926;
 const TOPIC: &[u8] = b"state";
@@ -73,20 +83,29 @@ struct SimNode {
     side: u8,
 }
 
-/// Datagrams put on the wire, by frame type (index 1–6).
+/// Datagrams and bytes (MAC included) put on the wire, by frame type
+/// (index 1–6).
 #[derive(Debug, Clone, Copy, Default)]
-struct Wire([u64; 7]);
+struct Wire([u64; 7], [u64; 7]);
 
 impl Wire {
     fn since(&self, earlier: &Wire) -> Wire {
         let mut w = Wire::default();
         for i in 0..7 {
             w.0[i] = self.0[i] - earlier.0[i];
+            w.1[i] = self.1[i] - earlier.1[i];
         }
         w
     }
     fn g(&self, n: usize) -> u64 {
         self.0[n]
+    }
+    fn bytes(&self, n: usize) -> u64 {
+        self.1[n]
+    }
+    /// Every datagram and byte.
+    fn total(&self) -> (u64, u64) {
+        (self.0.iter().sum(), self.1.iter().sum())
     }
 }
 
@@ -117,6 +136,7 @@ struct Sim {
     wire: Wire,
     lost: u64,
     tracker: Option<Tracker>,
+    key: ClusterKey,
 }
 
 fn addr_of(i: usize) -> SocketAddr {
@@ -140,11 +160,15 @@ struct Setup {
     retries: u8,
     dual: bool,
     fallback: bool,
+    /// G4 reconciliation in place of full G1 exchanges.
+    reconcile: bool,
+    /// No probe rounds of their own (for runs a test drives itself).
+    quiet: bool,
 }
 
 impl Setup {
     fn new(n: usize, loss: f64) -> Self {
-        Setup { n, loss, retries: 3, dual: false, fallback: false }
+        Setup { n, loss, retries: 3, dual: false, fallback: false, reconcile: true, quiet: false }
     }
 }
 
@@ -168,6 +192,12 @@ impl Sim {
             c.rumor_retries = setup.retries;
             c.dual_cube = setup.dual;
             c.force_fallback = setup.fallback;
+            c.reconcile = setup.reconcile;
+            if setup.quiet {
+                c.interval_min = Duration::from_secs(86_400);
+                c.interval_base = c.interval_min;
+                c.interval_max = c.interval_min;
+            }
             let mut g = Gossip::new(m.id, m.addr, key.clone(), c, base);
             g.register_topic(TOPIC, TopicMode::StatefulMerge(Box::new(MemStore::new())), 1)
                 .unwrap();
@@ -190,6 +220,7 @@ impl Sim {
             wire: Wire::default(),
             lost: 0,
             tracker: None,
+            key,
         };
         for i in 0..setup.n {
             sim.flush(i);
@@ -210,6 +241,7 @@ impl Sim {
             let frame = usize::from(t.payload[1].wrapping_sub(0x30));
             if frame < 7 {
                 self.wire.0[frame] += 1;
+                self.wire.1[frame] += t.payload.len() as u64;
             }
             let Some(to) = index_of(&t.dest).filter(|&i| i < self.nodes.len()) else {
                 self.lost += 1;
@@ -513,7 +545,7 @@ fn row(label: &str, setup: Setup, count: usize) -> String {
     let complete = runs.iter().filter(|b| b.complete).count();
     let g3 = mean(runs.iter().map(|b| b.wire.g(3) as f64));
     let g5 = mean(runs.iter().map(|b| b.wire.g(5) as f64));
-    let sync = mean(runs.iter().map(|b| (b.wire.g(1) + b.wire.g(2)) as f64));
+    let sync = mean(runs.iter().map(|b| (b.wire.g(1) + b.wire.g(2) + b.wire.g(4)) as f64));
     let hop = runs.iter().map(|b| b.last_hop).max().unwrap_or(0);
     let t_mean = mean(runs.iter().map(|b| b.time.as_secs_f64() * 1000.0));
     let t_max = runs.iter().map(|b| b.time).max().unwrap_or_default().as_secs_f64() * 1000.0;
@@ -531,7 +563,7 @@ fn row(label: &str, setup: Setup, count: usize) -> String {
 fn gossip_sim_report() {
     let start = Instant::now();
     println!(
-        "| mode | N | complete | G3 per broadcast | (G3+G5) per member | G5 per broadcast | G1+G2 during broadcast | last-delivery hop (max) | time to full delivery, mean ms | max ms | members reached by anti-entropy | retries / reroutes / budget exhausted |"
+        "| mode | N | complete | G3 per broadcast | (G3+G5) per member | G5 per broadcast | G1+G2+G4 during broadcast | last-delivery hop (max) | time to full delivery, mean ms | max ms | members reached by anti-entropy | retries / reroutes / budget exhausted |"
     );
     println!("|---|---|---|---|---|---|---|---|---|---|---|---|");
     for n in [16, 24, 64, 100, 256] {
@@ -562,6 +594,317 @@ fn gossip_sim_report() {
         let (t, _) = partition(n, 4, Duration::from_secs(30), Duration::from_secs(600));
         let t = t.map_or("not within 600 s".to_string(), |d| format!("{:.1} s", d.as_secs_f64()));
         println!("| {n} | 4 | 30 s | {t} |");
+    }
+    println!("\n(report computed in {:.1} s wall)", start.elapsed().as_secs_f64());
+}
+
+// ---------------------------------------------------------------------------
+// G4 reconciliation
+// ---------------------------------------------------------------------------
+
+/// Records both sides hold before the difference.
+const COMMON: usize = 1000;
+
+fn record(name: &str) -> Vec<u8> {
+    MemStore::record(name.as_bytes(), 1, &[0x5A; 32]).unwrap()
+}
+
+impl Sim {
+    /// Writes a record straight into a member's store (no rumor).
+    fn put(&mut self, idx: usize, name: &str) {
+        self.nodes[idx].g.store_mut(TOPIC).unwrap().apply(&record(name)).unwrap();
+    }
+
+    /// Delivers to `to` the G2 probe `from` would send now: `to` starts
+    /// anti-entropy toward `from` if their fingerprints differ.
+    fn probe(&mut self, from: usize, to: usize) {
+        let frame = GossipFrame::Digest(DigestRepr {
+            fingerprint: self.nodes[from].g.fingerprint(),
+            matched: false,
+        });
+        let len = frame.buffer_len();
+        let mut bytes = vec![0u8; len + MAC_LEN];
+        frame.emit(&mut bytes).unwrap();
+        self.key.seal(&mut bytes, len).unwrap();
+        self.wire.0[2] += 1;
+        self.wire.1[2] += bytes.len() as u64;
+        self.seq += 1;
+        let from = self.nodes[from].addr;
+        self.queue.push(Reverse(Item {
+            at: self.now,
+            seq: self.seq,
+            what: What::Deliver { to, from, bytes },
+        }));
+    }
+
+    /// Member `i` reconciles with member `j` now.
+    fn reconcile(&mut self, i: usize, j: usize) {
+        let (now, peer) = (self.instant(), self.nodes[j].addr);
+        self.nodes[i].g.reconcile(now, peer, TOPIC, &mut self.out).unwrap();
+        self.flush(i);
+    }
+
+    fn stats(&self) -> Vec<Stats> {
+        self.nodes.iter().map(|n| n.g.stats()).collect()
+    }
+}
+
+/// What one reconciliation scenario cost, summed over every member.
+#[derive(Debug, Clone, Copy, Default)]
+struct Cost {
+    converged: bool,
+    time: Duration,
+    wire: Wire,
+    /// Differences decoded (each session counts its own).
+    differences: u64,
+    /// Table cells and rateless symbols sent.
+    cells: u64,
+    /// Rateless symbols the decoders consumed until they decoded.
+    symbols_used: u64,
+    key_cells: u64,
+    sessions: u64,
+    rateless: u64,
+    flips: u64,
+    fallbacks: u64,
+    timeouts: u64,
+    g1_exchanges: u64,
+}
+
+impl Cost {
+    fn per_difference(&self, x: u64) -> f64 {
+        x as f64 / self.differences.max(1) as f64
+    }
+}
+
+/// Sums, over members, the counters that moved between `before` and now.
+fn cost(sim: &Sim, before: &[Stats], wire: Wire, start: Duration, converged: bool) -> Cost {
+    let mut c =
+        Cost { converged, time: sim.now - start, wire: sim.wire.since(&wire), ..Cost::default() };
+    for (b, a) in before.iter().zip(sim.stats()) {
+        c.differences += a.reconcile_differences - b.reconcile_differences;
+        c.cells += a.reconcile_cells_sent - b.reconcile_cells_sent;
+        c.symbols_used += a.reconcile_symbols_used - b.reconcile_symbols_used;
+        c.key_cells += a.reconcile_key_cells_sent - b.reconcile_key_cells_sent;
+        c.sessions += a.reconcile_started - b.reconcile_started;
+        c.rateless += a.reconcile_rateless - b.reconcile_rateless;
+        c.flips += a.reconcile_flips - b.reconcile_flips;
+        c.fallbacks += a.reconcile_fallbacks - b.reconcile_fallbacks;
+        c.timeouts += a.reconcile_timeouts - b.reconcile_timeouts;
+        c.g1_exchanges += a.exchanges_started - b.exchanges_started;
+        assert_eq!(a.drops.total(), 0, "{:?}", a.drops.by_reason());
+    }
+    c
+}
+
+/// Two quiet members holding `COMMON` shared records; member 0 then gets
+/// ⌊d/2⌋ records member 1 lacks and member 1 ⌈d/2⌉ that member 0 lacks.
+/// With `watermarks`, the two reconcile once before the difference (so the
+/// steady-state paths run: a table sized by the estimate, or a G1 delta).
+fn pair(d: usize, reconcile: bool, watermarks: bool) -> Sim {
+    pair_salted(d, reconcile, watermarks, 0)
+}
+
+/// [`pair`] with the differing records named after `salt` (other ids).
+fn pair_salted(d: usize, reconcile: bool, watermarks: bool, salt: u64) -> Sim {
+    let mut setup = Setup::new(2, 0.0);
+    setup.quiet = true;
+    setup.reconcile = reconcile;
+    let mut sim = Sim::new(setup, SEED ^ d as u64);
+    for k in 0..COMMON {
+        sim.put(0, &format!("c{k}"));
+        sim.put(1, &format!("c{k}"));
+    }
+    if watermarks {
+        sim.reconcile(1, 0);
+        sim.run_for(Duration::from_secs(1));
+        assert_eq!(sim.nodes[1].g.stats().reconcile_completed, 1);
+    }
+    for k in 0..d / 2 {
+        sim.put(0, &format!("a{salt}-{k}"));
+    }
+    for k in 0..d - d / 2 {
+        sim.put(1, &format!("b{salt}-{k}"));
+    }
+    sim
+}
+
+/// Runs until every fingerprint is equal (at most `limit`).
+fn settle(sim: &mut Sim, limit: Duration, before: &[Stats], wire: Wire) -> Cost {
+    let start = sim.now;
+    let ok = sim.run_until(start + limit, Sim::converged);
+    cost(sim, before, wire, start, ok)
+}
+
+/// First contact: member 0's probe reaches member 1, which starts
+/// anti-entropy — a reconciliation (or, `reconcile` off, a full G1
+/// exchange).
+fn pair_first_contact(d: usize, reconcile: bool) -> Cost {
+    let mut sim = pair(d, reconcile, false);
+    let (before, wire) = (sim.stats(), sim.wire);
+    sim.probe(0, 1);
+    settle(&mut sim, Duration::from_secs(30), &before, wire)
+}
+
+/// Watermarks in place: a forced reconciliation (`iblt`, a table sized by
+/// the estimate), or what a mismatching probe starts (a G1 delta).
+fn pair_steady(d: usize, iblt: bool) -> Cost {
+    let mut sim = pair(d, true, true);
+    let (before, wire) = (sim.stats(), sim.wire);
+    if iblt {
+        sim.reconcile(1, 0);
+    } else {
+        sim.probe(0, 1);
+    }
+    settle(&mut sim, Duration::from_secs(30), &before, wire)
+}
+
+/// `n` members with `COMMON` shared records; the even ones also hold the
+/// same `d` records the odd ones lack (one side of a healed partition).
+/// Probe rounds as usual; runs until every store is equal.
+fn cluster(n: usize, d: usize, reconcile: bool) -> Cost {
+    let mut setup = Setup::new(n, 0.0);
+    setup.reconcile = reconcile;
+    let mut sim = Sim::new(setup, SEED ^ 0x4 ^ d as u64);
+    for i in 0..n {
+        for k in 0..COMMON {
+            sim.put(i, &format!("c{k}"));
+        }
+        if i % 2 == 0 {
+            for k in 0..d {
+                sim.put(i, &format!("x{k}"));
+            }
+        }
+    }
+    let (before, wire) = (sim.stats(), sim.wire);
+    settle(&mut sim, Duration::from_secs(600), &before, wire)
+}
+
+fn assert_reconciled(c: &Cost, d: usize, what: &str) {
+    assert!(c.converged, "{what} d={d}: not converged");
+    assert_eq!((c.timeouts, c.fallbacks), (0, 0), "{what} d={d}");
+}
+
+#[test]
+fn gossip_sim_reconcile() {
+    for d in [10, 100, 1000] {
+        // First contact: a one-datagram table; large differences flip to
+        // rateless, whose decoder needs about 1.35–1.7 symbols per
+        // difference.
+        let iblt = pair_first_contact(d, true);
+        assert_reconciled(&iblt, d, "first contact");
+        assert_eq!(iblt.differences, d as u64);
+        assert_eq!(iblt.g1_exchanges, 0);
+        if d >= 100 {
+            assert_eq!((iblt.flips, iblt.rateless), (1, 1), "d={d}");
+            let used = iblt.symbols_used as f64 / d as f64;
+            assert!((1.2..1.8).contains(&used), "d={d}: {used} symbols per difference");
+            let sent = iblt.per_difference(iblt.cells);
+            assert!(sent < 2.6, "d={d}: {sent} cells sent per difference");
+        }
+        // The same over G1 alone: a full exchange, both stores whole.
+        let g1 = pair_first_contact(d, false);
+        assert!(g1.converged && g1.g1_exchanges == 1 && g1.sessions == 0);
+        let (iblt_bytes, g1_bytes) = (iblt.wire.total().1, g1.wire.total().1);
+        assert!(iblt_bytes < g1_bytes, "d={d}: IBLT {iblt_bytes} B, G1 full {g1_bytes} B");
+
+        // Watermarks in place: the estimate sizes a table that decodes.
+        let fixed = pair_steady(d, true);
+        assert_reconciled(&fixed, d, "steady");
+        assert_eq!((fixed.sessions, fixed.flips), (1, 0), "d={d}");
+        let delta = pair_steady(d, false);
+        assert!(delta.converged && delta.g1_exchanges == 1 && delta.sessions == 0);
+    }
+    // Sixteen members, eight of them holding 100 records the others lack.
+    let on = cluster(16, 100, true);
+    assert!(on.converged && on.sessions > 0);
+    let off = cluster(16, 100, false);
+    assert!(off.converged && off.sessions == 0);
+    assert!(
+        on.wire.total().1 < off.wire.total().1,
+        "{:?} vs {:?}",
+        on.wire.total(),
+        off.wire.total()
+    );
+}
+
+fn recon_row(label: &str, d: usize, c: &Cost, g1: Option<&Cost>) -> String {
+    let (dg, bytes) = c.wire.total();
+    let path = format!(
+        "{} ({} rateless, {} flips, {} G1)",
+        c.sessions, c.rateless, c.flips, c.g1_exchanges
+    );
+    let used = if c.symbols_used > 0 {
+        format!("{:.2}", c.symbols_used as f64 / c.differences.max(1) as f64)
+    } else {
+        "–".to_string()
+    };
+    let versus = g1.map_or("–".to_string(), |g| {
+        let (gd, gb) = g.wire.total();
+        format!("{gd} / {:.1} kB ({:.0} %)", gb as f64 / 1000.0, 100.0 * bytes as f64 / gb as f64)
+    });
+    format!(
+        "| {label} | {d} | {} | {path} | {} | {:.2} | {used} | {} | {} / {:.1} kB | {} / {:.1} kB | {dg} / {:.1} kB | {versus} | {:.2} s |",
+        c.differences,
+        c.cells,
+        c.per_difference(c.cells),
+        c.key_cells,
+        c.wire.g(4),
+        c.wire.bytes(4) as f64 / 1000.0,
+        c.wire.g(1),
+        c.wire.bytes(1) as f64 / 1000.0,
+        bytes as f64 / 1000.0,
+        c.time.as_secs_f64(),
+    )
+}
+
+#[test]
+#[ignore = "prints the reconciliation tables for perf/gossip.md"]
+fn gossip_sim_reconcile_report() {
+    let start = Instant::now();
+    println!(
+        "| scenario | d | differences decoded | sessions (rateless, flips, G1 exchanges) | IBLT cells + symbols sent | per difference | rateless symbols used per difference | reply key cells | G4 datagrams / bytes | G1 datagrams / bytes | all datagrams / bytes | same over G1 only: datagrams / bytes (IBLT as % of it) | time |"
+    );
+    println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|");
+    for d in [10, 100, 1000] {
+        let g1 = pair_first_contact(d, false);
+        println!(
+            "{}",
+            recon_row("pair, first contact", d, &pair_first_contact(d, true), Some(&g1))
+        );
+    }
+    for d in [10, 100, 1000] {
+        let delta = pair_steady(d, false);
+        println!("{}", recon_row("pair, watermarks: IBLT", d, &pair_steady(d, true), Some(&delta)));
+        println!("{}", recon_row("pair, watermarks: G1 delta", d, &delta, None));
+    }
+    for d in [10, 100, 1000] {
+        let g1 = cluster(16, d, false);
+        println!(
+            "{}",
+            recon_row("16 members, half hold d more", d, &cluster(16, d, true), Some(&g1))
+        );
+    }
+    println!();
+    println!("| d | pairs | rateless symbols used per difference, mean | min | max |");
+    println!("|---|---|---|---|---|");
+    for d in [100, 1000] {
+        let runs: Vec<f64> = (0..20u64)
+            .map(|salt| {
+                let mut sim = pair_salted(d, true, false, salt);
+                let (before, wire) = (sim.stats(), sim.wire);
+                sim.probe(0, 1);
+                let c = settle(&mut sim, Duration::from_secs(30), &before, wire);
+                assert!(c.converged);
+                c.symbols_used as f64 / d as f64
+            })
+            .collect();
+        let min = runs.iter().copied().fold(f64::INFINITY, f64::min);
+        let max = runs.iter().copied().fold(0.0, f64::max);
+        println!(
+            "| {d} | {} | {:.3} | {min:.2} | {max:.2} |",
+            runs.len(),
+            mean(runs.iter().copied())
+        );
     }
     println!("\n(report computed in {:.1} s wall)", start.elapsed().as_secs_f64());
 }

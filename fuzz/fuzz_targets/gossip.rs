@@ -25,6 +25,7 @@ fuzz_target!(|data: &[u8]| {
     }
     if let Ok(v) = Reconcile::new_checked(data) {
         let _ = (v.kind(), v.session_id(), v.topic(), v.cells().iter().count());
+        let _ = (v.mode(), v.first_cell(), v.end_cell());
     }
     if let Ok(v) = RumorAck::new_checked(data) {
         let _ = v.rumor_id();

@@ -544,8 +544,11 @@ mod g4 {
 
     // Reconciliation.
     pub(super) const SESSION_ID: Field = 3..7;
-    pub(super) const RECONCILE_TOPIC_LEN: usize = 7;
-    pub(super) const RECONCILE_TOPIC: usize = 8;
+    pub(super) const MODE: usize = 7;
+    pub(super) const FIRST_CELL: Field = 8..12;
+    pub(super) const END_CELL: Field = 12..16;
+    pub(super) const RECONCILE_TOPIC_LEN: usize = 16;
+    pub(super) const RECONCILE_TOPIC: usize = 17;
     // Relative to the end of the topic:
     pub(super) const CELL_COUNT: Field = 0..2;
     pub(super) const CELLS: usize = 2;
@@ -647,15 +650,17 @@ impl<'a> PullRepr<'a> {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[repr(u8)]
 pub enum ReconcileKind {
-    /// `0x00`, initiator to responder: an IBLT of the initiator's key set.
+    /// `0x00`, initiator to responder: cells of an IBLT of the initiator's
+    /// key set (fixed mode) or symbols of its rateless stream.
     Table = 0x00,
     /// `0x01`, responder to initiator: the decoded difference, as pure cells.
     Reply = 0x01,
-    /// `0x02`: pure cells naming keys the sender wants; the records
-    /// themselves travel as G1 or G3 frames.
+    /// `0x02`: what the sender wants — keys, as pure cells (the records
+    /// themselves travel as G1 or G3 frames); or, with no cells, the table
+    /// cells or stream symbols `first_cell..end_cell`.
     Request = 0x02,
-    /// `0x03`, responder to initiator: the subtracted table did not decode.
-    /// Carries no cells.
+    /// `0x03`, responder to initiator: the subtracted table or the stream did
+    /// not decode. Carries no cells.
     DecodeFailed = 0x03,
 }
 
@@ -667,6 +672,28 @@ impl ReconcileKind {
             0x01 => Some(Self::Reply),
             0x02 => Some(Self::Request),
             0x03 => Some(Self::DecodeFailed),
+            _ => None,
+        }
+    }
+}
+
+/// How a G4 reconciliation session codes its table (byte 7).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[repr(u8)]
+pub enum ReconcileMode {
+    /// `0`: a fixed-size IBLT whose size `end_cell` every table frame states.
+    Fixed = 0,
+    /// `1`: a rateless stream of coded symbols, sent in bursts; a table
+    /// frame's `end_cell` is the end of its burst.
+    Rateless = 1,
+}
+
+impl ReconcileMode {
+    /// The mode for a byte-7 value.
+    pub const fn from_u8(b: u8) -> Option<Self> {
+        match b {
+            0 => Some(Self::Fixed),
+            1 => Some(Self::Rateless),
             _ => None,
         }
     }
@@ -805,8 +832,13 @@ impl Iterator for CellIter<'_> {
 impl ExactSizeIterator for CellIter<'_> {}
 
 /// A checked G4 reconciliation frame: `[magic][u8 flag 0x00–0x03]
-/// [u32 session id][u8 topic len][topic][u16 cell count][cells, 20 B each]`,
-/// nothing after.
+/// [u32 session id][u8 mode][u32 first cell][u32 end cell][u8 topic len]
+/// [topic][u16 cell count][cells, 20 B each]`, nothing after.
+///
+/// The cells are `first_cell..first_cell + n` of a sequence that ends at
+/// `end_cell`: a fixed table of `end_cell` cells, a burst of a rateless
+/// stream that ends there, or a list of keys `end_cell` long, so one table,
+/// stream or list can span many datagrams.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Reconcile<'a> {
     buf: &'a [u8],
@@ -816,7 +848,9 @@ pub struct Reconcile<'a> {
 impl<'a> Reconcile<'a> {
     /// Checks the magic and flag (a pull request is [`Error::BadMagic`]: a
     /// different message), that the frame is exactly as long as its cell
-    /// count says, and that a decode-failed frame carries no cells.
+    /// count says, the mode, that the cells lie within the sequence
+    /// (`first_cell + n ≤ end_cell`), and that a decode-failed frame carries
+    /// no cells and zero positions.
     pub fn new_checked(buf: &'a [u8]) -> Result<Self> {
         check_magic(buf, G4_PULL_RECONCILE)?;
         let Some(kind) = g4_kind(buf)? else { return Err(Error::BadMagic) };
@@ -824,10 +858,12 @@ impl<'a> Reconcile<'a> {
         need(buf, topic_end + g4::CELLS)?;
         let count = usize::from(u16_at(buf, topic_end + g4::CELL_COUNT.start));
         exact(buf, topic_end + g4::CELLS + count * IbltCell::LEN)?;
-        if kind == ReconcileKind::DecodeFailed && count != 0 {
-            return Err(Error::BadField("g4.cell_count"));
+        if ReconcileMode::from_u8(u8_at(buf, g4::MODE)).is_none() {
+            return Err(Error::BadField("g4.mode"));
         }
-        Ok(Reconcile { buf, topic_end })
+        let view = Reconcile { buf, topic_end };
+        check_cell_range(kind, view.first_cell(), view.end_cell(), count)?;
+        Ok(view)
     }
 
     /// What the frame carries.
@@ -838,6 +874,21 @@ impl<'a> Reconcile<'a> {
     /// Ties the frames of one reconciliation round together.
     pub fn session_id(&self) -> u32 {
         u32_at(self.buf, g4::SESSION_ID.start)
+    }
+
+    /// The session's mode.
+    pub fn mode(&self) -> ReconcileMode {
+        ReconcileMode::from_u8(u8_at(self.buf, g4::MODE)).unwrap_or(ReconcileMode::Fixed)
+    }
+
+    /// Position of the first cell carried within its sequence.
+    pub fn first_cell(&self) -> u32 {
+        u32_at(self.buf, g4::FIRST_CELL.start)
+    }
+
+    /// Where the sequence ends (see [`ReconcileRepr::end_cell`]).
+    pub fn end_cell(&self) -> u32 {
+        u32_at(self.buf, g4::END_CELL.start)
     }
 
     /// Topic name (at most 255 bytes).
@@ -858,6 +909,16 @@ pub struct ReconcileRepr<'a> {
     pub kind: ReconcileKind,
     /// Ties the frames of one reconciliation round together.
     pub session_id: u32,
+    /// The session's mode (a decode-failed frame names the mode that failed).
+    pub mode: ReconcileMode,
+    /// Position of the first cell carried within its sequence; 0 for
+    /// [`ReconcileKind::DecodeFailed`].
+    pub first_cell: u32,
+    /// One past the last cell of the sequence: the table size (fixed table),
+    /// the end of the burst (rateless stream), the list length (keys), the
+    /// end of the range wanted (a request without cells); 0 for
+    /// [`ReconcileKind::DecodeFailed`]. `first_cell + cells ≤ end_cell`.
+    pub end_cell: u32,
     /// Topic name, at most 255 bytes.
     pub topic: &'a [u8],
     /// At most 65 535 cells; none for [`ReconcileKind::DecodeFailed`].
@@ -875,6 +936,9 @@ impl<'a> ReconcileRepr<'a> {
         ReconcileRepr {
             kind: view.kind(),
             session_id: view.session_id(),
+            mode: view.mode(),
+            first_cell: view.first_cell(),
+            end_cell: view.end_cell(),
             topic: view.topic(),
             cells: view.cells(),
         }
@@ -890,14 +954,15 @@ impl<'a> ReconcileRepr<'a> {
         let topic_len = topic_len(self.topic)?;
         let count = u16::try_from(self.cells.len())
             .map_err(|_| Error::TooLong { max: u16::MAX.into(), got: self.cells.len() })?;
-        if self.kind == ReconcileKind::DecodeFailed && count != 0 {
-            return Err(Error::BadField("g4.cell_count"));
-        }
+        check_cell_range(self.kind, self.first_cell, self.end_cell, self.cells.len())?;
         let len = self.buffer_len();
         let mut w = Writer::new(buf, len)?;
         w.u16(MAGIC.start, G4_PULL_RECONCILE);
         w.u8(g4::KIND, self.kind as u8);
         w.u32(g4::SESSION_ID.start, self.session_id);
+        w.u8(g4::MODE, self.mode as u8);
+        w.u32(g4::FIRST_CELL.start, self.first_cell);
+        w.u32(g4::END_CELL.start, self.end_cell);
         w.u8(g4::RECONCILE_TOPIC_LEN, topic_len);
         w.bytes(g4::RECONCILE_TOPIC, self.topic);
         let topic_end = g4::RECONCILE_TOPIC + self.topic.len();
@@ -908,6 +973,24 @@ impl<'a> ReconcileRepr<'a> {
         }
         Ok(len)
     }
+}
+
+/// The G4 cell-position rules shared by parse and emit: a decode-failed
+/// frame has no cells and zero positions; every other frame's cells lie
+/// within its sequence.
+fn check_cell_range(kind: ReconcileKind, first: u32, end: u32, count: usize) -> Result<()> {
+    if kind == ReconcileKind::DecodeFailed {
+        return match (count, first, end) {
+            (0, 0, 0) => Ok(()),
+            (0, 0, _) => Err(Error::BadField("g4.end_cell")),
+            (0, _, _) => Err(Error::BadField("g4.first_cell")),
+            _ => Err(Error::BadField("g4.cell_count")),
+        };
+    }
+    if u64::from(first) + count as u64 > u64::from(end) {
+        return Err(Error::BadField("g4.end_cell"));
+    }
+    Ok(())
 }
 
 // ---------------------------------------------------------------------------
@@ -992,7 +1075,8 @@ mod g6 {
     pub(super) const PARITY_SHARDS: usize = 32;
     pub(super) const SHARD_SIZE: Field = 33..37;
     pub(super) const CHUNK_SIZE: Field = 37..41;
-    pub(super) const MANIFEST_LEN: usize = 41;
+    pub(super) const BLOB_HASH: Field = 41..73;
+    pub(super) const MANIFEST_LEN: usize = 73;
     // Shard request and shard chunk.
     pub(super) const SHARD_INDEX: usize = 11;
     /// First chunk wanted (request) or this chunk's index (chunk).
@@ -1110,7 +1194,7 @@ impl<'a> Snapshot<'a> {
 /// `u32 request id`:
 /// - manifest request: nothing;
 /// - manifest: `[u64 hlc][u64 fingerprint][u32 total bytes][u8 data shards]
-///   [u8 parity shards][u32 shard size][u32 chunk size]`;
+///   [u8 parity shards][u32 shard size][u32 chunk size][32-byte blob hash]`;
 /// - shard request: `[u8 shard index][u16 first chunk][u16 chunk count]`;
 /// - shard chunk: `[u8 shard index][u16 chunk index][u16 chunk count][data]`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -1141,6 +1225,9 @@ pub enum SnapshotRepr<'a> {
         shard_size: u32,
         /// Bytes per chunk, at least 1; a shard is at most 65 535 chunks.
         chunk_size: u32,
+        /// BLAKE3 of the snapshot data (`total_bytes` bytes): the receiver
+        /// checks the reassembled snapshot against it.
+        blob_hash: [u8; 32],
     },
     /// Asks for chunks `first_chunk .. first_chunk + chunk_count` of one shard.
     ShardRequest {
@@ -1189,6 +1276,7 @@ impl<'a> SnapshotRepr<'a> {
                 parity_shards: u8_at(b, g6::PARITY_SHARDS),
                 shard_size: u32_at(b, g6::SHARD_SIZE.start),
                 chunk_size: u32_at(b, g6::CHUNK_SIZE.start),
+                blob_hash: *array_ref(b, g6::BLOB_HASH.start),
             },
             SnapshotKind::ShardRequest => Self::ShardRequest {
                 request_id,
@@ -1266,6 +1354,7 @@ impl<'a> SnapshotRepr<'a> {
                 parity_shards,
                 shard_size,
                 chunk_size,
+                blob_hash,
             } => {
                 w.u32(g6::REQUEST_ID.start, request_id);
                 w.u64(g6::HLC.start, hlc);
@@ -1275,6 +1364,7 @@ impl<'a> SnapshotRepr<'a> {
                 w.u8(g6::PARITY_SHARDS, parity_shards);
                 w.u32(g6::SHARD_SIZE.start, shard_size);
                 w.u32(g6::CHUNK_SIZE.start, chunk_size);
+                w.bytes(g6::BLOB_HASH.start, &blob_hash);
             }
             Self::ShardRequest { request_id, shard_index, first_chunk, chunk_count } => {
                 w.u32(g6::REQUEST_ID.start, request_id);
@@ -1414,8 +1504,29 @@ mod tests {
             GossipFrame::Reconcile(ReconcileRepr {
                 kind: ReconcileKind::Table,
                 session_id: 42,
+                mode: ReconcileMode::Fixed,
+                first_cell: 7,
+                end_cell: 90,
                 topic: b"gaps",
                 cells: Cells::from(&CELLS[..]),
+            }),
+            GossipFrame::Reconcile(ReconcileRepr {
+                kind: ReconcileKind::Request,
+                session_id: 43,
+                mode: ReconcileMode::Rateless,
+                first_cell: 118,
+                end_cell: 236,
+                topic: b"gaps",
+                cells: Cells::from(&CELLS[..0]),
+            }),
+            GossipFrame::Reconcile(ReconcileRepr {
+                kind: ReconcileKind::DecodeFailed,
+                session_id: 44,
+                mode: ReconcileMode::Rateless,
+                first_cell: 0,
+                end_cell: 0,
+                topic: b"gaps",
+                cells: Cells::from(&CELLS[..0]),
             }),
             GossipFrame::RumorAck(RumorAckRepr { rumor_id: rumor_id(b"rumor payload") }),
             GossipFrame::Snapshot(SnapshotRepr::ManifestRequest { request_id: 5 }),
@@ -1428,6 +1539,7 @@ mod tests {
                 parity_shards: 1,
                 shard_size: 500,
                 chunk_size: 256,
+                blob_hash: [0xB3; 32],
             }),
             GossipFrame::Snapshot(SnapshotRepr::ShardRequest {
                 request_id: 6,
@@ -1589,20 +1701,21 @@ mod tests {
         assert!(matches!(GossipFrame::parse(&pull), Ok(GossipFrame::Pull(_))));
         assert_eq!(Reconcile::new_checked(&pull), Err(Error::BadMagic));
 
+        // Flag, session 1, mode fixed, cells 0..0, empty topic, no cells.
+        let frame = |flag| [0x47, 0x34, flag, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0];
         for (flag, kind) in [
             (0x00, ReconcileKind::Table),
             (0x01, ReconcileKind::Reply),
             (0x02, ReconcileKind::Request),
             (0x03, ReconcileKind::DecodeFailed),
         ] {
-            let b = [0x47, 0x34, flag, 0, 0, 0, 1, 0, 0, 0];
+            let b = frame(flag);
             let Ok(GossipFrame::Reconcile(r)) = GossipFrame::parse(&b) else { panic!("{flag}") };
             assert_eq!((r.kind, r.session_id, r.topic, r.cells.len()), (kind, 1, &b""[..], 0));
             assert_eq!(Pull::new_checked(&b), Err(Error::BadMagic));
         }
         for flag in [0x04, 0x0F, 0x11, 0xFF] {
-            let b = [0x47, 0x34, flag, 0, 0, 0, 1, 0, 0, 0];
-            assert_eq!(GossipFrame::parse(&b), Err(Error::UnknownType(flag)));
+            assert_eq!(GossipFrame::parse(&frame(flag)), Err(Error::UnknownType(flag)));
         }
     }
 
@@ -1611,14 +1724,23 @@ mod tests {
         let f = GossipFrame::Reconcile(ReconcileRepr {
             kind: ReconcileKind::Reply,
             session_id: 1,
+            mode: ReconcileMode::Rateless,
+            first_cell: 3,
+            end_cell: 5,
             topic: b"",
             cells: Cells::from(&CELLS[..]),
         });
         let b = bytes(&f);
-        assert_eq!(b.len(), 10 + 2 * IbltCell::LEN);
-        assert_eq!(&b[10..14], &1i32.to_be_bytes());
-        assert_eq!(&b[30..34], &(-2i32).to_be_bytes());
+        assert_eq!(b.len(), 19 + 2 * IbltCell::LEN);
+        assert_eq!(b[7], 1, "mode");
+        assert_eq!((&b[8..12], &b[12..16]), (&3u32.to_be_bytes()[..], &5u32.to_be_bytes()[..]));
+        assert_eq!(&b[19..23], &1i32.to_be_bytes());
+        assert_eq!(&b[39..43], &(-2i32).to_be_bytes());
         let view = Reconcile::new_checked(&b).unwrap();
+        assert_eq!(
+            (view.mode(), view.first_cell(), view.end_cell()),
+            (ReconcileMode::Rateless, 3, 5)
+        );
         assert_eq!(view.cells().iter().len(), 2);
         assert!(view.cells().iter().eq(CELLS));
     }
@@ -1628,6 +1750,9 @@ mod tests {
         let r = ReconcileRepr {
             kind: ReconcileKind::DecodeFailed,
             session_id: 1,
+            mode: ReconcileMode::Fixed,
+            first_cell: 0,
+            end_cell: 1,
             topic: b"",
             cells: Cells::from(&CELLS[..1]),
         };
@@ -1636,6 +1761,52 @@ mod tests {
             bytes(&GossipFrame::Reconcile(ReconcileRepr { kind: ReconcileKind::Table, ..r }));
         b[2] = 0x03;
         assert_eq!(ReconcileRepr::parse(&b), Err(Error::BadField("g4.cell_count")));
+        // No cells, but positions: refused too.
+        let none = ReconcileRepr { cells: Cells::from(&CELLS[..0]), ..r };
+        assert_eq!(none.emit(&mut [0; 64]), Err(Error::BadField("g4.end_cell")));
+        let first = ReconcileRepr { first_cell: 1, end_cell: 0, ..none };
+        assert_eq!(first.emit(&mut [0; 64]), Err(Error::BadField("g4.first_cell")));
+        let ok = ReconcileRepr { end_cell: 0, ..none };
+        let mut b = bytes(&GossipFrame::Reconcile(ok));
+        assert_eq!(ReconcileRepr::parse(&b), Ok(ok));
+        b[15] = 1;
+        assert_eq!(ReconcileRepr::parse(&b), Err(Error::BadField("g4.end_cell")));
+        b[11] = 1;
+        assert_eq!(ReconcileRepr::parse(&b), Err(Error::BadField("g4.first_cell")));
+    }
+
+    #[test]
+    fn reconcile_cells_lie_within_their_sequence() {
+        let r = ReconcileRepr {
+            kind: ReconcileKind::Table,
+            session_id: 1,
+            mode: ReconcileMode::Fixed,
+            first_cell: 88,
+            end_cell: 90,
+            topic: b"t",
+            cells: Cells::from(&CELLS[..]),
+        };
+        let mut b = bytes(&GossipFrame::Reconcile(r));
+        assert_eq!(ReconcileRepr::parse(&b), Ok(r));
+        let past = ReconcileRepr { end_cell: 89, ..r };
+        assert_eq!(past.emit(&mut [0; 128]), Err(Error::BadField("g4.end_cell")));
+        // No overflow at the top of the u32 range.
+        let top = ReconcileRepr { first_cell: u32::MAX - 1, end_cell: u32::MAX, ..r };
+        assert_eq!(top.emit(&mut [0; 128]), Err(Error::BadField("g4.end_cell")));
+        let top = ReconcileRepr { first_cell: u32::MAX - 2, ..top };
+        assert_eq!(
+            GossipFrame::parse(&bytes(&GossipFrame::Reconcile(top))),
+            Ok(GossipFrame::Reconcile(top))
+        );
+        // The end as a parse sees it.
+        b[15] = 89;
+        assert_eq!(ReconcileRepr::parse(&b), Err(Error::BadField("g4.end_cell")));
+        // Modes other than 0 and 1 are refused.
+        b[15] = 90;
+        for mode in [2, 0x80, 0xFF] {
+            b[7] = mode;
+            assert_eq!(ReconcileRepr::parse(&b), Err(Error::BadField("g4.mode")), "{mode}");
+        }
     }
 
     #[test]
@@ -1685,9 +1856,10 @@ mod tests {
             parity_shards: m,
             shard_size,
             chunk_size,
+            blob_hash: [0; 32],
         };
-        let emit = |r: SnapshotRepr<'_>| r.emit(&mut [0; 64]);
-        assert_eq!(emit(manifest(1, 254, 10, 10, 1)), Ok(41));
+        let emit = |r: SnapshotRepr<'_>| r.emit(&mut [0; 128]);
+        assert_eq!(emit(manifest(1, 254, 10, 10, 1)), Ok(73));
         assert_eq!(emit(manifest(0, 1, 0, 0, 1)), Err(Error::BadField("g6.data_shards")));
         assert_eq!(emit(manifest(200, 56, 0, 0, 1)), Err(Error::BadField("g6.parity_shards")));
         assert_eq!(emit(manifest(1, 0, 0, 0, 0)), Err(Error::BadField("g6.chunk_size")));

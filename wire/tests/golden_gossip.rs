@@ -4,7 +4,7 @@
 
 use ricochet_wire::gossip::{
     Cells, DigestRepr, ExchangeRepr, GossipFrame, IbltCell, ORIGIN_DIMENSION, PullRepr,
-    ReconcileKind, ReconcileRepr, RumorAckRepr, RumorRepr, SnapshotRepr, rumor_id,
+    ReconcileKind, ReconcileMode, ReconcileRepr, RumorAckRepr, RumorRepr, SnapshotRepr, rumor_id,
 };
 
 /// 2023-11-14T22:13:20Z in unix nanoseconds.
@@ -57,14 +57,33 @@ fn vectors() -> Vec<(&'static str, &'static str, GossipFrame<'static>)> {
             }),
         ),
         (
-            "G4 reconciliation",
-            "47340011223344046761707300020000000101020304050607081112131415161718\
+            "G4 reconciliation table",
+            "4734001122334400\
+             0000003b00000096\
+             0467617073\
+             00020000000101020304050607081112131415161718\
              ffffffff21222324252627283132333435363738",
             GossipFrame::Reconcile(ReconcileRepr {
                 kind: ReconcileKind::Table,
                 session_id: 0x1122_3344,
+                mode: ReconcileMode::Fixed,
+                first_cell: 59,
+                end_cell: 150,
                 topic: b"gaps",
                 cells: Cells::from(&CELLS[..]),
+            }),
+        ),
+        (
+            "G4 reconciliation request",
+            "473402112233440100000076000000ec04676170730000",
+            GossipFrame::Reconcile(ReconcileRepr {
+                kind: ReconcileKind::Request,
+                session_id: 0x1122_3344,
+                mode: ReconcileMode::Rateless,
+                first_cell: 118,
+                end_cell: 236,
+                topic: b"gaps",
+                cells: Cells::from(&CELLS[..0]),
             }),
         ),
         (
@@ -79,7 +98,8 @@ fn vectors() -> Vec<(&'static str, &'static str, GossipFrame<'static>)> {
         ),
         (
             "G6 manifest",
-            "473600000023110000000100000189d5e6f7000123456789abcdef000003e80201000001f400000100",
+            "473600000043110000000100000189d5e6f7000123456789abcdef000003e80201000001f400000100\
+             000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f",
             GossipFrame::Snapshot(SnapshotRepr::Manifest {
                 request_id: 1,
                 hlc: 0x0000_0189_D5E6_F700,
@@ -89,6 +109,7 @@ fn vectors() -> Vec<(&'static str, &'static str, GossipFrame<'static>)> {
                 parity_shards: 1,
                 shard_size: 500,
                 chunk_size: 256,
+                blob_hash: core::array::from_fn(|i| i as u8),
             }),
         ),
         (

@@ -6,7 +6,7 @@ use proptest::collection::vec;
 use proptest::prelude::*;
 use ricochet_wire::gossip::{
     Cells, DigestRepr, ExchangeRepr, GossipFrame, IbltCell, MAX_PULL_RESPONSE, MAX_TOPIC, PullRepr,
-    ReconcileKind, ReconcileRepr, RumorAckRepr, RumorRepr, SnapshotRepr,
+    ReconcileKind, ReconcileMode, ReconcileRepr, RumorAckRepr, RumorRepr, SnapshotRepr,
 };
 
 /// emit → parse gives back the frame, and re-emitting the parse gives the
@@ -59,6 +59,17 @@ fn reconcile_kind() -> impl Strategy<Value = ReconcileKind> {
         Just(ReconcileKind::Request),
         Just(ReconcileKind::DecodeFailed),
     ]
+}
+
+fn reconcile_mode() -> impl Strategy<Value = ReconcileMode> {
+    prop_oneof![Just(ReconcileMode::Fixed), Just(ReconcileMode::Rateless)]
+}
+
+/// `(first_cell, end_cell)` for `n` cells: `first + n ≤ end`, with values
+/// near the top of the u32 range too.
+fn cell_range(n: usize) -> impl Strategy<Value = (u32, u32)> {
+    let n = n as u32;
+    (0..=u32::MAX - n).prop_flat_map(move |first| (Just(first), first + n..=u32::MAX))
 }
 
 /// A valid manifest's `(k, m, total, shard_size, chunk_size)`.
@@ -127,13 +138,44 @@ proptest! {
     fn reconcile_round_trips(
         kind in reconcile_kind(),
         session_id: u32,
+        mode in reconcile_mode(),
         topic in topic(),
-        cells in vec(cell(), 0..64),
+        (cells, (first_cell, end_cell)) in vec(cell(), 0..64)
+            .prop_flat_map(|cells| { let n = cells.len(); (Just(cells), cell_range(n)) }),
     ) {
-        let cells = if kind == ReconcileKind::DecodeFailed { &cells[..0] } else { &cells[..] };
+        let (cells, first_cell, end_cell) = if kind == ReconcileKind::DecodeFailed {
+            (&cells[..0], 0, 0)
+        } else {
+            (&cells[..], first_cell, end_cell)
+        };
         round_trip(GossipFrame::Reconcile(ReconcileRepr {
-            kind, session_id, topic: &topic, cells: Cells::from(cells),
+            kind, session_id, mode, first_cell, end_cell, topic: &topic, cells: Cells::from(cells),
         }))?;
+    }
+
+    /// Cells past the end of their sequence are refused by emit and, with
+    /// the same error, by parse.
+    #[test]
+    fn reconcile_range_is_enforced(
+        kind in reconcile_kind(),
+        mode in reconcile_mode(),
+        cells in vec(cell(), 1..8),
+        first_cell: u32,
+        short in 1u64..16,
+    ) {
+        let need = u64::from(first_cell) + cells.len() as u64;
+        let end_cell = u32::try_from(need.saturating_sub(short)).unwrap_or(u32::MAX);
+        let bad = ReconcileRepr {
+            kind, session_id: 1, mode, first_cell, end_cell, topic: b"t", cells: Cells::from(&cells[..]),
+        };
+        let err = bad.emit(&mut vec![0u8; bad.buffer_len()]).unwrap_err();
+        let ok = ReconcileRepr { kind: ReconcileKind::Table, first_cell: 0, end_cell: cells.len() as u32, ..bad };
+        let mut buf = vec![0u8; ok.buffer_len()];
+        ok.emit(&mut buf).unwrap();
+        buf[2] = kind as u8;
+        buf[8..12].copy_from_slice(&first_cell.to_be_bytes());
+        buf[12..16].copy_from_slice(&end_cell.to_be_bytes());
+        prop_assert_eq!(ReconcileRepr::parse(&buf), Err(err));
     }
 
     #[test]
@@ -152,9 +194,11 @@ proptest! {
         hlc: u64,
         fingerprint: u64,
         (data_shards, parity_shards, total_bytes, shard_size, chunk_size) in manifest_layout(),
+        blob_hash: [u8; 32],
     ) {
         round_trip(GossipFrame::Snapshot(SnapshotRepr::Manifest {
             request_id, hlc, fingerprint, total_bytes, data_shards, parity_shards, shard_size, chunk_size,
+            blob_hash,
         }))?;
     }
 
@@ -212,7 +256,8 @@ proptest! {
             }),
             GossipFrame::Pull(PullRepr { topic: &topic, since_ns: 0, max_response: 1 }),
             GossipFrame::Reconcile(ReconcileRepr {
-                kind: ReconcileKind::Reply, session_id: 1, topic: &topic, cells: Cells::from(&cells[..]),
+                kind: ReconcileKind::Reply, session_id: 1, mode: ReconcileMode::Rateless,
+                first_cell: 2, end_cell: 9, topic: &topic, cells: Cells::from(&cells[..]),
             }),
             GossipFrame::Snapshot(SnapshotRepr::ShardChunk {
                 request_id: 1, shard_index: 0, chunk_index: 0, chunk_count: 1, data: &topic,

@@ -45,28 +45,28 @@
 //!   subtracted; for [`RatelessDecoder`] A is the decoder's local set and B
 //!   the encoder's. In cells, +1 is A's side and −1 is B's.
 //!
-//! # Wire gaps
-//! A G4 reconciliation frame carries cells but neither the first cell's
-//! position within the table or stream, nor the table size, nor the mode.
-//! A table larger than one datagram (60 cells at the default budget) and
-//! every rateless stream need them. Proposed for the table frame, after the
-//! session id: `[u8 mode: 0 fixed, 1 rateless][u32 first cell index]
-//! [u32 table cells, 0 for rateless]`. Until then [`Iblt::to_repr`] fits
-//! single-datagram tables only, and [`RatelessDecoder::push_cells`] takes
-//! the first symbol index from the caller, who must keep a session's frames
-//! in order.
+//! # On the wire
+//! A G4 reconciliation frame names its session's mode and carries cells
+//! `first_cell..first_cell + n` of a sequence ending at `end_cell` (the
+//! table size, or the end of a rateless burst), so a table or a stream
+//! spans as many datagrams as it needs (59 cells each at the default
+//! 1232-byte budget and a 5-byte topic). [`Iblt::to_repr`] builds the frame
+//! of a table that fits one datagram; the engine (`super::reconcile`)
+//! splits larger ones, and feeds [`RatelessDecoder::push_cells`] each
+//! frame's `first_cell`.
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashSet};
 use std::fmt;
 
-use ricochet_wire::gossip::{Cells, IbltCell, ReconcileKind, ReconcileRepr};
+use ricochet_wire::gossip::{Cells, IbltCell, ReconcileKind, ReconcileMode, ReconcileRepr};
 
 /// Cells each key occupies in a fixed-size table (one per third).
 pub const HASH_COUNT: usize = 3;
 /// Cells per expected difference in a fixed-size table.
 pub const RATE: f64 = 1.5;
-/// The largest fixed-size table: a G4 frame counts its cells in a `u16`.
+/// The largest fixed-size table this module builds or accepts (the engine
+/// caps tables lower, at [`Config::reconcile_max_cells`](super::Config)).
 pub const MAX_CELLS: usize = u16::MAX as usize;
 /// A sensible cap on the symbols a [`RatelessDecoder`] accepts (≈ 3 MiB of
 /// cells, enough for tens of thousands of differences); pass it to
@@ -290,15 +290,24 @@ impl Iblt {
         Ok(Iblt { cells: cells.iter().collect() })
     }
 
-    /// A G4 frame carrying this table (kind [`ReconcileKind::Table`] for the
-    /// initiator's table). The caller checks that it fits the datagram.
+    /// A G4 frame carrying this whole table (kind [`ReconcileKind::Table`]
+    /// for the initiator's table), fixed mode, cells `0..len`. The caller
+    /// checks that it fits the datagram.
     pub fn to_repr<'a>(
         &'a self,
         kind: ReconcileKind,
         session_id: u32,
         topic: &'a [u8],
     ) -> ReconcileRepr<'a> {
-        ReconcileRepr { kind, session_id, topic, cells: Cells::from(&self.cells[..]) }
+        ReconcileRepr {
+            kind,
+            session_id,
+            mode: ReconcileMode::Fixed,
+            first_cell: 0,
+            end_cell: u32::try_from(self.cells.len()).unwrap_or(u32::MAX),
+            topic,
+            cells: Cells::from(&self.cells[..]),
+        }
     }
 
     /// The cells, in table order (what [`Iblt::to_repr`] sends).
@@ -545,10 +554,7 @@ impl RatelessDecoder {
     }
 
     /// Feeds a run of consecutive symbols starting at `first_index`, e.g. the
-    /// cells of one G4 frame, stopping early once decoded.
-    ///
-    /// Wire gap: G4 frames do not carry `first_index` yet, so until they do
-    /// the caller must track it (frames of one session in order).
+    /// cells of one G4 frame (its `first_cell`), stopping early once decoded.
     pub fn push_cells(
         &mut self,
         first_index: u64,
@@ -879,6 +885,9 @@ mod tests {
         let reply = ReconcileRepr {
             kind: ReconcileKind::Reply,
             session_id: 7,
+            mode: ReconcileMode::Fixed,
+            first_cell: 0,
+            end_cell: reply_cells.len() as u32,
             topic: b"gaps",
             cells: Cells::from(&reply_cells[..]),
         };
@@ -1013,13 +1022,16 @@ mod tests {
             let repr = ReconcileRepr {
                 kind: ReconcileKind::Table,
                 session_id: 1,
+                mode: ReconcileMode::Rateless,
+                first_cell: first as u32,
+                end_cell: first as u32 + 50,
                 topic: b"",
                 cells: Cells::from(&cells[..]),
             };
             let mut buf = vec![0; repr.buffer_len()];
             repr.emit(&mut buf).unwrap();
             let parsed = ReconcileRepr::parse(&buf).unwrap();
-            state = dec.push_cells(first, parsed.cells).unwrap();
+            state = dec.push_cells(u64::from(parsed.first_cell), parsed.cells).unwrap();
         }
         assert_eq!(dec.into_difference().unwrap().sorted(), expected(&a, &b));
     }
@@ -1114,7 +1126,8 @@ mod tests {
         println!();
         println!("| d | cells | trials | decode success |");
         println!("|---|---|---|---|");
-        // A floor of 60 cells: what one default datagram carries anyway.
+        // A floor of 60 cells: about what one default datagram carries (59
+        // cells with a 5-byte topic; the engine floors at exactly one datagram).
         for d in [5, 10, 20, 40] {
             let cells = Iblt::cells_for(d).max(60);
             let s = fixed_success_with(d, cells, 2000, 300 + d as u64);

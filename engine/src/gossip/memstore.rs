@@ -17,6 +17,9 @@
 //!   insertion order.
 //! - Every change gets the next local version; [`Store::delta_since`]
 //!   returns the records changed after a version, oldest change first.
+//! - Every winning record's element id (`iblt::element_id`, the same BLAKE3
+//!   hash the fingerprint uses) is kept in an index, so G4 reconciliation
+//!   lists ids and looks records up without hashing the store.
 
 use std::collections::BTreeMap;
 
@@ -28,6 +31,7 @@ struct Entry {
     value: Vec<u8>,
     version: i64,
     hash: u64,
+    id: u64,
 }
 
 /// An in-memory LWW map (module docs).
@@ -35,6 +39,7 @@ struct Entry {
 pub struct MemStore {
     entries: BTreeMap<Vec<u8>, Entry>,
     by_version: BTreeMap<i64, Vec<u8>>,
+    by_id: BTreeMap<u64, Vec<u8>>,
     version: i64,
     fingerprint: u64,
 }
@@ -85,11 +90,13 @@ impl MemStore {
     }
 }
 
-fn record_hash(record: &[u8]) -> u64 {
+/// The fingerprint hash (little-endian) and the element id (big-endian) of
+/// a record: the same 8 bytes of its BLAKE3 hash.
+fn record_hash(record: &[u8]) -> (u64, u64) {
     let h = blake3::hash(record);
     let mut w = [0u8; 8];
     w.copy_from_slice(&h.as_bytes()[..8]);
-    u64::from_le_bytes(w)
+    (u64::from_le_bytes(w), u64::from_be_bytes(w))
 }
 
 impl Store for MemStore {
@@ -123,15 +130,28 @@ impl Store for MemStore {
             }
         }
         self.version += 1;
-        let hash = record_hash(record);
-        let entry = Entry { stamp, value: value.to_vec(), version: self.version, hash };
+        let (hash, id) = record_hash(record);
+        let entry = Entry { stamp, value: value.to_vec(), version: self.version, hash, id };
         if let Some(old) = self.entries.insert(key.to_vec(), entry) {
             self.fingerprint ^= old.hash;
             self.by_version.remove(&old.version);
+            self.by_id.remove(&old.id);
         }
         self.fingerprint ^= hash;
         self.by_version.insert(self.version, key.to_vec());
+        self.by_id.insert(id, key.to_vec());
         Ok(true)
+    }
+
+    fn element_ids(&self) -> Vec<u64> {
+        self.by_id.keys().copied().collect()
+    }
+
+    fn records_for(&self, ids: &[u64]) -> Vec<Vec<u8>> {
+        ids.iter()
+            .filter_map(|id| self.by_id.get(id))
+            .filter_map(|k| self.entries.get(k).map(|e| Self::encode(k, e)))
+            .collect()
     }
 }
 
@@ -161,6 +181,26 @@ mod tests {
         assert_eq!(s.apply(&[3, b'a']), Err(RecordRejected));
         assert_eq!(s.len(), 2);
         assert!(MemStore::record(&[0; 256], 0, b"").is_none());
+    }
+
+    #[test]
+    fn element_ids_follow_the_winners() {
+        use crate::gossip::iblt::element_id;
+        let mut s = MemStore::new();
+        s.apply(&rec("a", 1, "x")).unwrap();
+        s.apply(&rec("b", 1, "y")).unwrap();
+        s.apply(&rec("a", 2, "z")).unwrap();
+        let mut ids = s.element_ids();
+        ids.sort_unstable();
+        let mut want = vec![element_id(&rec("a", 2, "z")), element_id(&rec("b", 1, "y"))];
+        want.sort_unstable();
+        assert_eq!(ids, want);
+        // The trait's default (hashing the snapshot) agrees.
+        let mut default: Vec<u64> = s.snapshot().iter().map(|r| element_id(r)).collect();
+        default.sort_unstable();
+        assert_eq!(default, want);
+        let got = s.records_for(&[element_id(&rec("a", 2, "z")), element_id(&rec("a", 1, "x")), 7]);
+        assert_eq!(got, vec![rec("a", 2, "z")], "superseded and unknown ids are skipped");
     }
 
     proptest! {

@@ -133,6 +133,67 @@
 //! G4 pull ([`Gossip::pull`]) asks one peer for its records of a topic
 //! newer than our watermark for it; the answer is a G1 response.
 //!
+//! # Reconciliation (G4 IBLT)
+//! **When.** A delta exchange is already proportional to what changed, but
+//! a *full* one ships both whole stores. So whenever a probe mismatch would
+//! start a full G1 exchange for a StatefulMerge topic — first contact with
+//! a peer (no watermark) or every N-th exchange — the probed member runs an
+//! IBLT reconciliation instead ([`Config::reconcile`], on by default), which
+//! costs cells in proportion to the *difference*, then only the differing
+//! records. Delta exchanges stay G1. [`Gossip::reconcile`] starts one on
+//! demand.
+//!
+//! **Elements.** A record's element id is the first 8 bytes of its BLAKE3
+//! hash ([`iblt::element_id`]); [`Store::element_ids`] lists them and
+//! [`Store::records_for`] maps them back. Two versions of one key are two
+//! elements: both travel, and the store's merge keeps the winner.
+//!
+//! **Fixed mode first.** The initiator estimates the difference as twice
+//! the records it changed since the peer last acknowledged its changes
+//! (`delta_since(sent)`: the peer is assumed to have changed as many; 0 on
+//! first contact), and sends a table of `⌈1.5 d̂⌉` cells — at least one
+//! datagram's worth (59 cells at the default budget: tiny rate-1.5 tables
+//! fail often, a full datagram decodes small differences 99 % of the time,
+//! perf/gossip-iblt.md), rounded up to whole datagrams, at most
+//! [`Config::reconcile_max_cells`]. The responder subtracts its own table of
+//! the size the frames state and peels. On success it sends the records
+//! the initiator lacks as G1 response chunks (exchange id = session id |
+//! bit 31, always at least one chunk, carrying its watermark) and a *reply*
+//! listing the keys it lacks (pure cells, count −1); the initiator answers
+//! the reply with those records the same way. The initiator's session is
+//! complete once it holds the whole reply and all of the responder's
+//! chunks; it counts as a full sync (watermarks and cadence as for a full
+//! G1 exchange).
+//!
+//! **Decode failure → rateless → G1.** A table that does not decode is
+//! answered with flag `0x03`; the initiator flips the peer to rateless and
+//! at once starts a new session streaming rateless symbols
+//! ([`iblt::RatelessEncoder`]). Symbols go in bursts: the first is the size
+//! of the failed table (or of the table the estimate asks for), at most
+//! [`Config::reconcile_burst`] datagrams; the responder's decoder asks for
+//! each next one with a request without cells once it holds the whole
+//! burst — half as many symbols again as it has, in whole datagrams, so at
+//! most about a third of the stream overshoots the decoding point — and
+//! finishes as above when symbol 0 empties. A rateless success flips the
+//! peer back to fixed mode (the next difference is new changes, which the
+//! estimate covers). Cells of a table or burst that have not arrived
+//! [`Config::ack_timeout`] after the session last made progress (frames
+//! reorder) are asked for again with a request, at most 3 times. A stream
+//! that is inconsistent or reaches [`Config::reconcile_max_symbols`] is
+//! answered with a rateless `0x03`, and the initiator falls back to a G1
+//! exchange at once. A session that times out (lost datagrams) makes the
+//! peer's next full sync a G1 exchange. An overloaded responder answers a
+//! table with an empty, backpressure-flagged G1 chunk.
+//!
+//! **Bounds.** Tables are at most [`Config::reconcile_max_cells`] cells and
+//! streams [`Config::reconcile_max_symbols`] symbols (the responder answers
+//! `0x03` beyond them); a peer may have at most
+//! [`Config::max_reconcile_sessions`] sessions decoding here; our own
+//! sessions share the cap on outbound exchanges; frames past a gap are
+//! buffered up to one burst; every session expires after
+//! [`Config::exchange_timeout`] without progress. Every step is counted in
+//! [`Stats`] (`reconcile_*`).
+//!
 //! # Topics
 //! - **BroadcastOnly**: rumors only; subscribers get [`Event::Delivered`].
 //! - **StatefulMerge**: a [`Store`]; published records are applied locally
@@ -145,13 +206,10 @@
 //!   [`Event::QueryReply`] until [`Event::QueryDone`].
 //!
 //! # Integration points not driven here
-//! G4 reconciliation frames (IBLT, [`iblt`]) and G6 snapshot frames
-//! ([`snapshot`]) are authenticated, parsed and handed to the caller as
-//! [`Event::Frame`]; their drivers send through [`Gossip::send_frame`],
-//! which seals and queues like any other gossip datagram. The engine does
-//! not yet run reconciliation rounds itself: the wire's G4 frame lacks the
-//! table size, first-cell index and mode a multi-datagram round needs (see
-//! [`iblt`]'s "Wire gaps").
+//! G6 snapshot frames ([`snapshot`]) are authenticated, parsed and handed to
+//! the caller as [`Event::Frame`]; their driver sends through
+//! [`Gossip::send_frame`], which seals and queues like any other gossip
+//! datagram.
 
 #![warn(missing_docs)]
 
@@ -163,6 +221,7 @@ pub mod iblt;
 pub mod limit;
 pub mod memstore;
 pub mod pex;
+mod reconcile;
 pub mod snapshot;
 pub mod stats;
 pub mod sync;
@@ -190,6 +249,9 @@ pub struct Member {
 
 /// A StatefulMerge topic's state, driven by G1/G3/G4.
 ///
+/// Only [`Store::element_ids`] and [`Store::records_for`] have default
+/// implementations (correct but linear in the store's size per call).
+///
 /// Records are opaque byte strings; merge rules (last-writer-wins,
 /// tombstones…) are the store's. Versions are the store's own monotone
 /// clock (`i64`, not negative): every local change — including one caused
@@ -209,6 +271,19 @@ pub trait Store {
     /// Merges one record from a peer or a local publish. `Ok(true)` if the
     /// state changed, `Ok(false)` if it already held it (or newer).
     fn apply(&mut self, record: &[u8]) -> Result<bool, RecordRejected>;
+    /// The element id ([`iblt::element_id`]) of every live record, for G4
+    /// reconciliation, in any order. The default hashes the snapshot; a
+    /// store that keeps the ids should return them instead.
+    fn element_ids(&self) -> Vec<u64> {
+        self.snapshot().iter().map(|r| iblt::element_id(r)).collect()
+    }
+    /// The live records whose element ids are among `ids`, in any order;
+    /// ids it does not hold (any more) are skipped. The default scans the
+    /// snapshot.
+    fn records_for(&self, ids: &[u64]) -> Vec<Vec<u8>> {
+        let want: std::collections::BTreeSet<u64> = ids.iter().copied().collect();
+        self.snapshot().into_iter().filter(|r| want.contains(&iblt::element_id(r))).collect()
+    }
 }
 
 /// A record a [`Store`] refused (malformed for this topic, or policy).
@@ -347,7 +422,8 @@ pub struct Config {
     pub fallback_forward_p: f64,
     /// Fallback hop limit.
     pub max_hops: u8,
-    /// How long a G3 send waits for its G5.
+    /// How long a G3 send waits for its G5; also how long a G4 decoder
+    /// waits for missing cells before asking for them again.
     pub ack_timeout: Duration,
     /// Retries per G3 send after an ACK timeout.
     pub rumor_retries: u8,
@@ -402,6 +478,17 @@ pub struct Config {
     pub query_timeout: Duration,
     /// Most outstanding queries and pulls (each).
     pub max_outstanding: usize,
+    /// Run G4 IBLT reconciliation in place of full G1 exchanges.
+    pub reconcile: bool,
+    /// Largest fixed IBLT table, in cells, we send or decode.
+    pub reconcile_max_cells: usize,
+    /// Most rateless symbols one session streams or decodes; past it the
+    /// session falls back to G1.
+    pub reconcile_max_symbols: usize,
+    /// Largest rateless burst, in datagrams.
+    pub reconcile_burst: usize,
+    /// Most reconciliation sessions being decoded here at once.
+    pub max_reconcile_sessions: usize,
 }
 
 impl Config {
@@ -445,6 +532,11 @@ impl Config {
             sync_priority: 0,
             query_timeout: Duration::from_secs(2),
             max_outstanding: 256,
+            reconcile: true,
+            reconcile_max_cells: 8192,
+            reconcile_max_symbols: 16_384,
+            reconcile_burst: 8,
+            max_reconcile_sessions: 16,
         }
     }
 }
@@ -474,7 +566,8 @@ pub enum Event {
         /// StatefulMerge: whether applying it changed the store.
         changed: bool,
     },
-    /// Records from a G1 exchange or pull changed a subscribed topic's store.
+    /// Records from a G1 exchange, a pull or a G4 reconciliation changed a
+    /// subscribed topic's store.
     Applied {
         /// Topic name.
         topic: Vec<u8>,
@@ -523,8 +616,8 @@ pub enum Event {
         /// The sender.
         from: SocketAddr,
     },
-    /// An authenticated frame this engine does not drive (G4
-    /// reconciliation, G6 snapshot), for the IBLT and snapshot drivers.
+    /// An authenticated frame this engine does not drive (G6 snapshot), for
+    /// the snapshot driver.
     Frame {
         /// The sender.
         from: SocketAddr,

@@ -31,12 +31,8 @@
 //!   front beyond the `max_memory` the caller allows, and allocated only for
 //!   shards that actually receive a chunk.
 //! - A reassembled blob is returned only if its BLAKE3 hash equals
-//!   [`Manifest::blob_hash`].
-//!
-//! # Wire gap
-//! The G6 manifest frame (41 bytes) has no field for the blob hash. Until it
-//! grows one, [`Manifest::to_repr`] drops the hash and
-//! [`Manifest::from_repr`] takes it from the caller.
+//!   [`Manifest::blob_hash`], which travels in the G6 manifest frame
+//!   (73 bytes; [`Manifest::to_repr`], [`Manifest::from_repr`]).
 
 use std::ops::Range;
 
@@ -200,8 +196,6 @@ impl Manifest {
     }
 
     /// The G6 manifest frame answering request `request_id`.
-    ///
-    /// Wire gap: the frame has no blob-hash field, so the hash is not sent.
     pub fn to_repr(&self, request_id: u32) -> SnapshotRepr<'static> {
         SnapshotRepr::Manifest {
             request_id,
@@ -212,15 +206,12 @@ impl Manifest {
             parity_shards: self.parity_shards,
             shard_size: self.shard_size,
             chunk_size: self.chunk_size,
+            blob_hash: self.blob_hash,
         }
     }
 
-    /// Lifts a received G6 manifest frame, with the blob hash supplied
-    /// separately (see the module's wire gap), and validates it.
-    pub fn from_repr(
-        repr: &SnapshotRepr<'_>,
-        blob_hash: [u8; HASH_LEN],
-    ) -> Result<Self, SnapshotError> {
+    /// Lifts a received G6 manifest frame and validates it.
+    pub fn from_repr(repr: &SnapshotRepr<'_>) -> Result<Self, SnapshotError> {
         let SnapshotRepr::Manifest {
             hlc,
             fingerprint,
@@ -229,6 +220,7 @@ impl Manifest {
             parity_shards,
             shard_size,
             chunk_size,
+            blob_hash,
             ..
         } = *repr
         else {
@@ -774,9 +766,10 @@ mod tests {
         let mut buf = vec![0; repr.buffer_len()];
         repr.emit(&mut buf).unwrap();
         let parsed = SnapshotRepr::parse(&buf).unwrap();
-        assert_eq!(Manifest::from_repr(&parsed, m.blob_hash), Ok(m));
+        assert_eq!(buf.len(), 73);
+        assert_eq!(Manifest::from_repr(&parsed), Ok(m));
         let not = SnapshotRepr::ManifestRequest { request_id: 5 };
-        assert_eq!(Manifest::from_repr(&not, m.blob_hash), Err(SnapshotError::NotAManifest));
+        assert_eq!(Manifest::from_repr(&not), Err(SnapshotError::NotAManifest));
     }
 
     #[test]

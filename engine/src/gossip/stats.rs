@@ -110,7 +110,40 @@ pub struct Stats {
     pub query_replies: u64,
     /// Times the egress cap held datagrams back.
     pub egress_deferred: u64,
-    /// G4 reconciliation and G6 frames handed to the caller.
+    /// G4 reconciliation sessions started here (either mode).
+    pub reconcile_started: u64,
+    /// Of those, sessions streaming rateless symbols.
+    pub reconcile_rateless: u64,
+    /// Sessions started here that completed (difference resolved, records
+    /// exchanged both ways).
+    pub reconcile_completed: u64,
+    /// Sessions started here that timed out.
+    pub reconcile_timeouts: u64,
+    /// Fixed tables of ours that did not decode (`0x03` received): the peer
+    /// flipped to rateless.
+    pub reconcile_flips: u64,
+    /// Rateless streams of ours that did not decode (`0x03` received): fell
+    /// back to G1.
+    pub reconcile_fallbacks: u64,
+    /// Sessions with a full table or stream decoded here (as responder).
+    pub reconcile_decoded: u64,
+    /// Decode failures answered here with `0x03` (either mode).
+    pub reconcile_decode_failed: u64,
+    /// Differences (elements) decoded here.
+    pub reconcile_differences: u64,
+    /// Table cells and rateless symbols sent (re-sends included).
+    pub reconcile_cells_sent: u64,
+    /// Table cells and rateless symbols received.
+    pub reconcile_cells_received: u64,
+    /// Rateless symbols the decoder consumed until it decoded.
+    pub reconcile_symbols_used: u64,
+    /// Pure cells sent in replies (keys the responder wants).
+    pub reconcile_key_cells_sent: u64,
+    /// Requests for more symbols or missing cells sent.
+    pub reconcile_requests: u64,
+    /// Records sent because a reconciliation found the peer lacks them.
+    pub reconcile_records_sent: u64,
+    /// G6 frames handed to the caller.
     pub frames_handed_off: u64,
     /// Everything dropped, by reason.
     pub drops: Drops,
@@ -160,6 +193,12 @@ pub struct Drops {
     pub bad_query: u64,
     /// Replies that do not fit one datagram.
     pub reply_too_large: u64,
+    /// G4 frames that disagree with their session (mode, size, topic,
+    /// range), reply cells that are not pure, and requests with cells
+    /// (this engine asks for records by reply only).
+    pub reconcile_mismatch: u64,
+    /// Reconciliation sessions refused: too many being decoded.
+    pub reconcile_table_full: u64,
 }
 
 impl Drops {
@@ -184,6 +223,8 @@ impl Drops {
             ("apply_rejected", self.apply_rejected),
             ("bad_query", self.bad_query),
             ("reply_too_large", self.reply_too_large),
+            ("reconcile_mismatch", self.reconcile_mismatch),
+            ("reconcile_table_full", self.reconcile_table_full),
         ]);
         v
     }

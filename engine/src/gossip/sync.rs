@@ -18,7 +18,9 @@
 //!   `full_every` exchanges is a full one; `full_every` starts at the
 //!   midpoint of its range, halves (to the range's low end) when a full
 //!   sync applied records the deltas had missed and grows by 2 (to the high
-//!   end) when it applied none.
+//!   end) when it applied none. A completed G4 reconciliation counts as a
+//!   full sync. [`PeerSync::rateless`] and [`PeerSync::g1_next`] hold the
+//!   G4 mode state for the peer (module docs of `gossip`).
 
 use core::time::Duration;
 use std::time::Instant;
@@ -157,6 +159,11 @@ pub struct PeerSync {
     pub recv: Option<i64>,
     /// How far the peer holds our changes, in our clock.
     pub sent: Option<i64>,
+    /// G4: the next reconciliation streams rateless symbols (a fixed table
+    /// failed to decode; a rateless success clears it).
+    pub rateless: bool,
+    /// G4: the next full sync is a G1 exchange (a reconciliation timed out).
+    pub g1_next: bool,
     since_full: u32,
     full_every: u32,
     range: (u32, u32),
@@ -170,6 +177,8 @@ impl PeerSync {
         PeerSync {
             recv: None,
             sent: None,
+            rateless: false,
+            g1_next: false,
             since_full: 0,
             full_every: (lo + hi) / 2,
             range: (lo, hi),

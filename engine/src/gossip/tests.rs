@@ -1,6 +1,7 @@
 //! Engine-level tests on a small synchronous network: security checks on
 //! the receive path, ACK retries and rerouting, view mismatch fallback,
-//! anti-entropy with chunking, pull, queries, egress priorities and
+//! anti-entropy with chunking, pull, G4 reconciliation (fixed, rateless,
+//! fallback, loss, hostile frames), queries, egress priorities and
 //! backpressure. The N-member simulation lives in
 //! `engine/tests/gossip_sim.rs`.
 
@@ -9,7 +10,10 @@ use core::time::Duration;
 use std::collections::VecDeque;
 use std::time::Instant;
 
-use ricochet_wire::gossip::{DigestRepr, ExchangeRepr, GossipFrame, RumorRepr, SnapshotRepr};
+use ricochet_wire::gossip::{
+    Cells, DigestRepr, ExchangeRepr, GossipFrame, IbltCell, ReconcileKind, ReconcileMode,
+    ReconcileRepr, RumorRepr, SnapshotRepr,
+};
 use ricochet_wire::mac::ClusterKey;
 
 use super::*;
@@ -431,7 +435,11 @@ fn anti_entropy_converges_with_chunked_exchanges() {
     assert!(net.nodes.iter().all(|g| g.fingerprint() == fp), "converged");
     assert!(net.sent[1] > 40, "chunked: {} G1 datagrams", net.sent[1]);
     let s: Vec<Stats> = net.nodes.iter().map(Gossip::stats).collect();
-    assert!(s.iter().map(|s| s.exchanges_completed).sum::<u64>() > 0);
+    // First contact: full syncs are due, so they ran as G4 reconciliations;
+    // 300 differences overflow a one-datagram table, so the stream went
+    // rateless, and the records travelled as chunked G1.
+    assert!(s.iter().map(|s| s.reconcile_completed).sum::<u64>() > 0);
+    assert!(s.iter().map(|s| s.reconcile_flips).sum::<u64>() > 0);
     assert!(s.iter().map(|s| s.digest_matches).sum::<u64>() > 0, "idle rounds after");
     // Applied events were emitted.
     assert!(net.events.iter().any(|(_, e)| matches!(e, Event::Applied { .. })));
@@ -592,8 +600,9 @@ fn egress_sends_acks_before_rumors_before_sync() {
 #[test]
 fn backpressure_backs_the_initiator_off() {
     // Node 0 is permanently overloaded (threshold 0): it answers exchanges
-    // with a backpressure-flagged empty chunk.
-    let mut net = Net::new(2, |_| {});
+    // with a backpressure-flagged empty chunk. (G1 only: the first full sync
+    // would otherwise be a G4 reconciliation.)
+    let mut net = Net::new(2, |c| c.reconcile = false);
     net.nodes[1].store_mut(TOPIC).unwrap().apply(&rec("a")).unwrap();
     let n0 = net.nodes[0].me().addr;
     // Node 0 probes; node 1 sees a mismatch and starts an exchange; node 0
@@ -624,7 +633,7 @@ fn backpressure_backs_the_initiator_off() {
 }
 
 #[test]
-fn snapshot_and_reconcile_frames_are_handed_to_the_caller() {
+fn snapshot_frames_are_handed_to_the_caller() {
     let mut net = Net::new(2, |_| {});
     let now = net.instant();
     let f = seal(&GossipFrame::Snapshot(SnapshotRepr::ManifestRequest { request_id: 3 }));
@@ -667,4 +676,314 @@ fn duplicate_rumors_are_acked_but_not_forwarded_again() {
     assert_eq!(net.nodes[0].stats().rumor_duplicates, 1);
     assert_eq!(net.nodes[0].stats().rumor_forwards, 1);
     assert!(net.nodes[0].dedup_len() == 1 && net.nodes[0].pending_acks() == 1);
+}
+
+// ---------------------------------------------------------------------------
+// G4 reconciliation
+// ---------------------------------------------------------------------------
+
+/// Two members without probe rounds (so only what a test starts runs):
+/// `common` records on both, `only0` more on node 0, `only1` on node 1.
+fn diverged(common: usize, only0: usize, only1: usize, tweak: impl Fn(&mut Config)) -> Net {
+    let mut net = Net::new(2, |c| {
+        c.interval_min = Duration::from_secs(3600);
+        c.interval_base = Duration::from_secs(3600);
+        c.interval_max = Duration::from_secs(3600);
+        tweak(c);
+    });
+    let put = |net: &mut Net, i: usize, name: String| {
+        let r = MemStore::record(name.as_bytes(), 1, b"value").unwrap();
+        net.nodes[i].store_mut(TOPIC).unwrap().apply(&r).unwrap();
+    };
+    for k in 0..common {
+        put(&mut net, 0, format!("c{k}"));
+        put(&mut net, 1, format!("c{k}"));
+    }
+    for k in 0..only0 {
+        put(&mut net, 0, format!("a{k}"));
+    }
+    for k in 0..only1 {
+        put(&mut net, 1, format!("b{k}"));
+    }
+    net
+}
+
+/// Node 1 reconciles with node 0 now.
+fn start(net: &mut Net) {
+    let now = net.instant();
+    let peer = net.nodes[0].me().addr;
+    net.nodes[1].reconcile(now, peer, TOPIC, &mut net.out).unwrap();
+    net.flush(1);
+}
+
+fn converged(net: &Net) -> bool {
+    net.nodes[0].fingerprint() == net.nodes[1].fingerprint()
+}
+
+#[test]
+fn a_small_difference_decodes_from_one_fixed_table() {
+    let mut net = diverged(200, 5, 3, |_| {});
+    start(&mut net);
+    let (now, peer) = (net.instant(), net.nodes[0].me().addr);
+    assert_eq!(
+        net.nodes[1].reconcile(now, peer, TOPIC, &mut net.out),
+        Err(PublishError::Busy),
+        "one session per peer and topic"
+    );
+    assert_eq!(
+        net.nodes[1].reconcile(now, peer, b"news", &mut net.out),
+        Err(PublishError::WrongMode)
+    );
+    net.run_for(Duration::from_millis(50));
+    assert!(converged(&net));
+    assert_eq!(net.nodes[0].store(TOPIC).unwrap().snapshot().len(), 208);
+    let (i, r) = (net.nodes[1].stats(), net.nodes[0].stats());
+    assert_eq!((i.reconcile_started, i.reconcile_completed, i.reconcile_flips), (1, 1, 0));
+    assert_eq!(i.reconcile_cells_sent, 59, "one datagram of cells");
+    assert_eq!((r.reconcile_decoded, r.reconcile_differences), (1, 8));
+    assert_eq!(r.reconcile_key_cells_sent, 3, "the responder asks for node 1's 3");
+    assert_eq!((r.reconcile_records_sent, i.reconcile_records_sent), (5, 3));
+    // Table, reply; records both ways in one chunk each.
+    assert_eq!((net.sent[4], net.sent[1]), (2, 2));
+    assert!(net.nodes.iter().all(|g| g.stats().drops.total() == 0));
+    // It counted as a full sync: watermarks are set, the next is a delta.
+    let peer = net.nodes[0].me().addr;
+    assert!(net.nodes[1].full_sync_every(peer, TOPIC).is_some());
+    let ps = net.nodes[1].sync_state(peer, TOPIC).unwrap();
+    assert!(ps.recv.is_some() && ps.sent.is_some() && !ps.full_due() && !ps.rateless);
+}
+
+#[test]
+fn a_failed_table_flips_to_rateless() {
+    let mut net = diverged(300, 150, 150, |_| {});
+    start(&mut net);
+    net.run_for(Duration::from_secs(1));
+    assert!(converged(&net));
+    let (i, r) = (net.nodes[1].stats(), net.nodes[0].stats());
+    assert_eq!((i.reconcile_started, i.reconcile_rateless, i.reconcile_flips), (2, 1, 1));
+    assert_eq!((i.reconcile_completed, i.reconcile_timeouts, i.reconcile_fallbacks), (1, 0, 0));
+    assert_eq!((r.reconcile_decode_failed, r.reconcile_decoded), (1, 1));
+    assert_eq!(r.reconcile_differences, 300);
+    assert!(r.reconcile_requests > 0, "bursts are asked for");
+    let used = r.reconcile_symbols_used as f64 / 300.0;
+    assert!((1.0..2.5).contains(&used), "{used} symbols per difference");
+    // Symbols sent: the failed table, then the stream with at most a third
+    // of overshoot.
+    let sent = i.reconcile_cells_sent - 59;
+    assert!(
+        sent >= r.reconcile_symbols_used
+            && sent as f64 <= 1.5 * r.reconcile_symbols_used as f64 + 59.0
+    );
+    // Back to fixed mode for next time.
+    let peer = net.nodes[0].me().addr;
+    assert!(!net.nodes[1].sync_state(peer, TOPIC).unwrap().rateless);
+    assert!(net.nodes.iter().all(|g| g.stats().drops.total() == 0));
+}
+
+#[test]
+fn a_stream_over_the_cap_falls_back_to_g1() {
+    let mut net = diverged(100, 150, 150, |c| c.reconcile_max_symbols = 200);
+    start(&mut net);
+    net.run_for(Duration::from_secs(1));
+    assert!(converged(&net));
+    let (i, r) = (net.nodes[1].stats(), net.nodes[0].stats());
+    assert_eq!((i.reconcile_flips, i.reconcile_fallbacks, i.reconcile_completed), (1, 1, 0));
+    assert_eq!(r.reconcile_decode_failed, 2, "the table, then the stream");
+    assert!(r.reconcile_cells_received <= 59 + 200);
+    assert_eq!((i.exchanges_started, i.exchanges_completed, i.full_syncs), (1, 1, 1));
+}
+
+#[test]
+fn a_lost_frame_inside_a_burst_is_asked_for_again() {
+    let mut net = diverged(300, 150, 150, |_| {});
+    // Drop the fifth table frame node 1 sends (a rateless burst): the
+    // responder waits an ACK timeout for it, then asks again.
+    let mut tables = 0;
+    net.filter = Box::new(move |from, _, p| {
+        let body = &p[..p.len() - 16];
+        if from == 1 && kind(p) == 4 && body[2] == 0 {
+            tables += 1;
+            return tables == 5;
+        }
+        false
+    });
+    start(&mut net);
+    net.run_for(Duration::from_secs(1));
+    assert!(converged(&net));
+    let (i, r) = (net.nodes[1].stats(), net.nodes[0].stats());
+    assert_eq!((i.reconcile_completed, i.reconcile_timeouts), (1, 0));
+    let plain = diverged(300, 150, 150, |_| {});
+    let mut plain = plain;
+    start(&mut plain);
+    plain.run_for(Duration::from_secs(1));
+    let p = plain.nodes[0].stats();
+    assert_eq!(r.reconcile_requests, p.reconcile_requests + 1, "one gap request");
+}
+
+#[test]
+fn a_lost_reply_times_out_and_the_next_full_sync_is_g1() {
+    let mut net = diverged(50, 2, 2, |_| {});
+    net.filter = Box::new(|from, _, p| from == 0 && kind(p) == 4);
+    start(&mut net);
+    net.run_for(Duration::from_secs(5));
+    let i = net.nodes[1].stats();
+    assert_eq!((i.reconcile_timeouts, i.reconcile_completed), (1, 0));
+    let peer = net.nodes[0].me().addr;
+    assert!(net.nodes[1].sync_state(peer, TOPIC).unwrap().g1_next);
+    // A mismatching probe now starts a G1 exchange, not a session.
+    net.filter = Box::new(|_, _, _| false);
+    let now = net.instant();
+    let probe = seal(&GossipFrame::Digest(DigestRepr { fingerprint: 1, matched: false }));
+    net.nodes[1].handle(now, peer, &probe, &mut net.out);
+    net.flush(1);
+    net.run_for(Duration::from_millis(50));
+    assert!(converged(&net));
+    let i = net.nodes[1].stats();
+    assert_eq!((i.reconcile_started, i.exchanges_started, i.full_syncs), (1, 1, 1));
+    assert!(!net.nodes[1].sync_state(peer, TOPIC).unwrap().g1_next);
+}
+
+#[test]
+fn an_overloaded_responder_backs_the_initiator_off() {
+    let mut net = diverged(10, 0, 200, |_| {});
+    let mut cfg = net.nodes[0].config().clone();
+    cfg.overload_threshold = 0;
+    let me = net.nodes[0].me();
+    let now = net.instant();
+    let mut g = Gossip::new(me.id, me.addr, key(), cfg, now);
+    g.register_topic(TOPIC, TopicMode::StatefulMerge(Box::new(MemStore::new())), 1).unwrap();
+    g.set_members(&[member(0), member(1)]);
+    net.nodes[0] = g;
+    start(&mut net);
+    net.run_for(Duration::from_millis(50));
+    let (i, r) = (net.nodes[1].stats(), net.nodes[0].stats());
+    assert_eq!(r.backpressure_sent, 1, "one signal per session");
+    assert_eq!(i.backpressure_received, 1);
+    assert_eq!((i.reconcile_completed, i.reconcile_timeouts), (0, 0));
+    assert!(net.nodes[1].peer_backoff(me.addr).is_some());
+    assert!(net.nodes.iter().all(|g| g.stats().drops.total() == 0));
+}
+
+#[test]
+fn hostile_reconcile_frames_are_counted_never_answered_wrongly() {
+    let mut net = diverged(20, 0, 0, |c| {
+        c.reconcile_max_cells = 600;
+        c.reconcile_max_symbols = 30;
+    });
+    let now = net.instant();
+    let from = net.nodes[1].me().addr;
+    let frame = |kind, session_id, mode, first_cell, end_cell, cells: &[IbltCell]| {
+        seal(&GossipFrame::Reconcile(ReconcileRepr {
+            kind,
+            session_id,
+            mode,
+            first_cell,
+            end_cell,
+            topic: TOPIC,
+            cells: Cells::from(cells),
+        }))
+    };
+    let junk = [IbltCell { count: 3, key_sum: 9, hash_sum: 1 }; 5];
+    let mut out = Outbox::new();
+    let g = &mut net.nodes[0];
+    use ReconcileKind::*;
+    use ReconcileMode::*;
+    // Frames for sessions we never started.
+    for k in [Reply, DecodeFailed] {
+        let (e, c) = if k == Reply { (5, &junk[..]) } else { (0, &junk[..0]) };
+        g.handle(now, from, &frame(k, 7, Fixed, 0, e, c), &mut out);
+    }
+    g.handle(now, from, &frame(Request, 7, Rateless, 0, 9, &[]), &mut out);
+    assert_eq!(g.stats().drops.unsolicited, 3);
+    // Requests naming keys: not served.
+    g.handle(now, from, &frame(Request, 7, Fixed, 0, 5, &junk), &mut out);
+    assert_eq!(g.stats().drops.reconcile_mismatch, 1);
+    // A "table" of 2 cells is no IBLT.
+    g.handle(now, from, &frame(Table, 8, Fixed, 0, 2, &junk[..2]), &mut out);
+    assert_eq!(g.stats().drops.reconcile_mismatch, 2);
+    assert!(out.transmits.is_empty());
+    // A table larger than we accept, and a junk table that cannot decode:
+    // both answered with decode-failed, once.
+    g.handle(now, from, &frame(Table, 9, Fixed, 0, 601, &junk), &mut out);
+    g.handle(now, from, &frame(Table, 9, Fixed, 5, 601, &junk), &mut out);
+    g.handle(now, from, &frame(Table, 10, Fixed, 0, 5, &junk), &mut out);
+    assert_eq!(g.stats().reconcile_decode_failed, 2);
+    // A frame disagreeing with its session's size.
+    g.handle(now, from, &frame(Table, 11, Fixed, 0, 10, &junk), &mut out);
+    g.handle(now, from, &frame(Table, 11, Fixed, 5, 12, &junk), &mut out);
+    g.handle(now, from, &frame(Table, 11, Rateless, 0, 10, &junk), &mut out);
+    assert_eq!(g.stats().drops.reconcile_mismatch, 4);
+    // A junk stream fails (its cells cannot come from two sets) or reaches
+    // the cap; either way it is refused once, never a panic.
+    for at in 0..8u32 {
+        let end = 30.max(at * 5 + 5);
+        g.handle(now, from, &frame(Table, 12, Rateless, at * 5, end, &junk), &mut out);
+    }
+    assert_eq!(g.stats().reconcile_decode_failed, 3);
+    let kinds: Vec<u8> = out.transmits.iter().map(|t| key().open(&t.payload).unwrap()[2]).collect();
+    assert_eq!(kinds, vec![0x03, 0x03, 0x03]);
+    assert_eq!(g.stats().frames_handed_off, 0);
+    // The session table is bounded.
+    let mut net = diverged(0, 0, 0, |c| c.max_reconcile_sessions = 2);
+    let g = &mut net.nodes[0];
+    for id in 0..5 {
+        g.handle(now, from, &frame(Table, 100 + id, Fixed, 0, 10, &junk), &mut out);
+    }
+    assert_eq!(g.stats().drops.reconcile_table_full, 3);
+}
+
+#[test]
+fn probes_reconcile_on_first_contact_then_exchange_deltas() {
+    let mut net = Net::new(2, |_| {});
+    for k in 0..40 {
+        net.nodes[0].store_mut(TOPIC).unwrap().apply(&rec(&format!("x{k}"))).unwrap();
+    }
+    net.run_for(Duration::from_secs(30));
+    assert!(converged(&net));
+    // Later changes, on either side: each member's first sync with the
+    // other was a reconciliation (no watermark yet), later ones are deltas.
+    for k in 0..4 {
+        net.nodes[k % 2].store_mut(TOPIC).unwrap().apply(&rec(&format!("later{k}"))).unwrap();
+        net.run_for(Duration::from_secs(150));
+        assert!(converged(&net), "{k}");
+    }
+    let s: Vec<Stats> = net.nodes.iter().map(Gossip::stats).collect();
+    let completed: u64 = s.iter().map(|s| s.reconcile_completed).sum();
+    let deltas: u64 = s.iter().map(|s| s.exchanges_started - s.full_syncs).sum();
+    assert_eq!(completed, 2, "one per direction");
+    assert!(deltas >= 2, "{deltas} deltas");
+    assert!(s.iter().all(|s| s.drops.total() == 0));
+}
+
+#[test]
+fn requests_for_our_table_are_served_within_a_budget() {
+    let mut net = diverged(30, 0, 0, |_| {});
+    start(&mut net);
+    // The table frame node 1 put on the wire names the session.
+    let (_, _, _, table) = net.queue.pop_front().unwrap();
+    let Ok(GossipFrame::Reconcile(t)) = GossipFrame::parse(key().open(&table).unwrap()) else {
+        panic!("not a G4 frame")
+    };
+    assert_eq!(
+        (t.kind, t.mode, t.first_cell, t.end_cell),
+        (ReconcileKind::Table, ReconcileMode::Fixed, 0, 59)
+    );
+    let request = seal(&GossipFrame::Reconcile(ReconcileRepr {
+        kind: ReconcileKind::Request,
+        cells: Cells::from(&[][..]),
+        ..t
+    }));
+    let (now, from) = (net.instant(), net.nodes[0].me().addr);
+    let mut out = Outbox::new();
+    for _ in 0..5 {
+        net.nodes[1].handle(now, from, &request, &mut out);
+    }
+    // Three more copies of the table, then refused.
+    assert_eq!(out.transmits.len(), 3);
+    let s = net.nodes[1].stats();
+    assert_eq!((s.reconcile_cells_sent, s.drops.reconcile_mismatch), (4 * 59, 2));
+    // From anyone else, or for another topic, nothing.
+    net.nodes[1].handle(now, addr(7), &request, &mut out);
+    assert_eq!(net.nodes[1].stats().drops.unsolicited, 1);
+    assert_eq!(out.transmits.len(), 3);
 }

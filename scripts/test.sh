@@ -61,8 +61,17 @@ else
       step "fuzz smoke: $target for ${fuzz_seconds}s"
       corpus="fuzz/corpus/$target"
       mkdir -p "$corpus"
-      (cd fuzz && cargo +nightly fuzz run "$target" "corpus/$target" ../fuzz/seeds/"$target" -- \
-        -max_total_time="$fuzz_seconds" -print_final_stats=0 2>&1 | tail -n 3)
+      [ -d "fuzz/seeds/$target" ] || { echo "fuzz/seeds/$target is missing: every target needs a seed corpus" >&2; exit 1; }
+      log=$(mktemp)
+      if (cd fuzz && cargo +nightly fuzz run "$target" "corpus/$target" ../fuzz/seeds/"$target" -- \
+        -max_total_time="$fuzz_seconds" -print_final_stats=0) >"$log" 2>&1; then
+        tail -n 3 "$log"
+      else
+        grep -v -E '^ +([0-9]+: | +at )' "$log" | tail -n 40
+        rm -f "$log"
+        exit 1
+      fi
+      rm -f "$log"
     done
   else
     skip "fuzz smoke: cargo-fuzz could not be installed"

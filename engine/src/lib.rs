@@ -12,6 +12,7 @@
 //!   validated [`config::Config`], naming the flag and the fix on error.
 
 pub mod admin;
+pub mod cluster;
 pub mod config;
 pub mod dht;
 pub mod discovery;

@@ -397,6 +397,14 @@ fn serve(cfg: Config) -> Result<(), String> {
     } else {
         None
     };
+    let cluster = match ricochet::cluster::Settings::from_config(&cfg, &opts, &beacon_settings) {
+        Some(settings) => {
+            let c = ricochet::cluster::Cluster::new(settings, runtime.control(), shared.clone())?;
+            state.sections.push(c.section());
+            Some(c)
+        }
+        None => None,
+    };
     let result = control.block_on(async move {
         let listener = tokio::net::TcpListener::bind(admin).await.map_err(|e| {
             format!("--metrics-addr (METRICS_ADDR) = {admin}: cannot listen: {e}")
@@ -422,6 +430,7 @@ fn serve(cfg: Config) -> Result<(), String> {
             tokio::spawn(beacon::run(opts.clone(), beacon_settings, shared.clone()));
         }
         let discovery = discovery.map(ricochet::discovery::Discovery::spawn);
+        let cluster = cluster.map(ricochet::cluster::Cluster::spawn);
         let failed = {
             let shared = shared.clone();
             async move {
@@ -441,6 +450,9 @@ fn serve(cfg: Config) -> Result<(), String> {
         }
         if let Some(d) = discovery {
             d.stop().await;
+        }
+        if let Some(c) = cluster {
+            c.stop().await;
         }
         Ok::<(), String>(())
     });

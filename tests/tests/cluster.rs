@@ -1,0 +1,346 @@
+//! Three sibling endpoints of one downstream domain forming a gossip
+//! cluster, with no Redis: every gap costs exactly one upstream fetch
+//! (gap ownership by rendezvous hashing over the live members, non-owners
+//! forwarding to the owner); hostile datagrams on the gossip port are
+//! dropped and counted; a sibling killed and restarted with
+//! `--warmup-timeout` warms its cache from the others over G6 and then
+//! serves frames it cached before the restart.
+//!
+//! Topology on loopback (as `redis_siblings.rs`): domain A (publisher →
+//! endpoint U), a bridge into domain B dropping every 25th frame, siblings
+//! D0–D2 on B's data port (each with its own NACK, admin and gossip port)
+//! with U as their upstream, and a listener on B's groups. D0 is the seed:
+//! D1 and D2 know only D0 and learn each other by gossip (membership
+//! records and PEX).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::{Ipv4Addr, SocketAddr, UdpSocket};
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use ricochet_e2e::{
+    Engine, Publisher, bridge, drain, group_listener, metric_sum, metric_value, nack_client,
+    nack_for, ports,
+};
+use ricochet_wire::control::{ResponseKind, ResponseRepr};
+use ricochet_wire::frame::Frame;
+use ricochet_wire::mac::ClusterKey;
+
+const FLOW: u64 = 0xC1A5_7E12;
+const BATCH: u64 = 200;
+const DROP_EVERY: u64 = 25;
+const KEY: [u8; 32] = [0x5A; 32];
+
+struct Domain {
+    upstream: Engine,
+    siblings: Vec<Engine>,
+    ports: Vec<[u16; 8]>,
+    key_file: PathBuf,
+    listener: Vec<UdpSocket>,
+    b_port: u16,
+    publisher: Publisher,
+    /// Copies of each SeqNum seen on B's groups.
+    copies: BTreeMap<u64, u32>,
+}
+
+fn gossip_port(p: &[u16; 8]) -> u16 {
+    p[4]
+}
+
+impl Domain {
+    fn start() -> Domain {
+        let upstream = Engine::start(&["--backend", "epoll"]);
+        let b_port = ports()[0];
+        let key_file = std::env::temp_dir()
+            .join(format!("ricochet-cluster-{}-{b_port}.key", std::process::id()));
+        let hex: String = KEY.iter().map(|b| format!("{b:02x}")).collect();
+        std::fs::write(&key_file, format!("{hex}\n")).unwrap();
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let perms = std::fs::Permissions::from_mode(0o600);
+            std::fs::set_permissions(&key_file, perms).unwrap();
+        }
+        let ports: Vec<[u16; 8]> = (0..3)
+            .map(|_| {
+                let mut p = ports();
+                // Siblings share the domain's data port; retransmits go there.
+                p[0] = b_port;
+                p[3] = b_port;
+                p
+            })
+            .collect();
+        let publisher = Publisher::new(upstream.listen_port);
+        let mut d = Domain {
+            upstream,
+            siblings: Vec::new(),
+            ports,
+            key_file,
+            listener: (0..4).map(|g| group_listener(g, b_port)).collect(),
+            b_port,
+            publisher,
+            copies: BTreeMap::new(),
+        };
+        for i in 0..3 {
+            let seeds = if i == 0 { Vec::new() } else { vec![0] };
+            let e = d.launch(i, &seeds, &[]);
+            d.siblings.push(e);
+        }
+        d
+    }
+
+    /// Starts sibling `i` on its ports, seeded with the siblings `seeds`.
+    fn launch(&self, i: usize, seeds: &[usize], extra: &[&str]) -> Engine {
+        let p = self.ports[i];
+        let admin = SocketAddr::from((Ipv4Addr::LOCALHOST, p[2]));
+        let up = format!("127.0.0.1:{}", self.upstream.nack_port);
+        let peers: Vec<String> =
+            seeds.iter().map(|&s| format!("127.0.0.1:{}", gossip_port(&self.ports[s]))).collect();
+        let mut args: Vec<String> = [
+            "--ipv4-lab",
+            "--backend",
+            if i % 2 == 0 { "epoll" } else { "uring" },
+            "--proxy-enabled",
+            "--upstream-retry-endpoints",
+            &up,
+            "--cluster-key-file",
+            self.key_file.to_str().unwrap(),
+            "--gossip-port",
+            &gossip_port(&p).to_string(),
+            "--instance",
+            &format!("sibling-{i}"),
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        if !peers.is_empty() {
+            args.extend(["--gossip-peers".to_string(), peers.join(",")]);
+        }
+        args.extend(extra.iter().map(|s| s.to_string()));
+        Engine::launch(&[], &args, p, admin)
+    }
+
+    fn gossip_addr(&self, i: usize) -> SocketAddr {
+        SocketAddr::from((Ipv4Addr::LOCALHOST, gossip_port(&self.ports[i])))
+    }
+
+    fn collect(&mut self) {
+        for l in &self.listener {
+            for d in drain(l, Duration::from_millis(30)) {
+                if let Ok(f) = Frame::new_checked(&d) {
+                    if f.hash_key() == FLOW {
+                        *self.copies.entry(f.seq()).or_default() += 1;
+                    }
+                }
+            }
+        }
+    }
+
+    fn sum(&self, metric: &str) -> f64 {
+        self.siblings.iter().map(|e| e.metric_sum(metric)).sum()
+    }
+
+    fn wait_siblings(&self, what: &str, timeout: Duration, cond: impl Fn(&Engine) -> bool) {
+        let deadline = Instant::now() + timeout;
+        while !self.siblings.iter().all(&cond) {
+            assert!(
+                Instant::now() < deadline,
+                "siblings never reached: {what}\n{}",
+                self.siblings
+                    .iter()
+                    .map(|e| e.http("/debug/cluster").map(|r| r.1).unwrap_or_default())
+                    .collect::<Vec<_>>()
+                    .join("\n---\n")
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn wait_cluster(&self) {
+        self.wait_siblings("3 live members each", Duration::from_secs(20), |e| {
+            e.metric_sum("ricochet_cluster_members_live") == 3.0
+        });
+    }
+
+    /// Publishes SeqNums `first..first+BATCH` through the lossy bridge and
+    /// returns the gaps B's listener sees (the bridge's drops).
+    fn publish(&mut self, first: u64) -> Vec<u64> {
+        let bridge = bridge(self.upstream.listen_port, self.b_port, BATCH, DROP_EVERY);
+        for seq in first..first + BATCH {
+            self.publisher.send_tx(FLOW, seq, &seq.to_be_bytes());
+        }
+        let dropped = bridge.join().unwrap();
+        let forwarded = BATCH - dropped.len() as u64;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            self.collect();
+            let have: BTreeSet<u64> = self.copies.keys().copied().collect();
+            let seen = (first..first + BATCH).filter(|s| have.contains(s)).count() as u64;
+            if seen >= forwarded || Instant::now() > deadline {
+                break;
+            }
+        }
+        let gaps: Vec<u64> =
+            (first..first + BATCH).filter(|s| !self.copies.contains_key(s)).collect();
+        assert_eq!(gaps, dropped.iter().copied().collect::<Vec<_>>(), "gaps are the drops");
+        gaps
+    }
+
+    /// NACKs every gap to all three siblings at once, then waits until
+    /// every gap has arrived on B's groups and the siblings are idle.
+    fn nack_all(&mut self, gaps: &[u64]) {
+        let client = nack_client();
+        for &seq in gaps {
+            for s in &self.siblings {
+                client.send_to(&nack_for(FLOW, seq, 0), s.nack_addr()).unwrap();
+            }
+        }
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while gaps.iter().any(|s| !self.copies.contains_key(s)) {
+            assert!(
+                Instant::now() < deadline,
+                "unfilled gaps {:?}",
+                gaps.iter().filter(|s| !self.copies.contains_key(s)).collect::<Vec<_>>()
+            );
+            self.collect();
+        }
+        self.wait_siblings("idle", Duration::from_secs(15), |e| {
+            e.metric_sum("ricochet_recovery_in_flight") == 0.0
+        });
+        self.collect();
+    }
+}
+
+impl Drop for Domain {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.key_file);
+    }
+}
+
+/// The value of one series on `e`'s `/metrics` (0 if absent).
+fn series(e: &Engine, name: &str) -> f64 {
+    e.metric(name).unwrap_or(0.0)
+}
+
+#[test]
+fn three_siblings_share_gaps_by_gossip_survive_garbage_and_warm_a_restart() {
+    let mut d = Domain::start();
+    d.wait_cluster();
+
+    // (a) Each gap is fetched upstream exactly once, with no Redis: the
+    // owner recovers it, the other two forward their NACK to the owner.
+    let gaps = d.publish(1);
+    assert!(gaps.len() >= 4, "the bridge dropped {gaps:?}");
+    d.nack_all(&gaps);
+    let n = gaps.len() as f64;
+    assert_eq!(
+        d.upstream.metric_sum("ricochet_nacks_proxied_total"),
+        n,
+        "one upstream fetch per gap"
+    );
+    assert_eq!(d.sum("ricochet_recovery_recovered_total"), n, "recovered once each");
+    assert!(
+        d.sum("ricochet_gaps_forwarded_to_owner_total") > 0.0,
+        "non-owners forwarded gaps to their owner"
+    );
+    for e in &d.siblings {
+        let (status, body) = e.http("/debug/cluster").unwrap();
+        assert_eq!(status, 200);
+        assert!(body.contains("\"members_live\":3"), "{body}");
+    }
+
+    // (c) Forged, truncated and oversized datagrams on D0's gossip port are
+    // dropped and counted; D0 keeps working.
+    let d0 = &d.siblings[0];
+    let drops = |e: &Engine, reason: &str| {
+        series(e, &format!("ricochet_cluster_gossip_dropped_total{{reason=\"{reason}\"}}"))
+    };
+    let (mac0, cut0, long0) = (drops(d0, "bad_mac"), drops(d0, "truncated"), drops(d0, "too_long"));
+    let lm0 = drops(d0, "length_mismatch");
+    let heartbeats0 = series(d0, "ricochet_cluster_heartbeats_total{result=\"published\"}");
+    let attacker = UdpSocket::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
+    let target = d.gossip_addr(0);
+    // A well-formed G2 probe under another key (a forgery, or a replay
+    // from another cluster).
+    let mut forged = vec![0x47, 0x32, 0, 0, 0, 0, 0, 0, 0, 1, 0, 0];
+    forged.resize(12 + 16, 0);
+    ClusterKey::new([0x11; 32]).seal(&mut forged, 12).unwrap();
+    attacker.send_to(&forged, target).unwrap();
+    // Too short to hold a MAC at all.
+    attacker.send_to(&[0x47, 0x31, 0, 0, 0], target).unwrap();
+    // The right key over a frame cut short.
+    let mut cut = vec![0x47, 0x31, 0, 0, 0, 9];
+    cut.resize(6 + 16, 0);
+    ClusterKey::new(KEY).seal(&mut cut, 6).unwrap();
+    attacker.send_to(&cut, target).unwrap();
+    // Larger than --max-datagram (1232).
+    attacker.send_to(&[0x47; 1500], target).unwrap();
+    let body = d0.wait_metrics(Duration::from_secs(10), |m| {
+        let v = |r: &str| {
+            metric_value(m, &format!("ricochet_cluster_gossip_dropped_total{{reason=\"{r}\"}}"))
+                .unwrap_or(0.0)
+        };
+        v("bad_mac") > mac0
+            && v("truncated") > cut0
+            && v("length_mismatch") > lm0
+            && v("too_long") > long0
+    });
+    let v = |r: &str| {
+        metric_value(&body, &format!("ricochet_cluster_gossip_dropped_total{{reason=\"{r}\"}}"))
+            .unwrap_or(0.0)
+    };
+    assert_eq!(v("bad_mac"), mac0 + 1.0, "forged datagram counted");
+    // Too short for a MAC: truncated; a sealed G1 whose header promises
+    // more than it holds: length_mismatch.
+    assert_eq!(v("truncated"), cut0 + 1.0, "datagram without room for a MAC counted");
+    assert_eq!(v("length_mismatch"), lm0 + 1.0, "cut-short frame counted");
+    assert_eq!(v("too_long"), long0 + 1.0, "oversized datagram counted");
+    let body = d0.wait_metrics(Duration::from_secs(10), |m| {
+        metric_value(m, "ricochet_cluster_heartbeats_total{result=\"published\"}")
+            .is_some_and(|h| h >= heartbeats0 + 2.0)
+    });
+    assert!(
+        metric_value(&body, "ricochet_cluster_heartbeats_total{result=\"published\"}").unwrap()
+            >= heartbeats0 + 2.0,
+        "D0 keeps beating"
+    );
+    d.wait_cluster();
+
+    // (b) Warm restart: D2 is killed and restarted with --warmup-timeout;
+    // it is ready only after it warmed its cache from D0 or D1, and then
+    // serves a frame it had cached before the restart.
+    let cached: u64 = (1..=BATCH).find(|s| !gaps.contains(s)).unwrap();
+    let mut old = d.siblings.pop().unwrap();
+    let log = old.kill_and_logs();
+    assert!(log.contains("cluster member running"), "{log}");
+    let restarted = d.launch(2, &[0, 1], &["--warmup-timeout", "10s"]);
+    // `launch` returned on /readyz 200: the warm-up must be over by then.
+    let m = restarted.http("/metrics").unwrap().1;
+    assert_eq!(
+        metric_value(&m, "ricochet_cluster_warmups_total{outcome=\"done\"}"),
+        Some(1.0),
+        "ready only after a completed warm-up:\n{}",
+        restarted.http("/debug/cluster").unwrap().1
+    );
+    assert_eq!(metric_value(&m, "ricochet_cluster_warming"), Some(0.0));
+    // Workers publish their counters every 100 ms tick.
+    let m = restarted.wait_metrics(Duration::from_secs(10), |m| {
+        metric_sum(m, "ricochet_warm_frames_total") > 0.0
+    });
+    assert!(metric_sum(&m, "ricochet_warm_frames_total") > 0.0, "{m}");
+    assert!(metric_sum(&m, "ricochet_cluster_warm_frames_imported_total") > 0.0);
+    let (_, debug) = restarted.http("/debug/cluster").unwrap();
+    assert!(debug.contains("\"outcome\":\"done\""), "{debug}");
+    let served: f64 = d.sum("ricochet_cluster_snapshots_served_total");
+    assert!(served >= 1.0, "a sibling served the snapshot");
+
+    let client = nack_client();
+    client.send_to(&nack_for(FLOW, cached, 0), restarted.nack_addr()).unwrap();
+    let replies = drain(&client, Duration::from_millis(500));
+    let first = replies.first().map(|r| ResponseRepr::parse(r));
+    assert!(
+        matches!(first, Some(Ok(ResponseRepr { kind: ResponseKind::Ack(_), seq })) if seq == cached),
+        "frame {cached} cached before the restart is served after it: {first:?}"
+    );
+    d.siblings.push(restarted);
+    d.wait_cluster();
+}

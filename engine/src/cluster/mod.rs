@@ -63,7 +63,7 @@ use ricochet_wire::mac::ClusterKey;
 use ricochet_wire::record::SigningKey;
 use socket2::{Domain, Protocol, Socket, Type};
 
-use crate::config::{Config, Host, HostPort};
+use crate::config::{Config, HostPort};
 use crate::discovery::files;
 use crate::gossip::snapshot::{EncodedSnapshot, chunk_budget};
 use crate::rt::{self, beacon::BeaconSettings};
@@ -81,8 +81,6 @@ const RESOLVE_EVERY: Duration = Duration::from_secs(60);
 pub const STOP_GRACE: Duration = Duration::from_millis(300);
 /// Longest wait for the gossip socket to take one datagram.
 const SEND_WAIT: Duration = Duration::from_millis(100);
-/// Longest wait for a seed host name to resolve.
-const DNS_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long an import waits for a full worker inbox, per frame, before it
 /// drops the frame.
 const IMPORT_PATIENCE: Duration = Duration::from_millis(500);
@@ -307,7 +305,7 @@ impl Cluster {
         loop {
             if Instant::now() >= next_resolve {
                 next_resolve = Instant::now() + RESOLVE_EVERY;
-                let seeds = resolve_seeds(&settings.peers, v6).await;
+                let seeds = crate::discovery::resolve("--gossip-peers", &settings.peers, v6).await;
                 lock(&state).core.set_seeds(seeds);
             }
             flush(&sock, &state, v6).await;
@@ -342,11 +340,11 @@ impl Cluster {
                     let mut s = lock(&state);
                     match r {
                         Ok((n, from)) => {
-                            s.core.handle(Instant::now(), canonical(from), &buf[..n]);
+                            s.core.handle(Instant::now(), crate::discovery::canonical(from), &buf[..n]);
                             for _ in 1..RECV_BATCH {
                                 match sock.try_recv_from(&mut buf) {
                                     Ok((n, from)) => {
-                                        s.core.handle(Instant::now(), canonical(from), &buf[..n])
+                                        s.core.handle(Instant::now(), crate::discovery::canonical(from), &buf[..n])
                                     }
                                     Err(_) => break,
                                 }
@@ -553,35 +551,6 @@ async fn import(control: &rt::Control, frames: Vec<Bytes>) -> (u64, u64, u64) {
     (ok, bytes, dropped)
 }
 
-/// `--gossip-peers`, resolved; only addresses the socket's family reaches.
-async fn resolve_seeds(peers: &[HostPort], v6: bool) -> Vec<SocketAddr> {
-    let mut addrs = Vec::new();
-    for hp in peers {
-        let found: Vec<SocketAddr> = match &hp.host {
-            Host::Ip(ip) => vec![SocketAddr::new(*ip, hp.port)],
-            Host::Any => Vec::new(),
-            Host::Name(name) => {
-                let q = tokio::net::lookup_host((name.as_str(), hp.port));
-                match tokio::time::timeout(DNS_TIMEOUT, q).await {
-                    Ok(Ok(it)) => it.collect(),
-                    Ok(Err(e)) => {
-                        tracing::warn!(error = %e, "--gossip-peers {hp}: cannot resolve");
-                        Vec::new()
-                    }
-                    Err(_) => {
-                        tracing::warn!("--gossip-peers {hp}: DNS timed out");
-                        Vec::new()
-                    }
-                }
-            }
-        };
-        addrs.extend(found.into_iter().map(canonical));
-    }
-    let mut seen = std::collections::BTreeSet::new();
-    addrs.retain(|a| (v6 || a.is_ipv4()) && seen.insert(*a));
-    addrs
-}
-
 /// Binds the gossip socket: dual-stack when bound to `[::]`.
 fn bind(addr: SocketAddr) -> Result<std::net::UdpSocket, String> {
     let fail = |e: std::io::Error| {
@@ -601,16 +570,6 @@ fn bind(addr: SocketAddr) -> Result<std::net::UdpSocket, String> {
     let _ = s.set_recv_buffer_size(1 << 20);
     s.bind(&addr.into()).map_err(fail)?;
     Ok(s.into())
-}
-
-/// IPv4-mapped IPv6 as IPv4.
-fn canonical(a: SocketAddr) -> SocketAddr {
-    match a {
-        SocketAddr::V6(v6) if v6.ip().to_ipv4_mapped().is_some() => {
-            SocketAddr::new(v6.ip().to_canonical(), v6.port())
-        }
-        _ => a,
-    }
 }
 
 fn unix_ms() -> u64 {

@@ -431,7 +431,19 @@ async fn bootstrap_addrs(settings: &Settings, v6: bool) -> Vec<SocketAddr> {
             Err(e) => tracing::warn!("{e}"),
         }
     }
-    for hp in &settings.bootstrap {
+    addrs.extend(resolve("--dht-bootstrap", &settings.bootstrap, v6).await);
+    // An IPv4 socket cannot reach IPv6 peers.
+    let mut seen = std::collections::BTreeSet::new();
+    addrs.retain(|a| (v6 || a.is_ipv4()) && seen.insert(*a));
+    addrs
+}
+
+/// Resolves `host:port` settings (names with a DNS timeout; failures are
+/// logged under `flag` and skipped) to the addresses a socket of this
+/// family reaches (`v6`: dual-stack), canonical and without repeats.
+pub(crate) async fn resolve(flag: &str, list: &[HostPort], v6: bool) -> Vec<SocketAddr> {
+    let mut addrs = Vec::new();
+    for hp in list {
         let found: Vec<SocketAddr> = match &hp.host {
             Host::Ip(ip) => vec![SocketAddr::new(*ip, hp.port)],
             Host::Any => Vec::new(),
@@ -440,11 +452,11 @@ async fn bootstrap_addrs(settings: &Settings, v6: bool) -> Vec<SocketAddr> {
                 match tokio::time::timeout(DNS_TIMEOUT, q).await {
                     Ok(Ok(it)) => it.collect(),
                     Ok(Err(e)) => {
-                        tracing::warn!(error = %e, "--dht-bootstrap {hp}: cannot resolve");
+                        tracing::warn!(error = %e, "{flag} {hp}: cannot resolve");
                         Vec::new()
                     }
                     Err(_) => {
-                        tracing::warn!("--dht-bootstrap {hp}: DNS timed out");
+                        tracing::warn!("{flag} {hp}: DNS timed out");
                         Vec::new()
                     }
                 }
@@ -452,7 +464,6 @@ async fn bootstrap_addrs(settings: &Settings, v6: bool) -> Vec<SocketAddr> {
         };
         addrs.extend(found.into_iter().map(canonical));
     }
-    // An IPv4 socket cannot reach IPv6 peers.
     let mut seen = std::collections::BTreeSet::new();
     addrs.retain(|a| (v6 || a.is_ipv4()) && seen.insert(*a));
     addrs
@@ -478,7 +489,7 @@ fn bind(addr: SocketAddr) -> Result<std::net::UdpSocket, String> {
 }
 
 /// IPv4-mapped IPv6 as IPv4.
-fn canonical(a: SocketAddr) -> SocketAddr {
+pub(crate) fn canonical(a: SocketAddr) -> SocketAddr {
     match a {
         SocketAddr::V6(v6) if v6.ip().to_ipv4_mapped().is_some() => {
             SocketAddr::new(v6.ip().to_canonical(), v6.port())

@@ -59,15 +59,21 @@ impl TokenBucket {
         self.tokens
     }
 
-    /// When `n` tokens will be available (now if they are; never sooner
-    /// than now). A request above the burst is treated as a full bucket.
+    /// When `n` tokens will be available: now if they are, else strictly
+    /// later (an hour at most, also for a bucket that never refills). A
+    /// request above the burst is treated as a full bucket.
     pub fn ready_at(&mut self, now: Instant, n: f64) -> Instant {
         self.refill(now);
         let missing = n.min(self.burst) - self.tokens;
-        if missing <= 0.0 || self.rate <= 0.0 {
+        if missing <= 0.0 {
             return now;
         }
-        now + Duration::from_secs_f64((missing / self.rate).min(3600.0))
+        let secs = if self.rate > 0.0 { (missing / self.rate).min(3600.0) } else { 3600.0 };
+        // Rounded up to whole nanoseconds, at least one: truncating (as
+        // `Duration::from_secs_f64` does) wakes the caller a hair early,
+        // the bucket is still short, and a caller whose clock has not moved
+        // (a virtual one) would be told `now` again, forever.
+        now + Duration::from_nanos(((secs * 1e9).ceil() as u64).max(1))
     }
 
     /// Whether the bucket would be full at `now` (idle long enough).
@@ -254,6 +260,33 @@ mod tests {
         assert!(b.full_at(later));
         // Time going backwards never adds tokens.
         assert!((b.available(t0) - 500.0).abs() < 1e-9);
+    }
+
+    #[test]
+    fn waiting_until_ready_at_always_gets_the_tokens() {
+        // The egress cap: 10 MiB/s, datagrams of 1232 bytes. Sleeping until
+        // `ready_at` must end with the tokens taken, or at least with a
+        // later wake-up; a wake-up at the same instant spins a virtual clock.
+        let t0 = Instant::now();
+        let mut b = TokenBucket::new(10.0 * 1024.0 * 1024.0, 1024.0 * 1024.0);
+        let mut now = t0;
+        let mut sent = 0;
+        let mut waits = 0;
+        while sent < 20_000 {
+            if b.take(now, 1232.0) {
+                sent += 1;
+                continue;
+            }
+            let at = b.ready_at(now, 1232.0);
+            assert!(at > now, "a short bucket is ready strictly later");
+            now = at;
+            waits += 1;
+        }
+        // Retries after an early wake-up are rare; a few per cent at most.
+        assert!(waits < 20_000, "{waits}");
+        let mut never = TokenBucket::new(0.0, 1.0);
+        assert!(never.take(t0, 1.0));
+        assert_eq!(never.ready_at(t0, 1.0), t0 + Duration::from_secs(3600));
     }
 
     #[test]

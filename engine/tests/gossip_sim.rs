@@ -668,6 +668,8 @@ struct Cost {
     fallbacks: u64,
     timeouts: u64,
     g1_exchanges: u64,
+    /// Records sent in G1 chunks.
+    g1_records: u64,
 }
 
 impl Cost {
@@ -691,6 +693,7 @@ fn cost(sim: &Sim, before: &[Stats], wire: Wire, start: Duration, converged: boo
         c.fallbacks += a.reconcile_fallbacks - b.reconcile_fallbacks;
         c.timeouts += a.reconcile_timeouts - b.reconcile_timeouts;
         c.g1_exchanges += a.exchanges_started - b.exchanges_started;
+        c.g1_records += a.records_sent - b.records_sent;
         assert_eq!(a.drops.total(), 0, "{:?}", a.drops.by_reason());
     }
     c
@@ -813,6 +816,9 @@ fn gossip_sim_reconcile() {
         assert_eq!((fixed.sessions, fixed.flips), (1, 0), "d={d}");
         let delta = pair_steady(d, false);
         assert!(delta.converged && delta.g1_exchanges == 1 && delta.sessions == 0);
+        // Each differing record travels once: the responder does not echo
+        // back the records the initiator's delta carried.
+        assert_eq!(delta.g1_records, d as u64, "d={d}: G1 delta records");
     }
     // Sixteen members, eight of them holding 100 records the others lack.
     let on = cluster(16, 100, true);

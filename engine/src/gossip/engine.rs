@@ -213,6 +213,9 @@ struct InExchange {
     watermark: i64,
     chunks: Chunks,
     applied: u64,
+    /// Element ids of the records the initiator sent: the answer leaves
+    /// them out (it holds them), so a delta is not echoed back.
+    received: BTreeSet<u64>,
     answered: bool,
     deadline: Instant,
 }
@@ -1520,6 +1523,7 @@ impl Gossip {
                     watermark: x.watermark_ns,
                     chunks: Chunks::new(x.chunk_count),
                     applied: 0,
+                    received: BTreeSet::new(),
                     answered: false,
                     deadline: now + self.config.exchange_timeout,
                 },
@@ -1543,13 +1547,15 @@ impl Gossip {
         let applied = self.apply_records(x.topic, from, &entries);
         let Some(ex) = self.inbound.get_mut(&key) else { return };
         ex.applied += applied;
+        ex.received.extend(entries.iter().map(iblt::element_id));
         if let Some(r) = self.round.as_mut().filter(|r| r.peer == from) {
             r.syncing = true;
         }
         if ex.chunks.complete() && !ex.answered {
             ex.answered = true;
             let (full, watermark, total) = (ex.full, ex.watermark, ex.applied);
-            self.answer(from, x.topic, x.exchange_id, full, watermark);
+            let received = std::mem::take(&mut ex.received);
+            self.answer(from, x.topic, x.exchange_id, full, watermark, &received);
             if self.round.is_some_and(|r| r.peer == from) {
                 self.finish_round(now, outcome_of(total));
             } else {
@@ -1558,7 +1564,18 @@ impl Gossip {
         }
     }
 
-    fn answer(&mut self, to: SocketAddr, topic: &[u8], id: u32, full: bool, watermark: i64) {
+    /// Answers a completed inbound exchange with our records (all of them
+    /// for a full one, else those changed after `watermark`), minus the
+    /// ones the initiator just sent (`received`, element ids).
+    fn answer(
+        &mut self,
+        to: SocketAddr,
+        topic: &[u8],
+        id: u32,
+        full: bool,
+        watermark: i64,
+        received: &BTreeSet<u64>,
+    ) {
         self.stats.exchanges_answered += 1;
         let answer_id = id | RESPONSE_BIT;
         let priority = self.config.sync_priority;
@@ -1569,8 +1586,11 @@ impl Gossip {
             return;
         }
         let Some(store) = self.store(topic) else { return };
-        let records = if full { store.snapshot() } else { store.delta_since(watermark) };
+        let mut records = if full { store.snapshot() } else { store.delta_since(watermark) };
         let mark = store.watermark().max(0);
+        if !received.is_empty() {
+            records.retain(|r| !received.contains(&iblt::element_id(r)));
+        }
         let c = self.chunk(topic, &records, self.config.max_exchange_bytes, 0);
         // A cut answer must not move the requester's watermark past what it
         // carries: report the one it asked from.

@@ -24,7 +24,7 @@
 //! # Warm restarts
 //! See [`super::warm`]. Two G6 kinds take a fast path past the engine's
 //! per-peer rate limiter (100 msg/s would cap a transfer at 120 kB/s):
-//! shard chunks from the sibling this member is fetching from, and shard
+//! shard chunks from the siblings this member is fetching from, and shard
 //! requests from a live member. Both are authenticated here with the
 //! cluster MAC; anything else, and anything failing the MAC, goes through
 //! the engine, which counts every drop.
@@ -45,7 +45,7 @@ use super::warm::{self, Fetch, FetchEnd, FetchStats, ManifestAction, Outcome, Se
 use crate::gossip::pex::{self, PexEntry};
 use crate::gossip::snapshot::EncodedSnapshot;
 use crate::gossip::{self, Event, Gossip, Member, Outbox, TopicMode, Transmit};
-use crate::retry::{Sibling, Siblings};
+use crate::retry::{Holding, Sibling, Siblings};
 
 /// How often a member publishes its heartbeat.
 pub const HEARTBEAT: Duration = Duration::from_secs(1);
@@ -123,7 +123,7 @@ pub enum Note {
         frames: Vec<Bytes>,
     },
     /// The warm-up is over.
-    WarmupOver(WarmReport),
+    WarmupOver(Box<WarmReport>),
 }
 
 /// How the last warm-up went (`/debug/cluster`).
@@ -166,8 +166,6 @@ pub struct Counters {
     pub g6_unsolicited: u64,
     /// G6 frames the engine could not hand over (send refused).
     pub g6_send_errors: u64,
-    /// G4 reconciliation frames received (not driven yet; ignored).
-    pub g4_ignored: u64,
     /// Rumors whose retry budget ran out.
     pub rumors_dropped: u64,
     /// Warm-ups by outcome, indexed like [`Outcome::ALL`].
@@ -180,7 +178,14 @@ pub struct Counters {
     pub warm_dropped: u64,
     /// Leaving records published.
     pub leaves: u64,
+    /// Views handed to the workers because a sibling's holdings changed
+    /// (membership unchanged).
+    pub holdings_updates: u64,
 }
+
+/// No frames imported: `(frames, bytes, dropped)` of a warm-up without an
+/// import.
+const NONE: (u64, u64, u64) = (0, 0, 0);
 
 #[derive(Debug)]
 struct Importing {
@@ -201,6 +206,11 @@ pub struct Core {
     seeds: Vec<SocketAddr>,
     live: Vec<MemberRecord>,
     pending_siblings: Option<Siblings>,
+    /// The last view built for the workers, and the member table version
+    /// it was built at (a heartbeat with new holdings changes the view).
+    last_view: (Siblings, i64),
+    /// This endpoint's own holdings digest, sent with each heartbeat.
+    holdings: Vec<Holding>,
     server: Server,
     fetch: Option<Fetch>,
     importing: Option<Importing>,
@@ -283,6 +293,8 @@ impl Core {
             seeds: Vec::new(),
             live: Vec::new(),
             pending_siblings: None,
+            last_view: (Siblings::default(), -1),
+            holdings: Vec::new(),
             server: Server::new(),
             fetch: None,
             importing: None,
@@ -435,7 +447,7 @@ impl Core {
         if self.warm_deadline.is_some_and(|d| now >= d)
             && let Some(imp) = self.importing.take()
         {
-            self.finish_warm(now, Outcome::Timeout, Some(imp.from), imp.started, imp.fetch);
+            self.finish_warm(now, Outcome::Timeout, Some(imp.from), imp.started, imp.fetch, NONE);
         }
         self.after(now);
     }
@@ -482,10 +494,10 @@ impl Core {
         self.counters.warm_bytes += bytes;
         self.counters.warm_dropped += dropped;
         if let Some(imp) = self.importing.take() {
-            self.finish_warm(now, Outcome::Done, Some(imp.from), imp.started, imp.fetch);
-            if let Some(r) = self.last_warm.as_mut() {
-                (r.frames, r.bytes, r.dropped) = (frames, bytes, dropped);
-            }
+            // The counts go into the report before its note does, so the
+            // driver logs them.
+            let counts = (frames, bytes, dropped);
+            self.finish_warm(now, Outcome::Done, Some(imp.from), imp.started, imp.fetch, counts);
         } else if let Some(r) = self.last_warm.as_mut() {
             // Finished after the timeout: count what it brought anyway.
             r.frames += frames;
@@ -518,6 +530,17 @@ impl Core {
     /// Takes the notes queued since the last call.
     pub fn take_notes(&mut self) -> Vec<Note> {
         std::mem::take(&mut self.notes)
+    }
+
+    /// Sets this endpoint's holdings digest (its workers' most recently
+    /// active flows), sent with the next heartbeats.
+    pub fn set_holdings(&mut self, holdings: Vec<Holding>) {
+        self.holdings = holdings;
+    }
+
+    /// The holdings digest sent with heartbeats.
+    pub fn holdings(&self) -> &[Holding] {
+        &self.holdings
     }
 
     /// The gap-ownership view to hand to the workers, once per change.
@@ -555,7 +578,8 @@ impl Core {
             match ev {
                 Event::Frame { from, bytes } => match GossipFrame::parse(&bytes) {
                     Ok(GossipFrame::Snapshot(r)) => self.on_snapshot_frame(now, from, &r),
-                    Ok(_) => self.counters.g4_ignored += 1,
+                    // The engine hands over G6 frames only.
+                    Ok(_) => {}
                     Err(_) => {}
                 },
                 Event::RumorDropped { .. } => self.counters.rumors_dropped += 1,
@@ -578,7 +602,7 @@ impl Core {
         }
         let wanted = match SnapshotKind::from_u8(bytes[6]) {
             Some(SnapshotKind::ShardChunk) => {
-                self.fetch.as_ref().and_then(Fetch::source).is_some_and(|(s, _)| s == from)
+                self.fetch.as_ref().is_some_and(|f| f.is_sender(from))
             }
             Some(SnapshotKind::ShardRequest) => self.is_live(from),
             _ => false,
@@ -664,7 +688,7 @@ impl Core {
                 self.notes.push(Note::Import { from, frames });
             }
             FetchEnd::Finished(outcome) => {
-                self.finish_warm(now, outcome, None, fetch.started(), fetch.stats());
+                self.finish_warm(now, outcome, None, fetch.started(), fetch.stats(), NONE);
             }
         }
     }
@@ -676,15 +700,16 @@ impl Core {
         from: Option<SocketAddr>,
         started: Instant,
         fetch: FetchStats,
+        (frames, bytes, dropped): (u64, u64, u64),
     ) {
         if let Some(i) = Outcome::ALL.iter().position(|o| *o == outcome) {
             self.counters.warmups[i] += 1;
         }
         let report = WarmReport {
             outcome,
-            frames: 0,
-            bytes: 0,
-            dropped: 0,
+            frames,
+            bytes,
+            dropped,
             from,
             duration_ms: now.saturating_duration_since(started).as_millis() as u64,
             fetch,
@@ -693,7 +718,7 @@ impl Core {
         self.importing = None;
         self.warm_deadline = None;
         self.last_warm = Some(report.clone());
-        self.notes.push(Note::WarmupOver(report));
+        self.notes.push(Note::WarmupOver(Box::new(report)));
     }
 
     fn is_live(&self, addr: SocketAddr) -> bool {
@@ -705,7 +730,11 @@ impl Core {
         self.table().set_now(unix);
         self.me.heartbeat_ms = unix.max(self.me.heartbeat_ms);
         self.me.leaving = leaving;
-        let Some(record) = self.me.encode() else { return };
+        // As many flows as fit one rumor (no digest once leaving).
+        let room = self.gossip.max_rumor_payload(members::TOPIC.len());
+        let fit = room.saturating_sub(members::BASE_MAX + 1) / members::HOLDING_LEN;
+        let held = if leaving { &[][..] } else { &self.holdings[..self.holdings.len().min(fit)] };
+        let Some(record) = self.me.encode_with(held) else { return };
         let published =
             self.gossip.publish(now, members::TOPIC, &record, HEARTBEAT_PRIORITY, &mut self.out);
         match published {
@@ -773,6 +802,16 @@ impl Core {
         let after: BTreeSet<_> = live.iter().map(key).collect();
         if before == after {
             self.live = live;
+            // Same members; a changed holdings digest still needs a view.
+            let version = self.table().version();
+            if version != self.last_view.1 {
+                let view = self.build_view();
+                if view != self.last_view.0 {
+                    self.counters.holdings_updates += 1;
+                    self.pending_siblings = Some(view.clone());
+                }
+                self.last_view = (view, version);
+            }
             return;
         }
         let joined = after.difference(&before).count();
@@ -783,13 +822,29 @@ impl Core {
             self.live.iter().map(|r| Member { id: r.id, addr: r.gossip }).collect();
         view.push(Member { id: self.me.id, addr: self.me.gossip });
         self.gossip.set_members(&view);
-        let siblings = self.live.iter().map(|r| Sibling { id: r.sibling_id(), nack: r.nack });
-        self.pending_siblings = Some(Siblings::new(self.me.sibling_id(), siblings));
+        let view = self.build_view();
+        let version = self.table().version();
+        self.last_view = (view.clone(), version);
+        self.pending_siblings = Some(view);
         self.counters.membership_changes += 1;
         self.notes.push(Note::MembersChanged { live: self.live.clone(), joined, left });
         if was_alone && !self.leaving {
             // New siblings should hear from us now, not a heartbeat later.
             self.next_tick = now;
         }
+    }
+
+    /// The workers' view: live siblings with their holdings digests.
+    fn build_view(&self) -> Siblings {
+        let siblings = self.live.iter().map(|r| Sibling { id: r.sibling_id(), nack: r.nack });
+        let mut view = Siblings::new(self.me.sibling_id(), siblings);
+        let table = self.table();
+        for r in &self.live {
+            let held = table.holdings(&r.id);
+            if !held.is_empty() {
+                view = view.with_holdings(r.sibling_id(), held.to_vec());
+            }
+        }
+        view
     }
 }

@@ -21,6 +21,14 @@
 //! | 49     | 1      | flags: bit 0 *leaving*; other bits zero |
 //! | 50     | 7 / 19 | gossip address: `[u8 family 4/6][IP][u16 port]` |
 //! | …      | 7 / 19 | NACK address, the same way |
+//! | …      | 0 or 1 + 28·n | holdings (optional): `[u8 n ≥ 1]` then n × `[u64 HashKey][u64 lo][u64 hi][u32 missing]` |
+//!
+//! The holdings block is the member's cache digest for sibling fill
+//! ([`crate::retry::siblings`]): its most recently active flows, each with
+//! the SeqNum span `lo..=hi` of its cache log and how many SeqNums inside
+//! it are missing (`lo ≤ hi`, `missing ≤ hi − lo`). A member with nothing
+//! cached sends no block; `n = 0` is refused, so each state has one
+//! encoding.
 //!
 //! # Contract
 //! - Merge is last-writer-wins per member id on `(heartbeat, leaving,
@@ -43,6 +51,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use crate::gossip::{RecordRejected, Store};
+use crate::retry::Holding;
 
 /// The StatefulMerge topic heartbeats travel on.
 pub const TOPIC: &[u8] = b"members";
@@ -54,6 +63,13 @@ pub const MAX_MEMBERS: usize = 1024;
 pub const RETAIN: Duration = Duration::from_secs(60);
 /// How far ahead of the local clock a heartbeat may be.
 pub const MAX_FUTURE: Duration = Duration::from_secs(60);
+
+/// Most flows in a record's holdings block.
+pub const MAX_HOLDINGS: usize = 32;
+/// Bytes per flow in the holdings block.
+pub const HOLDING_LEN: usize = 28;
+/// Longest record without a holdings block (two IPv6 addresses).
+pub const BASE_MAX: usize = HEAD_LEN + 2 * 19;
 
 const FLAG_LEAVING: u8 = 0x01;
 const HEAD_LEN: usize = 50;
@@ -79,10 +95,18 @@ impl MemberRecord {
     /// The record's bytes (module docs). `None` for an address a peer
     /// would refuse (unspecified, multicast, port 0).
     pub fn encode(&self) -> Option<Vec<u8>> {
+        self.encode_with(&[])
+    }
+
+    /// The record's bytes with a holdings block (the first
+    /// [`MAX_HOLDINGS`] of `holdings`; none when empty). `None` for an
+    /// address a peer would refuse.
+    pub fn encode_with(&self, holdings: &[Holding]) -> Option<Vec<u8>> {
         if !valid_addr(&self.gossip) || !valid_addr(&self.nack) {
             return None;
         }
-        let mut out = Vec::with_capacity(HEAD_LEN + 38);
+        let holdings = &holdings[..holdings.len().min(MAX_HOLDINGS)];
+        let mut out = Vec::with_capacity(HEAD_LEN + 39 + HOLDING_LEN * holdings.len());
         out.push(RECORD_VERSION);
         out.extend_from_slice(&self.id);
         out.extend_from_slice(&self.incarnation_ms.to_be_bytes());
@@ -90,12 +114,27 @@ impl MemberRecord {
         out.push(if self.leaving { FLAG_LEAVING } else { 0 });
         put_addr(&mut out, self.gossip);
         put_addr(&mut out, self.nack);
+        if !holdings.is_empty() {
+            out.push(holdings.len() as u8);
+            for h in holdings {
+                out.extend_from_slice(&h.hash_key.to_be_bytes());
+                out.extend_from_slice(&h.lo.to_be_bytes());
+                out.extend_from_slice(&h.hi.to_be_bytes());
+                out.extend_from_slice(&h.missing.to_be_bytes());
+            }
+        }
         Some(out)
     }
 
     /// Parses a record strictly: version, flags, families, addresses and
-    /// the exact length are checked.
+    /// the exact length are checked; the holdings block is checked and
+    /// skipped.
     pub fn parse(b: &[u8]) -> Option<Self> {
+        Self::parse_with_holdings(b).map(|(r, _)| r)
+    }
+
+    /// Parses a record and its holdings block (module docs), strictly.
+    pub fn parse_with_holdings(b: &[u8]) -> Option<(Self, Vec<Holding>)> {
         let (head, rest) = b.split_at_checked(HEAD_LEN)?;
         if head[0] != RECORD_VERSION || head[49] & !FLAG_LEAVING != 0 {
             return None;
@@ -106,11 +145,12 @@ impl MemberRecord {
         let heartbeat_ms = u64::from_be_bytes(head[41..49].try_into().ok()?);
         let (gossip, rest) = take_addr(rest)?;
         let (nack, rest) = take_addr(rest)?;
-        if !rest.is_empty() || !valid_addr(&gossip) || !valid_addr(&nack) {
+        if !valid_addr(&gossip) || !valid_addr(&nack) {
             return None;
         }
+        let holdings = parse_holdings(rest)?;
         let leaving = head[49] & FLAG_LEAVING != 0;
-        Some(MemberRecord { id, incarnation_ms, heartbeat_ms, leaving, gossip, nack })
+        Some((MemberRecord { id, incarnation_ms, heartbeat_ms, leaving, gossip, nack }, holdings))
     }
 
     /// The 64-bit id gap ownership hashes with ([`crate::retry::Sibling`]):
@@ -136,6 +176,7 @@ pub fn sibling_id(id: &[u8; 32]) -> u64 {
 #[derive(Debug, Clone)]
 struct Entry {
     record: MemberRecord,
+    holdings: Vec<Holding>,
     bytes: Vec<u8>,
     version: i64,
     hash: u64,
@@ -193,11 +234,22 @@ impl MemberTable {
         self.entries.get(id).map(|e| &e.record)
     }
 
+    /// The holdings digest in the record held for `id` (empty if none).
+    pub fn holdings(&self, id: &[u8; 32]) -> &[Holding] {
+        self.entries.get(id).map_or(&[], |e| e.holdings.as_slice())
+    }
+
+    /// A number that changes whenever a record is added, replaced or
+    /// dropped.
+    pub fn version(&self) -> i64 {
+        self.version
+    }
+
     /// Merges one record (module docs). `Ok(false)` when it changes
     /// nothing, is outside the time window, or the table is full of
     /// fresher records.
     pub fn apply(&mut self, bytes: &[u8]) -> Result<bool, RecordRejected> {
-        let record = MemberRecord::parse(bytes).ok_or(RecordRejected)?;
+        let (record, holdings) = MemberRecord::parse_with_holdings(bytes).ok_or(RecordRejected)?;
         let retain = RETAIN.as_millis() as u64;
         let future = MAX_FUTURE.as_millis() as u64;
         if record.heartbeat_ms.saturating_add(retain) <= self.now_ms
@@ -223,7 +275,7 @@ impl MemberTable {
         }
         self.version += 1;
         let hash = record_hash(bytes);
-        let entry = Entry { record, bytes: bytes.to_vec(), version: self.version, hash };
+        let entry = Entry { record, holdings, bytes: bytes.to_vec(), version: self.version, hash };
         if let Some(old) = self.entries.insert(record.id, entry) {
             self.fingerprint ^= old.hash;
             self.by_version.remove(&old.version);
@@ -371,6 +423,29 @@ fn put_addr(out: &mut Vec<u8>, a: SocketAddr) {
     out.extend_from_slice(&a.port().to_be_bytes());
 }
 
+/// The optional holdings block: empty, or a count of 1..=[`MAX_HOLDINGS`]
+/// followed by exactly that many well-formed entries.
+fn parse_holdings(b: &[u8]) -> Option<Vec<Holding>> {
+    let Some((&n, body)) = b.split_first() else { return Some(Vec::new()) };
+    let n = usize::from(n);
+    if n == 0 || n > MAX_HOLDINGS || body.len() != n * HOLDING_LEN {
+        return None;
+    }
+    body.chunks_exact(HOLDING_LEN)
+        .map(|c| {
+            let u64_at = |i: usize| u64::from_be_bytes(c[i..i + 8].try_into().unwrap_or_default());
+            let (lo, hi) = (u64_at(8), u64_at(16));
+            let missing = u32::from_be_bytes(c[24..28].try_into().unwrap_or_default());
+            (lo <= hi && u64::from(missing) <= hi - lo).then_some(Holding {
+                hash_key: u64_at(0),
+                lo,
+                hi,
+                missing,
+            })
+        })
+        .collect()
+}
+
 fn take_addr(b: &[u8]) -> Option<(SocketAddr, &[u8])> {
     let (&family, rest) = b.split_first()?;
     let (ip, rest) = match family {
@@ -444,6 +519,35 @@ mod tests {
         let mut bad = b.clone();
         bad[0] = 2;
         assert_eq!(MemberRecord::parse(&bad), None, "version");
+        let held = [
+            Holding { hash_key: 7, lo: 10, hi: 20, missing: 3 },
+            Holding { hash_key: 8, lo: 5, hi: 5, missing: 0 },
+        ];
+        let bh = r.encode_with(&held).unwrap();
+        assert_eq!(bh.len(), 64 + 1 + 2 * HOLDING_LEN);
+        assert_eq!(MemberRecord::parse_with_holdings(&bh), Some((r, held.to_vec())));
+        assert_eq!(MemberRecord::parse(&bh), Some(r));
+        for cut in 65..bh.len() {
+            assert_eq!(MemberRecord::parse(&bh[..cut]), None, "cut at {cut}");
+        }
+        let mut bad = bh.clone();
+        bad[64] = 3;
+        assert_eq!(MemberRecord::parse(&bad), None, "count beyond the block");
+        let mut bad = bh.clone();
+        bad[64 + 1 + 8..64 + 1 + 16].copy_from_slice(&21u64.to_be_bytes());
+        assert_eq!(MemberRecord::parse(&bad), None, "lo above hi");
+        let mut bad = bh.clone();
+        bad[64 + 1 + 24..64 + 1 + 28].copy_from_slice(&11u32.to_be_bytes());
+        assert_eq!(MemberRecord::parse(&bad), None, "more missing than the span");
+        // docs/PROTOCOL.md § "Topic `members`" golden vector.
+        let golden = "0101010101010101010101010101010101010101010101010101010101010101010000019b76\
+                      da80f00000019b76daa80000040a000001245e040a0000012454010000000000000007000000\
+                      000000000a000000000000001400000003";
+        let one = r.encode_with(&held[..1]).unwrap();
+        assert_eq!(one.iter().map(|b| format!("{b:02x}")).collect::<String>(), golden);
+        let many = vec![held[1]; MAX_HOLDINGS + 5];
+        let capped = r.encode_with(&many).unwrap();
+        assert_eq!(MemberRecord::parse_with_holdings(&capped).unwrap().1.len(), MAX_HOLDINGS);
         let unspecified = MemberRecord { nack: SocketAddr::from(([0, 0, 0, 0], 9300)), ..r };
         assert_eq!(unspecified.encode(), None);
         assert_eq!(r.sibling_id(), 0x0101_0101_0101_0101);

@@ -18,14 +18,24 @@
 //!   member ids and NACK addresses. A worker asked for a gap another
 //!   sibling owns (rendezvous hashing, [`crate::retry::siblings`]) forwards
 //!   the NACK to it, so each gap is fetched upstream once, without Redis.
+//! - **Sibling fill.** Each heartbeat carries the member's cache digest
+//!   (its most recently active flows: SeqNum span and holes,
+//!   [`members`] § record layout), refreshed from the workers every
+//!   250 ms; the workers' view carries every live sibling's digest, and a
+//!   gap's owner that misses it asks the sibling most likely to hold it
+//!   (a Proxied NACK, answered from that sibling's cache only) before
+//!   going upstream ([`crate::retry::recover`]).
 //! - **Leaving.** When the endpoint drains (SIGTERM) the member publishes a
 //!   leaving record and siblings drop it at once.
 //! - **Warm restarts** ([`warm`]). With seeds and `--warmup-timeout` > 0, a
 //!   starting endpoint reports `/readyz` 503 "warming" while it pulls the
-//!   hot cache of a sibling by G6 and imports it
+//!   hot cache of its siblings by G6 and imports it
 //!   ([`crate::rt::Control::warm`]), until done, until no sibling answers,
 //!   or until the timeout. Siblings build their snapshot from
-//!   [`crate::rt::Control::export_hot`] (at most [`warm::WARM_MAX_BYTES`]).
+//!   [`crate::rt::Control::export_hot`] (at most [`warm::WARM_MAX_BYTES`]);
+//!   siblings with the same frames build the same snapshot, and the shards
+//!   are fetched from all of them at once, parity covering one that goes
+//!   silent.
 //!
 //! # Where it runs
 //! Like the DHT driver ([`crate::discovery`]), on the control thread: one
@@ -363,6 +373,7 @@ impl Cluster {
                     let now = Instant::now();
                     let mut s = lock(&state);
                     s.core.set_unix_time(now, unix_ms());
+                    s.core.set_holdings(shared.holdings(members::MAX_HOLDINGS));
                     if shared.draining() && !s.core.leaving() {
                         tracing::info!("draining: telling siblings this member is leaving");
                         s.core.leave(now);

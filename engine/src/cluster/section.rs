@@ -105,6 +105,12 @@ pub(super) fn render_metrics(s: &State, out: &mut String) {
     counter(out, "ricochet_cluster_leaves_total", "Leaving records published.", c.leaves);
     counter(
         out,
+        "ricochet_cluster_holdings_updates_total",
+        "Views handed to the workers because a sibling's holdings digest changed.",
+        c.holdings_updates,
+    );
+    counter(
+        out,
         "ricochet_cluster_siblings_view_retries_total",
         "Gap-ownership views offered to the workers again (an inbox was full).",
         c.siblings_retries,
@@ -213,6 +219,46 @@ pub(super) fn render_metrics(s: &State, out: &mut String) {
         "ricochet_cluster_records_applied_total",
         "Records from exchanges and pulls that changed a store.",
         st.records_applied,
+    );
+    let reconcile = [
+        ("started", st.reconcile_started),
+        ("rateless", st.reconcile_rateless),
+        ("completed", st.reconcile_completed),
+        ("timeout", st.reconcile_timeouts),
+        ("flip", st.reconcile_flips),
+        ("fallback", st.reconcile_fallbacks),
+        ("decoded", st.reconcile_decoded),
+        ("decode_failed", st.reconcile_decode_failed),
+    ];
+    labelled(
+        out,
+        "ricochet_cluster_reconcile_total",
+        "counter",
+        "G4 IBLT reconciliation sessions, by event (flip: a decode failure moved the peer to \
+         rateless; fallback: a G1 exchange ran instead).",
+        &reconcile.map(|(e, v)| (format!("event=\"{e}\""), v)),
+    );
+    counter(
+        out,
+        "ricochet_cluster_reconcile_differences_total",
+        "Records found to differ by reconciliation.",
+        st.reconcile_differences,
+    );
+    labelled(
+        out,
+        "ricochet_cluster_reconcile_cells_total",
+        "counter",
+        "IBLT cells and rateless symbols, by direction.",
+        &[
+            ("dir=\"out\"".into(), st.reconcile_cells_sent),
+            ("dir=\"in\"".into(), st.reconcile_cells_received),
+        ],
+    );
+    counter(
+        out,
+        "ricochet_cluster_reconcile_records_sent_total",
+        "Records sent to peers that reconciliation found missing them.",
+        st.reconcile_records_sent,
     );
     gauge(
         out,
@@ -359,6 +405,23 @@ pub(super) fn render_debug(s: &State, now: Instant) -> Value {
         "fetch": core.fetch().map(|f| f.stats()),
         "last": core.last_warm(),
     });
+    let holdings = {
+        let t = core.table();
+        let held = |h: &[crate::retry::Holding]| -> Vec<Value> {
+            h.iter()
+                .take(MAX_LISTED)
+                .map(|h| {
+                    json!({
+                        "hash_key": format!("{:016x}", h.hash_key),
+                        "lo": h.lo, "hi": h.hi, "missing": h.missing,
+                    })
+                })
+                .collect()
+        };
+        let siblings: serde_json::Map<String, Value> =
+            core.live().iter().map(|r| (hex(&r.id[..8]), json!(held(t.holdings(&r.id))))).collect();
+        json!({ "mine": held(core.holdings()), "siblings": siblings })
+    };
     let (sessions, building) = core.server().sessions();
     json!({
         "me": member_json(me, now_ms),
@@ -384,6 +447,7 @@ pub(super) fn render_debug(s: &State, now: Instant) -> Value {
         },
         "pex": pex,
         "warmup": warmup,
+        "holdings": holdings,
         "snapshots": {
             "sessions": sessions,
             "building": building,

@@ -66,6 +66,7 @@ use bytes::Bytes;
 use ricochet_wire::frame::{Extra, Frame, FrameKey, FrameVersion};
 
 use super::SeededState;
+use super::siblings::Holding;
 
 /// Bytes of bookkeeping one cached frame costs beyond its datagram: its log
 /// slot (32-byte `Option<Bytes>` + 8-byte packed deadline/class/group) plus
@@ -425,6 +426,30 @@ impl Cache {
                 }
                 bytes += frame.len();
                 out.push(frame.clone());
+            }
+            at = flow.prev;
+        }
+        out
+    }
+
+    /// What the shard holds of its most recently appended-to flows, newest
+    /// first, at most `max_flows` of them: per flow the SeqNum span of its
+    /// log and how many SeqNums inside it are not held. O(`max_flows`).
+    /// Frames whose TTL ran out but that [`Cache::expire`] has not removed
+    /// yet still count as held; the digest is advice for siblings
+    /// ([`crate::retry::siblings`]), never an answer to a listener.
+    pub fn holdings(&self, max_flows: usize) -> Vec<Holding> {
+        let mut out = Vec::with_capacity(max_flows.min(self.index.len()));
+        let mut at = self.lru_tail;
+        while at != NIL && out.len() < max_flows {
+            let flow = &self.flows[at as usize];
+            if let Some(last) = flow.log.len().checked_sub(1) {
+                out.push(Holding {
+                    hash_key: flow.hash_key,
+                    lo: flow.base,
+                    hi: flow.base + last as u64,
+                    missing: (flow.log.len() - flow.live).min(u32::MAX as usize) as u32,
+                });
             }
             at = flow.prev;
         }

@@ -57,7 +57,7 @@ pub use service::{
     Dest, Effect, FrameOutcome, Lookup, Outbox, Payload, PendingMulticast, Service, Settings,
     Stats, Transmit,
 };
-pub use siblings::{Sibling, Siblings};
+pub use siblings::{Holding, Sibling, Siblings};
 
 use std::collections::hash_map::RandomState;
 use std::hash::{BuildHasher, Hasher};

@@ -21,6 +21,13 @@
 //!   claim ([`Enqueued::NeedsClaim`], answered by [`Recovery::on_claim`]):
 //!   won or unanswerable (Redis down: local dedup only) → ask upstream;
 //!   lost → a sibling fetches it, the job ends.
+//! - Sibling fill: a job may name a sibling first ([`Recovery::enqueue`]'s
+//!   `fill`, the sibling whose cache digest lists the frame): it is asked
+//!   with a Proxied NACK like an upstream — it answers from its cache only,
+//!   a unicast copy or a MISS, never fetching further — before the
+//!   upstreams. The sibling counts as one more attempt, outside
+//!   `max_endpoints`; with a sibling to ask, a job runs even when no
+//!   upstream is configured.
 //! - Never trusted: a datagram from the upstream socket is a frame only if
 //!   it parses as one and its key matches a claimed gap; anything else is
 //!   counted and dropped. Upstream MISS/ACK carry no HashKey, so a MISS is
@@ -101,6 +108,12 @@ pub struct RecoveryStats {
     pub claims_unavailable: u64,
     /// Jobs in flight now (a gauge).
     pub in_flight: u64,
+    /// Proxied NACKs sent to a sibling whose digest listed the frame.
+    pub sibling_fill_nacks: u64,
+    /// Frames a sibling sent back for them.
+    pub sibling_filled: u64,
+    /// Siblings' MISS answers to them (the job moved on upstream).
+    pub sibling_fill_misses: u64,
 }
 
 /// What [`Recovery::enqueue`] did.
@@ -141,7 +154,10 @@ pub struct Recovered {
 struct Job {
     subtree_id: [u8; 32],
     started: Instant,
-    /// Index into `upstreams` of the one being asked.
+    /// The sibling asked first (sibling fill), if any.
+    fill: Option<SocketAddr>,
+    /// Which target is being asked: 0 is `fill` when there is one, the
+    /// rest index `upstreams` in order.
     attempt: usize,
     deadline: Instant,
     /// Waiting for the cross-instance claim; nothing sent yet.
@@ -199,16 +215,18 @@ impl Recovery {
     }
 
     /// Starts recovering `key` unless it is claimed already or the queue
-    /// is full; queues the first Proxied NACK, or with shared claims waits
-    /// for [`Recovery::on_claim`].
+    /// is full; queues the first Proxied NACK — to the sibling `fill` when
+    /// given, else to the first upstream — or with shared claims waits for
+    /// [`Recovery::on_claim`].
     pub fn enqueue(
         &mut self,
         now: Instant,
         key: FrameKey,
         subtree_id: [u8; 32],
+        fill: Option<SocketAddr>,
         out: &mut Vec<Transmit>,
     ) -> Enqueued {
-        if !self.enabled() {
+        if !self.enabled() && fill.is_none() {
             return Enqueued::Off;
         }
         if self.claims.is_claimed(now, key) {
@@ -221,7 +239,8 @@ impl Recovery {
         }
         self.claims.try_claim(now, key);
         self.stats.queued += 1;
-        let job = Job { subtree_id, started: now, attempt: 0, deadline: now, claiming: false };
+        let job =
+            Job { subtree_id, started: now, fill, attempt: 0, deadline: now, claiming: false };
         if self.settings.shared_claims {
             self.jobs.insert(key, Job { claiming: true, ..job });
             return Enqueued::NeedsClaim;
@@ -279,6 +298,9 @@ impl Recovery {
             match self.jobs.remove(&key) {
                 Some(job) => {
                     self.stats.recovered += 1;
+                    if job.fill == Some(from) {
+                        self.stats.sibling_filled += 1;
+                    }
                     self.stats.latency_us_sum += now.duration_since(job.started).as_micros() as u64;
                 }
                 None => {
@@ -290,10 +312,16 @@ impl Recovery {
         }
         match ResponseRepr::parse(datagram) {
             Ok(ResponseRepr { kind: ResponseKind::Miss, .. }) => {
-                self.stats.upstream_misses += 1;
-                if let Some(key) = self.oldest_waiting_on(from) {
-                    self.advance(now, key, out);
+                let Some(key) = self.oldest_waiting_on(from) else {
+                    self.stats.upstream_misses += 1;
+                    return None;
+                };
+                if self.jobs.get(&key).is_some_and(|j| j.attempt == 0 && j.fill == Some(from)) {
+                    self.stats.sibling_fill_misses += 1;
+                } else {
+                    self.stats.upstream_misses += 1;
                 }
+                self.advance(now, key, out);
             }
             // The frame itself carries the news; an ACK or THROTTLED adds
             // nothing the timeout does not handle.
@@ -325,35 +353,58 @@ impl Recovery {
         self.timers.front().map(|t| t.0)
     }
 
-    fn limit(&self) -> usize {
-        match self.settings.max_endpoints {
+    /// Whether a job is waiting for an answer from `from` (an upstream or
+    /// a sibling asked for a fill).
+    pub fn is_waiting_on(&self, from: SocketAddr) -> bool {
+        self.jobs.values().any(|j| !j.claiming && self.target(j) == Some(from))
+    }
+
+    /// Attempts a job makes: its fill sibling, then at most
+    /// `max_endpoints` upstreams.
+    fn limit(&self, job: &Job) -> usize {
+        let upstreams = match self.settings.max_endpoints {
             0 => self.settings.upstreams.len(),
             n => n.min(self.settings.upstreams.len()),
+        };
+        upstreams + usize::from(job.fill.is_some())
+    }
+
+    /// Who `job` is asking now.
+    fn target(&self, job: &Job) -> Option<SocketAddr> {
+        match (job.fill, job.attempt) {
+            (Some(sibling), 0) => Some(sibling),
+            (Some(_), n) => self.settings.upstreams.get(n - 1).copied(),
+            (None, n) => self.settings.upstreams.get(n).copied(),
         }
     }
 
     fn oldest_waiting_on(&self, from: SocketAddr) -> Option<FrameKey> {
         self.jobs
             .iter()
-            .filter(|(_, j)| !j.claiming && self.settings.upstreams.get(j.attempt) == Some(&from))
+            .filter(|(_, j)| !j.claiming && self.target(j) == Some(from))
             .min_by_key(|(_, j)| j.deadline)
             .map(|(k, _)| *k)
     }
 
     fn advance(&mut self, now: Instant, key: FrameKey, out: &mut Vec<Transmit>) {
-        let Some(job) = self.jobs.get_mut(&key) else { return };
-        job.attempt += 1;
-        if job.attempt >= self.limit() {
+        let Some(job) = self.jobs.get(&key) else { return };
+        let attempt = job.attempt + 1;
+        if attempt >= self.limit(job) {
             self.jobs.remove(&key);
             self.stats.failed += 1;
             return;
+        }
+        if let Some(job) = self.jobs.get_mut(&key) {
+            job.attempt = attempt;
         }
         self.ask(now, key, out);
     }
 
     fn ask(&mut self, now: Instant, key: FrameKey, out: &mut Vec<Transmit>) {
+        let Some(job) = self.jobs.get(&key) else { return };
+        let Some(upstream) = self.target(job) else { return };
+        let fill = job.fill == Some(upstream) && job.attempt == 0;
         let Some(job) = self.jobs.get_mut(&key) else { return };
-        let Some(&upstream) = self.settings.upstreams.get(job.attempt) else { return };
         job.deadline = now + self.settings.timeout;
         self.timers.push_back((job.deadline, key, job.attempt));
         let mut buf = [0u8; 64];
@@ -365,7 +416,11 @@ impl Recovery {
             subtree_id: job.subtree_id,
         };
         if let Ok(len) = nack.emit(&mut buf) {
-            self.stats.upstream_nacks += 1;
+            if fill {
+                self.stats.sibling_fill_nacks += 1;
+            } else {
+                self.stats.upstream_nacks += 1;
+            }
             out.push(Transmit {
                 dest: Dest::Upstream(upstream),
                 payload: Payload::Control { buf, len: len as u8 },
@@ -427,7 +482,7 @@ mod tests {
     #[test]
     fn asks_upstreams_in_order_with_a_proxied_nack() {
         let (mut r, t0, mut out) = (rec(&[U1, U2]), Instant::now(), Vec::new());
-        r.enqueue(t0, key(5), [9; 32], &mut out);
+        r.enqueue(t0, key(5), [9; 32], None, &mut out);
         assert_eq!(targets(&out), [U1.parse().unwrap()]);
         let n = NackRepr::parse(out[0].payload.as_bytes()).unwrap();
         assert!(n.flags.proxied());
@@ -448,7 +503,7 @@ mod tests {
     #[test]
     fn a_miss_moves_on_at_once_and_a_matching_frame_recovers() {
         let (mut r, t0, mut out) = (rec(&[U1, U2]), Instant::now(), Vec::new());
-        r.enqueue(t0, key(5), [0; 32], &mut out);
+        r.enqueue(t0, key(5), [0; 32], None, &mut out);
         out.clear();
         assert_eq!(r.on_datagram(t0, U1.parse().unwrap(), &miss(), &mut out), None);
         assert_eq!(targets(&out), [U2.parse().unwrap()]);
@@ -467,14 +522,14 @@ mod tests {
     fn one_fetch_per_gap_within_the_window() {
         let (mut r, t0, mut out) = (rec(&[U1]), Instant::now(), Vec::new());
         for _ in 0..5 {
-            r.enqueue(t0, key(5), [0; 32], &mut out);
+            r.enqueue(t0, key(5), [0; 32], None, &mut out);
         }
         assert_eq!(out.len(), 1);
         assert_eq!(r.stats().deduplicated, 4);
         // After the window the gap may be fetched again.
         r.handle_timeouts(t0 + Duration::from_secs(61), &mut out);
         out.clear();
-        r.enqueue(t0 + Duration::from_secs(61), key(5), [0; 32], &mut out);
+        r.enqueue(t0 + Duration::from_secs(61), key(5), [0; 32], None, &mut out);
         assert_eq!(out.len(), 1);
     }
 
@@ -487,7 +542,7 @@ mod tests {
         });
         let (t0, mut out) = (Instant::now(), Vec::new());
         for seq in 1..=10 {
-            r.enqueue(t0, key(seq), [0; 32], &mut out);
+            r.enqueue(t0, key(seq), [0; 32], None, &mut out);
         }
         let s = r.stats();
         assert_eq!((s.queued, s.dropped_queue_full, s.in_flight), (3, 7, 3));
@@ -496,7 +551,7 @@ mod tests {
     #[test]
     fn garbage_and_unclaimed_frames_are_dropped() {
         let (mut r, t0, mut out) = (rec(&[U1]), Instant::now(), Vec::new());
-        r.enqueue(t0, key(5), [0; 32], &mut out);
+        r.enqueue(t0, key(5), [0; 32], None, &mut out);
         let u1 = U1.parse().unwrap();
         assert_eq!(r.on_datagram(t0, u1, b"\x00garbage", &mut out), None);
         assert_eq!(r.on_datagram(t0, u1, &frame(key(6)), &mut out), None);
@@ -510,7 +565,7 @@ mod tests {
     #[test]
     fn a_late_frame_after_the_job_gave_up_is_still_taken() {
         let (mut r, t0, mut out) = (rec(&[U1]), Instant::now(), Vec::new());
-        r.enqueue(t0, key(5), [0; 32], &mut out);
+        r.enqueue(t0, key(5), [0; 32], None, &mut out);
         r.handle_timeouts(t0 + Duration::from_millis(300), &mut out);
         assert_eq!(r.stats().failed, 1);
         let late = r.on_datagram(
@@ -525,7 +580,7 @@ mod tests {
     #[test]
     fn disabled_without_upstreams() {
         let (mut r, mut out) = (rec(&[]), Vec::new());
-        r.enqueue(Instant::now(), key(1), [0; 32], &mut out);
+        r.enqueue(Instant::now(), key(1), [0; 32], None, &mut out);
         assert!(out.is_empty());
         assert_eq!(r.stats().queued, 0);
     }
@@ -539,9 +594,9 @@ mod tests {
             ..RecoverySettings::default()
         });
         let mut out = Vec::new();
-        assert_eq!(r.enqueue(t0, key(1), [0; 32], &mut out), Enqueued::NeedsClaim);
-        assert_eq!(r.enqueue(t0, key(2), [0; 32], &mut out), Enqueued::NeedsClaim);
-        assert_eq!(r.enqueue(t0, key(3), [0; 32], &mut out), Enqueued::NeedsClaim);
+        assert_eq!(r.enqueue(t0, key(1), [0; 32], None, &mut out), Enqueued::NeedsClaim);
+        assert_eq!(r.enqueue(t0, key(2), [0; 32], None, &mut out), Enqueued::NeedsClaim);
+        assert_eq!(r.enqueue(t0, key(3), [0; 32], None, &mut out), Enqueued::NeedsClaim);
         assert!(out.is_empty(), "nothing is sent before the claim");
         // A job waiting for its claim never times out upstream.
         r.handle_timeouts(t0 + Duration::from_secs(5), &mut out);
@@ -553,9 +608,65 @@ mod tests {
         let st = r.stats();
         assert_eq!((st.claimed_by_sibling, st.claims_unavailable, st.in_flight), (1, 1, 2));
         // The lost gap stays claimed here: asking again is deduplicated.
-        assert_eq!(r.enqueue(t0, key(2), [0; 32], &mut out), Enqueued::Refused);
+        assert_eq!(r.enqueue(t0, key(2), [0; 32], None, &mut out), Enqueued::Refused);
         // A late or repeated answer changes nothing.
         r.on_claim(t0, key(1), ClaimResult::Won, &mut out);
         assert_eq!(out.len(), 2);
+    }
+
+    const SIB: &str = "10.0.0.9:9300";
+
+    #[test]
+    fn a_fill_sibling_is_asked_first_then_the_upstreams() {
+        let (mut r, t0, mut out) = (rec(&[U1, U2]), Instant::now(), Vec::new());
+        let sib: SocketAddr = SIB.parse().unwrap();
+        assert_eq!(r.enqueue(t0, key(5), [0; 32], Some(sib), &mut out), Enqueued::Asked);
+        assert_eq!(targets(&out), [sib]);
+        assert!(NackRepr::parse(out[0].payload.as_bytes()).unwrap().flags.proxied());
+        assert!(r.is_waiting_on(sib) && !r.is_waiting_on(U1.parse().unwrap()));
+        out.clear();
+        // The sibling's MISS moves on to the first upstream at once.
+        r.on_datagram(t0, sib, &miss(), &mut out);
+        assert_eq!(targets(&out), [U1.parse().unwrap()]);
+        out.clear();
+        // Silence from U1: U2; silence again: failed after three attempts.
+        r.handle_timeouts(t0 + Duration::from_millis(300), &mut out);
+        assert_eq!(targets(&out), [U2.parse().unwrap()]);
+        out.clear();
+        r.handle_timeouts(t0 + Duration::from_millis(600), &mut out);
+        assert!(out.is_empty());
+        let s = r.stats();
+        assert_eq!(
+            (s.sibling_fill_nacks, s.sibling_fill_misses, s.upstream_nacks, s.failed),
+            (1, 1, 2, 1)
+        );
+    }
+
+    #[test]
+    fn a_fill_sibling_that_answers_recovers_the_frame_without_upstream() {
+        let (mut r, t0, mut out) = (rec(&[U1]), Instant::now(), Vec::new());
+        let sib: SocketAddr = SIB.parse().unwrap();
+        r.enqueue(t0, key(5), [0; 32], Some(sib), &mut out);
+        out.clear();
+        let got = r.on_datagram(t0 + Duration::from_millis(1), sib, &frame(key(5)), &mut out);
+        assert_eq!(got.map(|g| g.key), Some(key(5)));
+        r.handle_timeouts(t0 + Duration::from_secs(1), &mut out);
+        assert!(out.is_empty(), "nothing goes upstream");
+        let s = r.stats();
+        assert_eq!((s.sibling_filled, s.recovered, s.upstream_nacks), (1, 1, 0));
+    }
+
+    #[test]
+    fn with_no_upstream_a_fill_sibling_still_runs_a_job() {
+        let (mut r, t0, mut out) = (rec(&[]), Instant::now(), Vec::new());
+        let sib: SocketAddr = SIB.parse().unwrap();
+        assert_eq!(r.enqueue(t0, key(1), [0; 32], None, &mut out), Enqueued::Off);
+        assert_eq!(r.enqueue(t0, key(2), [0; 32], Some(sib), &mut out), Enqueued::Asked);
+        assert_eq!(targets(&out), [sib]);
+        out.clear();
+        // A silent sibling: the job fails after its one attempt.
+        r.handle_timeouts(t0 + Duration::from_millis(300), &mut out);
+        assert!(out.is_empty());
+        assert_eq!((r.stats().failed, r.stats().in_flight), (1, 0));
     }
 }

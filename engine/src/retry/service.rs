@@ -73,7 +73,7 @@
 //! ACK or THROTTLED. The IP tier never answers, so what any one source
 //! address (spoofed or not) can draw is bounded by its IP-tier rate.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::time::Instant;
 
 use bytes::Bytes;
@@ -372,6 +372,9 @@ pub struct Stats {
     pub nacks: u64,
     /// Well-formed NACKs with the Proxied flag (from a downstream endpoint).
     pub nacks_proxied: u64,
+    /// NACKs from a live sibling (Proxied or Sibling flag) that skipped the
+    /// per-source rate tiers.
+    pub nacks_from_siblings: u64,
     /// NACKs that asked for more than one frame.
     pub ranges_served: u64,
     /// Range NACKs clamped to `max_range`.
@@ -418,6 +421,9 @@ pub struct Service {
     cache: Cache,
     limiter: Limiter,
     stats: Stats,
+    /// Live siblings' addresses: their Proxied or Sibling-flagged NACKs
+    /// skip the per-source rate tiers.
+    siblings: Vec<IpAddr>,
 }
 
 impl Service {
@@ -428,7 +434,18 @@ impl Service {
             limiter: Limiter::new(&settings.limits, now),
             settings,
             stats: Stats::default(),
+            siblings: Vec::new(),
         }
+    }
+
+    /// Sets the live siblings' addresses (gossip membership). A NACK from
+    /// one of them flagged Proxied (sibling fill) or Sibling (a gap
+    /// forwarded to its owner) carries many listeners' requests, already
+    /// deduplicated by gap ownership and claims, so the per-source rate
+    /// tiers (IP, sequence, chain) do not apply to it; the group tier
+    /// still limits what reaches the multicast groups.
+    pub fn set_sibling_addrs(&mut self, addrs: Vec<IpAddr>) {
+        self.siblings = addrs;
     }
 
     /// The settings in force.
@@ -543,8 +560,12 @@ impl Service {
         self.stats.nacks_proxied += u64::from(proxied);
         let s = &self.settings;
         let stats = &mut self.stats;
+        let sibling = (proxied || from_sibling) && self.siblings.contains(&src.ip().to_canonical());
+        stats.nacks_from_siblings += u64::from(sibling);
 
-        if let Err(tier) = self.limiter.check_before_lookup(now, src.ip(), hash_key, start) {
+        if sibling {
+            // Not limited per source (see `set_sibling_addrs`).
+        } else if let Err(tier) = self.limiter.check_before_lookup(now, src.ip(), hash_key, start) {
             match tier {
                 Tier::Ip => stats.rate_limited_ip += 1,
                 Tier::Sequence => stats.rate_limited_sequence += 1,
@@ -1188,6 +1209,25 @@ mod tests {
         }
         assert_eq!(ask(&mut svc, t0, nack(HK, 1, 1, 0)), []);
         assert_eq!(svc.stats().rate_limited_ip, 1);
+    }
+
+    #[test]
+    fn a_live_siblings_flagged_nacks_skip_the_per_source_tiers() {
+        let (mut svc, t0) = service(|_| {});
+        svc.set_sibling_addrs(vec![src().ip()]);
+        // Sibling-flagged (forwarded gaps) and Proxied (fills): all served,
+        // far beyond the IP burst of 10.
+        for i in 0..30 {
+            let flags = if i % 2 == 0 { NackFlags::SIBLING } else { NackFlags::PROXIED };
+            assert!(!ask(&mut svc, t0, nack(HK, 1, 1, flags)).is_empty(), "NACK {i}");
+        }
+        assert_eq!((svc.stats().rate_limited_ip, svc.stats().nacks_from_siblings), (0, 30));
+        // Unflagged NACKs from the same address are limited as usual.
+        let answered = (0..30).filter(|_| !ask(&mut svc, t0, nack(HK, 1, 1, 0)).is_empty()).count();
+        assert_eq!(answered, 10);
+        // Once it is no longer a sibling, its flagged NACKs are limited too.
+        svc.set_sibling_addrs(Vec::new());
+        assert_eq!(ask(&mut svc, t0, nack(HK, 1, 1, NackFlags::SIBLING)), []);
     }
 
     #[test]

@@ -9,6 +9,13 @@
 //! owner recovers it whatever its own view says (views can disagree while
 //! membership changes; the flag stops a forward from bouncing).
 //!
+//! # Sibling fill
+//! The view also carries what each sibling said it holds
+//! ([`Holding`]: per flow the SeqNum span of its cache and how many
+//! SeqNums inside it are missing), gossiped about once a second. The
+//! owner of a gap it does not hold asks the sibling most likely to hold
+//! it ([`Siblings::holder`]) before going upstream.
+//!
 //! # Contract
 //! - Every member with the same member list computes the same owner for
 //!   every key.
@@ -31,11 +38,26 @@ pub struct Sibling {
     pub nack: SocketAddr,
 }
 
+/// What one sibling holds of one flow (its cache's digest entry).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Holding {
+    /// The flow.
+    pub hash_key: u64,
+    /// Lowest SeqNum of the flow's log.
+    pub lo: u64,
+    /// Highest SeqNum of the flow's log.
+    pub hi: u64,
+    /// SeqNums in `lo..=hi` the sibling does not hold.
+    pub missing: u32,
+}
+
 /// One endpoint's view of its live siblings.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Siblings {
     me: u64,
     others: Vec<Sibling>,
+    /// Per sibling id, its latest holdings digest.
+    holdings: Vec<(u64, Vec<Holding>)>,
 }
 
 /// SplitMix64's finaliser: a bijective 64-bit mix.
@@ -56,7 +78,49 @@ impl Siblings {
         let mut others: Vec<Sibling> = others.into_iter().filter(|s| s.id != me).collect();
         others.sort_unstable_by_key(|s| s.id);
         others.dedup_by_key(|s| s.id);
-        Siblings { me, others }
+        Siblings { me, others, holdings: Vec::new() }
+    }
+
+    /// This view with `holdings` as sibling `id`'s digest (ignored for an
+    /// id that is not a live sibling).
+    pub fn with_holdings(mut self, id: u64, holdings: Vec<Holding>) -> Self {
+        if self.others.iter().any(|s| s.id == id) {
+            self.holdings.retain(|(i, _)| *i != id);
+            self.holdings.push((id, holdings));
+        }
+        self
+    }
+
+    /// The digest sibling `id` last gave, if any.
+    pub fn holdings_of(&self, id: u64) -> Option<&[Holding]> {
+        self.holdings.iter().find(|(i, _)| *i == id).map(|(_, h)| h.as_slice())
+    }
+
+    /// The sibling to ask for `key` before going upstream (sibling fill),
+    /// or `None` when no sibling's digest lists the flow down to `key`'s
+    /// SeqNum. Preference: a sibling whose span covers the SeqNum with no
+    /// hole (it holds it, unless it expired since), then one whose span
+    /// covers it (fewest holes first), then one whose span ends below it
+    /// (it is receiving the flow; the digest is up to a heartbeat old);
+    /// ties go to the lower member id, so the choice is deterministic.
+    pub fn holder(&self, key: FrameKey) -> Option<SocketAddr> {
+        let mut best: Option<((u8, u32, u64), SocketAddr)> = None;
+        for (id, held) in &self.holdings {
+            let Some(h) = held.iter().find(|h| h.hash_key == key.hash_key) else { continue };
+            if key.seq < h.lo {
+                continue;
+            }
+            let rank = match (key.seq <= h.hi, h.missing) {
+                (true, 0) => (0, 0, *id),
+                (true, m) => (1, m, *id),
+                (false, _) => (2, 0, *id),
+            };
+            let Some(sib) = self.others.iter().find(|s| s.id == *id) else { continue };
+            if best.is_none_or(|(r, _)| rank < r) {
+                best = Some((rank, sib.nack));
+            }
+        }
+        best.map(|(_, addr)| addr)
     }
 
     /// Live siblings besides this endpoint.
@@ -97,6 +161,35 @@ mod tests {
         let v = Siblings::new(7, []);
         assert!(v.owner(FrameKey { hash_key: 1, seq: 1 }).is_none());
         assert!(Siblings::new(7, [sib(7)]).owner(FrameKey { hash_key: 1, seq: 2 }).is_none());
+    }
+
+    fn held(hash_key: u64, lo: u64, hi: u64, missing: u32) -> Holding {
+        Holding { hash_key, lo, hi, missing }
+    }
+
+    #[test]
+    fn the_holder_is_the_sibling_most_likely_to_have_the_frame() {
+        let view = Siblings::new(1, [sib(2), sib(3), sib(4)])
+            .with_holdings(2, vec![held(9, 10, 100, 3)])
+            .with_holdings(3, vec![held(9, 50, 90, 0), held(8, 1, 5, 0)])
+            .with_holdings(4, vec![held(9, 1, 40, 0)])
+            // Not a live sibling: ignored.
+            .with_holdings(5, vec![held(9, 1, 1000, 0)]);
+        let k = |hash_key, seq| FrameKey { hash_key, seq };
+        // Covered without holes by 3.
+        assert_eq!(view.holder(k(9, 60)), Some(sib(3).nack));
+        // Covered by 2 (with holes) and without holes by 4.
+        assert_eq!(view.holder(k(9, 20)), Some(sib(4).nack));
+        // Only 2's span reaches it.
+        assert_eq!(view.holder(k(9, 95)), Some(sib(2).nack));
+        // Beyond every span: the lowest id among those receiving the flow.
+        assert_eq!(view.holder(k(9, 500)), Some(sib(2).nack));
+        // Below every span, and an unknown flow.
+        assert_eq!(view.holder(k(9, 0)), None);
+        assert_eq!(view.holder(k(7, 3)), None);
+        assert_eq!(view.holder(k(8, 3)), Some(sib(3).nack));
+        assert_eq!(view.holdings_of(5), None);
+        assert_eq!(Siblings::new(1, []).holder(k(9, 60)), None);
     }
 
     #[test]

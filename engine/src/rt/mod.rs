@@ -186,7 +186,13 @@ pub struct WorkerSnapshot {
     pub retry: Stats,
     /// Its recovery path's counters.
     pub recovery: retry::RecoveryStats,
+    /// What its cache shard holds of its most recently active flows
+    /// (at most [`HOLDINGS_PER_WORKER`]), for siblings' fill decisions.
+    pub holdings: Vec<retry::Holding>,
 }
+
+/// Flows per worker in the holdings digest a cluster member gossips.
+pub const HOLDINGS_PER_WORKER: usize = 32;
 
 /// What workers tell the control thread (for `/events`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -255,6 +261,33 @@ impl Shared {
     pub fn start_drain(&self) {
         self.draining.store(true, Ordering::Relaxed);
     }
+    /// The workers' holdings digests merged, at most `max` flows: each
+    /// worker's most recently active flows first, taken in turns (a flow
+    /// lives on one worker only, so nothing repeats).
+    pub fn holdings(&self, max: usize) -> Vec<retry::Holding> {
+        let lists: Vec<Vec<retry::Holding>> = self
+            .snapshots
+            .iter()
+            .map(|s| s.lock().map(|s| s.holdings.clone()).unwrap_or_default())
+            .collect();
+        let mut out = Vec::with_capacity(max);
+        for i in 0.. {
+            let before = out.len();
+            for l in &lists {
+                if out.len() == max {
+                    return out;
+                }
+                if let Some(h) = l.get(i) {
+                    out.push(*h);
+                }
+            }
+            if out.len() == before {
+                break;
+            }
+        }
+        out
+    }
+
     /// Takes the events workers queued since the last call.
     pub fn drain_events(&self) -> impl Iterator<Item = ControlEvent> + '_ {
         self.events_rx.try_iter()

@@ -230,8 +230,12 @@ impl Core {
                         if !from_sibling && self.forward_to_owner(key, subtree_id) {
                             continue;
                         }
+                        // Sibling fill: the sibling whose digest lists the
+                        // frame is asked before the upstreams.
+                        let fill = self.siblings.holder(key);
                         let out = &mut self.outbox.transmits;
-                        if self.recovery.enqueue(now, key, subtree_id, out) == Enqueued::NeedsClaim
+                        if self.recovery.enqueue(now, key, subtree_id, fill, out)
+                            == Enqueued::NeedsClaim
                         {
                             self.ask_store(now, Parked::Proxy(key));
                         }
@@ -361,9 +365,13 @@ impl Core {
     /// so every listener that lost it gets it.
     pub(crate) fn on_upstream(&mut self, now: Instant, src: SocketAddr, data: &[u8]) {
         self.counters.upstream_datagrams += 1;
-        if self.siblings.others().iter().any(|s| s.nack == src) {
+        if self.siblings.others().iter().any(|s| s.nack == src)
+            && Frame::new_checked(data).is_err()
+            && !self.recovery.is_waiting_on(src)
+        {
             // The owner's MISS or ACK to a forwarded NACK: the frame itself
-            // reaches this domain by multicast.
+            // reaches this domain by multicast. (A sibling asked for a fill
+            // answers into the recovery path below.)
             self.counters.sibling_replies += 1;
             return;
         }
@@ -417,6 +425,8 @@ impl Core {
                     Ok(())
                 }
                 Handoff::Siblings(view) => {
+                    let addrs = view.others().iter().map(|s| s.nack.ip().to_canonical()).collect();
+                    self.service.set_sibling_addrs(addrs);
                     self.siblings = view;
                     Ok(())
                 }
@@ -493,12 +503,14 @@ impl Core {
 
     pub(crate) fn publish(&mut self) {
         self.counters.store_pending = self.waits.parked.len() as u64;
+        let holdings = self.service.cache().holdings(super::HOLDINGS_PER_WORKER);
         if let Ok(mut s) = self.shared.snapshots[self.index].lock() {
             *s = WorkerSnapshot {
                 cpu: self.opts.cpus.get(self.index).copied().unwrap_or(0),
                 counters: self.counters.clone(),
                 retry: self.service.stats(),
                 recovery: self.recovery.stats(),
+                holdings,
             };
         }
     }

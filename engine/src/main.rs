@@ -199,6 +199,7 @@ fn options(cfg: &Config) -> Result<(Options, beacon::BeaconSettings), String> {
         batch: 32,
         store: None,
         dedup_window: cfg.retransmit.dedup_window,
+        dht: None,
     };
     let advertised = match (cfg.nack.addr, net.ipv4_lab) {
         (Some(IpAddr::V6(a)), _) => a,
@@ -349,6 +350,15 @@ fn serve(cfg: Config) -> Result<(), String> {
         };
         (settings, queue, std::sync::Arc::new(ricochet::store::StoreStats::default()))
     });
+    // The node key is loaded before the workers start: they run the DHT.
+    let discovery = if cfg.discovery.enabled {
+        let settings = ricochet::discovery::Settings::from_config(&cfg, &opts, &beacon_settings);
+        let d = ricochet::discovery::Discovery::new(settings)?;
+        opts.dht = Some(d.runtime_options());
+        Some(d)
+    } else {
+        None
+    };
     let runtime = Runtime::start(opts.clone()).map_err(|e| {
         format!(
             "starting the workers failed: {e} (ports {} and {}; is another endpoint running, or \
@@ -389,14 +399,10 @@ fn serve(cfg: Config) -> Result<(), String> {
     if let Some(u) = &upstream_events {
         state.sections.push(u.clone());
     }
-    let discovery = if cfg.discovery.enabled {
-        let settings = ricochet::discovery::Settings::from_config(&cfg, &opts, &beacon_settings);
-        let d = ricochet::discovery::Discovery::new(settings, runtime.control(), shared.clone())?;
-        state.sections.push(d.section());
-        Some(d)
-    } else {
-        None
-    };
+    if let Some(d) = &discovery {
+        state.sections.push(d.section(shared.clone()));
+    }
+    let discovery_control = runtime.control();
     let cluster = match ricochet::cluster::Settings::from_config(&cfg, &opts, &beacon_settings) {
         Some(settings) => {
             let c = ricochet::cluster::Cluster::new(settings, runtime.control(), shared.clone())?;
@@ -429,7 +435,7 @@ fn serve(cfg: Config) -> Result<(), String> {
         if beacons {
             tokio::spawn(beacon::run(opts.clone(), beacon_settings, shared.clone()));
         }
-        let discovery = discovery.map(ricochet::discovery::Discovery::spawn);
+        let discovery = discovery.map(|d| d.spawn(discovery_control, shared.clone()));
         let cluster = cluster.map(ricochet::cluster::Cluster::spawn);
         let failed = {
             let shared = shared.clone();

@@ -65,9 +65,12 @@
 //! each call send `out.transmits` and act on `out.events`. Commands
 //! ([`Node::find_value`], [`Node::put`]…) return a [`QueryId`] that the
 //! matching [`Event`] carries. A node's replies must reach the same
-//! `Node` that sent the request (transaction ids are per node), so one
-//! process runs one `Node` per DHT socket; the store inside it is one
-//! shard ([`store::Store`] can also be used on its own).
+//! `Node` that sent the request (transaction ids are per node). The daemon
+//! runs one `Node` per worker, all with the same identity on one
+//! SO_REUSEPORT port: [`Config::txid_tag`] marks each node's transaction
+//! ids so responses can be steered back to it, and each node's store is
+//! the shard of the keys its worker owns ([`store::Store`] can also be
+//! used on its own).
 
 #![warn(missing_docs)]
 
@@ -145,6 +148,13 @@ pub struct Config {
     pub store: StoreSettings,
     /// Request rate limits.
     pub rate: RateSettings,
+    /// `Some((shard, shards))` when this node is one of `shards` nodes
+    /// sharing one identity and one UDP port (one per worker): the first
+    /// byte of every transaction id it generates is then ≡ `shard` (mod
+    /// `shards`), so a reuseport steering program can send each response
+    /// to the node that asked (`rt::dht_owner`). `None`: ids are
+    /// untouched.
+    pub txid_tag: Option<(u8, u8)>,
 }
 
 impl Config {
@@ -170,6 +180,7 @@ impl Config {
             routing: RoutingSettings::default(),
             store: StoreSettings::default(),
             rate: RateSettings::default(),
+            txid_tag: None,
         }
     }
 }

@@ -17,12 +17,16 @@
 //!   dropped and counted (`unsolicited`, `addr_mismatch`,
 //!   `type_mismatch`, `id_mismatch`); a wrong id also counts as a failure
 //!   of the peer we meant to reach. Transaction ids are BLAKE3 outputs
-//!   keyed by the seed, so other peers cannot predict them.
+//!   keyed by the seed, so other peers cannot predict them; with
+//!   [`super::Config::txid_tag`] their first byte names the node's shard.
 //! - Every outstanding request has a deadline (`request_timeout`); on
 //!   expiry it counts as a failure of that peer in the routing table (back-
 //!   off, Bad after repeated failures) and of the lookup that sent it.
 //! - Lookups: α requests in flight, converge on the k closest (see
-//!   [`super::query`]). FIND_VALUE stops at the first verified record and
+//!   [`super::query`]). A node that a reply lists but our routing table
+//!   holds as Bad at that address is not asked (`bad_peer_skipped`): it
+//!   failed our recent requests, so asking would only wait out its
+//!   timeouts. FIND_VALUE stops at the first verified record and
 //!   reports one record per slot. A put stores locally, looks up the key,
 //!   then STOREs to the k closest that answered.
 //! - Maintenance on each tick: expired records purged; stale buckets
@@ -96,6 +100,44 @@ impl Stats {
     pub fn drops(&self) -> Vec<(&'static str, u64)> {
         self.drops.by_reason()
     }
+
+    /// Adds `other`'s counters to these (several nodes' totals).
+    pub fn add(&mut self, other: &Stats) {
+        let Stats {
+            rx_datagrams,
+            tx_datagrams,
+            requests_answered,
+            responses_matched,
+            late_responses,
+            timeouts,
+            probes_sent,
+            evictions,
+            queries_started,
+            queries_finished,
+            replications,
+            records_stored,
+            records_refreshed,
+            records_expired,
+            verifications,
+            drops,
+        } = other;
+        self.rx_datagrams += rx_datagrams;
+        self.tx_datagrams += tx_datagrams;
+        self.requests_answered += requests_answered;
+        self.responses_matched += responses_matched;
+        self.late_responses += late_responses;
+        self.timeouts += timeouts;
+        self.probes_sent += probes_sent;
+        self.evictions += evictions;
+        self.queries_started += queries_started;
+        self.queries_finished += queries_finished;
+        self.replications += replications;
+        self.records_stored += records_stored;
+        self.records_refreshed += records_refreshed;
+        self.records_expired += records_expired;
+        self.verifications += verifications;
+        self.drops.add(drops);
+    }
 }
 
 /// Drop counters by reason.
@@ -122,6 +164,10 @@ pub struct Drops {
     pub pending_full: u64,
     /// Nodes in NODES/VALUE lists with an unusable address or our own id.
     pub bad_node: u64,
+    /// Nodes in NODES/VALUE lists not asked because our routing table holds
+    /// them (at that address) as [`super::Health::Bad`]: they failed our
+    /// recent requests, and asking would only wait out another timeout.
+    pub bad_peer_skipped: u64,
     /// Records in a VALUE for another key than the one asked for.
     pub record_wrong_key: u64,
     /// Records over `max_record_len`.
@@ -165,6 +211,7 @@ impl Drops {
             ("id_mismatch", self.id_mismatch),
             ("pending_full", self.pending_full),
             ("bad_node", self.bad_node),
+            ("bad_peer_skipped", self.bad_peer_skipped),
             ("record_wrong_key", self.record_wrong_key),
             ("record_oversize", self.record_oversize),
             ("record_expired", self.record_expired),
@@ -179,6 +226,60 @@ impl Drops {
             ("routing_addr_conflict", self.routing_addr_conflict),
         ]);
         v
+    }
+
+    /// Adds `other`'s counters to these.
+    pub fn add(&mut self, other: &Drops) {
+        for (a, b) in self.malformed.iter_mut().zip(other.malformed) {
+            *a += b;
+        }
+        let Drops {
+            malformed: _,
+            own_id,
+            bad_source,
+            rate_limited,
+            unsolicited,
+            addr_mismatch,
+            type_mismatch,
+            id_mismatch,
+            pending_full,
+            bad_node,
+            bad_peer_skipped,
+            record_wrong_key,
+            record_oversize,
+            record_expired,
+            record_future_timestamp,
+            record_ttl_too_long,
+            record_stale,
+            record_store_full,
+            record_key_full,
+            record_bad_signature,
+            record_policy,
+            routing_subnet_limit,
+            routing_addr_conflict,
+        } = other;
+        self.own_id += own_id;
+        self.bad_source += bad_source;
+        self.rate_limited += rate_limited;
+        self.unsolicited += unsolicited;
+        self.addr_mismatch += addr_mismatch;
+        self.type_mismatch += type_mismatch;
+        self.id_mismatch += id_mismatch;
+        self.pending_full += pending_full;
+        self.bad_node += bad_node;
+        self.bad_peer_skipped += bad_peer_skipped;
+        self.record_wrong_key += record_wrong_key;
+        self.record_oversize += record_oversize;
+        self.record_expired += record_expired;
+        self.record_future_timestamp += record_future_timestamp;
+        self.record_ttl_too_long += record_ttl_too_long;
+        self.record_stale += record_stale;
+        self.record_store_full += record_store_full;
+        self.record_key_full += record_key_full;
+        self.record_bad_signature += record_bad_signature;
+        self.record_policy += record_policy;
+        self.routing_subnet_limit += routing_subnet_limit;
+        self.routing_addr_conflict += routing_addr_conflict;
     }
 
     /// Total datagrams and records dropped.
@@ -786,7 +887,13 @@ impl Node {
                 self.stats.drops.bad_node += 1;
                 continue;
             }
-            q.lookup.add(n, hop.saturating_add(1));
+            let settings = self.table.settings();
+            let bad = self.table.get(&NodeId(n.id)).is_some_and(|e| {
+                e.addr() == n.addr && e.health(now, settings) == super::Health::Bad
+            });
+            if !q.lookup.add_reported(n, hop.saturating_add(1), bad) && bad {
+                self.stats.drops.bad_peer_skipped += 1;
+            }
         }
         if let Some(records) = records {
             let now_unix = self.now_unix(now);
@@ -1184,12 +1291,26 @@ impl Node {
             let h = record::node_id(&block);
             let mut w = [0u8; 8];
             w.copy_from_slice(&h[..8]);
-            let txid = u64::from_le_bytes(w);
+            let txid = tag_txid(u64::from_le_bytes(w), self.config.txid_tag);
             if !self.pending.contains_key(&txid) {
                 return txid;
             }
         }
     }
+}
+
+/// `txid` with its first wire byte (the most significant, the id is
+/// big-endian on the wire) moved to the nearest value ≡ `shard` (mod
+/// `shards`) that still fits a byte (see [`super::Config::txid_tag`]).
+pub fn tag_txid(txid: u64, tag: Option<(u8, u8)>) -> u64 {
+    let Some((shard, shards)) = tag.filter(|&(_, n)| n > 1) else { return txid };
+    let n = u16::from(shards);
+    let top = (txid >> 56) as u16;
+    let mut b = top / n * n + u16::from(shard) % n;
+    if b > 0xFF {
+        b -= n;
+    }
+    (txid & 0x00FF_FFFF_FFFF_FFFF) | (u64::from(b) << 56)
 }
 
 /// Encodes a message from `own`; `None` only if it would not fit the

@@ -134,6 +134,15 @@ impl Lookup {
         true
     }
 
+    /// Adds a candidate that a peer's reply listed, unless `known_bad`:
+    /// the local routing table holds it as Bad (it failed our recent
+    /// requests), so asking it would only make the lookup wait out its
+    /// timeouts — the table's own seeds skip such peers too. Returns
+    /// whether it is a new candidate.
+    pub(crate) fn add_reported(&mut self, info: NodeInfo, hop: u8, known_bad: bool) -> bool {
+        !known_bad && self.add(info, hop)
+    }
+
     /// Up to `budget` candidates to ask now (marked in flight).
     pub(crate) fn next(&mut self, budget: usize) -> Vec<(NodeInfo, u8)> {
         let mut out = Vec::new();
@@ -258,6 +267,19 @@ mod tests {
         let best: Vec<u8> = l.closest_replied(5).map(|c| c.info.id[0]).collect();
         assert_eq!(best, vec![10, 20]);
         assert_eq!(l.requests, 3);
+    }
+
+    #[test]
+    fn reported_bad_peers_are_not_asked() {
+        let mut l = Lookup::new(NodeId([0; 32]), 4, 4, 3, 0);
+        l.add(node(30), 1);
+        assert!(!l.add_reported(node(10), 2, true), "held as Bad: not a candidate");
+        assert!(l.add_reported(node(20), 2, false));
+        let asked: Vec<u8> = l.next(9).iter().map(|(n, _)| n.id[0]).collect();
+        assert_eq!(asked, vec![20, 30]);
+        l.replied(&NodeId(node(20).id));
+        l.replied(&NodeId(node(30).id));
+        assert!(l.finished(), "nothing waits on the Bad peer");
     }
 
     #[test]

@@ -277,6 +277,76 @@ fn responses_must_match_an_outstanding_request() {
     assert!(out.events.iter().any(|e| matches!(e, Event::Bootstrapped { peers: 1 })));
 }
 
+/// The transaction id of the one request `out` holds for `dest`.
+fn txid_to(out: &mut Outbox, dest: SocketAddr) -> u64 {
+    let i = out.transmits.iter().position(|t| t.dest == dest).expect("a request to dest");
+    let t = out.transmits.remove(i);
+    Message::new_checked(&t.payload).unwrap().transaction_id()
+}
+
+#[test]
+fn lookups_skip_peers_the_table_holds_as_bad() {
+    let t0 = Instant::now();
+    let mut a = node(1);
+    let b = NodeId::from_public_key(&[2; 32]);
+    let c = NodeId::from_public_key(&[3; 32]);
+    let mut out = Outbox::new();
+    // B and C contact A: both enter its table.
+    for (id, from) in [(b, addr(2)), (c, addr(3))] {
+        a.handle(t0, from, &encode(1, id.0, BodyRepr::Ping), &mut out);
+    }
+    out.transmits.clear();
+    // A lookup asks both; B answers, C never does (asked twice: two
+    // failures make it Bad).
+    a.find_node(t0, NodeId([0x55; 32]), &mut out);
+    let tx = txid_to(&mut out, addr(2));
+    a.handle(t0, addr(2), &encode(tx, b.0, BodyRepr::Nodes(NodeList::new())), &mut out);
+    let timeout = a.config().request_timeout;
+    a.handle_timeout(t0 + timeout, &mut out);
+    a.handle_timeout(t0 + timeout * 2, &mut out);
+    let t1 = t0 + timeout * 2;
+    let settings = a.table().settings().clone();
+    assert_eq!(a.table().get(&c).unwrap().health(t1, &settings), Health::Bad);
+    out.transmits.clear();
+    out.events.clear();
+    // The next lookup starts at B (the table's seeds skip C), and B's
+    // reply lists C: C is not asked, and the lookup ends on B's answer.
+    a.find_node(t1, NodeId([0x66; 32]), &mut out);
+    assert!(out.transmits.iter().all(|t| t.dest != addr(3)));
+    let tx = txid_to(&mut out, addr(2));
+    let mut list = NodeList::new();
+    list.push(NodeInfo { id: c.0, addr: addr(3) }).unwrap();
+    a.handle(t1, addr(2), &encode(tx, b.0, BodyRepr::Nodes(list)), &mut out);
+    assert!(out.transmits.iter().all(|t| t.dest != addr(3)), "C was asked: {out:?}");
+    assert_eq!(a.stats().drops.bad_peer_skipped, 1);
+    assert!(out.events.iter().any(|e| matches!(e, Event::FindNodeDone { requests: 1, .. })));
+}
+
+#[test]
+fn tagged_transaction_ids_name_their_shard() {
+    let t0 = Instant::now();
+    for (shard, shards) in [(0u8, 2u8), (1, 2), (2, 3), (6, 7)] {
+        let mut cfg = config(shard + 10);
+        cfg.txid_tag = Some((shard, shards));
+        let mut n = Node::new(&[9; 32], cfg, t0, UNIX);
+        let mut out = Outbox::new();
+        let peers: Vec<SocketAddr> = (2..60).map(addr).collect();
+        n.bootstrap(t0, &peers, &mut out);
+        assert_eq!(out.transmits.len(), peers.len());
+        for t in &out.transmits {
+            // Byte 4 of the datagram is the id's first byte.
+            assert_eq!(t.payload[4] % shards, shard, "{:02x?}", &t.payload[..12]);
+        }
+    }
+    // The tag keeps every other byte and stays within a byte.
+    assert_eq!(node::tag_txid(0xFF11_2233_4455_6677, Some((2, 3))), 0xFE11_2233_4455_6677);
+    assert_eq!(node::tag_txid(0xFF11_2233_4455_6677, Some((0, 3))), 0xFF11_2233_4455_6677);
+    assert_eq!(node::tag_txid(0xFF11_2233_4455_6677, Some((1, 3))), 0xFD11_2233_4455_6677);
+    assert_eq!(node::tag_txid(0x0011_2233_4455_6677, Some((1, 2))), 0x0111_2233_4455_6677);
+    assert_eq!(node::tag_txid(0xAB, None), 0xAB);
+    assert_eq!(node::tag_txid(0xAB, Some((0, 1))), 0xAB);
+}
+
 #[test]
 fn bootstrap_without_answers_fails_after_the_timeout() {
     let t0 = Instant::now();

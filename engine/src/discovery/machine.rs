@@ -1,15 +1,23 @@
-//! The sans-IO part of discovery: one [`Node`] plus what ricochet does with
-//! it — publish this endpoint's record, look up the upstream domain, keep
-//! the upstream list.
+//! The sans-IO part of discovery: what ricochet does with the DHT —
+//! publish this endpoint's record, look up the upstream domain, keep the
+//! upstream list.
 //!
 //! # Contract
-//! - No I/O and no clock: time enters as `now` (and the node's unix-time
-//!   anchor), datagrams through [`Core::handle`], timers through
-//!   [`Core::poll_timeout`] / [`Core::handle_timeout`]. Datagrams to send
-//!   leave in the caller's [`Outbox`] (`transmits`); the node's events
-//!   never leave the core — it consumes them. Things worth logging leave as
-//!   [`Note`]s ([`Core::take_notes`]), the upstream list as
-//!   [`Core::take_upstreams`].
+//! - No I/O, no clock and no DHT node: the nodes run on the workers, one
+//!   per worker (`rt::dht_owner` says which one a key belongs to). Time
+//!   enters as `now` (and a unix-time anchor, [`Core::set_unix_time`]),
+//!   timers through [`Core::poll_timeout`] / [`Core::handle_timeout`]. The
+//!   core's DHT operations leave as [`Command`]s ([`Core::take_commands`]:
+//!   bootstrap every shard, put or look up a key at its owner) and their
+//!   results come back through [`Core::on_reply`], as the node's
+//!   [`Event`]s. The shards' routing-table sizes come in through
+//!   [`Core::set_routing_peers`]. Things worth logging leave as [`Note`]s
+//!   ([`Core::take_notes`]), the upstream list as [`Core::take_upstreams`].
+//! - A bootstrap ends when every shard answered it (a shard that could not
+//!   take it answers with an error): joined if any shard joined. Every
+//!   operation has a deadline ([`OP_TIMEOUT`], beyond the nodes' own query
+//!   timeout): one whose result never comes (lost between threads) is
+//!   given up and counted, so it cannot hold a put or lookup slot forever.
 //! - Publishing: every `refresh` (and at once after a bootstrap or a change
 //!   of the draining state) the record is re-signed with a higher seq
 //!   (`max(previous + 1, unix seconds × 1000)`, so a restart with the same
@@ -40,6 +48,10 @@
 //!   discovered endpoints by tier ascending, preference descending (the
 //!   reference listener's order; ties by publisher id), without
 //!   duplicates, at most [`MAX_DISCOVERED`] of them.
+//! - Rejoining: while some shard's routing table is empty, a bootstrap is
+//!   due every `bootstrap_retry` (the driver adds the peers the other
+//!   shards know to the bootstrap addresses, so a seed's shards learn from
+//!   each other).
 //! - Bounded: at most [`MAX_DISCOVERED`] discovered endpoints are held
 //!   (a record that would exceed it is ignored), at most
 //!   [`MAX_PUTS`]/[`MAX_LOOKUPS`] puts/lookups of ours run at once, and
@@ -55,7 +67,7 @@ use ricochet_wire::dht::{DATAGRAM_BUDGET, HEADER_LEN, MAX_RECORDS};
 use ricochet_wire::endpoint::domain_topic_key;
 use ricochet_wire::record::{self, EndpointPayload, RecordRepr, RecordType, SigningKey};
 
-use crate::dht::{Config, Event, Node, NodeId, Outbox, PutAcks, QueryId, RecordBuf};
+use crate::dht::{Event, NodeId, PutAcks, RecordBuf};
 
 /// Most discovered endpoints held and listed.
 pub const MAX_DISCOVERED: usize = 32;
@@ -70,6 +82,10 @@ pub const MAX_NOTES: usize = 64;
 pub const MISSES_TO_DROP: u8 = 2;
 /// How often the core re-checks expiries and retries a bootstrap.
 pub const HOUSEKEEPING: Duration = Duration::from_secs(1);
+/// How long the core waits for an operation's result before giving it
+/// up: the nodes end every lookup (with its STOREs) within their 60 s
+/// query timeout.
+pub const OP_TIMEOUT: Duration = Duration::from_secs(90);
 
 /// The TTL of our record for a given refresh period: three periods (so one
 /// or two lost puts do not make it expire), at least [`MIN_TTL_SECS`], at
@@ -149,9 +165,41 @@ pub struct CoreSettings {
     pub family: Family,
     /// Lookup and republish period.
     pub refresh: Duration,
-    /// Delay before retrying a failed bootstrap (or rejoining after the
-    /// routing table emptied).
+    /// Delay before retrying a failed bootstrap (or rejoining after a
+    /// shard's routing table emptied).
     pub bootstrap_retry: Duration,
+    /// DHT shards (one per worker): how many answers a bootstrap waits for.
+    pub shards: usize,
+}
+
+/// A DHT operation for the shards (see the module docs).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Command {
+    /// Every shard joins through these addresses; each answers `op` with
+    /// [`Event::Bootstrapped`] or [`Event::BootstrapFailed`].
+    Bootstrap {
+        /// Operation id.
+        op: u64,
+        /// Cached peers and `--dht-bootstrap`, resolved by the driver (it
+        /// adds the peers its shards know).
+        addrs: Vec<SocketAddr>,
+    },
+    /// The shard owning the record's key publishes it; answers
+    /// [`Event::PutDone`].
+    Put {
+        /// Operation id.
+        op: u64,
+        /// The signed record.
+        record: Vec<u8>,
+    },
+    /// The shard owning `key` looks it up; answers
+    /// [`Event::FindValueDone`].
+    FindValue {
+        /// Operation id.
+        op: u64,
+        /// The key.
+        key: [u8; 32],
+    },
 }
 
 /// Where an upstream came from.
@@ -236,6 +284,9 @@ pub struct Counters {
     pub upstreams_missed: u64,
     /// Endpoints dropped because their record expired.
     pub upstreams_expired: u64,
+    /// Operations whose result never came (given up after [`OP_TIMEOUT`])
+    /// or that no shard could take.
+    pub ops_lost: u64,
     /// Records found under the domain key but not used, by reason.
     pub rejected: Rejected,
 }
@@ -283,22 +334,34 @@ impl Rejected {
 /// Something the driver should log.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Note {
-    /// A bootstrap finished with this many routing entries.
+    /// A bootstrap finished with this many routing entries (summed over
+    /// the shards).
     Bootstrapped(usize),
     /// A bootstrap reached nobody.
     BootstrapFailed,
     /// The upstream list changed to this.
     UpstreamsChanged(Vec<Upstream>),
-    /// Our record could not be put (a local refusal).
+    /// Our record could not be put (a local refusal, or no shard could
+    /// take it).
     PublishFailed(String),
-    /// Most PONGs agree we are seen at this address.
-    ExternalAddr(SocketAddr),
+}
+
+/// A bootstrap in progress.
+#[derive(Debug, Clone, Copy)]
+struct Joining {
+    op: u64,
+    deadline: Instant,
+    /// Shards yet to answer.
+    waiting: usize,
+    /// Routing entries of the shards that joined.
+    peers: usize,
+    /// Some shard joined.
+    joined: bool,
 }
 
 /// The discovery state machine (see the module docs).
 #[derive(Debug)]
 pub struct Core {
-    node: Node,
     key: SigningKey,
     public_key: [u8; 32],
     settings: CoreSettings,
@@ -306,8 +369,10 @@ pub struct Core {
     upstream_topic: Option<[u8; 32]>,
     seq: u64,
     published: Option<Published>,
-    puts: BTreeMap<QueryId, u64>,
-    lookups: BTreeSet<QueryId>,
+    /// Our puts running: op → (seq, deadline).
+    puts: BTreeMap<u64, (u64, Instant)>,
+    /// Our lookups running: op → deadline.
+    lookups: BTreeMap<u64, Instant>,
     next_publish: Instant,
     next_lookup: Instant,
     next_housekeeping: Instant,
@@ -315,34 +380,31 @@ pub struct Core {
     discovered: BTreeMap<[u8; 32], Discovered>,
     upstreams: Vec<Upstream>,
     push_pending: bool,
-    bootstrapping: bool,
+    joining: Option<Joining>,
     next_bootstrap: Option<Instant>,
     bootstrapped_once: bool,
     last_lookup: Option<(Instant, usize)>,
     counters: Counters,
     notes: Vec<Note>,
+    commands: Vec<Command>,
+    next_op: u64,
+    unix_anchor: (Instant, u64),
+    /// Routing-table entries per shard, as last reported.
+    routing: Vec<usize>,
 }
 
 impl Core {
-    /// A core for the holder of `key`, with a node built from
-    /// `node_config`; `now_unix` is the wall-clock unix time at `now`.
-    /// Publishing and the first lookup are due at once.
-    pub fn new(
-        key: SigningKey,
-        node_config: Config,
-        settings: CoreSettings,
-        now: Instant,
-        now_unix: u64,
-    ) -> Self {
+    /// A core for the holder of `key`; `now_unix` is the wall-clock unix
+    /// time at `now`. Publishing and the first lookup are due at once (they
+    /// go out after the first bootstrap).
+    pub fn new(key: SigningKey, settings: CoreSettings, now: Instant, now_unix: u64) -> Self {
         let public_key = key.verifying_key().to_bytes();
-        let node = Node::new(&public_key, node_config, now, now_unix);
         let upstreams: Vec<Upstream> = settings
             .static_upstreams
             .iter()
             .map(|a| Upstream { addr: *a, source: Source::Static })
             .collect();
         Core {
-            node,
             key,
             public_key,
             own_topic: settings.publish.as_ref().map(|p| domain_topic_key(p.domain.as_bytes())),
@@ -354,7 +416,7 @@ impl Core {
             seq: 0,
             published: None,
             puts: BTreeMap::new(),
-            lookups: BTreeSet::new(),
+            lookups: BTreeMap::new(),
             next_publish: now,
             next_lookup: now,
             next_housekeeping: now + HOUSEKEEPING,
@@ -362,18 +424,22 @@ impl Core {
             discovered: BTreeMap::new(),
             upstreams,
             push_pending: false,
-            bootstrapping: false,
+            joining: None,
             next_bootstrap: Some(now),
             bootstrapped_once: false,
             last_lookup: None,
             counters: Counters::default(),
             notes: Vec::new(),
+            commands: Vec::new(),
+            next_op: 1,
+            unix_anchor: (now, now_unix),
+            routing: Vec::new(),
         }
     }
 
-    /// The DHT node.
-    pub fn node(&self) -> &Node {
-        &self.node
+    /// Our node id (BLAKE3 of the public key), which every shard shares.
+    pub fn node_id(&self) -> NodeId {
+        NodeId::from_public_key(&self.public_key)
     }
 
     /// The settings in force.
@@ -431,17 +497,33 @@ impl Core {
         self.bootstrapped_once
     }
 
-    /// Re-anchors wall-clock time (see [`Node::set_unix_time`]).
+    /// Re-anchors wall-clock time: `now_unix` is the unix time at `now`
+    /// (call after a clock step; unix time between calls is derived from
+    /// `now`).
     pub fn set_unix_time(&mut self, now: Instant, now_unix: u64) {
-        self.node.set_unix_time(now, now_unix);
+        self.unix_anchor = (now, now_unix);
+    }
+
+    /// Unix seconds at `now`, from the anchor.
+    pub fn now_unix(&self, now: Instant) -> u64 {
+        let (at, unix) = self.unix_anchor;
+        unix.saturating_add(now.saturating_duration_since(at).as_secs())
+    }
+
+    /// The shards' routing-table sizes (one entry per shard).
+    pub fn set_routing_peers(&mut self, per_shard: &[usize]) {
+        self.routing.clear();
+        self.routing.extend_from_slice(per_shard);
+    }
+
+    /// Whether some shard's routing table is empty (or none reported yet).
+    fn some_shard_alone(&self) -> bool {
+        self.routing.len() < self.settings.shards.max(1) || self.routing.contains(&0)
     }
 
     /// When [`Core::handle_timeout`] should next be called.
     pub fn poll_timeout(&self) -> Instant {
         let mut t = self.next_housekeeping;
-        if let Some(n) = self.node.poll_timeout() {
-            t = t.min(n);
-        }
         if self.settings.publish.is_some() {
             t = t.min(self.next_publish);
         }
@@ -452,51 +534,91 @@ impl Core {
     }
 
     /// Whether the driver should (resolve and) call [`Core::bootstrap`]
-    /// now: at start, after a failed bootstrap's retry delay, and when the
-    /// routing table has emptied.
+    /// now: at start, after a failed bootstrap's retry delay, and while a
+    /// shard's routing table is empty.
     pub fn bootstrap_due(&self, now: Instant) -> bool {
-        !self.bootstrapping && self.next_bootstrap.is_some_and(|t| t <= now)
+        self.joining.is_none() && self.next_bootstrap.is_some_and(|t| t <= now)
     }
 
-    /// Joins through `addrs` (cached peers and `--dht-bootstrap`). With
-    /// no address this node waits to be contacted (a seed node); the
-    /// attempt is retried after `bootstrap_retry` while the table is empty.
-    pub fn bootstrap(&mut self, now: Instant, addrs: &[SocketAddr], out: &mut Outbox) {
+    /// Joins through `addrs` (cached peers, `--dht-bootstrap` and the peers
+    /// the shards know). With no address and no peer in any shard this
+    /// node waits to be contacted (a seed node); the attempt is retried
+    /// after `bootstrap_retry` while a shard's table is empty.
+    pub fn bootstrap(&mut self, now: Instant, addrs: &[SocketAddr]) {
         self.next_bootstrap = None;
-        if addrs.is_empty() && self.node.table().is_empty() {
+        if addrs.is_empty() && self.routing.iter().all(|&n| n == 0) {
             self.next_bootstrap = Some(now + self.settings.bootstrap_retry);
             return;
         }
         self.counters.bootstraps += 1;
-        self.bootstrapping = true;
-        self.node.bootstrap(now, addrs, out);
-        self.absorb(now, out);
+        let op = self.op();
+        self.joining = Some(Joining {
+            op,
+            deadline: now + OP_TIMEOUT,
+            waiting: self.settings.shards.max(1),
+            peers: 0,
+            joined: false,
+        });
+        self.commands.push(Command::Bootstrap { op, addrs: addrs.to_vec() });
     }
 
-    /// Processes one datagram.
-    pub fn handle(&mut self, now: Instant, from: SocketAddr, bytes: &[u8], out: &mut Outbox) {
-        self.node.handle(now, from, bytes, out);
-        self.absorb(now, out);
-    }
-
-    /// Runs every timer due at `now`: the node's, publishing, lookups and
-    /// housekeeping (expiry of discovered endpoints, rejoining).
-    pub fn handle_timeout(&mut self, now: Instant, out: &mut Outbox) {
-        if self.node.poll_timeout().is_some_and(|t| t <= now) {
-            self.node.handle_timeout(now, out);
-            self.absorb(now, out);
+    /// A shard's answer to the command `op`: the node's event that ended
+    /// it, or why it did not run (the shard could not take it, or refused
+    /// the record).
+    pub fn on_reply(&mut self, now: Instant, op: u64, result: Result<Event, String>) {
+        if self.joining.is_some_and(|j| j.op == op) {
+            return self.bootstrap_answer(now, result);
         }
+        match result {
+            Ok(Event::FindValueDone { key, records, .. }) => {
+                if self.lookups.remove(&op).is_some() && Some(key.0) == self.upstream_topic {
+                    self.lookup_done(now, &records);
+                }
+            }
+            Ok(Event::PutDone { targets, acks, .. }) => {
+                if let Some((seq, _)) = self.puts.remove(&op)
+                    && let Some(p) = self.published.as_mut()
+                    && p.seq == seq
+                {
+                    p.acks = Some((targets, acks));
+                }
+            }
+            Ok(_) => {}
+            Err(why) => {
+                if self.puts.remove(&op).is_some() {
+                    self.counters.publish_failures += 1;
+                    self.note(Note::PublishFailed(why));
+                } else if self.lookups.remove(&op).is_some() {
+                    self.counters.ops_lost += 1;
+                }
+            }
+        }
+    }
+
+    /// Runs every timer due at `now`: publishing, lookups and housekeeping
+    /// (expiry of discovered endpoints, overdue operations, rejoining).
+    pub fn handle_timeout(&mut self, now: Instant) {
         if self.settings.publish.is_some() && self.next_publish <= now {
-            self.publish(now, out);
+            self.publish(now);
         }
         if self.upstream_topic.is_some() && self.next_lookup <= now {
-            self.lookup(now, out);
+            self.lookup(now);
         }
         if self.next_housekeeping <= now {
             self.next_housekeeping = now + HOUSEKEEPING;
             self.expire(now);
-            if self.node.table().is_empty() && !self.bootstrapping && self.next_bootstrap.is_none()
+            let before = self.puts.len() + self.lookups.len();
+            self.puts.retain(|_, (_, deadline)| now < *deadline);
+            self.lookups.retain(|_, deadline| now < *deadline);
+            self.counters.ops_lost += (before - self.puts.len() - self.lookups.len()) as u64;
+            if let Some(j) = self.joining
+                && j.deadline <= now
             {
+                self.counters.ops_lost += 1;
+                self.joining = None;
+                self.join_done(now, j.joined, j.peers);
+            }
+            if self.some_shard_alone() && self.joining.is_none() && self.next_bootstrap.is_none() {
                 self.next_bootstrap = Some(now + self.settings.bootstrap_retry);
             }
         }
@@ -505,13 +627,18 @@ impl Core {
     /// Sets the draining state; a change republishes at once (a draining
     /// endpoint's record carries the Draining flag, so downstream endpoints
     /// stop using it).
-    pub fn set_draining(&mut self, now: Instant, draining: bool, out: &mut Outbox) {
+    pub fn set_draining(&mut self, now: Instant, draining: bool) {
         if self.draining != draining {
             self.draining = draining;
             if self.settings.publish.is_some() {
-                self.publish(now, out);
+                self.publish(now);
             }
         }
+    }
+
+    /// Takes the DHT operations queued since the last call.
+    pub fn take_commands(&mut self) -> Vec<Command> {
+        core::mem::take(&mut self.commands)
     }
 
     /// The upstream list to hand the workers, if it changed since the last
@@ -534,11 +661,6 @@ impl Core {
         core::mem::take(&mut self.notes)
     }
 
-    /// The peer cache to persist (see [`Node::export_peers`]).
-    pub fn export_peers(&self, now: Instant, max: usize) -> Vec<u8> {
-        self.node.export_peers(now, max)
-    }
-
     // ---- internals -------------------------------------------------------
 
     fn note(&mut self, n: Note) {
@@ -547,45 +669,43 @@ impl Core {
         }
     }
 
-    /// Consumes the node's events (the transmits stay for the driver).
-    fn absorb(&mut self, now: Instant, out: &mut Outbox) {
-        let events: Vec<Event> = out.drain_events().collect();
-        for e in events {
-            match e {
-                Event::Bootstrapped { peers } => {
-                    self.bootstrapping = false;
-                    self.bootstrapped_once = true;
-                    self.note(Note::Bootstrapped(peers));
-                    // Publish and look up through the new routing table now.
-                    self.next_publish = now;
-                    self.next_lookup = now;
-                }
-                Event::BootstrapFailed => {
-                    self.bootstrapping = false;
-                    self.counters.bootstrap_failures += 1;
-                    self.next_bootstrap = Some(now + self.settings.bootstrap_retry);
-                    self.note(Note::BootstrapFailed);
-                }
-                Event::FindValueDone { query, key, records, .. } => {
-                    if self.lookups.remove(&query) && Some(key.0) == self.upstream_topic {
-                        self.lookup_done(now, &records);
-                    }
-                }
-                Event::PutDone { query, targets, acks, .. } => {
-                    if let Some(seq) = self.puts.remove(&query)
-                        && let Some(p) = self.published.as_mut()
-                        && p.seq == seq
-                    {
-                        p.acks = Some((targets, acks));
-                    }
-                }
-                Event::FindNodeDone { .. } => {}
-                Event::ExternalAddr(a) => self.note(Note::ExternalAddr(a)),
-            }
+    fn op(&mut self) -> u64 {
+        let op = self.next_op;
+        self.next_op += 1;
+        op
+    }
+
+    /// One shard's answer to the running bootstrap.
+    fn bootstrap_answer(&mut self, now: Instant, result: Result<Event, String>) {
+        let Some(mut j) = self.joining else { return };
+        if let Ok(Event::Bootstrapped { peers }) = result {
+            j.joined = true;
+            j.peers += peers;
+        }
+        j.waiting = j.waiting.saturating_sub(1);
+        if j.waiting > 0 {
+            self.joining = Some(j);
+            return;
+        }
+        self.joining = None;
+        self.join_done(now, j.joined, j.peers);
+    }
+
+    fn join_done(&mut self, now: Instant, joined: bool, peers: usize) {
+        if joined {
+            self.bootstrapped_once = true;
+            self.note(Note::Bootstrapped(peers));
+            // Publish and look up through the new routing tables now.
+            self.next_publish = now;
+            self.next_lookup = now;
+        } else {
+            self.counters.bootstrap_failures += 1;
+            self.next_bootstrap = Some(now + self.settings.bootstrap_retry);
+            self.note(Note::BootstrapFailed);
         }
     }
 
-    fn publish(&mut self, now: Instant, out: &mut Outbox) {
+    fn publish(&mut self, now: Instant) {
         self.next_publish = now + self.settings.refresh;
         let (Some(p), Some(topic)) = (self.settings.publish.clone(), self.own_topic) else {
             return;
@@ -594,7 +714,7 @@ impl Core {
             self.counters.publish_failures += 1;
             return;
         }
-        let now_unix = self.node.now_unix(now);
+        let now_unix = self.now_unix(now);
         let seq = (self.seq + 1).max(now_unix.saturating_mul(1000));
         let ttl = ttl_for(self.settings.refresh);
         let mut flags = p.flags & !AdvertFlags::DRAINING;
@@ -634,28 +754,16 @@ impl Core {
                 return;
             }
         };
-        match self.node.put(now, &record, out) {
-            Ok(q) => {
-                self.seq = seq;
-                self.counters.publishes += 1;
-                self.puts.insert(q, seq);
-                self.published = Some(Published {
-                    seq,
-                    timestamp: now_unix,
-                    ttl,
-                    draining: self.draining,
-                    acks: None,
-                });
-            }
-            Err(e) => {
-                self.counters.publish_failures += 1;
-                self.note(Note::PublishFailed(e.to_string()));
-            }
-        }
-        self.absorb(now, out);
+        let op = self.op();
+        self.commands.push(Command::Put { op, record });
+        self.seq = seq;
+        self.counters.publishes += 1;
+        self.puts.insert(op, (seq, now + OP_TIMEOUT));
+        self.published =
+            Some(Published { seq, timestamp: now_unix, ttl, draining: self.draining, acks: None });
     }
 
-    fn lookup(&mut self, now: Instant, out: &mut Outbox) {
+    fn lookup(&mut self, now: Instant) {
         self.next_lookup = now + self.settings.refresh;
         let Some(topic) = self.upstream_topic else { return };
         if self.lookups.len() >= MAX_LOOKUPS {
@@ -663,14 +771,14 @@ impl Core {
             return;
         }
         self.counters.lookups_started += 1;
-        let q = self.node.find_value(now, NodeId(topic), out);
-        self.lookups.insert(q);
-        self.absorb(now, out);
+        let op = self.op();
+        self.commands.push(Command::FindValue { op, key: topic });
+        self.lookups.insert(op, now + OP_TIMEOUT);
     }
 
     /// Folds a finished lookup's records into `discovered`.
     fn lookup_done(&mut self, now: Instant, records: &[RecordBuf]) {
-        let now_unix = self.node.now_unix(now);
+        let now_unix = self.now_unix(now);
         let mut found = BTreeSet::new();
         for rec in records {
             if let Some(publisher) = self.consider(now_unix, rec) {
@@ -767,7 +875,7 @@ impl Core {
 
     /// Drops discovered endpoints whose record has expired.
     fn expire(&mut self, now: Instant) {
-        let now_unix = self.node.now_unix(now);
+        let now_unix = self.now_unix(now);
         let before = self.discovered.len();
         self.discovered.retain(|_, d| now_unix < d.expires_at);
         let expired = before - self.discovered.len();

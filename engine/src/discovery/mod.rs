@@ -1,10 +1,9 @@
 //! Upstream discovery through the DHT: the daemon's driver for
 //! [`crate::dht::Node`] (issue 7).
 //!
-//! With `--dht-enabled` (or `--upstream-discovery dht`) the endpoint runs
-//! one DHT node on UDP `--dht-port`, bound like the NACK socket
-//! (`NACK_ADDR` if set, else `0.0.0.0` in `--ipv4-lab`, else `[::]`
-//! dual-stack). With a `--domain` it publishes a signed endpoint record —
+//! With `--dht-enabled` (or `--upstream-discovery dht`) the endpoint is a
+//! DHT node on UDP `--dht-port`, bound like the NACK socket (`NACK_ADDR` if
+//! set, else `0.0.0.0` in `--ipv4-lab`, else `[::]` dual-stack). With a `--domain` it publishes a signed endpoint record —
 //! its NACK address and port, ADVERT tier, preference and flags, the
 //! domain id and its shard bits — under the domain's topic key
 //! ([`ricochet_wire::endpoint::domain_topic_key`], `docs/PROTOCOL.md`
@@ -14,40 +13,55 @@
 //! domain's key up every `--dht-refresh` and hands the workers the static
 //! `UPSTREAM_RETRY_ENDPOINTS` followed by the endpoints found
 //! ([`rt::Control::set_upstreams`]). The rules (which records count, the
-//! order, when an endpoint drops out) are in [`core`].
+//! order, when an endpoint drops out) are in [`machine`].
 //!
-//! # Where it runs — a deliberate deviation from DESIGN.md
-//! DESIGN.md puts a member of a DHT socket group on every worker, with a
-//! reuseport BPF program steering each datagram to the worker owning its
-//! key, and one store shard per worker. This driver instead runs the whole
-//! node — one socket, one routing table, one store shard — as a tokio task
-//! on the control thread (the current-thread runtime `main` builds). DHT
-//! traffic is control-plane rate (a few datagrams per refresh period per
-//! peer, rate-limited per source by the node), so the packet path gains
-//! nothing from sharding it, and one node keeps transaction ids, the
-//! routing table and the record store in one place. The node is sans-IO,
-//! so moving it to the workers later changes only this driver.
+//! # Where it runs
+//! As DESIGN.md § "Process model" has it: the DHT runs over UDP
+//! `--dht-port` on the workers. Worker `i` owns member `i` of an
+//! SO_REUSEPORT group on the port and its own [`crate::dht::Node`] — all
+//! with this endpoint's node key, so peers see one node at one address —
+//! with its own routing table and the store shard of the keys it owns
+//! (`rt::dht_shard` has the rules). A classic-BPF program steers each
+//! datagram to its owner: a FIND_NODE/FIND_VALUE/STORE by the key at its
+//! fixed offset ([`rt::key_owner`]), a response by the transaction id's
+//! first byte, which every worker's node sets to its own index (mod the
+//! worker count), a PING by the sender id. Where the program cannot be
+//! attached, the worker that reads a datagram it does not own hands it to
+//! the owner (one hop, `ricochet_dht_forwarded_total`). The distinct-key
+//! cap (100 000) is the endpoint's: each shard holds at most its share,
+//! `⌈100 000 / workers⌉` keys.
+//!
+//! This driver is the control thread's part: a tokio task with the
+//! timer-driven rules of [`machine`] (publish our record, look the upstream
+//! domain up, drain, hand the upstream list over). It holds no node and no
+//! socket: it sends each operation to the worker owning its key
+//! ([`rt::Control::dht`]; a bootstrap to every worker) and gets the result
+//! back on a channel it awaits. The workers publish their nodes' state
+//! with their other statistics every 100 ms; `/debug/dht` and the
+//! `ricochet_dht_*` metrics add it up and show it per worker.
 //!
 //! # Contract
 //! - Startup errors (key file, socket bind) name the flag and the fix;
-//!   nothing after startup stops the endpoint: DNS, send and receive
-//!   errors are logged or counted (`ricochet_dht_socket_errors_total`) and
-//!   the node retries on its timers.
-//! - Every datagram goes to the node, which drops and counts anything
-//!   malformed, unsolicited or over rate; a burst is read at most
-//!   [`RECV_BATCH`] datagrams at a time, so admin requests interleave.
-//! - Addresses are canonical inside the node (IPv4-mapped IPv6 sources
+//!   nothing after startup stops the endpoint: DNS and send errors are
+//!   logged or counted (`ricochet_dht_socket_errors_total`) and the nodes
+//!   retry on their timers.
+//! - Every datagram goes to a node, which drops and counts anything
+//!   malformed, unsolicited or over rate.
+//! - Addresses are canonical inside the nodes (IPv4-mapped IPv6 sources
 //!   become IPv4); on a dual-stack socket IPv4 destinations are sent
 //!   IPv4-mapped.
+//! - Every worker bootstraps from the peer cache, `--dht-bootstrap` and
+//!   the good peers any worker knows (so a seed's workers learn from each
+//!   other), again while some worker's routing table is empty.
 //! - While the endpoint drains, and when the driver stops
 //!   ([`Running::stop`], after at most [`STOP_GRACE`] for the put), our
 //!   record is republished with the Draining flag, so downstream endpoints
 //!   drop it at their next lookup rather than after its TTL.
-//! - The peer cache is saved every [`PEER_CACHE_INTERVAL`] and on a clean
-//!   stop, only when the routing table holds peers; the start bootstraps
-//!   from it plus `--dht-bootstrap`.
-//! - State is shared with `/debug/dht` and `/metrics` through one mutex
-//!   that is never held across an `await`.
+//! - The peer cache (the good peers of every worker) is saved every
+//!   [`PEER_CACHE_INTERVAL`] and on a clean stop, only when there are
+//!   peers.
+//! - The discovery state is shared with `/debug/dht` and `/metrics`
+//!   through one mutex that is never held across an `await`.
 
 pub mod files;
 pub mod machine;
@@ -56,40 +70,41 @@ pub mod section;
 #[cfg(test)]
 mod tests;
 
-use std::net::{IpAddr, Ipv6Addr, SocketAddr};
+use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
-use socket2::{Domain, Protocol, Socket, Type};
+use ricochet_wire::dht::NodeInfo;
 
 use crate::config::{Config, Host, HostPort, UpstreamDiscovery};
 use crate::dht;
 use crate::rt::{self, beacon::BeaconSettings};
 
-pub use self::machine::{Core, CoreSettings, Family, Publish, Source, Upstream};
+pub use self::machine::{Command, Core, CoreSettings, Family, Publish, Source, Upstream};
 pub use self::section::DhtSection;
 
-/// Most datagrams read in one go before timers and admin get a turn.
-pub const RECV_BATCH: usize = 64;
 /// How often the peer cache is saved while running.
 pub const PEER_CACHE_INTERVAL: Duration = Duration::from_secs(60);
 /// Most peers saved in the peer cache.
 pub const PEER_CACHE_PEERS: usize = 64;
 /// How often the driver checks draining, retries a refused upstream
-/// hand-over and re-anchors wall-clock time.
+/// hand-over, reads the workers' routing tables and re-anchors wall-clock
+/// time.
 const HOUSEKEEPING: Duration = Duration::from_millis(250);
 /// Longest a stopping driver waits for its Draining record's put.
 pub const STOP_GRACE: Duration = Duration::from_millis(500);
-/// Longest wait for the DHT socket to take one datagram.
-const SEND_WAIT: Duration = Duration::from_millis(100);
 /// Longest wait for a bootstrap host name to resolve.
 const DNS_TIMEOUT: Duration = Duration::from_secs(5);
+/// Results the workers may queue for the driver; the core caps what it
+/// asks for far below this, and a result that does not fit is given up
+/// by the core after its timeout.
+const REPLY_QUEUE: usize = 1024;
 
 /// Everything the driver needs, derived from the configuration.
 #[derive(Debug, Clone)]
 pub struct Settings {
-    /// Address the DHT socket binds.
+    /// Address the workers' DHT sockets bind.
     pub bind: SocketAddr,
     /// `--dht-bootstrap`, resolved at each bootstrap attempt.
     pub bootstrap: Vec<HostPort>,
@@ -103,8 +118,9 @@ pub struct Settings {
 
 impl Settings {
     /// The settings for `cfg`, with the runtime options (NACK bind address,
-    /// resolved static upstreams) and the ADVERT contents (published NACK
-    /// address, tier, preference, flags) `main` derived from it.
+    /// resolved static upstreams, workers) and the ADVERT contents
+    /// (published NACK address, tier, preference, flags) `main` derived
+    /// from it.
     pub fn from_config(cfg: &Config, opts: &rt::Options, advert: &BeaconSettings) -> Settings {
         let d = &cfg.discovery;
         let nack = SocketAddr::new(IpAddr::V6(advert.nack_addr).to_canonical(), advert.nack_port);
@@ -131,16 +147,10 @@ impl Settings {
                 family: Family::of_bind(opts.nack_bind),
                 refresh: d.refresh,
                 bootstrap_retry: d.refresh.clamp(Duration::from_secs(1), Duration::from_secs(30)),
+                shards: opts.cpus.len().max(1),
             },
         }
     }
-}
-
-/// Socket-level counters.
-#[derive(Debug, Clone, Copy, Default)]
-pub(crate) struct IoCounters {
-    pub(crate) send_errors: u64,
-    pub(crate) recv_errors: u64,
 }
 
 /// What the driver and the admin section share.
@@ -148,28 +158,22 @@ pub(crate) struct IoCounters {
 pub(crate) struct State {
     pub(crate) core: Core,
     pub(crate) bound: SocketAddr,
-    pub(crate) io: IoCounters,
     pub(crate) started: Instant,
 }
 
-/// A DHT node ready to run: key loaded, socket bound.
+/// Discovery with its node key loaded, before the workers (which run the
+/// DHT nodes) start.
 #[derive(Debug)]
 pub struct Discovery {
     state: Arc<Mutex<State>>,
-    socket: std::net::UdpSocket,
     settings: Settings,
-    control: rt::Control,
-    shared: Arc<rt::Shared>,
+    public_key: [u8; 32],
+    seed: [u8; 32],
 }
 
 impl Discovery {
-    /// Loads (or creates) the node key and binds the DHT socket. Errors
-    /// name the flag to fix.
-    pub fn new(
-        mut settings: Settings,
-        control: rt::Control,
-        shared: Arc<rt::Shared>,
-    ) -> Result<Discovery, String> {
+    /// Loads (or creates) the node key. Errors name the flag to fix.
+    pub fn new(mut settings: Settings) -> Result<Discovery, String> {
         if let Some(p) = &settings.core.publish
             && (p.nack.ip().is_unspecified() || p.nack.port() == 0)
         {
@@ -184,12 +188,11 @@ impl Discovery {
         if let Some(w) = warning {
             tracing::warn!("{w}");
         }
-        let socket = bind(settings.bind)?;
-        let bound = socket.local_addr().unwrap_or(settings.bind);
         let seed = files::random32().map_err(|e| format!("reading /dev/urandom: {e}"))?;
         let now = Instant::now();
-        let core = Core::new(key, dht::Config::new(seed), settings.core.clone(), now, unix_now());
-        let node_id = files::hex(&core.node().id().0);
+        let public_key = key.verifying_key().to_bytes();
+        let core = Core::new(key, settings.core.clone(), now, unix_now());
+        let node_id = files::hex(&core.node_id().0);
         match (&origin, &settings.node_key_file) {
             (files::KeyOrigin::Ephemeral, _) => tracing::info!(
                 node_id,
@@ -200,62 +203,79 @@ impl Discovery {
             }
             _ => tracing::info!(node_id, "DHT node key loaded"),
         }
-        let state = State { core, bound, io: IoCounters::default(), started: now };
-        Ok(Discovery { state: Arc::new(Mutex::new(state)), socket, settings, control, shared })
+        let state = State { core, bound: settings.bind, started: now };
+        Ok(Discovery { state: Arc::new(Mutex::new(state)), settings, public_key, seed })
     }
 
-    /// The admin section (`/debug/dht`, `ricochet_dht_*`).
-    pub fn section(&self) -> Arc<dyn crate::admin::Section> {
-        Arc::new(DhtSection::new(self.state.clone()))
+    /// What the runtime needs to run the DHT nodes on the workers
+    /// (`rt::Options::dht`): the port, the identity and a random seed.
+    pub fn runtime_options(&self) -> rt::DhtOptions {
+        rt::DhtOptions {
+            port: self.settings.bind.port(),
+            public_key: self.public_key,
+            config: dht::Config::new(self.seed),
+        }
     }
 
-    /// Starts the driver on the current tokio runtime.
-    pub fn spawn(self) -> Running {
+    /// The admin section (`/debug/dht`, `ricochet_dht_*`), reading the
+    /// workers' DHT state from `shared`.
+    pub fn section(&self, shared: Arc<rt::Shared>) -> Arc<dyn crate::admin::Section> {
+        Arc::new(DhtSection::new(self.state.clone(), shared))
+    }
+
+    /// Starts the driver on the current tokio runtime, once the workers
+    /// run.
+    pub fn spawn(self, control: rt::Control, shared: Arc<rt::Shared>) -> Running {
         let (stop, stop_rx) = tokio::sync::watch::channel(false);
-        let task = tokio::spawn(self.run(stop_rx));
+        let task = tokio::spawn(self.run(control, shared, stop_rx));
         Running { stop, task }
     }
 
-    async fn run(self, mut stop: tokio::sync::watch::Receiver<bool>) {
-        let Discovery { state, socket, settings, control, shared } = self;
-        let sock = match tokio::net::UdpSocket::from_std(socket) {
-            Ok(s) => s,
-            Err(e) => {
-                tracing::error!(error = %e, "DHT socket: cannot register it with the runtime");
-                return;
-            }
-        };
+    async fn run(
+        self,
+        control: rt::Control,
+        shared: Arc<rt::Shared>,
+        mut stop: tokio::sync::watch::Receiver<bool>,
+    ) {
+        let Discovery { state, settings, .. } = self;
         let v6 = settings.bind.is_ipv6();
-        let bound = settings.bind;
         tracing::info!(
-            addr = %bound,
+            addr = %settings.bind,
+            workers = control.workers(),
+            steering = shared.dht_steering.load(std::sync::atomic::Ordering::Relaxed),
             domain = settings.core.publish.as_ref().map(|p| p.domain.as_str()),
             upstream_domain = settings.core.upstream_domain.as_deref(),
-            "DHT node running"
+            "DHT running on the workers"
         );
-        let mut out = dht::Outbox::new();
-        let mut buf = vec![0u8; 65_536];
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<rt::DhtReply>(REPLY_QUEUE);
         let mut housekeeping = tokio::time::interval(HOUSEKEEPING);
         housekeeping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut next_save = Instant::now() + PEER_CACHE_INTERVAL;
         let mut seed_logged = false;
+        let mut external: Option<SocketAddr> = None;
         let mut stopping: Option<Instant> = None;
         loop {
-            // Bootstrap when due: the cache and the configured seeds,
-            // resolved now (names may move).
+            // Bootstrap when due: the cache, the configured seeds (resolved
+            // now: names may move) and the peers the workers know.
             let due = lock(&state).core.bootstrap_due(Instant::now());
             if due {
-                let addrs = bootstrap_addrs(&settings, v6).await;
-                if addrs.is_empty() && !seed_logged {
+                let mut addrs = bootstrap_addrs(&settings, v6).await;
+                let known = known_peers(&shared);
+                if addrs.is_empty() && known.is_empty() && !seed_logged {
                     seed_logged = true;
                     tracing::info!(
                         "DHT: no peer cache and no --dht-bootstrap address: waiting to be \
                          contacted (a seed node)"
                     );
                 }
-                lock(&state).core.bootstrap(Instant::now(), &addrs, &mut out);
+                for p in known {
+                    if (v6 || p.addr.is_ipv4()) && !addrs.contains(&p.addr) {
+                        addrs.push(p.addr);
+                    }
+                }
+                lock(&state).core.bootstrap(Instant::now(), &addrs);
             }
-            flush(&sock, &state, &mut out, v6).await;
+            dispatch(&state, &control, &tx);
             after_step(&state, &control);
 
             let mut deadline = lock(&state).core.poll_timeout();
@@ -271,46 +291,44 @@ impl Discovery {
                 // A dropped `Running` stops the driver too.
                 _ = stop.changed(), if stopping.is_none() => {
                     let now = Instant::now();
-                    lock(&state).core.set_draining(now, true, &mut out);
+                    lock(&state).core.set_draining(now, true);
                     stopping = Some(now + STOP_GRACE);
                 }
-                r = sock.recv_from(&mut buf) => {
+                Some(r) = rx.recv() => {
                     let mut s = lock(&state);
-                    match r {
-                        Ok((n, from)) => {
-                            s.core.handle(Instant::now(), canonical(from), &buf[..n], &mut out);
-                            for _ in 1..RECV_BATCH {
-                                match sock.try_recv_from(&mut buf) {
-                                    Ok((n, from)) => s.core.handle(
-                                        Instant::now(), canonical(from), &buf[..n], &mut out),
-                                    Err(_) => break,
-                                }
-                            }
-                        }
-                        Err(e) => {
-                            s.io.recv_errors += 1;
-                            tracing::debug!(error = %e, "DHT receive");
-                        }
+                    s.core.on_reply(Instant::now(), r.op, r.result);
+                    while let Ok(r) = rx.try_recv() {
+                        s.core.on_reply(Instant::now(), r.op, r.result);
                     }
                 }
                 _ = tokio::time::sleep_until(tokio::time::Instant::from_std(deadline)) => {
-                    lock(&state).core.handle_timeout(Instant::now(), &mut out);
+                    lock(&state).core.handle_timeout(Instant::now());
                 }
                 _ = housekeeping.tick() => {
                     let now = Instant::now();
+                    let shards = snapshots(&shared);
+                    let peers: Vec<usize> = shards.iter().map(|d| d.peers.len()).collect();
                     let mut s = lock(&state);
+                    s.core.set_routing_peers(&peers);
                     s.core.set_unix_time(now, unix_now());
-                    s.core.set_draining(now, shared.draining() || stopping.is_some(), &mut out);
+                    s.core.set_draining(now, shared.draining() || stopping.is_some());
                     drop(s);
+                    let seen = shards.iter().find_map(|d| d.external_addr);
+                    if let Some(addr) = seen
+                        && seen != external
+                    {
+                        external = seen;
+                        tracing::info!(%addr, "DHT: peers see us at");
+                    }
                     if now >= next_save {
                         next_save = now + PEER_CACHE_INTERVAL;
-                        save_peers(&state, settings.peer_cache.as_deref());
+                        save_peers(&shared, settings.peer_cache.as_deref());
                     }
                 }
             }
         }
-        save_peers(&state, settings.peer_cache.as_deref());
-        tracing::info!("DHT node stopped");
+        save_peers(&shared, settings.peer_cache.as_deref());
+        tracing::info!("DHT discovery stopped");
     }
 }
 
@@ -324,7 +342,8 @@ pub struct Running {
 impl Running {
     /// Stops the driver: it republishes our record with the Draining flag
     /// (if it was not draining already) and waits up to [`STOP_GRACE`] for
-    /// that put, then saves the peer cache. Waits at most a second.
+    /// that put, then saves the peer cache. Waits at most a second. Call
+    /// it before stopping the workers, which run the put.
     pub async fn stop(self) {
         let _ = self.stop.send(true);
         let _ = tokio::time::timeout(Duration::from_secs(1), self.task).await;
@@ -335,42 +354,35 @@ fn lock(state: &Mutex<State>) -> std::sync::MutexGuard<'_, State> {
     state.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-/// Sends what the core queued. A send waits for the socket to be writable
-/// (a fresh socket's readiness is not known yet, and a full buffer drains
-/// quickly at DHT rates) but at most [`SEND_WAIT`]; a datagram that cannot
-/// go is lost as the network might lose it, and the node's timers retry.
-async fn flush(
-    sock: &tokio::net::UdpSocket,
-    state: &Mutex<State>,
-    out: &mut dht::Outbox,
-    v6: bool,
-) {
-    if out.transmits.is_empty() {
-        return;
+/// The rt request for a core command.
+pub(crate) fn request(c: Command) -> (u64, rt::DhtWhat) {
+    match c {
+        Command::Bootstrap { op, addrs } => (op, rt::DhtWhat::Bootstrap(addrs.into())),
+        Command::Put { op, record } => (op, rt::DhtWhat::Put(record)),
+        Command::FindValue { op, key } => (op, rt::DhtWhat::FindValue(key)),
     }
-    let mut errors = 0;
-    for t in out.drain_transmits() {
-        let dest = match (v6, t.dest.ip()) {
-            (true, IpAddr::V4(v4)) => {
-                SocketAddr::new(IpAddr::V6(v4.to_ipv6_mapped()), t.dest.port())
+}
+
+/// Hands the core's commands to the workers; a worker that cannot take
+/// one (inbox full) answers it with an error at once.
+fn dispatch(
+    state: &Mutex<State>,
+    control: &rt::Control,
+    reply: &tokio::sync::mpsc::Sender<rt::DhtReply>,
+) {
+    let mut s = lock(state);
+    loop {
+        let commands = s.core.take_commands();
+        if commands.is_empty() {
+            return;
+        }
+        for c in commands {
+            let (op, what) = request(c);
+            for _ in 0..control.dht(op, what, reply) {
+                s.core.on_reply(Instant::now(), op, Err("the worker's inbox is full".into()));
             }
-            _ => t.dest,
-        };
-        let sent = match sock.try_send_to(&t.payload, dest) {
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                match tokio::time::timeout(SEND_WAIT, sock.send_to(&t.payload, dest)).await {
-                    Ok(r) => r.map(|_| ()),
-                    Err(_) => Err(e),
-                }
-            }
-            r => r.map(|_| ()),
-        };
-        if let Err(e) = sent {
-            errors += 1;
-            tracing::debug!(error = %e, %dest, "DHT send");
         }
     }
-    lock(state).io.send_errors += errors;
 }
 
 /// Logs the core's notes and hands a changed upstream list to the workers.
@@ -395,7 +407,6 @@ fn after_step(state: &Mutex<State>, control: &rt::Control) {
             machine::Note::PublishFailed(why) => {
                 tracing::warn!(%why, "DHT: cannot publish our record")
             }
-            machine::Note::ExternalAddr(a) => tracing::info!(addr = %a, "DHT: peers see us at"),
         }
     }
     if let Some(list) = s.core.take_upstreams() {
@@ -408,16 +419,50 @@ fn after_step(state: &Mutex<State>, control: &rt::Control) {
     }
 }
 
-fn save_peers(state: &Mutex<State>, path: Option<&std::path::Path>) {
-    let Some(path) = path else { return };
-    let bytes = {
-        let s = lock(state);
-        if s.core.node().table().is_empty() {
-            return;
+/// Every worker's DHT state, in worker order (empty for a worker that has
+/// not published yet), so a worker's index is its label.
+pub(crate) fn snapshots(shared: &rt::Shared) -> Vec<rt::DhtSnapshot> {
+    shared
+        .snapshots
+        .iter()
+        .map(|s| s.lock().ok().and_then(|s| s.dht.clone()).unwrap_or_default())
+        .collect()
+}
+
+/// The good peers the workers know, without repeats, at most
+/// [`PEER_CACHE_PEERS`].
+fn known_peers(shared: &rt::Shared) -> Vec<NodeInfo> {
+    merge_peers(snapshots(shared).iter().map(|d| d.export.as_slice()), PEER_CACHE_PEERS)
+}
+
+/// Peers from several shards, taken in turns, without repeated ids.
+pub(crate) fn merge_peers<'a>(
+    lists: impl Iterator<Item = &'a [NodeInfo]>,
+    max: usize,
+) -> Vec<NodeInfo> {
+    let lists: Vec<&[NodeInfo]> = lists.collect();
+    let mut out: Vec<NodeInfo> = Vec::new();
+    let longest = lists.iter().map(|l| l.len()).max().unwrap_or(0);
+    for i in 0..longest {
+        for l in &lists {
+            if let Some(p) = l.get(i)
+                && out.len() < max
+                && !out.iter().any(|o| o.id == p.id)
+            {
+                out.push(*p);
+            }
         }
-        s.core.export_peers(Instant::now(), PEER_CACHE_PEERS)
-    };
-    if let Err(e) = files::write_peer_cache(path, &bytes) {
+    }
+    out
+}
+
+fn save_peers(shared: &rt::Shared, path: Option<&std::path::Path>) {
+    let Some(path) = path else { return };
+    let peers = known_peers(shared);
+    if peers.is_empty() {
+        return;
+    }
+    if let Err(e) = files::write_peer_cache(path, &dht::peers::encode(&peers)) {
         tracing::warn!(error = %e, file = %path.display(), "--dht-peer-cache: cannot save it");
     }
 }
@@ -467,25 +512,6 @@ pub(crate) async fn resolve(flag: &str, list: &[HostPort], v6: bool) -> Vec<Sock
     let mut seen = std::collections::BTreeSet::new();
     addrs.retain(|a| (v6 || a.is_ipv4()) && seen.insert(*a));
     addrs
-}
-
-/// Binds the DHT socket: v6-stack when bound to `[::]`.
-fn bind(addr: SocketAddr) -> Result<std::net::UdpSocket, String> {
-    let fail = |e: std::io::Error| {
-        format!(
-            "--dht-port (RICOCHET_DHT_PORT) = {}: cannot bind {addr}: {e} (is another DHT node \
-             or endpoint using the port? pick another with --dht-port)",
-            addr.port()
-        )
-    };
-    let domain = if addr.is_ipv4() { Domain::IPV4 } else { Domain::IPV6 };
-    let s = Socket::new(domain, Type::DGRAM.nonblocking().cloexec(), Some(Protocol::UDP))
-        .map_err(fail)?;
-    if let IpAddr::V6(v6) = addr.ip() {
-        s.set_only_v6(v6 != Ipv6Addr::UNSPECIFIED).map_err(fail)?;
-    }
-    s.bind(&addr.into()).map_err(fail)?;
-    Ok(s.into())
 }
 
 /// IPv4-mapped IPv6 as IPv4.

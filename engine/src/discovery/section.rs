@@ -1,7 +1,15 @@
 //! `/debug/dht` and the `ricochet_dht_*` metrics: the admin listener's view
-//! of the discovery driver's state.
+//! of discovery (the control thread's [`super::Core`]) and of the workers' DHT
+//! nodes (their [`rt::DhtSnapshot`]s, published every 100 ms).
+//!
+//! Node counters and gauges are summed over the workers (a peer that
+//! several workers' routing tables hold counts once per table); the
+//! `ricochet_dht_worker_*` families and `/debug/dht`'s `workers` array
+//! show each worker's share, labelled `worker`.
 
+use std::collections::BTreeMap;
 use std::fmt::Write as _;
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
@@ -9,22 +17,25 @@ use serde_json::{Value, json};
 
 use super::State;
 use super::files::hex;
-use super::machine::{Core, Source};
+use super::machine::Source;
 use crate::admin::Section;
-use crate::dht::Health;
-
-/// Most store records listed on `/debug/dht` (the counts are always whole).
-const MAX_LISTED_RECORDS: usize = 200;
+use crate::dht::{SizeEstimate, Stats};
+use crate::rt::{self, DhtSnapshot};
 
 /// The discovery driver's admin section (name `dht`).
 #[derive(Debug, Clone)]
 pub struct DhtSection {
     state: Arc<Mutex<State>>,
+    shared: Arc<rt::Shared>,
 }
 
 impl DhtSection {
-    pub(super) fn new(state: Arc<Mutex<State>>) -> Self {
-        DhtSection { state }
+    pub(super) fn new(state: Arc<Mutex<State>>, shared: Arc<rt::Shared>) -> Self {
+        DhtSection { state, shared }
+    }
+
+    fn workers(&self) -> Vec<DhtSnapshot> {
+        super::snapshots(&self.shared)
     }
 }
 
@@ -34,13 +45,17 @@ impl Section for DhtSection {
     }
 
     fn metrics(&self, out: &mut String) {
+        let workers = self.workers();
+        let steering = self.shared.dht_steering.load(Ordering::Relaxed);
         let s = self.state.lock().unwrap_or_else(|e| e.into_inner());
-        render_metrics(&s, Instant::now(), out);
+        render_metrics(&s, &workers, steering, out);
     }
 
     fn debug(&self) -> Value {
+        let workers = self.workers();
+        let steering = self.shared.dht_steering.load(Ordering::Relaxed);
         let s = self.state.lock().unwrap_or_else(|e| e.into_inner());
-        render_debug(&s, Instant::now())
+        render_debug(&s, &workers, steering, Instant::now())
     }
 }
 
@@ -58,11 +73,38 @@ fn gauge(out: &mut String, name: &str, help: &str, v: f64) {
     let _ = writeln!(out, "{name} {v}");
 }
 
+/// One family with a sample per worker.
+fn per_worker(out: &mut String, name: &str, kind: &str, help: &str, values: &[u64]) {
+    family(out, name, kind, help);
+    for (w, v) in values.iter().enumerate() {
+        let _ = writeln!(out, "{name}{{worker=\"{w}\"}} {v}");
+    }
+}
+
+/// The workers' node counters added up.
+fn total_stats(workers: &[DhtSnapshot]) -> Stats {
+    let mut st = Stats::default();
+    for w in workers {
+        st.add(&w.stats);
+    }
+    st
+}
+
+/// The size estimate of the worker whose routing table is largest (each
+/// estimates from its own lookups and table).
+fn best_estimate(workers: &[DhtSnapshot]) -> Option<SizeEstimate> {
+    workers
+        .iter()
+        .filter(|w| w.size_estimate.is_some())
+        .max_by_key(|w| w.peers.len())?
+        .size_estimate
+}
+
 /// Appends every `ricochet_dht_*` family.
-pub(super) fn render_metrics(s: &State, now: Instant, out: &mut String) {
+pub(super) fn render_metrics(s: &State, workers: &[DhtSnapshot], steering: bool, out: &mut String) {
     let core = &s.core;
-    let node = core.node();
-    let st = node.stats();
+    let st = total_stats(workers);
+    let sum = |f: fn(&DhtSnapshot) -> u64| workers.iter().map(f).sum::<u64>();
     let node_counters: [(&str, u64, &str); 15] = [
         ("rx_datagrams", st.rx_datagrams, "DHT datagrams received."),
         ("tx_datagrams", st.tx_datagrams, "DHT datagrams queued for sending."),
@@ -93,8 +135,27 @@ pub(super) fn render_metrics(s: &State, now: Instant, out: &mut String) {
         let _ = writeln!(out, "ricochet_dht_dropped_total{{reason=\"{reason}\"}} {v}");
     }
     family(out, "ricochet_dht_socket_errors_total", "counter", "DHT socket errors, by operation.");
-    let _ = writeln!(out, "ricochet_dht_socket_errors_total{{op=\"send\"}} {}", s.io.send_errors);
-    let _ = writeln!(out, "ricochet_dht_socket_errors_total{{op=\"recv\"}} {}", s.io.recv_errors);
+    let _ =
+        writeln!(out, "ricochet_dht_socket_errors_total{{op=\"send\"}} {}", sum(|w| w.send_errors));
+    counter(
+        out,
+        "ricochet_dht_forwarded_total",
+        "DHT datagrams read by a worker that does not own them and handed to the owner (no \
+         steering program).",
+        sum(|w| w.forwarded),
+    );
+    gauge(
+        out,
+        "ricochet_dht_steering",
+        "1 if the DHT socket group's steering program is attached.",
+        f64::from(u8::from(steering)),
+    );
+    counter(
+        out,
+        "ricochet_dht_replies_dropped_total",
+        "DHT results the workers could not hand to the control thread.",
+        sum(|w| w.replies_dropped),
+    );
 
     let c = core.counters();
     counter(
@@ -123,6 +184,12 @@ pub(super) fn render_metrics(s: &State, now: Instant, out: &mut String) {
         "ricochet_dht_publish_failures_total",
         "Puts of this endpoint's record refused or skipped.",
         c.publish_failures,
+    );
+    counter(
+        out,
+        "ricochet_dht_ops_lost_total",
+        "DHT operations of discovery whose result never came from the workers.",
+        c.ops_lost,
     );
     counter(out, "ricochet_dht_bootstraps_total", "Bootstraps started.", c.bootstraps);
     counter(
@@ -163,37 +230,44 @@ pub(super) fn render_metrics(s: &State, now: Instant, out: &mut String) {
         let _ = writeln!(out, "ricochet_dht_records_unused_total{{reason=\"{reason}\"}} {v}");
     }
 
-    let table = node.table();
-    gauge(out, "ricochet_dht_routing_peers", "Routing-table entries.", table.len() as f64);
+    let peers = sum(|w| w.peers.len() as u64);
+    gauge(
+        out,
+        "ricochet_dht_routing_peers",
+        "Routing-table entries, summed over the workers' tables.",
+        peers as f64,
+    );
     family(
         out,
         "ricochet_dht_routing_peers_by_health",
         "gauge",
-        "Routing-table entries by health.",
+        "Routing-table entries by health, summed over the workers' tables.",
     );
-    let (good, unknown, bad) = health_counts(core, now);
+    let good = sum(|w| w.health.0 as u64);
+    let unknown = sum(|w| w.health.1 as u64);
+    let bad = sum(|w| w.health.2 as u64);
     let _ = writeln!(out, "ricochet_dht_routing_peers_by_health{{health=\"good\"}} {good}");
     let _ = writeln!(out, "ricochet_dht_routing_peers_by_health{{health=\"unknown\"}} {unknown}");
     let _ = writeln!(out, "ricochet_dht_routing_peers_by_health{{health=\"bad\"}} {bad}");
     gauge(
         out,
         "ricochet_dht_store_keys",
-        "Distinct keys in the record store.",
-        node.store().keys() as f64,
+        "Distinct keys in the record store (all shards).",
+        sum(|w| w.store_keys as u64) as f64,
     );
     gauge(
         out,
         "ricochet_dht_store_records",
-        "Records in the record store.",
-        node.store().len() as f64,
+        "Records in the record store (all shards).",
+        sum(|w| w.store_records as u64) as f64,
     );
     gauge(
         out,
         "ricochet_dht_pending_requests",
         "Outstanding DHT requests.",
-        node.pending_requests() as f64,
+        sum(|w| w.pending_requests as u64) as f64,
     );
-    match node.size_estimate(now) {
+    match best_estimate(workers) {
         Some(e) => {
             gauge(
                 out,
@@ -241,71 +315,133 @@ pub(super) fn render_metrics(s: &State, now: Instant, out: &mut String) {
         "ricochet_dht_upstreams{{source=\"dht\"}} {}",
         core.upstreams().len() - statics
     );
+
+    let each = |f: fn(&DhtSnapshot) -> u64| workers.iter().map(f).collect::<Vec<u64>>();
+    per_worker(
+        out,
+        "ricochet_dht_worker_datagrams_total",
+        "counter",
+        "DHT datagrams read from each worker's socket.",
+        &each(|w| w.datagrams),
+    );
+    per_worker(
+        out,
+        "ricochet_dht_worker_forwarded_total",
+        "counter",
+        "DHT datagrams each worker read but handed to their owner.",
+        &each(|w| w.forwarded),
+    );
+    per_worker(
+        out,
+        "ricochet_dht_worker_requests_answered_total",
+        "counter",
+        "DHT requests each worker's node answered.",
+        &each(|w| w.stats.requests_answered),
+    );
+    per_worker(
+        out,
+        "ricochet_dht_worker_responses_matched_total",
+        "counter",
+        "DHT responses each worker's node matched to its requests.",
+        &each(|w| w.stats.responses_matched),
+    );
+    per_worker(
+        out,
+        "ricochet_dht_worker_unsolicited_total",
+        "counter",
+        "DHT responses each worker's node could not match (dropped).",
+        &each(|w| w.stats.drops.unsolicited),
+    );
+    per_worker(
+        out,
+        "ricochet_dht_worker_routing_peers",
+        "gauge",
+        "Entries of each worker's routing table.",
+        &each(|w| w.peers.len() as u64),
+    );
+    per_worker(
+        out,
+        "ricochet_dht_worker_store_keys",
+        "gauge",
+        "Distinct keys in each worker's store shard.",
+        &each(|w| w.store_keys as u64),
+    );
+    per_worker(
+        out,
+        "ricochet_dht_worker_store_records",
+        "gauge",
+        "Records in each worker's store shard.",
+        &each(|w| w.store_records as u64),
+    );
 }
 
-fn health_counts(core: &Core, now: Instant) -> (usize, usize, usize) {
-    let table = core.node().table();
-    let mut c = (0, 0, 0);
-    for (_, e) in table.iter() {
-        match e.health(now, table.settings()) {
-            Health::Good => c.0 += 1,
-            Health::Unknown => c.1 += 1,
-            Health::Bad => c.2 += 1,
+/// The routing tables merged: bucket by bucket, each peer once (as the
+/// first worker holding it sees it), with the workers that hold it.
+fn merged_buckets(workers: &[DhtSnapshot]) -> Vec<Value> {
+    /// A peer's JSON, the workers holding it, its id.
+    type Held = (Value, Vec<usize>, [u8; 32]);
+    let mut buckets: BTreeMap<usize, Vec<Held>> = BTreeMap::new();
+    for (w, snap) in workers.iter().enumerate() {
+        for p in &snap.peers {
+            let list = buckets.entry(p.bucket).or_default();
+            if let Some(entry) = list.iter_mut().find(|(_, _, id)| *id == p.id) {
+                entry.1.push(w);
+                continue;
+            }
+            let peer = json!({
+                "id": hex(&p.id),
+                "addr": p.addr.to_string(),
+                "health": p.health,
+                "failures": p.failures,
+                "in_backoff": p.in_backoff,
+                "rtt_ms": p.rtt_ms,
+                "last_seen_s_ago": p.last_seen_s_ago,
+                "last_reply_s_ago": p.last_reply_s_ago,
+            });
+            list.push((peer, vec![w], p.id));
         }
     }
-    c
+    buckets
+        .into_iter()
+        .map(|(b, peers)| {
+            let peers: Vec<Value> = peers
+                .into_iter()
+                .map(|(mut v, ws, _)| {
+                    v["workers"] = json!(ws);
+                    v
+                })
+                .collect();
+            json!({ "bucket": b, "peers": peers })
+        })
+        .collect()
 }
 
 /// The `/debug/dht` page.
-pub(super) fn render_debug(s: &State, now: Instant) -> Value {
+pub(super) fn render_debug(
+    s: &State,
+    workers: &[DhtSnapshot],
+    steering: bool,
+    now: Instant,
+) -> Value {
     let core = &s.core;
-    let node = core.node();
-    let now_unix = node.now_unix(now);
-    let table = node.table();
-    let mut buckets: Vec<Value> = Vec::new();
-    let mut current: Option<(usize, Vec<Value>)> = None;
-    for (b, e) in table.iter() {
-        let peer = json!({
-            "id": hex(&e.id().0),
-            "addr": e.addr().to_string(),
-            "health": e.health(now, table.settings()),
-            "failures": e.failures(),
-            "in_backoff": e.in_backoff(now),
-            "rtt_ms": e.rtt().map(|r| r.as_secs_f64() * 1000.0),
-            "last_seen_s_ago": now.saturating_duration_since(e.last_seen()).as_secs(),
-            "last_reply_s_ago": e.last_reply().map(|t| now.saturating_duration_since(t).as_secs()),
-        });
-        match current.as_mut() {
-            Some((cb, peers)) if *cb == b => peers.push(peer),
-            _ => {
-                if let Some((cb, peers)) = current.take() {
-                    buckets.push(json!({ "bucket": cb, "peers": peers }));
-                }
-                current = Some((b, vec![peer]));
-            }
-        }
-    }
-    if let Some((cb, peers)) = current {
-        buckets.push(json!({ "bucket": cb, "peers": peers }));
-    }
-    let (good, unknown, bad) = health_counts(core, now);
-    let records: Vec<Value> = node
-        .store()
-        .iter(now_unix)
-        .take(MAX_LISTED_RECORDS)
-        .map(|r| {
-            let v = r.view();
+    let now_unix = core.now_unix(now);
+    let records: Vec<Value> = workers
+        .iter()
+        .enumerate()
+        .flat_map(|(w, snap)| snap.records.iter().map(move |r| (w, r)))
+        .map(|(w, r)| {
             json!({
-                "key": hex(v.key()),
-                "type": format!("{:?}", v.record_type()).to_lowercase(),
-                "publisher": hex(&v.publisher_id()),
-                "seq": v.seq(),
-                "expires_in_s": v.expires_at().saturating_sub(now_unix),
-                "len": r.as_bytes().len(),
+                "worker": w,
+                "key": hex(&r.key),
+                "type": r.record_type,
+                "publisher": hex(&r.publisher),
+                "seq": r.seq,
+                "expires_in_s": r.expires_at.saturating_sub(now_unix),
+                "len": r.len,
             })
         })
         .collect();
-    let estimate = node.size_estimate(now).map(|e| {
+    let estimate = best_estimate(workers).map(|e| {
         json!({
             "nodes": e.nodes.round(),
             "low": e.low.round(),
@@ -358,7 +494,7 @@ pub(super) fn render_debug(s: &State, now: Instant) -> Value {
         })
     });
     let settings = core.settings();
-    let st = node.stats();
+    let st = total_stats(workers);
     let mut stats = serde_json::to_value(st).unwrap_or(Value::Null);
     if let Some(m) = stats.as_object_mut() {
         // Drops by reason name, rather than the raw counter array.
@@ -366,17 +502,46 @@ pub(super) fn render_debug(s: &State, now: Instant) -> Value {
             st.drops().into_iter().map(|(k, v)| (k.to_owned(), Value::from(v))).collect();
         m.insert("drops".into(), Value::Object(drops));
     }
+    let per_worker: Vec<Value> = workers
+        .iter()
+        .enumerate()
+        .map(|(w, d)| {
+            json!({
+                "worker": w,
+                "routing_peers": d.peers.len(),
+                "good": d.health.0,
+                "unknown": d.health.1,
+                "bad": d.health.2,
+                "store_keys": d.store_keys,
+                "store_records": d.store_records,
+                "store_cap": d.store_cap,
+                "datagrams": d.datagrams,
+                "forwarded": d.forwarded,
+                "forwarded_in": d.forwarded_in,
+                "requests_answered": d.stats.requests_answered,
+                "responses_matched": d.stats.responses_matched,
+                "unsolicited": d.stats.drops.unsolicited,
+                "operations": d.requests,
+                "pending_requests": d.pending_requests,
+                "running_queries": d.running_queries,
+                "external_addr": d.external_addr.map(|a| a.to_string()),
+            })
+        })
+        .collect();
+    let sum = |f: fn(&DhtSnapshot) -> usize| workers.iter().map(f).sum::<usize>();
     json!({
-        "node_id": hex(&node.id().0),
+        "node_id": hex(&core.node_id().0),
         "public_key": hex(core.public_key()),
         "bound": s.bound.to_string(),
-        "external_addr": node.external_addr().map(|a| a.to_string()),
+        "steering": steering,
+        "external_addr": workers.iter().find_map(|w| w.external_addr).map(|a| a.to_string()),
         "bootstrapped": core.bootstrapped(),
         "uptime_s": now.saturating_duration_since(s.started).as_secs(),
         "refresh_s": settings.refresh.as_secs_f64(),
         "publish": {
             "domain": settings.publish.as_ref().map(|p| p.domain.clone()),
             "topic_key": core.own_topic().map(|k| hex(&k)),
+            "owner": core.own_topic().map(|k| rt::key_owner(&k, workers.len().max(1))),
             "nack": settings.publish.as_ref().map(|p| p.nack.to_string()),
             "tier": settings.publish.as_ref().map(|p| p.tier),
             "preference": settings.publish.as_ref().map(|p| p.preference),
@@ -385,6 +550,7 @@ pub(super) fn render_debug(s: &State, now: Instant) -> Value {
         "upstream_discovery": {
             "domain": settings.upstream_domain,
             "topic_key": core.upstream_topic().map(|k| hex(&k)),
+            "owner": core.upstream_topic().map(|k| rt::key_owner(&k, workers.len().max(1))),
             "last_lookup": core.last_lookup().map(|(t, n)| json!({
                 "s_ago": now.saturating_duration_since(t).as_secs(),
                 "usable_records": n,
@@ -392,23 +558,24 @@ pub(super) fn render_debug(s: &State, now: Instant) -> Value {
         },
         "upstreams": upstreams,
         "routing": {
-            "peers": table.len(),
-            "good": good,
-            "unknown": unknown,
-            "bad": bad,
-            "replacements": table.replacements_len(),
-            "buckets": buckets,
+            "peers": sum(|w| w.peers.len()),
+            "good": sum(|w| w.health.0),
+            "unknown": sum(|w| w.health.1),
+            "bad": sum(|w| w.health.2),
+            "replacements": sum(|w| w.replacements),
+            "buckets": merged_buckets(workers),
         },
         "store": {
-            "keys": node.store().keys(),
-            "records": node.store().len(),
+            "keys": sum(|w| w.store_keys),
+            "records": sum(|w| w.store_records),
             "listed": records,
         },
+        "workers": per_worker,
         "size_estimate": estimate,
-        "pending_requests": node.pending_requests(),
-        "running_queries": node.running_queries(),
+        "pending_requests": sum(|w| w.pending_requests),
+        "running_queries": sum(|w| w.running_queries),
         "stats": stats,
         "discovery": core.counters(),
-        "io": { "send_errors": s.io.send_errors, "recv_errors": s.io.recv_errors },
+        "io": { "send_errors": workers.iter().map(|w| w.send_errors).sum::<u64>() },
     })
 }

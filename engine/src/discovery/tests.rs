@@ -6,13 +6,17 @@ use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::time::{Duration, Instant};
 
+use serde_json::json;
+
 use ricochet_wire::control::AdvertFlags;
+use ricochet_wire::dht::NodeInfo;
 use ricochet_wire::endpoint::domain_topic_key;
 use ricochet_wire::record::{EndpointPayload, RecordRepr, RecordType, SigningKey};
 
-use super::machine::{conclusive, ttl_for};
+use super::machine::{Note, OP_TIMEOUT, conclusive, ttl_for};
 use super::*;
 use crate::dht::{Node, Outbox};
+use crate::rt::DhtShard;
 
 const UNIX: u64 = 1_767_225_600;
 const REFRESH: Duration = Duration::from_secs(2);
@@ -36,24 +40,122 @@ fn nack(i: usize) -> SocketAddr {
     SocketAddr::new(IpAddr::V4(Ipv4Addr::new(10, 1, 0, i as u8 + 1)), 9300)
 }
 
+/// DHT shards (workers) per simulated endpoint.
+const SHARDS: usize = 2;
+
+/// One endpoint as the daemon runs it: the discovery core and one DHT
+/// shard per worker, glued the way the runtime glues them — each datagram
+/// goes to the shard [`rt::dht_owner`] names, each command to
+/// [`rt::DhtWhat::owner`], and results come back through a reply channel.
+#[derive(Debug)]
+struct Host {
+    core: Core,
+    shards: Vec<DhtShard>,
+    seeds: Vec<SocketAddr>,
+    tx: tokio::sync::mpsc::Sender<rt::DhtReply>,
+    rx: tokio::sync::mpsc::Receiver<rt::DhtReply>,
+}
+
+impl Host {
+    fn new(i: usize, settings: CoreSettings, now: Instant, seeds: Vec<SocketAddr>) -> Host {
+        let key = SigningKey::from_bytes(&[i as u8 + 1; 32]);
+        let opts = rt::DhtOptions {
+            port: 9320,
+            public_key: key.verifying_key().to_bytes(),
+            config: dht::Config::new([i as u8 + 100; 32]),
+        };
+        let shards =
+            (0..SHARDS).map(|w| DhtShard::new(w, SHARDS, &opts, addr(i).ip(), now, UNIX)).collect();
+        let (tx, rx) = tokio::sync::mpsc::channel(64);
+        Host { core: Core::new(key, settings, now, UNIX), shards, seeds, tx, rx }
+    }
+
+    fn poll_timeout(&self) -> Instant {
+        let shards = self.shards.iter().filter_map(DhtShard::poll_timeout);
+        shards.fold(self.core.poll_timeout(), Instant::min)
+    }
+
+    fn handle(&mut self, now: Instant, from: SocketAddr, bytes: &[u8]) {
+        let w = rt::dht_owner(bytes, SHARDS);
+        self.shards[w].on_datagram(now, from, bytes);
+    }
+
+    fn handle_timeout(&mut self, now: Instant) {
+        let unix = self.core.now_unix(now);
+        for s in &mut self.shards {
+            s.tick(now, unix);
+        }
+        if self.core.poll_timeout() <= now {
+            self.core.handle_timeout(now);
+        }
+    }
+
+    /// Runs the driver's part: bootstrap when due (seeds plus the peers
+    /// the shards know), commands to the shards, results to the core.
+    fn pump(&mut self, now: Instant) {
+        loop {
+            let peers: Vec<usize> = self.shards.iter().map(|s| s.node().table().len()).collect();
+            self.core.set_routing_peers(&peers);
+            if self.core.bootstrap_due(now) {
+                let mut addrs = self.seeds.clone();
+                for p in self.known_peers(now, 64) {
+                    if !addrs.contains(&p.addr) {
+                        addrs.push(p.addr);
+                    }
+                }
+                self.core.bootstrap(now, &addrs);
+            }
+            let commands = self.core.take_commands();
+            let mut any = !commands.is_empty();
+            for c in commands {
+                let (op, what) = request(c);
+                let targets: Vec<usize> = match what.owner(SHARDS) {
+                    Some(w) => vec![w],
+                    None => (0..SHARDS).collect(),
+                };
+                for w in targets {
+                    let req = rt::DhtRequest { op, what: what.clone(), reply: self.tx.clone() };
+                    self.shards[w].on_request(now, req);
+                }
+            }
+            while let Ok(r) = self.rx.try_recv() {
+                any = true;
+                self.core.on_reply(now, r.op, r.result);
+            }
+            if !any {
+                return;
+            }
+        }
+    }
+
+    fn known_peers(&self, now: Instant, max: usize) -> Vec<NodeInfo> {
+        let snaps: Vec<rt::DhtSnapshot> = self.shards.iter().map(|s| s.snapshot(now)).collect();
+        merge_peers(snaps.iter().map(|s| s.export.as_slice()), max)
+    }
+
+    fn snapshots(&self, now: Instant) -> Vec<rt::DhtSnapshot> {
+        self.shards.iter().map(|s| s.snapshot(now)).collect()
+    }
+}
+
 #[derive(Debug)]
 enum Member {
-    Core(Box<Core>),
+    Host(Box<Host>),
     Raw(Box<Node>),
 }
 
 impl Member {
     fn poll_timeout(&self) -> Instant {
         match self {
-            Member::Core(c) => c.poll_timeout(),
+            Member::Host(h) => h.poll_timeout(),
             Member::Raw(n) => n.poll_timeout().expect("a node always has a tick"),
         }
     }
 
-    fn core(&mut self) -> &mut Core {
+    fn host(&mut self) -> &mut Host {
         match self {
-            Member::Core(c) => c,
-            Member::Raw(_) => panic!("not a core"),
+            Member::Host(h) => h,
+            Member::Raw(_) => panic!("not a host"),
         }
     }
 }
@@ -80,14 +182,15 @@ impl Net {
             family: Family::V4,
             refresh: REFRESH,
             bootstrap_retry: Duration::from_secs(1),
+            shards: SHARDS,
         }
     }
 
     fn add_core(&mut self, settings: CoreSettings) -> usize {
         let i = self.members.len();
-        let key = SigningKey::from_bytes(&[i as u8 + 1; 32]);
-        let core = Core::new(key, dht::Config::new([i as u8 + 100; 32]), settings, self.now, UNIX);
-        self.members.push(Some(Member::Core(Box::new(core))));
+        let seeds = if i == 0 { vec![] } else { vec![addr(0)] };
+        let host = Host::new(i, settings, self.now, seeds);
+        self.members.push(Some(Member::Host(Box::new(host))));
         i
     }
 
@@ -115,8 +218,12 @@ impl Net {
         i
     }
 
+    fn host(&mut self, i: usize) -> &mut Host {
+        self.members[i].as_mut().expect("running").host()
+    }
+
     fn core(&mut self, i: usize) -> &mut Core {
-        self.members[i].as_mut().expect("running").core()
+        &mut self.host(i).core
     }
 
     fn stop(&mut self, i: usize) {
@@ -125,12 +232,28 @@ impl Net {
 
     fn send(&mut self, from: usize, out: &mut Outbox) {
         for t in out.drain_transmits() {
-            if let Some(to) = index(t.dest) {
-                self.sent += 1;
-                self.queue.insert((self.now + LATENCY, self.sent), (from, to, t.payload));
-            }
+            self.queue_datagram(from, t);
         }
         out.events.clear();
+    }
+
+    fn queue_datagram(&mut self, from: usize, t: dht::Transmit) {
+        if let Some(to) = index(t.dest) {
+            self.sent += 1;
+            self.queue.insert((self.now + LATENCY, self.sent), (from, to, t.payload));
+        }
+    }
+
+    /// Runs member `i`'s driver step and sends what its shards queued.
+    fn pump(&mut self, i: usize) {
+        let now = self.now;
+        let Some(Member::Host(h)) = self.members[i].as_mut() else { return };
+        h.pump(now);
+        let queued: Vec<dht::Transmit> =
+            h.shards.iter_mut().flat_map(|s| s.drain_transmits().collect::<Vec<_>>()).collect();
+        for t in queued {
+            self.queue_datagram(i, t);
+        }
     }
 
     fn run_for(&mut self, d: Duration) {
@@ -138,14 +261,7 @@ impl Net {
         let mut out = Outbox::new();
         loop {
             for i in 0..self.members.len() {
-                let now = self.now;
-                let seeds: Vec<SocketAddr> = if i == 0 { vec![] } else { vec![addr(0)] };
-                if let Some(Member::Core(c)) = self.members[i].as_mut()
-                    && c.bootstrap_due(now)
-                {
-                    c.bootstrap(now, &seeds, &mut out);
-                    self.send(i, &mut out);
-                }
+                self.pump(i);
             }
             let next_msg = self.queue.keys().next().map(|k| k.0);
             let next_timer = self.members.iter().flatten().map(Member::poll_timeout).min();
@@ -158,23 +274,23 @@ impl Net {
             if next_msg == Some(next) {
                 let (_, (from, to, bytes)) = self.queue.pop_first().expect("queued");
                 match self.members[to].as_mut() {
-                    Some(Member::Core(c)) => c.handle(now, addr(from), &bytes, &mut out),
-                    Some(Member::Raw(n)) => n.handle(now, addr(from), &bytes, &mut out),
+                    Some(Member::Host(h)) => h.handle(now, addr(from), &bytes),
+                    Some(Member::Raw(n)) => {
+                        n.handle(now, addr(from), &bytes, &mut out);
+                        self.send(to, &mut out);
+                    }
                     None => {}
                 }
-                self.send(to, &mut out);
             } else {
                 for i in 0..self.members.len() {
                     match self.members[i].as_mut() {
-                        Some(Member::Core(c)) if c.poll_timeout() <= now => {
-                            c.handle_timeout(now, &mut out)
-                        }
+                        Some(Member::Host(h)) if h.poll_timeout() <= now => h.handle_timeout(now),
                         Some(Member::Raw(n)) if n.poll_timeout().is_some_and(|t| t <= now) => {
-                            n.handle_timeout(now, &mut out)
+                            n.handle_timeout(now, &mut out);
+                            self.send(i, &mut out);
                         }
-                        _ => continue,
+                        _ => {}
                     }
-                    self.send(i, &mut out);
                 }
             }
         }
@@ -265,9 +381,8 @@ fn discovery_drops_a_draining_endpoint_and_a_stopped_one() {
     // U3 starts draining: it republishes at once with the Draining flag,
     // and D drops it at its next lookup, long before the old record's TTL.
     let now = net.now;
-    let mut out = Outbox::new();
-    net.core(u3).set_draining(now, true, &mut out);
-    net.send(u3, &mut out);
+    net.core(u3).set_draining(now, true);
+    net.pump(u3);
     assert!(net.core(u3).published().unwrap().draining);
     net.run_for(REFRESH * 2);
     assert_eq!(upstream_addrs(net.core(d)), vec![nack(u1), nack(u2)]);
@@ -354,11 +469,17 @@ fn discovery_seed_node_bootstraps_once_contacted() {
     assert!(net.core(d).bootstrapped());
     assert!(net.core(seed).bootstrapped(), "joined through the peer that contacted it");
     assert_eq!(upstream_addrs(net.core(d)), vec![nack(seed)]);
-    // The peer cache holds the seed.
+    // The peer cache holds the seed, once although both shards know it.
     let now = net.now;
-    let cache = net.core(d).export_peers(now, 8);
+    let cache = dht::peers::encode(&net.host(d).known_peers(now, 8));
     let peers = dht::peers::decode(&cache).unwrap();
     assert_eq!(peers.iter().map(|p| p.addr).collect::<Vec<_>>(), vec![addr(seed)]);
+    // Every shard of both joined: the seed's shards learned from each other.
+    for h in [seed, d] {
+        for s in net.host(h).snapshots(now) {
+            assert!(!s.peers.is_empty(), "{h}: a shard without peers");
+        }
+    }
 }
 
 #[test]
@@ -422,22 +543,26 @@ fn discovery_admin_section_reports_the_list_and_the_table() {
     let d = net.add_core(s);
     net.run_for(REFRESH * 3);
     let now = net.now;
-    let Some(Member::Core(core)) = net.members[d].take() else { unreachable!() };
-    let state = State {
-        core: *core,
-        bound: addr(d),
-        io: IoCounters { send_errors: 1, recv_errors: 0 },
-        started: now,
-    };
+    let Some(Member::Host(host)) = net.members[d].take() else { unreachable!() };
+    let mut workers = host.snapshots(now);
+    workers[1].send_errors = 1;
+    let state = State { core: host.core, bound: addr(d), started: now };
     let mut m = String::new();
-    section::render_metrics(&state, now, &mut m);
+    section::render_metrics(&state, &workers, true, &mut m);
     for series in [
         "ricochet_dht_rx_datagrams_total ",
         "ricochet_dht_dropped_total{reason=\"unsolicited\"} 0",
         "ricochet_dht_socket_errors_total{op=\"send\"} 1",
+        "ricochet_dht_forwarded_total 0",
+        "ricochet_dht_steering 1",
         "ricochet_dht_lookups_started_total ",
         "ricochet_dht_lookups_total{result=\"found\"} ",
-        "ricochet_dht_routing_peers 1",
+        // U1 is in both of D's shards' tables.
+        "ricochet_dht_routing_peers 2",
+        "ricochet_dht_worker_routing_peers{worker=\"0\"} 1",
+        "ricochet_dht_worker_routing_peers{worker=\"1\"} 1",
+        "ricochet_dht_worker_unsolicited_total{worker=\"1\"} 0",
+        "ricochet_dht_worker_store_keys{worker=\"0\"} ",
         "ricochet_dht_upstreams{source=\"static\"} 1",
         "ricochet_dht_upstreams{source=\"dht\"} 1",
         "ricochet_dht_upstreams_discovered 1",
@@ -451,17 +576,78 @@ fn discovery_admin_section_reports_the_list_and_the_table() {
         let name = line.split(['{', ' ']).next().unwrap();
         assert!(m.contains(&format!("# TYPE {name} ")), "{name} undeclared");
     }
-    let v = section::render_debug(&state, now);
+    // Each store shard holds only the keys its worker owns.
+    for (w, snap) in workers.iter().enumerate() {
+        for r in &snap.records {
+            assert_eq!(rt::key_owner(&r.key, SHARDS), w);
+        }
+    }
+    let v = section::render_debug(&state, &workers, true, now);
     assert_eq!(v["upstreams"][0]["source"], "static");
     assert_eq!(v["upstreams"][1]["source"], "dht");
     assert_eq!(v["upstreams"][1]["addr"], nack(u1).to_string());
     assert_eq!(v["upstreams"][1]["tier"], 0);
-    assert_eq!(v["routing"]["peers"], 1);
+    assert_eq!(v["routing"]["peers"], 2);
     assert_eq!(v["routing"]["buckets"][0]["peers"][0]["addr"], addr(u1).to_string());
     assert_eq!(v["routing"]["buckets"][0]["peers"][0]["health"], "Good");
+    assert_eq!(v["routing"]["buckets"][0]["peers"][0]["workers"], json!([0, 1]));
+    assert_eq!(v["workers"][1]["routing_peers"], 1);
+    assert_eq!(v["steering"], true);
     assert!(v["store"]["records"].as_u64().unwrap() >= 1);
     assert_eq!(v["upstream_discovery"]["domain"], "a");
     assert_eq!(v["node_id"].as_str().unwrap().len(), 64);
     assert_eq!(v["stats"]["drops"]["unsolicited"], 0);
     assert!(v["stats"]["rx_datagrams"].as_u64().unwrap() > 0);
+}
+
+#[test]
+fn discovery_bootstrap_waits_for_every_shard_and_lost_results_free_their_slot() {
+    let t0 = Instant::now();
+    let publish = Publish {
+        domain: "a".into(),
+        nack: nack(1),
+        tier: 0,
+        preference: 1,
+        flags: 0,
+        shard_bits: 0,
+    };
+    let key = SigningKey::from_bytes(&[5; 32]);
+    let mut c = Core::new(key, Net::settings(Some(publish), Some("b")), t0, UNIX);
+    assert!(c.bootstrap_due(t0));
+    c.bootstrap(t0, &[addr(0)]);
+    let cmds = c.take_commands();
+    let [Command::Bootstrap { op, addrs }] = cmds.as_slice() else { panic!("{cmds:?}") };
+    assert_eq!(addrs, &vec![addr(0)]);
+    // One shard joined, the other could not take it: joined, once both
+    // answered.
+    c.on_reply(t0, *op, Ok(dht::Event::Bootstrapped { peers: 3 }));
+    assert!(!c.bootstrapped(), "waits for the second shard");
+    c.on_reply(t0, *op, Err("busy".into()));
+    assert!(c.bootstrapped());
+    assert_eq!(c.take_notes(), vec![Note::Bootstrapped(3)]);
+    // Publish and lookup go out at once, each to be run by a shard.
+    c.handle_timeout(t0);
+    let cmds = c.take_commands();
+    assert!(matches!(cmds[0], Command::Put { .. }), "{cmds:?}");
+    assert!(matches!(cmds[1], Command::FindValue { key, .. } if key == domain_topic_key(b"b")));
+    assert_eq!(c.puts_running(), 1);
+    // Their results never come: the slots are given up after OP_TIMEOUT.
+    let late = t0 + OP_TIMEOUT + Duration::from_secs(1);
+    c.set_routing_peers(&[3, 1]);
+    c.handle_timeout(late);
+    assert_eq!(c.counters().ops_lost, 2);
+    assert_eq!(c.puts_running(), 1, "only the new period's put runs");
+    // A shard that refuses a put is a publish failure.
+    let cmds = c.take_commands();
+    let Some(Command::Put { op, .. }) = cmds.iter().find(|c| matches!(c, Command::Put { .. }))
+    else {
+        panic!("{cmds:?}")
+    };
+    c.on_reply(late, *op, Err("refused".into()));
+    assert_eq!(c.counters().publish_failures, 1);
+    assert_eq!(c.puts_running(), 0);
+    // A shard with an empty table makes a bootstrap due again.
+    c.set_routing_peers(&[3, 0]);
+    c.handle_timeout(late + Duration::from_secs(2));
+    assert!(c.bootstrap_due(late + Duration::from_secs(5)));
 }

@@ -15,6 +15,7 @@ const TOKEN_INGRESS: u64 = 0;
 const TOKEN_NACK: u64 = 1;
 const TOKEN_INBOX: u64 = 2;
 const TOKEN_UPSTREAM: u64 = 3;
+const TOKEN_DHT: u64 = 4;
 
 /// Which socket a batch came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -22,6 +23,7 @@ enum Source {
     Ingress,
     Nack,
     Upstream,
+    Dht,
 }
 
 #[derive(Debug)]
@@ -30,6 +32,7 @@ pub(crate) struct Worker {
     ingress: Socket,
     nack: Socket,
     upstream: Socket,
+    dht: Option<Socket>,
     epoll: Epoll,
     recv: RecvBatch,
     scratch: SendScratch,
@@ -38,11 +41,14 @@ pub(crate) struct Worker {
 
 impl Worker {
     pub(crate) fn new(core: Core, socks: Sockets) -> std::io::Result<Self> {
-        let Sockets { ingress, nack, upstream } = socks;
+        let Sockets { ingress, nack, upstream, dht } = socks;
         let epoll = Epoll::new()?;
         epoll.add(ingress.as_raw_fd(), TOKEN_INGRESS)?;
         epoll.add(nack.as_raw_fd(), TOKEN_NACK)?;
         epoll.add(upstream.as_raw_fd(), TOKEN_UPSTREAM)?;
+        if let Some(d) = &dht {
+            epoll.add(d.as_raw_fd(), TOKEN_DHT)?;
+        }
         epoll.add(core.wakers[core.index].fd(), TOKEN_INBOX)?;
         let recv = RecvBatch::new(core.opts.batch.max(1));
         Ok(Worker {
@@ -50,6 +56,7 @@ impl Worker {
             ingress,
             nack,
             upstream,
+            dht,
             epoll,
             recv,
             scratch: SendScratch::default(),
@@ -72,6 +79,7 @@ impl Worker {
                     TOKEN_INGRESS => self.drain(Source::Ingress),
                     TOKEN_NACK => self.drain(Source::Nack),
                     TOKEN_UPSTREAM => self.drain(Source::Upstream),
+                    TOKEN_DHT => self.drain(Source::Dht),
                     _ => self.core.wakers[self.core.index].drain(),
                 }
             }
@@ -95,6 +103,10 @@ impl Worker {
             Source::Ingress => self.ingress.as_raw_fd(),
             Source::Nack => self.nack.as_raw_fd(),
             Source::Upstream => self.upstream.as_raw_fd(),
+            Source::Dht => match &self.dht {
+                Some(d) => d.as_raw_fd(),
+                None => return,
+            },
         };
         loop {
             let n = match self.recv.recv(fd) {
@@ -110,12 +122,12 @@ impl Worker {
                 let Some(data) = self.recv.data(i) else { continue };
                 match source {
                     Source::Ingress => self.core.on_ingress(now, data),
-                    Source::Nack | Source::Upstream => {
+                    Source::Nack | Source::Upstream | Source::Dht => {
                         let Some(src) = self.recv.source(i) else { continue };
-                        if source == Source::Nack {
-                            self.core.on_nack(now, src, data);
-                        } else {
-                            self.core.on_upstream(now, src, data);
+                        match source {
+                            Source::Nack => self.core.on_nack(now, src, data),
+                            Source::Upstream => self.core.on_upstream(now, src, data),
+                            _ => self.core.on_dht(now, src, data),
                         }
                     }
                 }
@@ -131,6 +143,7 @@ impl Worker {
     /// Proxied NACKs from the upstream socket, everything else from the
     /// NACK socket.
     fn flush(&mut self) {
+        self.flush_dht();
         if self.core.outbox.transmits.is_empty() {
             return;
         }
@@ -157,5 +170,21 @@ impl Worker {
             self.core.counters.gso_sends += gso;
         }
         self.pending.clear();
+    }
+
+    /// Sends what the DHT node queued, from the DHT socket.
+    fn flush_dht(&mut self) {
+        let (Some(sock), Some(shard)) = (&self.dht, self.core.dht.as_mut()) else { return };
+        if !shard.has_transmits() {
+            return;
+        }
+        let queued: Vec<crate::dht::Transmit> = shard.drain_transmits().collect();
+        let msgs = queued
+            .iter()
+            .map(|t| (socket2::SockAddr::from(t.dest), std::iter::once(t.payload.as_slice())));
+        let (sent, failed) = sys::send_all(sock.as_raw_fd(), msgs, &mut self.scratch);
+        shard.counters.send_errors += failed as u64;
+        self.core.counters.sent += sent as u64;
+        self.core.counters.send_errors += failed as u64;
     }
 }

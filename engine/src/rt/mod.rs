@@ -8,6 +8,10 @@
 //! - member `i` of the SO_REUSEPORT NACK group — a classic-BPF program steers
 //!   each NACK to `owner(HashKey)`, so NACKs arrive where their flow lives;
 //! - its shard of the retry state ([`crate::retry::Service`]);
+//! - with the DHT on, member `i` of the SO_REUSEPORT group on
+//!   `--dht-port` and its own DHT node and store shard (`dht_shard`): a
+//!   classic-BPF program steers each DHT datagram to the worker owning its
+//!   key, or, for a response, to the worker whose node asked;
 //! - an inbox (bounded channel + eventfd) through which other workers hand
 //!   it frames of flows it owns: a frame crosses at most one thread, and is
 //!   copied once, from the receive buffer into the `Bytes` the cache keeps.
@@ -23,6 +27,7 @@
 //! epoll with the reason logged.
 
 pub mod beacon;
+mod dht_shard;
 mod epoll;
 mod socket;
 pub mod sys;
@@ -41,6 +46,13 @@ use bytes::Bytes;
 use ricochet_wire::group::{Scope, SourceMode};
 
 use crate::retry::{self, Stats};
+
+#[cfg(test)]
+pub(crate) use dht_shard::Shard as DhtShard;
+pub use dht_shard::{
+    DhtOptions, DhtReply, DhtRequest, DhtSnapshot, DhtWhat, EXPORTED_PEERS, LISTED_RECORDS,
+    PeerView, RecordView, dht_owner, key_owner,
+};
 
 /// Which packet backend to run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -108,6 +120,8 @@ pub struct Options {
     /// `DEDUP_WINDOW`: how long a multicast retransmit stays claimed when
     /// retransmits are deduplicated across siblings.
     pub dedup_window: Duration,
+    /// The DHT on the workers (`--dht-enabled`), with the node identity.
+    pub dht: Option<DhtOptions>,
 }
 
 /// The worker that owns a flow: `low32(hash_key) % workers`. The low 32
@@ -186,6 +200,8 @@ pub struct WorkerSnapshot {
     pub retry: Stats,
     /// Its recovery path's counters.
     pub recovery: retry::RecoveryStats,
+    /// Its DHT node's state, when the DHT is on.
+    pub dht: Option<DhtSnapshot>,
     /// What its cache shard holds of its most recently active flows
     /// (at most [`HOLDINGS_PER_WORKER`]), for siblings' fill decisions.
     pub holdings: Vec<retry::Holding>,
@@ -223,6 +239,9 @@ pub struct Shared {
     pub backend: &'static str,
     /// Whether reuseport steering is active (else NACKs are forwarded).
     pub steering: AtomicBool,
+    /// Whether the DHT group's steering program is attached (else DHT
+    /// datagrams read by the wrong worker are forwarded to their owner).
+    pub dht_steering: AtomicBool,
     /// ADVERTs sent by the beacon task.
     pub beacons_sent: std::sync::atomic::AtomicU64,
     /// Workers → control thread events (bounded; a full queue drops).
@@ -397,6 +416,37 @@ impl Control {
         missed
     }
 
+    /// The number of workers.
+    pub fn workers(&self) -> usize {
+        self.inboxes.len()
+    }
+
+    /// Hands a DHT operation to the worker that runs it ([`DhtWhat::owner`]:
+    /// a key's owner, or every worker for a bootstrap). Each worker that
+    /// takes it answers once on `reply` with `op`. Returns how many
+    /// workers could not take it now (inbox full).
+    pub fn dht(
+        &self,
+        op: u64,
+        what: DhtWhat,
+        reply: &tokio::sync::mpsc::Sender<DhtReply>,
+    ) -> usize {
+        let targets: Vec<usize> = match what.owner(self.inboxes.len()) {
+            Some(w) => vec![w],
+            None => (0..self.inboxes.len()).collect(),
+        };
+        let mut missed = 0;
+        for w in targets {
+            let req = DhtRequest { op, what: what.clone(), reply: reply.clone() };
+            if self.inboxes[w].try_send(worker::Handoff::Dht(req)).is_ok() {
+                self.wakers[w].wake();
+            } else {
+                missed += 1;
+            }
+        }
+        missed
+    }
+
     /// Drops every cached frame of `hash_key` on its owning worker; returns
     /// that worker's index, or `None` if its inbox is full (try again).
     pub fn invalidate(&self, hash_key: u64) -> Option<usize> {
@@ -418,10 +468,15 @@ impl Runtime {
         let mut ingress = Vec::with_capacity(n);
         let mut nack = Vec::with_capacity(n);
         let mut upstream = Vec::with_capacity(n);
+        let mut dht = Vec::with_capacity(n);
         for share in &shares {
             ingress.push(socket::ingress(&opts, share)?);
             nack.push(socket::nack_member(&opts)?);
             upstream.push(socket::upstream(&opts)?);
+            // DHT members in worker order, like the NACK group's.
+            if let Some(d) = &opts.dht {
+                dht.push(socket::dht_member(&opts, d.port)?);
+            }
         }
         let steering = match sys::attach_reuseport_steering(&nack[0], 8, n as u32) {
             Ok(()) => true,
@@ -429,6 +484,14 @@ impl Runtime {
                 tracing::warn!(error = %e, "reuseport steering unavailable; NACKs are forwarded to their owner (one hop)");
                 false
             }
+        };
+        let dht_steering = match dht.first().map(|s| sys::attach_dht_steering(s, n as u32)) {
+            Some(Ok(())) => true,
+            Some(Err(e)) => {
+                tracing::warn!(error = %e, "DHT reuseport steering unavailable; DHT datagrams are forwarded to their owner (one hop)");
+                false
+            }
+            None => false,
         };
         let (events_tx, events_rx) = crossbeam_channel::bounded(EVENT_QUEUE);
         let shared = Arc::new(Shared {
@@ -440,6 +503,7 @@ impl Runtime {
             snapshots: (0..n).map(|_| Mutex::new(WorkerSnapshot::default())).collect(),
             backend,
             steering: AtomicBool::new(steering),
+            dht_steering: AtomicBool::new(dht_steering),
             beacons_sent: std::sync::atomic::AtomicU64::new(0),
             events: events_tx,
             events_rx,
@@ -456,11 +520,12 @@ impl Runtime {
         // Every worker is built (and every setup error surfaces) before any
         // runs; io_uring workers then learn each other's ring fds.
         let mut built = Vec::with_capacity(n);
+        let mut dht = dht.into_iter();
         let sockets = ingress.into_iter().zip(nack).zip(upstream).zip(receivers);
         for (i, (((ing, nk), up), rx)) in sockets.enumerate() {
             let core =
                 worker::Core::new(i, &opts, rx, inboxes.clone(), wakers.clone(), shared.clone());
-            let socks = worker::Sockets { ingress: ing, nack: nk, upstream: up };
+            let socks = worker::Sockets { ingress: ing, nack: nk, upstream: up, dht: dht.next() };
             built.push(if backend == "io_uring" {
                 AnyWorker::Uring(Box::new(uring::Worker::new(core, socks)?))
             } else {
@@ -484,7 +549,9 @@ impl Runtime {
         for (i, w) in built.into_iter().enumerate() {
             let cpu = opts.cpus.get(i).copied();
             let started = started.clone();
-            let roles = format!("ingress groups {:?}, NACK member {i}", shares[i]);
+            let dht_role =
+                if opts.dht.is_some() { format!(", DHT member {i}") } else { String::new() };
+            let roles = format!("ingress groups {:?}, NACK member {i}{dht_role}", shares[i]);
             workers.push(std::thread::Builder::new().name(format!("ricochet-w{i}")).spawn(
                 move || {
                     if let Some(cpu) = cpu {

@@ -70,6 +70,30 @@ pub(crate) fn nack_member(opts: &Options) -> io::Result<Socket> {
     Ok(s)
 }
 
+/// One member of the DHT reuseport group, bound on `port` like the NACK
+/// socket (the NACK bind address; `[::]` is dual-stack). Members must be
+/// created in worker order, as the NACK group's. A bind error names the
+/// flag.
+pub(crate) fn dht_member(opts: &Options, port: u16) -> io::Result<Socket> {
+    let bind = SocketAddr::new(opts.nack_bind, port);
+    let fail = |e: io::Error| {
+        io::Error::new(
+            e.kind(),
+            format!(
+                "--dht-port (RICOCHET_DHT_PORT) = {port}: cannot bind {bind}: {e} (is another DHT \
+                 node or endpoint using the port? pick another with --dht-port)"
+            ),
+        )
+    };
+    let s = udp(if bind.is_ipv4() { Domain::IPV4 } else { Domain::IPV6 }).map_err(fail)?;
+    if let IpAddr::V6(v6) = bind.ip() {
+        s.set_only_v6(!v6.is_unspecified()).map_err(fail)?;
+    }
+    s.set_reuse_port(true).map_err(fail)?;
+    s.bind(&bind.into()).map_err(fail)?;
+    Ok(s)
+}
+
 /// The upstream socket of one worker: an ephemeral port on the NACK
 /// address, so upstream endpoints see this endpoint's NACK address as the
 /// source and their replies come back to this worker.

@@ -382,3 +382,111 @@ pub(crate) fn attach_reuseport_steering(
     };
     if r < 0 { Err(io::Error::last_os_error()) } else { Ok(()) }
 }
+
+/// The classic-BPF reuseport program for the DHT group of `n` sockets: it
+/// returns [`crate::rt::dht_owner`] of the datagram (`docs/PROTOCOL.md`
+/// § "DHT (UDP 9320)"), branching on the message type at offset 3:
+/// - FIND_NODE, FIND_VALUE: the target/key at 44, by the low 32 bits of its
+///   first 8 bytes (big-endian word at 48) mod `n`, like [`crate::rt::owner`];
+/// - STORE: the record's key (record at 46, key at record offset 4: word at
+///   54);
+/// - PONG, NODES, VALUE, STORE_ACK: the transaction id's first byte
+///   (offset 4) mod `n` — every worker's node tags its ids so
+///   ([`crate::dht::Config::txid_tag`]);
+/// - PING: the sender id's (word at 16);
+/// - anything else: socket 0.
+///
+/// A datagram too short for its load makes the program return 0: socket
+/// 0 then receives it and the node there rejects it as malformed.
+pub(crate) fn dht_steering_program(n: u32) -> Vec<libc::sock_filter> {
+    use crate::rt::dht_shard::layout;
+    const LDB: u16 = 0x30; // BPF_LD|BPF_B|BPF_ABS
+    const LDW: u16 = 0x20; // BPF_LD|BPF_W|BPF_ABS
+    const JEQ: u16 = 0x15; // BPF_JMP|BPF_JEQ|BPF_K
+    const MOD: u16 = 0x94; // BPF_ALU|BPF_MOD|BPF_K
+    const RETK: u16 = 0x06; // BPF_RET|BPF_K
+    const RETA: u16 = 0x16; // BPF_RET|BPF_A
+    let op = |code: u16, jt: u8, k: u32| libc::sock_filter { code, jt, jf: 0, k };
+    // (message type, index of the load block it jumps to)
+    let find = 10;
+    let store = 13;
+    let ping = 16;
+    let txid = 19;
+    let branches: [(u32, usize); 8] =
+        [(3, find), (5, find), (7, store), (1, ping), (2, txid), (4, txid), (6, txid), (8, txid)];
+    let mut prog = vec![op(LDB, 0, layout::TYPE)];
+    for (i, (ty, to)) in branches.into_iter().enumerate() {
+        // Jump offsets count from the next instruction.
+        let here = 1 + i;
+        prog.push(op(JEQ, (to - here - 1) as u8, ty));
+    }
+    prog.push(op(RETK, 0, 0));
+    for (code, at) in [
+        (LDW, layout::KEY + 4),
+        (LDW, layout::STORE_KEY + 4),
+        (LDW, layout::SENDER + 4),
+        (LDB, layout::TXID),
+    ] {
+        prog.push(op(code, 0, at));
+        prog.push(op(MOD, 0, n.max(1)));
+        prog.push(op(RETA, 0, 0));
+    }
+    debug_assert_eq!(prog.len(), txid + 3);
+    prog
+}
+
+/// Attaches [`dht_steering_program`] to the reuseport group `fd` belongs
+/// to.
+pub(crate) fn attach_dht_steering(fd: &impl AsRawFd, n: u32) -> io::Result<()> {
+    let mut prog = dht_steering_program(n);
+    let fprog = libc::sock_fprog { len: prog.len() as u16, filter: prog.as_mut_ptr() };
+    // SAFETY: `fprog` points at the live program in `prog`, of the length
+    // given; the kernel copies it during the call.
+    let r = unsafe {
+        libc::setsockopt(
+            fd.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_ATTACH_REUSEPORT_CBPF,
+            (&fprog as *const libc::sock_fprog).cast(),
+            size_of::<libc::sock_fprog>() as u32,
+        )
+    };
+    if r < 0 { Err(io::Error::last_os_error()) } else { Ok(()) }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    /// Runs a classic-BPF program (the few instructions the steering
+    /// programs use) over `pkt` as the kernel does: a load past the end
+    /// ends the program with 0.
+    pub(crate) fn run_cbpf(prog: &[libc::sock_filter], pkt: &[u8]) -> u32 {
+        let mut a: u32 = 0;
+        let mut pc = 0;
+        while let Some(i) = prog.get(pc) {
+            pc += 1;
+            let k = i.k as usize;
+            match i.code {
+                0x30 => match pkt.get(k) {
+                    Some(b) => a = u32::from(*b),
+                    None => return 0,
+                },
+                0x20 => match pkt.get(k..k + 4) {
+                    Some(w) => a = u32::from_be_bytes(w.try_into().unwrap()),
+                    None => return 0,
+                },
+                0x15 => {
+                    if a == i.k {
+                        pc += usize::from(i.jt);
+                    } else {
+                        pc += usize::from(i.jf);
+                    }
+                }
+                0x94 => a %= i.k,
+                0x06 => return i.k,
+                0x16 => return a,
+                other => panic!("instruction {other:#x} not modelled"),
+            }
+        }
+        panic!("fell off the end of the program")
+    }
+}

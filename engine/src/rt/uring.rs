@@ -35,6 +35,7 @@ const UD_PEER_WAKE: u64 = 6 << 32;
 /// Completion of a MSG_RING this worker sent; low bits: the peer index.
 const UD_MSG_SENT: u64 = 7 << 32;
 const UD_UPSTREAM: u64 = 8 << 32;
+const UD_DHT: u64 = 9 << 32;
 const UD_KIND: u64 = 0xFFFF_FFFF << 32;
 
 const GROUP_INGRESS: u16 = 0;
@@ -88,6 +89,7 @@ enum Source {
     Ingress,
     Nack,
     Upstream,
+    Dht,
 }
 
 struct BufRing {
@@ -181,6 +183,8 @@ struct SendSlot {
     cmsg: GsoCmsg,
     addr: SockAddr,
     payloads: Vec<Payload>,
+    /// Sent from the DHT socket (its errors count as DHT send errors).
+    dht: bool,
 }
 
 pub(crate) struct Worker {
@@ -191,11 +195,13 @@ pub(crate) struct Worker {
     ingress: Socket,
     nack: Socket,
     upstream: Socket,
+    dht: Option<Socket>,
     ingress_bufs: BufRing,
     nack_bufs: BufRing,
     ingress_msg: Box<libc::msghdr>,
     nack_msg: Box<libc::msghdr>,
     upstream_msg: Box<libc::msghdr>,
+    dht_msg: Box<libc::msghdr>,
     wake_buf: Box<u64>,
     tick: Box<Timespec>,
     slots: Vec<Option<Box<SendSlot>>>,
@@ -231,7 +237,7 @@ fn recv_template() -> Box<libc::msghdr> {
 
 impl Worker {
     pub(crate) fn new(core: Core, socks: Sockets) -> io::Result<Worker> {
-        let Sockets { ingress, nack, upstream } = socks;
+        let Sockets { ingress, nack, upstream, dht } = socks;
         // Created disabled and enabled on the worker's own thread: a
         // single-issuer ring belongs to the thread that enables it.
         // DEFER_TASKRUN (6.1+): completions are posted when this thread
@@ -260,11 +266,13 @@ impl Worker {
             ingress,
             nack,
             upstream,
+            dht,
             ingress_bufs,
             nack_bufs,
             ingress_msg: recv_template(),
             nack_msg: recv_template(),
             upstream_msg: recv_template(),
+            dht_msg: recv_template(),
             wake_buf: Box::new(0),
             tick: Box::new(Timespec::from(super::TICK)),
             slots: Vec::new(),
@@ -342,6 +350,9 @@ impl Worker {
         self.arm_recv(Source::Ingress)?;
         self.arm_recv(Source::Nack)?;
         self.arm_recv(Source::Upstream)?;
+        if self.dht.is_some() {
+            self.arm_recv(Source::Dht)?;
+        }
         self.arm_wake()?;
         self.arm_tick()
     }
@@ -359,7 +370,8 @@ impl Worker {
     }
 
     fn arm_recv(&mut self, source: Source) -> io::Result<()> {
-        // Upstream replies are frames: they share the ingress buffers.
+        // Upstream replies are frames: they share the ingress buffers, and
+        // so do DHT datagrams (up to 65 507 bytes are accepted).
         let (fd, msg, group, ud) = match source {
             Source::Ingress => (
                 self.ingress.as_raw_fd(),
@@ -376,6 +388,10 @@ impl Worker {
                 GROUP_INGRESS,
                 UD_UPSTREAM,
             ),
+            Source::Dht => {
+                let Some(dht) = &self.dht else { return Ok(()) };
+                (dht.as_raw_fd(), &*self.dht_msg as *const _, GROUP_INGRESS, UD_DHT)
+            }
         };
         // The msghdr template is boxed and lives as long as the worker.
         let sqe = opcode::RecvMsgMulti::new(types::Fd(fd), msg, group).build().user_data(ud);
@@ -397,10 +413,11 @@ impl Worker {
         let ud = cqe.user_data();
         let res = cqe.result();
         let rearm = match ud & UD_KIND {
-            UD_INGRESS | UD_NACK | UD_UPSTREAM => {
+            UD_INGRESS | UD_NACK | UD_UPSTREAM | UD_DHT => {
                 let source = match ud & UD_KIND {
                     UD_INGRESS => Source::Ingress,
                     UD_NACK => Source::Nack,
+                    UD_DHT => Source::Dht,
                     _ => Source::Upstream,
                 };
                 if let Some(bid) = cqueue::buffer_select(cqe.flags()) {
@@ -409,7 +426,9 @@ impl Worker {
                     }
                     match source {
                         Source::Nack => self.nack_bufs.recycle(bid),
-                        Source::Ingress | Source::Upstream => self.ingress_bufs.recycle(bid),
+                        Source::Ingress | Source::Upstream | Source::Dht => {
+                            self.ingress_bufs.recycle(bid)
+                        }
                     }
                 } else if res < 0 && res != -libc::ENOBUFS {
                     tracing::warn!(
@@ -457,6 +476,9 @@ impl Worker {
                         self.core.counters.sent += segments;
                     } else {
                         self.core.counters.send_errors += segments;
+                        if let (true, Some(shard)) = (b.dht, self.core.dht.as_mut()) {
+                            shard.counters.send_errors += segments;
+                        }
                     }
                     b.payloads.clear();
                     b.iovs.clear();
@@ -479,6 +501,7 @@ impl Worker {
             Source::Ingress => (&self.ingress_bufs, &*self.ingress_msg),
             Source::Nack => (&self.nack_bufs, &*self.nack_msg),
             Source::Upstream => (&self.ingress_bufs, &*self.upstream_msg),
+            Source::Dht => (&self.ingress_bufs, &*self.dht_msg),
         };
         let Ok(out) = RecvMsgOut::parse(bufs.get(bid, len), msg) else { return };
         if out.is_payload_truncated() {
@@ -494,6 +517,7 @@ impl Worker {
             (Source::Ingress, _) => self.core.on_ingress(now, data),
             (Source::Nack, Some(src)) => self.core.on_nack(now, src, data),
             (Source::Upstream, Some(src)) => self.core.on_upstream(now, src, data),
+            (Source::Dht, Some(src)) => self.core.on_dht(now, src, data),
             _ => {}
         }
     }
@@ -502,6 +526,7 @@ impl Worker {
     /// the cached frame, or the inline response) in a slot until its
     /// completion.
     fn flush(&mut self) {
+        self.flush_dht();
         if self.core.outbox.transmits.is_empty() {
             return;
         }
@@ -525,6 +550,29 @@ impl Worker {
         // kernel together with the wait, one syscall per round.
     }
 
+    /// Queues one SendMsg per datagram the DHT node queued, from the DHT
+    /// socket; each owns its bytes until its completion.
+    fn flush_dht(&mut self) {
+        let (Some(fd), Some(shard)) =
+            (self.dht.as_ref().map(|d| d.as_raw_fd()), self.core.dht.as_mut())
+        else {
+            return;
+        };
+        if !shard.has_transmits() {
+            return;
+        }
+        let queued: Vec<crate::dht::Transmit> = shard.drain_transmits().collect();
+        for t in queued {
+            let payload = Payload::Frame(bytes::Bytes::from(t.payload));
+            if let Err(e) = self.queue_send(fd, t.dest.into(), std::iter::once(payload), true) {
+                if let Some(shard) = self.core.dht.as_mut() {
+                    shard.counters.send_errors += 1;
+                }
+                tracing::warn!(error = %e, "queueing a DHT send failed");
+            }
+        }
+    }
+
     /// Queues one SendMsg for a GSO run of transmits to one destination.
     fn send(&mut self, mut run: impl Iterator<Item = Transmit>) -> io::Result<()> {
         let Some(first) = run.next() else { return Ok(()) };
@@ -533,6 +581,20 @@ impl Worker {
             self.core.counters.send_errors += 1 + run.count() as u64;
             return Ok(());
         };
+        let fd = if upstream { self.upstream.as_raw_fd() } else { self.nack.as_raw_fd() };
+        let payloads = std::iter::once(first.payload).chain(run.map(|t| t.payload));
+        self.queue_send(fd, addr, payloads, false)
+    }
+
+    /// Queues one SendMsg of `payloads` (more than one: a GSO send) to
+    /// `addr` from `fd`.
+    fn queue_send(
+        &mut self,
+        fd: std::os::fd::RawFd,
+        addr: SockAddr,
+        payloads: impl Iterator<Item = Payload>,
+        dht: bool,
+    ) -> io::Result<()> {
         let mut slot = self.spare.pop().unwrap_or_else(|| {
             Box::new(SendSlot {
                 // SAFETY: plain old data; zero is valid.
@@ -541,10 +603,11 @@ impl Worker {
                 cmsg: [0; 3],
                 addr: addr.clone(),
                 payloads: Vec::new(),
+                dht,
             })
         });
-        slot.payloads.push(first.payload);
-        slot.payloads.extend(run.map(|t| t.payload));
+        slot.dht = dht;
+        slot.payloads.extend(payloads);
         slot.addr = addr;
         let slot_ref = &mut *slot;
         slot_ref.iovs.clear();
@@ -577,7 +640,6 @@ impl Worker {
         self.slots[index as usize] = Some(slot);
         // The slot is boxed and its vectors are not touched until the
         // completion: every pointer in the header stays valid.
-        let fd = if upstream { self.upstream.as_raw_fd() } else { self.nack.as_raw_fd() };
         let sqe =
             opcode::SendMsg::new(types::Fd(fd), hdr).build().user_data(UD_SEND | index as u64);
         self.push(sqe)

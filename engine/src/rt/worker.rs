@@ -42,6 +42,11 @@ pub(crate) enum Handoff {
     /// A frame from a sibling's snapshot (warm restart): cached like a
     /// recovered frame, never starting an epoch.
     Warm(Bytes),
+    /// A DHT datagram that arrived on the wrong worker (no steering
+    /// program): handled by the receiver as if read from its own socket.
+    DhtDatagram(SocketAddr, Bytes),
+    /// A DHT operation from the control thread (discovery).
+    Dht(super::DhtRequest),
 }
 
 /// A request waiting for the shared store's answer.
@@ -78,6 +83,8 @@ pub(crate) struct Sockets {
     pub(crate) nack: socket2::Socket,
     /// Ephemeral-port socket for Proxied NACKs; upstream replies return here.
     pub(crate) upstream: socket2::Socket,
+    /// Member of the DHT reuseport group, when the DHT is on.
+    pub(crate) dht: Option<socket2::Socket>,
 }
 
 /// Everything a worker owns besides its sockets and its I/O machinery.
@@ -104,6 +111,8 @@ pub(crate) struct Core {
     local_dedup: Claims<FrameKey>,
     /// Live siblings: a gap another one owns is forwarded to it.
     siblings: Arc<Siblings>,
+    /// This worker's DHT node, when the DHT is on.
+    pub(crate) dht: Option<super::dht_shard::Shard>,
     pub(crate) opts: Options,
 }
 
@@ -140,6 +149,10 @@ impl Core {
             waits: StoreWaits::default(),
             local_dedup: Claims::new(opts.dedup_window, 1 << 20),
             siblings: Arc::default(),
+            dht: opts.dht.as_ref().map(|d| {
+                let (now, unix) = (Instant::now(), super::dht_shard::unix_now());
+                super::dht_shard::Shard::new(index, workers, d, opts.nack_bind, now, unix)
+            }),
             opts: opts.clone(),
         }
     }
@@ -212,6 +225,22 @@ impl Core {
             self.drop_reason(e);
         }
         self.take_effects(now);
+    }
+
+    /// A datagram from the DHT socket: handled here if this worker owns it,
+    /// else handed to its owner (the steering program is missing).
+    pub(crate) fn on_dht(&mut self, now: Instant, src: SocketAddr, data: &[u8]) {
+        let Some(shard) = self.dht.as_mut() else { return };
+        shard.counters.datagrams += 1;
+        let dest = shard.owner(data);
+        // Longer than any valid DHT message: not worth a copy, the node
+        // here drops and counts it.
+        if dest == self.index || data.len() > super::dht_shard::MAX_FORWARD {
+            shard.on_datagram(now, src, data);
+        } else {
+            shard.counters.forwarded += 1;
+            self.handoff(dest, Handoff::DhtDatagram(src, Bytes::copy_from_slice(data)));
+        }
     }
 
     /// Carries out the service's effects until none are left (finishing
@@ -442,6 +471,19 @@ impl Core {
                     self.on_store_answer(now, token, answer);
                     Ok(())
                 }
+                Handoff::DhtDatagram(src, bytes) => {
+                    if let Some(shard) = self.dht.as_mut() {
+                        shard.counters.forwarded_in += 1;
+                        shard.on_datagram(now, src, &bytes);
+                    }
+                    Ok(())
+                }
+                Handoff::Dht(req) => {
+                    if let Some(shard) = self.dht.as_mut() {
+                        shard.on_request(now, req);
+                    }
+                    Ok(())
+                }
             };
             if let Err(e) = r {
                 self.drop_reason(e);
@@ -498,18 +540,23 @@ impl Core {
         self.expire_store_waits(now);
         self.local_dedup.expire(now);
         self.service.expire(now);
+        if let Some(shard) = self.dht.as_mut() {
+            shard.tick(now, super::dht_shard::unix_now());
+        }
         self.publish();
     }
 
     pub(crate) fn publish(&mut self) {
         self.counters.store_pending = self.waits.parked.len() as u64;
         let holdings = self.service.cache().holdings(super::HOLDINGS_PER_WORKER);
+        let dht = self.dht.as_ref().map(|d| d.snapshot(Instant::now()));
         if let Ok(mut s) = self.shared.snapshots[self.index].lock() {
             *s = WorkerSnapshot {
                 cpu: self.opts.cpus.get(self.index).copied().unwrap_or(0),
                 counters: self.counters.clone(),
                 retry: self.service.stats(),
                 recovery: self.recovery.stats(),
+                dht,
                 holdings,
             };
         }

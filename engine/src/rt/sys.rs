@@ -368,9 +368,17 @@ pub(crate) fn attach_reuseport_steering(
         libc::sock_filter { code: 0x94, jt: 0, jf: 0, k: n },
         libc::sock_filter { code: 0x16, jt: 0, jf: 0, k: 0 },
     ];
-    let fprog = libc::sock_fprog { len: prog.len() as u16, filter: prog.as_mut_ptr() };
-    // SAFETY: `fprog` points at a live 3-instruction program; the kernel
-    // copies it during the call.
+    attach_reuseport_cbpf(fd, &mut prog)
+}
+
+/// Attaches `prog` as the classic-BPF reuseport program of the group `fd`
+/// belongs to (SO_ATTACH_REUSEPORT_CBPF).
+fn attach_reuseport_cbpf(fd: &impl AsRawFd, prog: &mut [libc::sock_filter]) -> io::Result<()> {
+    let len = u16::try_from(prog.len())
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "BPF program too long"))?;
+    let fprog = libc::sock_fprog { len, filter: prog.as_mut_ptr() };
+    // SAFETY: `fprog` points at the live program in `prog`, of the length
+    // given; the kernel copies it during the call.
     let r = unsafe {
         libc::setsockopt(
             fd.as_raw_fd(),
@@ -438,20 +446,7 @@ pub(crate) fn dht_steering_program(n: u32) -> Vec<libc::sock_filter> {
 /// Attaches [`dht_steering_program`] to the reuseport group `fd` belongs
 /// to.
 pub(crate) fn attach_dht_steering(fd: &impl AsRawFd, n: u32) -> io::Result<()> {
-    let mut prog = dht_steering_program(n);
-    let fprog = libc::sock_fprog { len: prog.len() as u16, filter: prog.as_mut_ptr() };
-    // SAFETY: `fprog` points at the live program in `prog`, of the length
-    // given; the kernel copies it during the call.
-    let r = unsafe {
-        libc::setsockopt(
-            fd.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_ATTACH_REUSEPORT_CBPF,
-            (&fprog as *const libc::sock_fprog).cast(),
-            size_of::<libc::sock_fprog>() as u32,
-        )
-    };
-    if r < 0 { Err(io::Error::last_os_error()) } else { Ok(()) }
+    attach_reuseport_cbpf(fd, &mut dht_steering_program(n))
 }
 
 #[cfg(test)]

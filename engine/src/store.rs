@@ -230,7 +230,7 @@ impl crate::admin::Section for StoreStats {
                 &self.transitions_down,
             ),
         ] {
-            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter\n{name} {}", get(c));
+            crate::admin::prom::counter(out, name, help, get(c));
         }
     }
 

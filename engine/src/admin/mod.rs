@@ -20,7 +20,9 @@ use axum::response::IntoResponse;
 use axum::routing::get;
 
 use crate::rt::{Control, Shared, WorkerSnapshot};
+use prom::family;
 
+pub mod prom;
 pub mod sse;
 pub mod subscribe;
 
@@ -335,9 +337,6 @@ const GAUGES: &[&str] =
 /// Renders Prometheus text exposition for every worker's snapshot.
 pub fn render_metrics(snaps: &[WorkerSnapshot], shared: &Shared, uptime: f64) -> String {
     let mut out = String::with_capacity(8192);
-    let family = |out: &mut String, name: &str, kind: &str, help: &str| {
-        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
-    };
     family(&mut out, "ricochet_up", "gauge", "1 while the endpoint runs.");
     let _ = writeln!(out, "ricochet_up 1");
     family(&mut out, "ricochet_ready", "gauge", "1 when ready, 0 while starting or draining.");

@@ -40,6 +40,7 @@ use std::time::{Duration, Instant};
 use tokio::net::TcpStream;
 
 use super::AdminState;
+use super::prom::family;
 pub use super::sse::{
     DecodeError, Decoder, Item, MAX_CHUNK_LINE, MAX_EVENT, MAX_HEAD, MAX_LINE, MAX_REJECTION,
     SseEvent,
@@ -132,9 +133,6 @@ impl super::Section for UpstreamEvents {
     }
 
     fn metrics(&self, out: &mut String) {
-        let family = |out: &mut String, name: &str, kind: &str, help: &str| {
-            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
-        };
         let each = |out: &mut String, name: &str, f: &dyn Fn(&Stats) -> u64| {
             for up in &self.upstreams {
                 let _ =

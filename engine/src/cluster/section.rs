@@ -1,7 +1,6 @@
 //! `/debug/cluster` and the `ricochet_cluster_*` metrics: the admin
 //! listener's view of the cluster driver's state.
 
-use std::fmt::Write as _;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
@@ -11,6 +10,7 @@ use super::State;
 use super::members::MemberRecord;
 use super::warm::Outcome;
 use crate::admin::Section;
+use crate::admin::prom::{counter, gauge, labelled};
 use crate::discovery::files::hex;
 use crate::gossip::FrameCounts;
 
@@ -42,27 +42,6 @@ impl Section for ClusterSection {
     fn debug(&self) -> Value {
         let s = self.state.lock().unwrap_or_else(|e| e.into_inner());
         render_debug(&s, Instant::now())
-    }
-}
-
-fn family(out: &mut String, name: &str, kind: &str, help: &str) {
-    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
-}
-
-fn counter(out: &mut String, name: &str, help: &str, v: u64) {
-    family(out, name, "counter", help);
-    let _ = writeln!(out, "{name} {v}");
-}
-
-fn gauge(out: &mut String, name: &str, help: &str, v: f64) {
-    family(out, name, "gauge", help);
-    let _ = writeln!(out, "{name} {v}");
-}
-
-fn labelled(out: &mut String, name: &str, kind: &str, help: &str, rows: &[(String, u64)]) {
-    family(out, name, kind, help);
-    for (labels, v) in rows {
-        let _ = writeln!(out, "{name}{{{labels}}} {v}");
     }
 }
 

@@ -432,7 +432,7 @@ pub(crate) fn snapshots(shared: &rt::Shared) -> Vec<rt::DhtSnapshot> {
 /// The good peers the workers know, without repeats, at most
 /// [`PEER_CACHE_PEERS`].
 fn known_peers(shared: &rt::Shared) -> Vec<NodeInfo> {
-    merge_peers(snapshots(shared).iter().map(|d| d.export.as_slice()), PEER_CACHE_PEERS)
+    merge_peers(snapshots(shared).iter().map(|d| &d.export[..]), PEER_CACHE_PEERS)
 }
 
 /// Peers from several shards, taken in turns, without repeated ids.

@@ -19,6 +19,7 @@ use super::State;
 use super::files::hex;
 use super::machine::Source;
 use crate::admin::Section;
+use crate::admin::prom::{counter, family, gauge};
 use crate::dht::{SizeEstimate, Stats};
 use crate::rt::{self, DhtSnapshot};
 
@@ -57,20 +58,6 @@ impl Section for DhtSection {
         let s = self.state.lock().unwrap_or_else(|e| e.into_inner());
         render_debug(&s, &workers, steering, Instant::now())
     }
-}
-
-fn family(out: &mut String, name: &str, kind: &str, help: &str) {
-    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
-}
-
-fn counter(out: &mut String, name: &str, help: &str, v: u64) {
-    family(out, name, "counter", help);
-    let _ = writeln!(out, "{name} {v}");
-}
-
-fn gauge(out: &mut String, name: &str, help: &str, v: f64) {
-    family(out, name, "gauge", help);
-    let _ = writeln!(out, "{name} {v}");
 }
 
 /// One family with a sample per worker.
@@ -382,7 +369,7 @@ fn merged_buckets(workers: &[DhtSnapshot]) -> Vec<Value> {
     type Held = (Value, Vec<usize>, [u8; 32]);
     let mut buckets: BTreeMap<usize, Vec<Held>> = BTreeMap::new();
     for (w, snap) in workers.iter().enumerate() {
-        for p in &snap.peers {
+        for p in snap.peers.iter() {
             let list = buckets.entry(p.bucket).or_default();
             if let Some(entry) = list.iter_mut().find(|(_, _, id)| *id == p.id) {
                 entry.1.push(w);

@@ -128,13 +128,13 @@ impl Host {
         }
     }
 
-    fn known_peers(&self, now: Instant, max: usize) -> Vec<NodeInfo> {
-        let snaps: Vec<rt::DhtSnapshot> = self.shards.iter().map(|s| s.snapshot(now)).collect();
-        merge_peers(snaps.iter().map(|s| s.export.as_slice()), max)
+    fn known_peers(&mut self, now: Instant, max: usize) -> Vec<NodeInfo> {
+        let snaps: Vec<rt::DhtSnapshot> = self.snapshots(now);
+        merge_peers(snaps.iter().map(|s| &s.export[..]), max)
     }
 
-    fn snapshots(&self, now: Instant) -> Vec<rt::DhtSnapshot> {
-        self.shards.iter().map(|s| s.snapshot(now)).collect()
+    fn snapshots(&mut self, now: Instant) -> Vec<rt::DhtSnapshot> {
+        self.shards.iter_mut().map(|s| s.snapshot(now)).collect()
     }
 }
 
@@ -543,7 +543,7 @@ fn discovery_admin_section_reports_the_list_and_the_table() {
     let d = net.add_core(s);
     net.run_for(REFRESH * 3);
     let now = net.now;
-    let Some(Member::Host(host)) = net.members[d].take() else { unreachable!() };
+    let Some(Member::Host(mut host)) = net.members[d].take() else { unreachable!() };
     let mut workers = host.snapshots(now);
     workers[1].send_errors = 1;
     let state = State { core: host.core, bound: addr(d), started: now };
@@ -578,7 +578,7 @@ fn discovery_admin_section_reports_the_list_and_the_table() {
     }
     // Each store shard holds only the keys its worker owns.
     for (w, snap) in workers.iter().enumerate() {
-        for r in &snap.records {
+        for r in snap.records.iter() {
             assert_eq!(rt::key_owner(&r.key, SHARDS), w);
         }
     }

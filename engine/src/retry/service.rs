@@ -73,7 +73,8 @@
 //! ACK or THROTTLED. The IP tier never answers, so what any one source
 //! address (spoofed or not) can draw is bounded by its IP-tier rate.
 
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::Bytes;
@@ -84,6 +85,7 @@ use ricochet_wire::group::{self, DEFAULT_BEEF_SHARD_BITS, DEFAULT_SHARD_BITS};
 
 use super::cache::{Cache, CacheSettings, CacheStats, Insert, Origin, Sweep, TtlClass};
 use super::limit::{LimitSettings, Limiter, Tier};
+use super::siblings::Siblings;
 
 /// Every knob of the service, defaulting to the reference endpoint's
 /// defaults; the doc of each field names the reference's env var.
@@ -421,9 +423,9 @@ pub struct Service {
     cache: Cache,
     limiter: Limiter,
     stats: Stats,
-    /// Live siblings' addresses: their Proxied or Sibling-flagged NACKs
-    /// skip the per-source rate tiers.
-    siblings: Vec<IpAddr>,
+    /// Live siblings: their Proxied or Sibling-flagged NACKs skip the
+    /// per-source rate tiers.
+    siblings: Arc<Siblings>,
 }
 
 impl Service {
@@ -434,18 +436,18 @@ impl Service {
             limiter: Limiter::new(&settings.limits, now),
             settings,
             stats: Stats::default(),
-            siblings: Vec::new(),
+            siblings: Arc::default(),
         }
     }
 
-    /// Sets the live siblings' addresses (gossip membership). A NACK from
+    /// Sets the live siblings (gossip membership). A NACK from
     /// one of them flagged Proxied (sibling fill) or Sibling (a gap
     /// forwarded to its owner) carries many listeners' requests, already
     /// deduplicated by gap ownership and claims, so the per-source rate
     /// tiers (IP, sequence, chain) do not apply to it; the group tier
     /// still limits what reaches the multicast groups.
-    pub fn set_sibling_addrs(&mut self, addrs: Vec<IpAddr>) {
-        self.siblings = addrs;
+    pub fn set_siblings(&mut self, siblings: Arc<Siblings>) {
+        self.siblings = siblings;
     }
 
     /// The settings in force.
@@ -560,11 +562,11 @@ impl Service {
         self.stats.nacks_proxied += u64::from(proxied);
         let s = &self.settings;
         let stats = &mut self.stats;
-        let sibling = (proxied || from_sibling) && self.siblings.contains(&src.ip().to_canonical());
+        let sibling = (proxied || from_sibling) && self.siblings.is_sibling(src.ip());
         stats.nacks_from_siblings += u64::from(sibling);
 
         if sibling {
-            // Not limited per source (see `set_sibling_addrs`).
+            // Not limited per source (see `set_siblings`).
         } else if let Err(tier) = self.limiter.check_before_lookup(now, src.ip(), hash_key, start) {
             match tier {
                 Tier::Ip => stats.rate_limited_ip += 1,
@@ -1214,7 +1216,8 @@ mod tests {
     #[test]
     fn a_live_siblings_flagged_nacks_skip_the_per_source_tiers() {
         let (mut svc, t0) = service(|_| {});
-        svc.set_sibling_addrs(vec![src().ip()]);
+        let me = crate::retry::Sibling { id: 1, nack: SocketAddr::new(src().ip(), 9300) };
+        svc.set_siblings(Arc::new(Siblings::new(2, [me])));
         // Sibling-flagged (forwarded gaps) and Proxied (fills): all served,
         // far beyond the IP burst of 10.
         for i in 0..30 {
@@ -1226,7 +1229,7 @@ mod tests {
         let answered = (0..30).filter(|_| !ask(&mut svc, t0, nack(HK, 1, 1, 0)).is_empty()).count();
         assert_eq!(answered, 10);
         // Once it is no longer a sibling, its flagged NACKs are limited too.
-        svc.set_sibling_addrs(Vec::new());
+        svc.set_siblings(Arc::default());
         assert_eq!(ask(&mut svc, t0, nack(HK, 1, 1, NackFlags::SIBLING)), []);
     }
 

@@ -136,9 +136,11 @@ impl Siblings {
         (score(best.id, key), best.id).gt(&(mine, self.me)).then_some(best)
     }
 
-    /// Whether `addr` is a sibling's NACK address.
+    /// Whether `addr` is a live sibling's NACK address (an IPv4-mapped
+    /// IPv6 address matches its IPv4 form).
     pub fn is_sibling(&self, addr: std::net::IpAddr) -> bool {
-        self.others.iter().any(|s| s.nack.ip() == addr)
+        let addr = addr.to_canonical();
+        self.others.iter().any(|s| s.nack.ip().to_canonical() == addr)
     }
 }
 

@@ -218,7 +218,15 @@ pub const LISTED_RECORDS: usize = 100;
 /// siblings' bootstraps.
 pub const EXPORTED_PEERS: usize = 64;
 
-/// A worker's DHT state, published every tick.
+/// How often a worker rebuilds the listings in its [`DhtSnapshot`]
+/// (routing table, records, exported peers, health counts); the counters
+/// are fresh every tick. The listings are for `/debug/dht`, the peer cache
+/// and bootstraps, none of which needs them fresher, and rebuilding them
+/// walks the whole routing table on the worker thread.
+pub const VIEWS_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// A worker's DHT state, published every tick (the listings every
+/// [`VIEWS_EVERY`]).
 #[derive(Debug, Clone, Default)]
 pub struct DhtSnapshot {
     /// Its node's counters.
@@ -242,10 +250,10 @@ pub struct DhtSnapshot {
     /// Replacement-cache entries.
     pub replacements: usize,
     /// The routing table, bucket by bucket.
-    pub peers: Vec<PeerView>,
+    pub peers: Arc<[PeerView]>,
     /// Up to [`EXPORTED_PEERS`] good peers (peer cache, siblings'
     /// bootstraps).
-    pub export: Vec<NodeInfo>,
+    pub export: Arc<[NodeInfo]>,
     /// Distinct keys in its store shard.
     pub store_keys: usize,
     /// Records in its store shard.
@@ -253,7 +261,7 @@ pub struct DhtSnapshot {
     /// Its share of the distinct-key cap.
     pub store_cap: usize,
     /// Up to [`LISTED_RECORDS`] of its records.
-    pub records: Vec<RecordView>,
+    pub records: Arc<[RecordView]>,
     /// Outstanding requests.
     pub pending_requests: usize,
     /// Running lookups.
@@ -277,6 +285,18 @@ pub(crate) struct Shard {
     /// The socket is IPv6: IPv4 destinations are written IPv4-mapped.
     v6: bool,
     pub(crate) counters: ShardCounters,
+    /// The listings of the last snapshot and when they were built.
+    views: Option<(Instant, Views)>,
+}
+
+/// The parts of a [`DhtSnapshot`] rebuilt every [`VIEWS_EVERY`], shared
+/// by the snapshots in between.
+#[derive(Debug, Clone)]
+struct Views {
+    health: (usize, usize, usize),
+    peers: Arc<[PeerView]>,
+    export: Arc<[NodeInfo]>,
+    records: Arc<[RecordView]>,
 }
 
 /// A shard's own counters (the node keeps the rest).
@@ -315,6 +335,7 @@ impl Shard {
             bootstrap: None,
             v6: bind.is_ipv6(),
             counters: ShardCounters::default(),
+            views: None,
         }
     }
 
@@ -393,12 +414,48 @@ impl Shard {
     }
 
     /// The state to publish.
-    pub(crate) fn snapshot(&self, now: Instant) -> DhtSnapshot {
+    pub(crate) fn snapshot(&mut self, now: Instant) -> DhtSnapshot {
+        let views = match &self.views {
+            Some((at, v)) if now.saturating_duration_since(*at) < VIEWS_EVERY => v.clone(),
+            _ => {
+                let v = self.views(now);
+                self.views = Some((now, v.clone()));
+                v
+            }
+        };
+        let node = &self.node;
+        let c = self.counters;
+        DhtSnapshot {
+            stats: node.stats(),
+            datagrams: c.datagrams,
+            forwarded: c.forwarded,
+            forwarded_in: c.forwarded_in,
+            requests: c.requests,
+            replies_dropped: c.replies_dropped,
+            send_errors: c.send_errors,
+            health: views.health,
+            replacements: node.table().replacements_len(),
+            peers: views.peers,
+            export: views.export,
+            store_keys: node.store().keys(),
+            store_records: node.store().len(),
+            store_cap: node.config().store.max_keys,
+            records: views.records,
+            pending_requests: node.pending_requests(),
+            running_queries: node.running_queries(),
+            external_addr: node.external_addr(),
+            size_estimate: node.size_estimate(now),
+        }
+    }
+
+    /// Builds the listings: one walk of the routing table, up to
+    /// [`LISTED_RECORDS`] records, the exported peers.
+    fn views(&self, now: Instant) -> Views {
         let node = &self.node;
         let table = node.table();
         let settings = table.settings();
         let mut health = (0, 0, 0);
-        let peers: Vec<PeerView> = table
+        let peers: Arc<[PeerView]> = table
             .iter()
             .map(|(bucket, e)| {
                 let h = e.health(now, settings);
@@ -423,7 +480,7 @@ impl Shard {
             })
             .collect();
         let now_unix = node.now_unix(now);
-        let records = node
+        let records: Arc<[RecordView]> = node
             .store()
             .iter(now_unix)
             .take(LISTED_RECORDS)
@@ -439,28 +496,7 @@ impl Shard {
                 }
             })
             .collect();
-        let c = self.counters;
-        DhtSnapshot {
-            stats: node.stats(),
-            datagrams: c.datagrams,
-            forwarded: c.forwarded,
-            forwarded_in: c.forwarded_in,
-            requests: c.requests,
-            replies_dropped: c.replies_dropped,
-            send_errors: c.send_errors,
-            health,
-            replacements: table.replacements_len(),
-            peers,
-            export: table.export(now, EXPORTED_PEERS),
-            store_keys: node.store().keys(),
-            store_records: node.store().len(),
-            store_cap: node.config().store.max_keys,
-            records,
-            pending_requests: node.pending_requests(),
-            running_queries: node.running_queries(),
-            external_addr: node.external_addr(),
-            size_estimate: node.size_estimate(now),
-        }
+        Views { health, peers, export: table.export(now, EXPORTED_PEERS).into(), records }
     }
 
     /// Hands finished operations back to the control thread.

@@ -51,7 +51,7 @@ use crate::retry::{self, Stats};
 pub(crate) use dht_shard::Shard as DhtShard;
 pub use dht_shard::{
     DhtOptions, DhtReply, DhtRequest, DhtSnapshot, DhtWhat, EXPORTED_PEERS, LISTED_RECORDS,
-    PeerView, RecordView, dht_owner, key_owner,
+    PeerView, RecordView, VIEWS_EVERY, dht_owner, key_owner,
 };
 
 /// Which packet backend to run.

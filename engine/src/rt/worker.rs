@@ -454,8 +454,7 @@ impl Core {
                     Ok(())
                 }
                 Handoff::Siblings(view) => {
-                    let addrs = view.others().iter().map(|s| s.nack.ip().to_canonical()).collect();
-                    self.service.set_sibling_addrs(addrs);
+                    self.service.set_siblings(view.clone());
                     self.siblings = view;
                     Ok(())
                 }
@@ -549,7 +548,7 @@ impl Core {
     pub(crate) fn publish(&mut self) {
         self.counters.store_pending = self.waits.parked.len() as u64;
         let holdings = self.service.cache().holdings(super::HOLDINGS_PER_WORKER);
-        let dht = self.dht.as_ref().map(|d| d.snapshot(Instant::now()));
+        let dht = self.dht.as_mut().map(|d| d.snapshot(Instant::now()));
         if let Ok(mut s) = self.shared.snapshots[self.index].lock() {
             *s = WorkerSnapshot {
                 cpu: self.opts.cpus.get(self.index).copied().unwrap_or(0),

@@ -200,6 +200,7 @@ fn options(cfg: &Config) -> Result<(Options, beacon::BeaconSettings), String> {
         store: None,
         dedup_window: cfg.retransmit.dedup_window,
         dht: None,
+        gossip: None,
     };
     let advertised = match (cfg.nack.addr, net.ipv4_lab) {
         (Some(IpAddr::V6(a)), _) => a,
@@ -359,6 +360,16 @@ fn serve(cfg: Config) -> Result<(), String> {
     } else {
         None
     };
+    // The cluster key is loaded before the workers start too: they run the
+    // rumor-dedup shards and ACK rumors.
+    let cluster = match ricochet::cluster::Settings::from_config(&cfg, &opts, &beacon_settings) {
+        Some(settings) => {
+            let prepared = ricochet::cluster::Cluster::prepare(settings)?;
+            opts.gossip = Some(prepared.runtime_options());
+            Some(prepared)
+        }
+        None => None,
+    };
     let runtime = Runtime::start(opts.clone()).map_err(|e| {
         format!(
             "starting the workers failed: {e} (ports {} and {}; is another endpoint running, or \
@@ -403,9 +414,9 @@ fn serve(cfg: Config) -> Result<(), String> {
         state.sections.push(d.section(shared.clone()));
     }
     let discovery_control = runtime.control();
-    let cluster = match ricochet::cluster::Settings::from_config(&cfg, &opts, &beacon_settings) {
-        Some(settings) => {
-            let c = ricochet::cluster::Cluster::new(settings, runtime.control(), shared.clone())?;
+    let cluster = match cluster {
+        Some(prepared) => {
+            let c = prepared.start(runtime.control(), shared.clone())?;
             state.sections.push(c.section());
             Some(c)
         }

@@ -248,6 +248,38 @@ fn three_siblings_share_gaps_by_gossip_survive_garbage_and_warm_a_restart() {
         assert!(body.contains("\"members_live\":3"), "{body}");
     }
 
+    // (d) The rumor path runs on the workers: each sibling's steering
+    // program is attached, and every worker's dedup shard decides the
+    // rumors (heartbeats) whose ids it owns, some of them read by the other
+    // worker and handed over.
+    for e in &d.siblings {
+        assert_eq!(series(e, "ricochet_cluster_gossip_steering"), 1.0);
+        let m = e.wait_metrics(Duration::from_secs(15), |m| {
+            let v = |w: u32, ev: &str| {
+                metric_value(
+                    m,
+                    &format!("ricochet_cluster_rumor_shard_total{{worker=\"{w}\",event=\"{ev}\"}}"),
+                )
+                .unwrap_or(0.0)
+            };
+            (0..2).all(|w| v(w, "decided") > 0.0 && v(w, "admitted") > 0.0)
+                && v(0, "forwarded") + v(1, "forwarded") > 0.0
+        });
+        let shard = |w: u32, ev: &str| {
+            metric_value(
+                &m,
+                &format!("ricochet_cluster_rumor_shard_total{{worker=\"{w}\",event=\"{ev}\"}}"),
+            )
+            .unwrap_or(0.0)
+        };
+        assert!((0..2).all(|w| shard(w, "decided") > 0.0), "both shards decide rumors:\n{m}");
+        // Every decided copy was ACKed (none over rate, none malformed).
+        for w in 0..2 {
+            assert_eq!(shard(w, "acked"), shard(w, "decided"), "worker {w}:\n{m}");
+        }
+        assert!(metric_value(&m, "ricochet_cluster_rumor_dedup_ids{worker=\"0\"}").unwrap() > 0.0);
+    }
+
     // (c) Forged, truncated and oversized datagrams on D0's gossip port are
     // dropped and counted; D0 keeps working.
     let d0 = &d.siblings[0];
@@ -274,12 +306,19 @@ fn three_siblings_share_gaps_by_gossip_survive_garbage_and_warm_a_restart() {
     attacker.send_to(&cut, target).unwrap();
     // Larger than --max-datagram (1232).
     attacker.send_to(&[0x47; 1500], target).unwrap();
+    // A rumor (G3) under another key: steered to a worker, whose shard
+    // drops and counts it.
+    let mut rumor = vec![0x47, 0x33, 0, 0xFF, 0, 1, b'x', 0, 0, 0, 2, 1, 2];
+    let len = rumor.len();
+    rumor.resize(len + 16, 0);
+    ClusterKey::new([0x11; 32]).seal(&mut rumor, len).unwrap();
+    attacker.send_to(&rumor, target).unwrap();
     let body = d0.wait_metrics(Duration::from_secs(10), |m| {
         let v = |r: &str| {
             metric_value(m, &format!("ricochet_cluster_gossip_dropped_total{{reason=\"{r}\"}}"))
                 .unwrap_or(0.0)
         };
-        v("bad_mac") > mac0
+        v("bad_mac") > mac0 + 1.0
             && v("truncated") > cut0
             && v("length_mismatch") > lm0
             && v("too_long") > long0
@@ -288,7 +327,7 @@ fn three_siblings_share_gaps_by_gossip_survive_garbage_and_warm_a_restart() {
         metric_value(&body, &format!("ricochet_cluster_gossip_dropped_total{{reason=\"{r}\"}}"))
             .unwrap_or(0.0)
     };
-    assert_eq!(v("bad_mac"), mac0 + 1.0, "forged datagram counted");
+    assert_eq!(v("bad_mac"), mac0 + 2.0, "forged probe and forged rumor counted");
     // Too short for a MAC: truncated; a sealed G1 whose header promises
     // more than it holds: length_mismatch.
     assert_eq!(v("truncated"), cut0 + 1.0, "datagram without room for a MAC counted");

@@ -418,6 +418,19 @@ impl Core {
         self.after(now);
     }
 
+    /// A rumor one of the workers' dedup shards admitted (see
+    /// [`Gossip::handle_admitted`]).
+    pub fn handle_admitted(
+        &mut self,
+        now: Instant,
+        from: SocketAddr,
+        body: &[u8],
+        admission: gossip::dedup::Admission,
+    ) {
+        self.gossip.handle_admitted(now, from, body, admission, &mut self.out);
+        self.after(now);
+    }
+
     /// Timers: the engine's, heartbeats, contacts, housekeeping, warm-up.
     pub fn handle_timeout(&mut self, now: Instant) {
         self.gossip.handle_timeout(now, &mut self.out);
@@ -525,6 +538,12 @@ impl Core {
     /// Takes the datagrams to send.
     pub fn drain_transmits(&mut self) -> std::vec::Drain<'_, Transmit> {
         self.out.drain_transmits()
+    }
+
+    /// Takes the rumors originated here since the last call, for the
+    /// workers' dedup shards (only with external dedup).
+    pub fn drain_marks(&mut self) -> std::vec::Drain<'_, (gossip::RumorId, u8)> {
+        self.out.marks.drain(..)
     }
 
     /// Takes the notes queued since the last call.

@@ -38,19 +38,29 @@
 //!   silent.
 //!
 //! # Where it runs
-//! Like the DHT driver ([`crate::discovery`]), on the control thread: one
-//! socket, one engine, one tokio task; gossip is control-plane traffic. The
-//! snapshot build (export and Reed-Solomon coding) runs on tokio's blocking
-//! pool, and the import in a task of its own, so neither stalls
-//! heartbeats.
+//! The gossip port is an SO_REUSEPORT group: one member per worker, then
+//! the control thread's socket, joined last ([`Prepared::start`]). The
+//! per-packet part of the rumor path runs on the workers
+//! (`rt::gossip_shard`): a steering program sends each G3 rumor to a
+//! worker, which checks its MAC and hands it to the worker owning its id;
+//! that worker's rumor-dedup shard ACKs every copy and absorbs duplicates,
+//! and only admitted copies reach the engine. Everything else — the engine
+//! itself (membership, forwarding and retries, anti-entropy, G4, G6,
+//! PEX), its timers and our own sends — runs here, on the control thread:
+//! one engine, one tokio task, like the DHT driver ([`crate::discovery`]).
+//! Rumors this member originates are recorded in the owning worker's
+//! shard ([`rt::Control::gossip_mark`]). The snapshot build (export and
+//! Reed-Solomon coding) runs on tokio's blocking pool, and the import in a
+//! task of its own, so neither stalls heartbeats.
 //!
 //! # Contract
 //! - Startup errors (key file, socket, no address to advertise) name the
 //!   flag and the fix; after startup nothing stops the endpoint: socket
 //!   errors are counted (`ricochet_cluster_socket_errors_total`).
-//! - Every datagram goes to the core, which drops and counts anything
-//!   unauthenticated, malformed, oversized or over rate; a burst is read
-//!   at most [`RECV_BATCH`] datagrams at a time.
+//! - Every datagram goes to a worker's rumor shard or to the core; both
+//!   drop and count anything unauthenticated, malformed, oversized or
+//!   over rate; a burst is read (or taken from the workers' queue) at most
+//!   [`RECV_BATCH`] datagrams at a time.
 //! - State is shared with `/debug/cluster` and `/metrics` through one
 //!   mutex that is never held across an `await`.
 
@@ -63,7 +73,7 @@ pub mod warm;
 #[cfg(test)]
 mod tests;
 
-use std::net::{IpAddr, Ipv6Addr, SocketAddr};
+use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
@@ -71,7 +81,6 @@ use std::time::{Duration, Instant, SystemTime};
 use bytes::Bytes;
 use ricochet_wire::mac::ClusterKey;
 use ricochet_wire::record::SigningKey;
-use socket2::{Domain, Protocol, Socket, Type};
 
 use crate::config::{Config, HostPort};
 use crate::discovery::files;
@@ -195,6 +204,12 @@ pub fn parse_key(text: &str) -> Result<[u8; 32], String> {
 pub(crate) struct IoCounters {
     pub(crate) send_errors: u64,
     pub(crate) recv_errors: u64,
+    /// Rumors this socket read (no steering) handed to a worker's shard.
+    pub(crate) rumors_handed: u64,
+    /// Rumors this socket read that no worker inbox could take.
+    pub(crate) rumors_dropped: u64,
+    /// Rumors originated here that no worker inbox could take.
+    pub(crate) marks_dropped: u64,
 }
 
 /// What the driver and the admin section share.
@@ -215,6 +230,9 @@ pub struct Cluster {
     settings: Settings,
     control: rt::Control,
     shared: Arc<rt::Shared>,
+    /// What the workers hand on: datagrams that are not rumors, and rumor
+    /// copies their dedup shards admitted.
+    inbound: tokio::sync::mpsc::Receiver<rt::GossipInbound>,
 }
 
 /// What the helper tasks report back.
@@ -224,25 +242,39 @@ enum Done {
     Imported { frames: u64, bytes: u64, dropped: u64 },
 }
 
-impl Cluster {
-    /// Loads the key and binds the gossip socket. When a warm-up will run,
-    /// marks the endpoint warming right away, so `/readyz` never reports
-    /// ready before it. Errors name the flag to fix.
-    pub fn new(
-        settings: Settings,
-        control: rt::Control,
-        shared: Arc<rt::Shared>,
-    ) -> Result<Cluster, String> {
-        let key = load_key(&settings.key_file)?;
-        if settings.advertise.is_unspecified() {
-            return Err("--cluster-key-file is set but there is no address to give siblings \
-                        (NACK_ADDR is unset and --mc-iface has no global IPv6 address): set \
-                        --nack-addr (NACK_ADDR) to this endpoint's address"
-                .into());
+/// A cluster member with its key loaded, before the workers start: they
+/// need the key and the engine's limits for their rumor-dedup shards
+/// ([`Prepared::runtime_options`]).
+#[derive(Debug)]
+pub struct Prepared {
+    settings: Settings,
+    key: ClusterKey,
+    gossip: crate::gossip::Config,
+    inbound: tokio::sync::mpsc::Sender<rt::GossipInbound>,
+    inbound_rx: tokio::sync::mpsc::Receiver<rt::GossipInbound>,
+}
+
+impl Prepared {
+    /// What the runtime needs to run the gossip group's worker members.
+    pub fn runtime_options(&self) -> rt::GossipOptions {
+        rt::GossipOptions {
+            port: self.settings.bind.port(),
+            key: self.key.clone(),
+            config: self.gossip.clone(),
+            inbound: self.inbound.clone(),
         }
-        let socket = bind(settings.bind)?;
-        let bound = socket.local_addr().unwrap_or(settings.bind);
-        let seed = files::random32().map_err(|e| format!("reading /dev/urandom: {e}"))?;
+    }
+
+    /// Binds the control thread's gossip socket — the group's last
+    /// member, after the workers' — and builds the member. When a warm-up
+    /// will run, marks the endpoint warming right away, so `/readyz` never
+    /// reports ready before it. Errors name the flag to fix.
+    pub fn start(self, control: rt::Control, shared: Arc<rt::Shared>) -> Result<Cluster, String> {
+        let Prepared { settings, key, gossip, inbound_rx, .. } = self;
+        let port = shared.gossip_port.unwrap_or(settings.bind.port());
+        let bind_at = SocketAddr::new(settings.bind.ip(), port);
+        let socket = rt::gossip_socket(bind_at).map_err(|e| e.to_string())?;
+        let bound = socket.local_addr().unwrap_or(bind_at);
         let key_seed = files::random32().map_err(|e| format!("reading /dev/urandom: {e}"))?;
         let now = Instant::now();
         let unix = unix_ms();
@@ -252,8 +284,6 @@ impl Cluster {
             nack: SocketAddr::new(settings.advertise, settings.nack_port),
             incarnation_ms: unix,
         };
-        let mut gossip = crate::gossip::Config::new(seed);
-        gossip.max_datagram = settings.max_datagram;
         let core_settings = CoreSettings { gossip, warm_max_bytes: settings.warm_max_bytes };
         let mut core = Core::new(identity, key, core_settings, now, unix)?;
         if !settings.warmup_timeout.is_zero() && !settings.peers.is_empty() {
@@ -267,12 +297,41 @@ impl Cluster {
             started: now,
             warmup_timeout: settings.warmup_timeout,
         };
-        Ok(Cluster { state: Arc::new(Mutex::new(state)), socket, settings, control, shared })
+        Ok(Cluster {
+            state: Arc::new(Mutex::new(state)),
+            socket,
+            settings,
+            control,
+            shared,
+            inbound: inbound_rx,
+        })
+    }
+}
+
+impl Cluster {
+    /// Loads the key and checks there is an address to advertise; the
+    /// engine runs with its rumor dedup on the workers
+    /// ([`crate::gossip::Config::external_dedup`]). Errors name the flag
+    /// to fix.
+    pub fn prepare(settings: Settings) -> Result<Prepared, String> {
+        let key = load_key(&settings.key_file)?;
+        if settings.advertise.is_unspecified() {
+            return Err("--cluster-key-file is set but there is no address to give siblings \
+                        (NACK_ADDR is unset and --mc-iface has no global IPv6 address): set \
+                        --nack-addr (NACK_ADDR) to this endpoint's address"
+                .into());
+        }
+        let seed = files::random32().map_err(|e| format!("reading /dev/urandom: {e}"))?;
+        let mut gossip = crate::gossip::Config::new(seed);
+        gossip.max_datagram = settings.max_datagram;
+        gossip.external_dedup = true;
+        let (inbound, inbound_rx) = tokio::sync::mpsc::channel(rt::INBOUND_DEPTH);
+        Ok(Prepared { settings, key, gossip, inbound, inbound_rx })
     }
 
     /// The admin section (`/debug/cluster`, `ricochet_cluster_*`).
     pub fn section(&self) -> Arc<dyn crate::admin::Section> {
-        Arc::new(ClusterSection::new(self.state.clone()))
+        Arc::new(ClusterSection::new(self.state.clone(), self.shared.clone()))
     }
 
     /// Starts the driver on the current tokio runtime.
@@ -283,7 +342,7 @@ impl Cluster {
     }
 
     async fn run(self, mut stop: tokio::sync::watch::Receiver<bool>) {
-        let Cluster { state, socket, settings, control, shared } = self;
+        let Cluster { state, socket, settings, control, shared, mut inbound } = self;
         let sock = match tokio::net::UdpSocket::from_std(socket) {
             Ok(s) => s,
             Err(e) => {
@@ -318,8 +377,10 @@ impl Cluster {
                 let seeds = crate::discovery::resolve("--gossip-peers", &settings.peers, v6).await;
                 lock(&state).core.set_seeds(seeds);
             }
-            flush(&sock, &state, v6).await;
+            // Marks reach the workers' shards before the rumors they
+            // name leave, so copies coming back find them.
             after_step(&state, &control, &shared, &done_tx, &settings);
+            flush(&sock, &state, v6).await;
 
             let mut deadline = lock(&state).core.poll_timeout();
             if let Some(until) = stopping {
@@ -346,16 +407,24 @@ impl Cluster {
                         }
                     }
                 }
+                Some(msg) = inbound.recv() => {
+                    let mut s = lock(&state);
+                    handle_inbound(&mut s, msg);
+                    for _ in 1..RECV_BATCH {
+                        match inbound.try_recv() {
+                            Ok(msg) => handle_inbound(&mut s, msg),
+                            Err(_) => break,
+                        }
+                    }
+                }
                 r = sock.recv_from(&mut buf) => {
                     let mut s = lock(&state);
                     match r {
                         Ok((n, from)) => {
-                            s.core.handle(Instant::now(), crate::discovery::canonical(from), &buf[..n]);
+                            receive(&mut s, &control, from, &buf[..n]);
                             for _ in 1..RECV_BATCH {
                                 match sock.try_recv_from(&mut buf) {
-                                    Ok((n, from)) => {
-                                        s.core.handle(Instant::now(), crate::discovery::canonical(from), &buf[..n])
-                                    }
+                                    Ok((n, from)) => receive(&mut s, &control, from, &buf[..n]),
                                     Err(_) => break,
                                 }
                             }
@@ -402,6 +471,33 @@ impl Running {
         let _ = self.stop.send(true);
         let _ = tokio::time::timeout(Duration::from_secs(1), self.task).await;
     }
+}
+
+/// What a worker handed on: a datagram for the engine, or a rumor copy
+/// its dedup shard admitted.
+fn handle_inbound(s: &mut State, msg: rt::GossipInbound) {
+    let now = Instant::now();
+    match msg {
+        rt::GossipInbound::Datagram { from, bytes } => s.core.handle(now, from, &bytes),
+        rt::GossipInbound::Admitted { from, body, admission } => {
+            s.core.handle_admitted(now, from, &body, admission)
+        }
+    }
+}
+
+/// A datagram the control thread's socket read: a rumor goes to a worker's
+/// dedup shard (only without the steering program, which sends rumors to
+/// the workers), anything else to the engine.
+fn receive(s: &mut State, control: &rt::Control, from: SocketAddr, data: &[u8]) {
+    if data.get(..2) == Some(&[0x47, 0x33][..]) {
+        if control.gossip_datagram(from, Bytes::copy_from_slice(data)) {
+            s.io.rumors_handed += 1;
+        } else {
+            s.io.rumors_dropped += 1;
+        }
+        return;
+    }
+    s.core.handle(Instant::now(), crate::discovery::canonical(from), data);
 }
 
 fn lock(state: &Mutex<State>) -> std::sync::MutexGuard<'_, State> {
@@ -520,6 +616,15 @@ fn after_step(
             }
         }
     }
+    let marks: Vec<(crate::gossip::RumorId, u8)> = s.core.drain_marks().collect();
+    for (id, flags) in marks {
+        if !control.gossip_mark(id, flags) {
+            // The shard will take a copy of our own rumor coming back for
+            // a new one: delivered here again, which every topic's merge
+            // absorbs (a StatefulMerge record applies as unchanged).
+            s.io.marks_dropped += 1;
+        }
+    }
     if let Some(view) = s.core.take_siblings() {
         let missed = control.set_siblings(view.clone());
         if missed > 0 {
@@ -560,27 +665,6 @@ async fn import(control: &rt::Control, frames: Vec<Bytes>) -> (u64, u64, u64) {
         }
     }
     (ok, bytes, dropped)
-}
-
-/// Binds the gossip socket: dual-stack when bound to `[::]`.
-fn bind(addr: SocketAddr) -> Result<std::net::UdpSocket, String> {
-    let fail = |e: std::io::Error| {
-        format!(
-            "--gossip-port (RICOCHET_GOSSIP_PORT) = {}: cannot bind {addr}: {e} (is another \
-             endpoint using the port? pick another with --gossip-port)",
-            addr.port()
-        )
-    };
-    let domain = if addr.is_ipv4() { Domain::IPV4 } else { Domain::IPV6 };
-    let s = Socket::new(domain, Type::DGRAM.nonblocking().cloexec(), Some(Protocol::UDP))
-        .map_err(fail)?;
-    if let IpAddr::V6(v6) = addr.ip() {
-        s.set_only_v6(v6 != Ipv6Addr::UNSPECIFIED).map_err(fail)?;
-    }
-    // Room for a window of snapshot chunks; the kernel caps it at rmem_max.
-    let _ = s.set_recv_buffer_size(1 << 20);
-    s.bind(&addr.into()).map_err(fail)?;
-    Ok(s.into())
 }
 
 fn unix_ms() -> u64 {

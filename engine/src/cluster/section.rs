@@ -13,6 +13,7 @@ use crate::admin::Section;
 use crate::admin::prom::{counter, gauge, labelled};
 use crate::discovery::files::hex;
 use crate::gossip::FrameCounts;
+use crate::rt::{GossipSnapshot, Shared};
 
 /// Most member records listed on `/debug/cluster` (counts stay whole).
 const MAX_LISTED: usize = 200;
@@ -21,12 +22,23 @@ const MAX_LISTED: usize = 200;
 #[derive(Debug, Clone)]
 pub struct ClusterSection {
     state: Arc<Mutex<State>>,
+    shared: Arc<Shared>,
 }
 
 impl ClusterSection {
-    pub(super) fn new(state: Arc<Mutex<State>>) -> Self {
-        ClusterSection { state }
+    pub(super) fn new(state: Arc<Mutex<State>>, shared: Arc<Shared>) -> Self {
+        ClusterSection { state, shared }
     }
+}
+
+/// Every worker's gossip member state, in worker order (default for a
+/// worker that has not published yet), so a worker's index is its label.
+fn shards(shared: &Shared) -> Vec<GossipSnapshot> {
+    shared
+        .snapshots
+        .iter()
+        .map(|s| s.lock().ok().and_then(|s| s.gossip.clone()).unwrap_or_default())
+        .collect()
 }
 
 impl Section for ClusterSection {
@@ -35,21 +47,49 @@ impl Section for ClusterSection {
     }
 
     fn metrics(&self, out: &mut String) {
+        let workers = shards(&self.shared);
+        let steering = self.shared.gossip_steering.load(std::sync::atomic::Ordering::Relaxed);
         let s = self.state.lock().unwrap_or_else(|e| e.into_inner());
-        render_metrics(&s, out);
+        render_metrics(&s, &workers, steering, out);
     }
 
     fn debug(&self) -> Value {
+        let workers = shards(&self.shared);
+        let steering = self.shared.gossip_steering.load(std::sync::atomic::Ordering::Relaxed);
         let s = self.state.lock().unwrap_or_else(|e| e.into_inner());
-        render_debug(&s, Instant::now())
+        render_debug(&s, &workers, steering, Instant::now())
     }
 }
 
-/// Appends every `ricochet_cluster_*` family.
-pub(super) fn render_metrics(s: &State, out: &mut String) {
+/// Appends every `ricochet_cluster_*` family. `workers` are the workers'
+/// gossip members: what their rumor shards absorbed (duplicates, ACKs,
+/// drops) is added to the engine's families, so those count every
+/// datagram of the endpoint.
+pub(super) fn render_metrics(
+    s: &State,
+    workers: &[GossipSnapshot],
+    steering: bool,
+    out: &mut String,
+) {
     let core = &s.core;
     let g = core.gossip();
-    let st = g.stats();
+    let mut st = g.stats();
+    let sum = |f: &dyn Fn(&GossipSnapshot) -> u64| workers.iter().map(f).sum::<u64>();
+    // Datagrams the workers read that never reached the engine as such:
+    // every one, less those passed on whole or admitted.
+    let absorbed = sum(&|w| w.datagrams).saturating_sub(sum(&|w| w.passed + w.shard.admitted));
+    st.rx_datagrams += absorbed;
+    st.received.0[2] += sum(&|w| w.shard.duplicates);
+    st.sent.0[4] += sum(&|w| w.shard.acks);
+    st.rumor_duplicates += sum(&|w| w.shard.duplicates);
+    for w in workers {
+        for (i, v) in w.shard.drops.malformed.iter().enumerate() {
+            st.drops.malformed[i] += v;
+        }
+        st.drops.rate_limited += w.shard.drops.rate_limited;
+        st.drops.bad_dimension += w.shard.drops.bad_dimension;
+        st.drops.wrong_mode += w.shard.drops.wrong_mode;
+    }
     let c = core.counters();
     let srv = core.server().stats();
 
@@ -239,6 +279,57 @@ pub(super) fn render_metrics(s: &State, out: &mut String) {
         "Records sent to peers that reconciliation found missing them.",
         st.reconcile_records_sent,
     );
+    // Rumor dedup on the workers.
+    let per_worker = |f: &dyn Fn(&GossipSnapshot) -> u64| -> Vec<(String, u64)> {
+        workers.iter().enumerate().map(|(i, w)| (format!("worker=\"{i}\""), f(w))).collect()
+    };
+    let mut rows = Vec::new();
+    for (event, f) in [
+        ("read", &(|w: &GossipSnapshot| w.datagrams) as &dyn Fn(&GossipSnapshot) -> u64),
+        ("passed", &|w| w.passed),
+        ("forwarded", &|w| w.forwarded),
+        ("forwarded_in", &|w| w.forwarded_in),
+        ("decided", &|w| w.shard.decided),
+        ("admitted", &|w| w.shard.admitted),
+        ("duplicate", &|w| w.shard.duplicates),
+        ("acked", &|w| w.shard.acks),
+        ("inbound_full", &|w| w.inbound_full),
+        ("marked", &|w| w.shard.marks),
+    ] {
+        for (i, w) in workers.iter().enumerate() {
+            rows.push((format!("worker=\"{i}\",event=\"{event}\""), f(w)));
+        }
+    }
+    labelled(
+        out,
+        "ricochet_cluster_rumor_shard_total",
+        "counter",
+        "Gossip datagrams on each worker's member socket and its rumor-dedup shard, by event \
+         (read; passed to the control thread; forwarded to / received from the worker owning \
+         the rumor id; decided, admitted to the engine, absorbed as duplicate, ACKed; dropped \
+         for a full control-thread queue; own rumors marked).",
+        &rows,
+    );
+    labelled(
+        out,
+        "ricochet_cluster_rumor_dedup_ids",
+        "gauge",
+        "Rumor ids held by each worker's dedup shard.",
+        &per_worker(&|w| w.dedup_len as u64),
+    );
+    labelled(
+        out,
+        "ricochet_cluster_rumor_dedup_capacity",
+        "gauge",
+        "The most rumor ids each worker's dedup shard holds.",
+        &per_worker(&|w| w.dedup_capacity as u64),
+    );
+    gauge(
+        out,
+        "ricochet_cluster_gossip_steering",
+        "1 if the gossip socket group's steering program is attached.",
+        f64::from(u8::from(steering)),
+    );
     gauge(
         out,
         "ricochet_cluster_egress_queued",
@@ -335,7 +426,21 @@ pub(super) fn render_metrics(s: &State, out: &mut String) {
         "ricochet_cluster_socket_errors_total",
         "counter",
         "Gossip socket errors, by operation.",
-        &[("op=\"send\"".into(), s.io.send_errors), ("op=\"recv\"".into(), s.io.recv_errors)],
+        &[
+            ("op=\"send\"".into(), s.io.send_errors + sum(&|w| w.send_errors)),
+            ("op=\"recv\"".into(), s.io.recv_errors),
+        ],
+    );
+    labelled(
+        out,
+        "ricochet_cluster_handoffs_dropped_total",
+        "counter",
+        "Hand-offs from the control thread to a worker that found its inbox full, by kind \
+         (rumor: a rumor its socket read, no steering; mark: one of our own rumors).",
+        &[
+            ("kind=\"rumor\"".into(), s.io.rumors_dropped),
+            ("kind=\"mark\"".into(), s.io.marks_dropped),
+        ],
     );
 }
 
@@ -352,7 +457,12 @@ fn member_json(r: &MemberRecord, now_ms: u64) -> Value {
 }
 
 /// The `/debug/cluster` page.
-pub(super) fn render_debug(s: &State, now: Instant) -> Value {
+pub(super) fn render_debug(
+    s: &State,
+    workers: &[GossipSnapshot],
+    steering: bool,
+    now: Instant,
+) -> Value {
     let core = &s.core;
     let g = core.gossip();
     let now_ms = core.unix_ms(now);
@@ -418,7 +528,11 @@ pub(super) fn render_debug(s: &State, now: Instant) -> Value {
             "interval_ms": g.interval().as_millis() as u64,
             "queued": g.queued(),
             "pending_acks": g.pending_acks(),
-            "dedup": g.dedup_len(),
+            "dedup": workers.iter().map(|w| w.dedup_len).sum::<usize>(),
+            "dedup_engine": g.dedup_len(),
+            "steering": steering,
+            "rumor_shards": workers,
+            "rumors_handed_to_workers": s.io.rumors_handed,
             "fingerprint": format!("{:016x}", g.fingerprint()),
             "stats": g.stats(),
             "drops": g.stats().drops().into_iter().filter(|(_, v)| *v > 0)

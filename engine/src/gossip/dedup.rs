@@ -10,12 +10,56 @@
 //!   lookup answers both "seen?" and "already forwarded on this cube?".
 //! - The hash is keyed per instance (from the engine's seed); ids are
 //!   BLAKE3 outputs, so no sender can aim collisions at one bucket.
-//! - One LRU per engine, and so one shard per worker thread: nothing is
-//!   shared. A process that splits rumors across workers by id uses
-//!   [`shard_of`] so each id always meets the same shard.
+//! - [`RumorLru::admit`] is the whole dedup decision for one copy of a
+//!   rumor (deliver it? which forwarding routes may it claim?), the same
+//!   function whether the engine keeps the LRU or a worker does.
+//! - Nothing is shared: the daemon gives every worker one LRU, its shard
+//!   of the ids by [`shard_of`], so each id always meets the same shard
+//!   (`engine/src/rt/gossip_shard.rs`).
 
 use core::hash::{BuildHasher, Hasher};
 use std::collections::HashMap;
+
+/// Flag: the rumor was delivered here (applied, handed to subscribers).
+pub const DELIVERED: u8 = 0x01;
+/// Flag: forwarding over the primary cube is claimed.
+pub const FWD_PRIMARY: u8 = 0x02;
+/// Flag: forwarding over the dual cube is claimed.
+pub const FWD_DUAL: u8 = 0x04;
+/// Flag: random-peer (fallback) forwarding is claimed.
+pub const FWD_FALLBACK: u8 = 0x08;
+
+/// What one copy of a rumor may still do here, as decided by
+/// [`RumorLru::admit`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Admission {
+    /// First copy seen: deliver it (apply, hand to subscribers).
+    pub deliver: bool,
+    /// The forwarding routes (`FWD_*` flags) this copy claimed: no other
+    /// copy of the rumor will be forwarded on them.
+    pub claimed: u8,
+}
+
+/// The forwarding routes a copy that arrived with G3 from-dimension byte
+/// `from_dimension` may forward on (`FWD_*` flags), or `None` for a value
+/// the engine refuses (`bad_dimension`, see the module docs of
+/// [`super`]).
+///
+/// An origin copy (`0xFF`) may forward on every cube (the dual one only
+/// when `dual_cube`) or, when the cube is not valid, by fallback push; a
+/// cube copy on its own cube or by fallback; a fallback copy by fallback
+/// only.
+pub fn arrival_routes(from_dimension: u8, dual_cube: bool) -> Option<u8> {
+    const ORIGIN: u8 = ricochet_wire::gossip::ORIGIN_DIMENSION;
+    const FALLBACK: u8 = super::engine::FALLBACK_DIMENSION;
+    match from_dimension {
+        ORIGIN => Some(FWD_PRIMARY | FWD_FALLBACK | if dual_cube { FWD_DUAL } else { 0 }),
+        FALLBACK => Some(FWD_FALLBACK),
+        b if b & 0x20 != 0 => None,
+        b if b & super::engine::DUAL_BIT != 0 => Some(FWD_DUAL | FWD_FALLBACK),
+        _ => Some(FWD_PRIMARY | FWD_FALLBACK),
+    }
+}
 
 /// The worker shard that owns a rumor id: its first 8 bytes mod `shards`.
 pub fn shard_of(id: &[u8; 32], shards: usize) -> usize {
@@ -111,6 +155,35 @@ impl RumorLru {
         self.index.insert(id, i);
         self.push_front(i);
         evicted
+    }
+
+    /// Decides what one copy of rumor `id`, able to forward on `routes`
+    /// ([`arrival_routes`]), may still do here, and records it: the first
+    /// copy is delivered; each route is claimed by the first copy that
+    /// could use it. `None`: a pure duplicate (only to be ACKed). O(1).
+    pub fn admit(&mut self, id: &[u8; 32], routes: u8) -> Option<Admission> {
+        let before = match self.get(id) {
+            Some(f) => f,
+            None => {
+                self.insert(*id, DELIVERED | routes);
+                return Some(Admission { deliver: true, claimed: routes });
+            }
+        };
+        let new = (DELIVERED | routes) & !before;
+        if new == 0 {
+            return None;
+        }
+        self.set_flags(id, new);
+        Some(Admission { deliver: new & DELIVERED != 0, claimed: new & routes })
+    }
+
+    /// Takes back an [`Admission`] that could not be acted on (its
+    /// consumer's queue was full), so the next copy is admitted again.
+    pub fn revoke(&mut self, id: &[u8; 32], a: Admission) {
+        let mask = a.claimed | if a.deliver { DELIVERED } else { 0 };
+        if let Some(&i) = self.index.get(id) {
+            self.slots[i as usize].flags &= !mask;
+        }
     }
 
     /// ORs `flags` into a held id's flags (refreshing it); returns the
@@ -239,7 +312,64 @@ mod tests {
         assert_eq!(shard_of(&id(1), 0), 0);
     }
 
+    #[test]
+    fn arrivals_claim_the_routes_they_could_forward_on() {
+        assert_eq!(arrival_routes(0xFF, false), Some(FWD_PRIMARY | FWD_FALLBACK));
+        assert_eq!(arrival_routes(0xFF, true), Some(FWD_PRIMARY | FWD_DUAL | FWD_FALLBACK));
+        assert_eq!(arrival_routes(0xFE, true), Some(FWD_FALLBACK));
+        assert_eq!(arrival_routes(0x03, true), Some(FWD_PRIMARY | FWD_FALLBACK));
+        assert_eq!(arrival_routes(0x43, true), Some(FWD_PRIMARY | FWD_FALLBACK));
+        assert_eq!(arrival_routes(0x83, true), Some(FWD_DUAL | FWD_FALLBACK));
+        assert_eq!(arrival_routes(0xC3, false), Some(FWD_DUAL | FWD_FALLBACK));
+        for b in (0x20..0x40).chain(0x60..0x80).chain(0xA0..0xC0).chain(0xE0..0xFE) {
+            assert_eq!(arrival_routes(b, true), None, "{b:#x}");
+        }
+
+        let mut l = RumorLru::new(4, 1);
+        let cube = FWD_PRIMARY | FWD_FALLBACK;
+        assert_eq!(l.admit(&id(1), cube), Some(Admission { deliver: true, claimed: cube }));
+        assert_eq!(l.admit(&id(1), cube), None);
+        assert_eq!(l.admit(&id(1), FWD_FALLBACK), None);
+        assert_eq!(
+            l.admit(&id(1), FWD_DUAL | FWD_FALLBACK),
+            Some(Admission { deliver: false, claimed: FWD_DUAL })
+        );
+        let a = l.admit(&id(2), FWD_FALLBACK).unwrap();
+        l.revoke(&id(2), a);
+        assert_eq!(l.admit(&id(2), FWD_FALLBACK), Some(a), "revoked: admitted again");
+    }
+
     proptest! {
+        /// Whatever copies of one rumor arrive, in whatever order: exactly
+        /// one is delivered, each route is claimed at most once and only
+        /// by a copy able to use it, and a copy is a pure duplicate exactly
+        /// when it could claim nothing new.
+        #[test]
+        fn each_rumor_is_delivered_once_and_each_route_claimed_once(
+            dims in prop::collection::vec(any::<u8>(), 1..40),
+            dual in any::<bool>(),
+        ) {
+            let mut l = RumorLru::new(8, 3);
+            let (mut delivered, mut claimed) = (0, 0u8);
+            for d in dims {
+                let Some(routes) = arrival_routes(d, dual) else { continue };
+                let before = claimed;
+                match l.admit(&id(7), routes) {
+                    Some(a) => {
+                        delivered += u32::from(a.deliver);
+                        prop_assert_eq!(a.claimed & !routes, 0);
+                        prop_assert_eq!(a.claimed & claimed, 0);
+                        prop_assert_eq!(a.claimed, routes & !before);
+                        prop_assert!(a.deliver || a.claimed != 0);
+                        claimed |= a.claimed;
+                    }
+                    None => prop_assert_eq!(routes & !before, 0),
+                }
+            }
+            prop_assert!(delivered <= 1);
+            prop_assert_eq!(delivered == 1, claimed != 0);
+        }
+
         /// Agrees with a naive model (a recency deque) on every operation.
         #[test]
         fn matches_a_naive_lru(cap in 1usize..8, ops in prop::collection::vec((0u8..3, 0u32..12), 0..200)) {

@@ -26,7 +26,7 @@ use ricochet_wire::gossip::{
 };
 use ricochet_wire::mac::{ClusterKey, MAC_LEN};
 
-use super::dedup::RumorLru;
+use super::dedup::{Admission, DELIVERED, FWD_DUAL, FWD_FALLBACK, FWD_PRIMARY, RumorLru};
 use super::entries::{self, Chunked, Entries, META_BACKPRESSURE};
 use super::hypercube::{Cube, DimensionHealth, Sender, expected_sender, tree_targets};
 use super::iblt::{self, Difference, HASH_COUNT, Iblt, RatelessEncoder};
@@ -65,12 +65,6 @@ const G1_OVERHEAD: usize = 24;
 const G3_OVERHEAD: usize = 10;
 /// Bytes a query adds in front of its payload: query id and origin id.
 const QUERY_HEADER: usize = 4 + 32;
-
-// Dedup flags.
-const DELIVERED: u8 = 0x01;
-const FWD_PRIMARY: u8 = 0x02;
-const FWD_DUAL: u8 = 0x04;
-const FWD_FALLBACK: u8 = 0x08;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Route {
@@ -369,6 +363,9 @@ pub struct Gossip {
     out_sessions: BTreeMap<u32, OutSession>,
     in_sessions: BTreeMap<(SocketAddr, u32), InSession>,
     events: Vec<Event>,
+    /// Rumors originated here, for the caller's dedup shards
+    /// ([`Config::external_dedup`]).
+    marks: Vec<(RumorId, u8)>,
     /// G3 datagrams queued so far (to count forwards).
     queued_rumors: u64,
     stats: Stats,
@@ -434,6 +431,7 @@ impl Gossip {
             out_sessions: BTreeMap::new(),
             in_sessions: BTreeMap::new(),
             events: Vec::new(),
+            marks: Vec::new(),
             queued_rumors: 0,
             stats: Stats::default(),
             rng,
@@ -813,6 +811,33 @@ impl Gossip {
         self.flush(now, out);
     }
 
+    /// Processes a G3 rumor whose dedup was decided outside the engine
+    /// ([`Config::external_dedup`]): `body` is the frame, its cluster MAC
+    /// already verified and removed, its source already under the rate
+    /// limit, its G5 ACK already sent, and `admission` what the dedup
+    /// shard that owns its id ([`super::dedup::RumorLru::admit`]) allowed.
+    /// Anything but a G3 frame is dropped as malformed.
+    pub fn handle_admitted(
+        &mut self,
+        now: Instant,
+        from: SocketAddr,
+        body: &[u8],
+        admission: Admission,
+        out: &mut Outbox,
+    ) {
+        self.stats.rx_datagrams += 1;
+        self.stats.rx_bytes += (body.len() + MAC_LEN) as u64;
+        match GossipFrame::parse(body) {
+            Ok(GossipFrame::Rumor(r)) => {
+                self.stats.received.bump(3);
+                self.on_admitted(now, from, &r, admission);
+            }
+            Ok(f) => self.stats.drops.malformed(WireError::UnknownType(frame_number(&f))),
+            Err(e) => self.stats.drops.malformed(e),
+        }
+        self.flush(now, out);
+    }
+
     /// Processes every timer due at `now`: ACK deadlines (retries), probe
     /// rounds, exchange, pull and query deadlines, the egress cap.
     pub fn handle_timeout(&mut self, now: Instant, out: &mut Outbox) {
@@ -907,21 +932,33 @@ impl Gossip {
         self.hold(id, topic, payload, priority);
         if self.cube_valid(now) {
             let dual = if self.config.dual_cube { FWD_DUAL } else { 0 };
-            self.dedup.insert(id, DELIVERED | FWD_PRIMARY | dual);
+            // Fallback push too: the whole cube has it, as a cube copy
+            // claims fallback wherever it arrives (dedup::arrival_routes).
+            self.mark(id, DELIVERED | FWD_PRIMARY | dual | FWD_FALLBACK);
             self.cube_fanout(now, id, Route::Primary, None, 1);
             if self.config.dual_cube {
                 self.cube_fanout(now, id, Route::Dual, None, 1);
             }
         } else {
-            self.dedup.insert(id, DELIVERED | FWD_FALLBACK);
+            self.mark(id, DELIVERED | FWD_FALLBACK);
             self.fallback_fanout(now, id, 1, None);
         }
         self.release(&id);
         id
     }
 
+    /// Records a rumor originated here as delivered and forwarded on
+    /// `flags`, in our LRU and, with external dedup, for the caller.
+    fn mark(&mut self, id: RumorId, flags: u8) {
+        self.dedup.insert(id, flags);
+        if self.config.external_dedup {
+            self.marks.push((id, flags));
+        }
+    }
+
     fn on_rumor(&mut self, now: Instant, from: SocketAddr, r: &RumorRepr<'_>) {
-        let Some(arrival) = decode_dimension(r.from_dimension) else {
+        let Some(routes) = super::dedup::arrival_routes(r.from_dimension, self.config.dual_cube)
+        else {
             self.stats.drops.bad_dimension += 1;
             return;
         };
@@ -929,18 +966,29 @@ impl Gossip {
         // ACK every copy, duplicates too: the sender may have missed our
         // first ACK and must stop retrying.
         self.send(from, ACK_PRIORITY, &GossipFrame::RumorAck(RumorAckRepr { rumor_id: id }));
-        let flags = match self.dedup.get(&id) {
-            Some(f) => {
-                self.stats.rumor_duplicates += 1;
-                f
-            }
-            None => {
-                self.dedup.insert(id, DELIVERED);
-                self.stats.rumors_delivered += 1;
-                self.deliver(from, r);
-                DELIVERED
-            }
+        match self.dedup.admit(&id, routes) {
+            Some(a) => self.on_admitted(now, from, r, a),
+            None => self.stats.rumor_duplicates += 1,
+        }
+    }
+
+    /// Acts on a copy of a rumor as far as its [`Admission`] allows:
+    /// delivers it if it is the first, forwards it on the routes it
+    /// claimed (the cube ones while the cube is valid, else by fallback
+    /// push).
+    fn on_admitted(&mut self, now: Instant, from: SocketAddr, r: &RumorRepr<'_>, a: Admission) {
+        let Some(arrival) = decode_dimension(r.from_dimension) else {
+            self.stats.drops.bad_dimension += 1;
+            return;
         };
+        let id = rumor_id(r.payload);
+        if a.deliver {
+            self.stats.rumors_delivered += 1;
+            self.deliver(from, r);
+        } else {
+            self.stats.rumor_duplicates += 1;
+        }
+        let claimed = a.claimed;
         let hop = r.hop_count.saturating_add(1);
         let forwarded_before = self.queued_rumors;
         self.hold(id, r.topic, r.payload, r.priority);
@@ -948,33 +996,28 @@ impl Gossip {
             Arrival::Origin => {
                 if self.cube_valid(now) {
                     for route in self.cube_routes() {
-                        if flags & route.flag() == 0 {
-                            self.dedup.set_flags(&id, route.flag());
+                        if claimed & route.flag() != 0 {
                             self.cube_fanout(now, id, route, None, hop);
                         }
                     }
-                } else if flags & FWD_FALLBACK == 0 {
-                    self.dedup.set_flags(&id, FWD_FALLBACK);
+                } else if claimed & FWD_FALLBACK != 0 {
                     self.fallback_fanout(now, id, hop, Some(from));
                 }
             }
             Arrival::Cube { route, dim, rerouted } => {
-                if flags & route.flag() == 0 {
-                    self.dedup.set_flags(&id, route.flag());
+                if claimed & route.flag() != 0 {
                     if !rerouted && !self.sender_consistent(route, dim, from) {
                         self.view_mismatch(now, from);
                     }
                     if self.cube_valid(now) {
                         self.cube_fanout(now, id, route, Some(dim), hop);
-                    } else if flags & FWD_FALLBACK == 0 {
-                        self.dedup.set_flags(&id, FWD_FALLBACK);
+                    } else if claimed & FWD_FALLBACK != 0 {
                         self.fallback_forward(now, id, r.hop_count, from);
                     }
                 }
             }
             Arrival::Fallback => {
-                if flags & FWD_FALLBACK == 0 {
-                    self.dedup.set_flags(&id, FWD_FALLBACK);
+                if claimed & FWD_FALLBACK != 0 {
                     self.fallback_forward(now, id, r.hop_count, from);
                 }
             }
@@ -2643,6 +2686,7 @@ impl Gossip {
             out.transmits.push(Transmit { dest: d.dest, payload: d.payload });
         }
         out.events.append(&mut self.events);
+        out.marks.append(&mut self.marks);
     }
 
     /// Forgets inbound exchanges and reconciliation sessions past their

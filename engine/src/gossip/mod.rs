@@ -97,8 +97,18 @@
 //! ([`Event::RumorDropped`]); anti-entropy still carries StatefulMerge
 //! records.
 //!
-//! Rumor dedup keys on the BLAKE3-256 of the payload ([`dedup`]); a
-//! bounded O(1) LRU, one per engine (and so one shard per worker).
+//! Rumor dedup keys on the BLAKE3-256 of the payload ([`dedup`]): a
+//! bounded O(1) LRU recording, per rumor, whether it was delivered and
+//! which forwarding routes (primary cube, dual cube, fallback push) a
+//! copy has claimed. Each copy claims every route it could forward on
+//! ([`dedup::arrival_routes`]): the first copy is delivered, and a rumor
+//! is forwarded at most once per route — a copy that claimed its cube
+//! route and fallback push uses one of them (the cube while it is valid).
+//! Standing alone the engine keeps the LRU itself; in the daemon it is
+//! sharded over the workers by rumor id ([`Config::external_dedup`],
+//! [`Gossip::handle_admitted`]): the worker owning the id ACKs every copy,
+//! absorbs duplicates and hands the engine only what a copy may still
+//! do.
 //!
 //! # Anti-entropy (G2/G1/G4)
 //! Every adaptive interval ([`sync::AdaptiveInterval`]: 2 s while records
@@ -222,6 +232,7 @@ pub mod limit;
 pub mod memstore;
 pub mod pex;
 mod reconcile;
+pub mod shard;
 pub mod snapshot;
 pub mod stats;
 pub mod sync;
@@ -489,6 +500,11 @@ pub struct Config {
     pub reconcile_burst: usize,
     /// Most reconciliation sessions being decoded here at once.
     pub max_reconcile_sessions: usize,
+    /// Rumor dedup lives outside the engine (the daemon's workers, one
+    /// shard each): rumors arrive through [`Gossip::handle_admitted`], and
+    /// every rumor originated here is reported in [`Outbox::marks`] so
+    /// the shard owning its id learns it.
+    pub external_dedup: bool,
 }
 
 impl Config {
@@ -537,6 +553,7 @@ impl Config {
             reconcile_max_symbols: 16_384,
             reconcile_burst: 8,
             max_reconcile_sessions: 16,
+            external_dedup: false,
         }
     }
 }
@@ -633,6 +650,9 @@ pub struct Outbox {
     pub transmits: Vec<Transmit>,
     /// Events, in order.
     pub events: Vec<Event>,
+    /// Rumors originated here and their dedup flags, for the caller's
+    /// dedup shards; only with [`Config::external_dedup`].
+    pub marks: Vec<(RumorId, u8)>,
 }
 
 impl Outbox {
@@ -653,6 +673,6 @@ impl Outbox {
 
     /// Whether nothing is queued.
     pub fn is_empty(&self) -> bool {
-        self.transmits.is_empty() && self.events.is_empty()
+        self.transmits.is_empty() && self.events.is_empty() && self.marks.is_empty()
     }
 }

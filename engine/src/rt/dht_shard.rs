@@ -534,7 +534,7 @@ pub(crate) fn unix_now() -> u64 {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::rt::sys::tests::run_cbpf;
     use crate::rt::sys::{attach_dht_steering, dht_steering_program};
@@ -707,7 +707,7 @@ mod tests {
         }
     }
 
-    fn options(workers: usize) -> crate::rt::Options {
+    pub(crate) fn options(workers: usize) -> crate::rt::Options {
         crate::rt::Options {
             cpus: (0..workers).collect(),
             backend: crate::rt::Backend::Epoll,
@@ -729,6 +729,7 @@ mod tests {
                 public_key: [1; 32],
                 config: dht::Config::new([2; 32]),
             }),
+            gossip: None,
         }
     }
 
@@ -753,6 +754,8 @@ mod tests {
             backend: "test",
             steering: AtomicBool::new(false),
             dht_steering: AtomicBool::new(false),
+            gossip_steering: AtomicBool::new(false),
+            gossip_port: None,
             beacons_sent: AtomicU64::new(0),
             events,
             events_rx,

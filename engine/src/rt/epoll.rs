@@ -16,6 +16,7 @@ const TOKEN_NACK: u64 = 1;
 const TOKEN_INBOX: u64 = 2;
 const TOKEN_UPSTREAM: u64 = 3;
 const TOKEN_DHT: u64 = 4;
+const TOKEN_GOSSIP: u64 = 5;
 
 /// Which socket a batch came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -24,6 +25,7 @@ enum Source {
     Nack,
     Upstream,
     Dht,
+    Gossip,
 }
 
 #[derive(Debug)]
@@ -33,6 +35,7 @@ pub(crate) struct Worker {
     nack: Socket,
     upstream: Socket,
     dht: Option<Socket>,
+    gossip: Option<Socket>,
     epoll: Epoll,
     recv: RecvBatch,
     scratch: SendScratch,
@@ -41,13 +44,16 @@ pub(crate) struct Worker {
 
 impl Worker {
     pub(crate) fn new(core: Core, socks: Sockets) -> std::io::Result<Self> {
-        let Sockets { ingress, nack, upstream, dht } = socks;
+        let Sockets { ingress, nack, upstream, dht, gossip } = socks;
         let epoll = Epoll::new()?;
         epoll.add(ingress.as_raw_fd(), TOKEN_INGRESS)?;
         epoll.add(nack.as_raw_fd(), TOKEN_NACK)?;
         epoll.add(upstream.as_raw_fd(), TOKEN_UPSTREAM)?;
         if let Some(d) = &dht {
             epoll.add(d.as_raw_fd(), TOKEN_DHT)?;
+        }
+        if let Some(g) = &gossip {
+            epoll.add(g.as_raw_fd(), TOKEN_GOSSIP)?;
         }
         epoll.add(core.wakers[core.index].fd(), TOKEN_INBOX)?;
         let recv = RecvBatch::new(core.opts.batch.max(1));
@@ -57,6 +63,7 @@ impl Worker {
             nack,
             upstream,
             dht,
+            gossip,
             epoll,
             recv,
             scratch: SendScratch::default(),
@@ -80,6 +87,7 @@ impl Worker {
                     TOKEN_NACK => self.drain(Source::Nack),
                     TOKEN_UPSTREAM => self.drain(Source::Upstream),
                     TOKEN_DHT => self.drain(Source::Dht),
+                    TOKEN_GOSSIP => self.drain(Source::Gossip),
                     _ => self.core.wakers[self.core.index].drain(),
                 }
             }
@@ -107,6 +115,10 @@ impl Worker {
                 Some(d) => d.as_raw_fd(),
                 None => return,
             },
+            Source::Gossip => match &self.gossip {
+                Some(g) => g.as_raw_fd(),
+                None => return,
+            },
         };
         loop {
             let n = match self.recv.recv(fd) {
@@ -122,11 +134,12 @@ impl Worker {
                 let Some(data) = self.recv.data(i) else { continue };
                 match source {
                     Source::Ingress => self.core.on_ingress(now, data),
-                    Source::Nack | Source::Upstream | Source::Dht => {
+                    Source::Nack | Source::Upstream | Source::Dht | Source::Gossip => {
                         let Some(src) = self.recv.source(i) else { continue };
                         match source {
                             Source::Nack => self.core.on_nack(now, src, data),
                             Source::Upstream => self.core.on_upstream(now, src, data),
+                            Source::Gossip => self.core.on_gossip(now, src, data),
                             _ => self.core.on_dht(now, src, data),
                         }
                     }
@@ -144,6 +157,7 @@ impl Worker {
     /// NACK socket.
     fn flush(&mut self) {
         self.flush_dht();
+        self.flush_gossip();
         if self.core.outbox.transmits.is_empty() {
             return;
         }
@@ -184,6 +198,23 @@ impl Worker {
             .map(|t| (socket2::SockAddr::from(t.dest), std::iter::once(t.payload.as_slice())));
         let (sent, failed) = sys::send_all(sock.as_raw_fd(), msgs, &mut self.scratch);
         shard.counters.send_errors += failed as u64;
+        self.core.counters.sent += sent as u64;
+        self.core.counters.send_errors += failed as u64;
+    }
+
+    /// Sends the rumor ACKs the gossip shard queued, from the gossip
+    /// socket.
+    fn flush_gossip(&mut self) {
+        let (Some(sock), Some(g)) = (&self.gossip, self.core.gossip.as_mut()) else { return };
+        if !g.has_transmits() {
+            return;
+        }
+        let queued: Vec<(std::net::SocketAddr, Vec<u8>)> = g.drain_transmits().collect();
+        let msgs = queued
+            .iter()
+            .map(|(dest, ack)| (socket2::SockAddr::from(*dest), std::iter::once(ack.as_slice())));
+        let (sent, failed) = sys::send_all(sock.as_raw_fd(), msgs, &mut self.scratch);
+        g.counters.send_errors += failed as u64;
         self.core.counters.sent += sent as u64;
         self.core.counters.send_errors += failed as u64;
     }

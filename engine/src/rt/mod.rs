@@ -12,6 +12,11 @@
 //!   `--dht-port` and its own DHT node and store shard (`dht_shard`): a
 //!   classic-BPF program steers each DHT datagram to the worker owning its
 //!   key, or, for a response, to the worker whose node asked;
+//! - with a cluster (`--cluster-key-file`), member `i` of the
+//!   SO_REUSEPORT group on `--gossip-port` and shard `i` of the rumor-dedup
+//!   LRU (`gossip_shard`): the worker owning a rumor's id ACKs every copy
+//!   and absorbs duplicates; the rest of gossip runs on the control thread,
+//!   whose socket is the group's last member;
 //! - an inbox (bounded channel + eventfd) through which other workers hand
 //!   it frames of flows it owns: a frame crosses at most one thread, and is
 //!   copied once, from the receive buffer into the `Bytes` the cache keeps.
@@ -29,6 +34,7 @@
 pub mod beacon;
 mod dht_shard;
 mod epoll;
+mod gossip_shard;
 mod socket;
 pub mod sys;
 mod uring;
@@ -53,6 +59,7 @@ pub use dht_shard::{
     DhtOptions, DhtReply, DhtRequest, DhtSnapshot, DhtWhat, EXPORTED_PEERS, LISTED_RECORDS,
     PeerView, RecordView, VIEWS_EVERY, dht_owner, key_owner,
 };
+pub use gossip_shard::{GossipInbound, GossipOptions, GossipSnapshot, INBOUND_DEPTH};
 
 /// Which packet backend to run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -122,6 +129,15 @@ pub struct Options {
     pub dedup_window: Duration,
     /// The DHT on the workers (`--dht-enabled`), with the node identity.
     pub dht: Option<DhtOptions>,
+    /// Gossip rumor dedup on the workers (`--cluster-key-file`).
+    pub gossip: Option<GossipOptions>,
+}
+
+/// Binds the control thread's member of the gossip reuseport group (after
+/// the workers', so it is the group's last member, as the steering program
+/// expects). Errors name `--gossip-port` and the fix.
+pub fn gossip_socket(bind: std::net::SocketAddr) -> io::Result<std::net::UdpSocket> {
+    socket::gossip_member(bind).map(Into::into)
 }
 
 /// The worker that owns a flow: `low32(hash_key) % workers`. The low 32
@@ -202,6 +218,8 @@ pub struct WorkerSnapshot {
     pub recovery: retry::RecoveryStats,
     /// Its DHT node's state, when the DHT is on.
     pub dht: Option<DhtSnapshot>,
+    /// Its gossip member's state, with a cluster.
+    pub gossip: Option<GossipSnapshot>,
     /// What its cache shard holds of its most recently active flows
     /// (at most [`HOLDINGS_PER_WORKER`]), for siblings' fill decisions.
     pub holdings: Vec<retry::Holding>,
@@ -242,6 +260,12 @@ pub struct Shared {
     /// Whether the DHT group's steering program is attached (else DHT
     /// datagrams read by the wrong worker are forwarded to their owner).
     pub dht_steering: AtomicBool,
+    /// Whether the gossip group's steering program is attached (else the
+    /// kernel spreads gossip datagrams and they are handed on).
+    pub gossip_steering: AtomicBool,
+    /// The port the gossip group is bound to (with a cluster), for the
+    /// control thread's socket to join.
+    pub gossip_port: Option<u16>,
     /// ADVERTs sent by the beacon task.
     pub beacons_sent: std::sync::atomic::AtomicU64,
     /// Workers → control thread events (bounded; a full queue drops).
@@ -447,6 +471,32 @@ impl Control {
         missed
     }
 
+    /// Records a rumor this member originated in the dedup shard of the
+    /// worker owning its id; false when that inbox is full.
+    pub fn gossip_mark(&self, id: crate::gossip::RumorId, flags: u8) -> bool {
+        let w = crate::gossip::dedup::shard_of(&id, self.inboxes.len());
+        if self.inboxes[w].try_send(worker::Handoff::GossipMark(id, flags)).is_err() {
+            return false;
+        }
+        self.wakers[w].wake();
+        true
+    }
+
+    /// Hands a rumor datagram the control thread's socket read (no
+    /// steering program) to a worker, which treats it as read from its
+    /// own gossip socket; false when that inbox is full.
+    pub fn gossip_datagram(&self, from: std::net::SocketAddr, bytes: Bytes) -> bool {
+        // The worker the steering program would pick (a datagram too
+        // short to be a rumor: the last worker, whose shard drops it).
+        let n = self.inboxes.len().max(1);
+        let w = (sys::gossip_reader(&bytes, n as u32) as usize).min(n - 1);
+        if self.inboxes[w].try_send(worker::Handoff::GossipDatagram(from, bytes)).is_err() {
+            return false;
+        }
+        self.wakers[w].wake();
+        true
+    }
+
     /// Drops every cached frame of `hash_key` on its owning worker; returns
     /// that worker's index, or `None` if its inbox is full (try again).
     pub fn invalidate(&self, hash_key: u64) -> Option<usize> {
@@ -469,6 +519,8 @@ impl Runtime {
         let mut nack = Vec::with_capacity(n);
         let mut upstream = Vec::with_capacity(n);
         let mut dht = Vec::with_capacity(n);
+        let mut gossip = Vec::with_capacity(n);
+        let mut gossip_port = opts.gossip.as_ref().map(|g| g.port);
         for share in &shares {
             ingress.push(socket::ingress(&opts, share)?);
             nack.push(socket::nack_member(&opts)?);
@@ -476,6 +528,14 @@ impl Runtime {
             // DHT members in worker order, like the NACK group's.
             if let Some(d) = &opts.dht {
                 dht.push(socket::dht_member(&opts, d.port)?);
+            }
+            // Gossip members in worker order too; the first may take an
+            // ephemeral port, which the others (and the control thread's
+            // socket) then join.
+            if let Some(port) = gossip_port {
+                let s = socket::gossip_member(std::net::SocketAddr::new(opts.nack_bind, port))?;
+                gossip_port = s.local_addr()?.as_socket().map(|a| a.port()).or(Some(port));
+                gossip.push(s);
             }
         }
         let steering = match sys::attach_reuseport_steering(&nack[0], 8, n as u32) {
@@ -493,6 +553,15 @@ impl Runtime {
             }
             None => false,
         };
+        let gossip_steering = match gossip.first().map(|s| sys::attach_gossip_steering(s, n as u32))
+        {
+            Some(Ok(())) => true,
+            Some(Err(e)) => {
+                tracing::warn!(error = %e, "gossip reuseport steering unavailable; workers and the control thread hand gossip datagrams on");
+                false
+            }
+            None => false,
+        };
         let (events_tx, events_rx) = crossbeam_channel::bounded(EVENT_QUEUE);
         let shared = Arc::new(Shared {
             stop: AtomicBool::new(false),
@@ -504,6 +573,8 @@ impl Runtime {
             backend,
             steering: AtomicBool::new(steering),
             dht_steering: AtomicBool::new(dht_steering),
+            gossip_steering: AtomicBool::new(gossip_steering),
+            gossip_port,
             beacons_sent: std::sync::atomic::AtomicU64::new(0),
             events: events_tx,
             events_rx,
@@ -521,11 +592,18 @@ impl Runtime {
         // runs; io_uring workers then learn each other's ring fds.
         let mut built = Vec::with_capacity(n);
         let mut dht = dht.into_iter();
+        let mut gossip = gossip.into_iter();
         let sockets = ingress.into_iter().zip(nack).zip(upstream).zip(receivers);
         for (i, (((ing, nk), up), rx)) in sockets.enumerate() {
             let core =
                 worker::Core::new(i, &opts, rx, inboxes.clone(), wakers.clone(), shared.clone());
-            let socks = worker::Sockets { ingress: ing, nack: nk, upstream: up, dht: dht.next() };
+            let socks = worker::Sockets {
+                ingress: ing,
+                nack: nk,
+                upstream: up,
+                dht: dht.next(),
+                gossip: gossip.next(),
+            };
             built.push(if backend == "io_uring" {
                 AnyWorker::Uring(Box::new(uring::Worker::new(core, socks)?))
             } else {
@@ -551,7 +629,10 @@ impl Runtime {
             let started = started.clone();
             let dht_role =
                 if opts.dht.is_some() { format!(", DHT member {i}") } else { String::new() };
-            let roles = format!("ingress groups {:?}, NACK member {i}{dht_role}", shares[i]);
+            let gossip_role =
+                if opts.gossip.is_some() { format!(", gossip member {i}") } else { String::new() };
+            let roles =
+                format!("ingress groups {:?}, NACK member {i}{dht_role}{gossip_role}", shares[i]);
             workers.push(std::thread::Builder::new().name(format!("ricochet-w{i}")).spawn(
                 move || {
                     if let Some(cpu) = cpu {

@@ -94,6 +94,28 @@ pub(crate) fn dht_member(opts: &Options, port: u16) -> io::Result<Socket> {
     Ok(s)
 }
 
+/// One member of the gossip reuseport group on `bind` (a worker's, or the
+/// control thread's, which joins last): dual-stack when bound to `[::]`;
+/// its 8 MiB receive buffer holds a window of G6 snapshot chunks.
+pub(crate) fn gossip_member(bind: SocketAddr) -> io::Result<Socket> {
+    let port = bind.port();
+    let fail = |e: io::Error| {
+        io::Error::new(
+            e.kind(),
+            format!(
+                "--gossip-port (RICOCHET_GOSSIP_PORT) = {port}: cannot bind {bind}: {e} (is                  another endpoint using the port? pick another with --gossip-port)"
+            ),
+        )
+    };
+    let s = udp(if bind.is_ipv4() { Domain::IPV4 } else { Domain::IPV6 }).map_err(fail)?;
+    if let IpAddr::V6(v6) = bind.ip() {
+        s.set_only_v6(!v6.is_unspecified()).map_err(fail)?;
+    }
+    s.set_reuse_port(true).map_err(fail)?;
+    s.bind(&bind.into()).map_err(fail)?;
+    Ok(s)
+}
+
 /// The upstream socket of one worker: an ephemeral port on the NACK
 /// address, so upstream endpoints see this endpoint's NACK address as the
 /// source and their replies come back to this worker.

@@ -449,6 +449,75 @@ pub(crate) fn attach_dht_steering(fd: &impl AsRawFd, n: u32) -> io::Result<()> {
     attach_reuseport_cbpf(fd, &mut dht_steering_program(n))
 }
 
+/// Shortest datagram the gossip program treats as a rumor: a G3 header
+/// with an empty topic and payload (10 bytes) and the 16-byte MAC.
+const GOSSIP_MIN_RUMOR: u32 = 10 + 16;
+
+/// The member of the gossip reuseport group that reads `datagram`, of
+/// `workers` worker sockets (indices `0..workers`, bound first) and the
+/// control thread's socket (index `workers`, bound last) — the Rust mirror
+/// of [`gossip_steering_program`]:
+/// - a datagram of at least [`GOSSIP_MIN_RUMOR`] bytes opening with the G3
+///   magic `0x4733`: worker `(last 4 bytes, big-endian) mod workers`. The
+///   last bytes are the MAC's, uniform and different for every copy: they
+///   spread rumors over the workers, and the reader hands each to the
+///   worker owning its id (`rt::gossip_shard`);
+/// - anything else: the control thread's socket.
+pub(crate) fn gossip_reader(datagram: &[u8], workers: u32) -> u32 {
+    let workers = workers.max(1);
+    let n = datagram.len();
+    if n < GOSSIP_MIN_RUMOR as usize || datagram[..2] != [0x47, 0x33] {
+        return workers;
+    }
+    let last =
+        u32::from_be_bytes([datagram[n - 4], datagram[n - 3], datagram[n - 2], datagram[n - 1]]);
+    last % workers
+}
+
+/// The classic-BPF reuseport program of the gossip group (`n` workers, the
+/// control thread's socket at index `n`), computing [`gossip_reader`]. The
+/// length is checked before any load, so no load runs past the end. The
+/// word at `len - 4` is read with an indirect load from X = `len - 4`
+/// (computed in A with a subtraction, then copied to X), which every
+/// kernel with SO_ATTACH_REUSEPORT_CBPF accepts. Until the control
+/// thread's socket has joined, index `n` is out of range and the kernel
+/// falls back to its hash for those datagrams (the worker that gets one
+/// passes it on).
+pub(crate) fn gossip_steering_program(n: u32) -> Vec<libc::sock_filter> {
+    const LEN: u16 = 0x80; // BPF_LD|BPF_W|BPF_LEN
+    const JGE: u16 = 0x35; // BPF_JMP|BPF_JGE|BPF_K
+    const LDH: u16 = 0x28; // BPF_LD|BPF_H|BPF_ABS
+    const JEQ: u16 = 0x15; // BPF_JMP|BPF_JEQ|BPF_K
+    const SUB: u16 = 0x14; // BPF_ALU|BPF_SUB|BPF_K
+    const TAX: u16 = 0x07; // BPF_MISC|BPF_TAX
+    const LDWI: u16 = 0x40; // BPF_LD|BPF_W|BPF_IND
+    const MOD: u16 = 0x94; // BPF_ALU|BPF_MOD|BPF_K
+    const RETA: u16 = 0x16; // BPF_RET|BPF_A
+    const RETK: u16 = 0x06; // BPF_RET|BPF_K
+    let n = n.max(1);
+    let op = |code: u16, jt: u8, jf: u8, k: u32| libc::sock_filter { code, jt, jf, k };
+    // Jump offsets count from the next instruction; 10 is `return n`.
+    vec![
+        op(LEN, 0, 0, 0),
+        op(JGE, 0, 8, GOSSIP_MIN_RUMOR),
+        op(LDH, 0, 0, 0),
+        op(JEQ, 0, 6, 0x4733),
+        op(LEN, 0, 0, 0),
+        op(SUB, 0, 0, 4),
+        op(TAX, 0, 0, 0),
+        op(LDWI, 0, 0, 0),
+        op(MOD, 0, 0, n),
+        op(RETA, 0, 0, 0),
+        op(RETK, 0, 0, n),
+    ]
+}
+
+/// Attaches [`gossip_steering_program`] to the reuseport group `fd`
+/// belongs to.
+pub(crate) fn attach_gossip_steering(fd: &impl AsRawFd, n: u32) -> io::Result<()> {
+    attach_reuseport_cbpf(fd, &mut gossip_steering_program(n))
+}
+
 #[cfg(test)]
 pub(crate) mod tests {
     /// Runs a classic-BPF program (the few instructions the steering
@@ -456,6 +525,7 @@ pub(crate) mod tests {
     /// ends the program with 0.
     pub(crate) fn run_cbpf(prog: &[libc::sock_filter], pkt: &[u8]) -> u32 {
         let mut a: u32 = 0;
+        let mut x: u32 = 0;
         let mut pc = 0;
         while let Some(i) = prog.get(pc) {
             pc += 1;
@@ -469,6 +539,27 @@ pub(crate) mod tests {
                     Some(w) => a = u32::from_be_bytes(w.try_into().unwrap()),
                     None => return 0,
                 },
+                0x28 => match pkt.get(k..k + 2) {
+                    Some(h) => a = u32::from(u16::from_be_bytes([h[0], h[1]])),
+                    None => return 0,
+                },
+                0x40 => {
+                    let at = x.wrapping_add(i.k) as usize;
+                    match pkt.get(at..at + 4) {
+                        Some(w) => a = u32::from_be_bytes(w.try_into().unwrap()),
+                        None => return 0,
+                    }
+                }
+                0x80 => a = pkt.len() as u32,
+                0x07 => x = a,
+                0x14 => a = a.wrapping_sub(i.k),
+                0x35 => {
+                    if a >= i.k {
+                        pc += usize::from(i.jt);
+                    } else {
+                        pc += usize::from(i.jf);
+                    }
+                }
                 0x15 => {
                     if a == i.k {
                         pc += usize::from(i.jt);
@@ -483,5 +574,80 @@ pub(crate) mod tests {
             }
         }
         panic!("fell off the end of the program")
+    }
+
+    #[test]
+    fn the_gossip_program_computes_gossip_reader() {
+        use super::{gossip_reader, gossip_steering_program};
+        let mut state = 0x9E37_79B9_u32;
+        let mut next = move || {
+            state ^= state << 13;
+            state ^= state >> 17;
+            state ^= state << 5;
+            state
+        };
+        for workers in 1..=8u32 {
+            let prog = gossip_steering_program(workers);
+            for len in 0..=64usize {
+                for magic in [[0x47, 0x33], [0x47, 0x31], [0x47, 0x35], [0, 0]] {
+                    for _ in 0..4 {
+                        let mut d: Vec<u8> = (0..len).map(|_| next() as u8).collect();
+                        for (b, m) in d.iter_mut().zip(magic) {
+                            *b = m;
+                        }
+                        let want = gossip_reader(&d, workers);
+                        assert_eq!(run_cbpf(&prog, &d), want, "{workers} workers, {d:02x?}");
+                        let g3 = len >= 26 && magic == [0x47, 0x33];
+                        assert_eq!(want < workers, g3, "{d:02x?}");
+                    }
+                }
+            }
+        }
+    }
+
+    /// The kernel runs the program: rumors land on the worker socket
+    /// [`super::gossip_reader`] names, everything else on the last member
+    /// (the control thread's).
+    #[test]
+    fn the_kernel_steers_rumors_to_workers_and_the_rest_to_the_control_socket() {
+        use socket2::{Domain, Socket, Type};
+        use std::net::SocketAddr;
+        use std::time::Duration;
+        for workers in [2u32, 3] {
+            let mut members = Vec::new();
+            let mut port = 0;
+            for _ in 0..=workers {
+                let s = Socket::new(Domain::IPV4, Type::DGRAM, None).unwrap();
+                s.set_reuse_port(true).unwrap();
+                s.bind(&SocketAddr::from(([127, 0, 0, 1], port)).into()).unwrap();
+                port = s.local_addr().unwrap().as_socket().unwrap().port();
+                s.set_read_timeout(Some(Duration::from_millis(20))).unwrap();
+                members.push(std::net::UdpSocket::from(s));
+            }
+            super::attach_gossip_steering(&members[0], workers)
+                .expect("this kernel supports SO_ATTACH_REUSEPORT_CBPF");
+            let client = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+            let dest = SocketAddr::from(([127, 0, 0, 1], port));
+            let mut sent = vec![Vec::new(); workers as usize + 1];
+            for i in 0..40u8 {
+                let len = 20 + usize::from(i);
+                let mut d: Vec<u8> = (0..len).map(|b| (b as u8).wrapping_mul(31) ^ i).collect();
+                d[0] = 0x47;
+                d[1] = if i % 3 == 0 { 0x31 } else { 0x33 };
+                let n = d.len();
+                d[n - 4..].copy_from_slice(&u32::from(i).wrapping_mul(2_654_435_761).to_be_bytes());
+                client.send_to(&d, dest).unwrap();
+                sent[super::gossip_reader(&d, workers) as usize].push(d);
+            }
+            assert!(sent.iter().all(|s| !s.is_empty()), "every member has some: {sent:?}");
+            for (w, want) in sent.iter().enumerate() {
+                let mut got = Vec::new();
+                let mut buf = [0u8; 2048];
+                while let Ok(n) = members[w].recv(&mut buf) {
+                    got.push(buf[..n].to_vec());
+                }
+                assert_eq!(&got, want, "{workers} workers: member {w}");
+            }
+        }
     }
 }

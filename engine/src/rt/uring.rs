@@ -36,6 +36,7 @@ const UD_PEER_WAKE: u64 = 6 << 32;
 const UD_MSG_SENT: u64 = 7 << 32;
 const UD_UPSTREAM: u64 = 8 << 32;
 const UD_DHT: u64 = 9 << 32;
+const UD_GOSSIP: u64 = 10 << 32;
 const UD_KIND: u64 = 0xFFFF_FFFF << 32;
 
 const GROUP_INGRESS: u16 = 0;
@@ -81,8 +82,6 @@ pub(crate) fn probe() -> Result<(), String> {
     ring_check.map(drop).map_err(|e| format!("io_uring provided-buffer rings unavailable: {e}"))
 }
 
-/// A provided-buffer ring: `count` buffers of `size` bytes the kernel picks
-/// from for multishot receives, handed back by [`BufRing::recycle`].
 /// Which socket a completion belongs to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Source {
@@ -90,8 +89,11 @@ enum Source {
     Nack,
     Upstream,
     Dht,
+    Gossip,
 }
 
+/// A provided-buffer ring: `count` buffers of `size` bytes the kernel picks
+/// from for multishot receives, handed back by [`BufRing::recycle`].
 struct BufRing {
     ring: *mut BufRingEntry,
     ring_layout: Layout,
@@ -183,8 +185,17 @@ struct SendSlot {
     cmsg: GsoCmsg,
     addr: SockAddr,
     payloads: Vec<Payload>,
-    /// Sent from the DHT socket (its errors count as DHT send errors).
-    dht: bool,
+    /// Sent from the DHT or gossip socket (its errors are counted there
+    /// too).
+    extra: Extra,
+}
+
+/// Which member socket besides the NACK and upstream ones a send used.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Extra {
+    None,
+    Dht,
+    Gossip,
 }
 
 pub(crate) struct Worker {
@@ -196,12 +207,14 @@ pub(crate) struct Worker {
     nack: Socket,
     upstream: Socket,
     dht: Option<Socket>,
+    gossip: Option<Socket>,
     ingress_bufs: BufRing,
     nack_bufs: BufRing,
     ingress_msg: Box<libc::msghdr>,
     nack_msg: Box<libc::msghdr>,
     upstream_msg: Box<libc::msghdr>,
     dht_msg: Box<libc::msghdr>,
+    gossip_msg: Box<libc::msghdr>,
     wake_buf: Box<u64>,
     tick: Box<Timespec>,
     slots: Vec<Option<Box<SendSlot>>>,
@@ -237,7 +250,7 @@ fn recv_template() -> Box<libc::msghdr> {
 
 impl Worker {
     pub(crate) fn new(core: Core, socks: Sockets) -> io::Result<Worker> {
-        let Sockets { ingress, nack, upstream, dht } = socks;
+        let Sockets { ingress, nack, upstream, dht, gossip } = socks;
         // Created disabled and enabled on the worker's own thread: a
         // single-issuer ring belongs to the thread that enables it.
         // DEFER_TASKRUN (6.1+): completions are posted when this thread
@@ -267,12 +280,14 @@ impl Worker {
             nack,
             upstream,
             dht,
+            gossip,
             ingress_bufs,
             nack_bufs,
             ingress_msg: recv_template(),
             nack_msg: recv_template(),
             upstream_msg: recv_template(),
             dht_msg: recv_template(),
+            gossip_msg: recv_template(),
             wake_buf: Box::new(0),
             tick: Box::new(Timespec::from(super::TICK)),
             slots: Vec::new(),
@@ -353,6 +368,9 @@ impl Worker {
         if self.dht.is_some() {
             self.arm_recv(Source::Dht)?;
         }
+        if self.gossip.is_some() {
+            self.arm_recv(Source::Gossip)?;
+        }
         self.arm_wake()?;
         self.arm_tick()
     }
@@ -392,6 +410,10 @@ impl Worker {
                 let Some(dht) = &self.dht else { return Ok(()) };
                 (dht.as_raw_fd(), &*self.dht_msg as *const _, GROUP_INGRESS, UD_DHT)
             }
+            Source::Gossip => {
+                let Some(g) = &self.gossip else { return Ok(()) };
+                (g.as_raw_fd(), &*self.gossip_msg as *const _, GROUP_INGRESS, UD_GOSSIP)
+            }
         };
         // The msghdr template is boxed and lives as long as the worker.
         let sqe = opcode::RecvMsgMulti::new(types::Fd(fd), msg, group).build().user_data(ud);
@@ -413,11 +435,12 @@ impl Worker {
         let ud = cqe.user_data();
         let res = cqe.result();
         let rearm = match ud & UD_KIND {
-            UD_INGRESS | UD_NACK | UD_UPSTREAM | UD_DHT => {
+            UD_INGRESS | UD_NACK | UD_UPSTREAM | UD_DHT | UD_GOSSIP => {
                 let source = match ud & UD_KIND {
                     UD_INGRESS => Source::Ingress,
                     UD_NACK => Source::Nack,
                     UD_DHT => Source::Dht,
+                    UD_GOSSIP => Source::Gossip,
                     _ => Source::Upstream,
                 };
                 if let Some(bid) = cqueue::buffer_select(cqe.flags()) {
@@ -426,7 +449,7 @@ impl Worker {
                     }
                     match source {
                         Source::Nack => self.nack_bufs.recycle(bid),
-                        Source::Ingress | Source::Upstream | Source::Dht => {
+                        Source::Ingress | Source::Upstream | Source::Dht | Source::Gossip => {
                             self.ingress_bufs.recycle(bid)
                         }
                     }
@@ -476,8 +499,10 @@ impl Worker {
                         self.core.counters.sent += segments;
                     } else {
                         self.core.counters.send_errors += segments;
-                        if let (true, Some(shard)) = (b.dht, self.core.dht.as_mut()) {
-                            shard.counters.send_errors += segments;
+                        match (b.extra, self.core.dht.as_mut(), self.core.gossip.as_mut()) {
+                            (Extra::Dht, Some(shard), _) => shard.counters.send_errors += segments,
+                            (Extra::Gossip, _, Some(g)) => g.counters.send_errors += segments,
+                            _ => {}
                         }
                     }
                     b.payloads.clear();
@@ -502,6 +527,7 @@ impl Worker {
             Source::Nack => (&self.nack_bufs, &*self.nack_msg),
             Source::Upstream => (&self.ingress_bufs, &*self.upstream_msg),
             Source::Dht => (&self.ingress_bufs, &*self.dht_msg),
+            Source::Gossip => (&self.ingress_bufs, &*self.gossip_msg),
         };
         let Ok(out) = RecvMsgOut::parse(bufs.get(bid, len), msg) else { return };
         if out.is_payload_truncated() {
@@ -518,6 +544,7 @@ impl Worker {
             (Source::Nack, Some(src)) => self.core.on_nack(now, src, data),
             (Source::Upstream, Some(src)) => self.core.on_upstream(now, src, data),
             (Source::Dht, Some(src)) => self.core.on_dht(now, src, data),
+            (Source::Gossip, Some(src)) => self.core.on_gossip(now, src, data),
             _ => {}
         }
     }
@@ -527,6 +554,7 @@ impl Worker {
     /// completion.
     fn flush(&mut self) {
         self.flush_dht();
+        self.flush_gossip();
         if self.core.outbox.transmits.is_empty() {
             return;
         }
@@ -564,11 +592,37 @@ impl Worker {
         let queued: Vec<crate::dht::Transmit> = shard.drain_transmits().collect();
         for t in queued {
             let payload = Payload::Frame(bytes::Bytes::from(t.payload));
-            if let Err(e) = self.queue_send(fd, t.dest.into(), std::iter::once(payload), true) {
+            if let Err(e) = self.queue_send(fd, t.dest.into(), std::iter::once(payload), Extra::Dht)
+            {
                 if let Some(shard) = self.core.dht.as_mut() {
                     shard.counters.send_errors += 1;
                 }
                 tracing::warn!(error = %e, "queueing a DHT send failed");
+            }
+        }
+    }
+
+    /// Queues one SendMsg per rumor ACK the gossip shard queued, from the
+    /// gossip socket.
+    fn flush_gossip(&mut self) {
+        let (Some(fd), Some(g)) =
+            (self.gossip.as_ref().map(|s| s.as_raw_fd()), self.core.gossip.as_mut())
+        else {
+            return;
+        };
+        if !g.has_transmits() {
+            return;
+        }
+        let queued: Vec<(std::net::SocketAddr, Vec<u8>)> = g.drain_transmits().collect();
+        for (dest, ack) in queued {
+            let payload = Payload::Frame(bytes::Bytes::from(ack));
+            if let Err(e) =
+                self.queue_send(fd, dest.into(), std::iter::once(payload), Extra::Gossip)
+            {
+                if let Some(g) = self.core.gossip.as_mut() {
+                    g.counters.send_errors += 1;
+                }
+                tracing::warn!(error = %e, "queueing a gossip ACK failed");
             }
         }
     }
@@ -583,7 +637,7 @@ impl Worker {
         };
         let fd = if upstream { self.upstream.as_raw_fd() } else { self.nack.as_raw_fd() };
         let payloads = std::iter::once(first.payload).chain(run.map(|t| t.payload));
-        self.queue_send(fd, addr, payloads, false)
+        self.queue_send(fd, addr, payloads, Extra::None)
     }
 
     /// Queues one SendMsg of `payloads` (more than one: a GSO send) to
@@ -593,7 +647,7 @@ impl Worker {
         fd: std::os::fd::RawFd,
         addr: SockAddr,
         payloads: impl Iterator<Item = Payload>,
-        dht: bool,
+        extra: Extra,
     ) -> io::Result<()> {
         let mut slot = self.spare.pop().unwrap_or_else(|| {
             Box::new(SendSlot {
@@ -603,10 +657,10 @@ impl Worker {
                 cmsg: [0; 3],
                 addr: addr.clone(),
                 payloads: Vec::new(),
-                dht,
+                extra,
             })
         });
-        slot.dht = dht;
+        slot.extra = extra;
         slot.payloads.extend(payloads);
         slot.addr = addr;
         let slot_ref = &mut *slot;

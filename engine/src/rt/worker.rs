@@ -47,6 +47,14 @@ pub(crate) enum Handoff {
     DhtDatagram(SocketAddr, Bytes),
     /// A DHT operation from the control thread (discovery).
     Dht(super::DhtRequest),
+    /// A rumor whose id this worker owns, read and authenticated by
+    /// another worker: `(source, id, frame without its MAC)`.
+    GossipRumor(SocketAddr, crate::gossip::RumorId, Bytes),
+    /// A rumor this member originated: record it in the dedup shard.
+    GossipMark(crate::gossip::RumorId, u8),
+    /// A rumor datagram the control thread's socket read (no steering
+    /// program): handled as if read from this worker's gossip socket.
+    GossipDatagram(SocketAddr, Bytes),
 }
 
 /// A request waiting for the shared store's answer.
@@ -85,6 +93,8 @@ pub(crate) struct Sockets {
     pub(crate) upstream: socket2::Socket,
     /// Member of the DHT reuseport group, when the DHT is on.
     pub(crate) dht: Option<socket2::Socket>,
+    /// Member of the gossip reuseport group, with a cluster.
+    pub(crate) gossip: Option<socket2::Socket>,
 }
 
 /// Everything a worker owns besides its sockets and its I/O machinery.
@@ -113,6 +123,8 @@ pub(crate) struct Core {
     siblings: Arc<Siblings>,
     /// This worker's DHT node, when the DHT is on.
     pub(crate) dht: Option<super::dht_shard::Shard>,
+    /// This worker's gossip member and rumor-dedup shard, with a cluster.
+    pub(crate) gossip: Option<super::gossip_shard::Shard>,
     pub(crate) opts: Options,
 }
 
@@ -153,6 +165,10 @@ impl Core {
                 let (now, unix) = (Instant::now(), super::dht_shard::unix_now());
                 super::dht_shard::Shard::new(index, workers, d, opts.nack_bind, now, unix)
             }),
+            gossip: opts
+                .gossip
+                .as_ref()
+                .map(|g| super::gossip_shard::Shard::new(index, workers, g)),
             opts: opts.clone(),
         }
     }
@@ -240,6 +256,22 @@ impl Core {
         } else {
             shard.counters.forwarded += 1;
             self.handoff(dest, Handoff::DhtDatagram(src, Bytes::copy_from_slice(data)));
+        }
+    }
+
+    /// A datagram from the gossip socket: a rumor is decided here if this
+    /// worker owns its id, else handed to its owner; anything else goes to
+    /// the control thread (see `gossip_shard`).
+    pub(crate) fn on_gossip(&mut self, now: Instant, src: SocketAddr, data: &[u8]) {
+        use super::gossip_shard::Read;
+        let Some(g) = self.gossip.as_mut() else { return };
+        match g.read(self.index, src, data) {
+            Read::Done => {}
+            Read::Own(id, body) => g.decide(now, src, &id, body),
+            Read::Forward(owner, id, body) => {
+                let h = Handoff::GossipRumor(src, id, Bytes::copy_from_slice(body));
+                self.handoff(owner, h);
+            }
         }
     }
 
@@ -483,6 +515,26 @@ impl Core {
                     }
                     Ok(())
                 }
+                Handoff::GossipRumor(src, id, body) => {
+                    if let Some(g) = self.gossip.as_mut() {
+                        g.counters.forwarded_in += 1;
+                        g.decide(now, src, &id, &body);
+                    }
+                    Ok(())
+                }
+                Handoff::GossipMark(id, flags) => {
+                    if let Some(g) = self.gossip.as_mut() {
+                        g.shard.mark(id, flags);
+                    }
+                    Ok(())
+                }
+                Handoff::GossipDatagram(src, bytes) => {
+                    if let Some(g) = self.gossip.as_mut() {
+                        g.counters.forwarded_in += 1;
+                    }
+                    self.on_gossip(now, src, &bytes);
+                    Ok(())
+                }
             };
             if let Err(e) = r {
                 self.drop_reason(e);
@@ -542,6 +594,9 @@ impl Core {
         if let Some(shard) = self.dht.as_mut() {
             shard.tick(now, super::dht_shard::unix_now());
         }
+        if let Some(g) = self.gossip.as_mut() {
+            g.tick(now);
+        }
         self.publish();
     }
 
@@ -549,6 +604,7 @@ impl Core {
         self.counters.store_pending = self.waits.parked.len() as u64;
         let holdings = self.service.cache().holdings(super::HOLDINGS_PER_WORKER);
         let dht = self.dht.as_mut().map(|d| d.snapshot(Instant::now()));
+        let gossip = self.gossip.as_mut().map(|g| g.snapshot());
         if let Ok(mut s) = self.shared.snapshots[self.index].lock() {
             *s = WorkerSnapshot {
                 cpu: self.opts.cpus.get(self.index).copied().unwrap_or(0),
@@ -556,6 +612,7 @@ impl Core {
                 retry: self.service.stats(),
                 recovery: self.recovery.stats(),
                 dht,
+                gossip,
                 holdings,
             };
         }

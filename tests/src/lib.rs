@@ -36,11 +36,33 @@ pub fn bin(name: &str) -> PathBuf {
 
 static NEXT_PORT: AtomicU16 = AtomicU16::new(0);
 
-/// A block of 8 ports unique to this test process and call.
+/// Test ports start here, above the well-known defaults (Redis 6379,
+/// gossip 9310) the tests never use.
+const TEST_PORT_LOW: u16 = 10_000;
+/// Ports per test process: 125 calls of [`ports`] before it wraps.
+const TEST_PORT_STRIDE: u16 = 1_000;
+
+/// First port of the kernel's ephemeral range (`ip_local_port_range`).
+/// Test ports stay below it: a socket bound to port 0 anywhere on the
+/// machine — a NACK client of a parallel test, an engine's upstream
+/// socket, a benchmark — may otherwise hold a port an engine is about to
+/// bind, and the engine fails with EADDRINUSE.
+fn ephemeral_low() -> u16 {
+    std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse().ok())
+        .unwrap_or(32_768)
+}
+
+/// A block of 8 ports unique to this test process and call, below the
+/// ephemeral range.
 pub fn ports() -> [u16; 8] {
+    let high = ephemeral_low().max(TEST_PORT_LOW + TEST_PORT_STRIDE);
+    let slots = u32::from((high - TEST_PORT_LOW) / TEST_PORT_STRIDE);
     // Spread test processes by pid so concurrent test binaries differ too.
-    let base = 20_000 + (std::process::id() % 400) as u16 * 100;
-    let k = NEXT_PORT.fetch_add(8, Ordering::Relaxed);
+    let slot = (std::process::id() % slots) as u16;
+    let base = TEST_PORT_LOW + slot * TEST_PORT_STRIDE;
+    let k = NEXT_PORT.fetch_add(8, Ordering::Relaxed) % TEST_PORT_STRIDE;
     core::array::from_fn(|i| base + k + i as u16)
 }
 

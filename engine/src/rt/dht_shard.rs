@@ -668,25 +668,14 @@ pub(crate) mod tests {
     /// [`dht_owner`] names.
     #[test]
     fn the_kernel_steers_dht_datagrams_to_their_owner() {
-        use socket2::{Domain, Socket, Type};
-        use std::time::Duration;
+        use crate::rt::sys::tests::{drain, reuseport_group};
         let workers = 3;
-        let mut members = Vec::new();
-        let mut port = 0;
-        for _ in 0..workers {
-            let s = Socket::new(Domain::IPV4, Type::DGRAM, None).unwrap();
-            s.set_reuse_port(true).unwrap();
-            s.bind(&SocketAddr::from(([127, 0, 0, 1], port)).into()).unwrap();
-            port = s.local_addr().unwrap().as_socket().unwrap().port();
-            s.set_read_timeout(Some(Duration::from_millis(20))).unwrap();
-            members.push(std::net::UdpSocket::from(s));
-        }
+        let (members, dest) = reuseport_group(workers);
         if let Err(e) = attach_dht_steering(&members[0], workers as u32) {
             eprintln!("SKIPPED: cannot attach a reuseport program here: {e}");
             return;
         }
         let client = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
-        let dest = SocketAddr::from(([127, 0, 0, 1], port));
         let mut sent = vec![Vec::new(); workers];
         for i in 0..12u8 {
             let mut k = [0u8; 32];
@@ -698,12 +687,7 @@ pub(crate) mod tests {
             }
         }
         for (w, want) in sent.iter().enumerate() {
-            let mut got = Vec::new();
-            let mut buf = [0u8; 2048];
-            while let Ok(n) = members[w].recv(&mut buf) {
-                got.push(buf[..n].to_vec());
-            }
-            assert_eq!(&got, want, "worker {w}");
+            assert_eq!(&drain(&members[w]), want, "worker {w}");
         }
     }
 
@@ -739,27 +723,9 @@ pub(crate) mod tests {
     /// request (so its lookup, and the control thread's bootstrap, end).
     #[test]
     fn without_steering_workers_hand_dht_datagrams_to_their_owner() {
-        use crate::rt::{Shared, WorkerSnapshot, sys::EventFd, worker};
-        use std::sync::Mutex;
-        use std::sync::atomic::{AtomicBool, AtomicU64};
+        use crate::rt::{Shared, sys::EventFd, worker};
         let opts = options(2);
-        let (events, events_rx) = crossbeam_channel::bounded(16);
-        let shared = Arc::new(Shared {
-            stop: AtomicBool::new(false),
-            failed: AtomicBool::new(false),
-            draining: AtomicBool::new(false),
-            ready: AtomicBool::new(true),
-            warming: AtomicBool::new(false),
-            snapshots: (0..2).map(|_| Mutex::new(WorkerSnapshot::default())).collect(),
-            backend: "test",
-            steering: AtomicBool::new(false),
-            dht_steering: AtomicBool::new(false),
-            gossip_steering: AtomicBool::new(false),
-            gossip_port: None,
-            beacons_sent: AtomicU64::new(0),
-            events,
-            events_rx,
-        });
+        let shared = Shared::for_test(2);
         let (txs, rxs): (Vec<_>, Vec<_>) = (0..2).map(|_| crossbeam_channel::bounded(64)).unzip();
         let wakers: Vec<Arc<EventFd>> = (0..2).map(|_| Arc::new(EventFd::new().unwrap())).collect();
         let mut cores: Vec<worker::Core> = rxs

@@ -224,15 +224,14 @@ impl Shard {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::atomic::{AtomicBool, AtomicU64};
-    use std::sync::{Arc, Mutex};
+    use std::sync::Arc;
 
     use ricochet_wire::gossip::{DigestRepr, GossipFrame, RumorRepr, rumor_id};
     use ricochet_wire::mac::MAC_LEN;
 
     use super::*;
     use crate::gossip::dedup::{DELIVERED, FWD_FALLBACK, FWD_PRIMARY, shard_of};
-    use crate::rt::{Shared, WorkerSnapshot, sys::EventFd, worker};
+    use crate::rt::{Shared, sys::EventFd, worker};
 
     fn key() -> ClusterKey {
         ClusterKey::new([5; 32])
@@ -273,23 +272,7 @@ mod tests {
             config: gossip::Config::new([3; 32]),
             inbound: tx,
         });
-        let (events, events_rx) = crossbeam_channel::bounded(16);
-        let shared = Arc::new(Shared {
-            stop: AtomicBool::new(false),
-            failed: AtomicBool::new(false),
-            draining: AtomicBool::new(false),
-            ready: AtomicBool::new(true),
-            warming: AtomicBool::new(false),
-            snapshots: (0..2).map(|_| Mutex::new(WorkerSnapshot::default())).collect(),
-            backend: "test",
-            steering: AtomicBool::new(false),
-            dht_steering: AtomicBool::new(false),
-            gossip_steering: AtomicBool::new(false),
-            gossip_port: None,
-            beacons_sent: AtomicU64::new(0),
-            events,
-            events_rx,
-        });
+        let shared = Shared::for_test(2);
         let (txs, rxs): (Vec<_>, Vec<_>) = (0..2).map(|_| crossbeam_channel::bounded(64)).unzip();
         let wakers: Vec<Arc<EventFd>> = (0..2).map(|_| Arc::new(EventFd::new().unwrap())).collect();
         let cores = rxs

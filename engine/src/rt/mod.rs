@@ -274,6 +274,29 @@ pub struct Shared {
 }
 
 impl Shared {
+    /// State for `workers` workers built in a test, without a runtime:
+    /// ready, no steering.
+    #[cfg(test)]
+    pub(crate) fn for_test(workers: usize) -> Arc<Shared> {
+        let (events, events_rx) = crossbeam_channel::bounded(16);
+        Arc::new(Shared {
+            stop: AtomicBool::new(false),
+            failed: AtomicBool::new(false),
+            draining: AtomicBool::new(false),
+            ready: AtomicBool::new(true),
+            warming: AtomicBool::new(false),
+            snapshots: (0..workers).map(|_| Mutex::new(WorkerSnapshot::default())).collect(),
+            backend: "test",
+            steering: AtomicBool::new(false),
+            dht_steering: AtomicBool::new(false),
+            gossip_steering: AtomicBool::new(false),
+            gossip_port: None,
+            beacons_sent: std::sync::atomic::AtomicU64::new(0),
+            events,
+            events_rx,
+        })
+    }
+
     /// Whether a drain has been requested.
     pub fn draining(&self) -> bool {
         self.draining.load(Ordering::Relaxed)

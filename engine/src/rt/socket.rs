@@ -75,37 +75,30 @@ pub(crate) fn nack_member(opts: &Options) -> io::Result<Socket> {
 /// created in worker order, as the NACK group's. A bind error names the
 /// flag.
 pub(crate) fn dht_member(opts: &Options, port: u16) -> io::Result<Socket> {
-    let bind = SocketAddr::new(opts.nack_bind, port);
-    let fail = |e: io::Error| {
-        io::Error::new(
-            e.kind(),
-            format!(
-                "--dht-port (RICOCHET_DHT_PORT) = {port}: cannot bind {bind}: {e} (is another DHT \
-                 node or endpoint using the port? pick another with --dht-port)"
-            ),
-        )
-    };
-    let s = udp(if bind.is_ipv4() { Domain::IPV4 } else { Domain::IPV6 }).map_err(fail)?;
-    if let IpAddr::V6(v6) = bind.ip() {
-        s.set_only_v6(!v6.is_unspecified()).map_err(fail)?;
-    }
-    s.set_reuse_port(true).map_err(fail)?;
-    s.bind(&bind.into()).map_err(fail)?;
-    Ok(s)
+    reuseport_member(
+        SocketAddr::new(opts.nack_bind, port),
+        "--dht-port (RICOCHET_DHT_PORT)",
+        "is another DHT node or endpoint using the port? pick another with --dht-port",
+    )
 }
 
 /// One member of the gossip reuseport group on `bind` (a worker's, or the
 /// control thread's, which joins last): dual-stack when bound to `[::]`;
 /// its 8 MiB receive buffer holds a window of G6 snapshot chunks.
 pub(crate) fn gossip_member(bind: SocketAddr) -> io::Result<Socket> {
-    let port = bind.port();
+    reuseport_member(
+        bind,
+        "--gossip-port (RICOCHET_GOSSIP_PORT)",
+        "is another endpoint using the port? pick another with --gossip-port",
+    )
+}
+
+/// A UDP socket joining the SO_REUSEPORT group on `bind` (dual-stack when
+/// bound to `[::]`); an error names `flag` and gives `fix`.
+fn reuseport_member(bind: SocketAddr, flag: &str, fix: &str) -> io::Result<Socket> {
     let fail = |e: io::Error| {
-        io::Error::new(
-            e.kind(),
-            format!(
-                "--gossip-port (RICOCHET_GOSSIP_PORT) = {port}: cannot bind {bind}: {e} (is                  another endpoint using the port? pick another with --gossip-port)"
-            ),
-        )
+        let port = bind.port();
+        io::Error::new(e.kind(), format!("{flag} = {port}: cannot bind {bind}: {e} ({fix})"))
     };
     let s = udp(if bind.is_ipv4() { Domain::IPV4 } else { Domain::IPV6 }).map_err(fail)?;
     if let IpAddr::V6(v6) = bind.ip() {

@@ -520,6 +520,8 @@ pub(crate) fn attach_gossip_steering(fd: &impl AsRawFd, n: u32) -> io::Result<()
 
 #[cfg(test)]
 pub(crate) mod tests {
+    use std::net::SocketAddr;
+
     /// Runs a classic-BPF program (the few instructions the steering
     /// programs use) over `pkt` as the kernel does: a load past the end
     /// ends the program with 0.
@@ -605,29 +607,44 @@ pub(crate) mod tests {
         }
     }
 
+    /// `n` loopback UDP sockets in one reuseport group, bound in index
+    /// order with a short read timeout, and the port they share.
+    pub(crate) fn reuseport_group(n: usize) -> (Vec<std::net::UdpSocket>, SocketAddr) {
+        use socket2::{Domain, Socket, Type};
+        let mut members = Vec::new();
+        let mut port = 0;
+        for _ in 0..n {
+            let s = Socket::new(Domain::IPV4, Type::DGRAM, None).unwrap();
+            s.set_reuse_port(true).unwrap();
+            s.bind(&SocketAddr::from(([127, 0, 0, 1], port)).into()).unwrap();
+            port = s.local_addr().unwrap().as_socket().unwrap().port();
+            s.set_read_timeout(Some(std::time::Duration::from_millis(20))).unwrap();
+            members.push(std::net::UdpSocket::from(s));
+        }
+        (members, SocketAddr::from(([127, 0, 0, 1], port)))
+    }
+
+    /// Every datagram queued on `s`, in arrival order (reads until the
+    /// read timeout).
+    pub(crate) fn drain(s: &std::net::UdpSocket) -> Vec<Vec<u8>> {
+        let mut got = Vec::new();
+        let mut buf = [0u8; 2048];
+        while let Ok(n) = s.recv(&mut buf) {
+            got.push(buf[..n].to_vec());
+        }
+        got
+    }
+
     /// The kernel runs the program: rumors land on the worker socket
     /// [`super::gossip_reader`] names, everything else on the last member
     /// (the control thread's).
     #[test]
     fn the_kernel_steers_rumors_to_workers_and_the_rest_to_the_control_socket() {
-        use socket2::{Domain, Socket, Type};
-        use std::net::SocketAddr;
-        use std::time::Duration;
         for workers in [2u32, 3] {
-            let mut members = Vec::new();
-            let mut port = 0;
-            for _ in 0..=workers {
-                let s = Socket::new(Domain::IPV4, Type::DGRAM, None).unwrap();
-                s.set_reuse_port(true).unwrap();
-                s.bind(&SocketAddr::from(([127, 0, 0, 1], port)).into()).unwrap();
-                port = s.local_addr().unwrap().as_socket().unwrap().port();
-                s.set_read_timeout(Some(Duration::from_millis(20))).unwrap();
-                members.push(std::net::UdpSocket::from(s));
-            }
+            let (members, dest) = reuseport_group(workers as usize + 1);
             super::attach_gossip_steering(&members[0], workers)
                 .expect("this kernel supports SO_ATTACH_REUSEPORT_CBPF");
             let client = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
-            let dest = SocketAddr::from(([127, 0, 0, 1], port));
             let mut sent = vec![Vec::new(); workers as usize + 1];
             for i in 0..40u8 {
                 let len = 20 + usize::from(i);
@@ -641,12 +658,7 @@ pub(crate) mod tests {
             }
             assert!(sent.iter().all(|s| !s.is_empty()), "every member has some: {sent:?}");
             for (w, want) in sent.iter().enumerate() {
-                let mut got = Vec::new();
-                let mut buf = [0u8; 2048];
-                while let Ok(n) = members[w].recv(&mut buf) {
-                    got.push(buf[..n].to_vec());
-                }
-                assert_eq!(&got, want, "{workers} workers: member {w}");
+                assert_eq!(&drain(&members[w]), want, "{workers} workers: member {w}");
             }
         }
     }

@@ -55,7 +55,7 @@ finished=$(date +%s)
 step "report: $loadgen report"
 "$loadgen" report --results perf/results --out perf --date "$date_tag" \
   --criterion-dir target/criterion \
-  --invocation "scripts/bench.sh $quick" \
+  --invocation "scripts/bench.sh${quick:+ $quick}" \
   --wall-s "$((finished - build_done))"
 
 printf '\n==> done in %ss (build %ss, benchmarks %ss)\n' \

@@ -1,5 +1,6 @@
 //! Micro-benchmarks of the engine's sans-IO pieces (ricochet-bench): the
-//! retry cache (insert, hit, miss, eviction), the NACK rate limiter, the
+//! retry cache (insert, hit, miss, eviction), the NACK rate limiter (per
+//! shard and with the endpoint's shared tables), the
 //! whole NACK service on a hit, and steering a HashKey to its worker.
 //!
 //! Frames are 300-byte BRC-124 datagrams built by `ricochet_bench`; time is
@@ -13,7 +14,9 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use ricochet::retry::cache::{Origin, TtlClass};
-use ricochet::retry::{Cache, CacheSettings, LimitSettings, Limiter, Outbox, Service, Settings};
+use ricochet::retry::{
+    Cache, CacheSettings, LimitSettings, Limiter, Outbox, Service, Settings, SharedLimits,
+};
 use ricochet_wire::frame::FrameKey;
 
 const FLOWS: u64 = 64;
@@ -182,6 +185,30 @@ fn limiter(c: &mut Criterion) {
     let mut l = Limiter::new(&LimitSettings::default(), t0);
     let flood = ips[0];
     g.bench_function("refuse_flood_ip_tier", |b| {
+        b.iter(|| {
+            k += 1;
+            l.check_before_lookup(t0 + Duration::from_nanos(k * 100), flood, 7, k).is_err()
+        })
+    });
+
+    // The same two, with the IP, sequence and group tiers in the endpoint's
+    // shared lock-free tables (what the runtime's workers use): the cost of
+    // the atomic cells against the per-shard hash maps, uncontended.
+    let shared = std::sync::Arc::new(SharedLimits::new(&open, t0));
+    let mut l = Limiter::with_shared(&open, shared, t0);
+    g.bench_function("shared_admit_all_tiers", |b| {
+        b.iter(|| {
+            k += 1;
+            let now = t0 + Duration::from_nanos(k * 100);
+            let ip = ips[(k & 1023) as usize];
+            let ok = l.check_before_lookup(now, ip, key_of(k & 63), k).is_ok();
+            ok && l.check_group(now, ip, (k & 3) as u16)
+        })
+    });
+    let defaults = LimitSettings::default();
+    let shared = std::sync::Arc::new(SharedLimits::new(&defaults, t0));
+    let mut l = Limiter::with_shared(&defaults, shared, t0);
+    g.bench_function("shared_refuse_flood_ip_tier", |b| {
         b.iter(|| {
             k += 1;
             l.check_before_lookup(t0 + Duration::from_nanos(k * 100), flood, 7, k).is_err()

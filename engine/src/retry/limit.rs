@@ -3,27 +3,41 @@
 //! | tier | key | limit (default) | when limited |
 //! |---|---|---|---|
 //! | [`Tier::Ip`] | source IP | token bucket, 100/s, burst 10 | silent drop, always (no reflection) |
-//! | [`Tier::Sequence`] | StartSeq alone | 100 per 60 s window | THROTTLED bucket 2, or silent |
+//! | [`Tier::Sequence`] | (HashKey, StartSeq), any source | 100 per 60 s window | THROTTLED bucket 2, or silent |
 //! | [`Tier::Chain`] | (source IP, HashKey); HashKey 0 bypasses | 500 per 60 s window | THROTTLED bucket 3, or silent |
 //! | [`Tier::Group`] | (source IP, group index), after lookup | token bucket, 200/s, burst 50 | THROTTLED bucket 4, or ACK without retransmit |
 //!
 //! What to send back is the service's business; this module only decides.
 //!
 //! # Contract
+//! - **Limits are per endpoint**, as in the reference, whatever the number
+//!   of workers. NACKs are steered to the worker that owns their HashKey, so
+//!   only the chain tier (keyed by HashKey) sees all of a key's NACKs on one
+//!   shard and keeps a per-shard table. The IP, sequence and group tiers are
+//!   kept in one [`SharedLimits`] per endpoint, fixed-size lock-free tables
+//!   of atomic cells that every shard's limiter holds an `Arc` of
+//!   ([`Limiter::with_shared`]): a source NACKing flows on 8 workers gets
+//!   one allowance, not 8. A limiter built with [`Limiter::new`] keeps all
+//!   four tiers to itself, which is the same thing for a lone shard.
 //! - **Deterministic**: every decision is a pure function of the settings
 //!   and the sequence of `(now, key)` calls. Time is integer nanoseconds
 //!   since the limiter's origin; no floating point after construction.
+//!   With shared tables, the calls of all shards together, in the order
+//!   their compare-exchanges land; past a set's capacity, the hash seed
+//!   also decides which keys share (see [`shared_limit`](super::shared_limit)).
 //! - **Fair**: every tier except the sequence tier is keyed by source
 //!   address, so a source flooding NACKs empties only its own buckets and
-//!   cannot starve another source. The sequence tier is, as in the
-//!   reference, shared by everyone asking for the same StartSeq: it is the
-//!   per-gap storm damper, not a fairness mechanism, and one source can use
-//!   up a StartSeq's budget (at its IP-tier rate) for everyone.
+//!   cannot starve another source (in the shared tables, as long as its
+//!   set of 8 cells is not over capacity). The sequence tier is, as in the
+//!   newest reference, shared by everyone asking for the same gap — the
+//!   same StartSeq of the same flow (HashKey): it is the per-gap storm
+//!   damper, not a fairness mechanism. Keyed by the flow too, NACKs for
+//!   other flows' SeqNums cannot use up a gap's budget (older references
+//!   keyed it by StartSeq alone, so anyone could silence a SeqNum on every
+//!   flow).
 //! - **Bounded**: each tier's table holds at most `max_entries` keys, however
-//!   many source addresses a flood uses (see [`LimitSettings::max_entries`]).
-//! - Limits are per shard. NACKs are steered to the core that owns their
-//!   HashKey, so a source NACKing flows on several cores gets each core's
-//!   allowance, and the sequence tier counts per core.
+//!   many source addresses a flood uses (see [`LimitSettings::max_entries`]);
+//!   the shared tables are allocated whole at construction and never grow.
 //!
 //! # Algorithms
 //! Token buckets are kept as GCRA: one "theoretical arrival time" per key;
@@ -46,17 +60,22 @@
 //! millions of addresses costs at most `max_entries` entries per tier. A
 //! forgotten key restarts with a full bucket, which is the right default for
 //! a source that has been quiet (relative to the flood) for that long.
+//! (The shared tables cannot move keys between generations without a lock;
+//! they are set-associative instead, and past capacity a newcomer inherits
+//! the least-informed cell's state: see [`shared_limit`](super::shared_limit).)
 
 use std::collections::HashMap;
 use std::collections::hash_map::Entry;
 use std::fmt;
 use std::hash::Hash;
 use std::net::IpAddr;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use ricochet_wire::control::{BUCKET_PER_FLOW, BUCKET_PER_GAP, BUCKET_PER_GROUP};
 
 use super::SeededState;
+use super::shared_limit::SharedLimits;
 
 /// One of the four NACK rate-limit tiers, in the order they are applied.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -120,7 +139,9 @@ pub struct LimitSettings {
     pub group_rate: f64,
     /// `RL_GROUP_BURST`: bucket size; 50. Values below 1 act as 1.
     pub group_burst: u32,
-    /// Keys each tier's table may hold (65 536). Values below 2 act as 2.
+    /// Keys each tier's table may hold (65 536). Values below 2 act as 2;
+    /// a shared table ([`SharedLimits`]) rounds down to a multiple of 8 and
+    /// holds at least 8.
     pub max_entries: usize,
 }
 
@@ -153,22 +174,28 @@ pub struct LimiterEntries {
     pub group: usize,
 }
 
-/// The four tiers' state for one shard.
+/// The four tiers' state for one shard; with [`Limiter::with_shared`], the
+/// IP, sequence and group tiers' state is the endpoint's.
 pub struct Limiter {
     origin: Instant,
     ip: Bucket,
     ip_tab: GenMap<u128, u64>,
     seq: Window,
-    seq_tab: GenMap<u64, Count>,
+    seq_tab: GenMap<(u64, u64), Count>,
     chain: Window,
     chain_tab: GenMap<(u128, u64), Count>,
     group: Bucket,
     group_tab: GenMap<(u128, u16), u64>,
+    /// The endpoint's IP, sequence and group tiers; `None` keeps them here.
+    shared: Option<Arc<SharedLimits>>,
 }
 
 impl fmt::Debug for Limiter {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Limiter").field("entries", &self.entries()).finish_non_exhaustive()
+        f.debug_struct("Limiter")
+            .field("shared", &self.shared.is_some())
+            .field("chain_entries", &self.chain_tab.len())
+            .finish_non_exhaustive()
     }
 }
 
@@ -186,7 +213,21 @@ impl Limiter {
             chain_tab: GenMap::new(half),
             group: Bucket::new(settings.group_rate, settings.group_burst),
             group_tab: GenMap::new(half),
+            shared: None,
         }
+    }
+
+    /// A shard's limiter whose IP, sequence and group tiers are `shared`
+    /// by every shard of the endpoint (their settings are the ones `shared`
+    /// was built with); the chain tier stays in this shard, its clock
+    /// starting at `now`.
+    pub fn with_shared(settings: &LimitSettings, shared: Arc<SharedLimits>, now: Instant) -> Self {
+        Limiter { shared: Some(shared), ..Limiter::new(settings, now) }
+    }
+
+    /// The endpoint's shared tables, if this limiter uses them.
+    pub fn shared(&self) -> Option<&Arc<SharedLimits>> {
+        self.shared.as_ref()
     }
 
     /// Applies the tiers that come before the cache lookup, in the
@@ -201,10 +242,10 @@ impl Limiter {
     ) -> Result<(), Tier> {
         let t = self.tick(now);
         let ip = ip_key(ip);
-        if !self.admit_ip(t, ip) {
+        if !self.admit_ip(now, t, ip) {
             return Err(Tier::Ip);
         }
-        if !self.admit_sequence(t, start_seq) {
+        if !self.admit_sequence(now, t, hash_key, start_seq) {
             return Err(Tier::Sequence);
         }
         if !self.admit_chain(t, ip, hash_key) {
@@ -216,13 +257,14 @@ impl Limiter {
     /// The IP tier alone: may `ip` send another NACK now?
     pub fn check_ip(&mut self, now: Instant, ip: IpAddr) -> bool {
         let t = self.tick(now);
-        self.admit_ip(t, ip_key(ip))
+        self.admit_ip(now, t, ip_key(ip))
     }
 
-    /// The sequence tier alone: may anyone NACK `start_seq` again now?
-    pub fn check_sequence(&mut self, now: Instant, start_seq: u64) -> bool {
+    /// The sequence tier alone: may anyone NACK `start_seq` of the flow
+    /// `hash_key` again now?
+    pub fn check_sequence(&mut self, now: Instant, hash_key: u64, start_seq: u64) -> bool {
         let t = self.tick(now);
-        self.admit_sequence(t, start_seq)
+        self.admit_sequence(now, t, hash_key, start_seq)
     }
 
     /// The chain tier alone. HashKey 0 (unstamped) always passes and leaves
@@ -234,6 +276,9 @@ impl Limiter {
 
     /// The group tier: may `ip` have another frame retransmitted to `group`?
     pub fn check_group(&mut self, now: Instant, ip: IpAddr, group: u16) -> bool {
+        if let Some(shared) = &self.shared {
+            return shared.admit_group(now, ip_key(ip), group);
+        }
         if !self.group.enabled() {
             return true;
         }
@@ -242,13 +287,18 @@ impl Limiter {
         self.group.admit(tat, t)
     }
 
-    /// Keys held per tier.
+    /// Keys held per tier; for shared tiers, the endpoint's cells in use
+    /// (see [`SharedLimits::entries`]).
     pub fn entries(&self) -> LimiterEntries {
-        LimiterEntries {
-            ip: self.ip_tab.len(),
-            sequence: self.seq_tab.len(),
-            chain: self.chain_tab.len(),
-            group: self.group_tab.len(),
+        let chain = self.chain_tab.len();
+        match &self.shared {
+            Some(shared) => LimiterEntries { chain, ..shared.entries() },
+            None => LimiterEntries {
+                ip: self.ip_tab.len(),
+                sequence: self.seq_tab.len(),
+                chain,
+                group: self.group_tab.len(),
+            },
         }
     }
 
@@ -256,7 +306,10 @@ impl Limiter {
         u64::try_from(now.saturating_duration_since(self.origin).as_nanos()).unwrap_or(u64::MAX)
     }
 
-    fn admit_ip(&mut self, t: u64, ip: u128) -> bool {
+    fn admit_ip(&mut self, now: Instant, t: u64, ip: u128) -> bool {
+        if let Some(shared) = &self.shared {
+            return shared.admit_ip(now, ip);
+        }
         if !self.ip.enabled() {
             return true;
         }
@@ -264,11 +317,14 @@ impl Limiter {
         self.ip.admit(tat, t)
     }
 
-    fn admit_sequence(&mut self, t: u64, start_seq: u64) -> bool {
+    fn admit_sequence(&mut self, now: Instant, t: u64, hash_key: u64, start_seq: u64) -> bool {
+        if let Some(shared) = &self.shared {
+            return shared.admit_sequence(now, hash_key, start_seq);
+        }
         if !self.seq.enabled() {
             return true;
         }
-        let count = self.seq_tab.slot(start_seq, Count::starting(t));
+        let count = self.seq_tab.slot((hash_key, start_seq), Count::starting(t));
         self.seq.admit(count, t)
     }
 
@@ -282,7 +338,7 @@ impl Limiter {
 }
 
 /// v4 and v4-mapped v6 are one source, as on the wire of a dual-stack socket.
-fn ip_key(ip: IpAddr) -> u128 {
+pub(super) fn ip_key(ip: IpAddr) -> u128 {
     match ip {
         IpAddr::V4(v4) => u128::from(v4.to_ipv6_mapped()),
         IpAddr::V6(v6) => u128::from(v6),
@@ -292,15 +348,15 @@ fn ip_key(ip: IpAddr) -> u128 {
 /// GCRA token bucket parameters; the per-key state is a `u64` theoretical
 /// arrival time (ns since the origin), 0 for a full bucket.
 #[derive(Debug, Clone, Copy)]
-struct Bucket {
+pub(super) struct Bucket {
     /// Nanoseconds one token takes to refill; 0 = tier disabled.
-    interval: u64,
+    pub(super) interval: u64,
     /// `burst × interval`: how far ahead of now the arrival time may run.
-    span: u64,
+    pub(super) span: u64,
 }
 
 impl Bucket {
-    fn new(rate: f64, burst: u32) -> Self {
+    pub(super) fn new(rate: f64, burst: u32) -> Self {
         let interval = if rate.is_finite() && rate > 0.0 {
             // Saturating float→int cast; at least 1 ns so a huge rate still
             // limits bursts.
@@ -327,10 +383,10 @@ impl Bucket {
 
 /// Sliding-window counter parameters.
 #[derive(Debug, Clone, Copy)]
-struct Window {
-    max: u32,
+pub(super) struct Window {
+    pub(super) max: u32,
     /// Window length in ns; 0 = tier disabled.
-    len: u64,
+    pub(super) len: u64,
 }
 
 /// Per-key window state: the current fixed window's start and count, and the
@@ -349,7 +405,7 @@ impl Count {
 }
 
 impl Window {
-    fn new(max: u32, len: Duration) -> Self {
+    pub(super) fn new(max: u32, len: Duration) -> Self {
         let len = u64::try_from(len.as_nanos()).unwrap_or(u64::MAX);
         Window { max, len: if max == 0 { 0 } else { len } }
     }
@@ -458,23 +514,24 @@ mod tests {
     }
 
     #[test]
-    fn sequence_tier_counts_per_start_seq_across_sources() {
+    fn sequence_tier_counts_per_gap_across_sources() {
         let t0 = Instant::now();
         let mut l = Limiter::new(&LimitSettings::default(), t0);
         for n in 0..100 {
-            assert!(l.check_sequence(t0 + n * MS, 42), "{n}");
+            assert!(l.check_sequence(t0 + n * MS, 7, 42), "{n}");
         }
-        assert!(!l.check_sequence(t0 + 100 * MS, 42), "101st in the window");
-        assert!(l.check_sequence(t0 + 100 * MS, 43), "another StartSeq is separate");
+        assert!(!l.check_sequence(t0 + 100 * MS, 7, 42), "101st in the window");
+        assert!(l.check_sequence(t0 + 100 * MS, 7, 43), "another StartSeq is separate");
+        assert!(l.check_sequence(t0 + 100 * MS, 8, 42), "the same SeqNum of another flow too");
         // Sliding: half a window after the first window ends, half of the
         // previous window's 100 still count.
         let w = Duration::from_secs(60);
-        assert!(!l.check_sequence(t0 + w, 42));
+        assert!(!l.check_sequence(t0 + w, 7, 42));
         let half = t0 + w + w / 2;
-        assert_eq!((0..100).filter(|_| l.check_sequence(half, 42)).count(), 50);
+        assert_eq!((0..100).filter(|_| l.check_sequence(half, 7, 42)).count(), 50);
         // Two idle windows later the key starts from zero.
         let idle = half + 2 * w;
-        assert_eq!((0..200).filter(|_| l.check_sequence(idle, 42)).count(), 100);
+        assert_eq!((0..200).filter(|_| l.check_sequence(idle, 7, 42)).count(), 100);
     }
 
     #[test]
@@ -586,6 +643,38 @@ mod tests {
             }
         }
         assert!(l.entries().ip <= 1024);
+    }
+
+    #[test]
+    fn shards_share_the_ip_sequence_and_group_tiers_but_not_the_chain_tier() {
+        let t0 = Instant::now();
+        let s = LimitSettings { chain_max: 3, group_burst: 4, ..Default::default() };
+        let shared = Arc::new(SharedLimits::with_seed(&s, t0, 3));
+        let mut a = Limiter::with_shared(&s, shared.clone(), t0);
+        let mut b = Limiter::with_shared(&s, shared, t0);
+        // One IP bucket of 10 for both shards.
+        let mut ok = 0;
+        for n in 0..10u64 {
+            let l = if n % 2 == 0 { &mut a } else { &mut b };
+            ok += usize::from(l.check_before_lookup(t0, ip(1), 100 + n, n).is_ok());
+        }
+        assert_eq!(ok, 10);
+        assert_eq!(a.check_before_lookup(t0, ip(1), 200, 99), Err(Tier::Ip));
+        assert_eq!(b.check_before_lookup(t0, ip(1), 201, 98), Err(Tier::Ip));
+        // One group bucket of 4.
+        let groups = (0..4).filter(|n| [&mut a, &mut b][n % 2].check_group(t0, ip(2), 5)).count();
+        assert_eq!((groups, a.check_group(t0, ip(2), 5)), (4, false));
+        // One sequence window: 100 per StartSeq, across shards.
+        let later = t0 + Duration::from_secs(1);
+        let seq = (0..200u32)
+            .filter(|&n| [&mut a, &mut b][n as usize % 2].check_sequence(later, 9, 1000))
+            .count();
+        assert_eq!(seq, 100);
+        // The chain tier is the shard's own (its HashKey picks the shard).
+        assert_eq!((0..5).filter(|_| a.check_chain(t0, ip(3), 7)).count(), 3);
+        assert_eq!((0..5).filter(|_| b.check_chain(t0, ip(3), 7)).count(), 3);
+        let e = a.entries();
+        assert_eq!((e.ip, e.sequence, e.group, e.chain), (1, 11, 1, 6), "{e:?}");
     }
 
     #[test]

@@ -5,9 +5,15 @@
 //!   `now: std::time::Instant` argument to every call that needs it, and every
 //!   decision is a pure function of the inputs and `now`; the only hidden
 //!   input is the per-instance hash seed, which changes where entries sit in
-//!   a hash table but never what any call returns.
+//!   a hash table but never what any call returns. (One bounded exception:
+//!   in [`SharedLimits`] the seed decides which keys share a cell set, which
+//!   matters only past a set's capacity or on a 16-bit tag collision; see
+//!   [`shared_limit`]. [`SharedLimits::with_seed`] fixes it for simulations.)
 //! - One instance per worker core (a shard). Everything here is `Send` and
-//!   owned by exactly one thread, so nothing takes a lock.
+//!   owned by exactly one thread, so nothing takes a lock — except
+//!   [`SharedLimits`], the endpoint-wide rate-limit tables every shard's
+//!   limiter holds an `Arc` of, whose cells are atomics updated by
+//!   compare-exchange (no lock either).
 //! - Inputs are `(source, bytes)`; outputs are pushed into a caller-owned
 //!   [`service::Outbox`] that the caller drains and reuses, so answering a
 //!   NACK allocates nothing once the outbox and the tables have warmed up.
@@ -17,7 +23,9 @@
 //!   frame class, global key and byte budgets, and flow epochs that stop a
 //!   restarted proxy's reused HashKey from being served stale frames.
 //! - [`limit`]: the reference endpoint's four NACK rate-limit tiers in
-//!   bounded memory.
+//!   bounded memory, per endpoint whatever the number of shards.
+//! - [`shared_limit`]: the fixed-size lock-free tables behind the tiers
+//!   whose key does not decide the shard (IP, sequence, group).
 //! - [`claims`]: time-boxed claims, the local half of retransmit and
 //!   upstream-fetch dedup.
 //! - [`recover`]: cross-domain recovery from upstream endpoints.
@@ -47,6 +55,7 @@ pub mod claims;
 pub mod limit;
 pub mod recover;
 pub mod service;
+pub mod shared_limit;
 pub mod siblings;
 
 pub use cache::{Cache, CacheSettings, CacheStats, TtlClass, Ttls};
@@ -57,6 +66,7 @@ pub use service::{
     Dest, Effect, FrameOutcome, Lookup, Outbox, Payload, PendingMulticast, Service, Settings,
     Stats, Transmit,
 };
+pub use shared_limit::SharedLimits;
 pub use siblings::{Holding, Sibling, Siblings};
 
 use std::collections::hash_map::RandomState;
@@ -75,6 +85,13 @@ impl SeededState {
     pub(crate) fn random() -> Self {
         let rs = RandomState::new();
         SeededState { k0: rs.hash_one(0x5EED_0001_u64), k1: rs.hash_one(0x5EED_0002_u64) | 1 }
+    }
+
+    /// A key derived from `seed` (SplitMix64), for deterministic
+    /// simulations and tests.
+    pub(crate) fn from_seed(seed: u64) -> Self {
+        let k0 = splitmix64(seed);
+        SeededState { k0, k1: splitmix64(k0) | 1 }
     }
 }
 
@@ -101,6 +118,14 @@ pub(crate) struct FoldHasher {
 
 /// An odd constant with well-spread bits (2^64 / φ).
 const FINISH: u64 = 0x9E37_79B9_7F4A_7C15;
+
+/// SplitMix64's output function: a bijective 64-bit mixer.
+pub(crate) fn splitmix64(x: u64) -> u64 {
+    let mut z = x.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
 
 #[inline]
 fn fold(a: u64, b: u64) -> u64 {
@@ -192,5 +217,7 @@ mod tests {
         fn send<T: Send>() {}
         send::<Service>();
         send::<Outbox>();
+        fn shared<T: Send + Sync>() {}
+        shared::<SharedLimits>();
     }
 }

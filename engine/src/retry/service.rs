@@ -85,6 +85,7 @@ use ricochet_wire::group::{self, DEFAULT_BEEF_SHARD_BITS, DEFAULT_SHARD_BITS};
 
 use super::cache::{Cache, CacheSettings, CacheStats, Insert, Origin, Sweep, TtlClass};
 use super::limit::{LimitSettings, Limiter, Tier};
+use super::shared_limit::SharedLimits;
 use super::siblings::Siblings;
 
 /// Every knob of the service, defaulting to the reference endpoint's
@@ -429,11 +430,25 @@ pub struct Service {
 }
 
 impl Service {
-    /// A service with empty state, its clocks starting at `now`.
+    /// A service with empty state, its clocks starting at `now`. Its
+    /// limiter keeps all four tiers to itself: right for a lone shard.
     pub fn new(settings: Settings, now: Instant) -> Self {
+        let limiter = Limiter::new(&settings.limits, now);
+        Service::with_limiter(settings, limiter, now)
+    }
+
+    /// A service for one shard of an endpoint: the IP, sequence and group
+    /// tiers are the endpoint's `limits`, shared with every other shard, so
+    /// a source gets one allowance however many shards its NACKs reach.
+    pub fn with_shared_limits(settings: Settings, limits: Arc<SharedLimits>, now: Instant) -> Self {
+        let limiter = Limiter::with_shared(&settings.limits, limits, now);
+        Service::with_limiter(settings, limiter, now)
+    }
+
+    fn with_limiter(settings: Settings, limiter: Limiter, now: Instant) -> Self {
         Service {
             cache: Cache::new(settings.cache, now),
-            limiter: Limiter::new(&settings.limits, now),
+            limiter,
             settings,
             stats: Stats::default(),
             siblings: Arc::default(),
@@ -898,7 +913,7 @@ mod tests {
         assert_eq!((s.cache.max_keys, s.cache.max_bytes, s.max_range), (0, 0, 64));
         assert!(s.multicast_retransmit && !s.unicast_retransmit && !s.throttle_responses);
         assert!(!s.suppress_ack && !s.suppress_miss && !s.proxy_enabled);
-        assert_eq!((s.shard_bits, s.beef_shard_bits), (2, 4));
+        assert_eq!((s.shard_bits, s.beef_shard_bits), (2, 0));
         let l = s.limits;
         assert_eq!((l.ip_rate, l.ip_burst, l.group_rate, l.group_burst), (100.0, 10, 200.0, 50));
         assert_eq!((l.sequence_max, l.chain_max), (100, 500));
@@ -957,7 +972,9 @@ mod tests {
     #[test]
     fn computed_groups_and_ttls_follow_the_frame_class() {
         let t0 = Instant::now();
-        let mut svc = Service::new(Settings::default(), t0);
+        // Four BEEF bits put TopicID 0x11… on 0x1001 (the default, zero
+        // bits, is the single group 0x1000).
+        let mut svc = Service::new(Settings { beef_shard_bits: 4, ..Settings::default() }, t0);
         let frag = |orig_version| {
             Extra::Fragment(FragmentInfo { orig_len: 100, index: 0, total: 2, orig_version })
         };
@@ -1357,6 +1374,116 @@ mod tests {
         assert_eq!(ask(&mut svc, t0, nack(HK, 2999, 2999, 0)).len(), 2);
         assert_eq!(ask(&mut svc, t0, nack(HK, 500, 500, 0)).len(), 2);
         assert_eq!(svc.stats().frames_recovered, 1);
+    }
+
+    /// One source's NACKs over a simulated minute.
+    struct Minute {
+        settings: Settings,
+        /// NACKs per second, evenly spaced.
+        per_sec: u64,
+        /// Whether the owning shard caches each NACKed frame (group 7) just
+        /// before the NACK.
+        hit: bool,
+        /// The StartSeq of NACK `i`.
+        seq: fn(u64) -> u64,
+    }
+
+    /// `m` against an endpoint of `shards` shards: NACK `i` at
+    /// `i / per_sec` s for HashKey `splitmix64(i)` (a stand-in for XXH64,
+    /// uniform in its low bits), steered to shard `low32(HashKey) % shards`
+    /// as the runtime's steering program does. `shared`: the shards share
+    /// one [`SharedLimits`], as the runtime builds them; otherwise each
+    /// keeps its own tables, as before issue #17. Returns the NACKs answered
+    /// (anything sent back) and the frames retransmitted.
+    fn endpoint_minute(m: &Minute, shards: usize, shared: bool) -> (u64, u64) {
+        let t0 = Instant::now();
+        let limits = Arc::new(SharedLimits::with_seed(&m.settings.limits, t0, 17));
+        let mut svcs: Vec<Service> = (0..shards)
+            .map(|_| match shared {
+                true => Service::with_shared_limits(m.settings.clone(), limits.clone(), t0),
+                false => Service::new(m.settings.clone(), t0),
+            })
+            .collect();
+        let mut out = Outbox::new();
+        let mut answered = 0;
+        for i in 0..m.per_sec * 60 {
+            let now = t0 + Duration::from_nanos(i * 1_000_000_000 / m.per_sec);
+            let (hk, seq) = (crate::retry::splitmix64(i).max(1), (m.seq)(i));
+            let svc = &mut svcs[(hk as u32 % shards as u32) as usize];
+            if m.hit {
+                let frame = datagram(FrameVersion::Tx, hk, seq, Extra::None);
+                svc.on_frame(now, frame, Some(7)).unwrap();
+            }
+            svc.on_nack(now, src(), &nack(hk, seq, seq, 0), &mut out).unwrap();
+            answered += u64::from(out.drain_transmits().count() > 0);
+        }
+        (answered, svcs.iter().map(|s| s.stats().retransmits_multicast).sum())
+    }
+
+    #[test]
+    fn limits_are_per_endpoint_whatever_the_number_of_shards() {
+        let open = LimitSettings { ip_rate: 1e6, ip_burst: 1_000_000, ..LimitSettings::default() };
+        let d = LimitSettings::default();
+        let distinct: fn(u64) -> u64 = |i| i + 1;
+        // (tier, traffic, what counts (0 answered, 1 retransmitted), the
+        // reference's allowance over the minute).
+        let cases = [
+            // 3× RL_IP_RATE: rate × 60 s + burst NACKs answered.
+            (
+                "ip",
+                Minute { settings: Settings::default(), per_sec: 300, hit: false, seq: distinct },
+                0,
+                d.ip_rate * 60.0 + f64::from(d.ip_burst),
+            ),
+            // 3× RL_GROUP_RATE, every NACK a hit: rate × 60 s + burst frames
+            // retransmitted.
+            (
+                "group",
+                Minute {
+                    settings: Settings { limits: open, ..Settings::default() },
+                    per_sec: 600,
+                    hit: true,
+                    seq: distinct,
+                },
+                1,
+                d.group_rate * 60.0 + f64::from(d.group_burst),
+            ),
+        ];
+        // The sequence tier is keyed by (HashKey, StartSeq), as in the newest
+        // reference: a gap's NACKs all reach the shard owning its flow, so it
+        // is the endpoint's whatever the shards. NACKs for one SeqNum of many
+        // flows are many gaps, each with its own budget.
+        let m = Minute {
+            settings: Settings { limits: open, ..Settings::default() },
+            per_sec: 10,
+            hit: false,
+            seq: |_| 42,
+        };
+        for shards in [1, 2, 8] {
+            assert_eq!(endpoint_minute(&m, shards, true).0, 600, "{shards} shards: 600 gaps");
+        }
+        for (tier, m, what, want) in cases {
+            let count = |shards, shared| {
+                let r = endpoint_minute(&m, shards, shared);
+                [r.0, r.1][what]
+            };
+            let lone = count(1, false);
+            assert!((lone as f64 - want).abs() <= want * 0.15, "{tier}: lone {lone} vs {want}");
+            for shards in [1, 2, 8] {
+                let got = count(shards, true);
+                assert!(
+                    (got as f64 - want).abs() <= want * 0.15,
+                    "{tier}, {shards} shards: {got} vs the reference's {want}"
+                );
+                assert_eq!(got, lone, "{tier}, {shards} shards: one table, the same answers");
+            }
+            // Per-shard tables (before #17) gave N shards about N allowances,
+            // capped by what the source offered (3 allowances at most).
+            for (shards, over) in [(2, 1.8), (8, 2.8)] {
+                let apart = count(shards, false);
+                assert!(apart as f64 > over * want, "{tier}, {shards} apart: {apart}");
+            }
+        }
     }
 
     #[test]

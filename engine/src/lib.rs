@@ -7,7 +7,8 @@
 //!   runs one pinned worker per configured CPU, each owning its sockets and
 //!   its shard of the retry state.
 //! - [`admin`] serves `/metrics`, `/healthz`, `/readyz`, `/debug/stats` on
-//!   the control thread.
+//!   the control thread; [`otlp`] pushes the same metrics, and sampled
+//!   NACK spans, to an OTLP/gRPC collector.
 //! - [`config`] turns flags, environment variables and a TOML file into a
 //!   validated [`config::Config`], naming the flag and the fix on error.
 
@@ -17,6 +18,7 @@ pub mod config;
 pub mod dht;
 pub mod discovery;
 pub mod gossip;
+pub mod otlp;
 pub mod retry;
 pub mod rt;
 pub mod store;

@@ -1,38 +1,62 @@
-//! `ricochet`: the daemon. `ricochet run` serves; `ricochet check-config`
-//! validates the configuration and prints every effective setting with
-//! where it came from.
+//! `ricochet`: the daemon. `ricochet` alone (or `ricochet run`) serves,
+//! configured by flags, env vars and a TOML file, like the reference
+//! `retry-endpoint` binary it replaces; `ricochet check-config` validates the
+//! configuration and prints every effective setting with where it came from.
 
+use std::ffi::OsStr;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, ToSocketAddrs};
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use clap::{Parser, Subcommand};
-use ricochet::config::{self, Config, Host, LogFormat, RunArgs};
+use ricochet::config::{self, Config, Host, LogFormat, Origin, RunArgs};
 use ricochet::retry;
-use ricochet::rt::{Addressing, Backend, Options, Runtime, beacon};
+use ricochet::rt::{Addressing, Backend, Egress, Options, Runtime, beacon};
 use ricochet_wire::control::AdvertFlags;
 use ricochet_wire::group;
+use tracing_subscriber::fmt::format::{FormatEvent, FormatFields, Writer};
+use tracing_subscriber::layer::SubscriberExt as _;
+use tracing_subscriber::util::SubscriberInitExt as _;
+use tracing_subscriber::{EnvFilter, Registry, reload};
 
+/// Without a subcommand the settings are taken at the top level and the
+/// endpoint runs, as the reference binary does (`ricochet -nack-port 9300`).
 #[derive(Parser)]
-#[command(name = "ricochet", version, about = "Retry endpoint for sequence-numbered multicast")]
+#[command(
+    name = "ricochet",
+    version,
+    about = "Retry endpoint for sequence-numbered multicast",
+    long_about = "Retry endpoint for sequence-numbered multicast.\n\nWith no command it runs the \
+                  endpoint, like `ricochet run`. Flags take one or two dashes (-nack-port 9300, \
+                  --nack-port=9300); every flag has an env var.",
+    args_conflicts_with_subcommands = true
+)]
 struct Cli {
     #[command(subcommand)]
-    command: Command,
+    command: Option<Command>,
+    #[command(flatten)]
+    run: RunArgs,
 }
 
 #[derive(Subcommand)]
 enum Command {
-    /// Run the endpoint.
+    /// Run the endpoint (the same as no command).
     Run(RunArgs),
     /// Validate the configuration, print every effective setting and exit.
     CheckConfig(RunArgs),
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse_from(config::normalize_go_flags(std::env::args_os()));
+    let argv = config::normalize_go_flags(std::env::args_os());
+    if let Err(e) = config::check_flags(&argv) {
+        eprintln!("ricochet: {e}");
+        return ExitCode::from(2);
+    }
+    let cli = Cli::parse_from(argv);
     let (run, args) = match &cli.command {
-        Command::Run(a) => (true, a),
-        Command::CheckConfig(a) => (false, a),
+        None => (true, &cli.run),
+        Some(Command::Run(a)) => (true, a),
+        Some(Command::CheckConfig(a)) => (false, a),
     };
     let affinity = match config::process_affinity() {
         Ok(a) => a,
@@ -58,11 +82,20 @@ fn main() -> ExitCode {
             }
         };
     }
-    init_logging(&cfg);
+    // What the host must provide (interfaces, the NACK address) is a
+    // configuration error too: exit 2, before logging starts.
+    let prepared = match options(&cfg) {
+        Ok(o) => o,
+        Err(e) => {
+            eprintln!("ricochet: invalid configuration:\n{e}");
+            return ExitCode::from(2);
+        }
+    };
+    let logging = init_logging(&cfg);
     for note in cfg.notes() {
         tracing::info!("{note}");
     }
-    match serve(cfg) {
+    match serve(cfg, prepared, logging) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!("{e}");
@@ -72,14 +105,206 @@ fn main() -> ExitCode {
     }
 }
 
-fn init_logging(cfg: &Config) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
-        tracing_subscriber::EnvFilter::new(cfg.runtime.log_level.as_str().to_ascii_lowercase())
-    });
-    let b = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
-    match cfg.runtime.log_format {
-        LogFormat::Json => b.json().init(),
-        LogFormat::Text => b.init(),
+/// The installed log filter, which SIGHUP flips between the configured one
+/// and `debug` (`info` when `debug` or `trace` is configured), and
+/// `/loglevel` sets.
+#[derive(Debug)]
+struct Logging {
+    handle: reload::Handle<EnvFilter, Registry>,
+    /// The configured filter's directives (a level, or `RUST_LOG`).
+    configured: String,
+    /// Whether the other filter is in force.
+    flipped: std::sync::atomic::AtomicBool,
+    /// The directives in force now.
+    current: std::sync::Mutex<String>,
+}
+
+impl ricochet::admin::LogLevel for Logging {
+    fn current(&self) -> String {
+        self.current.lock().map(|c| c.to_ascii_uppercase()).unwrap_or_default()
+    }
+
+    fn set(&self, level: &str) -> Result<String, String> {
+        let level = match level.to_ascii_lowercase().as_str() {
+            "warning" => "warn".to_owned(),
+            l @ ("trace" | "debug" | "info" | "warn" | "error") => l.to_owned(),
+            other => {
+                return Err(format!(
+                    "unknown level {other:?}: use debug, info, warn, error or trace"
+                ));
+            }
+        };
+        self.apply(&level)?;
+        self.flipped.store(level != self.configured, std::sync::atomic::Ordering::Relaxed);
+        Ok(level.to_ascii_uppercase())
+    }
+}
+
+impl Logging {
+    /// Switches to the other filter and logs the one now in force. The line
+    /// is written under the configured filter's alternative, which always
+    /// shows `info`: after switching to it, before switching back.
+    fn toggle(&self) {
+        use std::sync::atomic::Ordering;
+        let other = match self.configured.as_str() {
+            "debug" | "trace" => "info",
+            _ => "debug",
+        };
+        let flip = !self.flipped.load(Ordering::Relaxed);
+        let level = if flip { other } else { self.configured.as_str() };
+        if !flip {
+            tracing::info!("SIGHUP: log level now {level}");
+        }
+        match self.apply(level) {
+            Ok(()) => self.flipped.store(flip, Ordering::Relaxed),
+            Err(e) => tracing::warn!(error = %e, "SIGHUP: cannot change the log level"),
+        }
+        if flip {
+            tracing::info!("SIGHUP: log level now {level}");
+        }
+    }
+
+    /// Puts `directives` in force.
+    fn apply(&self, directives: &str) -> Result<(), String> {
+        EnvFilter::try_new(directives)
+            .map_err(|e| e.to_string())
+            .and_then(|f| self.handle.reload(f).map_err(|e| e.to_string()))?;
+        if let Ok(mut c) = self.current.lock() {
+            directives.clone_into(&mut c);
+        }
+        Ok(())
+    }
+}
+
+/// Installs the subscriber: the configured level (`--log-level`,
+/// `LOG_LEVEL`, the file, or `--debug`), or `RUST_LOG` when the level was
+/// left at its default; colour only on a terminal without `NO_COLOR`; the
+/// instance id on every line.
+fn init_logging(cfg: &Config) -> std::sync::Arc<Logging> {
+    let level = cfg.runtime.log_level.as_str().to_ascii_lowercase();
+    let level_is_default = matches!(cfg.origin("log-level"), None | Some(Origin::Default));
+    let rust_log = std::env::var("RUST_LOG").ok().filter(|v| !v.trim().is_empty());
+    let (filter, configured, bad_rust_log) = match rust_log.filter(|_| level_is_default) {
+        Some(v) => match EnvFilter::try_new(&v) {
+            Ok(f) => (f, v, None),
+            Err(e) => (EnvFilter::new(&level), level, Some((v, e))),
+        },
+        None => (EnvFilter::new(&level), level, None),
+    };
+    let (filter, handle) = reload::Layer::new(filter);
+    let color = use_color(
+        std::io::IsTerminal::is_terminal(&std::io::stderr()),
+        std::env::var_os("NO_COLOR").as_deref(),
+    );
+    let json = cfg.runtime.log_format == LogFormat::Json;
+    let instance = InstanceField::new(&cfg.runtime.instance_id, json, color);
+    let registry = tracing_subscriber::registry().with(filter);
+    if json {
+        let format = tracing_subscriber::fmt::format().json();
+        registry
+            .with(
+                // JSON lines go to stdout, text to stderr, as the
+                // reference writes them.
+                tracing_subscriber::fmt::layer()
+                    .with_ansi(false)
+                    .with_writer(std::io::stdout)
+                    .json()
+                    .event_format(instance.wrap(format)),
+            )
+            .init();
+    } else {
+        let format = tracing_subscriber::fmt::format().with_ansi(color);
+        registry
+            .with(
+                tracing_subscriber::fmt::layer()
+                    .with_ansi(color)
+                    .with_writer(std::io::stderr)
+                    .event_format(instance.wrap(format)),
+            )
+            .init();
+    }
+    if let Some((value, e)) = bad_rust_log {
+        tracing::warn!(rust_log = value, error = %e, "RUST_LOG does not parse; using --log-level");
+    }
+    std::sync::Arc::new(Logging {
+        handle,
+        current: std::sync::Mutex::new(configured.clone()),
+        configured,
+        flipped: std::sync::atomic::AtomicBool::new(false),
+    })
+}
+
+/// ANSI colour only on a terminal, and never when `NO_COLOR` is set to
+/// something (<https://no-color.org>).
+fn use_color(terminal: bool, no_color: Option<&OsStr>) -> bool {
+    terminal && no_color.is_none_or(OsStr::is_empty)
+}
+
+/// `instance=<id>` on every log line, whichever thread logs it: appended to
+/// a text line as its last field, first in a JSON object.
+#[derive(Debug, Clone)]
+struct InstanceField {
+    /// Pre-rendered: ` instance=id` (text) or `"instance":"id",` (JSON).
+    rendered: String,
+    json: bool,
+}
+
+impl InstanceField {
+    fn new(instance: &str, json: bool, color: bool) -> Self {
+        let rendered = if json {
+            format!("{}:{},", serde_json::json!("instance"), serde_json::json!(instance))
+        } else {
+            let plain = !instance.is_empty()
+                && instance.chars().all(|c| c.is_ascii_graphic() && c != '"' && c != '=');
+            let value = if plain { instance.to_string() } else { format!("{instance:?}") };
+            // The same styling the formatter gives the event's own fields.
+            if color {
+                format!(" \x1b[3minstance\x1b[0m\x1b[2m=\x1b[0m{value}")
+            } else {
+                format!(" instance={value}")
+            }
+        };
+        InstanceField { rendered, json }
+    }
+
+    fn wrap<F>(self, inner: F) -> WithInstance<F> {
+        WithInstance { inner, field: self }
+    }
+
+    /// Splices the field into one formatted event.
+    fn splice(&self, line: &str, out: &mut Writer<'_>) -> std::fmt::Result {
+        if self.json {
+            if let Some(rest) = line.strip_prefix('{') {
+                return write!(out, "{{{}{rest}", self.rendered);
+            }
+        } else if let Some(body) = line.strip_suffix('\n') {
+            return writeln!(out, "{body}{}", self.rendered);
+        }
+        out.write_str(line)
+    }
+}
+
+/// An event format that adds [`InstanceField`] to what `inner` writes.
+struct WithInstance<F> {
+    inner: F,
+    field: InstanceField,
+}
+
+impl<S, N, F> FormatEvent<S, N> for WithInstance<F>
+where
+    S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
+    N: for<'w> FormatFields<'w> + 'static,
+    F: FormatEvent<S, N>,
+{
+    fn format_event(
+        &self,
+        ctx: &tracing_subscriber::fmt::FmtContext<'_, S, N>,
+        mut writer: Writer<'_>,
+        event: &tracing::Event<'_>,
+    ) -> std::fmt::Result {
+        let mut line = String::with_capacity(256);
+        self.inner.format_event(ctx, Writer::new(&mut line), event)?;
+        self.field.splice(&line, &mut writer)
     }
 }
 
@@ -122,11 +347,16 @@ fn options(cfg: &Config) -> Result<(Options, beacon::BeaconSettings), String> {
         groups
             .extend((0..1u32 << net.beef_shard_bits).map(|i| group::INDEX_OBJECT_FIRST + i as u16));
     }
-    let nack_bind = cfg.nack.addr.unwrap_or(if net.ipv4_lab {
-        IpAddr::V4(Ipv4Addr::UNSPECIFIED)
-    } else {
-        IpAddr::V6(Ipv6Addr::UNSPECIFIED)
-    });
+    let egress = egress_interfaces(cfg)?;
+    // As the reference: the NACK socket binds the address listeners are
+    // told about, so every answer leaves from it (on a multihomed host a
+    // wildcard socket could answer from another address, which listeners
+    // filtering by the advertised one drop).
+    let nack_bind = match (cfg.nack.addr, net.ipv4_lab) {
+        (Some(a), _) => a,
+        (None, true) => IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+        (None, false) => IpAddr::V6(nack_addr_of(&cfg.retransmit.egress_ifaces[0])?),
+    };
     let c = &cfg.cache;
     let rl = &cfg.rate_limits;
     let retry = retry::Settings {
@@ -194,6 +424,8 @@ fn options(cfg: &Config) -> Result<(Options, beacon::BeaconSettings), String> {
         // The lab's listeners share the host: retransmits must loop back.
         multicast_loop: cfg.retransmit.multicast_loop || net.ipv4_lab,
         multicast_hops: 16,
+        egress,
+        debug_events: cfg.runtime.debug,
         retry,
         recovery,
         batch: 32,
@@ -201,12 +433,12 @@ fn options(cfg: &Config) -> Result<(Options, beacon::BeaconSettings), String> {
         dedup_window: cfg.retransmit.dedup_window,
         dht: None,
         gossip: None,
+        nack_tracing: None,
     };
-    let advertised = match (cfg.nack.addr, net.ipv4_lab) {
-        (Some(IpAddr::V6(a)), _) => a,
-        (Some(IpAddr::V4(a)), _) => a.to_ipv6_mapped(),
-        (None, true) => Ipv4Addr::LOCALHOST.to_ipv6_mapped(),
-        (None, false) => first_global_v6(&net.mc_iface).unwrap_or(Ipv6Addr::UNSPECIFIED),
+    let advertised = match nack_bind {
+        IpAddr::V6(a) => a,
+        IpAddr::V4(a) if a.is_unspecified() => Ipv4Addr::LOCALHOST.to_ipv6_mapped(),
+        IpAddr::V4(a) => a.to_ipv6_mapped(),
     };
     let mut flags = 0;
     if cfg.proxy.enabled {
@@ -226,6 +458,7 @@ fn options(cfg: &Config) -> Result<(Options, beacon::BeaconSettings), String> {
         },
         nack_addr: advertised,
         nack_port: cfg.nack.port,
+        port: cfg.beacon.port,
         tier: cfg.beacon.tier,
         preference: cfg.beacon.preference,
         interval: cfg.beacon.interval,
@@ -266,15 +499,64 @@ fn resolve_upstreams(cfg: &Config, nack_bind: IpAddr) -> Result<Vec<SocketAddr>,
         .collect()
 }
 
-/// The first global (not link-local, not loopback) IPv6 address of `iface`:
-/// what the reference advertises when NACK_ADDR is not set.
+/// The interfaces multicast retransmits leave on (`EGRESS_IFACE`), each
+/// checked to exist, as the reference checks them at startup. With
+/// `--ipv4-lab` they are IPv4 interface addresses (`lo` and the default
+/// `eth0` stand for 127.0.0.1).
+fn egress_interfaces(cfg: &Config) -> Result<Vec<Egress>, String> {
+    let names = &cfg.retransmit.egress_ifaces;
+    names
+        .iter()
+        .map(|name| {
+            if cfg.network.ipv4_lab {
+                return match name.as_str() {
+                    "lo" | "eth0" => Ok(Egress::V4(Ipv4Addr::LOCALHOST)),
+                    other => other.parse().map(Egress::V4).map_err(|_| {
+                        format!(
+                            "--egress-iface (EGRESS_IFACE) = {other:?}: with --ipv4-lab each \
+                             interface is an IPv4 address such as 127.0.0.1 (or \"lo\")"
+                        )
+                    }),
+                };
+            }
+            nix::net::if_::if_nametoindex(name.as_str()).map(Egress::V6).map_err(|e| {
+                format!(
+                    "--egress-iface (EGRESS_IFACE) = {:?}: interface {name:?} not found ({e}); \
+                     set it to the interface(s) retransmits should leave on, comma-separated \
+                     (see `ip link`)",
+                    names.join(",")
+                )
+            })
+        })
+        .collect()
+}
+
+/// The NACK address when `NACK_ADDR` is not set, found as the reference
+/// finds it: the first global-unicast IPv6 address (unique-local included;
+/// not loopback, not link-local) of the first egress interface.
+fn nack_addr_of(iface: &str) -> Result<Ipv6Addr, String> {
+    first_global_v6(iface).ok_or_else(|| {
+        format!(
+            "--nack-addr (NACK_ADDR) is not set and the first --egress-iface ({iface:?}) has no \
+             global-unicast IPv6 address to bind and advertise; set --nack-addr to the fabric \
+             address listeners should send NACKs to, or add one to {iface:?}"
+        )
+    })
+}
+
+/// The first global (not link-local, not loopback, not multicast) IPv6
+/// address of `iface`.
 fn first_global_v6(iface: &str) -> Option<Ipv6Addr> {
     nix::ifaddrs::getifaddrs().ok()?.find_map(|ifa| {
         if ifa.interface_name != iface {
             return None;
         }
         let a = ifa.address?.as_sockaddr_in6()?.ip();
-        (!a.is_loopback() && (a.segments()[0] & 0xFFC0) != 0xFE80).then_some(a)
+        let global = !a.is_loopback()
+            && !a.is_unspecified()
+            && !a.is_multicast()
+            && (a.segments()[0] & 0xFFC0) != 0xFE80;
+        global.then_some(a)
     })
 }
 
@@ -324,9 +606,12 @@ fn upstream_events(
     )))
 }
 
-fn serve(cfg: Config) -> Result<(), String> {
+fn serve(
+    cfg: Config,
+    (mut opts, beacon_settings): (Options, beacon::BeaconSettings),
+    logging: std::sync::Arc<Logging>,
+) -> Result<(), String> {
     let started = Instant::now();
-    let (mut opts, beacon_settings) = options(&cfg)?;
     let admin = admin_addr(&cfg)?;
     // Token files are read before any socket opens, so a bad one fails fast.
     let token = cfg
@@ -336,6 +621,8 @@ fn serve(cfg: Config) -> Result<(), String> {
         .map(|p| read_token(p, "--admin-token-file"))
         .transpose()?;
     let upstream_events = upstream_events(&cfg)?;
+    let otlp = ricochet::otlp::Otlp::from_config(&cfg.runtime, env!("CARGO_PKG_VERSION"))?;
+    opts.nack_tracing = otlp.as_ref().and_then(ricochet::otlp::Otlp::nack_tracing);
     let store = cfg.cache.redis_addr.as_ref().map(|addr| {
         let shared_cache = cfg.cache.backend == config::CacheBackend::Redis;
         let (client, queue) = ricochet::store::channel(shared_cache);
@@ -378,13 +665,25 @@ fn serve(cfg: Config) -> Result<(), String> {
         )
     })?;
     let shared = runtime.shared();
+    // The instance id is on every line already (see `InstanceField`).
     tracing::info!(
+        version = env!("CARGO_PKG_VERSION"),
         backend = shared.backend,
         workers = opts.cpus.len(),
-        cpus = ?opts.cpus,
+        cpus = config::format_cpulist(&opts.cpus),
+        shard_bits = cfg.network.shard_bits,
+        scope = cfg.network.scope.name(),
+        source_mode = cfg.network.source_mode.name(),
+        ipv4_lab = cfg.network.ipv4_lab,
         listen_port = opts.listen_port,
         nack_port = opts.nack_port,
-        %admin,
+        egress_port = opts.egress_port,
+        nack_bind = %SocketAddr::new(opts.nack_bind, opts.nack_port),
+        nack_advertised = %SocketAddr::from((beacon_settings.nack_addr, beacon_settings.nack_port)),
+        shard_groups = shard_groups(&opts, cfg.network.shard_bits),
+        groups_joined = opts.groups.len(),
+        cache_backend = cfg.cache.backend.name(),
+        metrics_addr = %admin,
         "ricochet serving"
     );
     let control = tokio::runtime::Builder::new_current_thread()
@@ -401,6 +700,20 @@ fn serve(cfg: Config) -> Result<(), String> {
         token,
     );
     state.started = started;
+    state.log_level = Some(logging.clone());
+    // The reference logs its host at startup (`host.inventory`); these are
+    // the facts `bre_host_info` carries.
+    let h = &state.host;
+    tracing::info!(
+        hostname = %h.hostname,
+        kernel_version = %h.kernel_version,
+        cpu_logical = h.cpu_logical,
+        mem_bytes = h.mem_bytes,
+        rmem_max = %h.rmem_max,
+        nic = %h.nic,
+        speed_mbps = %h.speed_mbps,
+        "host inventory"
+    );
     let store = store.map(|(settings, queue, stats)| {
         state.sections.push(stats.clone());
         (settings, queue, stats)
@@ -422,11 +735,15 @@ fn serve(cfg: Config) -> Result<(), String> {
         }
         None => None,
     };
+    if let Some(o) = &otlp {
+        state.sections.push(o.section());
+    }
     let result = control.block_on(async move {
         let listener = tokio::net::TcpListener::bind(admin).await.map_err(|e| {
             format!("--metrics-addr (METRICS_ADDR) = {admin}: cannot listen: {e}")
         })?;
         tokio::spawn(ricochet::admin::forward_events(state.clone()));
+        let otlp = otlp.map(|o| o.spawn(state.clone()));
         if let Some(u) = &upstream_events {
             u.spawn(&state);
         }
@@ -457,7 +774,7 @@ fn serve(cfg: Config) -> Result<(), String> {
             }
         };
         tokio::select! {
-            () = wait_for_signal() => {}
+            () = wait_for_signal(&logging) => {}
             () = failed => return Err("a worker stopped on an error (see the log above)".to_string()),
         }
         shared.start_drain();
@@ -471,6 +788,9 @@ fn serve(cfg: Config) -> Result<(), String> {
         if let Some(c) = cluster {
             c.stop().await;
         }
+        if let Some(o) = otlp {
+            o.stop().await;
+        }
         Ok::<(), String>(())
     });
     tracing::info!("stopping workers");
@@ -479,16 +799,138 @@ fn serve(cfg: Config) -> Result<(), String> {
     result
 }
 
-async fn wait_for_signal() {
+/// Waits for SIGTERM or SIGINT. SIGHUP flips debug logging on and off (as
+/// the newest reference does) and keeps waiting.
+async fn wait_for_signal(logging: &Logging) {
     use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut term), Ok(mut int)) =
-        (signal(SignalKind::terminate()), signal(SignalKind::interrupt()))
-    else {
+    let (Ok(mut term), Ok(mut int), Ok(mut hup)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+        signal(SignalKind::hangup()),
+    ) else {
         tracing::error!("cannot install signal handlers; stop with SIGKILL");
         return std::future::pending().await;
     };
-    tokio::select! {
-        _ = term.recv() => tracing::info!("SIGTERM"),
-        _ = int.recv() => tracing::info!("SIGINT"),
+    loop {
+        tokio::select! {
+            _ = term.recv() => return tracing::info!("SIGTERM"),
+            _ = int.recv() => return tracing::info!("SIGINT"),
+            _ = hup.recv() => logging.toggle(),
+        }
+    }
+}
+
+/// The data shard groups joined, as `first..last` group addresses
+/// (block, subtree and BEEF groups come on top: see `groups_joined`).
+fn shard_groups(opts: &Options, shard_bits: u8) -> String {
+    let last = ((1u32 << shard_bits) - 1) as u16;
+    let addr = |i: u16| match &opts.addressing {
+        Addressing::Ipv4Lab { .. } => group::ipv4_lab_group(i).to_string(),
+        Addressing::Ipv6 { mode, scope, group_id, .. } => {
+            group::ipv6_group(*mode, *scope, *group_id, i)
+                .map_or_else(|_| format!("index {i}"), |a| a.to_string())
+        }
+    };
+    format!("{}..{} ({} groups)", addr(0), addr(last), u32::from(last) + 1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<Cli, clap::Error> {
+        Cli::try_parse_from(config::normalize_go_flags(args))
+    }
+
+    #[test]
+    fn cli_is_valid() {
+        <Cli as clap::CommandFactory>::command().debug_assert();
+    }
+
+    #[test]
+    fn no_subcommand_runs_with_top_level_flags() {
+        for args in [
+            &["ricochet", "-nack-port", "9301", "-debug"][..],
+            &["ricochet", "--nack-port=9301", "--debug"],
+            &["ricochet", "-nack-port=9301", "--debug=true"],
+        ] {
+            let cli = parse(args).unwrap();
+            assert!(cli.command.is_none(), "{args:?}");
+            assert_eq!(cli.run.get("nack-port"), Some("9301"), "{args:?}");
+            assert_eq!(cli.run.get("debug"), Some("true"), "{args:?}");
+        }
+        let cli = parse(&["ricochet"]).unwrap();
+        assert!(cli.command.is_none());
+        assert_eq!(cli.run, RunArgs::default());
+    }
+
+    #[test]
+    fn subcommands_keep_working() {
+        let cli = parse(&["ricochet", "run", "-nack-port", "9302"]).unwrap();
+        let Some(Command::Run(a)) = &cli.command else { panic!("not run") };
+        assert_eq!(a.get("nack-port"), Some("9302"));
+        let cli = parse(&["ricochet", "check-config", "--ipv4-lab"]).unwrap();
+        let Some(Command::CheckConfig(a)) = &cli.command else { panic!("not check-config") };
+        assert_eq!(a.get("ipv4-lab"), Some("true"));
+        // Flags go on one side of the subcommand, not both.
+        assert!(parse(&["ricochet", "-debug", "run"]).is_err());
+    }
+
+    #[test]
+    fn help_and_version_stay() {
+        use clap::error::ErrorKind;
+        for (args, kind) in [
+            (&["ricochet", "-h"][..], ErrorKind::DisplayHelp),
+            (&["ricochet", "--help"], ErrorKind::DisplayHelp),
+            (&["ricochet", "-help"], ErrorKind::DisplayHelp),
+            (&["ricochet", "help"], ErrorKind::DisplayHelp),
+            (&["ricochet", "-V"], ErrorKind::DisplayVersion),
+            (&["ricochet", "--version"], ErrorKind::DisplayVersion),
+        ] {
+            let Err(e) = parse(args) else { panic!("{args:?} parsed") };
+            assert_eq!(e.kind(), kind, "{args:?}");
+        }
+    }
+
+    #[test]
+    fn colour_only_on_a_terminal_without_no_color() {
+        assert!(use_color(true, None));
+        assert!(use_color(true, Some(OsStr::new(""))), "an empty NO_COLOR is unset");
+        assert!(!use_color(true, Some(OsStr::new("1"))));
+        assert!(!use_color(false, None));
+    }
+
+    #[test]
+    fn instance_field_goes_on_every_line() {
+        fn spliced(field: &InstanceField, line: &str) -> String {
+            let mut out = String::new();
+            field.splice(line, &mut Writer::new(&mut out)).unwrap();
+            out
+        }
+        let text = InstanceField::new("edge-1", false, false);
+        assert_eq!(
+            spliced(&text, "T  INFO x: hello a=1\n"),
+            "T  INFO x: hello a=1 instance=edge-1\n"
+        );
+        let spaced = InstanceField::new("edge 1", false, false);
+        assert_eq!(spliced(&spaced, "m\n"), "m instance=\"edge 1\"\n");
+        let json = InstanceField::new("e\"1", true, false);
+        let line = spliced(&json, "{\"timestamp\":\"t\",\"level\":\"INFO\"}\n");
+        let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+        assert_eq!(v["instance"], "e\"1");
+        assert_eq!(v["level"], "INFO");
+    }
+
+    #[test]
+    fn shard_groups_name_the_range() {
+        let affinity = [0];
+        let cfg = config::load_from(
+            &RunArgs::try_parse_from(["ricochet", "--ipv4-lab", "--shard-bits", "3"]).unwrap(),
+            &config::MapEnv::new().with_hostname("h"),
+            &affinity,
+        )
+        .unwrap();
+        let (opts, _) = options(&cfg).unwrap();
+        assert_eq!(shard_groups(&opts, 3), "239.11.0.0..239.11.0.7 (8 groups)");
     }
 }

@@ -249,6 +249,12 @@ impl crate::admin::Section for StoreStats {
             "times_down": get(&self.transitions_down),
         })
     }
+
+    /// Commands that failed or timed out, and requests answered unavailable
+    /// at once.
+    fn cache_errors(&self) -> u64 {
+        self.errors.load(Ordering::Relaxed) + self.unavailable.load(Ordering::Relaxed)
+    }
 }
 
 /// The Redis key of a frame under `prefix`.

@@ -122,6 +122,9 @@ impl Engine {
             .args(["--egress-port", &egress.to_string()])
             .args(["--metrics-addr", &admin.to_string()])
             .args(["--beacon-interval", "1s"])
+            // ADVERTs to this test's own port: the default, 9300, is shared
+            // by every endpoint on the host.
+            .args(["--beacon-port", &nack.to_string()])
             .args(args)
             .env_remove("RUST_LOG")
             .stdin(Stdio::null())

@@ -18,13 +18,21 @@ fn nack(hash_key: u64, seq: u64) -> [u8; 64] {
     b
 }
 
-#[test]
-fn invalidate_needs_the_token_drops_the_flow_and_is_streamed_to_subscribers() {
-    let dir = std::env::temp_dir().join(format!("ricochet-admin-{}", std::process::id()));
+/// An engine whose admin token is [`TOKEN`], from a file of its own.
+fn with_token(tag: &str) -> Engine {
+    let dir = std::env::temp_dir().join(format!("ricochet-{tag}-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let token_file = dir.join("token");
     std::fs::write(&token_file, format!("{TOKEN}\n")).unwrap();
     let e = Engine::start(&["--admin-token-file", token_file.to_str().unwrap()]);
+    // Read at startup (the engine is ready): the file can go.
+    let _ = std::fs::remove_dir_all(&dir);
+    e
+}
+
+#[test]
+fn invalidate_needs_the_token_drops_the_flow_and_is_streamed_to_subscribers() {
+    let e = with_token("admin");
 
     // A subscriber on /events.
     let mut sub = TcpStream::connect(e.admin).unwrap();
@@ -78,7 +86,6 @@ fn invalidate_needs_the_token_drops_the_flow_and_is_streamed_to_subscribers() {
         lines.map_while(Result::ok).filter(|l| l.starts_with("data:")).take(2).collect();
     assert!(data[0].contains("0x00000000000000a1") && data[0].contains("admin"), "{data:?}");
     assert!(data[1].contains("0x00000000000000b2") && data[1].contains("epoch_reset"), "{data:?}");
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]
@@ -89,4 +96,25 @@ fn without_a_token_file_the_state_changing_endpoints_are_off() {
     assert_eq!(code, 403);
     assert!(body.contains("--admin-token-file"), "{body}");
     assert_eq!(http_request(e.admin, "GET", "/events", Some(TOKEN)).unwrap().0, 403);
+}
+
+#[test]
+fn loglevel_reads_openly_and_changes_with_the_token() {
+    let mut e = with_token("loglevel");
+    let req = |method: &str, path: &str, token: Option<&str>| {
+        http_request(e.admin, method, path, token).unwrap()
+    };
+    assert_eq!(req("GET", "/loglevel", None), (200, "INFO\n".into()));
+    assert_eq!(req("PUT", "/loglevel?level=debug", None).0, 401, "a change needs the token");
+    assert_eq!(req("PUT", "/loglevel?level=debug", Some(TOKEN)), (200, "DEBUG\n".into()));
+    assert_eq!(req("GET", "/loglevel", None), (200, "DEBUG\n".into()));
+    assert_eq!(req("POST", "/loglevel?level=warning", Some(TOKEN)), (200, "WARN\n".into()));
+    let (status, body) = req("POST", "/loglevel", Some(TOKEN));
+    assert_eq!((status, body.as_str()), (400, "missing level query parameter\n"));
+    let (status, body) = req("PUT", "/loglevel?level=loud", Some(TOKEN));
+    assert_eq!(status, 400, "{body}");
+    assert_eq!(req("DELETE", "/loglevel", Some(TOKEN)).0, 405);
+    assert_eq!(req("GET", "/loglevel", None), (200, "WARN\n".into()));
+    let logs = e.kill_and_logs();
+    assert!(logs.contains("log level changed"), "{logs}");
 }

@@ -345,8 +345,9 @@ fn a_restarted_proxy_reusing_its_hashkey_never_gets_pre_restart_frames_served() 
 fn adverts_announce_the_endpoint_and_turn_draining_on_sigterm() {
     use ricochet_wire::control::{AdvertFlags, AdvertRepr};
     let mut e = Engine::start(&["--instance", "edge-test", "--drain-timeout", "3s"]);
-    // ADVERTs go to the beacon group (0xFFFD) at the NACK port, as the
-    // reference sends them; this socket joins that group beside the engine.
+    // ADVERTs go to the beacon group (0xFFFD) at the beacon port (9300 by
+    // default, whatever the NACK port; the fixture gives each engine its
+    // own, its NACK port); this socket joins that group beside the engine.
     let beacons = {
         let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::DGRAM, None).unwrap();
         s.set_reuse_address(true).unwrap();

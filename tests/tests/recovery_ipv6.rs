@@ -71,6 +71,8 @@ fn two_domains(a_ns: &str, backend: &'static str) {
     let u_args = strings(&[
         "--mc-iface",
         "a0",
+        "--egress-iface",
+        "a0",
         "--nack-addr",
         &U_IP.to_string(),
         "--mc-group-id",
@@ -88,6 +90,8 @@ fn two_domains(a_ns: &str, backend: &'static str) {
     d_ports[3] = pd[0];
     let d_args = strings(&[
         "--mc-iface",
+        "b0",
+        "--egress-iface",
         "b0",
         "--nack-addr",
         &D_IP.to_string(),

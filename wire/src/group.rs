@@ -165,8 +165,9 @@ pub const fn shard_index(txid: &[u8; 32], shard_bits: u8) -> Result<u16> {
     Ok((top >> (32 - shard_bits as u32)) as u16)
 }
 
-/// Default shard bits of the BEEF object plane (BRC-148).
-pub const DEFAULT_BEEF_SHARD_BITS: u8 = 4;
+/// Default shard bits of the BEEF object plane (BRC-148): 0, the single
+/// group 0x1000, as the reference endpoint and proxies default to.
+pub const DEFAULT_BEEF_SHARD_BITS: u8 = 0;
 
 /// The group index a frame is retransmitted to (BRC-129 with BRC-142/148):
 /// block control and anchors on block broadcast, subtree data on the subtree

@@ -1,8 +1,9 @@
 //! Admin HTTP on the control thread: `/metrics` (Prometheus text),
-//! `/healthz`, `/readyz` (503 while starting or draining) and `/debug/stats`
-//! (JSON) need no token; `POST /admin/invalidate` and `/events` (server-sent
-//! events) require `Authorization: Bearer <token>` with the token from
-//! `--admin-token-file`, and are refused (403) when no token is configured.
+//! `/healthz`, `/readyz` (503 while starting, warming or draining) and
+//! `/debug/stats` (JSON) need no token; `POST /admin/invalidate` and
+//! `/events` (server-sent events) require `Authorization: Bearer <token>`
+//! with the token from `--admin-token-file`, and are refused (403) when no
+//! token is configured.
 //!
 //! Metrics are rendered from the snapshots workers publish every tick, so a
 //! scrape never touches the packet path. Every worker counter is exported
@@ -22,6 +23,8 @@ use axum::routing::get;
 use crate::rt::{Control, Shared, WorkerSnapshot};
 use prom::family;
 
+pub mod compat;
+pub mod process;
 pub mod prom;
 pub mod sse;
 pub mod subscribe;
@@ -59,6 +62,20 @@ pub struct AdminState {
     /// Subsystems beyond the workers (Redis, DHT, gossip), each adding
     /// metrics and a `/debug/<name>` page.
     pub sections: Vec<Arc<dyn Section>>,
+    /// Static host facts for `bre_host_info`, read once at startup.
+    pub host: Arc<compat::HostInfo>,
+    /// The running log level, for `/loglevel`; `None` answers 404.
+    pub log_level: Option<Arc<dyn LogLevel>>,
+}
+
+/// The process's log level, read and changed at run time (`/loglevel`,
+/// and SIGHUP in the binary).
+pub trait LogLevel: Send + Sync + std::fmt::Debug {
+    /// The level in force, as the reference prints it (`DEBUG`, `INFO`, …).
+    fn current(&self) -> String;
+    /// Sets the level (`debug`, `info`, `warn`/`warning`, `error`,
+    /// `trace`); returns the level now in force, or why not.
+    fn set(&self, level: &str) -> Result<String, String>;
 }
 
 /// A subsystem run by the control thread that reports on the admin
@@ -71,6 +88,11 @@ pub trait Section: Send + Sync + std::fmt::Debug {
     fn metrics(&self, out: &mut String);
     /// The debug page.
     fn debug(&self) -> serde_json::Value;
+    /// Failures of a cache backend it runs (the shared store), counted
+    /// into `bre_cache_errors_total`.
+    fn cache_errors(&self) -> u64 {
+        0
+    }
 }
 
 impl AdminState {
@@ -91,6 +113,8 @@ impl AdminState {
             subscribers: Arc::default(),
             max_subscribers: MAX_EVENT_SUBSCRIBERS,
             sections: Vec::new(),
+            host: Arc::new(compat::HostInfo::gather(env!("CARGO_PKG_VERSION"))),
+            log_level: None,
         }
     }
 }
@@ -104,6 +128,7 @@ pub fn router(state: AdminState) -> Router {
         .route("/debug/stats", get(debug_stats))
         .route("/debug/{section}", get(debug_section))
         .route("/admin/invalidate", axum::routing::post(invalidate))
+        .route("/loglevel", get(loglevel_get).post(loglevel_set).put(loglevel_set))
         .route("/events", get(events))
         .with_state(state)
 }
@@ -115,6 +140,11 @@ pub async fn serve(addr: SocketAddr, state: AdminState) -> std::io::Result<()> {
 }
 
 async fn metrics(State(s): State<AdminState>) -> impl IntoResponse {
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], render_all(&s))
+}
+
+/// The whole `/metrics` body; the OTLP push ([`crate::otlp`]) sends the same.
+pub fn render_all(s: &AdminState) -> String {
     let snaps = snapshots(&s.shared);
     let mut body = render_metrics(&snaps, &s.shared, s.started.elapsed().as_secs_f64());
     let _ = writeln!(
@@ -126,26 +156,52 @@ async fn metrics(State(s): State<AdminState>) -> impl IntoResponse {
     for section in &s.sections {
         section.metrics(&mut body);
     }
-    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], body)
+    let input = compat::Input {
+        snaps: &snaps,
+        beacons_sent: s.shared.beacons_sent.load(std::sync::atomic::Ordering::Relaxed),
+        store_errors: s.sections.iter().map(|x| x.cache_errors()).sum(),
+        instance: &s.instance,
+        version: env!("CARGO_PKG_VERSION"),
+        host: &s.host,
+    };
+    compat::render(&input, &mut body);
+    process::render(&mut body);
+    body
 }
 
+/// `/healthz`: 200 `{"status":"ok","uptime_seconds":12.3}` while the process
+/// runs, byte for byte the reference's shape.
 async fn healthz(State(s): State<AdminState>) -> impl IntoResponse {
-    axum::Json(serde_json::json!({
-        "status": "ok",
-        "uptime_seconds": s.started.elapsed().as_secs(),
-    }))
+    let body =
+        format!(r#"{{"status":"ok","uptime_seconds":{:.1}}}"#, s.started.elapsed().as_secs_f64());
+    ([(header::CONTENT_TYPE, "application/json")], body)
 }
 
+/// `/readyz`: the reference's `{"status":…,"workers_ready":N,"workers_total":M}`,
+/// 200 when `ready`, else 503 with `starting` or `draining` — or `warming`,
+/// ricochet's own state while it fills its cache from siblings.
 async fn readyz(State(s): State<AdminState>) -> impl IntoResponse {
-    if s.shared.draining() {
+    let (code, body) = readiness(&s.shared);
+    (code, [(header::CONTENT_TYPE, "application/json")], body)
+}
+
+/// The `/readyz` status and JSON body.
+fn readiness(shared: &Shared) -> (StatusCode, String) {
+    let (code, status) = if shared.draining() {
         (StatusCode::SERVICE_UNAVAILABLE, "draining")
-    } else if s.shared.warming() {
+    } else if shared.warming() {
         (StatusCode::SERVICE_UNAVAILABLE, "warming")
-    } else if !s.shared.ready() {
+    } else if !shared.ready() {
         (StatusCode::SERVICE_UNAVAILABLE, "starting")
     } else {
         (StatusCode::OK, "ready")
-    }
+    };
+    let body = format!(
+        r#"{{"status":"{status}","workers_ready":{},"workers_total":{}}}"#,
+        shared.workers_ready(),
+        shared.workers_total()
+    );
+    (code, body)
 }
 
 async fn debug_section(
@@ -210,6 +266,46 @@ fn authorize(
         Ok(())
     } else {
         Err((StatusCode::UNAUTHORIZED, "bad or missing bearer token\n"))
+    }
+}
+
+/// `GET /loglevel`: the level in force, as text (the reference's route).
+async fn loglevel_get(State(s): State<AdminState>) -> axum::response::Response {
+    match &s.log_level {
+        Some(l) => format!("{}\n", l.current()).into_response(),
+        None => (StatusCode::NOT_FOUND, "no run-time log level here\n").into_response(),
+    }
+}
+
+#[derive(serde::Deserialize)]
+struct LevelQuery {
+    level: Option<String>,
+}
+
+/// `POST`/`PUT /loglevel?level=debug`: changes the level. Unlike the
+/// reference, which lets anyone who reaches the port do it, this is a
+/// state change and takes the admin bearer token: debug logging on a busy
+/// endpoint is a way to fill its disk.
+async fn loglevel_set(
+    State(s): State<AdminState>,
+    headers: axum::http::HeaderMap,
+    axum::extract::Query(q): axum::extract::Query<LevelQuery>,
+) -> axum::response::Response {
+    if let Err(e) = authorize(&s, &headers) {
+        return e.into_response();
+    }
+    let Some(control) = &s.log_level else {
+        return (StatusCode::NOT_FOUND, "no run-time log level here\n").into_response();
+    };
+    let Some(level) = q.level.filter(|l| !l.is_empty()) else {
+        return (StatusCode::BAD_REQUEST, "missing level query parameter\n").into_response();
+    };
+    match control.set(&level) {
+        Ok(now) => {
+            tracing::info!(level = %now, "log level changed");
+            format!("{now}\n").into_response()
+        }
+        Err(e) => (StatusCode::BAD_REQUEST, format!("{e}\n")).into_response(),
     }
 }
 
@@ -412,4 +508,39 @@ fn walk(prefix: &str, v: &serde_json::Value, out: &mut Vec<(String, u64)>) {
 
 fn help_for(name: &str) -> String {
     format!("Per-core {}.", name.replace('_', " "))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn readyz_has_the_reference_shape() {
+        let shared = Shared::for_test(3);
+        let (code, body) = readiness(&shared);
+        assert_eq!(code, StatusCode::OK);
+        assert_eq!(body, r#"{"status":"ready","workers_ready":3,"workers_total":3}"#);
+        let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(v["workers_total"], 3);
+
+        shared.set_warming(true);
+        let (code, body) = readiness(&shared);
+        assert_eq!(code, StatusCode::SERVICE_UNAVAILABLE);
+        assert!(body.starts_with(r#"{"status":"warming","#), "{body}");
+        shared.set_warming(false);
+
+        shared.start_drain();
+        let (code, body) = readiness(&shared);
+        assert_eq!(code, StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(body, r#"{"status":"draining","workers_ready":3,"workers_total":3}"#);
+    }
+
+    #[test]
+    fn readyz_says_starting_until_every_worker_runs() {
+        let shared = Shared::for_test(2);
+        shared.fail();
+        let (code, body) = readiness(&shared);
+        assert_eq!(code, StatusCode::SERVICE_UNAVAILABLE);
+        assert!(body.starts_with(r#"{"status":"starting","#), "{body}");
+    }
 }

@@ -82,7 +82,7 @@ pub use parse::{
     parse_group_id, parse_host_port, parse_iface, parse_int_in, parse_port, parse_positive_f64,
     parse_size, split_csv,
 };
-pub use settings::{RunArgs, normalize_go_flags};
+pub use settings::{RunArgs, UnknownFlag, check_flags, normalize_go_flags};
 
 /// Loads the configuration from `args`, the process environment and the
 /// config file, and validates it. `affinity` is the process's CPU affinity
@@ -436,11 +436,39 @@ impl BeaconScope {
     }
 }
 
+/// Which beacon group prefixes an SSM endpoint sends ADVERTs to
+/// (`--control-group-compat`); under ASM every choice is the FF0x group.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ControlGroups {
+    /// The ASM (FF0x) beacon group only, whatever the source mode.
+    AsmOnly,
+    /// Under SSM, the ASM group and the SSM (FF3x) group of the scope.
+    Both,
+    /// Under SSM, the SSM (FF3x) group only.
+    Derived,
+}
+
+impl ControlGroups {
+    /// The configuration name.
+    pub const fn name(self) -> &'static str {
+        match self {
+            ControlGroups::AsmOnly => "asm-only",
+            ControlGroups::Both => "both",
+            ControlGroups::Derived => "derived",
+        }
+    }
+}
+
 /// ADVERT beacons, and the retransmit modes they advertise.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BeaconConfig {
     /// Send ADVERTs.
     pub enabled: bool,
+    /// UDP port ADVERTs go to: 9300, the port listeners listen on, whatever
+    /// the NACK port is.
+    pub port: u16,
+    /// Beacon group prefixes under SSM.
+    pub control_groups: ControlGroups,
     /// Tier, 0..=254.
     pub tier: u8,
     /// Preference within the tier.
@@ -573,8 +601,10 @@ impl LogFormat {
 }
 
 /// Logging, admin HTTP, drain and warm-up.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct RuntimeConfig {
+    /// `--debug`: debug level and the per-event debug lines.
+    pub debug: bool,
     /// Log level (`--debug` forces debug).
     pub log_level: tracing::Level,
     /// Log format.
@@ -588,6 +618,14 @@ pub struct RuntimeConfig {
     pub metrics_addr: HostPort,
     /// Instance name (default: hostname).
     pub instance_id: String,
+    /// OTLP/gRPC collector that metrics are pushed to (and sampled traces
+    /// of the NACK path), `None` = no push.
+    pub otlp_endpoint: Option<HostPort>,
+    /// OTLP push period.
+    pub otlp_interval: Duration,
+    /// Fraction of NACKs traced over OTLP, 0..=1 (0 = no traces; needs
+    /// [`RuntimeConfig::otlp_endpoint`]).
+    pub trace_sampling: f64,
 }
 
 /// Where a setting's effective value came from.

@@ -14,16 +14,16 @@ use std::path::PathBuf;
 use ricochet_wire::group::{MAX_SHARD_BITS, Scope, SourceMode};
 
 use super::parse::{
-    ValueError, cpus_within, format_cpulist, format_go_duration, format_size, parse_choice,
-    parse_cpu_mask, parse_cpulist, parse_go_bool, parse_go_duration, parse_group_id,
+    MAX_CPU_ID, ValueError, cpus_within, format_cpulist, format_go_duration, format_size,
+    parse_choice, parse_cpu_mask, parse_cpulist, parse_go_bool, parse_go_duration, parse_group_id,
     parse_host_port, parse_iface, parse_int_in, parse_port, parse_positive_f64, parse_size,
     split_csv,
 };
 use super::settings::{ALL_KEYS, Key, Kind, RunArgs, SETTINGS, Setting};
 use super::{
     BeaconConfig, BeaconScope, CacheBackend, CacheConfig, CacheTtls, ClusterConfig, Config,
-    ConfigError, DiscoveryConfig, Effective, EngineConfig, Environment, HostPort, IoBackend,
-    LogFormat, NackConfig, NetworkConfig, Origin, Problem, ProxyConfig, RateLimitConfig,
+    ConfigError, ControlGroups, DiscoveryConfig, Effective, EngineConfig, Environment, HostPort,
+    IoBackend, LogFormat, NackConfig, NetworkConfig, Origin, Problem, ProxyConfig, RateLimitConfig,
     RetransmitConfig, RuntimeConfig, UpstreamDiscovery,
 };
 
@@ -84,7 +84,7 @@ impl<'a> Resolver<'a> {
         let discovery = self.discovery();
         let runtime = self.runtime();
         self.compat(engine.cpus.len());
-        self.cross_check(&network, &cache, &beacon, &proxy);
+        self.cross_check(&network, &cache, &nack, &beacon, &proxy);
         self.check_discovery(&proxy, &discovery);
         if !self.problems.is_empty() {
             return Err(ConfigError { problems: self.problems });
@@ -127,6 +127,23 @@ impl<'a> Resolver<'a> {
     }
 
     fn network(&mut self) -> NetworkConfig {
+        self.refuse_if_set(
+            &[Key::TeeListen, Key::McJoinEnabled],
+            "ricochet has no loopback tee input (the reference's TEE_LISTEN); it receives \
+             frames by joining the groups, so run it on a host that can join them",
+        );
+        self.refuse_if_set(
+            &[
+                Key::BindSource,
+                Key::SsmBootstrapManifest,
+                Key::SsmBootstrapBeacon,
+                Key::SsmBootstrapSubtreeAnnounce,
+                Key::SsmPublishersStatic,
+            ],
+            "SSM source lists and (S,G) joins are not implemented in ricochet yet (README, \
+             'Not done yet'), so it cannot join an SSM fabric",
+        );
+        let _ = self.get(Key::SsmBootstrapRefresh, positive_duration);
         let ipv4_lab = self.get(Key::Ipv4Lab, parse_go_bool);
         let lab_iface = ipv4_lab.then(|| "127.0.0.1".to_owned());
         NetworkConfig {
@@ -167,12 +184,34 @@ impl<'a> Resolver<'a> {
             // The reference keeps BEEF out of the CACHE_TTL collapse.
             beef: self.get(Key::CacheTtlBeef, positive_duration),
         };
+        // Read (and shown by check-config) so a reference configuration
+        // file carries over; only the aerospike backend would use them, and
+        // it is refused below.
+        let owned = |s: &str| Ok::<_, ValueError>(s.to_owned());
+        let _ = self.get(Key::AerospikeHosts, |s| {
+            Ok(split_csv(s).into_iter().map(str::to_owned).collect::<Vec<String>>())
+        });
+        let _ = self.get(Key::AerospikeNamespace, owned);
+        let _ = self.get(Key::AerospikeSet, owned);
         CacheConfig {
             backend: self.get(Key::CacheBackend, |s| {
+                if s.eq_ignore_ascii_case("aerospike") {
+                    return Err(ValueError::new(
+                        "the aerospike backend is not supported: ricochet has no Aerospike client, \
+                         and one that cannot be tested against a real server is not shipped",
+                        "redis (a shared Redis/Valkey/Dragonfly server, with --redis-addr) or memory",
+                    ));
+                }
                 parse_choice(s, &[("memory", CacheBackend::Memory), ("redis", CacheBackend::Redis)])
             }),
             redis_addr: self.get(Key::RedisAddr, optional(host_port_with_port)),
-            dial_timeout: self.get(Key::CacheDialTimeout, positive_duration),
+            // The reference's cache client dials with 200 ms when given 0.
+            dial_timeout: self.zero_means(
+                Key::CacheDialTimeout,
+                parse_go_duration,
+                None,
+                Duration::from_millis(200),
+            ),
             op_timeout: self.get(Key::CacheOpTimeout, positive_duration),
             ttl,
             max_keys: self.get_shown(
@@ -224,23 +263,75 @@ impl<'a> Resolver<'a> {
         }
     }
 
+    /// The four tiers, read as the reference reads them: where it takes
+    /// zero (or less) to mean "the default", so does ricochet (the note
+    /// says so); where zero would make it answer nothing at all (an empty
+    /// per-IP bucket, a zero per-SeqNum budget), ricochet refuses it.
     fn rate_limits(&mut self) -> RateLimitConfig {
+        let sender_rate = self.get(Key::RlSenderRate, non_negative_f64);
+        let sender_window = self.get(Key::RlSenderWindow, parse_go_duration);
+        let sender = (sender_rate > 0.0).then_some(sender_rate);
+        let chain_rate = self.zero_means(Key::RlChainRate, non_negative_f64, sender, 500.0);
+        let sender = (!sender_window.is_zero()).then_some(sender_window);
+        let chain_window =
+            self.zero_means(Key::RlChainWindow, parse_go_duration, sender, Duration::from_secs(60));
         RateLimitConfig {
             ip_rate: self.get(Key::RlIpRate, parse_positive_f64),
             ip_burst: self.get(Key::RlIpBurst, |s| parse_int_in(s, 1..=u32::MAX)),
             sequence_max: self.get(Key::RlSequenceMax, |s| parse_int_in(s, 1..=u32::MAX)),
-            sequence_window: self.get(Key::RlSequenceWindow, positive_duration),
-            chain_rate: self.get(Key::RlChainRate, |s| parse_int_in(s, 1..=u32::MAX)),
-            chain_window: self.get(Key::RlChainWindow, positive_duration),
-            group_rate: self.get(Key::RlGroupRate, parse_positive_f64),
-            group_burst: self.get(Key::RlGroupBurst, |s| parse_int_in(s, 1..=u32::MAX)),
+            sequence_window: self.zero_means(
+                Key::RlSequenceWindow,
+                parse_go_duration,
+                None,
+                Duration::from_secs(60),
+            ),
+            // The reference counts whole requests: a fractional rate is
+            // truncated, and below one it would admit nothing.
+            chain_rate: (chain_rate as u64).clamp(1, u64::from(u32::MAX)) as u32,
+            chain_window,
+            group_rate: self.zero_means(Key::RlGroupRate, non_negative_f64, None, 200.0),
+            group_burst: self.zero_means(Key::RlGroupBurst, non_negative_u32, None, 50),
             throttle_response: self.get(Key::RlThrottleResponse, parse_go_bool),
         }
+    }
+
+    /// A setting the reference reads as "zero (or less) means the default":
+    /// `alias` (an older name's value) if set, else `default`. The effective
+    /// value is recorded with a note naming the rule.
+    fn zero_means<T: Show + PartialOrd + Default + Copy>(
+        &mut self,
+        key: Key,
+        parse: impl Fn(&str) -> Result<T, ValueError>,
+        alias: Option<T>,
+        default: T,
+    ) -> T {
+        let v = self.get(key, |s| parse(s.strip_prefix('-').map_or(s, |_| "0")));
+        if v > T::default() {
+            return v;
+        }
+        let origin = self.raw(key).origin;
+        let (v, why) = match alias {
+            Some(a) => (a, "0 means the older alias"),
+            None => (default, "0 means the default"),
+        };
+        self.record(key, v.show(), origin, Some(why.into()));
+        v
     }
 
     fn beacon(&mut self) -> BeaconConfig {
         BeaconConfig {
             enabled: self.get(Key::BeaconEnabled, parse_go_bool),
+            port: self.get(Key::BeaconPort, parse_port),
+            control_groups: self.get(Key::ControlGroupCompat, |s| {
+                parse_choice(
+                    &s.to_ascii_lowercase(),
+                    &[
+                        ("asm-only", ControlGroups::AsmOnly),
+                        ("both", ControlGroups::Both),
+                        ("derived", ControlGroups::Derived),
+                    ],
+                )
+            }),
             tier: self.get(Key::BeaconTier, |s| parse_int_in(s, 0..=254)),
             preference: self.get(Key::BeaconPreference, |s| parse_int_in(s, 0..=255)),
             interval: self.get(Key::BeaconInterval, |s| {
@@ -377,6 +468,7 @@ impl<'a> Resolver<'a> {
         let hostname = self.env.hostname().filter(|h| !h.is_empty());
         let instance_note = if hostname.is_some() { "hostname" } else { "no hostname" };
         RuntimeConfig {
+            debug,
             log_level,
             log_format: self.get(Key::LogFormat, |s| {
                 parse_choice(s, &[("text", LogFormat::Text), ("json", LogFormat::Json)])
@@ -396,18 +488,25 @@ impl<'a> Resolver<'a> {
                     s => Ok(s.to_owned()),
                 },
             ),
+            otlp_endpoint: self.get(Key::OtlpEndpoint, optional(host_port_with_port)),
+            otlp_interval: self.get(Key::OtlpInterval, positive_duration),
+            trace_sampling: self.get(Key::TraceSampling, |s| {
+                s.parse::<f64>().ok().filter(|f| (0.0..=1.0).contains(f)).ok_or_else(|| {
+                    ValueError::new(
+                        format!("{s:?} is not a ratio in 0..=1"),
+                        "a fraction such as 0.01 (1 % of NACKs traced) or 0",
+                    )
+                })
+            }),
         }
     }
 
     /// Compatibility flags: accepted, never used; each one set gets a note.
     fn compat(&mut self, workers: usize) {
-        let why = [
-            (Key::NackWorkers, format!("ricochet runs one worker per --cpus CPU ({workers} here)")),
-            (Key::ProxyWorkers, "upstream recovery runs on the --cpus workers".to_owned()),
-            (Key::OtlpEndpoint, "ricochet serves metrics on /metrics only".to_owned()),
-            (Key::OtlpInterval, "ricochet serves metrics on /metrics only".to_owned()),
-            (Key::TraceSampling, "ricochet does not export traces".to_owned()),
-        ];
+        let why = [(
+            Key::ProxyWorkers,
+            format!("upstream recovery runs on the {workers} --cpus workers"),
+        )];
         for (key, why) in why {
             let raw = self.raw(key);
             if raw.origin == Origin::Default {
@@ -426,6 +525,7 @@ impl<'a> Resolver<'a> {
         &mut self,
         network: &NetworkConfig,
         cache: &CacheConfig,
+        nack: &NackConfig,
         beacon: &BeaconConfig,
         proxy: &ProxyConfig,
     ) {
@@ -472,6 +572,34 @@ impl<'a> Resolver<'a> {
                 "--beacon-flags-multicast and --beacon-flags-unicast are both false: cache hits are acknowledged but nothing is retransmitted".into(),
             );
         }
+        if !network.ipv4_lab
+            && network.source_mode == SourceMode::Ssm
+            && self.parsed(&[Key::SourceMode])
+        {
+            // The reference fails closed: SSM needs a source for its joins.
+            // None of its source lists can be set here yet, so neither can
+            // SSM be used.
+            let raw = self.raw(Key::SourceMode);
+            let msg = format!(
+                "{}: SSM needs the sources to join each group from (--ssm-publishers-static, \
+                 --ssm-bootstrap-manifest, --ssm-bootstrap-beacon or \
+                 --ssm-bootstrap-subtree-announce), and ricochet does not implement SSM source \
+                 lists yet; set {} to asm",
+                self.subject(Key::SourceMode, &raw),
+                self.target(Key::SourceMode, raw.origin),
+            );
+            self.problem(Some(Key::SourceMode), msg);
+        }
+        if let (false, Some(IpAddr::V4(_))) = (network.ipv4_lab, nack.addr) {
+            let raw = self.raw(Key::NackAddr);
+            let msg = format!(
+                "{}: the fabric is IPv6 and listeners send NACKs to an IPv6 address (an IPv4 \
+                 NACK address is only for --ipv4-lab); set {} to an IPv6 unicast address",
+                self.subject(Key::NackAddr, &raw),
+                self.target(Key::NackAddr, raw.origin),
+            );
+            self.problem(Some(Key::NackAddr), msg);
+        }
         if network.ipv4_lab && network.source_mode == SourceMode::Ssm {
             self.notes.push(
                 "--ipv4-lab uses 239.11.x.y groups; --source-mode ssm and --scope do not apply"
@@ -504,12 +632,37 @@ impl<'a> Resolver<'a> {
             return affinity.to_vec();
         }
         let (key, raw, parsed, note) = if lr == 0 && mr == 0 {
-            let raw = Raw { value: format_cpulist(affinity), origin: Origin::Default };
-            (Key::Cpus, raw, Ok(affinity.to_vec()), Some("affinity mask".to_owned()))
+            let workers = self.raw(Key::NackWorkers);
+            let n = self.get(Key::NackWorkers, |s| {
+                // The reference reads zero or less as "every CPU".
+                if s.starts_with('-') { Ok(0) } else { parse_int_in(s, 0..=MAX_CPU_ID + 1) }
+            });
+            if n > affinity.len() {
+                let msg = format!(
+                    "{}: ricochet pins one worker per CPU and this process may run on {} ({}); \
+                     set {} to at most {}, or 0 for all of them (or give --cpus)",
+                    self.subject(Key::NackWorkers, &workers),
+                    affinity.len(),
+                    format_cpulist(affinity),
+                    self.target(Key::NackWorkers, workers.origin),
+                    affinity.len(),
+                );
+                self.failed.insert(Key::NackWorkers);
+                self.problem(Some(Key::NackWorkers), msg);
+            }
+            let (cpus, note) = match n {
+                0 => (affinity.to_vec(), "affinity mask".to_owned()),
+                n => (affinity[..n.min(affinity.len())].to_vec(), format!("nack_workers {n}")),
+            };
+            let origin = if n == 0 { Origin::Default } else { workers.origin };
+            let raw = Raw { value: format_cpulist(&cpus), origin };
+            (Key::Cpus, raw, Ok(cpus), Some(note))
         } else if lr > mr {
+            self.nack_workers_overridden(Key::Cpus);
             let parsed = parse_cpulist(&list.value);
             (Key::Cpus, list, parsed, None)
         } else {
+            self.nack_workers_overridden(Key::CpuMask);
             let parsed = parse_cpu_mask(&mask.value);
             let note = Some(format!("cpu_mask {}", mask.value));
             (Key::CpuMask, mask, parsed, note)
@@ -523,6 +676,52 @@ impl<'a> Resolver<'a> {
                 self.refuse(key, &raw, e);
                 affinity.to_vec()
             }
+        }
+    }
+
+    /// `--nack-workers` is set beside `--cpus`/`--cpu-mask` (`by`), which
+    /// decides the workers: say so.
+    fn nack_workers_overridden(&mut self, by: Key) {
+        let raw = self.raw(Key::NackWorkers);
+        if raw.origin != Origin::Default {
+            self.notes.push(format!(
+                "{} is not used: {} names the worker CPUs",
+                self.subject(Key::NackWorkers, &raw),
+                name_pair(by)
+            ));
+            self.record(Key::NackWorkers, quote(&raw.value), raw.origin, Some("ignored".into()));
+        }
+    }
+
+    /// Settings of the reference that ricochet cannot honour: refused with
+    /// `why` when set to anything but their default.
+    fn refuse_if_set(&mut self, keys: &[Key], why: &str) {
+        for &key in keys {
+            let raw = self.raw(key);
+            let unchanged = match key.setting().kind {
+                Kind::Bool => parse_go_bool(&raw.value) == parse_go_bool(key.setting().default),
+                _ => raw.value == key.setting().default,
+            };
+            if raw.origin == Origin::Default || unchanged {
+                let shown = match key.setting().kind {
+                    Kind::Bool => raw.value.to_ascii_lowercase(),
+                    Kind::List(_) => split_csv(&raw.value)
+                        .into_iter()
+                        .map(str::to_owned)
+                        .collect::<Vec<_>>()
+                        .show(),
+                    Kind::Val(_) => quote(&raw.value),
+                };
+                self.record(key, shown, raw.origin, None);
+                continue;
+            }
+            let msg = format!(
+                "{}: {why}; unset {}",
+                self.subject(key, &raw),
+                self.target(key, raw.origin)
+            );
+            self.failed.insert(key);
+            self.problem(Some(key), msg);
         }
     }
 
@@ -754,26 +953,13 @@ fn suggest(name: &str) -> Option<String> {
             let d = if key == norm || s.env.eq_ignore_ascii_case(name) {
                 0
             } else {
-                edit_distance(&norm, &key)
+                strsim::levenshtein(&norm, &key)
             };
             (d, key)
         })
         .min()
         .filter(|(d, _)| *d <= 2)
         .map(|(_, key)| key)
-}
-
-fn edit_distance(a: &str, b: &str) -> usize {
-    let b: Vec<char> = b.chars().collect();
-    let mut prev: Vec<usize> = (0..=b.len()).collect();
-    for (i, ca) in a.chars().enumerate() {
-        let mut cur = vec![i + 1];
-        for (j, cb) in b.iter().enumerate() {
-            cur.push((prev[j] + usize::from(ca != *cb)).min(prev[j + 1] + 1).min(cur[j] + 1));
-        }
-        prev = cur;
-    }
-    prev[b.len()]
 }
 
 /// A TOML value as the raw string the other layers would carry; `Err` names
@@ -865,6 +1051,19 @@ fn host_port_with_port(s: &str) -> Result<HostPort, ValueError> {
     Ok(hp)
 }
 
+/// A number of zero or more (the reference's float rates).
+fn non_negative_f64(s: &str) -> Result<f64, ValueError> {
+    if s.trim() == "0" {
+        return Ok(0.0);
+    }
+    parse_positive_f64(s)
+}
+
+/// A whole number of zero or more that fits in 32 bits.
+fn non_negative_u32(s: &str) -> Result<u32, ValueError> {
+    parse_int_in(s, 0..=u32::MAX)
+}
+
 fn positive_duration(s: &str) -> Result<Duration, ValueError> {
     match parse_go_duration(s)? {
         Duration::ZERO => {
@@ -925,7 +1124,16 @@ macro_rules! show_name {
         }
     })*};
 }
-show_name!(Scope, SourceMode, CacheBackend, IoBackend, LogFormat, BeaconScope, UpstreamDiscovery);
+show_name!(
+    Scope,
+    SourceMode,
+    CacheBackend,
+    IoBackend,
+    LogFormat,
+    BeaconScope,
+    UpstreamDiscovery,
+    ControlGroups
+);
 
 impl Show for String {
     fn show(&self) -> String {

@@ -12,7 +12,8 @@
 //! derive throws that away.
 
 use std::collections::BTreeMap;
-use std::ffi::{OsStr, OsString};
+use std::ffi::OsString;
+use std::fmt;
 
 use clap::parser::ValueSource;
 use clap::{Arg, ArgMatches, Command};
@@ -77,7 +78,9 @@ impl Setting {
                 .num_args(0..=1)
                 .require_equals(true)
                 .default_missing_value("true"),
-            Val(name) | List(name) => arg.value_name(name),
+            // Go's flag package takes the next word as the value even when it
+            // starts with a dash (`-beacon-tier -1`, `-instance -x`).
+            Val(name) | List(name) => arg.value_name(name).allow_hyphen_values(true),
         }
     }
 }
@@ -130,6 +133,8 @@ settings! {
         "CPUs to run one pinned worker on each, as a Linux cpulist (0-3,8) [default: the process affinity mask]"),
     CpuMask("cpu-mask", "RICOCHET_CPU_MASK", "", Val("HEX"), ENGINE,
         "The same as --cpus, as a hex mask (0xf = CPUs 0-3); give one of the two"),
+    NackWorkers("nack-workers", "NACK_WORKERS", "0", Val("N"), ENGINE,
+        "Without --cpus/--cpu-mask: run this many workers, on the first N CPUs of the affinity mask (0 = all)"),
     Backend("backend", "RICOCHET_BACKEND", "auto", Val("BACKEND"), ENGINE,
         "Packet I/O back end: auto (io_uring, else epoll), uring or epoll"),
     Ipv4Lab("ipv4-lab", "RICOCHET_IPV4_LAB", "false", Bool, ENGINE,
@@ -154,17 +159,39 @@ settings! {
         "Multicast model: asm (FF0x groups) or ssm (FF35/FF3E)"),
     ShardBits("shard-bits", "SHARD_BITS", "2", Val("BITS"), NETWORK,
         "TxID prefix bits that pick a data shard group, 1..=12 (must match the proxies)"),
+    BindSource("bind-source", "BIND_SOURCE", "", Val("IPV6"), NETWORK,
+        "Refused when set: SSM source lists are not implemented yet"),
+    SsmBootstrapManifest("ssm-bootstrap-manifest", "SSM_BOOTSTRAP_MANIFEST", "", List("SOURCES"), NETWORK,
+        "Refused when set: SSM source lists are not implemented yet"),
+    SsmBootstrapBeacon("ssm-bootstrap-beacon", "SSM_BOOTSTRAP_BEACON", "", List("SOURCES"), NETWORK,
+        "Refused when set: SSM source lists are not implemented yet"),
+    SsmBootstrapSubtreeAnnounce("ssm-bootstrap-subtree-announce", "SSM_BOOTSTRAP_SUBTREE_ANNOUNCE", "", List("SOURCES"), NETWORK,
+        "Refused when set: SSM source lists are not implemented yet"),
+    SsmPublishersStatic("ssm-publishers-static", "SSM_PUBLISHERS_STATIC", "", List("SOURCES"), NETWORK,
+        "Refused when set: SSM source lists are not implemented yet"),
+    SsmBootstrapRefresh("ssm-bootstrap-refresh", "SSM_BOOTSTRAP_REFRESH", "30s", Val("DURATION"), NETWORK,
+        "DNS re-resolve period of the SSM source lists (must be > 0)"),
     SubtreeDataEnabled("subtree-data-enabled", "SUBTREE_DATA_ENABLED", "false", Bool, NETWORK,
         "Join the subtree-data group (index 0xFFFB) and cache BRC-132 frames"),
     BeefEnabled("beef-enabled", "BEEF_ENABLED", "false", Bool, NETWORK,
         "Join the BEEF object plane (0x1000 + 2^beef-shard-bits groups) and cache its frames"),
-    BeefShardBits("beef-shard-bits", "BEEF_SHARD_BITS", "4", Val("BITS"), NETWORK,
-        "Width of the BEEF plane, 0..=12 bits (must match the proxies)"),
+    BeefShardBits("beef-shard-bits", "BEEF_SHARD_BITS", "0", Val("BITS"), NETWORK,
+        "Width of the BEEF plane, 0..=12 bits; 0 is the single group 0x1000 (must match the proxies)"),
+    TeeListen("tee-listen", "TEE_LISTEN", "", Val("[::1]:PORT"), NETWORK,
+        "Refused when set: ricochet has no loopback tee input; run it where it can join the groups"),
+    McJoinEnabled("mc-join-enabled", "MC_JOIN_ENABLED", "true", Bool, NETWORK,
+        "Join the multicast groups; false (tee-only ingest) is refused, as ricochet has no tee input"),
 
     CacheBackend("cache-backend", "CACHE_BACKEND", "memory", Val("BACKEND"), CACHE,
-        "Frame cache: memory, or redis (shared; needs --redis-addr)"),
+        "Frame cache: memory, or redis (shared; needs --redis-addr); aerospike is refused"),
     RedisAddr("redis-addr", "REDIS_ADDR", "", Val("HOST:PORT"), CACHE,
         "Redis-protocol server: frame store with --cache-backend redis, else only cross-instance dedup"),
+    AerospikeHosts("aerospike-hosts", "AEROSPIKE_HOSTS", "", List("HOST:PORT,..."), CACHE,
+        "Accepted for configuration files; the aerospike backend itself is refused"),
+    AerospikeNamespace("aerospike-namespace", "AEROSPIKE_NAMESPACE", "cache", Val("NAME"), CACHE,
+        "Accepted for configuration files; the aerospike backend itself is refused"),
+    AerospikeSet("aerospike-set", "AEROSPIKE_SET", "bre", Val("NAME"), CACHE,
+        "Accepted for configuration files; the aerospike backend itself is refused"),
     CacheDialTimeout("cache-dial-timeout", "CACHE_DIAL_TIMEOUT", "1s", Val("DURATION"), CACHE,
         "Connect timeout for the Redis backend"),
     CacheOpTimeout("cache-op-timeout", "CACHE_OP_TIMEOUT", "1s", Val("DURATION"), CACHE,
@@ -198,7 +225,7 @@ settings! {
         "Most frames one range NACK may ask for, 1..=4096"),
 
     EgressIface("egress-iface", "EGRESS_IFACE", "eth0", List("IFACES"), RETRANSMIT,
-        "Comma-separated interfaces every multicast retransmit goes out on [with --ipv4-lab: 127.0.0.1]"),
+        "Comma-separated interfaces every multicast retransmit goes out on; the first also sends beacons and gives the NACK address [with --ipv4-lab: 127.0.0.1]"),
     EgressPort("egress-port", "EGRESS_PORT", "9001", Val("PORT"), RETRANSMIT,
         "Destination port of retransmits (the listeners' listen port)"),
     EgressMulticastLoop("egress-multicast-loop", "EGRESS_MULTICAST_LOOP", "false", Bool, RETRANSMIT,
@@ -211,15 +238,17 @@ settings! {
     RlIpBurst("rl-ip-burst", "RL_IP_BURST", "10", Val("N"), RATE,
         "Per-source-IP token bucket size"),
     RlSequenceMax("rl-sequence-max", "RL_SEQUENCE_MAX", "100", Val("N"), RATE,
-        "Most NACKs for one SeqNum per --rl-sequence-window"),
+        "Most NACKs for one gap (HashKey, SeqNum), from any source, per --rl-sequence-window"),
     RlSequenceWindow("rl-sequence-window", "RL_SEQUENCE_WINDOW", "1m", Val("DURATION"), RATE,
-        "Window of the per-SeqNum limit"),
+        "Window of the per-gap limit (0 = 1m)"),
     RlChainRate("rl-chain-rate", "RL_CHAIN_RATE", "500", Val("N"), RATE,
-        "Most NACKs per (source IP, HashKey) per --rl-chain-window",
-        aliases = ["rl-sender-rate"], env_aliases = ["RL_SENDER_RATE"]),
+        "Most NACKs per (source IP, HashKey) per --rl-chain-window (a fraction is dropped; 0 = --rl-sender-rate, else 500)"),
     RlChainWindow("rl-chain-window", "RL_CHAIN_WINDOW", "1m", Val("DURATION"), RATE,
-        "Window of the per-flow limit",
-        aliases = ["rl-sender-window"], env_aliases = ["RL_SENDER_WINDOW"]),
+        "Window of the per-flow limit (0 = --rl-sender-window, else 1m)"),
+    RlSenderRate("rl-sender-rate", "RL_SENDER_RATE", "0", Val("N"), RATE,
+        "Older name of --rl-chain-rate, used only when --rl-chain-rate is 0"),
+    RlSenderWindow("rl-sender-window", "RL_SENDER_WINDOW", "0s", Val("DURATION"), RATE,
+        "Older name of --rl-chain-window, used only when --rl-chain-window is 0"),
     RlGroupRate("rl-group-rate", "RL_GROUP_RATE", "200", Val("PER_SEC"), RATE,
         "Per-(source IP, group) retransmit token bucket refill per second, after lookup"),
     RlGroupBurst("rl-group-burst", "RL_GROUP_BURST", "50", Val("N"), RATE,
@@ -229,6 +258,8 @@ settings! {
 
     BeaconEnabled("beacon-enabled", "BEACON_ENABLED", "true", Bool, BEACON,
         "Multicast an ADVERT to the beacon group every --beacon-interval"),
+    BeaconPort("beacon-port", "RICOCHET_BEACON_PORT", "9300", Val("PORT"), BEACON,
+        "UDP port ADVERTs are sent to (listeners listen on 9300 whatever --nack-port is)"),
     BeaconTier("beacon-tier", "BEACON_TIER", "0", Val("TIER"), BEACON,
         "Advertised tier, 0..=254 (lower is tried first)"),
     BeaconPreference("beacon-preference", "BEACON_PREFERENCE", "128", Val("PREF"), BEACON,
@@ -243,6 +274,8 @@ settings! {
         "Also retransmit unicast to the NACK's source, and advertise it"),
     BeaconFlagsDraining("beacon-flags-draining", "BEACON_FLAGS_DRAINING", "false", Bool, BEACON,
         "Advertise draining, so listeners stop using this endpoint"),
+    ControlGroupCompat("control-group-compat", "CONTROL_GROUP_COMPAT", "asm-only", Val("MODE"), BEACON,
+        "Beacon group prefixes under SSM: asm-only (FF0x), both (FF0x and FF3x) or derived (FF3x); no effect under asm"),
 
     ProxyEnabled("proxy-enabled", "PROXY_ENABLED", "false", Bool, PROXY,
         "Recover cache misses from upstream endpoints (needs --upstream-retry-endpoints)"),
@@ -305,16 +338,15 @@ settings! {
         "Instance name in metrics and logs; its CRC32c is the ADVERT instance id [default: hostname]",
         aliases = ["instance-id"]),
 
-    NackWorkers("nack-workers", "NACK_WORKERS", "", Val("N"), COMPAT,
-        "Ignored: ricochet runs one worker per CPU in --cpus"),
+    OtlpEndpoint("otlp-endpoint", "OTLP_ENDPOINT", "", Val("HOST:PORT"), RUNTIME,
+        "OTLP/gRPC collector to push metrics (and sampled NACK traces) to, plaintext (empty = no push)"),
+    OtlpInterval("otlp-interval", "OTLP_INTERVAL", "30s", Val("DURATION"), RUNTIME,
+        "OTLP metrics push period"),
+    TraceSampling("trace-sampling", "TRACE_SAMPLING", "0", Val("RATIO"), RUNTIME,
+        "Fraction of NACKs traced (NACK to answer) and pushed over OTLP, 0..=1; needs --otlp-endpoint"),
+
     ProxyWorkers("proxy-workers", "PROXY_WORKERS", "", Val("N"), COMPAT,
         "Ignored: upstream recovery runs on the --cpus workers"),
-    OtlpEndpoint("otlp-endpoint", "OTLP_ENDPOINT", "", Val("HOST:PORT"), COMPAT,
-        "Ignored: ricochet exports metrics only on /metrics"),
-    OtlpInterval("otlp-interval", "OTLP_INTERVAL", "", Val("DURATION"), COMPAT,
-        "Ignored: ricochet exports metrics only on /metrics"),
-    TraceSampling("trace-sampling", "TRACE_SAMPLING", "", Val("RATIO"), COMPAT,
-        "Ignored: ricochet does not export traces"),
 }
 
 impl Key {
@@ -346,8 +378,8 @@ pub struct RunArgs {
 
 impl RunArgs {
     /// A standalone command (`ricochet`) holding just these arguments: for
-    /// tests and tools. The real binary flattens [`RunArgs`] into its
-    /// subcommands instead.
+    /// tests and tools. The real binary flattens [`RunArgs`] into its top
+    /// level (no subcommand runs the endpoint) and into its subcommands.
     pub fn command() -> Command {
         <Self as clap::Args>::augment_args(Command::new("ricochet"))
     }
@@ -410,43 +442,174 @@ impl clap::FromArgMatches for RunArgs {
 }
 
 /// Rewrites Go-style single-dash long flags (`-nack-port 9300`,
-/// `-debug=true`) to clap's `--nack-port`, so a reference endpoint's command
-/// line works unchanged. Only names in the settings table (and their aliases)
-/// are rewritten; everything after a bare `--` is left alone. Call it on
-/// `std::env::args_os()` before clap parses.
+/// `-debug=true`, `-help`) to clap's `--nack-port`, so a reference endpoint's
+/// command line works unchanged. Only names in the settings table (and their
+/// aliases) are rewritten; a flag's value (`-instance -x`) and everything
+/// after a bare `--` are left alone, as is the program name. Call it on
+/// `std::env::args_os()` before clap parses, then [`check_flags`].
 pub fn normalize_go_flags<I, T>(args: I) -> Vec<OsString>
 where
     I: IntoIterator<Item = T>,
     T: Into<OsString>,
 {
+    let mut args = args.into_iter().map(Into::into);
+    let mut out: Vec<OsString> = args.next().into_iter().collect();
+    let mut value_next = false;
     let mut done = false;
-    args.into_iter()
-        .map(Into::into)
-        .map(|arg| {
-            if done {
-                return arg;
+    for arg in args {
+        if done || std::mem::take(&mut value_next) {
+            out.push(arg);
+            continue;
+        }
+        let word = arg.to_str().map_or(Word::Plain, read_word);
+        match word {
+            Word::End => done = true,
+            Word::Setting { dashes: 1, .. } | Word::Builtin { dashes: 1, long: true } => {
+                value_next = word.value_follows();
+                let mut fixed = OsString::from("-");
+                fixed.push(&arg);
+                out.push(fixed);
+                continue;
             }
-            if arg == OsStr::new("--") {
-                done = true;
-                return arg;
-            }
-            match arg.to_str().and_then(go_flag_name) {
-                Some(_) => {
-                    let mut fixed = OsString::from("-");
-                    fixed.push(&arg);
-                    fixed
-                }
-                None => arg,
-            }
-        })
-        .collect()
+            _ => value_next = word.value_follows(),
+        }
+        out.push(arg);
+    }
+    out
 }
 
-/// The flag name if `arg` is `-name` or `-name=value` for a known long flag.
-fn go_flag_name(arg: &str) -> Option<&str> {
-    let body = arg.strip_prefix('-').filter(|b| !b.starts_with('-'))?;
-    let name = body.split_once('=').map_or(body, |(n, _)| n);
-    SETTINGS.iter().any(|s| s.flag == name || s.aliases.contains(&name)).then_some(name)
+/// Refuses a word that looks like a flag but names none, with the word in
+/// full (`-no-such-flag`; clap alone would blame `-n`) and a hint. Values of
+/// flags, subcommand names and everything after `--` or `help` are not
+/// flags. Call it on the output of [`normalize_go_flags`].
+pub fn check_flags(args: &[OsString]) -> Result<(), UnknownFlag> {
+    let mut value_next = false;
+    for (i, arg) in args.iter().enumerate().skip(1) {
+        if std::mem::take(&mut value_next) {
+            continue;
+        }
+        let Some(arg) = arg.to_str() else { continue };
+        match read_word(arg) {
+            Word::End => break,
+            Word::Plain if i == 1 && arg == "help" => break,
+            Word::Unknown { dashes, name } => {
+                return Err(UnknownFlag { given: format!("{}{name}", "-".repeat(dashes)) });
+            }
+            word => value_next = word.value_follows(),
+        }
+    }
+    Ok(())
+}
+
+/// A command-line word that looks like a flag but names none.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UnknownFlag {
+    /// The flag as typed, without any `=value`.
+    given: String,
+}
+
+impl UnknownFlag {
+    /// The flag as typed (`-no-such-flag`), without any `=value`.
+    pub fn flag(&self) -> &str {
+        &self.given
+    }
+
+    /// The known flag nearest to the one typed, spelt with the same dashes,
+    /// when one is close enough to be a typo (`-nack-prot` → `-nack-port`).
+    pub fn suggestion(&self) -> Option<String> {
+        let dashes = self.given.len() - self.given.trim_start_matches('-').len();
+        let typed = self.given[dashes..].to_ascii_lowercase().replace('_', "-");
+        let (distance, name) = SETTINGS
+            .iter()
+            .flat_map(|s| std::iter::once(s.flag).chain(s.aliases.iter().copied()))
+            .map(|name| (strsim::damerau_levenshtein(&typed, name), name))
+            .min()?;
+        (distance <= (typed.len() / 4).max(2)).then(|| format!("{}{name}", &self.given[..dashes]))
+    }
+}
+
+/// Reference flags ricochet does not implement, by name or name prefix
+/// (ending in `-`), with what they belong to.
+const NOT_IMPLEMENTED: &[(&str, &str)] = &[
+    ("aerospike-", "the Aerospike cache backend"),
+    ("bind-source", "SSM source lists"),
+    ("ssm-", "SSM source lists"),
+    ("retry-tee", "the retry tee"),
+];
+
+impl fmt::Display for UnknownFlag {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let name = self.given.trim_start_matches('-');
+        write!(f, "unknown flag {}", self.given)?;
+        let missing = NOT_IMPLEMENTED.iter().find(|(n, _)| match n.strip_suffix('-') {
+            Some(prefix) => name.starts_with(n) || name == prefix,
+            None => name == *n,
+        });
+        if let Some((_, what)) = missing {
+            return write!(
+                f,
+                ": ricochet does not implement {what} of the reference endpoint \
+                 (docs/OPERATIONS.md lists what it accepts)"
+            );
+        }
+        match self.suggestion() {
+            Some(near) => write!(f, " (did you mean {near}?)"),
+            None => write!(f, "; `ricochet --help` lists every flag"),
+        }
+    }
+}
+
+impl std::error::Error for UnknownFlag {}
+
+/// How one command-line word reads to Go's flag package.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Word<'a> {
+    /// A setting's flag or alias, with one or two dashes; `inline` when the
+    /// value is attached (`-name=value`).
+    Setting { dashes: usize, takes_value: bool, inline: bool },
+    /// clap's own flags: `-h`, `-V`, `--help`, `--version`, and Go's `-help`
+    /// (`long`: a long name written with one dash).
+    Builtin { dashes: usize, long: bool },
+    /// A dash-led word naming no flag: its dashes and name (before any `=`).
+    Unknown { dashes: usize, name: &'a str },
+    /// `--`: the end of the flags.
+    End,
+    /// A value, a subcommand, `-`, or a negative number.
+    Plain,
+}
+
+impl Word<'_> {
+    /// Whether the next word is this flag's value (`-nack-port 9300`).
+    fn value_follows(self) -> bool {
+        matches!(self, Word::Setting { takes_value: true, inline: false, .. })
+    }
+}
+
+fn read_word(arg: &str) -> Word<'_> {
+    if arg == "--" {
+        return Word::End;
+    }
+    let (dashes, body) = match (arg.strip_prefix("--"), arg.strip_prefix('-')) {
+        (Some(body), _) => (2, body),
+        (None, Some(body)) => (1, body),
+        (None, None) => return Word::Plain,
+    };
+    // `-` alone is a value (stdin, by convention); `-5` a negative number.
+    if body.is_empty() || (dashes == 1 && body.starts_with(|c: char| c.is_ascii_digit())) {
+        return Word::Plain;
+    }
+    let (name, inline) = match body.split_once('=') {
+        Some((name, _)) => (name, true),
+        None => (body, false),
+    };
+    if let Some(s) = SETTINGS.iter().find(|s| s.flag == name || s.aliases.contains(&name)) {
+        return Word::Setting { dashes, takes_value: s.kind != Bool, inline };
+    }
+    match (dashes, name, inline) {
+        (1, "h" | "V", false) => Word::Builtin { dashes, long: false },
+        (1, "help", false) | (2, "help" | "version", false) => Word::Builtin { dashes, long: true },
+        _ => Word::Unknown { dashes, name },
+    }
 }
 
 #[cfg(test)]
@@ -586,7 +749,11 @@ mod tests {
         .unwrap();
         assert_eq!(a.get("scope"), Some("org"));
         assert_eq!(a.get("proxy-queue-depth"), Some("8"));
-        assert_eq!(a.get("rl-chain-rate"), Some("5"));
+        assert_eq!(
+            a.get("rl-sender-rate"),
+            Some("5"),
+            "its own flag, read only when the chain rate is 0"
+        );
         assert_eq!(a.get("instance"), Some("x"));
         assert_eq!(a.get("nack-port"), Some("2"), "the last repeated flag wins, as in Go");
     }
@@ -636,5 +803,119 @@ mod tests {
                 "-nack-port",
             ]
         );
+    }
+
+    fn normalized(args: &[&str]) -> Vec<String> {
+        normalize_go_flags(args).into_iter().map(|a| a.into_string().unwrap()).collect()
+    }
+
+    fn unknown(args: &[&str]) -> Option<UnknownFlag> {
+        check_flags(&normalize_go_flags(args)).err()
+    }
+
+    #[test]
+    fn every_setting_takes_every_go_and_gnu_form() {
+        for s in SETTINGS {
+            let f = s.flag;
+            let forms: Vec<(Vec<String>, &str)> = match s.kind {
+                Bool => vec![
+                    (vec![format!("-{f}")], "true"),
+                    (vec![format!("--{f}")], "true"),
+                    (vec![format!("-{f}=false")], "false"),
+                    (vec![format!("--{f}=false")], "false"),
+                    (vec![format!("-{f}=true")], "true"),
+                ],
+                Val(_) | List(_) => vec![
+                    (vec![format!("-{f}"), "v1".into()], "v1"),
+                    (vec![format!("-{f}=v2")], "v2"),
+                    (vec![format!("--{f}"), "v3".into()], "v3"),
+                    (vec![format!("--{f}=v4")], "v4"),
+                    // Go takes the next word as the value, dash or not.
+                    (vec![format!("-{f}"), "-5".into()], "-5"),
+                ],
+            };
+            for (form, want) in forms {
+                let mut argv = vec!["ricochet".to_string()];
+                argv.extend(form.iter().cloned());
+                let argv = normalize_go_flags(argv);
+                assert_eq!(check_flags(&argv), Ok(()), "{form:?}");
+                let a = RunArgs::try_parse_from(&argv).unwrap_or_else(|e| panic!("{form:?}: {e}"));
+                assert_eq!(a.get(f), Some(want), "{form:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn values_and_words_after_the_end_are_not_rewritten() {
+        assert_eq!(
+            normalized(&["ricochet", "-instance", "-debug", "-debug", "-help", "-h", "-V"]),
+            ["ricochet", "--instance", "-debug", "--debug", "--help", "-h", "-V"]
+        );
+        assert_eq!(
+            normalized(&["-nack-port", "-nack-port", "1", "--", "-debug"]),
+            ["-nack-port", "--nack-port", "1", "--", "-debug"],
+            "the program name is never a flag"
+        );
+        let a = RunArgs::try_parse_from(normalize_go_flags(["ricochet", "-instance", "-debug"]))
+            .unwrap();
+        assert_eq!(a.get("instance"), Some("-debug"));
+        assert_eq!(a.get("debug"), None);
+    }
+
+    #[test]
+    fn an_unknown_flag_is_named_in_full() {
+        let e = unknown(&["ricochet", "-no-such-flag"]).unwrap();
+        assert_eq!(e.flag(), "-no-such-flag");
+        assert_eq!(e.suggestion(), None);
+        assert_eq!(e.to_string(), "unknown flag -no-such-flag; `ricochet --help` lists every flag");
+        let e = unknown(&["ricochet", "run", "--no-such-flag=3"]).unwrap();
+        assert_eq!(e.flag(), "--no-such-flag", "the value is not part of the name");
+        let e = unknown(&["ricochet", "check-config", "-x"]).unwrap();
+        assert_eq!(e.flag(), "-x");
+    }
+
+    #[test]
+    fn an_unknown_flag_gets_the_nearest_name_with_its_dashes() {
+        let e = unknown(&["ricochet", "-nack-prot", "9300"]).unwrap();
+        assert_eq!(e.to_string(), "unknown flag -nack-prot (did you mean -nack-port?)");
+        let e = unknown(&["ricochet", "--lisen-port=1"]).unwrap();
+        assert_eq!(e.suggestion().as_deref(), Some("--listen-port"));
+        // An env var's name typed as a flag.
+        let e = unknown(&["ricochet", "-BEACON_TIER", "3"]).unwrap();
+        assert_eq!(e.suggestion().as_deref(), Some("-beacon-tier"));
+    }
+
+    #[test]
+    fn reference_flags_ricochet_lacks_say_so() {
+        let is_setting = |n: &str| SETTINGS.iter().any(|s| s.flag == n || s.aliases.contains(&n));
+        let mut checked = 0;
+        for (name, _) in NOT_IMPLEMENTED {
+            let name = if name.ends_with('-') { format!("{name}host") } else { name.to_string() };
+            if is_setting(&name) {
+                continue; // accepted since (and refused by `load` if it must be)
+            }
+            let flag = format!("-{name}");
+            let msg = unknown(&["ricochet", &flag, "x"]).unwrap().to_string();
+            assert!(msg.starts_with(&format!("unknown flag {flag}: ricochet does not implement")));
+            checked += 1;
+        }
+        assert!(checked > 0);
+    }
+
+    #[test]
+    fn known_words_pass_the_check() {
+        for args in [
+            &["ricochet"][..],
+            &["ricochet", "-h"],
+            &["ricochet", "--help"],
+            &["ricochet", "-help"],
+            &["ricochet", "-V"],
+            &["ricochet", "--version"],
+            &["ricochet", "help", "run", "--whatever"],
+            &["ricochet", "run", "-nack-port", "-1", "-debug", "--", "-not-a-flag"],
+            &["ricochet", "-mc-scope=site", "-rl-sender-rate", "5", "-", "-7"],
+        ] {
+            assert_eq!(check_flags(&normalize_go_flags(args)), Ok(()), "{args:?}");
+        }
     }
 }

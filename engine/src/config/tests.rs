@@ -40,7 +40,7 @@ fn defaults_match_the_reference() {
     assert!(!n.ipv4_lab);
     assert_eq!(n.mc_iface, "eth0");
     assert_eq!((n.listen_port, n.scope, n.group_id), (9001, Scope::Site, 0x000B));
-    assert_eq!((n.source_mode, n.shard_bits, n.beef_shard_bits), (SourceMode::Asm, 2, 4));
+    assert_eq!((n.source_mode, n.shard_bits, n.beef_shard_bits), (SourceMode::Asm, 2, 0));
     assert!(!n.subtree_data_enabled && !n.beef_enabled);
     use ricochet_wire::group::{DEFAULT_BEEF_SHARD_BITS, DEFAULT_GROUP_ID, DEFAULT_SHARD_BITS};
     assert_eq!(
@@ -133,10 +133,18 @@ fn precedence_through_a_clap_subcommand() {
 
 #[test]
 fn env_aliases_and_empty_env() {
+    // As the reference: RL_SENDER_* are read only where the chain setting
+    // is zero (its defaults are not).
     let c = load(&[], &env().with_var("RL_SENDER_RATE", "7").with_var("NACK_PORT", "  ")).unwrap();
-    assert_eq!(c.rate_limits.chain_rate, 7);
-    assert_eq!(c.origin("rl-chain-rate"), Some(Origin::Env("RL_SENDER_RATE")));
+    assert_eq!(c.rate_limits.chain_rate, 500, "the canonical default is not zero");
     assert_eq!(c.nack.port, 9300, "an empty env var is unset");
+    let e = env().with_var("RL_SENDER_RATE", "7").with_var("RL_CHAIN_RATE", "0");
+    let c = load(&[], &e.with_var("RL_CHAIN_WINDOW", "0s").with_var("RL_SENDER_WINDOW", "30s"))
+        .unwrap();
+    assert_eq!(c.rate_limits.chain_rate, 7, "zero chain rate falls back to the sender rate");
+    assert_eq!(c.rate_limits.chain_window, Duration::from_secs(30));
+    let c = load(&[], &env().with_var("RL_CHAIN_RATE", "0")).unwrap();
+    assert_eq!(c.rate_limits.chain_rate, 500, "zero without an alias is the default");
     let c =
         load(&[], &env().with_var("RL_SENDER_RATE", "7").with_var("RL_CHAIN_RATE", "8")).unwrap();
     assert_eq!(c.rate_limits.chain_rate, 8, "the canonical name wins over the alias");
@@ -205,7 +213,7 @@ fn every_validation_names_the_flag_and_the_fix() {
             &["--scope (MC_SCOPE)", "set --scope to one of link, site, org, global"],
         ),
         (
-            &["--scope=org", "--source-mode=ssm"],
+            &["--scope=org", "--source-mode=ssm", "--ipv4-lab"],
             &[
                 "--scope (MC_SCOPE) = \"org\"",
                 "SSM groups exist only",
@@ -215,7 +223,11 @@ fn every_validation_names_the_flag_and_the_fix() {
         (&["--source-mode=bidir"], &["--source-mode (SOURCE_MODE)", "one of asm, ssm"]),
         (
             &["--cache-backend=aerospike"],
-            &["--cache-backend (CACHE_BACKEND)", "set --cache-backend to one of memory, redis"],
+            &[
+                "--cache-backend (CACHE_BACKEND)",
+                "aerospike backend is not supported",
+                "set --cache-backend to redis",
+            ],
         ),
         (
             &["--cache-backend=redis"],
@@ -344,8 +356,8 @@ fn every_validation_names_the_flag_and_the_fix() {
             &["--rl-ip-rate (RL_IP_RATE)", "greater than 0", "set --rl-ip-rate to a number"],
         ),
         (
-            &["--rl-group-burst=0"],
-            &["--rl-group-burst (RL_GROUP_BURST)", "set --rl-group-burst to a value in 1..="],
+            &["--rl-group-burst=many"],
+            &["--rl-group-burst (RL_GROUP_BURST)", "set --rl-group-burst to an integer in 0..="],
         ),
         (&["--proxy-queue-depth=0"], &["--proxy-queue-depth (PROXY_QUEUE_DEPTH)", "1..=1048576"]),
         (
@@ -383,7 +395,7 @@ fn every_problem_is_reported_at_once() {
 fn a_refused_setting_does_not_cause_cross_check_noise() {
     let e = load(&["--proxy-enabled", "--upstream-retry-endpoints=bad"], &env()).unwrap_err();
     assert_eq!(e.problems().len(), 1, "{e}");
-    let e = load(&["--scope=nope", "--source-mode=ssm"], &env()).unwrap_err();
+    let e = load(&["--scope=nope", "--source-mode=ssm", "--ipv4-lab"], &env()).unwrap_err();
     assert_eq!(e.problems().len(), 1, "{e}");
 }
 
@@ -501,11 +513,88 @@ fn ipv4_lab_debug_and_hostname_defaults() {
 
 #[test]
 fn compatibility_flags_are_noted() {
-    let c = load(&["--proxy-workers=2"], &env().with_var("NACK_WORKERS", "8")).unwrap();
-    assert_eq!(c.notes().len(), 2);
-    assert!(c.notes().iter().any(|n| n.contains("--nack-workers (NACK_WORKERS) = \"8\" is accepted for compatibility and ignored: ricochet runs one worker per --cpus CPU (4 here)")), "{:?}", c.notes());
+    let c = load(&["--proxy-workers=2"], &env().with_var("NACK_WORKERS", "8")).unwrap_err();
+    assert!(c.to_string().contains("NACK_WORKERS"));
+    let c = load(&["--proxy-workers=2", "--cpus=1"], &env().with_var("NACK_WORKERS", "8")).unwrap();
+    assert_eq!(c.notes().len(), 2, "{:?}", c.notes());
+    let e = refused(&["--trace-sampling=1.5"], &env());
+    assert!(e.contains("set --trace-sampling to a fraction"), "{e}");
+    assert!(
+        c.notes().iter().any(|n| n.contains(
+            "--proxy-workers (PROXY_WORKERS) = \"2\" is accepted for compatibility and ignored"
+        )),
+        "{:?}",
+        c.notes()
+    );
+    assert!(c.notes().iter().any(|n| n.contains("--nack-workers (NACK_WORKERS) = \"8\" from env NACK_WORKERS is not used: --cpus (RICOCHET_CPUS) names the worker CPUs")), "{:?}", c.notes());
     assert!(c.render().contains("nack_workers = \"8\"  # env (ignored)\n"));
-    assert_eq!(c.origin("trace-sampling"), None);
+    assert_eq!(c.origin("proxy-workers"), Some(Origin::Flag));
+}
+
+#[test]
+fn nack_workers_picks_the_worker_count_as_the_reference() {
+    let c = load(&[], &env().with_var("NACK_WORKERS", "2")).unwrap();
+    assert_eq!(c.engine.cpus, [0, 1], "the first two CPUs of the affinity mask");
+    assert!(
+        c.render().contains("cpus = \"0-1\"  # env (NACK_WORKERS; nack_workers 2)\n"),
+        "{}",
+        c.render()
+    );
+    for zero in ["0", "-3"] {
+        let c = load(&[], &env().with_var("NACK_WORKERS", zero)).unwrap();
+        assert_eq!(c.engine.cpus, AFFINITY, "{zero} means every CPU, as NumCPU in the reference");
+    }
+    let e = refused(&["--nack-workers=5"], &env());
+    assert!(e.contains("--nack-workers (NACK_WORKERS) = \"5\" from the command line: ricochet pins one worker per CPU and this process may run on 4 (0-3); set --nack-workers to at most 4, or 0 for all of them (or give --cpus)"), "{e}");
+    let c = load(&["--nack-workers=1", "--cpu-mask=0xc"], &env()).unwrap();
+    assert_eq!(c.engine.cpus, [2, 3], "--cpus and --cpu-mask win");
+}
+
+#[test]
+fn reference_settings_ricochet_cannot_honour_are_refused_with_the_reason() {
+    let e = refused(&["--cache-backend=aerospike", "--aerospike-hosts=a:3000"], &env());
+    assert!(e.contains("the aerospike backend is not supported"), "{e}");
+    assert!(e.contains("redis"), "{e}");
+    let e = refused(&[], &env().with_var("TEE_LISTEN", "[::1]:9002"));
+    assert!(e.contains("TEE_LISTEN") && e.contains("no loopback tee input"), "{e}");
+    let e = refused(&["--mc-join-enabled=false"], &env());
+    assert!(e.contains("mc-join-enabled"), "{e}");
+    load(&["--mc-join-enabled=TRUE"], &env()).unwrap();
+    let e = refused(&[], &env().with_var("SSM_PUBLISHERS_STATIC", "2001:db8::1"));
+    assert!(e.contains("SSM source lists"), "{e}");
+    // Fail closed, as the reference: SSM without sources is refused.
+    let e = refused(&["--source-mode=ssm"], &env());
+    assert!(
+        e.contains("--source-mode (SOURCE_MODE)") && e.contains("set --source-mode to asm"),
+        "{e}"
+    );
+    let e = refused(&["--nack-addr=10.0.0.1"], &env());
+    assert!(e.contains("set --nack-addr to an IPv6 unicast address"), "{e}");
+    let e = refused(&["--ssm-bootstrap-refresh=0s"], &env());
+    assert!(e.contains("ssm-bootstrap-refresh"), "{e}");
+}
+
+#[test]
+fn zero_means_the_default_where_the_reference_says_so() {
+    let e = env()
+        .with_var("RL_SEQUENCE_WINDOW", "0")
+        .with_var("RL_GROUP_RATE", "0")
+        .with_var("RL_GROUP_BURST", "-1")
+        .with_var("RL_CHAIN_RATE", "12.5");
+    let c = load(&[], &e).unwrap();
+    let r = &c.rate_limits;
+    assert_eq!(r.sequence_window, Duration::from_secs(60));
+    assert_eq!((r.group_rate, r.group_burst), (200.0, 50));
+    assert_eq!(r.chain_rate, 12, "a float rate, whole requests per window as the reference");
+    assert!(
+        c.render().contains("rl_group_rate = 200  # env (0 means the default)\n"),
+        "{}",
+        c.render()
+    );
+    // Zero where the reference would then answer nothing is refused.
+    for flag in ["--rl-ip-rate=0", "--rl-ip-burst=0", "--rl-sequence-max=0"] {
+        refused(&[flag], &env());
+    }
 }
 
 #[test]
@@ -526,7 +615,8 @@ fn render_lists_every_setting_with_its_source() {
         "\nbeacon_tier = 0  # default\n",
         "\ncache_ttl_block = \"30s\"  # env (CACHE_TTL; via cache_ttl)\n",
         "\ncache_ttl_beef = \"1m\"  # default\n",
-        "\nrl_chain_rate = 7  # env (RL_SENDER_RATE)\n",
+        "\nrl_chain_rate = 500  # default\n",
+        "\nrl_sender_rate = 7  # env\n",
         "\ncpus = \"0-1\"  # flag (cpu_mask 0x3)\n",
         "\nmc_group_id = \"0x000B\"  # default\n",
         "\nmetrics_addr = \":9400\"  # default\n",
@@ -541,7 +631,7 @@ fn render_lists_every_setting_with_its_source() {
     }
     // One line per setting except config, cpu_mask and unset compat flags.
     let lines = out.lines().filter(|l| !l.starts_with('#')).count();
-    assert_eq!(lines, SETTINGS.len() - 2 - 5);
+    assert_eq!(lines, SETTINGS.len() - 2 - 1 - 1, "less nack_workers: --cpu-mask decides");
 }
 
 #[test]

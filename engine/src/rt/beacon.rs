@@ -9,7 +9,7 @@ use std::time::Duration;
 use ricochet_wire::control::{AdvertFlags, AdvertRepr, Control};
 use ricochet_wire::group::{INDEX_BEACON, Scope};
 
-use super::{Addressing, Options, Shared};
+use super::{Addressing, Egress, Options, Shared};
 
 /// What a beacon advertises.
 #[derive(Debug, Clone)]
@@ -20,6 +20,9 @@ pub struct BeaconSettings {
     pub nack_addr: std::net::Ipv6Addr,
     /// NACK port.
     pub nack_port: u16,
+    /// UDP port ADVERTs are sent to (9300: where listeners listen,
+    /// whatever the NACK port).
+    pub port: u16,
     /// Tier 0–254.
     pub tier: u8,
     /// Preference.
@@ -52,17 +55,17 @@ pub fn advert(b: &BeaconSettings, scope: Scope, draining: bool) -> AdvertRepr {
     }
 }
 
-/// Where the ADVERT for `scope` goes.
-fn destination(opts: &Options, scope: Scope) -> Option<SocketAddr> {
+/// Where the ADVERT for `scope` goes: the beacon group, at the beacon
+/// port.
+fn destination(opts: &Options, scope: Scope, port: u16) -> Option<SocketAddr> {
     match &opts.addressing {
-        Addressing::Ipv4Lab { .. } => Some(SocketAddr::from((
-            ricochet_wire::group::ipv4_lab_group(INDEX_BEACON),
-            opts.nack_port,
-        ))),
+        Addressing::Ipv4Lab { .. } => {
+            Some(SocketAddr::from((ricochet_wire::group::ipv4_lab_group(INDEX_BEACON), port)))
+        }
         Addressing::Ipv6 { mode, group_id, .. } => {
             ricochet_wire::group::ipv6_group(*mode, scope, *group_id, INDEX_BEACON)
                 .ok()
-                .map(|a| SocketAddr::from((a, opts.nack_port)))
+                .map(|a| SocketAddr::from((a, port)))
         }
     }
 }
@@ -82,7 +85,7 @@ pub async fn run(opts: Options, b: BeaconSettings, shared: Arc<Shared>) {
     loop {
         tick.tick().await;
         for &scope in &b.scopes {
-            let Some(dest) = destination(&opts, scope) else { continue };
+            let Some(dest) = destination(&opts, scope, b.port) else { continue };
             let msg = Control::Advert(advert(&b, scope, shared.draining()));
             let Ok(n) = msg.emit(&mut buf) else { continue };
             match sock.send_to(&buf[..n], dest).await {
@@ -96,21 +99,23 @@ pub async fn run(opts: Options, b: BeaconSettings, shared: Arc<Shared>) {
     }
 }
 
+/// The beacon socket: out of the first egress interface, as the
+/// reference's beacon.
 fn beacon_socket(opts: &Options) -> std::io::Result<tokio::net::UdpSocket> {
     use socket2::{Domain, Protocol, Socket, Type};
-    let s = match &opts.addressing {
-        Addressing::Ipv4Lab { interface } => {
+    let egress = opts.egress.first().copied().ok_or_else(|| {
+        std::io::Error::new(std::io::ErrorKind::InvalidInput, "no egress interface")
+    })?;
+    let s = match egress {
+        Egress::V4(interface) => {
             let s = Socket::new(Domain::IPV4, Type::DGRAM.nonblocking(), Some(Protocol::UDP))?;
-            s.set_multicast_if_v4(interface)?;
-            s.set_multicast_loop_v4(opts.multicast_loop)?;
-            s.bind(&SocketAddr::from((*interface, 0)).into())?;
+            super::socket::multicast_out(&s, opts, egress)?;
+            s.bind(&SocketAddr::from((interface, 0)).into())?;
             s
         }
-        Addressing::Ipv6 { interface_index, .. } => {
+        Egress::V6(_) => {
             let s = Socket::new(Domain::IPV6, Type::DGRAM.nonblocking(), Some(Protocol::UDP))?;
-            s.set_multicast_if_v6(*interface_index)?;
-            s.set_multicast_loop_v6(opts.multicast_loop)?;
-            s.set_multicast_hops_v6(opts.multicast_hops)?;
+            super::socket::multicast_out(&s, opts, egress)?;
             s.bind(&SocketAddr::from((std::net::Ipv6Addr::UNSPECIFIED, 0)).into())?;
             s
         }
@@ -128,6 +133,7 @@ mod tests {
             scopes: vec![Scope::Site],
             nack_addr: "::1".parse().unwrap(),
             nack_port: 9300,
+            port: 9300,
             tier: 0,
             preference: 128,
             interval: Duration::from_secs(60),

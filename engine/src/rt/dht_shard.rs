@@ -703,6 +703,8 @@ pub(crate) mod tests {
             nack_port: 0,
             multicast_loop: false,
             multicast_hops: 1,
+            egress: vec![crate::rt::Egress::V4(std::net::Ipv4Addr::LOCALHOST)],
+            debug_events: false,
             retry: crate::retry::Settings::default(),
             recovery: crate::retry::RecoverySettings::default(),
             batch: 8,
@@ -714,6 +716,7 @@ pub(crate) mod tests {
                 config: dht::Config::new([2; 32]),
             }),
             gossip: None,
+            nack_tracing: None,
         }
     }
 

@@ -36,15 +36,20 @@ pub(crate) struct Worker {
     upstream: Socket,
     dht: Option<Socket>,
     gossip: Option<Socket>,
+    /// Egress sockets of the second and further egress interfaces.
+    egress: Vec<Socket>,
     epoll: Epoll,
     recv: RecvBatch,
     scratch: SendScratch,
     pending: Vec<Transmit>,
+    /// The runs of `pending` handed to the last `send_all`, in message
+    /// order, so a refused message can be traced to its transmits.
+    sent_runs: Vec<std::ops::Range<usize>>,
 }
 
 impl Worker {
     pub(crate) fn new(core: Core, socks: Sockets) -> std::io::Result<Self> {
-        let Sockets { ingress, nack, upstream, dht, gossip } = socks;
+        let Sockets { ingress, nack, upstream, dht, gossip, egress } = socks;
         let epoll = Epoll::new()?;
         epoll.add(ingress.as_raw_fd(), TOKEN_INGRESS)?;
         epoll.add(nack.as_raw_fd(), TOKEN_NACK)?;
@@ -64,10 +69,12 @@ impl Worker {
             upstream,
             dht,
             gossip,
+            egress,
             epoll,
             recv,
             scratch: SendScratch::default(),
             pending: Vec::new(),
+            sent_runs: Vec::new(),
         })
     }
 
@@ -133,7 +140,10 @@ impl Worker {
             for i in 0..n {
                 let Some(data) = self.recv.data(i) else { continue };
                 match source {
-                    Source::Ingress => self.core.on_ingress(now, data),
+                    Source::Ingress => {
+                        let src = self.recv.source(i).map(|a| a.ip());
+                        self.core.on_ingress(now, data, src);
+                    }
                     Source::Nack | Source::Upstream | Source::Dht | Source::Gossip => {
                         let Some(src) = self.recv.source(i) else { continue };
                         match source {
@@ -168,6 +178,8 @@ impl Worker {
             let mut gso = 0u64;
             let core = &mut self.core;
             let pending = &self.pending;
+            let sent_runs = &mut self.sent_runs;
+            sent_runs.clear();
             let msgs = gso_runs(pending)
                 .filter(|run| matches!(pending[run.start].dest, Dest::Upstream(_)) == upstream)
                 .filter_map(|run| {
@@ -176,14 +188,39 @@ impl Worker {
                         unroutable += run.len() as u64;
                         return None;
                     };
+                    sent_runs.push(run.clone());
                     Some((to, pending[run].iter().map(|t| t.payload.as_bytes())))
                 });
             let (sent, failed) = sys::send_all(fd, msgs, &mut self.scratch);
             self.core.counters.sent += sent as u64;
             self.core.counters.send_errors += failed as u64 + unroutable;
             self.core.counters.gso_sends += gso;
+            for &m in self.scratch.failed() {
+                for t in &self.pending[self.sent_runs[m].clone()] {
+                    self.core.counters.response_send_errors.count(&t.payload);
+                }
+            }
         }
+        self.send_to_extra_egress();
         self.pending.clear();
+    }
+
+    /// Sends a copy of every multicast retransmit in `pending` out of each
+    /// further egress interface.
+    fn send_to_extra_egress(&mut self) {
+        for s in &self.egress {
+            let core = &mut self.core;
+            let pending = &self.pending;
+            let msgs = gso_runs(pending)
+                .filter(|run| matches!(pending[run.start].dest, Dest::Group(_)))
+                .filter_map(|run| {
+                    let to = core.destination(&pending[run.start])?;
+                    Some((to, pending[run].iter().map(|t| t.payload.as_bytes())))
+                });
+            let (sent, failed) = sys::send_all(s.as_raw_fd(), msgs, &mut self.scratch);
+            self.core.counters.sent += sent as u64;
+            self.core.counters.send_errors += failed as u64;
+        }
     }
 
     /// Sends what the DHT node queued, from the DHT socket.

@@ -34,6 +34,7 @@
 pub mod beacon;
 mod dht_shard;
 mod epoll;
+mod event_log;
 mod gossip_shard;
 mod socket;
 pub mod sys;
@@ -42,7 +43,7 @@ mod worker;
 
 use std::io;
 use std::net::{IpAddr, Ipv4Addr};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
@@ -93,6 +94,16 @@ pub enum Addressing {
     },
 }
 
+/// An interface multicast retransmits leave on (`EGRESS_IFACE`): an IPv4
+/// interface address in the lab, an interface index otherwise.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Egress {
+    /// `--ipv4-lab`: the interface's IPv4 address.
+    V4(Ipv4Addr),
+    /// An IPv6 interface index.
+    V6(u32),
+}
+
 /// Everything the runtime needs, already validated (see `config`).
 #[derive(Debug, Clone)]
 pub struct Options {
@@ -116,6 +127,13 @@ pub struct Options {
     pub multicast_loop: bool,
     /// Multicast TTL / hop limit of retransmits.
     pub multicast_hops: u32,
+    /// Interfaces every multicast retransmit leaves on, at least one; the
+    /// first is the NACK socket's (and the beacon's), each further one has
+    /// an egress socket of its own on every worker.
+    pub egress: Vec<Egress>,
+    /// `-debug`: per-event debug lines (retransmits, rate-limit drops,
+    /// misses, frames cached), within a per-worker line budget.
+    pub debug_events: bool,
     /// Retry-service settings, one copy per worker shard.
     pub retry: retry::Settings,
     /// Cross-domain recovery (upstreams resolved); no upstreams = off.
@@ -131,6 +149,9 @@ pub struct Options {
     pub dht: Option<DhtOptions>,
     /// Gossip rumor dedup on the workers (`--cluster-key-file`).
     pub gossip: Option<GossipOptions>,
+    /// NACK tracing (`--trace-sampling` with `--otlp-endpoint`): each
+    /// worker samples NACKs and queues their records for the control thread.
+    pub nack_tracing: Option<crate::otlp::NackTracing>,
 }
 
 /// Binds the control thread's member of the gossip reuseport group (after
@@ -201,8 +222,89 @@ pub struct WorkerCounters {
     pub store_pending: u64,
     /// Frames not written to the shared cache because its queue was full.
     pub store_puts_dropped: u64,
+    /// Well-formed frames from the fabric (the ingress sockets) that reached
+    /// the cache of the worker owning their flow; recovered, warmed and
+    /// looked-up frames are not counted.
+    pub fabric_frames: u64,
+    /// Of those, frames the cache holds after their arrival: newly cached,
+    /// or a copy of one already held.
+    pub fabric_frames_cached: u64,
+    /// Ingress datagrams dropped as malformed (any reason; `dropped` has
+    /// the reasons, for every socket).
+    pub fabric_malformed: u64,
+    /// Responses the kernel refused or the worker could not queue, by type.
+    pub response_send_errors: ResponseCounts,
+    /// [`Self::fabric_frames_cached`] by the source address the frame
+    /// arrived from (the `bre_cache_stored_total` series).
+    #[serde(skip)]
+    pub cached_by_source: SourceCounts,
     /// Malformed datagrams dropped, by `Error::reason` label.
     pub dropped: std::collections::BTreeMap<&'static str, u64>,
+}
+
+/// A count per BRC-126 response type.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct ResponseCounts {
+    /// ACKs.
+    pub ack: u64,
+    /// MISSes.
+    pub miss: u64,
+    /// THROTTLEDs.
+    pub throttled: u64,
+}
+
+impl ResponseCounts {
+    /// Counts `payload` when it is a response; frames and NACKs are not.
+    pub(crate) fn count(&mut self, payload: &retry::Payload) {
+        use ricochet_wire::control::{ResponseKind, ResponseRepr};
+        let retry::Payload::Control { .. } = payload else { return };
+        match ResponseRepr::parse(payload.as_bytes()).map(|r| r.kind) {
+            Ok(ResponseKind::Ack(_)) => self.ack += 1,
+            Ok(ResponseKind::Miss) => self.miss += 1,
+            Ok(ResponseKind::Throttled { .. }) => self.throttled += 1,
+            Err(_) => {}
+        }
+    }
+}
+
+/// Most source addresses a worker counts apart; frames from further
+/// sources are counted under `None` (a flood of spoofed sources must not
+/// grow the table, or the scrape, without bound).
+pub const MAX_SOURCES: usize = 256;
+
+/// Counts by source address, in first-seen order. Publishers are few, so a
+/// short vector scanned from the most recent hit beats a map.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SourceCounts {
+    counts: Vec<(Option<IpAddr>, u64)>,
+    last: usize,
+}
+
+impl SourceCounts {
+    /// Adds one for `src` (`None`: unknown).
+    pub fn add(&mut self, src: Option<IpAddr>) {
+        if self.counts.get(self.last).is_some_and(|(s, _)| *s == src) {
+            self.counts[self.last].1 += 1;
+            return;
+        }
+        let find = |counts: &[(Option<IpAddr>, u64)], src| counts.iter().position(|c| c.0 == src);
+        // A new source past the cap is counted as unknown.
+        let src = match find(&self.counts, src) {
+            Some(_) => src,
+            None if self.counts.len() >= MAX_SOURCES => None,
+            None => src,
+        };
+        self.last = find(&self.counts, src).unwrap_or_else(|| {
+            self.counts.push((src, 0));
+            self.counts.len() - 1
+        });
+        self.counts[self.last].1 += 1;
+    }
+
+    /// `(source, count)` pairs.
+    pub fn iter(&self) -> impl Iterator<Item = (Option<IpAddr>, u64)> + '_ {
+        self.counts.iter().copied()
+    }
 }
 
 /// A worker's published state.
@@ -251,6 +353,8 @@ pub struct Shared {
     draining: AtomicBool,
     ready: AtomicBool,
     warming: AtomicBool,
+    /// Workers whose event loop is running (`/readyz` `workers_ready`).
+    running: AtomicUsize,
     /// Per-worker snapshots, refreshed every tick.
     pub snapshots: Vec<Mutex<WorkerSnapshot>>,
     /// The backend actually running.
@@ -268,6 +372,9 @@ pub struct Shared {
     pub gossip_port: Option<u16>,
     /// ADVERTs sent by the beacon task.
     pub beacons_sent: std::sync::atomic::AtomicU64,
+    /// The endpoint's IP, sequence and group rate-limit tables, shared by
+    /// every worker's retry service: limits are per endpoint.
+    pub limits: Arc<retry::SharedLimits>,
     /// Workers → control thread events (bounded; a full queue drops).
     pub(crate) events: crossbeam_channel::Sender<ControlEvent>,
     events_rx: crossbeam_channel::Receiver<ControlEvent>,
@@ -285,6 +392,7 @@ impl Shared {
             draining: AtomicBool::new(false),
             ready: AtomicBool::new(true),
             warming: AtomicBool::new(false),
+            running: AtomicUsize::new(workers),
             snapshots: (0..workers).map(|_| Mutex::new(WorkerSnapshot::default())).collect(),
             backend: "test",
             steering: AtomicBool::new(false),
@@ -292,6 +400,10 @@ impl Shared {
             gossip_steering: AtomicBool::new(false),
             gossip_port: None,
             beacons_sent: std::sync::atomic::AtomicU64::new(0),
+            limits: Arc::new(retry::SharedLimits::new(
+                &retry::LimitSettings::default(),
+                std::time::Instant::now(),
+            )),
             events,
             events_rx,
         })
@@ -314,6 +426,14 @@ impl Shared {
     /// Starts or ends the warm-up period.
     pub fn set_warming(&self, on: bool) {
         self.warming.store(on, Ordering::Relaxed);
+    }
+    /// Workers whose event loop is running now, of [`Shared::workers_total`].
+    pub fn workers_ready(&self) -> usize {
+        self.running.load(Ordering::Relaxed)
+    }
+    /// Workers configured (one per CPU).
+    pub fn workers_total(&self) -> usize {
+        self.snapshots.len()
     }
     /// Whether a worker stopped on an error; the process should exit.
     pub fn failed(&self) -> bool {
@@ -541,6 +661,7 @@ impl Runtime {
         let mut ingress = Vec::with_capacity(n);
         let mut nack = Vec::with_capacity(n);
         let mut upstream = Vec::with_capacity(n);
+        let mut egress = Vec::with_capacity(n);
         let mut dht = Vec::with_capacity(n);
         let mut gossip = Vec::with_capacity(n);
         let mut gossip_port = opts.gossip.as_ref().map(|g| g.port);
@@ -548,6 +669,7 @@ impl Runtime {
             ingress.push(socket::ingress(&opts, share)?);
             nack.push(socket::nack_member(&opts)?);
             upstream.push(socket::upstream(&opts)?);
+            egress.push(socket::extra_egress(&opts)?);
             // DHT members in worker order, like the NACK group's.
             if let Some(d) = &opts.dht {
                 dht.push(socket::dht_member(&opts, d.port)?);
@@ -592,6 +714,7 @@ impl Runtime {
             draining: AtomicBool::new(false),
             ready: AtomicBool::new(false),
             warming: AtomicBool::new(false),
+            running: AtomicUsize::new(0),
             snapshots: (0..n).map(|_| Mutex::new(WorkerSnapshot::default())).collect(),
             backend,
             steering: AtomicBool::new(steering),
@@ -599,6 +722,10 @@ impl Runtime {
             gossip_steering: AtomicBool::new(gossip_steering),
             gossip_port,
             beacons_sent: std::sync::atomic::AtomicU64::new(0),
+            limits: Arc::new(retry::SharedLimits::new(
+                &opts.retry.limits,
+                std::time::Instant::now(),
+            )),
             events: events_tx,
             events_rx,
         });
@@ -616,6 +743,7 @@ impl Runtime {
         let mut built = Vec::with_capacity(n);
         let mut dht = dht.into_iter();
         let mut gossip = gossip.into_iter();
+        let mut egress = egress.into_iter();
         let sockets = ingress.into_iter().zip(nack).zip(upstream).zip(receivers);
         for (i, (((ing, nk), up), rx)) in sockets.enumerate() {
             let core =
@@ -626,6 +754,7 @@ impl Runtime {
                 upstream: up,
                 dht: dht.next(),
                 gossip: gossip.next(),
+                egress: egress.next().unwrap_or_default(),
             };
             built.push(if backend == "io_uring" {
                 AnyWorker::Uring(Box::new(uring::Worker::new(core, socks)?))
@@ -650,6 +779,7 @@ impl Runtime {
         for (i, w) in built.into_iter().enumerate() {
             let cpu = opts.cpus.get(i).copied();
             let started = started.clone();
+            let shared = shared.clone();
             let dht_role =
                 if opts.dht.is_some() { format!(", DHT member {i}") } else { String::new() };
             let gossip_role =
@@ -666,8 +796,10 @@ impl Runtime {
                             }
                         }
                     }
+                    shared.running.fetch_add(1, Ordering::Relaxed);
                     started.wait();
                     w.run();
+                    shared.running.fetch_sub(1, Ordering::Relaxed);
                 },
             )?);
         }

@@ -6,7 +6,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 use socket2::{Domain, Protocol, SockAddr, Socket, Type};
 
-use super::{Addressing, Options};
+use super::{Addressing, Egress, Options};
 
 /// Receive buffer asked for on every socket; the kernel caps it at
 /// `net.core.rmem_max` (docs/OPERATIONS.md says how to raise that).
@@ -122,25 +122,60 @@ pub(crate) fn upstream(opts: &Options) -> io::Result<Socket> {
     Ok(s)
 }
 
-/// Multicast egress options on a socket that sends retransmits.
+/// Multicast egress options on the NACK socket, which sends retransmits
+/// out of the first egress interface.
 fn egress_options(s: &Socket, opts: &Options) -> io::Result<()> {
-    match &opts.addressing {
-        Addressing::Ipv4Lab { interface } => {
-            if opts.nack_bind.is_ipv4() {
-                s.set_multicast_if_v4(interface)?;
-                s.set_multicast_loop_v4(opts.multicast_loop)?;
-                s.set_multicast_ttl_v4(opts.multicast_hops)?;
-            }
+    match opts.egress.first() {
+        Some(&egress) if opts.nack_bind.is_ipv4() == matches!(egress, Egress::V4(_)) => {
+            multicast_out(s, opts, egress)
         }
-        Addressing::Ipv6 { interface_index, .. } => {
-            if opts.nack_bind.is_ipv6() {
-                s.set_multicast_if_v6(*interface_index)?;
-                s.set_multicast_loop_v6(opts.multicast_loop)?;
-                s.set_multicast_hops_v6(opts.multicast_hops)?;
-            }
+        _ => Ok(()),
+    }
+}
+
+/// Sends multicast out of `egress`, with the loop and hop settings.
+pub(crate) fn multicast_out(s: &Socket, opts: &Options, egress: Egress) -> io::Result<()> {
+    match egress {
+        Egress::V4(interface) => {
+            s.set_multicast_if_v4(&interface)?;
+            s.set_multicast_loop_v4(opts.multicast_loop)?;
+            s.set_multicast_ttl_v4(opts.multicast_hops)
+        }
+        Egress::V6(index) => {
+            s.set_multicast_if_v6(index)?;
+            s.set_multicast_loop_v6(opts.multicast_loop)?;
+            s.set_multicast_hops_v6(opts.multicast_hops)
         }
     }
-    Ok(())
+}
+
+/// The egress sockets of one worker for the second and further egress
+/// interfaces: each sends a copy of every multicast retransmit out of its
+/// interface, as the reference's retransmitter writes each frame to every
+/// `EGRESS_IFACE`. Bound to an ephemeral port on the wildcard address, so
+/// the kernel picks each interface's own source address.
+pub(crate) fn extra_egress(opts: &Options) -> io::Result<Vec<Socket>> {
+    opts.egress
+        .iter()
+        .skip(1)
+        .map(|&egress| {
+            let s = match egress {
+                Egress::V4(_) => udp(Domain::IPV4)?,
+                Egress::V6(_) => {
+                    let s = udp(Domain::IPV6)?;
+                    s.set_only_v6(true)?;
+                    s
+                }
+            };
+            multicast_out(&s, opts, egress)?;
+            let any: IpAddr = match egress {
+                Egress::V4(_) => Ipv4Addr::UNSPECIFIED.into(),
+                Egress::V6(_) => Ipv6Addr::UNSPECIFIED.into(),
+            };
+            s.bind(&SocketAddr::new(any, 0).into())?;
+            Ok(s)
+        })
+        .collect()
 }
 
 /// The destination of a retransmit to group `index`.

@@ -174,7 +174,7 @@ pub(crate) type Message<'a, I> = (SockAddr, I);
 /// reusing `scratch` so the steady state allocates nothing. Returns
 /// `(datagrams sent, datagrams failed)`: a message the kernel refuses (no
 /// route, buffer full) is skipped and counted, never retried — the listener
-/// NACKs again.
+/// NACKs again; [`SendScratch::failed`] then names the refused messages.
 pub(crate) fn send_all<'a, I>(
     fd: RawFd,
     msgs: impl Iterator<Item = Message<'a, I>>,
@@ -187,6 +187,7 @@ where
     scratch.iovs.clear();
     scratch.hdrs.clear();
     scratch.spans.clear();
+    scratch.failed.clear();
     for (to, segments) in msgs {
         let start = scratch.iovs.len();
         for data in segments {
@@ -231,6 +232,7 @@ where
             let e = io::Error::last_os_error();
             let skip = if n < 0 && e.kind() == io::ErrorKind::WouldBlock { chunk } else { 1 };
             failed += segments(start..start + skip, &scratch.spans);
+            scratch.failed.extend(start..start + skip);
             start += skip;
             continue;
         }
@@ -253,6 +255,16 @@ pub(crate) struct SendScratch {
     hdrs: Vec<libc::mmsghdr>,
     spans: Vec<(usize, usize)>,
     cmsgs: Vec<GsoCmsg>,
+    /// See [`SendScratch::failed`].
+    failed: Vec<usize>,
+}
+
+impl SendScratch {
+    /// Indices, in the order given, of the messages the last [`send_all`]
+    /// could not send.
+    pub(crate) fn failed(&self) -> &[usize] {
+        &self.failed
+    }
 }
 
 impl std::fmt::Debug for SendScratch {
@@ -661,5 +673,25 @@ pub(crate) mod tests {
                 assert_eq!(&drain(&members[w]), want, "{workers} workers: member {w}");
             }
         }
+    }
+
+    /// A message the kernel refuses is skipped, counted and named by its
+    /// index, and the ones after it still go.
+    #[test]
+    fn send_all_names_the_messages_it_could_not_send() {
+        use std::os::fd::AsRawFd;
+        let rx = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        rx.set_read_timeout(Some(std::time::Duration::from_millis(200))).unwrap();
+        let tx = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let ok = socket2::SockAddr::from(rx.local_addr().unwrap());
+        // An IPv6 destination from an IPv4 socket: refused at once.
+        let bad = socket2::SockAddr::from("[::1]:9".parse::<SocketAddr>().unwrap());
+        let msgs = [(ok.clone(), b"one"), (bad, b"two"), (ok, b"3rd")]
+            .into_iter()
+            .map(|(to, d)| (to, std::iter::once(&d[..])));
+        let mut scratch = super::SendScratch::default();
+        assert_eq!(super::send_all(tx.as_raw_fd(), msgs, &mut scratch), (2, 1));
+        assert_eq!(scratch.failed(), [1]);
+        assert_eq!(drain(&rx), [b"one".to_vec(), b"3rd".to_vec()]);
     }
 }

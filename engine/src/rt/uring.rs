@@ -208,6 +208,8 @@ pub(crate) struct Worker {
     upstream: Socket,
     dht: Option<Socket>,
     gossip: Option<Socket>,
+    /// Egress sockets of the second and further egress interfaces.
+    egress: Vec<Socket>,
     ingress_bufs: BufRing,
     nack_bufs: BufRing,
     ingress_msg: Box<libc::msghdr>,
@@ -250,7 +252,7 @@ fn recv_template() -> Box<libc::msghdr> {
 
 impl Worker {
     pub(crate) fn new(core: Core, socks: Sockets) -> io::Result<Worker> {
-        let Sockets { ingress, nack, upstream, dht, gossip } = socks;
+        let Sockets { ingress, nack, upstream, dht, gossip, egress } = socks;
         // Created disabled and enabled on the worker's own thread: a
         // single-issuer ring belongs to the thread that enables it.
         // DEFER_TASKRUN (6.1+): completions are posted when this thread
@@ -281,6 +283,7 @@ impl Worker {
             upstream,
             dht,
             gossip,
+            egress,
             ingress_bufs,
             nack_bufs,
             ingress_msg: recv_template(),
@@ -499,6 +502,9 @@ impl Worker {
                         self.core.counters.sent += segments;
                     } else {
                         self.core.counters.send_errors += segments;
+                        for p in &b.payloads {
+                            self.core.counters.response_send_errors.count(p);
+                        }
                         match (b.extra, self.core.dht.as_mut(), self.core.gossip.as_mut()) {
                             (Extra::Dht, Some(shard), _) => shard.counters.send_errors += segments,
                             (Extra::Gossip, _, Some(g)) => g.counters.send_errors += segments,
@@ -534,13 +540,16 @@ impl Worker {
             let got = out.payload_data().len() + 1;
             let err = ricochet_wire::Error::TooLong { max: out.payload_data().len(), got };
             *self.core.counters.dropped.entry(err.reason()).or_default() += 1;
+            if source == Source::Ingress {
+                self.core.counters.fabric_malformed += 1;
+            }
             return;
         }
         // `data` borrows the buffer ring, a field disjoint from `core`; the
         // buffer goes back to the kernel only when the caller recycles it.
         let data = out.payload_data();
         match (source, socket_addr(out.name_data())) {
-            (Source::Ingress, _) => self.core.on_ingress(now, data),
+            (Source::Ingress, src) => self.core.on_ingress(now, data, src.map(|a| a.ip())),
             (Source::Nack, Some(src)) => self.core.on_nack(now, src, data),
             (Source::Upstream, Some(src)) => self.core.on_upstream(now, src, data),
             (Source::Dht, Some(src)) => self.core.on_dht(now, src, data),
@@ -627,7 +636,9 @@ impl Worker {
         }
     }
 
-    /// Queues one SendMsg for a GSO run of transmits to one destination.
+    /// Queues one SendMsg for a GSO run of transmits to one destination
+    /// (and, for a multicast retransmit, a copy out of every further egress
+    /// interface).
     fn send(&mut self, mut run: impl Iterator<Item = Transmit>) -> io::Result<()> {
         let Some(first) = run.next() else { return Ok(()) };
         let upstream = matches!(first.dest, Dest::Upstream(_));
@@ -637,7 +648,40 @@ impl Worker {
         };
         let fd = if upstream { self.upstream.as_raw_fd() } else { self.nack.as_raw_fd() };
         let payloads = std::iter::once(first.payload).chain(run.map(|t| t.payload));
-        self.queue_send(fd, addr, payloads, Extra::None)
+        if !matches!(first.dest, Dest::Group(_)) || self.egress.is_empty() {
+            return self.send_payloads(fd, addr, payloads);
+        }
+        // The payloads are refcounted: a copy costs a slot, not the bytes.
+        let payloads: Vec<Payload> = payloads.collect();
+        for i in 0..self.egress.len() {
+            let efd = self.egress[i].as_raw_fd();
+            if self.queue_send(efd, addr.clone(), payloads.iter().cloned(), Extra::None).is_err() {
+                self.core.counters.send_errors += 1;
+            }
+        }
+        self.send_payloads(fd, addr, payloads.into_iter())
+    }
+
+    /// Queues one SendMsg of `payloads` from `fd`, counting the responses
+    /// among them as send errors if it cannot be queued.
+    fn send_payloads(
+        &mut self,
+        fd: std::os::fd::RawFd,
+        addr: SockAddr,
+        payloads: impl Iterator<Item = Payload>,
+    ) -> io::Result<()> {
+        // Tallied on the way in: a send that cannot be queued has given its
+        // payloads away, and its responses are counted by type.
+        let mut responses = super::ResponseCounts::default();
+        let payloads = payloads.inspect(|p| responses.count(p));
+        let queued = self.queue_send(fd, addr, payloads, Extra::None);
+        if queued.is_err() {
+            let errors = &mut self.core.counters.response_send_errors;
+            errors.ack += responses.ack;
+            errors.miss += responses.miss;
+            errors.throttled += responses.throttled;
+        }
+        queued
     }
 
     /// Queues one SendMsg of `payloads` (more than one: a GSO send) to

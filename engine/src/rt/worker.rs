@@ -24,8 +24,8 @@ use ricochet_wire::frame::FrameKey;
 #[derive(Debug)]
 pub(crate) enum Handoff {
     /// A data frame of a flow the receiver owns, already copied out of the
-    /// sender's receive buffer.
-    Frame(Bytes),
+    /// sender's receive buffer, with the address it arrived from.
+    Frame(Bytes, Option<std::net::IpAddr>),
     /// A NACK that arrived on the wrong worker (no steering program).
     Nack(SocketAddr, [u8; 64], u8),
     /// Drop every cached frame of this flow (from `/admin/invalidate`).
@@ -95,6 +95,9 @@ pub(crate) struct Sockets {
     pub(crate) dht: Option<socket2::Socket>,
     /// Member of the gossip reuseport group, with a cluster.
     pub(crate) gossip: Option<socket2::Socket>,
+    /// One socket per egress interface after the first: each sends a copy
+    /// of every multicast retransmit.
+    pub(crate) egress: Vec<socket2::Socket>,
 }
 
 /// Everything a worker owns besides its sockets and its I/O machinery.
@@ -125,6 +128,10 @@ pub(crate) struct Core {
     pub(crate) dht: Option<super::dht_shard::Shard>,
     /// This worker's gossip member and rumor-dedup shard, with a cluster.
     pub(crate) gossip: Option<super::gossip_shard::Shard>,
+    /// `-debug` per-event lines.
+    events: super::event_log::EventLog,
+    /// Picks the NACKs traced over OTLP (`--trace-sampling`).
+    nack_trace: Option<crate::otlp::NackSampler>,
     pub(crate) opts: Options,
 }
 
@@ -144,6 +151,7 @@ impl Core {
         shared: Arc<Shared>,
     ) -> Self {
         let workers = peers.len();
+        let limits = shared.limits.clone();
         Core {
             index,
             workers,
@@ -151,7 +159,7 @@ impl Core {
             peers,
             wakers,
             shared,
-            service: Service::new(opts.retry.clone(), Instant::now()),
+            service: Service::with_shared_limits(opts.retry.clone(), limits, Instant::now()),
             recovery: Recovery::new(opts.recovery.clone()),
             outbox: Outbox::default(),
             counters: WorkerCounters::default(),
@@ -169,6 +177,8 @@ impl Core {
                 .gossip
                 .as_ref()
                 .map(|g| super::gossip_shard::Shard::new(index, workers, g)),
+            events: super::event_log::EventLog::new(opts.debug_events),
+            nack_trace: opts.nack_tracing.as_ref().map(|t| t.sampler(index)),
             opts: opts.clone(),
         }
     }
@@ -177,29 +187,46 @@ impl Core {
         *self.counters.dropped.entry(e.reason()).or_default() += 1;
     }
 
-    /// A datagram from the ingress socket: validated here (cheap) so garbage
-    /// is neither copied nor handed off, then cached here or by its owner.
-    pub(crate) fn on_ingress(&mut self, now: Instant, data: &[u8]) {
+    /// A datagram from the ingress socket, sent from `src`: validated here
+    /// (cheap) so garbage is neither copied nor handed off, then cached here
+    /// or by its owner.
+    pub(crate) fn on_ingress(&mut self, now: Instant, data: &[u8], src: Option<std::net::IpAddr>) {
         self.counters.ingress_datagrams += 1;
         let frame = match Frame::new_checked(data) {
             Ok(f) => f,
-            Err(e) => return self.drop_reason(e),
+            Err(e) => {
+                self.counters.fabric_malformed += 1;
+                return self.drop_reason(e);
+            }
         };
         let dest = frame.key().map_or(self.index, |k| owner(k.hash_key, self.workers));
         // The one copy: receive buffer → the Bytes the cache keeps.
         let bytes = Bytes::copy_from_slice(data);
         if dest == self.index {
-            self.store(now, bytes);
+            self.store(now, bytes, src);
         } else {
-            self.handoff(dest, Handoff::Frame(bytes));
+            self.handoff(dest, Handoff::Frame(bytes, src));
         }
     }
 
-    /// Caches a frame this worker owns; a new epoch (a restarted proxy
-    /// reusing its HashKey) is reported to the control thread for `/events`.
-    fn store(&mut self, now: Instant, bytes: Bytes) {
-        match self.service.on_frame(now, bytes.clone(), None) {
+    /// Caches a frame from the fabric this worker owns; a new epoch (a
+    /// restarted proxy reusing its HashKey) is reported to the control
+    /// thread for `/events`.
+    fn store(&mut self, now: Instant, bytes: Bytes, src: Option<std::net::IpAddr>) {
+        let outcome = self.service.on_frame(now, bytes.clone(), None);
+        if outcome.is_ok() {
+            self.counters.fabric_frames += 1;
+        }
+        if let Ok(FrameOutcome::Cached { .. } | FrameOutcome::Duplicate(_)) = outcome {
+            self.counters.fabric_frames_cached += 1;
+            self.counters.cached_by_source.add(src);
+        }
+        match outcome {
             Ok(FrameOutcome::Cached { key, new_epoch, ttl, .. }) => {
+                if self.events.enabled() {
+                    let txid = Frame::new_checked(&bytes[..]).map(|f| *f.id()).unwrap_or([0; 32]);
+                    self.events.cached(now, &txid, key.hash_key, key.seq);
+                }
                 if new_epoch
                     && self
                         .shared
@@ -212,7 +239,10 @@ impl Core {
                 self.share_frame(key, ttl, bytes);
             }
             Ok(_) => {}
-            Err(e) => self.drop_reason(e),
+            Err(e) => {
+                self.counters.fabric_malformed += 1;
+                self.drop_reason(e);
+            }
         }
     }
 
@@ -237,10 +267,50 @@ impl Core {
             self.handoff(dest, Handoff::Nack(src, copy, data.len() as u8));
             return;
         }
-        if let Err(e) = self.service.on_nack(now, src, data, &mut self.outbox) {
+        if let Err(e) = self.answer_nack(now, src, data) {
             self.drop_reason(e);
         }
         self.take_effects(now);
+    }
+
+    /// [`Core::serve_nack`], traced when the sampler picks the NACK (an
+    /// unsampled one costs the sampler one draw): the span ends once the
+    /// answer's effects are settled.
+    fn answer_nack(
+        &mut self,
+        now: Instant,
+        src: SocketAddr,
+        data: &[u8],
+    ) -> Result<(), ricochet_wire::Error> {
+        let Some(begun) = self.nack_trace.as_mut().and_then(|t| t.begin(now, &self.service)) else {
+            return self.serve_nack(now, src, data);
+        };
+        let r = self.serve_nack(now, src, data);
+        self.take_effects(now);
+        if let Some(t) = &self.nack_trace {
+            t.end(begun, Instant::now(), data, &self.service);
+        }
+        r
+    }
+
+    /// Serves a NACK this worker owns, writing the `-debug` per-event
+    /// lines when they are on.
+    fn serve_nack(
+        &mut self,
+        now: Instant,
+        src: SocketAddr,
+        data: &[u8],
+    ) -> Result<(), ricochet_wire::Error> {
+        if !self.events.enabled() {
+            return self.service.on_nack(now, src, data, &mut self.outbox);
+        }
+        let before = self.service.stats();
+        let r = self.service.on_nack(now, src, data, &mut self.outbox);
+        if let Ok(n) = ricochet_wire::control::Nack::new_checked(data) {
+            let after = self.service.stats();
+            self.events.nack(now, n.hash_key(), n.start_seq(), &before, &after);
+        }
+        r
     }
 
     /// A datagram from the DHT socket: handled here if this worker owns it,
@@ -470,13 +540,11 @@ impl Core {
             self.counters.handoffs_in += 1;
             any = true;
             let r = match h {
-                Handoff::Frame(bytes) => {
-                    self.store(now, bytes);
+                Handoff::Frame(bytes, src) => {
+                    self.store(now, bytes, src);
                     Ok(())
                 }
-                Handoff::Nack(src, buf, len) => {
-                    self.service.on_nack(now, src, &buf[..len as usize], &mut self.outbox)
-                }
+                Handoff::Nack(src, buf, len) => self.answer_nack(now, src, &buf[..len as usize]),
                 Handoff::Invalidate(hash_key) => {
                     self.service.invalidate(hash_key);
                     Ok(())

@@ -456,6 +456,7 @@ fn options(cfg: &Config) -> Result<(Options, beacon::BeaconSettings), String> {
         } else {
             cfg.beacon.scope.scopes().to_vec()
         },
+        all_scopes: cfg.beacon.scope == config::BeaconScope::All,
         nack_addr: advertised,
         nack_port: cfg.nack.port,
         port: cfg.beacon.port,

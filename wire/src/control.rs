@@ -350,11 +350,44 @@ impl AdvertFlags {
     }
 }
 
+/// The scope byte of an ADVERT (docs/PROTOCOL.md, "ADVERT").
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum AdvertScope {
+    /// The scope of the beacon group it was sent to (0x02 link, 0x05 site,
+    /// 0x08 org, 0x0E global).
+    Group(Scope),
+    /// 0xFF: sent to the beacon group of every scope, as the reference
+    /// endpoint marks its ADVERTs with `BEACON_SCOPE=both`/`all`.
+    All,
+}
+
+impl AdvertScope {
+    /// The byte of [`AdvertScope::All`].
+    pub const ALL_BYTE: u8 = 0xFF;
+
+    /// The scope for a byte, if it is one.
+    pub const fn from_u8(v: u8) -> Option<Self> {
+        match (v, Scope::from_u8(v)) {
+            (Self::ALL_BYTE, _) => Some(AdvertScope::All),
+            (_, Some(s)) => Some(AdvertScope::Group(s)),
+            (_, None) => None,
+        }
+    }
+
+    /// Its byte.
+    pub const fn to_u8(self) -> u8 {
+        match self {
+            AdvertScope::Group(s) => s as u8,
+            AdvertScope::All => Self::ALL_BYTE,
+        }
+    }
+}
+
 /// The parsed form of an ADVERT beacon.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct AdvertRepr {
-    /// Scope of the beacon (0x05 site, 0x08 org, 0x0E global; 0x02 link).
-    pub scope: Scope,
+    /// Scope byte of the beacon.
+    pub scope: AdvertScope,
     /// Address NACKs should go to (IPv4 endpoints use the v4-mapped form).
     pub nack_addr: Ipv6Addr,
     /// NACK port.
@@ -376,7 +409,7 @@ impl AdvertRepr {
     /// zero on receipt, so a later revision may use it.
     pub fn parse(buf: &[u8]) -> Result<Self> {
         check(buf, MsgType::Advert)?;
-        let scope = Scope::from_u8(u8_at(buf, ADV_SCOPE)).ok_or(Error::BadField("scope"))?;
+        let scope = AdvertScope::from_u8(u8_at(buf, ADV_SCOPE)).ok_or(Error::BadField("scope"))?;
         let tier = u8_at(buf, ADV_TIER);
         if tier == 255 {
             return Err(Error::BadField("tier"));
@@ -405,7 +438,7 @@ impl AdvertRepr {
         }
         let mut w = Writer::new(buf, ADVERT_LEN)?;
         prefix::write(&mut w, MsgType::Advert as u8);
-        w.u8(ADV_SCOPE, self.scope as u8);
+        w.u8(ADV_SCOPE, self.scope.to_u8());
         w.bytes(ADV_ADDR.start, &self.nack_addr.octets());
         w.u16(ADV_PORT.start, self.nack_port);
         w.u8(ADV_TIER, self.tier);
@@ -520,7 +553,7 @@ mod tests {
     #[test]
     fn advert_round_trip_and_scope_check() {
         let a = AdvertRepr {
-            scope: Scope::Site,
+            scope: AdvertScope::Group(Scope::Site),
             nack_addr: "fd00::1".parse().unwrap(),
             nack_port: 9300,
             tier: 1,
@@ -533,6 +566,8 @@ mod tests {
         a.emit(&mut b).unwrap();
         assert_eq!(b[7], 0x05);
         assert_eq!(AdvertRepr::parse(&b), Ok(a));
+        b[7] = 0xFF;
+        assert_eq!(AdvertRepr::parse(&b), Ok(AdvertRepr { scope: AdvertScope::All, ..a }));
         b[7] = 0x03;
         assert_eq!(AdvertRepr::parse(&b), Err(Error::BadField("scope")));
     }

@@ -4,7 +4,7 @@
 //! independent implementations (Python `xxhash` and `crc32c`).
 
 use ricochet_wire::control::{
-    AckFlags, AdvertFlags, AdvertRepr, Control, NackFlags, NackRepr, ResponseRepr,
+    AckFlags, AdvertFlags, AdvertRepr, AdvertScope, Control, NackFlags, NackRepr, ResponseRepr,
 };
 use ricochet_wire::frame::{BundleInfo, Extra, FragmentInfo, FrameRepr, FrameVersion};
 use ricochet_wire::group::Scope;
@@ -160,7 +160,7 @@ fn advert() {
     assert_eq!(instance_id, 0x48A1_A167);
     check_control(
         Control::Advert(AdvertRepr {
-            scope: Scope::Site,
+            scope: AdvertScope::Group(Scope::Site),
             nack_addr: "::ffff:127.0.0.1".parse().unwrap(),
             nack_port: 9300,
             tier: 0,
@@ -170,6 +170,27 @@ fn advert() {
             instance_id,
         }),
         "e3e1f3e8 02bf 20 05 00000000000000000000ffff7f000001 2454 00 80 003c 0012 48a1a167
+         0000000000000000000000000000000000000000",
+    );
+}
+
+/// `BEACON_SCOPE=all`: scope byte 0xFF, as the reference writes it;
+/// global unique-local address, tier 2, preference 200, 30 s, Unicast +
+/// Multicast, instance id 1.
+#[test]
+fn advert_all_scopes() {
+    check_control(
+        Control::Advert(AdvertRepr {
+            scope: AdvertScope::All,
+            nack_addr: "fd00::1".parse().unwrap(),
+            nack_port: 9301,
+            tier: 2,
+            preference: 200,
+            interval_secs: 30,
+            flags: AdvertFlags(AdvertFlags::UNICAST_RETRANSMIT | AdvertFlags::MULTICAST_RETRANSMIT),
+            instance_id: 1,
+        }),
+        "e3e1f3e8 02bf 20 ff fd000000000000000000000000000001 2455 02 c8 001e 0018 00000001
          0000000000000000000000000000000000000000",
     );
 }

@@ -5,7 +5,8 @@ use std::net::Ipv6Addr;
 
 use proptest::prelude::*;
 use ricochet_wire::control::{
-    AckFlags, AdvertFlags, AdvertRepr, Control, NackFlags, NackRepr, ResponseKind, ResponseRepr,
+    AckFlags, AdvertFlags, AdvertRepr, AdvertScope, Control, NackFlags, NackRepr, ResponseKind,
+    ResponseRepr,
 };
 use ricochet_wire::frame::{BundleInfo, Extra, FragmentInfo, Frame, FrameRepr, FrameVersion};
 use ricochet_wire::group::{self, Scope, SourceMode};
@@ -116,9 +117,10 @@ proptest! {
 
     #[test]
     fn advert_round_trip(
-        scope in scope(), addr in any::<[u8; 16]>(), port in any::<u16>(), tier in 0u8..=254,
+        scope in scope(), all in any::<bool>(), addr in any::<[u8; 16]>(), port in any::<u16>(), tier in 0u8..=254,
         preference in any::<u8>(), interval in any::<u16>(), flags in any::<u16>(), id in any::<u32>(),
     ) {
+        let scope = if all { AdvertScope::All } else { AdvertScope::Group(scope) };
         let repr = AdvertRepr {
             scope, nack_addr: Ipv6Addr::from(addr), nack_port: port, tier, preference,
             interval_secs: interval, flags: AdvertFlags(flags), instance_id: id,

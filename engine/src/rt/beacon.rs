@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use ricochet_wire::control::{AdvertFlags, AdvertRepr, Control};
+use ricochet_wire::control::{AdvertFlags, AdvertRepr, AdvertScope, Control};
 use ricochet_wire::group::{INDEX_BEACON, Scope};
 
 use super::{Addressing, Egress, Options, Shared};
@@ -16,6 +16,9 @@ use super::{Addressing, Egress, Options, Shared};
 pub struct BeaconSettings {
     /// Scopes to announce on (the reference's `all` is every one of them).
     pub scopes: Vec<Scope>,
+    /// Every ADVERT's scope byte is 0xFF rather than its group's scope
+    /// (`BEACON_SCOPE=all`/`both`, as the reference marks them).
+    pub all_scopes: bool,
     /// Address listeners should send NACKs to.
     pub nack_addr: std::net::Ipv6Addr,
     /// NACK port.
@@ -44,7 +47,7 @@ pub fn advert(b: &BeaconSettings, scope: Scope, draining: bool) -> AdvertRepr {
         flags |= AdvertFlags::DRAINING;
     }
     AdvertRepr {
-        scope,
+        scope: if b.all_scopes { AdvertScope::All } else { AdvertScope::Group(scope) },
         nack_addr: b.nack_addr,
         nack_port: b.nack_port,
         tier: b.tier,
@@ -131,6 +134,7 @@ mod tests {
     fn draining_sets_the_flag() {
         let b = BeaconSettings {
             scopes: vec![Scope::Site],
+            all_scopes: false,
             nack_addr: "::1".parse().unwrap(),
             nack_port: 9300,
             port: 9300,
@@ -145,5 +149,26 @@ mod tests {
         let a = advert(&b, Scope::Site, true);
         assert!(a.flags.has(AdvertFlags::DRAINING | AdvertFlags::MULTICAST_RETRANSMIT));
         assert_eq!(a.interval_secs, 60);
+        assert_eq!(a.scope, AdvertScope::Group(Scope::Site));
+    }
+
+    #[test]
+    fn all_scopes_mark_every_advert_0xff_as_the_reference() {
+        let b = BeaconSettings {
+            scopes: vec![Scope::Site, Scope::Org, Scope::Global],
+            all_scopes: true,
+            nack_addr: "::1".parse().unwrap(),
+            nack_port: 9300,
+            port: 9300,
+            tier: 0,
+            preference: 128,
+            interval: Duration::from_secs(60),
+            flags: 0,
+            draining: false,
+            instance_id: 7,
+        };
+        for scope in [Scope::Site, Scope::Org, Scope::Global] {
+            assert_eq!(advert(&b, scope, false).scope, AdvertScope::All);
+        }
     }
 }

@@ -37,6 +37,26 @@ cargo fmt --all -- --check
 step "cargo clippy --all-targets -D warnings"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 
+# DESIGN.md § Layering: the protocol cores do no I/O, and the compiler is
+# what keeps it so — ricochet-proto must not be able to name an I/O crate.
+# (Host target only, as cargo tree checks by default: on aarch64 Linux the
+# `cpufeatures` probe under reed-solomon-simd and sha2 pulls libc in.)
+io_crates="tokio io-uring redis axum hyper socket2 nix libc mio"
+step "ricochet-proto: no I/O crate in its dependency tree"
+proto_tree=$(cargo tree -p ricochet-proto -e normal --prefix none --locked)
+io_pattern="^($(tr ' ' '|' <<<"$io_crates")) v"
+offending=$(grep -E "$io_pattern" <<<"$proto_tree" | cut -d' ' -f1-2 | sort -u || true)
+if [ -n "$offending" ]; then
+  echo "ricochet-proto (the sans-IO protocol cores) depends on an I/O crate:" >&2
+  while read -r name version; do
+    printf '\n%s %s reaches ricochet-proto through:\n' "$name" "$version" >&2
+    cargo tree -i "$name@${version#v}" -p ricochet-proto -e normal --locked >&2
+  done <<<"$offending"
+  printf '\nmove the code that needs it to the engine crate (ricochet), or drop the dependency\n' >&2
+  exit 1
+fi
+echo "none of: $io_crates"
+
 step "cargo doc (warnings are errors)"
 RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --locked --quiet
 

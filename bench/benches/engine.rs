@@ -13,8 +13,8 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
-use ricochet::retry::cache::{Origin, TtlClass};
-use ricochet::retry::{
+use ricochet_proto::retry::cache::{Origin, TtlClass};
+use ricochet_proto::retry::{
     Cache, CacheSettings, LimitSettings, Limiter, Outbox, Service, Settings, SharedLimits,
 };
 use ricochet_wire::frame::FrameKey;

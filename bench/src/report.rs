@@ -702,9 +702,9 @@ pub fn run(a: ReportArgs) -> Result<(), String> {
     }
 
     // The DHT's and gossip's figures come from their deterministic
-    // simulations (engine/tests/dht_sim.rs, gossip_sim.rs, the IBLT report
-    // test), not from a bench workload: they are kept in perf/*.md and
-    // copied in here so a regenerated report keeps them.
+    // simulations (engine/proto/tests/dht_sim.rs, gossip_sim.rs, the IBLT
+    // report test), not from a bench workload: they are kept in perf/*.md
+    // and copied in here so a regenerated report keeps them.
     for (file, what) in
         [("dht.md", "DHT"), ("gossip.md", "gossip"), ("gossip-iblt.md", "IBLT reconciliation")]
     {

@@ -1,20 +1,13 @@
-//! The DHT peer cache (engine/src/dht/peers.rs, read back from
+//! The DHT peer cache (`ricochet_proto::dht::peers`, read back from
 //! `--dht-peer-cache` at start) and the endpoint-record payload
 //! (docs/PROTOCOL.md § "Signed records", read from every endpoint record a
 //! discovery lookup returns): any byte string decodes without panicking,
 //! within the decoder's bounds, and whatever decodes re-encodes to the same
 //! bytes.
-//!
-//! The peer-cache codec lives in the engine crate, which this fuzz crate
-//! does not build (tokio, io-uring, redis under sanitizers); `peers.rs`
-//! depends only on `ricochet-wire`, so it is compiled in directly.
 #![no_main]
 
-#[allow(dead_code, unreachable_pub)]
-#[path = "../../engine/src/dht/peers.rs"]
-mod peers;
-
 use libfuzzer_sys::fuzz_target;
+use ricochet_proto::dht::peers;
 use ricochet_wire::record::EndpointPayload;
 
 fuzz_target!(|data: &[u8]| {

@@ -1,19 +1,14 @@
-//! PEX entries and lists (engine/src/gossip/pex.rs, carried in G1 bodies of
-//! topic `pex`): any byte string is parsed without panicking; whatever parses
-//! re-emits to the same bytes and is verified without panicking, whatever
-//! the key or signature bytes; a book fed the bytes stays bounded.
-//!
-//! The PEX codec lives in the engine crate, which this fuzz crate does not
-//! build (tokio, io-uring, redis under sanitizers); `pex.rs` depends only on
-//! `ricochet-wire` and `std`, so it is compiled in directly.
+//! PEX entries and lists (`ricochet_proto::gossip::pex`, carried in G1
+//! bodies of topic `pex`): any byte string is parsed without panicking;
+//! whatever parses re-emits to the same bytes and is verified without
+//! panicking, whatever the key or signature bytes; a book fed the bytes
+//! stays bounded.
 #![no_main]
 
-#[allow(dead_code, unreachable_pub)]
-#[path = "../../engine/src/gossip/pex.rs"]
-mod pex;
-
 use libfuzzer_sys::fuzz_target;
-use pex::{MAX_ENTRIES_PER_EXCHANGE, MAX_LIST_LEN, PexBook, PexEntry, V6_LEN};
+use ricochet_proto::gossip::pex::{
+    self, MAX_ENTRIES_PER_EXCHANGE, MAX_LIST_LEN, PexBook, PexEntry, V6_LEN,
+};
 
 fuzz_target!(|data: &[u8]| {
     if let Ok(entry) = PexEntry::parse(data) {

@@ -1,6 +1,6 @@
-//! `memory`: fills a `ricochet::retry::Cache` with N frames and reports the
-//! resident memory each frame costs beyond its own bytes (VmRSS from
-//! /proc/self/status before and after).
+//! `memory`: fills a `ricochet_proto::retry::Cache` with N frames and
+//! reports the resident memory each frame costs beyond its own bytes (VmRSS
+//! from /proc/self/status before and after).
 //!
 //! Frames are made the way the engine makes them — `Bytes::copy_from_slice`
 //! of the received datagram, one allocation per frame — and inserted in
@@ -14,8 +14,8 @@
 use std::time::Instant;
 
 use bytes::Bytes;
-use ricochet::retry::cache::{Origin, TtlClass};
-use ricochet::retry::{Cache, CacheSettings};
+use ricochet_proto::retry::cache::{Origin, TtlClass};
+use ricochet_proto::retry::{Cache, CacheSettings};
 use ricochet_wire::frame::FrameKey;
 use serde::{Deserialize, Serialize};
 
@@ -130,7 +130,7 @@ pub fn run(a: MemoryArgs) -> Result<MemoryResult, String> {
         rss_per_frame: per(after),
         overhead_per_frame: per(after) - frame.len() as f64,
         overhead_per_frame_trimmed: per(trimmed) - frame.len() as f64,
-        charged_overhead: ricochet::retry::cache::OVERHEAD_PER_ENTRY,
+        charged_overhead: ricochet_proto::retry::cache::OVERHEAD_PER_ENTRY,
         insert_ns,
     };
     std::hint::black_box(&cache);

@@ -501,7 +501,7 @@ fn discovery_conclusive_lookups_leave_room_for_another_record() {
     let small = signed(&key, RecordType::Endpoint, topic, &endpoint_payload(b"a", nack(1), 0));
     let rec = |bytes: &[u8]| {
         let r = ricochet_wire::record::Record::new_checked(bytes).unwrap();
-        dht::RecordBuf::verified(&r)
+        dht::RecordBuf::new_verified(&r).unwrap()
     };
     assert!(conclusive(&[rec(&small)]));
     assert!(conclusive(&vec![rec(&small); 4]));

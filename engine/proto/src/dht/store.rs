@@ -151,6 +151,14 @@ impl RecordBuf {
         RecordBuf { bytes: record.as_bytes().into() }
     }
 
+    /// Copies a record after strict signature verification: the way to
+    /// build a `RecordBuf` outside this crate (the engine's discovery tests
+    /// do). Size, liveness and policy are not checked here; see [`check`].
+    pub fn new_verified(record: &Record<'_>) -> Result<Self, Refusal> {
+        record.verify().map_err(|_| Refusal::BadSignature)?;
+        Ok(Self::verified(record))
+    }
+
     /// The record as a checked view (the bytes were checked on the way in,
     /// so this cannot fail).
     pub fn view(&self) -> Record<'_> {

@@ -1,4 +1,4 @@
-//! Deterministic simulation of whisper gossip: N `ricochet::gossip::Gossip`
+//! Deterministic simulation of whisper gossip: N `ricochet_proto::gossip::Gossip`
 //! engines on a virtual network (seeded latency, loss and reordering, a
 //! virtual clock, partitions).
 //!
@@ -28,8 +28,8 @@
 //! the markdown tables kept in `perf/gossip.md`:
 //!
 //! ```text
-//! cargo test -p ricochet --test gossip_sim -- --ignored --nocapture gossip_sim_report
-//! cargo test -p ricochet --test gossip_sim -- --ignored --nocapture gossip_sim_reconcile_report
+//! cargo test -p ricochet-proto --test gossip_sim -- --ignored --nocapture gossip_sim_report
+//! cargo test -p ricochet-proto --test gossip_sim -- --ignored --nocapture gossip_sim_reconcile_report
 //! ```
 
 use std::cmp::{Ordering, Reverse};
@@ -37,8 +37,8 @@ use std::collections::BinaryHeap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::{Duration, Instant};
 
-use ricochet::dht::rng::Rng;
-use ricochet::gossip::{Config, Event, Gossip, MemStore, Member, Outbox, Stats, TopicMode};
+use ricochet_proto::dht::rng::Rng;
+use ricochet_proto::gossip::{Config, Event, Gossip, MemStore, Member, Outbox, Stats, TopicMode};
 use ricochet_wire::gossip::{DigestRepr, GossipFrame};
 use ricochet_wire::mac::{ClusterKey, MAC_LEN};
 

@@ -17,7 +17,7 @@
 //! - **Deterministic.** All randomness (exchange ids, jitter, fallback
 //!   peers) comes from a generator seeded by [`Config::seed`], and no
 //!   behaviour depends on hash-map iteration order, so a simulation replays
-//!   exactly (`engine/tests/gossip_sim.rs`).
+//!   exactly (`engine/proto/tests/gossip_sim.rs`).
 //! - **Untrusted input.** Every datagram must carry a valid cluster MAC and
 //!   parse as a gossip frame; it must come from a source under its
 //!   per-peer token bucket (100 msg/s, burst 500 by default). Anything

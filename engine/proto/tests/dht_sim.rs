@@ -1,4 +1,4 @@
-//! Deterministic simulation of the DHT: 1 000 `ricochet::dht::Node`s on a
+//! Deterministic simulation of the DHT: 1 000 `ricochet_proto::dht::Node`s on a
 //! virtual network (seeded latency and loss, a virtual clock, churn).
 //!
 //! Everything is a pure function of `SEED`: the nodes' generators, the
@@ -8,7 +8,7 @@
 //! `perf/dht.md`:
 //!
 //! ```text
-//! cargo test -p ricochet --test dht_sim -- --ignored --nocapture dht_sim_report
+//! cargo test -p ricochet-proto --test dht_sim -- --ignored --nocapture dht_sim_report
 //! ```
 
 use std::cmp::{Ordering, Reverse};
@@ -16,8 +16,8 @@ use std::collections::{BTreeMap, BinaryHeap};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::{Duration, Instant};
 
-use ricochet::dht::rng::Rng;
-use ricochet::dht::{Config, Event, Node, NodeId, Outbox, PutAcks, QueryId};
+use ricochet_proto::dht::rng::Rng;
+use ricochet_proto::dht::{Config, Event, Node, NodeId, Outbox, PutAcks, QueryId};
 use ricochet_wire::record::{EndpointPayload, RecordRepr, RecordType, SigningKey, Slot};
 
 const SEED: u64 = 0x0D47_2026;

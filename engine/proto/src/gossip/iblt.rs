@@ -1094,7 +1094,7 @@ mod tests {
     }
 
     /// Prints the figures recorded in perf/gossip-iblt.md, run as
-    /// `cargo test -p ricochet --release --lib report_iblt_figures -- --ignored --nocapture`.
+    /// `cargo test -p ricochet-proto --release --lib report_iblt_figures -- --ignored --nocapture`.
     #[test]
     #[ignore = "measurement: run by hand, writes figures for perf/gossip-iblt.md"]
     fn report_iblt_figures() {

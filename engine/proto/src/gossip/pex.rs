@@ -594,7 +594,7 @@ mod tests {
     fn an_entry_signed_by_another_implementation_verifies() {
         // fuzz/seeds/pex/entry-v4 was signed with Python's `cryptography`
         // (seed [7; 32], 127.0.0.1:9310, timestamp 1 700 000 000).
-        let e = PexEntry::parse(include_bytes!("../../../fuzz/seeds/pex/entry-v4")).unwrap();
+        let e = PexEntry::parse(include_bytes!("../../../../fuzz/seeds/pex/entry-v4")).unwrap();
         e.verify().unwrap();
         assert_eq!((e.addr, e.timestamp), ("127.0.0.1:9310".parse().unwrap(), 1_700_000_000));
         let signer = SigningKey::from_bytes(&[7; 32]);

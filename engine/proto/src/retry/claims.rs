@@ -5,7 +5,7 @@
 //! store configured the NACK service claims each multicast retransmit, so a
 //! frame goes out to its group once per window however many listeners ask
 //! for it. This is the local half; the cross-instance half is the same claim
-//! made as a Redis `SET NX PX` by the control thread (`crate::store`), and
+//! made as a Redis `SET NX PX` by the control thread (`ricochet::store`), and
 //! this table is what remains when Redis is out of reach.
 //!
 //! # Contract

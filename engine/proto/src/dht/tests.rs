@@ -1,6 +1,6 @@
 //! Node-level tests: wire-facing security checks, record rules, routing
 //! under floods, and a small synchronous network end to end. The 1 000-node
-//! simulation lives in `engine/tests/dht_sim.rs`.
+//! simulation lives in `engine/proto/tests/dht_sim.rs`.
 
 use core::net::{IpAddr, Ipv4Addr, SocketAddr};
 use core::time::Duration;

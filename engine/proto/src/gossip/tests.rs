@@ -3,7 +3,7 @@
 //! anti-entropy with chunking, pull, G4 reconciliation (fixed, rateless,
 //! fallback, loss, hostile frames), queries, egress priorities and
 //! backpressure. The N-member simulation lives in
-//! `engine/tests/gossip_sim.rs`.
+//! `engine/proto/tests/gossip_sim.rs`.
 
 use core::net::{IpAddr, Ipv4Addr, SocketAddr};
 use core::time::Duration;

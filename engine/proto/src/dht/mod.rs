@@ -18,8 +18,8 @@
 //! - **Deterministic.** All randomness comes from a generator seeded by
 //!   [`Config::seed`], and no iteration order depends on a hash seed, so
 //!   the same inputs give the same outputs — which is what makes the
-//!   simulation in `engine/tests/dht_sim.rs` reproducible. In production the
-//!   seed must be random: it also keys the transaction ids.
+//!   simulation in `engine/proto/tests/dht_sim.rs` reproducible. In
+//!   production the seed must be random: it also keys the transaction ids.
 //! - **Untrusted input.** Every datagram is checked by the wire decoder;
 //!   anything malformed, from our own id, from an unusable source address,
 //!   over the per-source request rate, or a response that does not match an
@@ -46,7 +46,7 @@
 //! # Using it
 //! ```
 //! use std::time::Instant;
-//! use ricochet::dht::{Config, Node, Outbox};
+//! use ricochet_proto::dht::{Config, Node, Outbox};
 //!
 //! let now = Instant::now();
 //! let mut node = Node::new(&[7u8; 32], Config::new([1u8; 32]), now, 1_767_225_600);
@@ -152,7 +152,7 @@ pub struct Config {
     /// sharing one identity and one UDP port (one per worker): the first
     /// byte of every transaction id it generates is then ≡ `shard` (mod
     /// `shards`), so a reuseport steering program can send each response
-    /// to the node that asked (`rt::dht_owner`). `None`: ids are
+    /// to the node that asked (`ricochet::rt::dht_owner`). `None`: ids are
     /// untouched.
     pub txid_tag: Option<(u8, u8)>,
 }

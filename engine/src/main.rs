@@ -739,6 +739,13 @@ fn serve(
     if let Some(o) = &otlp {
         state.sections.push(o.section());
     }
+    let admin_limits = ricochet::admin::server::Limits {
+        max_connections: cfg.runtime.admin_max_connections,
+        per_source: cfg.runtime.admin_max_connections_per_source,
+        header_timeout: cfg.runtime.admin_header_timeout,
+    };
+    let admin_stats = std::sync::Arc::new(ricochet::admin::server::ServerStats::default());
+    state.sections.push(admin_stats.clone());
     let result = control.block_on(async move {
         let listener = tokio::net::TcpListener::bind(admin).await.map_err(|e| {
             format!("--metrics-addr (METRICS_ADDR) = {admin}: cannot listen: {e}")
@@ -756,11 +763,12 @@ fn serve(
                 }
             });
         }
-        tokio::spawn(async move {
-            if let Err(e) = axum::serve(listener, ricochet::admin::router(state)).await {
-                tracing::error!(error = %e, "admin server stopped");
-            }
-        });
+        tokio::spawn(ricochet::admin::server::serve(
+            listener,
+            ricochet::admin::router(state),
+            admin_limits,
+            admin_stats,
+        ));
         if beacons {
             tokio::spawn(beacon::run(opts.clone(), beacon_settings, shared.clone()));
         }

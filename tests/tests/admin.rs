@@ -118,3 +118,64 @@ fn loglevel_reads_openly_and_changes_with_the_token() {
     let logs = e.kill_and_logs();
     assert!(logs.contains("log level changed"), "{logs}");
 }
+
+/// Idle and slowloris connections neither exhaust the admin listener nor
+/// keep `/healthz` from answering another client.
+#[test]
+fn the_admin_listener_caps_connections_and_times_out_slow_heads() {
+    use std::io::Read;
+    use std::net::TcpStream;
+    let e =
+        Engine::start(&["--admin-header-timeout", "3s", "--admin-max-connections-per-source", "4"]);
+    // Ten idle connections from one address (not the fixture's): four are
+    // held, six closed at once.
+    let idle: Vec<TcpStream> = (0..10).map(|_| from(e.admin, [127, 0, 0, 4])).collect();
+    let closed_at_once = idle
+        .iter()
+        .filter(|s| {
+            s.set_read_timeout(Some(Duration::from_millis(100))).unwrap();
+            matches!((&**s).read(&mut [0u8; 1]), Ok(0))
+        })
+        .count();
+    assert_eq!(closed_at_once, 6, "the per-source cap");
+    // Another address is still served while they are held.
+    let mut other = from(e.admin, [127, 0, 0, 2]);
+    write!(other, "GET /healthz HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n").unwrap();
+    let mut reply = String::new();
+    other.read_to_string(&mut reply).unwrap();
+    assert!(reply.starts_with("HTTP/1.1 200"), "{reply}");
+    // A slowloris head, one byte every 100 ms from a third address: closed
+    // once the timeout passes, however it trickles.
+    let mut slow = from(e.admin, [127, 0, 0, 3]);
+    slow.set_read_timeout(Some(Duration::from_millis(100))).unwrap();
+    let head = b"GET /healthz HTTP/1.1\r\nHost: slow\r\nX-Pad: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa";
+    let cut = head
+        .iter()
+        .any(|b| slow.write_all(&[*b]).is_err() || matches!(slow.read(&mut [0u8; 64]), Ok(0)));
+    assert!(cut, "a head trickled over {} ms was not cut", head.len() * 100);
+    // The held idle connections were closed by the timeout too.
+    for mut s in idle {
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        assert!(matches!(s.read(&mut [0u8; 1]), Ok(0) | Err(_)));
+    }
+    let body = e.wait_metrics(Duration::from_secs(5), |m| {
+        ricochet_e2e::metric_sum(m, "ricochet_admin_header_timeouts_total") >= 5.0
+    });
+    assert_eq!(
+        ricochet_e2e::metric_value(&body, "ricochet_admin_refused_total{cap=\"source\"}"),
+        Some(6.0),
+        "{body}"
+    );
+    assert!(
+        ricochet_e2e::metric_sum(&body, "ricochet_admin_header_timeouts_total") >= 5.0,
+        "{body}"
+    );
+}
+
+/// A TCP connection to `to` from the loopback address `src`.
+fn from(to: std::net::SocketAddr, src: [u8; 4]) -> TcpStream {
+    let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    s.bind(&std::net::SocketAddr::from((src, 0)).into()).unwrap();
+    s.connect(&to.into()).unwrap();
+    s.into()
+}

@@ -26,6 +26,7 @@ use prom::family;
 pub mod compat;
 pub mod process;
 pub mod prom;
+pub mod server;
 pub mod sse;
 pub mod subscribe;
 

@@ -626,6 +626,12 @@ pub struct RuntimeConfig {
     /// Fraction of NACKs traced over OTLP, 0..=1 (0 = no traces; needs
     /// [`RuntimeConfig::otlp_endpoint`]).
     pub trace_sampling: f64,
+    /// Most admin HTTP connections open at once.
+    pub admin_max_connections: usize,
+    /// Most admin HTTP connections open at once from one address.
+    pub admin_max_connections_per_source: usize,
+    /// Longest wait for an admin HTTP request head.
+    pub admin_header_timeout: Duration,
 }
 
 /// Where a setting's effective value came from.

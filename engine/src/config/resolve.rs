@@ -488,6 +488,11 @@ impl<'a> Resolver<'a> {
                     s => Ok(s.to_owned()),
                 },
             ),
+            admin_max_connections: self
+                .get(Key::AdminMaxConnections, |s| parse_int_in(s, 1..=65_536usize)),
+            admin_max_connections_per_source: self
+                .get(Key::AdminMaxConnectionsPerSource, |s| parse_int_in(s, 1..=65_536usize)),
+            admin_header_timeout: self.get(Key::AdminHeaderTimeout, positive_duration),
             otlp_endpoint: self.get(Key::OtlpEndpoint, optional(host_port_with_port)),
             otlp_interval: self.get(Key::OtlpInterval, positive_duration),
             trace_sampling: self.get(Key::TraceSampling, |s| {

@@ -656,6 +656,7 @@ impl Runtime {
     /// worker runs.
     pub fn start(opts: Options) -> io::Result<Runtime> {
         let backend = select_backend(opts.backend)?;
+        socket::nack_port_is_free(&opts)?;
         let n = opts.cpus.len().max(1);
         let shares = partition_groups(&opts.groups, n);
         let mut ingress = Vec::with_capacity(n);

@@ -53,6 +53,33 @@ pub(crate) fn ingress(opts: &Options, groups: &[u16]) -> io::Result<Socket> {
     }
 }
 
+/// Checks, before the NACK reuseport group is made, that nothing holds the
+/// NACK address and port: `SO_REUSEPORT` would let a second process of the
+/// same user join the group silently and take a share of its NACKs (the
+/// kernel balances unicast across a group). A probe bind without
+/// `SO_REUSEPORT`, released at once, fails if any socket — another
+/// ricochet's or a stranger's — holds it. The data port is not checked:
+/// multicast reaches every socket joined on it, so siblings and listeners
+/// on one host share it without taking frames from each other.
+pub(crate) fn nack_port_is_free(opts: &Options) -> io::Result<()> {
+    let bind = SocketAddr::new(opts.nack_bind, opts.nack_port);
+    let probe = udp(if bind.is_ipv4() { Domain::IPV4 } else { Domain::IPV6 })?;
+    if let IpAddr::V6(v6) = bind.ip() {
+        probe.set_only_v6(!v6.is_unspecified())?;
+    }
+    probe.bind(&bind.into()).map_err(|e| match e.kind() {
+        io::ErrorKind::AddrInUse => io::Error::new(
+            e.kind(),
+            format!(
+                "--nack-port (NACK_PORT) = {}: another process already has UDP {bind} (see `ss \
+                 -ulpn 'sport = :{}'`); stop it, or give this endpoint another port",
+                opts.nack_port, opts.nack_port
+            ),
+        ),
+        _ => e,
+    })
+}
+
 /// One member of the NACK reuseport group. Members must be created in
 /// worker order: the steering program returns an index into the group in
 /// the order sockets joined it.

@@ -582,6 +582,16 @@ fn read_token(path: &std::path::Path, flag: &str) -> Result<std::sync::Arc<str>,
             path.display()
         ));
     }
+    if let Ok(meta) = std::fs::metadata(path) {
+        use std::os::unix::fs::PermissionsExt as _;
+        if meta.permissions().mode() & 0o004 != 0 {
+            tracing::warn!(
+                "{flag} = {}: the token file is readable by every user; `chmod o-r` it (0600 \
+                 or 0640)",
+                path.display()
+            );
+        }
+    }
     Ok(std::sync::Arc::from(t))
 }
 
@@ -701,6 +711,7 @@ fn serve(
         token,
     );
     state.started = started;
+    state.debug_public = cfg.runtime.debug_public;
     state.log_level = Some(logging.clone());
     // The reference logs its host at startup (`host.inventory`); these are
     // the facts `bre_host_info` carries.

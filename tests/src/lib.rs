@@ -125,6 +125,8 @@ impl Engine {
             // ADVERTs to this test's own port: the default, 9300, is shared
             // by every endpoint on the host.
             .args(["--beacon-port", &nack.to_string()])
+            // The tests read /debug/* without a token.
+            .arg("--debug-public")
             .args(args)
             .env_remove("RUST_LOG")
             .stdin(Stdio::null())

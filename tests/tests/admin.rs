@@ -19,12 +19,14 @@ fn nack(hash_key: u64, seq: u64) -> [u8; 64] {
 }
 
 /// An engine whose admin token is [`TOKEN`], from a file of its own.
-fn with_token(tag: &str) -> Engine {
+fn with_token(tag: &str, extra: &[&str]) -> Engine {
     let dir = std::env::temp_dir().join(format!("ricochet-{tag}-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let token_file = dir.join("token");
     std::fs::write(&token_file, format!("{TOKEN}\n")).unwrap();
-    let e = Engine::start(&["--admin-token-file", token_file.to_str().unwrap()]);
+    let mut args = vec!["--admin-token-file", token_file.to_str().unwrap()];
+    args.extend(extra);
+    let e = Engine::start(&args);
     // Read at startup (the engine is ready): the file can go.
     let _ = std::fs::remove_dir_all(&dir);
     e
@@ -32,7 +34,7 @@ fn with_token(tag: &str) -> Engine {
 
 #[test]
 fn invalidate_needs_the_token_drops_the_flow_and_is_streamed_to_subscribers() {
-    let e = with_token("admin");
+    let e = with_token("admin", &[]);
 
     // A subscriber on /events.
     let mut sub = TcpStream::connect(e.admin).unwrap();
@@ -100,7 +102,7 @@ fn without_a_token_file_the_state_changing_endpoints_are_off() {
 
 #[test]
 fn loglevel_reads_openly_and_changes_with_the_token() {
-    let mut e = with_token("loglevel");
+    let mut e = with_token("loglevel", &[]);
     let req = |method: &str, path: &str, token: Option<&str>| {
         http_request(e.admin, method, path, token).unwrap()
     };
@@ -178,4 +180,20 @@ fn from(to: std::net::SocketAddr, src: [u8; 4]) -> TcpStream {
     s.bind(&std::net::SocketAddr::from((src, 0)).into()).unwrap();
     s.connect(&to.into()).unwrap();
     s.into()
+}
+
+#[test]
+fn debug_pages_take_the_token_unless_public() {
+    // The fixture passes --debug-public; a later --debug-public=false wins.
+    let e = with_token("debug", &[]);
+    let closed = Engine::start(&["--debug-public=false"]);
+    let (status, body) = http_request(closed.admin, "GET", "/debug/stats", None).unwrap();
+    assert_eq!(status, 403, "{body}");
+    assert!(body.contains("--admin-token-file") && body.contains("--debug-public"), "{body}");
+    assert_eq!(http_request(e.admin, "GET", "/debug/stats", None).unwrap().0, 200, "public");
+    let tokened = with_token("debug-closed", &["--debug-public=false"]);
+    assert_eq!(http_request(tokened.admin, "GET", "/debug/stats", None).unwrap().0, 401);
+    let (status, body) = http_request(tokened.admin, "GET", "/debug/stats", Some(TOKEN)).unwrap();
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("\"workers\""), "{body}");
 }

@@ -1,9 +1,10 @@
 //! Admin HTTP on the control thread: `/metrics` (Prometheus text),
 //! `/healthz`, `/readyz` (503 while starting, warming or draining) and
-//! `/debug/stats` (JSON) need no token; `POST /admin/invalidate` and
-//! `/events` (server-sent events) require `Authorization: Bearer <token>`
+//! `GET /loglevel` need no token; `POST /admin/invalidate`, `/events`
+//! (server-sent events), changing `/loglevel` and — unless
+//! `--debug-public` — `/debug/*` require `Authorization: Bearer <token>`
 //! with the token from `--admin-token-file`, and are refused (403) when no
-//! token is configured.
+//! token is configured. The listener's own bounds are in [`server`].
 //!
 //! Metrics are rendered from the snapshots workers publish every tick, so a
 //! scrape never touches the packet path. Every worker counter is exported
@@ -54,6 +55,8 @@ pub struct AdminState {
     pub control: Control,
     /// Bearer token for the state-changing endpoints; `None` disables them.
     pub token: Option<Arc<str>>,
+    /// `/debug/*` without the token (`--debug-public`).
+    pub debug_public: bool,
     /// Fan-out of events to `/events` subscribers.
     pub events: tokio::sync::broadcast::Sender<String>,
     /// Subscribers connected now.
@@ -110,6 +113,7 @@ impl AdminState {
             instance,
             control,
             token,
+            debug_public: false,
             events: tokio::sync::broadcast::channel(EVENT_BUFFER).0,
             subscribers: Arc::default(),
             max_subscribers: MAX_EVENT_SUBSCRIBERS,
@@ -205,10 +209,35 @@ fn readiness(shared: &Shared) -> (StatusCode, String) {
     (code, body)
 }
 
+/// `/debug/*` shows cache, limiter, peer and upstream state: it takes the
+/// admin token unless `--debug-public` opens it.
+fn debug_gate(
+    s: &AdminState,
+    headers: &axum::http::HeaderMap,
+) -> Result<(), (StatusCode, &'static str)> {
+    if s.debug_public {
+        return Ok(());
+    }
+    authorize(s, headers).map_err(|(status, why)| {
+        let msg = match status {
+            StatusCode::FORBIDDEN => {
+                "/debug/* needs the admin token, and none is configured: \
+                 start ricochet with --admin-token-file, or --debug-public to serve it to anyone\n"
+            }
+            _ => why,
+        };
+        (status, msg)
+    })
+}
+
 async fn debug_section(
     State(s): State<AdminState>,
+    headers: axum::http::HeaderMap,
     axum::extract::Path(name): axum::extract::Path<String>,
 ) -> axum::response::Response {
+    if let Err(r) = debug_gate(&s, &headers) {
+        return r.into_response();
+    }
     match s.sections.iter().find(|x| x.name() == name) {
         Some(section) => axum::Json(section.debug()).into_response(),
         None => {
@@ -219,7 +248,13 @@ async fn debug_section(
     }
 }
 
-async fn debug_stats(State(s): State<AdminState>) -> impl IntoResponse {
+async fn debug_stats(
+    State(s): State<AdminState>,
+    headers: axum::http::HeaderMap,
+) -> axum::response::Response {
+    if let Err(r) = debug_gate(&s, &headers) {
+        return r.into_response();
+    }
     let snaps = snapshots(&s.shared);
     let workers: Vec<_> = snaps
         .iter()
@@ -243,6 +278,7 @@ async fn debug_stats(State(s): State<AdminState>) -> impl IntoResponse {
         "uptime_seconds": s.started.elapsed().as_secs(),
         "workers": workers,
     }))
+    .into_response()
 }
 
 /// Checks the bearer token in constant time.

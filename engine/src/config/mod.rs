@@ -626,6 +626,8 @@ pub struct RuntimeConfig {
     /// Fraction of NACKs traced over OTLP, 0..=1 (0 = no traces; needs
     /// [`RuntimeConfig::otlp_endpoint`]).
     pub trace_sampling: f64,
+    /// `/debug/*` without the admin token.
+    pub debug_public: bool,
     /// Most admin HTTP connections open at once.
     pub admin_max_connections: usize,
     /// Most admin HTTP connections open at once from one address.

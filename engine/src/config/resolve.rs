@@ -488,6 +488,7 @@ impl<'a> Resolver<'a> {
                     s => Ok(s.to_owned()),
                 },
             ),
+            debug_public: self.get(Key::DebugPublic, parse_go_bool),
             admin_max_connections: self
                 .get(Key::AdminMaxConnections, |s| parse_int_in(s, 1..=65_536usize)),
             admin_max_connections_per_source: self

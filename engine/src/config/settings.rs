@@ -334,6 +334,8 @@ settings! {
         "Longest time /readyz stays 503 while warming the cache from siblings (0s = no warm-up wait)"),
     MetricsAddr("metrics-addr", "METRICS_ADDR", ":9400", Val("HOST:PORT"), RUNTIME,
         "Admin HTTP listener (/metrics, /healthz, /readyz); :PORT means every address"),
+    DebugPublic("debug-public", "RICOCHET_DEBUG_PUBLIC", "false", Bool, RUNTIME,
+        "Serve /debug/* without the admin token (it shows cache, limiter, peer and upstream state)"),
     AdminMaxConnections("admin-max-connections", "RICOCHET_ADMIN_MAX_CONNECTIONS", "256", Val("N"), RUNTIME,
         "Most admin HTTP connections open at once; more are closed at once and counted"),
     AdminMaxConnectionsPerSource("admin-max-connections-per-source", "RICOCHET_ADMIN_MAX_CONNECTIONS_PER_SOURCE", "32", Val("N"), RUNTIME,

@@ -114,6 +114,10 @@ pub struct RecoveryStats {
     pub sibling_filled: u64,
     /// Siblings' MISS answers to them (the job moved on upstream).
     pub sibling_fill_misses: u64,
+    /// Frames for a claimed gap from an address that was not asked for it,
+    /// dropped: anyone can open a gap by NACKing it, so anyone could answer
+    /// it with forged bytes that would be cached, served and multicast.
+    pub refused_source: u64,
 }
 
 /// What [`Recovery::enqueue`] did.
@@ -293,6 +297,10 @@ impl Recovery {
                 self.stats.garbage += 1;
                 return None;
             }
+            if !self.was_asked(key, from) {
+                self.stats.refused_source += 1;
+                return None;
+            }
             // The claim stays until the window ends: later copies of the
             // same frame are duplicates for the cache, not new recoveries.
             match self.jobs.remove(&key) {
@@ -371,10 +379,34 @@ impl Recovery {
 
     /// Who `job` is asking now.
     fn target(&self, job: &Job) -> Option<SocketAddr> {
-        match (job.fill, job.attempt) {
+        self.target_at(job, job.attempt)
+    }
+
+    /// Who `job` asks at `attempt`.
+    fn target_at(&self, job: &Job, attempt: usize) -> Option<SocketAddr> {
+        match (job.fill, attempt) {
             (Some(sibling), 0) => Some(sibling),
             (Some(_), n) => self.settings.upstreams.get(n - 1).copied(),
             (None, n) => self.settings.upstreams.get(n).copied(),
+        }
+    }
+
+    /// Whether `from` was asked for `key`: by its job, at this attempt or
+    /// an earlier one; or, the job having ended, by the upstreams every
+    /// ended job asked (a late answer). A job still waiting for its
+    /// cross-instance claim has asked no one.
+    fn was_asked(&self, key: FrameKey, from: SocketAddr) -> bool {
+        match self.jobs.get(&key) {
+            Some(job) => {
+                !job.claiming && (0..=job.attempt).any(|a| self.target_at(job, a) == Some(from))
+            }
+            None => {
+                let asked = match self.settings.max_endpoints {
+                    0 => self.settings.upstreams.len(),
+                    n => n,
+                };
+                self.settings.upstreams.iter().take(asked).any(|&u| u == from)
+            }
         }
     }
 
@@ -516,6 +548,26 @@ mod tests {
             (s.recovered, s.upstream_misses, s.in_flight, s.latency_us_sum),
             (1, 1, 0, 3000)
         );
+    }
+
+    #[test]
+    fn a_frame_is_taken_only_from_an_address_that_was_asked() {
+        let (mut r, t0, mut out) = (rec(&[U1, U2]), Instant::now(), Vec::new());
+        let stranger: SocketAddr = "10.9.9.9:4000".parse().unwrap();
+        r.enqueue(t0, key(5), [0; 32], None, &mut out);
+        // Asking U1: neither a stranger nor U2 (not asked yet) may answer.
+        assert_eq!(r.on_datagram(t0, stranger, &frame(key(5)), &mut out), None);
+        assert_eq!(r.on_datagram(t0, U2.parse().unwrap(), &frame(key(5)), &mut out), None);
+        assert_eq!(r.stats().refused_source, 2);
+        // U1 stayed silent; U2 is asked now, and U1's late answer counts too.
+        r.handle_timeouts(t0 + Duration::from_millis(300), &mut out);
+        let got = r.on_datagram(t0, U1.parse().unwrap(), &frame(key(5)), &mut out);
+        assert_eq!(got.map(|g| g.key), Some(key(5)));
+        // The job ended: a later copy from an upstream is a late answer, a
+        // stranger's is still refused.
+        assert_eq!(r.on_datagram(t0, stranger, &frame(key(5)), &mut out), None);
+        assert!(r.on_datagram(t0, U2.parse().unwrap(), &frame(key(5)), &mut out).is_some());
+        assert_eq!((r.stats().refused_source, r.stats().recovered), (3, 2));
     }
 
     #[test]

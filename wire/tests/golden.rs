@@ -60,6 +60,35 @@ fn tx_frame() {
     );
 }
 
+/// A BEEF object (0x09, BRC-148/149): the BRC-124 layout, its ContentID in
+/// the TxID slot and its TopicID in the SubtreeID slot; retransmitted to
+/// `0x1000 + shard(TopicID)` at the BEEF shard bits.
+#[test]
+fn beef_frame() {
+    let repr = FrameRepr {
+        version: FrameVersion::Beef,
+        byte7: 0,
+        id: seq_bytes(TXID),
+        hash_key: HASH_KEY,
+        seq: 7,
+        subtree_id: seq_bytes(0x90),
+        extra: Extra::None,
+        payload: b"beef",
+    };
+    let hex = "e3e1f3e8 02bf 09 00
+         c0c1c2c3c4c5c6c7c8c9cacbcccdcecfd0d1d2d3d4d5d6d7d8d9dadbdcdddedf
+         0123456789abcdef 0000000000000007
+         909192939495969798999a9b9c9d9e9fa0a1a2a3a4a5a6a7a8a9aaabacadaeaf
+         00000004 62656566";
+    check_frame(repr, hex);
+    let bytes = unhex(hex);
+    let frame = ricochet_wire::frame::Frame::new_checked(&bytes[..]).unwrap();
+    // TopicID 0x9091… : the top 4 bits are 9; zero bits is the one group.
+    assert_eq!(ricochet_wire::group::retransmit_index(&frame, 2, 4), Ok(0x1009));
+    assert_eq!(ricochet_wire::group::retransmit_index(&frame, 2, 0), Ok(0x1000));
+    assert_eq!(ricochet_wire::group::retransmit_index(&frame, 2, 12), Ok(0x1909));
+}
+
 #[test]
 fn legacy_frame() {
     check_frame(

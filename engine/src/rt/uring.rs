@@ -79,7 +79,9 @@ pub(crate) fn probe() -> Result<(), String> {
     }
     // Provided-buffer rings need 5.19; multishot recvmsg needs 6.0.
     let ring_check = BufRing::new(&ring, 7, 2, 64);
-    ring_check.map(drop).map_err(|e| format!("io_uring provided-buffer rings unavailable: {e}"))
+    ring_check
+        .map(|b| b.release(&ring))
+        .map_err(|e| format!("io_uring provided-buffer rings unavailable: {e}"))
 }
 
 /// Which socket a completion belongs to.
@@ -102,6 +104,7 @@ struct BufRing {
     size: usize,
     count: u16,
     tail: u16,
+    group: u16,
 }
 
 impl BufRing {
@@ -115,9 +118,21 @@ impl BufRing {
         let (ring, bufs): (*mut BufRingEntry, *mut u8) =
             unsafe { (alloc_zeroed(ring_layout).cast(), alloc_zeroed(bufs_layout)) };
         if ring.is_null() || bufs.is_null() {
+            // SAFETY: whichever allocation succeeded was made just above
+            // with its layout and is not registered with the kernel.
+            unsafe {
+                if !ring.is_null() {
+                    dealloc(ring.cast(), ring_layout);
+                }
+                if !bufs.is_null() {
+                    dealloc(bufs, bufs_layout);
+                }
+            }
             return Err(io::Error::from(io::ErrorKind::OutOfMemory));
         }
-        let mut br = BufRing { ring, ring_layout, bufs, bufs_layout, size, count, tail: 0 };
+        // Not registered yet: dropped on the error below, it frees memory
+        // the kernel never saw.
+        let mut br = BufRing { ring, ring_layout, bufs, bufs_layout, size, count, tail: 0, group };
         // SAFETY: `ring` is a page-aligned array of `count` entries that
         // lives until `Drop`, which unregisters it first.
         unsafe { uring.submitter().register_buf_ring_with_flags(ring as u64, count, group, 0)? };
@@ -148,6 +163,16 @@ impl BufRing {
         tail.store(self.tail, Ordering::Release);
     }
 
+    /// Unregisters the ring from `uring` and frees it: how a ring is given
+    /// up while its io_uring lives on (the probe, a worker whose
+    /// construction failed after this ring was made). Should the kernel
+    /// refuse, the memory is leaked rather than freed under it.
+    fn release(self, uring: &IoUring) {
+        if uring.submitter().unregister_buf_ring(self.group).is_err() {
+            std::mem::forget(self);
+        }
+    }
+
     /// Hands buffer `bid` back to the kernel.
     fn recycle(&mut self, bid: u16) {
         self.push(bid);
@@ -166,9 +191,12 @@ impl BufRing {
 
 impl Drop for BufRing {
     fn drop(&mut self) {
-        // SAFETY: allocated in `new` with these layouts. The owning ring is
-        // dropped (closing the io_uring instance, which releases the
-        // registration) before the buffers: see field order in `Worker`.
+        // SAFETY: allocated in `new` with these layouts, and no longer
+        // registered with a live io_uring instance: a worker drops its ring
+        // (closing the instance, which releases the registration) before
+        // its buffers (field order in `Worker`); every other path gives a
+        // registered ring up through `release`, which unregisters it first
+        // (or leaks it), and `new` drops it only before registering.
         unsafe {
             dealloc(self.ring.cast(), self.ring_layout);
             dealloc(self.bufs, self.bufs_layout);
@@ -274,7 +302,13 @@ impl Worker {
                     .build(1024)
             })?;
         let ingress_bufs = BufRing::new(&ring, GROUP_INGRESS, INGRESS_BUFS, INGRESS_BUF)?;
-        let nack_bufs = BufRing::new(&ring, GROUP_NACK, NACK_BUFS, NACK_BUF)?;
+        let nack_bufs = match BufRing::new(&ring, GROUP_NACK, NACK_BUFS, NACK_BUF) {
+            Ok(b) => b,
+            Err(e) => {
+                ingress_bufs.release(&ring);
+                return Err(e);
+            }
+        };
         Ok(Worker {
             ring,
             core,
@@ -740,6 +774,19 @@ impl Worker {
         // completion: every pointer in the header stays valid.
         let sqe =
             opcode::SendMsg::new(types::Fd(fd), hdr).build().user_data(UD_SEND | index as u64);
-        self.push(sqe)
+        let pushed = self.push(sqe);
+        if pushed.is_err() {
+            // The entry never reached the submission queue (it was full and
+            // the submit that would have made room failed), so the kernel
+            // holds no pointer into the slot: it is free again, its payloads
+            // dropped, rather than kept until a completion that never comes.
+            if let Some(mut slot) = self.slots[index as usize].take() {
+                slot.payloads.clear();
+                slot.iovs.clear();
+                self.spare.push(slot);
+            }
+            self.free.push(index);
+        }
+        pushed
     }
 }

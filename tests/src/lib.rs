@@ -201,6 +201,12 @@ impl Engine {
         }
     }
 
+    /// Sends the signal `name` (`STOP`, `CONT`, …).
+    pub fn signal(&self, name: &str) {
+        let _ =
+            Command::new("kill").args([&format!("-{name}"), &self.child.id().to_string()]).status();
+    }
+
     /// Sends SIGTERM.
     pub fn terminate(&self) {
         // SAFETY-free: use the `kill` command rather than libc.

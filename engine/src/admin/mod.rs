@@ -25,6 +25,7 @@ use crate::rt::{Control, Shared, WorkerSnapshot};
 use prom::family;
 
 pub mod compat;
+pub mod kernel;
 pub mod process;
 pub mod prom;
 pub mod server;
@@ -171,6 +172,7 @@ pub fn render_all(s: &AdminState) -> String {
     };
     compat::render(&input, &mut body);
     process::render(&mut body);
+    kernel::render(&s.shared.sockets, |p| std::fs::read_to_string(p).ok(), &mut body);
     body
 }
 

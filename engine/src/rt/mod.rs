@@ -345,6 +345,27 @@ pub enum ControlEvent {
 /// them; it drains the queue every 100 ms.
 const EVENT_QUEUE: usize = 4096;
 
+/// One of the workers' receiving sockets, named for the kernel's drop
+/// counts (`ricochet_kernel_drops_total`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SocketInfo {
+    /// `ingress`, `nack`, `upstream`, `dht` or `gossip`.
+    pub kind: &'static str,
+    /// The worker that reads it.
+    pub worker: usize,
+    /// Its inode, as `/proc/net/udp*` lists it.
+    pub inode: u64,
+}
+
+impl SocketInfo {
+    fn of(kind: &'static str, worker: usize, s: &socket2::Socket) -> Option<SocketInfo> {
+        use std::os::unix::fs::MetadataExt as _;
+        // A duplicate of the descriptor, closed again at once.
+        let file = std::fs::File::from(std::os::fd::OwnedFd::from(s.try_clone().ok()?));
+        Some(SocketInfo { kind, worker, inode: file.metadata().ok()?.ino() })
+    }
+}
+
 /// State shared between workers and the control thread.
 #[derive(Debug)]
 pub struct Shared {
@@ -372,6 +393,8 @@ pub struct Shared {
     pub gossip_port: Option<u16>,
     /// ADVERTs sent by the beacon task.
     pub beacons_sent: std::sync::atomic::AtomicU64,
+    /// The workers' receiving sockets.
+    pub sockets: Vec<SocketInfo>,
     /// The endpoint's IP, sequence and group rate-limit tables, shared by
     /// every worker's retry service: limits are per endpoint.
     pub limits: Arc<retry::SharedLimits>,
@@ -400,6 +423,7 @@ impl Shared {
             gossip_steering: AtomicBool::new(false),
             gossip_port: None,
             beacons_sent: std::sync::atomic::AtomicU64::new(0),
+            sockets: Vec::new(),
             limits: Arc::new(retry::SharedLimits::new(
                 &retry::LimitSettings::default(),
                 std::time::Instant::now(),
@@ -684,6 +708,14 @@ impl Runtime {
                 gossip.push(s);
             }
         }
+        let mut sockets = Vec::new();
+        for (w, ((ing, nk), up)) in ingress.iter().zip(&nack).zip(&upstream).enumerate() {
+            sockets.extend(SocketInfo::of("ingress", w, ing));
+            sockets.extend(SocketInfo::of("nack", w, nk));
+            sockets.extend(SocketInfo::of("upstream", w, up));
+            sockets.extend(dht.get(w).and_then(|d| SocketInfo::of("dht", w, d)));
+            sockets.extend(gossip.get(w).and_then(|g| SocketInfo::of("gossip", w, g)));
+        }
         let steering = match sys::attach_reuseport_steering(&nack[0], 8, n as u32) {
             Ok(()) => true,
             Err(e) => {
@@ -723,6 +755,7 @@ impl Runtime {
             gossip_steering: AtomicBool::new(gossip_steering),
             gossip_port,
             beacons_sent: std::sync::atomic::AtomicU64::new(0),
+            sockets,
             limits: Arc::new(retry::SharedLimits::new(
                 &opts.retry.limits,
                 std::time::Instant::now(),

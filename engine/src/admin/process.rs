@@ -14,10 +14,11 @@ use super::prom::family;
 /// Appends the `process_*` families for this process.
 pub fn render(out: &mut String) {
     let read = |p: &str| std::fs::read_to_string(p).ok();
-    // SAFETY: sysconf has no preconditions and only reads configuration.
-    let (ticks, page) =
-        unsafe { (libc::sysconf(libc::_SC_CLK_TCK), libc::sysconf(libc::_SC_PAGESIZE)) };
-    let host = Host { ticks_per_second: ticks.max(1) as u64, page_size: page.max(1) as u64 };
+    let conf = |var| nix::unistd::sysconf(var).ok().flatten().unwrap_or(1).max(1) as u64;
+    let host = Host {
+        ticks_per_second: conf(nix::unistd::SysconfVar::CLK_TCK),
+        page_size: conf(nix::unistd::SysconfVar::PAGE_SIZE),
+    };
     let sample = Sample {
         stat: read("/proc/self/stat").as_deref().and_then(Stat::parse),
         boot_time: read("/proc/stat").as_deref().and_then(boot_time),

@@ -313,16 +313,7 @@ where
 fn options(cfg: &Config) -> Result<(Options, beacon::BeaconSettings), String> {
     let net = &cfg.network;
     let addressing = if net.ipv4_lab {
-        let interface = match net.mc_iface.as_str() {
-            "lo" | "eth0" | "" => Ipv4Addr::LOCALHOST,
-            other => other.parse().map_err(|_| {
-                format!(
-                    "--mc-iface (MC_IFACE) = {other:?}: with --ipv4-lab it must be an IPv4 \
-                     address such as 127.0.0.1 (or \"lo\")"
-                )
-            })?,
-        };
-        Addressing::Ipv4Lab { interface }
+        Addressing::Ipv4Lab { interface: lab_interface("--mc-iface (MC_IFACE)", &net.mc_iface)? }
     } else {
         let interface_index = nix::net::if_::if_nametoindex(net.mc_iface.as_str()).map_err(|e| {
             format!(
@@ -510,15 +501,7 @@ fn egress_interfaces(cfg: &Config) -> Result<Vec<Egress>, String> {
         .iter()
         .map(|name| {
             if cfg.network.ipv4_lab {
-                return match name.as_str() {
-                    "lo" | "eth0" => Ok(Egress::V4(Ipv4Addr::LOCALHOST)),
-                    other => other.parse().map(Egress::V4).map_err(|_| {
-                        format!(
-                            "--egress-iface (EGRESS_IFACE) = {other:?}: with --ipv4-lab each \
-                             interface is an IPv4 address such as 127.0.0.1 (or \"lo\")"
-                        )
-                    }),
-                };
+                return lab_interface("--egress-iface (EGRESS_IFACE)", name).map(Egress::V4);
             }
             nix::net::if_::if_nametoindex(name.as_str()).map(Egress::V6).map_err(|e| {
                 format!(
@@ -530,6 +513,20 @@ fn egress_interfaces(cfg: &Config) -> Result<Vec<Egress>, String> {
             })
         })
         .collect()
+}
+
+/// An interface in `--ipv4-lab`: its IPv4 address, where `lo` and the
+/// reference's default `eth0` (or nothing) stand for 127.0.0.1.
+fn lab_interface(flag: &str, value: &str) -> Result<Ipv4Addr, String> {
+    match value {
+        "lo" | "eth0" | "" => Ok(Ipv4Addr::LOCALHOST),
+        other => other.parse().map_err(|_| {
+            format!(
+                "{flag} = {other:?}: with --ipv4-lab it must be an IPv4 address such as \
+                 127.0.0.1 (or \"lo\")"
+            )
+        }),
+    }
 }
 
 /// The NACK address when `NACK_ADDR` is not set, found as the reference

@@ -128,7 +128,7 @@ fn the_admin_listener_caps_connections_and_times_out_slow_heads() {
     use std::io::Read;
     use std::net::TcpStream;
     let e =
-        Engine::start(&["--admin-header-timeout", "3s", "--admin-max-connections-per-source", "4"]);
+        Engine::start(&["--admin-header-timeout", "5s", "--admin-max-connections-per-source", "4"]);
     // Ten idle connections from one address (not the fixture's): four are
     // held, six closed at once.
     let idle: Vec<TcpStream> = (0..10).map(|_| from(e.admin, [127, 0, 0, 4])).collect();

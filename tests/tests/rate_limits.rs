@@ -13,10 +13,14 @@ fn one_per_ip_allowance_across_two_workers() {
     // bucket per worker it got about 40.
     let e = Engine::start(&["--cpus", "0,1", "--rl-ip-rate", "1", "--rl-ip-burst", "20"]);
     let client = nack_client();
+    let sending = std::time::Instant::now();
     for i in 0..200u64 {
         // Misses: every admitted NACK is answered with a MISS.
         client.send_to(&nack_for(0x5000 + i, 1, 0), e.nack_addr()).unwrap();
     }
+    // The bucket refills at 1/s while the burst is being sent (a slow
+    // machine sends it slowly): that much more may be admitted.
+    let refill = sending.elapsed().as_secs() as usize + 1;
     let answers = drain(&client, Duration::from_millis(1000)).len();
     let body = e.wait_metrics(Duration::from_secs(10), |m| {
         ricochet_e2e::metric_sum(m, "ricochet_nacks_total") >= 200.0
@@ -26,7 +30,10 @@ fn one_per_ip_allowance_across_two_workers() {
             .unwrap_or(0.0)
     };
     assert!(per_core(0) > 0.0 && per_core(1) > 0.0, "the NACKs reached both workers:\n{body}");
-    assert!((17..=23).contains(&answers), "{answers} answers: one bucket of 20 (±15 %), not two");
+    assert!(
+        (17..=23 + refill).contains(&answers),
+        "{answers} answers: one bucket of 20 (±15 %, plus {refill} refilled), not two"
+    );
     let limited = ricochet_e2e::metric_sum(&body, "ricochet_rate_limited_ip_total");
     assert_eq!(limited as usize + answers, 200, "every other NACK was refused by the IP tier");
 }

@@ -537,10 +537,10 @@ impl UnknownFlag {
 }
 
 /// Reference flags ricochet does not implement, by name or name prefix
-/// (ending in `-`), with what they belong to.
+/// (ending in `-`), with what they belong to: names the settings table
+/// does not have (those it has are refused by `load` with the reason).
 const NOT_IMPLEMENTED: &[(&str, &str)] = &[
     ("aerospike-", "the Aerospike cache backend"),
-    ("bind-source", "SSM source lists"),
     ("ssm-", "SSM source lists"),
     ("retry-tee", "the retry tee"),
 ];

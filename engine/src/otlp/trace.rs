@@ -31,6 +31,7 @@ use opentelemetry::{InstrumentationScope, KeyValue};
 use opentelemetry_sdk::trace::{SpanData, SpanEvents, SpanLinks};
 use ricochet_wire::control::Nack;
 
+use crate::dht::rng::Rng;
 use crate::retry::{Service, Stats};
 
 /// Sampled NACKs waiting for the control thread, per endpoint (the SDK
@@ -84,19 +85,16 @@ impl Outcome {
     /// A range NACK that had any frame served is `Ack` even if a later
     /// frame missed or hit the group tier.
     pub fn between(before: &Stats, after: &Stats) -> (Outcome, bool, bool) {
-        let d = |f: fn(&Stats) -> u64| f(after).wrapping_sub(f(before));
-        let multicast = d(|s| s.retransmits_multicast) > 0;
-        let unicast = d(|s| s.retransmits_unicast) > 0;
-        let limited =
-            if d(|s| s.throttled_sent) > 0 { Outcome::Throttled } else { Outcome::RateLimited };
-        let before_lookup =
-            d(|s| s.rate_limited_ip) + d(|s| s.rate_limited_sequence) + d(|s| s.rate_limited_chain);
-        let served = multicast || unicast || d(|s| s.retransmits_deduplicated) > 0;
-        let outcome = if before_lookup > 0 || (!served && d(|s| s.rate_limited_group) > 0) {
+        let e = after.since(before);
+        let (multicast, unicast) = (e.multicast > 0, e.unicast > 0);
+        let limited = if e.throttled > 0 { Outcome::Throttled } else { Outcome::RateLimited };
+        let [ip, sequence, chain, group] = e.limited;
+        let served = multicast || unicast || e.deduplicated > 0;
+        let outcome = if ip + sequence + chain > 0 || (!served && group > 0) {
             limited
-        } else if d(|s| s.cache_hits) > 0 {
+        } else if e.hits > 0 {
             Outcome::Ack
-        } else if d(|s| s.cache_misses) > 0 {
+        } else if e.misses > 0 {
             Outcome::Miss
         } else {
             Outcome::Lookup
@@ -145,7 +143,7 @@ impl NackTracing {
     pub fn sampler(&self, index: usize) -> NackSampler {
         use std::hash::BuildHasher as _;
         let seed = std::collections::hash_map::RandomState::new().hash_one(index);
-        NackSampler { tracing: self.clone(), state: seed, worker: index as u16 }
+        NackSampler { tracing: self.clone(), ids: Rng::seed_from_u64(seed), worker: index as u16 }
     }
 }
 
@@ -159,8 +157,8 @@ fn ratio_bound(ratio: f64) -> u64 {
 #[derive(Debug)]
 pub struct NackSampler {
     tracing: NackTracing,
-    /// splitmix64 state.
-    state: u64,
+    /// The worker's trace and span id stream.
+    ids: Rng,
     worker: u16,
 }
 
@@ -210,13 +208,9 @@ impl NackSampler {
         }
     }
 
-    /// splitmix64: the next value of this worker's id stream.
+    /// The next value of this worker's id stream.
     fn next(&mut self) -> u64 {
-        self.state = self.state.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.state;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
+        self.ids.next_u64()
     }
 }
 

@@ -12,7 +12,7 @@
 
 use std::time::{Duration, Instant};
 
-use crate::retry::Stats;
+use crate::retry::{Stats, Tier};
 
 /// Most per-event lines one worker writes in a second.
 pub(crate) const LINES_PER_SECOND: u32 = 50;
@@ -104,17 +104,15 @@ impl EventLog {
 
 /// The events one NACK caused, from the statistics before and after it.
 pub(crate) fn nack_events(before: &Stats, after: &Stats) -> impl Iterator<Item = NackEvent> {
-    let tiers = [
-        ("ip", after.rate_limited_ip - before.rate_limited_ip),
-        ("sequence", after.rate_limited_sequence - before.rate_limited_sequence),
-        ("chain", after.rate_limited_chain - before.rate_limited_chain),
-        ("group", after.rate_limited_group - before.rate_limited_group),
-    ];
-    let limited = tiers.into_iter().filter(|(_, n)| *n > 0).map(|(t, _)| NackEvent::RateLimited(t));
-    let misses = after.cache_misses - before.cache_misses;
+    let e = after.since(before);
+    let limited = Tier::ALL
+        .into_iter()
+        .zip(e.limited)
+        .filter(|(_, n)| *n > 0)
+        .map(|(t, _)| NackEvent::RateLimited(t.name()));
+    let misses = e.misses;
     // A frame sent both to its group and to the requester is one line.
-    let sent = (after.retransmits_multicast - before.retransmits_multicast)
-        .max(after.retransmits_unicast - before.retransmits_unicast);
+    let sent = e.multicast.max(e.unicast);
     let miss =
         std::iter::repeat_n(NackEvent::Miss, misses.min(u64::from(LINES_PER_SECOND)) as usize);
     let sent = std::iter::repeat_n(

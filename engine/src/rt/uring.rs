@@ -683,7 +683,7 @@ impl Worker {
         let fd = if upstream { self.upstream.as_raw_fd() } else { self.nack.as_raw_fd() };
         let payloads = std::iter::once(first.payload).chain(run.map(|t| t.payload));
         if !matches!(first.dest, Dest::Group(_)) || self.egress.is_empty() {
-            return self.send_payloads(fd, addr, payloads);
+            return self.queue_send(fd, addr, payloads, Extra::None);
         }
         // The payloads are refcounted: a copy costs a slot, not the bytes.
         let payloads: Vec<Payload> = payloads.collect();
@@ -693,29 +693,7 @@ impl Worker {
                 self.core.counters.send_errors += 1;
             }
         }
-        self.send_payloads(fd, addr, payloads.into_iter())
-    }
-
-    /// Queues one SendMsg of `payloads` from `fd`, counting the responses
-    /// among them as send errors if it cannot be queued.
-    fn send_payloads(
-        &mut self,
-        fd: std::os::fd::RawFd,
-        addr: SockAddr,
-        payloads: impl Iterator<Item = Payload>,
-    ) -> io::Result<()> {
-        // Tallied on the way in: a send that cannot be queued has given its
-        // payloads away, and its responses are counted by type.
-        let mut responses = super::ResponseCounts::default();
-        let payloads = payloads.inspect(|p| responses.count(p));
-        let queued = self.queue_send(fd, addr, payloads, Extra::None);
-        if queued.is_err() {
-            let errors = &mut self.core.counters.response_send_errors;
-            errors.ack += responses.ack;
-            errors.miss += responses.miss;
-            errors.throttled += responses.throttled;
-        }
-        queued
+        self.queue_send(fd, addr, payloads.into_iter(), Extra::None)
     }
 
     /// Queues one SendMsg of `payloads` (more than one: a GSO send) to
@@ -781,6 +759,11 @@ impl Worker {
             // holds no pointer into the slot: it is free again, its payloads
             // dropped, rather than kept until a completion that never comes.
             if let Some(mut slot) = self.slots[index as usize].take() {
+                // Counted here, not on every send: a send that queues is
+                // counted by its completion.
+                for p in &slot.payloads {
+                    self.core.counters.response_send_errors.count(p);
+                }
                 slot.payloads.clear();
                 slot.iovs.clear();
                 self.spare.push(slot);

@@ -63,8 +63,8 @@ pub use claims::Claims;
 pub use limit::{LimitSettings, Limiter, Tier};
 pub use recover::{ClaimResult, Enqueued, Recovered, Recovery, RecoverySettings, RecoveryStats};
 pub use service::{
-    Dest, Effect, FrameOutcome, Lookup, Outbox, Payload, PendingMulticast, Service, Settings,
-    Stats, Transmit,
+    Dest, Effect, FrameOutcome, Lookup, NackEffects, Outbox, Payload, PendingMulticast, Service,
+    Settings, Stats, Transmit,
 };
 pub use shared_limit::SharedLimits;
 pub use siblings::{Holding, Sibling, Siblings};

@@ -417,6 +417,49 @@ pub struct Stats {
     pub cache: CacheStats,
 }
 
+/// What answering NACKs did, read from the counters before and after
+/// ([`Stats::since`]): the one reading the `-debug` lines and the NACK
+/// spans share, since the outbox says what was sent but not why.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct NackEffects {
+    /// Refusals by each tier, in [`Tier::ALL`](super::Tier::ALL) order
+    /// (IP, sequence, chain, group).
+    pub limited: [u64; 4],
+    /// THROTTLED answers sent.
+    pub throttled: u64,
+    /// Frames found.
+    pub hits: u64,
+    /// Lookups that found nothing.
+    pub misses: u64,
+    /// Frames sent to their group.
+    pub multicast: u64,
+    /// Frames sent back to the requester.
+    pub unicast: u64,
+    /// Multicast retransmits another instance had sent already.
+    pub deduplicated: u64,
+}
+
+impl Stats {
+    /// What happened between `before` and these counters.
+    pub fn since(&self, before: &Stats) -> NackEffects {
+        let d = |f: fn(&Stats) -> u64| f(self).wrapping_sub(f(before));
+        NackEffects {
+            limited: [
+                d(|s| s.rate_limited_ip),
+                d(|s| s.rate_limited_sequence),
+                d(|s| s.rate_limited_chain),
+                d(|s| s.rate_limited_group),
+            ],
+            throttled: d(|s| s.throttled_sent),
+            hits: d(|s| s.cache_hits),
+            misses: d(|s| s.cache_misses),
+            multicast: d(|s| s.retransmits_multicast),
+            unicast: d(|s| s.retransmits_unicast),
+            deduplicated: d(|s| s.retransmits_deduplicated),
+        }
+    }
+}
+
 /// The NACK service of one shard: a cache, a limiter and their counters.
 #[derive(Debug)]
 pub struct Service {

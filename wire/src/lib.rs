@@ -30,6 +30,7 @@ pub mod frame;
 pub mod gossip;
 pub mod group;
 pub mod mac;
+pub mod manifest;
 pub mod prefix;
 pub mod record;
 

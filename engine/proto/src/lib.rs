@@ -43,6 +43,11 @@
 //! - [`dht`]: the signed-record Kademlia DHT for upstream discovery —
 //!   routing table, record store shard, iterative lookups, the peer cache
 //!   format.
+//! - [`ssm`]: source-specific multicast (RFC 4607) as the reference runs
+//!   it — source-mode and scope validation, the source set of each group
+//!   role with join/leave diffs, the shard-manifest publisher registry and
+//!   the DNS bootstrap's keep-last-good refresh. The daemon does not drive
+//!   it yet (issue 16).
 //!
 //! The daemon's `rt` module owns the sockets, rings, threads and clocks
 //! that drive these; its cluster and discovery state machines still live in
@@ -53,3 +58,4 @@
 pub mod dht;
 pub mod gossip;
 pub mod retry;
+pub mod ssm;

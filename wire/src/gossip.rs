@@ -25,8 +25,10 @@
 //!   reserved bits must be zero, so `emit(parse(b)) == b` for every `b` that
 //!   parses.
 //! - `emit` refuses every Repr that `parse` would refuse, with the same error.
-//! - The cluster MAC that authenticates gossip datagrams is not part of these
-//!   layouts: it is verified and removed before a frame is parsed here.
+//! - The envelope that authenticates gossip datagrams (padding, stamp and
+//!   cluster MAC, [`crate::mac::ClusterKey::open_gossip`]) is not part of
+//!   these layouts: it is verified and removed before a frame is parsed
+//!   here.
 //! - PEX entries travel inside G1 bodies of topic `pex`; their signed format
 //!   is not defined in this module.
 

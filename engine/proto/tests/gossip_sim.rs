@@ -40,7 +40,7 @@ use std::time::{Duration, Instant};
 use ricochet_proto::dht::rng::Rng;
 use ricochet_proto::gossip::{Config, Event, Gossip, MemStore, Member, Outbox, Stats, TopicMode};
 use ricochet_wire::gossip::{DigestRepr, GossipFrame};
-use ricochet_wire::mac::{ClusterKey, MAC_LEN};
+use ricochet_wire::mac::{ClusterKey, Stamp};
 
 const SEED: u64 = 0x6055_1926;
 const TOPIC: &[u8] = b"state";
@@ -622,10 +622,17 @@ impl Sim {
             fingerprint: self.nodes[from].g.fingerprint(),
             matched: false,
         });
-        let len = frame.buffer_len();
-        let mut bytes = vec![0u8; len + MAC_LEN];
-        frame.emit(&mut bytes).unwrap();
-        self.key.seal(&mut bytes, len).unwrap();
+        let mut raw = vec![0u8; frame.buffer_len()];
+        frame.emit(&mut raw).unwrap();
+        // A fresh v2 envelope (PROTOCOL.md § "Gossip envelope (v2)"): the
+        // sender's clock, and a counter no probe repeats.
+        let now = self.base + self.now;
+        let stamp = Stamp {
+            sender: 0x5133,
+            time_ms: self.nodes[from].g.unix_ms(now),
+            counter: self.seq + 1,
+        };
+        let bytes = self.key.seal_gossip_vec(&raw, 0, &stamp).unwrap();
         self.wire.0[2] += 1;
         self.wire.1[2] += bytes.len() as u64;
         self.seq += 1;

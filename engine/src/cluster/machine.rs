@@ -25,9 +25,9 @@
 //! See [`super::warm`]. Two G6 kinds take a fast path past the engine's
 //! per-peer rate limiter (100 msg/s would cap a transfer at 120 kB/s):
 //! shard chunks from the siblings this member is fetching from, and shard
-//! requests from a live member. Both are authenticated here with the
-//! cluster MAC; anything else, and anything failing the MAC, goes through
-//! the engine, which counts every drop.
+//! requests from a live member. Both are authenticated by the engine's
+//! envelope check ([`Gossip::authenticate`]: MAC, time window, replay),
+//! which counts what it refuses; anything else goes through the engine.
 
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
@@ -36,7 +36,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use ricochet_wire::gossip::{G6_SNAPSHOT, GossipFrame, SnapshotKind, SnapshotRepr};
-use ricochet_wire::mac::{ClusterKey, MAC_LEN};
+use ricochet_wire::mac::{ClusterKey, GOSSIP_OVERHEAD};
 use ricochet_wire::record::SigningKey;
 
 use super::members::{self, MemberRecord, MemberTable, MembersStore};
@@ -198,7 +198,6 @@ struct Importing {
 #[derive(Debug)]
 pub struct Core {
     gossip: Gossip,
-    key: ClusterKey,
     me: MemberRecord,
     signing: SigningKey,
     table: Arc<Mutex<MemberTable>>,
@@ -266,7 +265,8 @@ impl Core {
         let rid_state = u64::from_le_bytes(
             blake3::hash(&settings.gossip.seed).as_bytes()[..8].try_into().unwrap_or([1; 8]),
         ) | 1;
-        let mut g = Gossip::new(id, identity.gossip, key.clone(), settings.gossip.clone(), now);
+        let mut g = Gossip::new(id, identity.gossip, key, settings.gossip.clone(), now);
+        g.set_unix_time(now, unix_ms);
         let topics: [(&[u8], TopicMode, u8); 2] = [
             (
                 members::TOPIC,
@@ -285,7 +285,6 @@ impl Core {
         }
         let mut core = Core {
             gossip: g,
-            key,
             me,
             signing: identity.key,
             table,
@@ -395,6 +394,7 @@ impl Core {
     /// Re-anchors the wall clock.
     pub fn set_unix_time(&mut self, now: Instant, unix_ms: u64) {
         self.clock = (now, unix_ms);
+        self.gossip.set_unix_time(now, unix_ms);
     }
 
     /// The resolved `--gossip-peers`.
@@ -614,7 +614,7 @@ impl Core {
     /// True if the datagram was taken.
     fn fast_g6(&mut self, now: Instant, from: SocketAddr, bytes: &[u8]) -> bool {
         if bytes.len() > self.settings.gossip.max_datagram
-            || bytes.len() < MAC_LEN + 7
+            || bytes.len() < GOSSIP_OVERHEAD + 7
             || bytes[..2] != G6_SNAPSHOT.to_be_bytes()
         {
             return false;
@@ -629,7 +629,8 @@ impl Core {
         if !wanted {
             return false;
         }
-        let Ok(body) = self.key.open(bytes) else { return false };
+        // Refused (forged, version 1, stale or replayed): counted there.
+        let Some(body) = self.gossip.authenticate(now, bytes) else { return true };
         let Ok(repr) = SnapshotRepr::parse(body) else { return false };
         self.counters.g6_fast_path += 1;
         self.on_snapshot_frame(now, from, &repr);

@@ -89,6 +89,9 @@ pub(super) fn render_metrics(
         st.drops.rate_limited += w.shard.drops.rate_limited;
         st.drops.bad_dimension += w.shard.drops.bad_dimension;
         st.drops.wrong_mode += w.shard.drops.wrong_mode;
+        st.drops.replayed += w.shard.drops.replayed;
+        st.drops.out_of_window += w.shard.drops.out_of_window;
+        st.drops.replay_table_full += w.shard.drops.replay_table_full;
     }
     let c = core.counters();
     let srv = core.server().stats();
@@ -188,7 +191,8 @@ pub(super) fn render_metrics(
         out,
         "ricochet_cluster_gossip_dropped_total",
         "counter",
-        "Gossip datagrams and records dropped, by reason (bad_mac, truncated, too_long, …).",
+        "Gossip datagrams and records dropped, by reason (bad_mac, bad_version, replayed, \
+         out_of_window, amplification, truncated, too_long, …).",
         &drops,
     );
     let rumors = [

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use ricochet_wire::frame::FrameKey;
-use ricochet_wire::mac::ClusterKey;
+use ricochet_wire::mac::{ClusterKey, Stamp};
 use ricochet_wire::record::SigningKey;
 
 use super::machine::{Core, CoreSettings, Identity, LIVE_TIMEOUT, Note};
@@ -18,6 +18,9 @@ use crate::retry::Siblings;
 const UNIX: u64 = 1_767_225_600_000;
 const LATENCY: Duration = Duration::from_millis(1);
 const KEY: [u8; 32] = [0x4B; 32];
+/// G6 chunk size: what one default datagram carries.
+const CHUNK: usize =
+    crate::gossip::snapshot::chunk_budget(crate::gossip::snapshot::DEFAULT_MAX_DATAGRAM);
 /// Steps [`Net::run`] may take at one virtual instant before it calls the
 /// run a livelock.
 const MAX_STEPS_AT_ONE_INSTANT: u32 = 10_000;
@@ -126,7 +129,7 @@ impl Net {
                 match note {
                     Note::BuildSnapshot { to, rid } => {
                         let unix = node.core.unix_ms(now);
-                        let snap = warm::build_snapshot(&node.cache, usize::MAX, unix, 1200)
+                        let snap = warm::build_snapshot(&node.cache, usize::MAX, unix, CHUNK)
                             .map(|(s, _)| s)
                             .map_err(|e| e.to_string());
                         node.core.snapshot_built(now, to, rid, snap);
@@ -324,7 +327,7 @@ fn a_restarted_member_warms_its_cache_from_a_sibling_despite_loss() {
 
 /// The coding of `cache`'s snapshot: `(k, chunks per shard)`.
 fn coding(cache: &[Bytes]) -> (u64, u64) {
-    let (snap, _) = warm::build_snapshot(cache, usize::MAX, 0, 1200).unwrap();
+    let (snap, _) = warm::build_snapshot(cache, usize::MAX, 0, CHUNK).unwrap();
     let m = snap.manifest();
     (u64::from(m.data_shards), u64::from(m.chunks_per_shard()))
 }
@@ -438,16 +441,29 @@ fn forged_truncated_and_oversized_datagrams_are_dropped_and_counted() {
     core.handle(now, from, &chunk);
     core.handle(now, from, &[0x47, 0x32, 1, 2, 3]);
     core.handle(now, from, &vec![0u8; 2000]);
-    // Correct MAC, truncated frame.
-    let mut cut = vec![0x47, 0x31, 0, 0];
-    cut.extend([0u8; 16]);
-    ClusterKey::new(KEY).seal(&mut cut, 4).unwrap();
+    // Correct MAC and a fresh stamp, truncated frame; the same datagram
+    // again (a replay), and once more stamped 31 s in the past.
+    let stamp = |counter, time_ms| Stamp { sender: 0x0BAD, time_ms, counter };
+    let unix = core.unix_ms(now);
+    let key = ClusterKey::new(KEY);
+    let cut = key.seal_gossip_vec(&[0x47, 0x31, 0, 0], 0, &stamp(1, unix)).unwrap();
     core.handle(now, from, &cut);
+    core.handle(now, from, &cut);
+    let stale = key.seal_gossip_vec(&[0x47, 0x31, 0, 0], 0, &stamp(2, unix - 31_000)).unwrap();
+    core.handle(now, from, &stale);
+    // A version-1 datagram (raw MAC, no stamp) under the right key.
+    let mut v1 = vec![0x47, 0x32, 0, 0, 0, 0, 0, 0, 0, 1, 0, 0];
+    v1.extend([0u8; 16]);
+    key.seal(&mut v1, 12).unwrap();
+    core.handle(now, from, &v1);
     let after = core.gossip().stats().drops;
     let reason = |d: &crate::gossip::Drops, r: &str| d.get(r);
     assert_eq!(reason(&after, "bad_mac") - reason(&before, "bad_mac"), 2);
     assert_eq!(reason(&after, "truncated") - reason(&before, "truncated"), 2);
     assert_eq!(reason(&after, "too_long") - reason(&before, "too_long"), 1);
+    assert_eq!(reason(&after, "replayed") - reason(&before, "replayed"), 1);
+    assert_eq!(reason(&after, "out_of_window") - reason(&before, "out_of_window"), 1);
+    assert_eq!(reason(&after, "bad_version") - reason(&before, "bad_version"), 1);
     net.run(Duration::from_secs(3));
     assert!(net.all_see(&[0, 1]), "still a cluster");
 }

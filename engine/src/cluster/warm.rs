@@ -1210,7 +1210,7 @@ mod tests {
         assert!(m.reassembly_bytes() <= REASSEMBLY_LIMIT as u64);
         assert_eq!(
             crate::gossip::snapshot::chunk_budget(crate::gossip::snapshot::DEFAULT_MAX_DATAGRAM),
-            1200
+            1173
         );
     }
 

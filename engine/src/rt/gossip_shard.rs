@@ -12,7 +12,9 @@
 //!   kernel cannot pick its owner: the reading worker checks the MAC,
 //!   computes the id and hands the rumor to the worker owning it
 //!   ([`crate::gossip::dedup::shard_of`]), one hop, counted in
-//!   [`GossipSnapshot::forwarded`]. The owner rate-limits the source,
+//!   [`GossipSnapshot::forwarded`]. The reader also refuses replayed and
+//!   stale datagrams (each shard keeps its own replay guard, its clock set
+//!   from the system clock every tick). The owner rate-limits the source,
 //!   ACKs the copy from the gossip port (G5) and decides its dedup; a
 //!   duplicate ends there. Only an admitted copy — the first, or one
 //!   claiming a forwarding route no earlier copy could — goes on to the
@@ -114,6 +116,14 @@ pub(crate) struct Shard {
     pub(crate) counters: GossipSnapshot,
 }
 
+/// The system clock, unix ms (the shards' replay guards judge stamps by
+/// it).
+pub(crate) fn unix_now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
 /// The first two bytes of a G3 frame.
 const G3_MAGIC: [u8; 2] = [0x47, 0x33];
 
@@ -140,7 +150,8 @@ impl Shard {
         material.extend_from_slice(&(index as u64).to_be_bytes());
         let h = blake3::hash(&material);
         let hash_key = u64::from_le_bytes(h.as_bytes()[..8].try_into().unwrap_or([0; 8]));
-        let shard = RumorShard::new(opts.key.clone(), &opts.config, workers, hash_key);
+        let mut shard = RumorShard::new(opts.key.clone(), &opts.config, workers, hash_key);
+        shard.set_unix_time(Instant::now(), unix_now_ms());
         Shard {
             counters: GossipSnapshot { dedup_capacity: shard.capacity(), ..Default::default() },
             shard,
@@ -158,7 +169,7 @@ impl Shard {
             self.pass(from, data);
             return Read::Done;
         }
-        match self.shard.open(data) {
+        match self.shard.open(Instant::now(), data) {
             Some((id, owner, body)) if owner == index => Read::Own(id, body),
             Some((id, owner, body)) => {
                 self.counters.forwarded += 1;
@@ -209,8 +220,10 @@ impl Shard {
         self.acks.drain(..)
     }
 
-    /// Forgets idle rate-limit entries.
+    /// Sets the shard's clock from the system clock and forgets idle
+    /// rate-limit entries and replay records out of the window.
     pub(crate) fn tick(&mut self, now: Instant) {
+        self.shard.set_unix_time(now, unix_now_ms());
         self.shard.sweep(now);
     }
 
@@ -227,7 +240,7 @@ mod tests {
     use std::sync::Arc;
 
     use ricochet_wire::gossip::{DigestRepr, GossipFrame, RumorRepr, rumor_id};
-    use ricochet_wire::mac::MAC_LEN;
+    use ricochet_wire::mac::{GOSSIP_OVERHEAD, Stamp};
 
     use super::*;
     use crate::gossip::dedup::{DELIVERED, FWD_FALLBACK, FWD_PRIMARY, shard_of};
@@ -237,12 +250,18 @@ mod tests {
         ClusterKey::new([5; 32])
     }
 
+    /// A fresh v2 datagram stamped with the system clock.
     fn seal(f: &GossipFrame<'_>) -> Vec<u8> {
-        let len = f.buffer_len();
-        let mut buf = vec![0u8; len + MAC_LEN];
-        f.emit(&mut buf).unwrap();
-        key().seal(&mut buf, len).unwrap();
-        buf
+        use std::sync::atomic::{AtomicU64, Ordering};
+        static COUNTER: AtomicU64 = AtomicU64::new(1);
+        let mut raw = vec![0u8; f.buffer_len()];
+        f.emit(&mut raw).unwrap();
+        let stamp = Stamp {
+            sender: 0x7E57,
+            time_ms: unix_now_ms(),
+            counter: COUNTER.fetch_add(1, Ordering::Relaxed),
+        };
+        key().seal_gossip_vec(&raw, 0, &stamp).unwrap()
     }
 
     fn rumor(dim: u8, payload: &[u8]) -> Vec<u8> {
@@ -311,14 +330,14 @@ mod tests {
         let sent = acks(&mut cores[1]);
         assert_eq!(sent.len(), 1);
         assert_eq!(sent[0].0, src, "ACKed to the address as read");
-        let ack = key().open(&sent[0].1).unwrap();
+        let ack = key().open_gossip(&sent[0].1).unwrap().frame;
         assert!(
             matches!(GossipFrame::parse(ack), Ok(GossipFrame::RumorAck(a)) if a.rumor_id == id)
         );
         match inbound.try_recv().unwrap() {
             GossipInbound::Admitted { from, body, admission } => {
                 assert_eq!(from, peer, "canonical for the engine");
-                assert_eq!(body, copy[..copy.len() - MAC_LEN]);
+                assert_eq!(body, copy[..copy.len() - GOSSIP_OVERHEAD]);
                 assert!(admission.deliver);
             }
             other => panic!("{other:?}"),

@@ -24,7 +24,7 @@ use ricochet_wire::gossip::{
     Cells, DigestRepr, ExchangeRepr, GossipFrame, IbltCell, MAX_PULL_RESPONSE, ORIGIN_DIMENSION,
     PullRepr, ReconcileKind, ReconcileMode, ReconcileRepr, RumorAckRepr, RumorRepr, rumor_id,
 };
-use ricochet_wire::mac::{ClusterKey, MAC_LEN};
+use ricochet_wire::mac::{ClusterKey, GOSSIP_OVERHEAD, Opened};
 
 use super::dedup::{Admission, DELIVERED, FWD_DUAL, FWD_FALLBACK, FWD_PRIMARY, RumorLru};
 use super::entries::{self, Chunked, Entries, META_BACKPRESSURE};
@@ -32,9 +32,13 @@ use super::hypercube::{Cube, DimensionHealth, Sender, expected_sender, tree_targ
 use super::iblt::{self, Difference, HASH_COUNT, Iblt, RatelessEncoder};
 use super::limit::{EgressQueue, PeerLimiter, TokenBucket};
 use super::reconcile::{self, Assembly, Fed, Stream};
+use super::replay::{ReplayGuard, Sealer};
 use super::stats::Stats;
 use super::sync::{AdaptiveInterval, Backoff, Outcome, PeerSync};
-use super::{Config, Event, Member, Outbox, PublishError, Store, TopicError, TopicMode, Transmit};
+use super::{
+    AMPLIFICATION, Config, Event, Member, Outbox, PublishError, Store, TopicError, TopicMode,
+    Transmit,
+};
 use crate::dht::rng::Rng;
 
 /// A rumor's id: BLAKE3-256 of its payload.
@@ -314,12 +318,23 @@ struct TopicState {
     hash: u64,
 }
 
-/// A sealed datagram waiting for egress budget.
+/// A frame waiting for egress budget. It is sealed (stamped and MACed)
+/// only when it leaves the queue, so stamp counters follow wire order.
 #[derive(Debug)]
 struct OutDatagram {
     dest: SocketAddr,
+    /// The frame; the envelope is appended on the way out.
     payload: Vec<u8>,
+    /// Zero bytes of padding the envelope carries.
+    padding: usize,
     frame: u8,
+}
+
+impl OutDatagram {
+    /// Bytes on the wire once sealed.
+    fn wire_len(&self) -> usize {
+        self.payload.len() + self.padding + GOSSIP_OVERHEAD
+    }
 }
 
 /// The gossip engine (see the [module docs](super)).
@@ -368,6 +383,15 @@ pub struct Gossip {
     marks: Vec<(RumorId, u8)>,
     /// G3 datagrams queued so far (to count forwards).
     queued_rumors: u64,
+    /// Stamps what we send.
+    sealer: Sealer,
+    /// Refuses replayed and out-of-window datagrams.
+    guard: ReplayGuard,
+    /// The wall clock anchor: unix ms at an instant.
+    clock: (Instant, u64),
+    /// While a datagram from a source outside the view is handled: that
+    /// source and the bytes we may still send it in answer.
+    budget: Option<(SocketAddr, usize)>,
     stats: Stats,
 }
 
@@ -433,6 +457,10 @@ impl Gossip {
             events: Vec::new(),
             marks: Vec::new(),
             queued_rumors: 0,
+            sealer: Sealer::new(Sealer::sender_from(&[&config.seed, &id, b"engine"])),
+            guard: ReplayGuard::new(config.max_replay_senders),
+            clock: (now, 0),
+            budget: None,
             stats: Stats::default(),
             rng,
             config,
@@ -453,6 +481,27 @@ impl Gossip {
     /// The configuration in force.
     pub fn config(&self) -> &Config {
         &self.config
+    }
+
+    /// Sets the wall clock: `unix_ms` (unix milliseconds) at `now`. Stamps
+    /// carry it and received stamps are judged by it; until the first call
+    /// it reads 0 at the `now` the engine was created with. The driver
+    /// calls it periodically so clock corrections reach the engine.
+    pub fn set_unix_time(&mut self, now: Instant, unix_ms: u64) {
+        self.clock = (now, unix_ms);
+    }
+
+    /// The wall clock at `now`, unix ms.
+    pub fn unix_ms(&self, now: Instant) -> u64 {
+        let (at, ms) = self.clock;
+        let ahead = now.saturating_duration_since(at).as_millis() as u64;
+        let behind = at.saturating_duration_since(now).as_millis() as u64;
+        ms.saturating_add(ahead).saturating_sub(behind)
+    }
+
+    /// This engine's stamp sender id.
+    pub fn sender_id(&self) -> u64 {
+        self.sealer.sender()
     }
 
     /// A snapshot of the counters.
@@ -560,7 +609,7 @@ impl Gossip {
     /// The largest payload [`Gossip::publish`] accepts on a topic name of
     /// `topic_len` bytes: one G3 frame plus MAC in one datagram.
     pub fn max_rumor_payload(&self, topic_len: usize) -> usize {
-        self.config.max_datagram.saturating_sub(MAC_LEN + G3_OVERHEAD + topic_len)
+        self.config.max_datagram.saturating_sub(GOSSIP_OVERHEAD + G3_OVERHEAD + topic_len)
     }
 
     /// When [`Gossip::handle_timeout`] should next be called.
@@ -732,7 +781,11 @@ impl Gossip {
         let since = self.peer_sync(peer, topic).ok_or(PublishError::Busy)?.recv.unwrap_or(0);
         let max_response = self.config.max_exchange_bytes.min(MAX_PULL_RESPONSE as usize) as u32;
         let frame = GossipFrame::Pull(PullRepr { topic, since_ns: since.max(0), max_response });
-        self.send(peer, self.config.sync_priority, &frame);
+        // Padded so that a peer that does not count us as a member yet may
+        // answer with one full datagram under the amplification bound.
+        let wire = frame.buffer_len() + GOSSIP_OVERHEAD;
+        let padding = self.pull_size().saturating_sub(wire);
+        self.send_padded(peer, self.config.sync_priority, &frame, padding);
         let seq = self.next_seq();
         let deadline = now + self.config.exchange_timeout;
         self.pulls.insert(seq, PullState { peer, topic: topic.to_vec(), answer: None, applied: 0 });
@@ -784,17 +837,12 @@ impl Gossip {
         priority: u8,
         out: &mut Outbox,
     ) -> Result<(), PublishError> {
-        let max = self.config.max_datagram.saturating_sub(MAC_LEN);
+        let max = self.config.max_datagram.saturating_sub(GOSSIP_OVERHEAD);
         if frame.len() > max {
             return Err(PublishError::TooLarge { max });
         }
-        let mut buf = vec![0u8; frame.len() + MAC_LEN];
-        buf[..frame.len()].copy_from_slice(frame);
-        if self.key.seal(&mut buf, frame.len()).is_err() {
-            return Err(PublishError::TooLarge { max });
-        }
         let n = frame.get(1).map_or(0, |b| b.wrapping_sub(0x30));
-        self.enqueue(dest, priority, n, buf);
+        self.enqueue(dest, priority, n, frame.to_vec(), 0);
         self.flush(now, out);
         Ok(())
     }
@@ -812,8 +860,9 @@ impl Gossip {
     }
 
     /// Processes a G3 rumor whose dedup was decided outside the engine
-    /// ([`Config::external_dedup`]): `body` is the frame, its cluster MAC
-    /// already verified and removed, its source already under the rate
+    /// ([`Config::external_dedup`]): `body` is the frame, its envelope
+    /// already verified (MAC, time window, replay) and removed, its source
+    /// already under the rate
     /// limit, its G5 ACK already sent, and `admission` what the dedup
     /// shard that owns its id ([`super::dedup::RumorLru::admit`]) allowed.
     /// Anything but a G3 frame is dropped as malformed.
@@ -826,7 +875,7 @@ impl Gossip {
         out: &mut Outbox,
     ) {
         self.stats.rx_datagrams += 1;
-        self.stats.rx_bytes += (body.len() + MAC_LEN) as u64;
+        self.stats.rx_bytes += (body.len() + GOSSIP_OVERHEAD) as u64;
         match GossipFrame::parse(body) {
             Ok(GossipFrame::Rumor(r)) => {
                 self.stats.received.bump(3);
@@ -886,13 +935,7 @@ impl Gossip {
                 .malformed(WireError::TooLong { max: self.config.max_datagram, got: bytes.len() });
             return;
         }
-        let body = match self.key.open(bytes) {
-            Ok(b) => b,
-            Err(e) => {
-                self.stats.drops.malformed(e);
-                return;
-            }
-        };
+        let Some(body) = self.authenticate(now, bytes) else { return };
         if !self.limiter.allow(now, from) {
             self.stats.drops.rate_limited += 1;
             return;
@@ -905,6 +948,37 @@ impl Gossip {
             }
         };
         self.stats.received.bump(usize::from(frame_number(&frame)));
+        // Amplification bound: a source outside the view may draw at most
+        // AMPLIFICATION times this datagram's bytes in answer to it.
+        self.budget = (!self.by_addr.contains_key(&from))
+            .then(|| (from, bytes.len().saturating_mul(AMPLIFICATION)));
+        self.dispatch(now, from, frame, body);
+        self.budget = None;
+    }
+
+    /// Verifies a gossip datagram's envelope: the v2 MAC, the stamp's time
+    /// window and that its `(sender, counter)` was not accepted before.
+    /// Returns the frame, or counts the drop and returns `None`. Drivers
+    /// that take some frames past the engine (the cluster's G6 fast path)
+    /// must open them here, so that a replay is refused on every path.
+    pub fn authenticate<'a>(&mut self, now: Instant, bytes: &'a [u8]) -> Option<&'a [u8]> {
+        let Opened { frame, stamp, .. } = match self.key.open_gossip(bytes) {
+            Ok(o) => o,
+            Err(e) => {
+                self.stats.drops.malformed(e);
+                return None;
+            }
+        };
+        match self.guard.check(self.unix_ms(now), &stamp) {
+            Ok(()) => Some(frame),
+            Err(r) => {
+                self.stats.drops.refused(r);
+                None
+            }
+        }
+    }
+
+    fn dispatch(&mut self, now: Instant, from: SocketAddr, frame: GossipFrame<'_>, body: &[u8]) {
         match frame {
             GossipFrame::Exchange(x) if x.exchange_id & RESPONSE_BIT != 0 => {
                 self.on_answer(now, from, &x);
@@ -1170,8 +1244,8 @@ impl Gossip {
             topic: &h.topic,
             payload: &h.payload,
         });
-        let Some(bytes) = self.seal(&frame) else { return };
-        self.enqueue(dest, priority, 3, bytes);
+        let Some(bytes) = emit(&frame) else { return };
+        self.enqueue(dest, priority, 3, bytes, 0);
         if route == Route::Fallback {
             self.stats.fallback_sends += 1;
         }
@@ -1463,6 +1537,30 @@ impl Gossip {
         }
     }
 
+    /// Whether `peer` is in the member view.
+    fn is_member(&self, peer: SocketAddr) -> bool {
+        self.by_addr.contains_key(&peer)
+    }
+
+    /// Bytes of records one answer to `peer` of `topic` may carry: all
+    /// [`Config::max_exchange_bytes`] for a member; for anyone else, what
+    /// one G1 chunk within the amplification budget can hold.
+    fn answer_cap(&self, peer: SocketAddr, topic: &[u8]) -> usize {
+        match self.budget {
+            Some((src, left)) if src == peer => left
+                .saturating_sub(GOSSIP_OVERHEAD + G1_OVERHEAD + topic.len() + 1)
+                .min(self.g1_capacity(topic).saturating_sub(1))
+                .min(self.config.max_exchange_bytes),
+            _ => self.config.max_exchange_bytes,
+        }
+    }
+
+    /// Datagram size of a G4 pull: padded so that AMPLIFICATION times it
+    /// covers one full datagram.
+    fn pull_size(&self) -> usize {
+        self.config.max_datagram.div_ceil(AMPLIFICATION)
+    }
+
     /// Anti-entropy for one topic with a peer whose fingerprint differs: a
     /// G4 reconciliation where a full exchange is due (unless the last one
     /// timed out), else a G1 exchange.
@@ -1472,6 +1570,7 @@ impl Gossip {
             return;
         };
         if self.config.reconcile
+            && self.is_member(peer)
             && ps.full_due()
             && !ps.g1_next
             && self.start_reconcile(now, peer, topic, ps.rateless, None)
@@ -1500,14 +1599,20 @@ impl Gossip {
             }
         }
         let Some(store) = self.store(topic) else { return };
+        // A peer outside our view gets an exchange without records: it
+        // answers with its own, and until it is a member our records go to
+        // it only within the amplification budget (pull, or its requests).
+        let member = self.by_addr.contains_key(&peer);
         let records = match (full, ps.sent) {
+            _ if !member => Vec::new(),
             (false, Some(sent)) => store.delta_since(sent),
             _ => store.snapshot(),
         };
         let mark = store.watermark().max(0);
         let id = self.fresh_exchange_id();
         let meta = if self.overloaded() { META_BACKPRESSURE } else { 0 };
-        let c = self.chunk(topic, &records, self.config.max_exchange_bytes, meta);
+        let cap = if member { self.config.max_exchange_bytes } else { 0 };
+        let c = self.chunk(topic, &records, cap, meta);
         let watermark = if full { 0 } else { ps.recv.unwrap_or(0).max(0) };
         self.emit_chunks(peer, topic, id, full, watermark, &c, self.config.sync_priority);
         let deadline = now + self.config.exchange_timeout;
@@ -1517,7 +1622,7 @@ impl Gossip {
                 peer,
                 topic: topic.to_vec(),
                 full,
-                sent_to: (!c.truncated).then_some(mark),
+                sent_to: (member && !c.truncated).then_some(mark),
                 deadline,
                 answer: None,
                 applied: 0,
@@ -1634,7 +1739,8 @@ impl Gossip {
         if !received.is_empty() {
             records.retain(|r| !received.contains(&iblt::element_id(r)));
         }
-        let c = self.chunk(topic, &records, self.config.max_exchange_bytes, 0);
+        let cap = self.answer_cap(to, topic);
+        let c = self.chunk(topic, &records, cap, 0);
         // A cut answer must not move the requester's watermark past what it
         // carries: report the one it asked from.
         let wm = if c.truncated { if full { 0 } else { watermark } } else { mark };
@@ -1795,7 +1901,8 @@ impl Gossip {
         let cap = match p.max_response {
             0 => self.config.max_exchange_bytes,
             n => (n as usize).min(self.config.max_exchange_bytes),
-        };
+        }
+        .min(self.answer_cap(from, p.topic));
         let Some(store) = self.store(p.topic) else { return };
         let full = p.since_ns == 0;
         let records = if full { store.snapshot() } else { store.delta_since(p.since_ns) };
@@ -2600,7 +2707,7 @@ impl Gossip {
 
     /// Bytes of entries one G1 chunk of `topic` can carry.
     fn g1_capacity(&self, topic: &[u8]) -> usize {
-        self.config.max_datagram.saturating_sub(MAC_LEN + G1_OVERHEAD + topic.len())
+        self.config.max_datagram.saturating_sub(GOSSIP_OVERHEAD + G1_OVERHEAD + topic.len())
     }
 
     fn chunk<R: AsRef<[u8]>>(
@@ -2645,25 +2752,46 @@ impl Gossip {
         self.stats.records_sent += c.included as u64;
     }
 
-    fn seal(&self, frame: &GossipFrame<'_>) -> Option<Vec<u8>> {
-        let len = frame.buffer_len();
-        let mut buf = vec![0u8; len + MAC_LEN];
-        frame.emit(&mut buf).ok()?;
-        self.key.seal(&mut buf, len).ok()?;
-        Some(buf)
+    fn send(&mut self, dest: SocketAddr, priority: u8, frame: &GossipFrame<'_>) {
+        self.send_padded(dest, priority, frame, 0);
     }
 
-    fn send(&mut self, dest: SocketAddr, priority: u8, frame: &GossipFrame<'_>) {
-        if let Some(bytes) = self.seal(frame) {
-            self.enqueue(dest, priority, frame_number(frame), bytes);
+    fn send_padded(
+        &mut self,
+        dest: SocketAddr,
+        priority: u8,
+        frame: &GossipFrame<'_>,
+        padding: usize,
+    ) {
+        if let Some(buf) = emit(frame) {
+            self.enqueue(dest, priority, frame_number(frame), buf, padding);
         }
     }
 
-    fn enqueue(&mut self, dest: SocketAddr, priority: u8, frame: u8, payload: Vec<u8>) {
+    /// Queues a frame; refuses it (counted) where it would break the
+    /// amplification bound of the datagram being answered.
+    fn enqueue(
+        &mut self,
+        dest: SocketAddr,
+        priority: u8,
+        frame: u8,
+        payload: Vec<u8>,
+        padding: usize,
+    ) {
+        let d = OutDatagram { dest, payload, padding, frame };
+        if let Some((_, left)) = self.budget.as_mut().filter(|(src, _)| *src == dest) {
+            match left.checked_sub(d.wire_len()) {
+                Some(rest) => *left = rest,
+                None => {
+                    self.stats.drops.amplification += 1;
+                    return;
+                }
+            }
+        }
         if frame == 3 {
             self.queued_rumors += 1;
         }
-        if self.egress.push(priority, OutDatagram { dest, payload, frame }).is_err() {
+        if self.egress.push(priority, d).is_err() {
             self.stats.drops.egress_full += 1;
         }
     }
@@ -2672,14 +2800,21 @@ impl Gossip {
     fn flush(&mut self, now: Instant, out: &mut Outbox) {
         self.egress_wakeup = None;
         while let Some(next) = self.egress.peek() {
-            let need = (next.payload.len() as f64).min(self.config.egress_burst);
+            let need = (next.wire_len() as f64).min(self.config.egress_burst);
             if !self.egress_bucket.take(now, need) {
                 self.stats.egress_deferred += 1;
                 self.egress_wakeup = Some(self.egress_bucket.ready_at(now, need));
                 break;
             }
             let Some(q) = self.egress.pop() else { break };
-            let d = q.item;
+            let mut d = q.item;
+            // Sealed here, in wire order: counters reach each peer in order.
+            let stamp = self.sealer.next(self.unix_ms(now));
+            let len = d.payload.len();
+            d.payload.resize(d.wire_len(), 0);
+            if self.key.seal_gossip(&mut d.payload, len, d.padding, &stamp).is_err() {
+                continue;
+            }
             self.stats.tx_datagrams += 1;
             self.stats.tx_bytes += d.payload.len() as u64;
             self.stats.sent.bump(usize::from(d.frame));
@@ -2695,10 +2830,20 @@ impl Gossip {
         self.inbound.retain(|_, x| x.deadline > now);
         self.in_sessions.retain(|_, s| s.deadline > now);
         self.limiter.sweep(now);
+        self.guard.sweep(self.unix_ms(now));
         if self.mismatch_until.is_some_and(|t| now >= t) {
             self.mismatch_until = None;
         }
     }
+}
+
+/// A frame's bytes, with room for the envelope reserved.
+fn emit(frame: &GossipFrame<'_>) -> Option<Vec<u8>> {
+    let len = frame.buffer_len();
+    let mut buf = Vec::with_capacity(len + GOSSIP_OVERHEAD);
+    buf.resize(len, 0);
+    frame.emit(&mut buf).ok()?;
+    Some(buf)
 }
 
 fn outcome_of(applied: u64) -> Outcome {

@@ -18,8 +18,10 @@
 //!   peers) comes from a generator seeded by [`Config::seed`], and no
 //!   behaviour depends on hash-map iteration order, so a simulation replays
 //!   exactly (`engine/proto/tests/gossip_sim.rs`).
-//! - **Untrusted input.** Every datagram must carry a valid cluster MAC and
-//!   parse as a gossip frame; it must come from a source under its
+//! - **Untrusted input.** Every datagram must carry a valid v2 envelope
+//!   (cluster MAC, a stamp within the time window that was never accepted
+//!   before: [replay protection](#replay-protection-and-amplification))
+//!   and parse as a gossip frame; it must come from a source under its
 //!   per-peer token bucket (100 msg/s, burst 500 by default). Anything
 //!   else is dropped and counted by reason ([`Stats::drops`]), never a
 //!   panic, never an allocation beyond the datagram's own size and the
@@ -27,7 +29,7 @@
 //! - **Bounded.** The rumor dedup LRU, retained rumor bodies, outstanding
 //!   ACKs, in-flight exchanges, pulls, queries, tracked rate-limit peers and
 //!   the egress queue all have caps ([`Config`]).
-//! - **Datagram budget.** Every datagram, MAC included, is at most
+//! - **Datagram budget.** Every datagram, envelope included, is at most
 //!   [`Config::max_datagram`] bytes (1232 by default). G1 exchanges larger
 //!   than that are chunked; a single record or rumor that cannot fit is
 //!   refused ([`PublishError::TooLarge`]) or skipped and counted.
@@ -162,7 +164,7 @@
 //! the records it changed since the peer last acknowledged its changes
 //! (`delta_since(sent)`: the peer is assumed to have changed as many; 0 on
 //! first contact), and sends a table of `⌈1.5 d̂⌉` cells — at least one
-//! datagram's worth (59 cells at the default budget: tiny rate-1.5 tables
+//! datagram's worth (58 cells at the default budget: tiny rate-1.5 tables
 //! fail often, a full datagram decodes small differences 99 % of the time,
 //! perf/gossip-iblt.md), rounded up to whole datagrams, at most
 //! [`Config::reconcile_max_cells`]. The responder subtracts its own table of
@@ -215,11 +217,33 @@
 //!   (exchange id = query id | bit 31) unicast to the origin, reported as
 //!   [`Event::QueryReply`] until [`Event::QueryDone`].
 //!
+//! # Replay protection and amplification
+//! docs/PROTOCOL.md § "Gossip envelope (v2)". Every datagram leaves
+//! stamped (sender id, wall-clock ms, counter) under the v2 MAC; the stamp
+//! is written when the datagram leaves the egress queue, so counters reach
+//! each peer in send order. On receipt the engine acts on a datagram only
+//! if its stamp is within [`replay::WINDOW_MS`] (±30 s) of its clock and
+//! its `(sender, counter)` was never accepted ([`replay::ReplayGuard`]): a
+//! captured G2 or G4 delivered again — seconds or hours later — is dropped
+//! and counted (`replayed`, `out_of_window`), never answered. Version-1
+//! datagrams are counted as `bad_version`. The wall clock enters through
+//! [`Gossip::set_unix_time`]; the engine never reads one.
+//!
+//! Answers are bounded by the request: a datagram from a source outside
+//! the member view draws at most [`AMPLIFICATION`] (3) times its size in
+//! answers; what would exceed it is not queued (`amplification`). Such a
+//! source's mismatching G2 draws a G1 request without records (never a G4
+//! table), its G4 pull or G1 request at most one G1 chunk within the bound;
+//! our own pulls are padded to `⌈max_datagram / 3⌉` bytes so a peer that
+//! does not know us yet can answer with a full chunk. Members are answered
+//! up to [`Config::max_exchange_bytes`].
+//!
 //! # Integration points not driven here
 //! G6 snapshot frames ([`snapshot`]) are authenticated, parsed and handed to
 //! the caller as [`Event::Frame`]; their driver sends through
 //! [`Gossip::send_frame`], which seals and queues like any other gossip
-//! datagram.
+//! datagram. A driver that takes frames past [`Gossip::handle`] opens them
+//! with [`Gossip::authenticate`], so replays are refused on every path.
 
 #![warn(missing_docs)]
 
@@ -232,6 +256,7 @@ pub mod limit;
 pub mod memstore;
 pub mod pex;
 mod reconcile;
+pub mod replay;
 pub mod shard;
 pub mod snapshot;
 pub mod stats;
@@ -411,7 +436,8 @@ pub struct Config {
     /// Seeds the engine's generator (exchange ids, jitter, fallback peers,
     /// probe order). Must be random in production.
     pub seed: [u8; 32],
-    /// Largest datagram, cluster MAC included (`--max-datagram`).
+    /// Largest datagram, envelope (stamp and MAC) included
+    /// (`--max-datagram`).
     pub max_datagram: usize,
     /// Most members in the view (larger lists are truncated).
     pub max_members: usize,
@@ -505,7 +531,15 @@ pub struct Config {
     /// every rumor originated here is reported in [`Outbox::marks`] so
     /// the shard owning its id learns it.
     pub external_dedup: bool,
+    /// Most stamp senders the replay guard tracks ([`replay`]); a new
+    /// sender beyond it is refused until a tracked one leaves the window.
+    pub max_replay_senders: usize,
 }
+
+/// The amplification bound: a datagram from a source outside the member
+/// view draws answers of at most this many times its own size (see the
+/// module docs, "Replay protection and amplification").
+pub const AMPLIFICATION: usize = 3;
 
 impl Config {
     /// Defaults from seed 002 and issue 6, with the given seed.
@@ -554,6 +588,7 @@ impl Config {
             reconcile_burst: 8,
             max_reconcile_sessions: 16,
             external_dedup: false,
+            max_replay_senders: 16_384,
         }
     }
 }
@@ -563,7 +598,8 @@ impl Config {
 pub struct Transmit {
     /// Destination.
     pub dest: SocketAddr,
-    /// The whole UDP payload: a gossip frame followed by its cluster MAC.
+    /// The whole UDP payload: a gossip frame in its v2 envelope (padding,
+    /// stamp, MAC).
     pub payload: Vec<u8>,
 }
 
@@ -638,7 +674,7 @@ pub enum Event {
     Frame {
         /// The sender.
         from: SocketAddr,
-        /// The frame, MAC removed.
+        /// The frame, envelope removed.
         bytes: Vec<u8>,
     },
 }

@@ -14,7 +14,7 @@
 use std::collections::BTreeMap;
 
 use ricochet_wire::gossip::{Cells, IbltCell};
-use ricochet_wire::mac::MAC_LEN;
+use ricochet_wire::mac::GOSSIP_OVERHEAD;
 
 use super::iblt::{DecodeState, Difference, HASH_COUNT, Iblt, IbltError, RatelessDecoder};
 
@@ -22,9 +22,9 @@ use super::iblt::{DecodeState, Difference, HASH_COUNT, Iblt, IbltError, Rateless
 pub(super) const FRAME_OVERHEAD: usize = 19;
 
 /// Cells one G4 frame of a topic of `topic_len` bytes can carry in a
-/// datagram of `max_datagram` bytes (MAC included); at least 1.
+/// datagram of `max_datagram` bytes (stamp and MAC included); at least 1.
 pub(super) fn cells_per_datagram(max_datagram: usize, topic_len: usize) -> usize {
-    let room = max_datagram.saturating_sub(MAC_LEN + FRAME_OVERHEAD + topic_len);
+    let room = max_datagram.saturating_sub(GOSSIP_OVERHEAD + FRAME_OVERHEAD + topic_len);
     (room / IbltCell::LEN).max(1)
 }
 
@@ -261,9 +261,9 @@ mod tests {
 
     #[test]
     fn sizing() {
-        assert_eq!(cells_per_datagram(1232, 5), 59);
-        assert_eq!(cells_per_datagram(1232, 0), 59);
-        assert_eq!(cells_per_datagram(1232, 255), 47);
+        assert_eq!(cells_per_datagram(1232, 5), 58);
+        assert_eq!(cells_per_datagram(1232, 0), 58);
+        assert_eq!(cells_per_datagram(1232, 255), 45);
         assert_eq!(cells_per_datagram(10, 0), 1);
         // Floor of one datagram, rounded up to whole datagrams, capped.
         assert_eq!(table_cells(0, 59, 8192), Some(59));

@@ -12,8 +12,8 @@
 //!   (zero-padded), computes `m` parity shards with `reed_solomon_simd`, and
 //!   cuts every shard into chunks of [`Manifest::chunk_size`] bytes so each
 //!   G6 shard-chunk frame fits the datagram budget ([`chunk_budget`]: the
-//!   datagram, minus the 16-byte cluster MAC, minus the 16-byte G6 chunk
-//!   header — 1200 bytes at the default 1232).
+//!   datagram, minus the 43-byte gossip envelope (stamp and MAC), minus the 16-byte G6 chunk
+//!   header — 1173 bytes at the default 1232).
 //! - [`Reassembler`] takes chunks in any order from any number of senders,
 //!   and [`Reassembler::finish`] rebuilds the blob once any `k` shards are
 //!   complete and checks it against the manifest's BLAKE3 hash.
@@ -37,7 +37,7 @@
 use std::ops::Range;
 
 use ricochet_wire::gossip::SnapshotRepr;
-use ricochet_wire::mac::MAC_LEN;
+use ricochet_wire::mac::GOSSIP_OVERHEAD;
 
 /// The default `--max-datagram`: the largest gossip datagram, MAC included.
 pub const DEFAULT_MAX_DATAGRAM: usize = 1232;
@@ -51,9 +51,10 @@ pub const HASH_LEN: usize = 32;
 pub const QUORUM: usize = 2;
 
 /// Chunk data bytes that fit one datagram of `max_datagram` bytes once the
-/// cluster MAC and the G6 chunk header are taken off (1200 for 1232).
+/// gossip envelope (stamp and cluster MAC) and the G6 chunk header are
+/// taken off (1173 for 1232).
 pub const fn chunk_budget(max_datagram: usize) -> usize {
-    max_datagram.saturating_sub(MAC_LEN + CHUNK_HEADER_LEN)
+    max_datagram.saturating_sub(GOSSIP_OVERHEAD + CHUNK_HEADER_LEN)
 }
 
 /// Why a snapshot could not be encoded or rebuilt.
@@ -747,11 +748,11 @@ mod tests {
 
     #[test]
     fn chunk_budget_fits_the_default_datagram() {
-        assert_eq!(chunk_budget(DEFAULT_MAX_DATAGRAM), 1200);
+        assert_eq!(chunk_budget(DEFAULT_MAX_DATAGRAM), 1173);
         assert_eq!(chunk_budget(10), 0);
         let enc = EncodedSnapshot::encode(&blob(5000, 1), 1, 2, SnapshotParams::default()).unwrap();
         let frame = enc.chunk_repr(9, 0, 0).unwrap();
-        assert_eq!(frame.buffer_len() + MAC_LEN, DEFAULT_MAX_DATAGRAM);
+        assert_eq!(frame.buffer_len() + GOSSIP_OVERHEAD, DEFAULT_MAX_DATAGRAM);
         let mut buf = vec![0; frame.buffer_len()];
         frame.emit(&mut buf).unwrap();
         assert_eq!(SnapshotRepr::parse(&buf), Ok(frame));
@@ -809,7 +810,7 @@ mod tests {
         let enc = EncodedSnapshot::encode(&b, 10, 20, SnapshotParams::default()).unwrap();
         let manifest = *enc.manifest();
         let per_shard = manifest.chunks_per_shard();
-        assert_eq!(per_shard, 21);
+        assert_eq!(per_shard, 22);
 
         let mut arrivals = chunks_of(&enc, &[0, 2]);
         let from_lost: Vec<_> =

@@ -199,6 +199,18 @@ pub struct Drops {
     pub reconcile_mismatch: u64,
     /// Reconciliation sessions refused: too many being decoded.
     pub reconcile_table_full: u64,
+    /// Datagrams whose stamp `(sender, counter)` was accepted before, or
+    /// lies too far below the sender's highest counter (a replay).
+    pub replayed: u64,
+    /// Datagrams whose stamp time is more than the window from our clock
+    /// (a late replay, or a sibling's clock out of sync).
+    pub out_of_window: u64,
+    /// Datagrams from a new sender refused: the replay table is full of
+    /// senders still in the window.
+    pub replay_table_full: u64,
+    /// Answers not sent to a source outside the member view: they would
+    /// have exceeded the amplification bound.
+    pub amplification: u64,
 }
 
 impl Drops {
@@ -225,6 +237,10 @@ impl Drops {
             ("reply_too_large", self.reply_too_large),
             ("reconcile_mismatch", self.reconcile_mismatch),
             ("reconcile_table_full", self.reconcile_table_full),
+            ("replayed", self.replayed),
+            ("out_of_window", self.out_of_window),
+            ("replay_table_full", self.replay_table_full),
+            ("amplification", self.amplification),
         ]);
         v
     }
@@ -237,6 +253,15 @@ impl Drops {
     /// The count for one reason label (0 if unknown).
     pub fn get(&self, reason: &str) -> u64 {
         self.by_reason().into_iter().find(|(r, _)| *r == reason).map_or(0, |(_, n)| n)
+    }
+
+    pub(crate) fn refused(&mut self, r: super::replay::Refusal) {
+        use super::replay::Refusal;
+        match r {
+            Refusal::OutOfWindow => self.out_of_window += 1,
+            Refusal::Replayed => self.replayed += 1,
+            Refusal::TableFull => self.replay_table_full += 1,
+        }
     }
 
     pub(crate) fn malformed(&mut self, e: WireError) {

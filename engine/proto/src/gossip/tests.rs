@@ -11,10 +11,10 @@ use std::collections::VecDeque;
 use std::time::Instant;
 
 use ricochet_wire::gossip::{
-    Cells, DigestRepr, ExchangeRepr, GossipFrame, IbltCell, ReconcileKind, ReconcileMode,
+    Cells, DigestRepr, ExchangeRepr, GossipFrame, IbltCell, PullRepr, ReconcileKind, ReconcileMode,
     ReconcileRepr, RumorRepr, SnapshotRepr,
 };
-use ricochet_wire::mac::ClusterKey;
+use ricochet_wire::mac::{ClusterKey, GOSSIP_OVERHEAD, Stamp};
 
 use super::*;
 
@@ -32,12 +32,34 @@ fn member(i: usize) -> Member {
     Member { id: *blake3::hash(&(i as u64).to_le_bytes()).as_bytes(), addr: addr(i) }
 }
 
-fn seal(frame: &GossipFrame<'_>) -> Vec<u8> {
-    let len = frame.buffer_len();
-    let mut buf = vec![0u8; len + 16];
+/// Seals frame bytes as a fresh v2 datagram from a test sender, stamped
+/// `unix_ms` (the engines' clocks read 0 at the instant they were made).
+fn seal_bytes_at(frame: &[u8], unix_ms: u64) -> Vec<u8> {
+    thread_local! {
+        static COUNTER: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
+    }
+    let counter = COUNTER.with(|c| {
+        c.set(c.get() + 1);
+        c.get()
+    });
+    let stamp = Stamp { sender: 0x7E57, time_ms: unix_ms, counter };
+    key().seal_gossip_vec(frame, 0, &stamp).unwrap()
+}
+
+fn seal_at(frame: &GossipFrame<'_>, unix_ms: u64) -> Vec<u8> {
+    let mut buf = vec![0u8; frame.buffer_len()];
     frame.emit(&mut buf).unwrap();
-    key().seal(&mut buf, len).unwrap();
-    buf
+    seal_bytes_at(&buf, unix_ms)
+}
+
+/// A fresh datagram stamped at the engines' time 0.
+fn seal(frame: &GossipFrame<'_>) -> Vec<u8> {
+    seal_at(frame, 0)
+}
+
+/// The frame inside one of our engines' datagrams.
+fn open(payload: &[u8]) -> &[u8] {
+    key().open_gossip(payload).unwrap().frame
 }
 
 /// Frame number of a sealed datagram.
@@ -107,7 +129,12 @@ impl Net {
         net.shards = (0..n)
             .map(|i| {
                 (0..workers)
-                    .map(|w| shard::RumorShard::new(key(), &cfg, workers, (i * 64 + w) as u64))
+                    .map(|w| {
+                        let mut s =
+                            shard::RumorShard::new(key(), &cfg, workers, (i * 64 + w) as u64);
+                        s.set_unix_time(net.t0, 0);
+                        s
+                    })
                     .collect()
             })
             .collect();
@@ -123,7 +150,7 @@ impl Net {
             return;
         }
         // Read by any worker; decided by the one owning the id.
-        let Some((id, owner, body)) = self.shards[to][0].open(bytes) else { return };
+        let Some((id, owner, body)) = self.shards[to][0].open(now, bytes) else { return };
         let mut ack = Vec::new();
         let verdict = self.shards[to][owner].admit(now, from, &id, body, &mut ack);
         if !ack.is_empty() {
@@ -325,9 +352,12 @@ fn hostile_datagrams_are_dropped_and_counted() {
     g.handle(now, from, &[], &mut out);
     g.handle(now, from, &vec![0u8; 1233], &mut out);
     // Authenticated garbage.
-    let mut garbage = vec![0x47, 0x39, 1, 2, 3, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0];
-    key().seal(&mut garbage, 2).unwrap();
-    g.handle(now, from, &garbage[..18], &mut out);
+    g.handle(now, from, &seal_bytes_at(&[0x47, 0x39], 0), &mut out);
+    // A version-1 datagram (raw MAC, no stamp) under the right key.
+    let mut v1 = vec![0x47, 0x32, 0, 0, 0, 0, 0, 0, 0, 1, 0, 1];
+    v1.resize(12 + 16, 0);
+    key().seal(&mut v1, 12).unwrap();
+    g.handle(now, from, &v1, &mut out);
     // From ourselves.
     g.handle(now, addr(0), &digest, &mut out);
     // A G3 with a from-dimension this engine never uses.
@@ -376,36 +406,37 @@ fn hostile_datagrams_are_dropped_and_counted() {
     assert_eq!(d.get("truncated"), 2);
     assert_eq!(d.get("too_long"), 1);
     assert_eq!(d.get("unknown_type"), 1);
+    assert_eq!(d.get("bad_version"), 1);
     assert_eq!(d.self_source, 1);
     assert_eq!(d.bad_dimension, 1);
     assert_eq!(d.bad_entries, 1);
     assert_eq!(d.unknown_topic, 1);
     assert_eq!(d.unsolicited, 1);
-    assert_eq!(d.total(), 11);
+    assert_eq!(d.total(), 12);
     assert!(out.transmits.is_empty(), "nothing answered: {:?}", out.transmits);
-    assert_eq!(g.stats().rx_datagrams, 11);
+    assert_eq!(g.stats().rx_datagrams, 12);
 }
 
 #[test]
 fn per_peer_rate_limit() {
     let mut net = Net::new(2, |_| {});
     let now = net.instant();
-    let matched = seal(&GossipFrame::Digest(DigestRepr { fingerprint: 1, matched: true }));
+    let matched = || seal(&GossipFrame::Digest(DigestRepr { fingerprint: 1, matched: true }));
     let mut out = Outbox::new();
     for _ in 0..600 {
-        net.nodes[0].handle(now, addr(1), &matched, &mut out);
+        net.nodes[0].handle(now, addr(1), &matched(), &mut out);
     }
     assert_eq!(net.nodes[0].stats().drops.rate_limited, 100);
     // Another source has its own bucket.
-    net.nodes[0].handle(now, addr(7), &matched, &mut out);
+    net.nodes[0].handle(now, addr(7), &matched(), &mut out);
     assert_eq!(net.nodes[0].stats().drops.rate_limited, 100);
     // 100 msg/s refill.
     let later = now + Duration::from_millis(100);
     for _ in 0..10 {
-        net.nodes[0].handle(later, addr(1), &matched, &mut out);
+        net.nodes[0].handle(later, addr(1), &matched(), &mut out);
     }
     assert_eq!(net.nodes[0].stats().drops.rate_limited, 100);
-    net.nodes[0].handle(later, addr(1), &matched, &mut out);
+    net.nodes[0].handle(later, addr(1), &matched(), &mut out);
     assert_eq!(net.nodes[0].stats().drops.rate_limited, 101);
 }
 
@@ -636,7 +667,7 @@ fn publish_limits() {
         c.overload_threshold = 3;
     });
     let max = net.nodes[0].max_rumor_payload(4);
-    assert_eq!(max, 1232 - 16 - 10 - 4);
+    assert_eq!(max, 1232 - GOSSIP_OVERHEAD - 10 - 4);
     assert_eq!(net.publish(0, b"news", &vec![0; max + 1]), Err(PublishError::TooLarge { max }));
     assert_eq!(net.publish(0, b"nope", b"x"), Err(PublishError::UnknownTopic));
     assert_eq!(net.publish(0, TOPIC, b"\x09bad"), Err(PublishError::Rejected));
@@ -733,7 +764,7 @@ fn snapshot_frames_are_handed_to_the_caller() {
     let mut out = Outbox::new();
     net.nodes[0].handle(now, addr(1), &f, &mut out);
     assert!(
-        matches!(&out.events[..], [Event::Frame { bytes, .. }] if bytes[..] == f[..f.len() - 16])
+        matches!(&out.events[..], [Event::Frame { bytes, .. }] if bytes[..] == f[..f.len() - GOSSIP_OVERHEAD])
     );
     assert_eq!(net.nodes[0].stats().frames_handed_off, 1);
     // And a driver can send one back, sealed.
@@ -741,7 +772,7 @@ fn snapshot_frames_are_handed_to_the_caller() {
     GossipFrame::Snapshot(SnapshotRepr::ManifestRequest { request_id: 4 }).emit(&mut raw).unwrap();
     net.nodes[0].send_frame(now, addr(1), &raw, 0, &mut out).unwrap();
     let t = out.transmits.pop().unwrap();
-    assert_eq!(key().open(&t.payload).unwrap(), &raw[..]);
+    assert_eq!(open(&t.payload), &raw[..]);
     assert_eq!(net.nodes[0].stats().sent.get(6), 1);
 }
 
@@ -752,17 +783,20 @@ fn duplicate_rumors_are_acked_but_not_forwarded_again() {
     let pos = net.nodes[0].position();
     // Deliver the same rumor twice to node 0 from its dimension-0 partner.
     let partner = net.nodes[0].members()[pos ^ 1].addr;
-    let f = seal(&GossipFrame::Rumor(RumorRepr {
-        hop_count: 1,
-        from_dimension: 0,
-        priority: 0,
-        topic: b"news",
-        payload: b"z",
-    }));
+    // Two copies: two datagrams (the same bytes twice would be a replay).
+    let f = || {
+        seal(&GossipFrame::Rumor(RumorRepr {
+            hop_count: 1,
+            from_dimension: 0,
+            priority: 0,
+            topic: b"news",
+            payload: b"z",
+        }))
+    };
     let mut out = Outbox::new();
-    net.nodes[0].handle(now, partner, &f, &mut out);
+    net.nodes[0].handle(now, partner, &f(), &mut out);
     let first: Vec<u8> = out.transmits.drain(..).map(|t| kind(&t.payload)).collect();
-    net.nodes[0].handle(now, partner, &f, &mut out);
+    net.nodes[0].handle(now, partner, &f(), &mut out);
     let second: Vec<u8> = out.transmits.drain(..).map(|t| kind(&t.payload)).collect();
     assert_eq!(first, vec![5, 3], "ACK, then forward on dimension 1");
     assert_eq!(second, vec![5], "ACK only");
@@ -832,7 +866,7 @@ fn a_small_difference_decodes_from_one_fixed_table() {
     assert_eq!(net.nodes[0].store(TOPIC).unwrap().snapshot().len(), 208);
     let (i, r) = (net.nodes[1].stats(), net.nodes[0].stats());
     assert_eq!((i.reconcile_started, i.reconcile_completed, i.reconcile_flips), (1, 1, 0));
-    assert_eq!(i.reconcile_cells_sent, 59, "one datagram of cells");
+    assert_eq!(i.reconcile_cells_sent, 58, "one datagram of cells");
     assert_eq!((r.reconcile_decoded, r.reconcile_differences), (1, 8));
     assert_eq!(r.reconcile_key_cells_sent, 3, "the responder asks for node 1's 3");
     assert_eq!((r.reconcile_records_sent, i.reconcile_records_sent), (5, 3));
@@ -862,7 +896,7 @@ fn a_failed_table_flips_to_rateless() {
     assert!((1.0..2.5).contains(&used), "{used} symbols per difference");
     // Symbols sent: the failed table, then the stream with at most a third
     // of overshoot.
-    let sent = i.reconcile_cells_sent - 59;
+    let sent = i.reconcile_cells_sent - 58;
     assert!(
         sent >= r.reconcile_symbols_used
             && sent as f64 <= 1.5 * r.reconcile_symbols_used as f64 + 59.0
@@ -1013,7 +1047,7 @@ fn hostile_reconcile_frames_are_counted_never_answered_wrongly() {
         g.handle(now, from, &frame(Table, 12, Rateless, at * 5, end, &junk), &mut out);
     }
     assert_eq!(g.stats().reconcile_decode_failed, 3);
-    let kinds: Vec<u8> = out.transmits.iter().map(|t| key().open(&t.payload).unwrap()[2]).collect();
+    let kinds: Vec<u8> = out.transmits.iter().map(|t| open(&t.payload)[2]).collect();
     assert_eq!(kinds, vec![0x03, 0x03, 0x03]);
     assert_eq!(g.stats().frames_handed_off, 0);
     // The session table is bounded.
@@ -1054,29 +1088,193 @@ fn requests_for_our_table_are_served_within_a_budget() {
     start(&mut net);
     // The table frame node 1 put on the wire names the session.
     let (_, _, _, table) = net.queue.pop_front().unwrap();
-    let Ok(GossipFrame::Reconcile(t)) = GossipFrame::parse(key().open(&table).unwrap()) else {
+    let Ok(GossipFrame::Reconcile(t)) = GossipFrame::parse(open(&table)) else {
         panic!("not a G4 frame")
     };
     assert_eq!(
         (t.kind, t.mode, t.first_cell, t.end_cell),
-        (ReconcileKind::Table, ReconcileMode::Fixed, 0, 59)
+        (ReconcileKind::Table, ReconcileMode::Fixed, 0, 58)
     );
-    let request = seal(&GossipFrame::Reconcile(ReconcileRepr {
-        kind: ReconcileKind::Request,
-        cells: Cells::from(&[][..]),
-        ..t
-    }));
+    let request = || {
+        seal(&GossipFrame::Reconcile(ReconcileRepr {
+            kind: ReconcileKind::Request,
+            cells: Cells::from(&[][..]),
+            ..t
+        }))
+    };
     let (now, from) = (net.instant(), net.nodes[0].me().addr);
     let mut out = Outbox::new();
     for _ in 0..5 {
-        net.nodes[1].handle(now, from, &request, &mut out);
+        net.nodes[1].handle(now, from, &request(), &mut out);
     }
     // Three more copies of the table, then refused.
     assert_eq!(out.transmits.len(), 3);
     let s = net.nodes[1].stats();
-    assert_eq!((s.reconcile_cells_sent, s.drops.reconcile_mismatch), (4 * 59, 2));
+    assert_eq!((s.reconcile_cells_sent, s.drops.reconcile_mismatch), (4 * 58, 2));
     // From anyone else, or for another topic, nothing.
-    net.nodes[1].handle(now, addr(7), &request, &mut out);
+    net.nodes[1].handle(now, addr(7), &request(), &mut out);
     assert_eq!(net.nodes[1].stats().drops.unsolicited, 1);
     assert_eq!(out.transmits.len(), 3);
+}
+
+// ---------------------------------------------------------------------------
+// Replay protection and the amplification bound
+// ---------------------------------------------------------------------------
+
+/// Delivers `bytes` to node 0 from `from` at engine time `at_ms` (the
+/// engines' clocks read 0 at `t0`) and returns the sealed answers.
+fn deliver_at(net: &mut Net, from: SocketAddr, bytes: &[u8], at_ms: u64) -> Vec<Transmit> {
+    let now = net.t0 + Duration::from_millis(at_ms);
+    let mut out = Outbox::new();
+    net.nodes[0].handle(now, from, bytes, &mut out);
+    out.transmits
+}
+
+/// The window edge, as the engine sees it.
+const WINDOW: u64 = replay::WINDOW_MS;
+
+#[test]
+fn a_replayed_digest_is_not_answered_a_fresh_one_is() {
+    let mut net = Net::new(2, |c| c.interval_min = Duration::from_secs(3600));
+    let fingerprint = net.nodes[0].fingerprint();
+    let from = addr(1);
+    let probe_at =
+        |ms| seal_at(&GossipFrame::Digest(DigestRepr { fingerprint, matched: false }), ms);
+    let probe = probe_at(1_000);
+    let answered = deliver_at(&mut net, from, &probe, 1_000);
+    assert_eq!(answered.len(), 1, "a matching probe draws one matched G2");
+    assert!(matches!(
+        GossipFrame::parse(open(&answered[0].payload)),
+        Ok(GossipFrame::Digest(DigestRepr { matched: true, .. }))
+    ));
+    // The exact bytes again, later but within the window: not answered.
+    assert!(deliver_at(&mut net, from, &probe, 1_000 + WINDOW / 2).is_empty());
+    assert_eq!(net.nodes[0].stats().drops.replayed, 1);
+    // Beyond the window: not answered either, for the other reason.
+    assert!(deliver_at(&mut net, from, &probe, 1_000 + WINDOW + 1).is_empty());
+    assert_eq!(net.nodes[0].stats().drops.out_of_window, 1);
+    // A fresh probe at that time is answered.
+    let later = 1_000 + WINDOW + 1;
+    assert_eq!(deliver_at(&mut net, from, &probe_at(later), later).len(), 1);
+    let d = net.nodes[0].stats().drops;
+    assert_eq!((d.replayed, d.out_of_window, d.total()), (1, 1, 2));
+}
+
+#[test]
+fn a_replayed_mismatching_digest_starts_no_second_exchange() {
+    let mut net = Net::new(2, |c| {
+        c.interval_min = Duration::from_secs(3600);
+        c.reconcile = false;
+    });
+    for k in 0..30 {
+        net.nodes[0].store_mut(TOPIC).unwrap().apply(&rec(&format!("r{k}"))).unwrap();
+    }
+    let probe = seal_at(&GossipFrame::Digest(DigestRepr { fingerprint: 1, matched: false }), 0);
+    let first = deliver_at(&mut net, addr(1), &probe, 0);
+    assert!(first.iter().all(|t| kind(&t.payload) == 1) && !first.is_empty());
+    assert_eq!(net.nodes[0].stats().exchanges_started, 1);
+    // After the exchange timed out (so a new one could start), the same
+    // bytes start nothing, within or beyond the window.
+    let t = net.nodes[0].config().exchange_timeout.as_millis() as u64 + 1;
+    let mut out = Outbox::new();
+    net.nodes[0].handle_timeout(net.t0 + Duration::from_millis(t), &mut out);
+    assert!(deliver_at(&mut net, addr(1), &probe, t).is_empty());
+    assert!(deliver_at(&mut net, addr(1), &probe, WINDOW + 1).is_empty());
+    assert_eq!(net.nodes[0].stats().exchanges_started, 1);
+    let fresh = seal_at(&GossipFrame::Digest(DigestRepr { fingerprint: 1, matched: false }), t);
+    assert!(!deliver_at(&mut net, addr(1), &fresh, t).is_empty());
+    assert_eq!(net.nodes[0].stats().exchanges_started, 2);
+}
+
+#[test]
+fn a_replayed_pull_is_not_answered_a_fresh_one_is() {
+    let mut net = Net::new(2, |c| c.interval_min = Duration::from_secs(3600));
+    for k in 0..20 {
+        net.nodes[0].store_mut(TOPIC).unwrap().apply(&rec(&format!("p{k}"))).unwrap();
+    }
+    let pull_at = |ms| {
+        seal_at(&GossipFrame::Pull(PullRepr { topic: TOPIC, since_ns: 0, max_response: 0 }), ms)
+    };
+    let pull = pull_at(5_000);
+    let answer = deliver_at(&mut net, addr(1), &pull, 5_000);
+    assert!(!answer.is_empty() && answer.iter().all(|t| kind(&t.payload) == 1));
+    assert!(deliver_at(&mut net, addr(1), &pull, 6_000).is_empty(), "replay in the window");
+    assert!(deliver_at(&mut net, addr(1), &pull, 5_000 + WINDOW + 1).is_empty(), "stale");
+    assert_eq!(net.nodes[0].stats().pulls_answered, 1);
+    let later = 5_000 + WINDOW + 1;
+    assert_eq!(deliver_at(&mut net, addr(1), &pull_at(later), later).len(), answer.len());
+    let s = net.nodes[0].stats();
+    assert_eq!((s.pulls_answered, s.drops.replayed, s.drops.out_of_window), (2, 1, 1));
+}
+
+#[test]
+fn a_sibling_whose_clock_is_off_by_more_than_the_window_is_refused() {
+    let mut net = Net::new(2, |c| c.interval_min = Duration::from_secs(3600));
+    // Node 1 runs 31 s ahead: its datagrams are refused; node 0 does not
+    // answer them.
+    net.nodes[1].set_unix_time(net.t0, WINDOW + 1_000);
+    net.nodes[0].store_mut(TOPIC).unwrap().apply(&rec("a")).unwrap();
+    let (now, peer) = (net.instant(), net.nodes[0].me().addr);
+    net.nodes[1].pull(now, peer, TOPIC, &mut net.out).unwrap();
+    net.flush(1);
+    net.run_for(Duration::from_millis(50));
+    assert!(!net.holds(1, b"a"));
+    assert_eq!(net.nodes[0].stats().drops.out_of_window, 1);
+    // Back in sync (within the window), once the first pull timed out: the
+    // next pull is answered.
+    let timeout = net.nodes[1].config().exchange_timeout;
+    net.run_for(timeout + Duration::from_millis(1));
+    let now = net.instant();
+    let theirs = net.nodes[0].unix_ms(now);
+    net.nodes[1].set_unix_time(now, theirs + WINDOW - 1_000);
+    net.nodes[1].pull(now, peer, TOPIC, &mut net.out).unwrap();
+    net.flush(1);
+    net.run_for(Duration::from_millis(50));
+    assert!(net.holds(1, b"a"));
+}
+
+#[test]
+fn answers_to_a_source_outside_the_view_are_bounded() {
+    let mut net = Net::new(2, |c| {
+        c.interval_min = Duration::from_secs(3600);
+        c.reconcile = false;
+    });
+    for k in 0..200 {
+        let r = MemStore::record(format!("k{k}").as_bytes(), 1, &[7; 40]).unwrap();
+        net.nodes[0].store_mut(TOPIC).unwrap().apply(&r).unwrap();
+    }
+    let stranger = addr(9);
+    let bytes = |ts: &[Transmit]| ts.iter().map(|t| t.payload.len()).sum::<usize>();
+    let pull = |ms| {
+        seal_at(&GossipFrame::Pull(PullRepr { topic: TOPIC, since_ns: 0, max_response: 0 }), ms)
+    };
+    // A bare pull (no padding) from a stranger: at most 3× its size.
+    let p = pull(0);
+    let a = deliver_at(&mut net, stranger, &p, 0);
+    assert!(!a.is_empty() && bytes(&a) <= AMPLIFICATION * p.len(), "{} vs {}", bytes(&a), p.len());
+    // The same request from a member draws everything.
+    let m = deliver_at(&mut net, addr(1), &pull(1), 1);
+    assert!(bytes(&m) > 20 * p.len(), "{}", bytes(&m));
+    // A mismatching probe from a stranger draws a G1 request without
+    // records, within the bound; from a member, its records.
+    let probe =
+        |ms| seal_at(&GossipFrame::Digest(DigestRepr { fingerprint: 1, matched: false }), ms);
+    let d = probe(2);
+    let a = deliver_at(&mut net, stranger, &d, 2);
+    assert_eq!(a.len(), 1);
+    assert!(bytes(&a) <= AMPLIFICATION * d.len(), "{} vs {}", bytes(&a), d.len());
+    let Ok(GossipFrame::Exchange(x)) = GossipFrame::parse(open(&a[0].payload)) else { panic!() };
+    assert_eq!(entries::parse(x.entries).unwrap().iter().count(), 0);
+    let m = deliver_at(&mut net, addr(1), &probe(3), 3);
+    assert!(bytes(&m) > 20 * d.len());
+    // Our own pulls are padded so a peer that does not know us yet can
+    // answer with one full datagram.
+    let mut out = Outbox::new();
+    let peer = net.nodes[0].me().addr;
+    let now = net.instant();
+    net.nodes[1].pull(now, peer, TOPIC, &mut out).unwrap();
+    let sent = &out.transmits[0].payload;
+    assert_eq!(sent.len(), 1232usize.div_ceil(AMPLIFICATION));
+    let a = deliver_at(&mut net, stranger, sent, 4);
+    assert!(bytes(&a) <= AMPLIFICATION * sent.len() && bytes(&a) > 1000, "{}", bytes(&a));
 }

@@ -10,6 +10,12 @@
 # build instead of compiling everything again for the bench profile.
 # Writes perf/results/<date>-<workload>.json and regenerates perf/REPORT.md
 # and perf/charts/*.svg. Knobs: SERVER_CPU (0), LOAD_CPU (1).
+#
+# SOAK=300s (any duration up to 10m) adds the issue-18 overload soak after
+# the report: `lab --soak-interval 60s` at 5000 frames/s, 2 % drop, a 64 MiB
+# cache and the per-IP tier raised, so the per-flow chain tier is the
+# bottleneck. Writes perf/soak/overload-<date>.{json,csv,txt}; see
+# "Soak: overload" in perf/REPORT.md.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -57,6 +63,19 @@ step "report: $loadgen report"
   --criterion-dir target/criterion \
   --invocation "scripts/bench.sh${quick:+ $quick}" \
   --wall-s "$((finished - build_done))"
+
+if [ -n "${SOAK:-}" ]; then
+  soak_out="perf/soak/overload-$date_tag"
+  step "overload soak ($SOAK): $loadgen lab --soak-interval 60s → $soak_out.*"
+  mkdir -p perf/soak
+  # The lab stops by itself at --duration plus --grace; timeout is a backstop.
+  timeout --signal=TERM --kill-after=30 900 \
+    "$loadgen" lab --duration "$SOAK" --soak-interval 60s --interval 10s \
+    --rate 5000 --drop 2% --engine-arg=--cache-max-bytes=64MiB \
+    --engine-arg=--rl-ip-rate=100000 --engine-arg=--rl-ip-burst=10000 \
+    --json "$soak_out.json" --csv "$soak_out.csv" | tee "$soak_out.txt" \
+    || echo "soak: some interval filled less than 90 % of what the limits admit"
+fi
 
 printf '\n==> done in %ss (build %ss, benchmarks %ss)\n' \
   "$((finished - started))" "$((build_done - started))" "$((finished - build_done))"

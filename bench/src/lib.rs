@@ -10,6 +10,8 @@
 //! - I/O: [`net`] (sendmmsg/recvmmsg batches, multicast sockets), [`proc`]
 //!   (child processes with kill-on-drop guards, the engine binary),
 //!   [`metrics`] (the engine's /metrics).
+//! - [`soak`]: per-interval accounting of `lab --soak-interval` against
+//!   what the engine's rate limits admit (sans-IO; the lab feeds it).
 //! - [`cmd`]: one module per subcommand; [`report`] and [`charts`] turn
 //!   `perf/results/*.json` into `perf/REPORT.md` and SVG charts.
 //!
@@ -31,6 +33,7 @@ pub mod pace;
 pub mod proc;
 pub mod report;
 pub mod rng;
+pub mod soak;
 pub mod source;
 
 use ricochet_wire::control::{NackFlags, NackRepr};

@@ -704,10 +704,15 @@ pub fn run(a: ReportArgs) -> Result<(), String> {
     // The DHT's and gossip's figures come from their deterministic
     // simulations (engine/proto/tests/dht_sim.rs, gossip_sim.rs, the IBLT
     // report test), not from a bench workload: they are kept in perf/*.md
-    // and copied in here so a regenerated report keeps them.
-    for (file, what) in
-        [("dht.md", "DHT"), ("gossip.md", "gossip"), ("gossip-iblt.md", "IBLT reconciliation")]
-    {
+    // and copied in here so a regenerated report keeps them. So is the
+    // overload soak (`lab --soak-interval`, perf/soak/), which runs for
+    // minutes per engine build and is written up by hand.
+    for (file, what) in [
+        ("dht.md", "DHT"),
+        ("gossip.md", "gossip"),
+        ("gossip-iblt.md", "IBLT reconciliation"),
+        ("soak/overload.md", "overload soak"),
+    ] {
         match std::fs::read_to_string(a.out.join(file)) {
             Ok(text) => {
                 let _ = writeln!(w, "{}\n", text.trim_end());

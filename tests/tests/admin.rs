@@ -75,13 +75,18 @@ fn invalidate_needs_the_token_drops_the_flow_and_is_streamed_to_subscribers() {
         vec![Ok(ResponseRepr::miss())]
     );
 
-    // A proxy restart detected on a core (same key, other bytes) is
-    // streamed too.
-    p.send_tx(0xB2, 1, b"before restart");
+    // A proxy restart detected on a core — the same keys arriving with
+    // other bytes, three frames of the new epoch (one datagram is never
+    // enough) — is streamed too.
+    for seq in 1..=3 {
+        p.send_tx(0xB2, seq, b"before restart");
+    }
     e.wait_metrics(Duration::from_secs(5), |b| {
-        ricochet_e2e::metric_sum(b, "ricochet_frames_cached_total") >= 4.0
+        ricochet_e2e::metric_sum(b, "ricochet_frames_cached_total") >= 6.0
     });
-    p.send_tx(0xB2, 1, b"after restart!");
+    for seq in 1..=3 {
+        p.send_tx(0xB2, seq, b"after restart!");
+    }
 
     // The subscriber saw both.
     let data: Vec<String> =

@@ -49,7 +49,8 @@ fn gossip_port(p: &[u16; 8]) -> u16 {
 
 impl Domain {
     fn start() -> Domain {
-        let upstream = Engine::start(&["--backend", "epoll"]);
+        // The siblings proxy through U from 127.0.0.1: U must allow them.
+        let upstream = Engine::start(&["--backend", "epoll", "--proxy-allow", "127.0.0.1/32"]);
         let b_port = ports()[0];
         let key_file = std::env::temp_dir()
             .join(format!("ricochet-cluster-{}-{b_port}.key", std::process::id()));
@@ -299,10 +300,13 @@ fn three_siblings_share_gaps_by_gossip_survive_garbage_and_warm_a_restart() {
     attacker.send_to(&forged, target).unwrap();
     // Too short to hold a MAC at all.
     attacker.send_to(&[0x47, 0x31, 0, 0, 0], target).unwrap();
-    // The right key over a frame cut short.
-    let mut cut = vec![0x47, 0x31, 0, 0, 0, 9];
-    cut.resize(6 + 16, 0);
-    ClusterKey::new(KEY).seal(&mut cut, 6).unwrap();
+    // The right key over a frame cut short, in a fresh v2 envelope
+    // (docs/PROTOCOL.md § "Gossip envelope (v2)": stamped with our clock).
+    let unix_ms =
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis()
+            as u64;
+    let stamp = ricochet_wire::mac::Stamp { sender: 0xE2E, time_ms: unix_ms, counter: 1 };
+    let cut = ClusterKey::new(KEY).seal_gossip_vec(&[0x47, 0x31, 0, 0, 0, 9], 0, &stamp).unwrap();
     attacker.send_to(&cut, target).unwrap();
     // Larger than --max-datagram (1232).
     attacker.send_to(&[0x47; 1500], target).unwrap();

@@ -130,6 +130,9 @@ fn d_finds_its_upstreams_through_the_dht_and_switches_when_one_stops() {
         "0",
         "--beacon-preference",
         "200",
+        // D proxies through U1 and U2 from 127.0.0.1: they must allow it.
+        "--proxy-allow",
+        "127.0.0.1/32",
     ]);
     let mut u1 = Engine::launch(&[], &u1_args, a, admin(a[2]));
 
@@ -149,6 +152,8 @@ fn d_finds_its_upstreams_through_the_dht_and_switches_when_one_stops() {
         "1s",
         "--beacon-tier",
         "1",
+        "--proxy-allow",
+        "127.0.0.1/32",
     ]);
     let u2 = Engine::launch(&[], &u2_args, [a[0], p2[1], p2[2], p2[3], 0, 0, 0, 0], admin(p2[2]));
 

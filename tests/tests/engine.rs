@@ -84,7 +84,15 @@ fn hit_is_acked_and_retransmitted_byte_identical_to_its_group() {
 #[test]
 fn unicast_retransmit_when_configured_and_for_proxied_nacks() {
     for backend in BACKENDS {
-        let e = Engine::start(&["--backend", backend, "--beacon-flags-unicast=true"]);
+        // Unicast copies of these frames to a source not in --proxy-allow
+        // would exceed 3x the NACK's size: allow the client.
+        let e = Engine::start(&[
+            "--backend",
+            backend,
+            "--beacon-flags-unicast=true",
+            "--proxy-allow",
+            "127.0.0.1/32",
+        ]);
         let sent = publish_flow(&e, 0xAB02, 2);
         let client = nack_client();
         let (responses, frames) = ask(&client, &e, &nack_bytes(0xAB02, 1, 1, 0));
@@ -96,8 +104,9 @@ fn unicast_retransmit_when_configured_and_for_proxied_nacks() {
         // The unicast copy and its ACK left as one UDP GSO send.
         assert!(e.metric_sum("ricochet_gso_sends_total") >= 1.0, "{backend}");
     }
-    // Multicast-only endpoint still serves a Proxied NACK by unicast.
-    let e = Engine::start(&[]);
+    // Multicast-only endpoint still serves a Proxied NACK by unicast, to a
+    // source allowed to proxy.
+    let e = Engine::start(&["--proxy-allow", "127.0.0.1/32"]);
     let sent = publish_flow(&e, 0xAB03, 1);
     let client = nack_client();
     let (responses, frames) = ask(&client, &e, &nack_bytes(0xAB03, 1, 1, NackFlags::PROXIED));
@@ -314,6 +323,8 @@ fn a_restarted_proxy_reusing_its_hashkey_never_gets_pre_restart_frames_served() 
             "--beacon-flags-unicast=true",
             "--rl-ip-burst",
             "100",
+            "--proxy-allow",
+            "127.0.0.1/32",
         ]);
         let p = Publisher::new(e.listen_port);
         let before: Vec<_> = (1..=50).map(|s| p.send_tx(0xAB10, s, b"epoch one").0).collect();

@@ -30,7 +30,8 @@ fn gaps_caused_by_the_bridge_fill_through_the_upstream_with_one_fetch_each() {
 }
 
 fn two_domains(backend: &str) {
-    let upstream = Engine::start(&["--backend", backend]);
+    // D proxies through U from 127.0.0.1: U must allow it.
+    let upstream = Engine::start(&["--backend", backend, "--proxy-allow", "127.0.0.1/32"]);
     // D's retransmits go to B's data port, where B's listener listens.
     let b = ports();
     let admin = SocketAddr::from((Ipv4Addr::LOCALHOST, b[2]));

@@ -79,6 +79,9 @@ fn two_domains(a_ns: &str, backend: &'static str) {
         &format!("{GROUP_ID_A:#06x}"),
         "--backend",
         backend,
+        // D proxies through U: U must allow it.
+        "--proxy-allow",
+        &format!("{D_IP}/128"),
     ]);
     let u_admin = SocketAddr::from((U_IP, pu[2]));
     let upstream = in_netns(a_ns, move || Engine::launch(&[], &u_args, pu, u_admin));

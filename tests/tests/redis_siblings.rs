@@ -38,7 +38,15 @@ impl Domain {
         // The three siblings share 127.0.0.1 here (in a deployment each has
         // its own address): with Redis down all three fetch each gap, more
         // at once than U's default per-IP burst (10) lets through.
-        let upstream = Engine::start(&["--backend", "epoll", "--rl-ip-burst", "1000"]);
+        // They proxy through U from 127.0.0.1: U must allow them.
+        let upstream = Engine::start(&[
+            "--backend",
+            "epoll",
+            "--rl-ip-burst",
+            "1000",
+            "--proxy-allow",
+            "127.0.0.1/32",
+        ]);
         let b_port = ports()[0];
         let up = format!("127.0.0.1:{}", upstream.nack_port);
         let siblings = (0..3)

@@ -71,7 +71,8 @@ fn sibling(p: [u16; 8], key: &Path, up: u16, seed: Option<u16>, name: &str) -> E
 
 impl Lab {
     fn start() -> Lab {
-        let upstream = Engine::start(&["--backend", "epoll"]);
+        // The siblings proxy through U from 127.0.0.1: U must allow them.
+        let upstream = Engine::start(&["--backend", "epoll", "--proxy-allow", "127.0.0.1/32"]);
         let b_port = ports()[0];
         let key_file =
             std::env::temp_dir().join(format!("ricochet-fill-{}-{b_port}.key", std::process::id()));

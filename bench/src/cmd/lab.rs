@@ -2,6 +2,22 @@
 //! publisher and a lossy listener, runs for a fixed time, and prints what
 //! was lost, what was recovered and how fast. Exits 0 if every gap was
 //! filled while its frames were within their TTL.
+//!
+//! With `--soak-interval` it is a soak: every interval it reads the
+//! listener's counters, the engine's /metrics and the engine's RSS, prints
+//! one row (gaps, fills, what the chain tier admits, answers by kind,
+//! refusals by tier, evictions, RSS) and at the end writes the rows to the
+//! JSON (`soak`) and `--csv`. The run still stops at `--duration` plus at
+//! most `--grace`; the exit status then says whether every publishing
+//! interval filled at least 90 % of what the limits admit (see
+//! [`crate::soak`]). The issue-18 overload, scaled to five minutes:
+//!
+//! ```text
+//! ricochet-loadgen lab --duration 300s --soak-interval 60s --interval 10s \
+//!     --rate 5000 --drop 2% --engine-arg=--cache-max-bytes=64MiB \
+//!     --engine-arg=--rl-ip-rate=100000 --engine-arg=--rl-ip-burst=10000 \
+//!     --json perf/soak/overload.json --csv perf/soak/overload.csv
+//! ```
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -17,6 +33,7 @@ use crate::metrics;
 use crate::out::{self, Clock, Common, Dur, Progress, row};
 use crate::pace::Schedule;
 use crate::proc::{self, EnginePorts};
+use crate::soak::{self, ChainTier, Sample, Soak, SoakReport};
 use crate::source::{FlowSet, Mix, PayloadDist};
 
 /// `lab` options.
@@ -56,6 +73,14 @@ pub struct LabArgs {
     /// Extra engine flag (repeatable), e.g. --engine-arg=--rl-ip-rate=1000.
     #[arg(long = "engine-arg", allow_hyphen_values = true)]
     pub engine_args: Vec<String>,
+    /// Soak mode: a row per interval of this length (gaps, fills against
+    /// what the chain tier admits, answers by kind, engine refusals, RSS);
+    /// exit status 0 only if every publishing interval filled ≥ 90 % of it.
+    #[arg(long)]
+    pub soak_interval: Option<Dur>,
+    /// Soak mode: also write the rows as CSV to this file.
+    #[arg(long, requires = "soak_interval")]
+    pub csv: Option<PathBuf>,
     #[command(flatten)]
     #[allow(missing_docs)]
     pub common: Common,
@@ -82,10 +107,14 @@ pub struct LabResult {
     pub all_filled: bool,
     /// Engine counter deltas.
     pub engine: BTreeMap<String, f64>,
+    /// Per-interval rows of a soak (`--soak-interval`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub soak: Option<SoakReport>,
 }
 
 /// Runs the lab; the result says whether every gap was filled.
 pub fn run(a: LabArgs) -> Result<LabResult, String> {
+    let chain = ChainTier::from_engine_args(&a.engine_args)?;
     let bin = proc::find_engine(a.engine.as_deref())?;
     let ports = EnginePorts::pick();
     let mut extra: Vec<String> =
@@ -94,7 +123,13 @@ pub fn run(a: LabArgs) -> Result<LabResult, String> {
         extra.extend(["--cpus".into(), c.clone()]);
     }
     if a.unicast {
-        extra.push("--beacon-flags-unicast=true".into());
+        // The lab's listener is on loopback; a source outside
+        // --proxy-allow gets no copies over 176 bytes (the 3x bound).
+        extra.extend([
+            "--beacon-flags-unicast=true".into(),
+            "--proxy-allow".into(),
+            "127.0.0.1".into(),
+        ]);
     }
     extra.extend(a.engine_args.iter().cloned());
     let mut engine = proc::start_engine(&bin, &ports, &extra)?;
@@ -154,6 +189,19 @@ pub fn run(a: LabArgs) -> Result<LabResult, String> {
     let mut tails = vec![];
     let mut done_at = None;
     let grace_ns = a.grace.0.as_nanos() as u64;
+    let sample = |core: &ListenCore, engine: &proc::Child, now: u64| Sample {
+        t_s: now as f64 / 1e9,
+        stats: core.report_stats(),
+        gaps_by_flow: core.gaps_by_flow().clone(),
+        engine: metrics::scrape(ports.admin),
+        rss_kib: soak::rss_kib(engine.id()),
+    };
+    let soak_ns = a.soak_interval.map(|d| d.0.as_nanos().max(1) as u64);
+    let mut soak = soak_ns.map(|iv| {
+        progress.line(&soak::title());
+        (Soak::new(chain, iv as f64 / 1e9, sample(&core, &engine, clock.now_ns())), iv)
+    });
+    let mut next_soak = soak_ns.unwrap_or(u64::MAX).min(dur_ns);
     loop {
         if proc::stopped() {
             return Err("interrupted".into());
@@ -195,6 +243,14 @@ pub fn run(a: LabArgs) -> Result<LabResult, String> {
             progress.set(Duration::from_nanos(now.min(dur_ns)));
             next_iv += iv_ns;
         }
+        if let Some((s, iv)) = soak.as_mut() {
+            if next_soak <= dur_ns && now >= next_soak {
+                let row = s.push(sample(&core, &engine, now), true);
+                progress.line(&soak::line(row));
+                next_soak =
+                    if next_soak == dur_ns { u64::MAX } else { (next_soak + *iv).min(dur_ns) };
+            }
+        }
         if let Some(d) = done_at {
             if tails_at.is_none() && core.open_gaps() == 0 {
                 break;
@@ -207,6 +263,11 @@ pub fn run(a: LabArgs) -> Result<LabResult, String> {
     progress.finish();
     let _ = pub_thread.join();
     std::thread::sleep(Duration::from_millis(300));
+    let soak = soak.map(|(mut s, _)| {
+        // What was filled after publishing stopped: shown, not judged.
+        s.push(sample(&core, &engine, clock.now_ns()), false);
+        s.finish()
+    });
     let after = metrics::scrape(ports.admin);
     engine.stop(Duration::from_secs(3));
     let listener = core.report();
@@ -223,6 +284,7 @@ pub fn run(a: LabArgs) -> Result<LabResult, String> {
         listener,
         all_filled,
         engine: metrics::delta(&before, &after),
+        soak,
     };
     let mut rows = vec![row("frames published", r.frames_published)];
     rows.extend(report_rows(&r.listener));
@@ -242,6 +304,15 @@ pub fn run(a: LabArgs) -> Result<LabResult, String> {
         if r.all_filled { "every gap filled" } else { "SOME GAPS NOT FILLED" },
     ));
     out::print_table("lab summary", &rows);
+    if let Some(s) = &r.soak {
+        soak::print(s);
+        if let Some(p) = &a.csv {
+            if let Some(dir) = p.parent().filter(|d| !d.as_os_str().is_empty()) {
+                std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+            }
+            std::fs::write(p, soak::csv(s)).map_err(|e| format!("{}: {e}", p.display()))?;
+        }
+    }
     out::maybe_json(&a.common.json, &r)?;
     Ok(r)
 }

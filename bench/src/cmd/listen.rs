@@ -11,7 +11,7 @@
 //! reference does), on which the endpoint's response and any unicast copy
 //! arrive. `lab` reuses it.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::net::{Ipv4Addr, SocketAddrV4};
 use std::time::Duration;
 
@@ -152,6 +152,7 @@ pub struct ListenCore {
     drop_p: f64,
     drop_rng: Rng,
     dropped: HashSet<(u64, u64)>,
+    gaps_by_flow: HashMap<u64, u64>,
     rx: Option<Batch>,
     /// Counters.
     pub counts: ListenCounts,
@@ -196,6 +197,7 @@ impl ListenCore {
             drop_p,
             drop_rng: Rng::stream(seed, 0xD209),
             dropped: HashSet::new(),
+            gaps_by_flow: HashMap::new(),
             rx: Some(Batch::new(64, 65_536)),
             counts: ListenCounts::default(),
             fill: latency::new_histogram(),
@@ -216,8 +218,15 @@ impl ListenCore {
         }
     }
 
+    /// Gaps opened so far, per flow (HashKey): what a per-flow rate limit
+    /// is measured against.
+    pub fn gaps_by_flow(&self) -> &HashMap<u64, u64> {
+        &self.gaps_by_flow
+    }
+
     fn open_gap(&mut self, now: u64, hash_key: u64, seq: u64) {
         if self.recovery.open(now, hash_key, seq) {
+            *self.gaps_by_flow.entry(hash_key).or_insert(0) += 1;
             if self.dropped.remove(&(hash_key, seq)) {
                 self.counts.gaps_deliberate += 1;
             } else {
@@ -393,6 +402,11 @@ impl ListenCore {
         self.transmit(now);
         self.drain_events();
         Ok(())
+    }
+
+    /// The escalation counters so far (cheaper than [`ListenCore::report`]).
+    pub fn report_stats(&self) -> escalate::Stats {
+        self.recovery.stats()
     }
 
     /// The report so far.

@@ -4,7 +4,7 @@
 //! |---|---|---|---|
 //! | [`Tier::Ip`] | source IP | token bucket, 100/s, burst 10 | silent drop, always (no reflection) |
 //! | [`Tier::Sequence`] | (HashKey, StartSeq), any source | 100 per 60 s window | THROTTLED bucket 2, or silent |
-//! | [`Tier::Chain`] | (source IP, HashKey); HashKey 0 bypasses | 500 per 60 s window | THROTTLED bucket 3, or silent |
+//! | [`Tier::Chain`] | (source IP, HashKey); HashKey 0 bypasses | 500 *answered* NACKs per 60 s window (see "Overload") | THROTTLED bucket 3, or silent |
 //! | [`Tier::Group`] | (source IP, group index), after lookup | token bucket, 200/s, burst 50 | THROTTLED bucket 4, or ACK without retransmit |
 //!
 //! What to send back is the service's business; this module only decides.
@@ -38,6 +38,34 @@
 //! - **Bounded**: each tier's table holds at most `max_entries` keys, however
 //!   many source addresses a flood uses (see [`LimitSettings::max_entries`]);
 //!   the shared tables are allocated whole at construction and never grow.
+//!
+//! # Overload
+//! The reference charges the chain tier before the cache lookup, for every
+//! NACK it admits. Under overload (listeners asking a flow more than the
+//! tier admits) that collapses: gaps the budget could not fill in time are
+//! evicted, their listeners go on re-NACKing them, those NACKs take the
+//! budget and are answered MISS, fresh gaps are refused, and more gaps are
+//! evicted unfilled. In a recorded reference run every NACK the chain tier
+//! admitted after t ≈ 200 s was for an evicted frame (39 730 MISS, 0 hits):
+//! no gap was filled at all.
+//!
+//! ricochet spends the budget only on NACKs that can be answered with a
+//! frame: [`Limiter::check_before_lookup`] *peeks* at the chain tier (a
+//! flow whose budget is spent is still refused before the lookup, with
+//! THROTTLED bucket 3 where throttle responses are on), and the service
+//! charges it with [`Limiter::charge_chain`] on the NACK's first hit —
+//! once per NACK, a range included. A NACK answered MISS spends nothing
+//! of its flow's budget, so the re-NACKs of evicted frames cannot starve
+//! fresh gaps: however many of them a listener sends, it still has about
+//! the whole chain budget (500 frames a minute per flow by default) filled
+//! (the service's `overload_keeps_filling_fresh_gaps_every_minute`
+//! simulates it against the reference's order). Misses
+//! stay bounded by the IP tier (charged before the lookup, as in the
+//! reference, and silent), by the per-gap sequence tier, and, for the
+//! recovery a miss may start, by the recovery queue. A listener whose
+//! re-NACKs of evicted frames exceed its IP rate still starves itself;
+//! that is the listener's retry policy to fix, not something the endpoint
+//! can tell apart from a flood.
 //!
 //! # Algorithms
 //! Token buckets are kept as GCRA: one "theoretical arrival time" per key;
@@ -233,6 +261,13 @@ impl Limiter {
     /// Applies the tiers that come before the cache lookup, in the
     /// reference's order (IP, sequence, chain), stopping at the first that
     /// refuses. A refused request consumes nothing in the later tiers.
+    ///
+    /// The chain tier is only *peeked* here: a request it would admit
+    /// spends nothing yet. The caller charges it with
+    /// [`Limiter::charge_chain`] once the lookup found a frame, so NACKs
+    /// for frames no longer held do not use up a flow's budget (see
+    /// "Overload" in the module docs). The IP and sequence tiers are
+    /// charged here, as in the reference.
     pub fn check_before_lookup(
         &mut self,
         now: Instant,
@@ -248,10 +283,26 @@ impl Limiter {
         if !self.admit_sequence(now, t, hash_key, start_seq) {
             return Err(Tier::Sequence);
         }
-        if !self.admit_chain(t, ip, hash_key) {
+        if !self.peek_chain_key(t, ip, hash_key) {
             return Err(Tier::Chain);
         }
         Ok(())
+    }
+
+    /// Charges the chain tier for a NACK that [`Limiter::check_before_lookup`]
+    /// passed and the cache could answer with a frame. Nothing runs between
+    /// the two calls on a shard (the chain tier is the shard's own), so this
+    /// admits exactly when the peek did, unless the window rolled meanwhile.
+    /// Returns whether it admitted.
+    pub fn charge_chain(&mut self, now: Instant, ip: IpAddr, hash_key: u64) -> bool {
+        let t = self.tick(now);
+        self.admit_chain(t, ip_key(ip), hash_key)
+    }
+
+    /// Whether the chain tier would admit `(ip, hash_key)` now, changing
+    /// nothing.
+    pub fn peek_chain(&self, now: Instant, ip: IpAddr, hash_key: u64) -> bool {
+        self.peek_chain_key(self.tick(now), ip_key(ip), hash_key)
     }
 
     /// The IP tier alone: may `ip` send another NACK now?
@@ -326,6 +377,14 @@ impl Limiter {
         }
         let count = self.seq_tab.slot((hash_key, start_seq), Count::starting(t));
         self.seq.admit(count, t)
+    }
+
+    fn peek_chain_key(&self, t: u64, ip: u128, hash_key: u64) -> bool {
+        if hash_key == 0 || !self.chain.enabled() {
+            return true;
+        }
+        let mut count = self.chain_tab.get(&(ip, hash_key)).copied().unwrap_or(Count::starting(t));
+        self.chain.admit(&mut count, t)
     }
 
     fn admit_chain(&mut self, t: u64, ip: u128, hash_key: u64) -> bool {
@@ -455,6 +514,11 @@ impl<K: Hash + Eq + Copy, V> GenMap<K, V> {
         self.cur.len() + self.old.len()
     }
 
+    /// The value for `k`, if known; changes nothing.
+    fn get(&self, k: &K) -> Option<&V> {
+        self.cur.get(k).or_else(|| self.old.get(k))
+    }
+
     /// The value for `k`, created as `fresh` if unknown. One hash for a key
     /// in the current generation; a generation turns over at most once per
     /// `half` new keys, and `clear` keeps the allocation, so steady state
@@ -509,7 +573,32 @@ mod tests {
         assert_eq!(l.check_before_lookup(t0, ip(1), 9, 5), Ok(()));
         assert_eq!(l.check_before_lookup(t0, ip(1), 9, 5), Err(Tier::Sequence));
         assert_eq!(l.check_before_lookup(t0, ip(1), 9, 5), Err(Tier::Ip));
-        // The IP refusal consumed nothing in the later tiers.
+        // The chain tier was only peeked, and the IP refusal consumed
+        // nothing in the later tiers.
+        assert_eq!(l.entries().chain, 0);
+    }
+
+    #[test]
+    fn the_chain_tier_is_peeked_before_lookup_and_charged_after() {
+        let t0 = Instant::now();
+        let s = LimitSettings {
+            ip_burst: 1000,
+            sequence_max: 1000,
+            chain_max: 2,
+            ..Default::default()
+        };
+        let mut l = Limiter::new(&s, t0);
+        // Peeks alone (misses) spend nothing, however many.
+        assert!((0..100).all(|n| l.check_before_lookup(t0, ip(1), 9, n).is_ok()));
+        assert!(l.peek_chain(t0, ip(1), 9));
+        // Two charges (hits) spend the budget; then the peek refuses.
+        assert!(l.charge_chain(t0, ip(1), 9) && l.charge_chain(t0, ip(1), 9));
+        assert!(!l.peek_chain(t0, ip(1), 9));
+        assert_eq!(l.check_before_lookup(t0, ip(1), 9, 500), Err(Tier::Chain));
+        assert!(!l.charge_chain(t0, ip(1), 9), "a charge past the budget is refused too");
+        // Per (source, HashKey), and it slides as before.
+        assert!(l.peek_chain(t0, ip(2), 9) && l.peek_chain(t0, ip(1), 10));
+        assert!(l.peek_chain(t0 + Duration::from_secs(120), ip(1), 9));
         assert_eq!(l.entries().chain, 1);
     }
 
@@ -620,6 +709,7 @@ mod tests {
         for n in 0..100_000u32 {
             let now = t0 + Duration::from_micros(u64::from(n));
             let _ = l.check_before_lookup(now, ip(n), u64::from(n) | 1, u64::from(n));
+            let _ = l.charge_chain(now, ip(n), u64::from(n) | 1);
             let _ = l.check_group(now, ip(n), (n % 7) as u16);
             let e = l.entries();
             peak.ip = peak.ip.max(e.ip);
@@ -673,8 +763,9 @@ mod tests {
         // The chain tier is the shard's own (its HashKey picks the shard).
         assert_eq!((0..5).filter(|_| a.check_chain(t0, ip(3), 7)).count(), 3);
         assert_eq!((0..5).filter(|_| b.check_chain(t0, ip(3), 7)).count(), 3);
+        // (The lookups above only peeked at the chain tier: no entries.)
         let e = a.entries();
-        assert_eq!((e.ip, e.sequence, e.group, e.chain), (1, 11, 1, 6), "{e:?}");
+        assert_eq!((e.ip, e.sequence, e.group, e.chain), (1, 11, 1, 1), "{e:?}");
     }
 
     #[test]

@@ -19,6 +19,7 @@
 //!   NACK allocates nothing once the outbox and the tables have warmed up.
 //!
 //! # Modules
+//! - [`allow`]: the downstream endpoints whose Proxied NACKs are honoured.
 //! - [`cache`]: per-flow append-only logs of whole datagrams with TTLs per
 //!   frame class, global key and byte budgets, and flow epochs that stop a
 //!   restarted proxy's reused HashKey from being served stale frames.
@@ -50,6 +51,7 @@
 
 #![warn(missing_docs)]
 
+pub mod allow;
 pub mod cache;
 pub mod claims;
 pub mod limit;
@@ -58,13 +60,14 @@ pub mod service;
 pub mod shared_limit;
 pub mod siblings;
 
+pub use allow::{Prefix, PrefixError, ProxyAllow};
 pub use cache::{Cache, CacheSettings, CacheStats, TtlClass, Ttls};
 pub use claims::Claims;
 pub use limit::{LimitSettings, Limiter, Tier};
 pub use recover::{ClaimResult, Enqueued, Recovered, Recovery, RecoverySettings, RecoveryStats};
 pub use service::{
-    Dest, Effect, FrameOutcome, Lookup, NackEffects, Outbox, Payload, PendingMulticast, Service,
-    Settings, Stats, Transmit,
+    AMPLIFICATION_FACTOR, Budget, Dest, Effect, FrameOutcome, Lookup, NackEffects, Outbox, Payload,
+    PendingMulticast, Service, Settings, Stats, Transmit,
 };
 pub use shared_limit::SharedLimits;
 pub use siblings::{Holding, Sibling, Siblings};

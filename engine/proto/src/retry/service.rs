@@ -9,23 +9,44 @@
 //! else the one BRC-129 assigns it. Legacy (0x01) and unstamped frames are
 //! counted, never cached.
 //!
+//! A frame that suggests its proxy restarted — a SeqNum far below the
+//! flow's highest, or a held (HashKey, SeqNum) with other bytes — is
+//! evidence, not a reset: it is held aside ([`FrameOutcome::Candidate`]),
+//! never served and never replacing the held copy, and the flow's old
+//! frames go on being served. Only when
+//! [`EPOCH_EVIDENCE`](super::cache::EPOCH_EVIDENCE) consistent frames have
+//! arrived without the old epoch continuing does the flow start its new
+//! epoch; that frame alone reports
+//! [`FrameOutcome::Cached`] with `new_epoch` (the driver's cue for an
+//! `epoch_reset` on `/events`), so one forged datagram can neither drop a
+//! flow nor make the endpoint announce that it did. Frames from the
+//! recovery path are never evidence. See [`crate::retry::cache`] for the
+//! rule in full.
+//!
 //! # NACKs
 //! [`Service::on_nack`] follows the reference endpoint's order:
 //! 1. count; check (a malformed NACK is returned as the wire error so the
 //!    caller counts `ricochet_dropped_total{reason}`; nothing is sent);
 //! 2. IP tier (always silent), sequence tier (THROTTLED bucket 2), chain
 //!    tier (THROTTLED bucket 3); THROTTLED only when throttle responses are
-//!    on, silence otherwise;
+//!    on, silence otherwise. The chain tier is only *peeked* here and
+//!    charged at step 4 (unlike the reference, see "Overload" in
+//!    [`limit`](super::limit));
 //! 3. cache lookup. MISS → a MISS (unless suppressed) and, when proxying is
 //!    on and the NACK was not itself proxied, an [`Effect::Recover`] for the
 //!    recovery path;
-//! 4. HIT → group tier for (source, the frame's group). Limited → THROTTLED
-//!    bucket 4 if throttle responses are on, else no retransmit and an ACK
-//!    with flags 0 (nothing was sent);
+//! 4. HIT → the chain tier is charged (once per NACK), then the group tier
+//!    for (source, the frame's group). Limited → THROTTLED bucket 4 if
+//!    throttle responses are on, else no retransmit and an ACK with flags 0
+//!    (nothing was sent);
 //! 5. otherwise the frame to its group (multicast retransmit on), a unicast
-//!    copy to the source (unicast retransmit on, or the NACK is Proxied),
-//!    then an ACK whose flags say which of those were queued (unless
-//!    suppressed).
+//!    copy to the source (unicast retransmit on, or the NACK is Proxied and
+//!    its source may proxy: see "Who may proxy"), then an ACK whose flags
+//!    say which of those were queued (unless suppressed).
+//!
+//! Everything sent back to a source that may not proxy is paid from the
+//! NACK's byte budget (see "Amplification"); what does not fit is not
+//! sent.
 //!
 //! # Siblings sharing a store
 //! With `retransmit_dedup` on (a Redis server shared by sibling endpoints),
@@ -48,7 +69,8 @@
 //! SeqNums; the requester sees no answer for the rest and asks again. A
 //! group-tier refusal also ends a range: the rest would be refused alike.
 //! The rate-limit tiers count a range NACK once, by its StartSeq; the group
-//! tier counts every frame retransmitted.
+//! tier counts every frame retransmitted. A range also ends where its
+//! byte budget could not pay for the next frame's ACK.
 //!
 //! # Outbox
 //! Everything to send is pushed, in order, into a caller-owned [`Outbox`].
@@ -63,15 +85,42 @@
 //! send a retransmit can drop the ACK that follows it (the reference sends
 //! no ACK when the multicast send fails). ACK flags say what was *queued*.
 //!
+//! # Who may proxy
+//! A Proxied NACK asks for a unicast copy of every frame it names: that is
+//! how a downstream endpoint recovers a gap for its own domain. Only
+//! sources that may proxy get that: live siblings (gossip membership,
+//! [`Service::set_siblings`]) and the downstream endpoints listed in
+//! [`Settings::proxy_allow`] (`--proxy-allow`, empty by default). From
+//! anyone else the flag grants nothing beyond a plain NACK (no unicast
+//! copy unless unicast retransmit is on, and then within the budget
+//! below); it still marks the NACK as never to be proxied again. Such NACKs
+//! are counted in [`Stats::nacks_proxied_not_allowed`]. The reference
+//! sends every Proxied NACK a copy, so a single 64-byte range NACK for 64
+//! large frames could draw 3 MB to any address it claims to come from.
+//!
 //! # Amplification
-//! Every control datagram the service emits (MISS, ACK, THROTTLED) is 16
-//! bytes, smaller than the 64-byte NACK that caused it; the only datagram
-//! larger than its request is a retransmitted frame, sent to its own group or
-//! to the source when unicast retransmit is configured or the NACK is
-//! Proxied. A range NACK can draw one ACK per frame retransmitted, at most
-//! `max_range`, each paid for by a group-tier token, plus one closing MISS,
-//! ACK or THROTTLED. The IP tier never answers, so what any one source
-//! address (spoofed or not) can draw is bounded by its IP-tier rate.
+//! **No request draws more than [`AMPLIFICATION_FACTOR`] (3) × its size
+//! from an unauthenticated source**: the bytes sent back to a source that
+//! may not proxy in answer to one NACK (unicast frame copies, ACK, MISS,
+//! THROTTLED) are at most 3 × 64 = 192 bytes, whatever the datagram's
+//! length, the range or the settings. Each NACK carries its own
+//! [`Budget`], spent by its answers only (through an
+//! [`Effect::Lookup`] too; a held-back ACK is paid when it is decided),
+//! and nothing is banked across NACKs, so there is no per-source state to
+//! grow under a flood of spoofed addresses, and the bytes sent to any
+//! address are at most 3× the bytes of the NACKs sent from it (spoofed or
+//! not); the IP tier, which never answers, bounds how often on top.
+//! When the next answer does not fit, the range stops there (counted in
+//! [`Stats::budget_exhausted`]); the requester asks again for the rest and
+//! brings a new budget. So a range NACK from such a source is answered
+//! for at most 12 frames (twelve 16-byte ACKs); a unicast copy is sent
+//! only if it and its ACK fit (a frame of up to 176 bytes) and is
+//! otherwise skipped ([`Stats::unicast_over_budget`]) while the frame
+//! still goes to its group. Retransmits to a group are not sent to the
+//! source and are governed by the group tier, one token per frame.
+//! Sources that may proxy are not held to the budget: they are trusted to
+//! be who they say (list only addresses that cannot be spoofed from
+//! outside, e.g. behind ingress filtering).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -79,10 +128,13 @@ use std::time::Instant;
 
 use bytes::Bytes;
 use ricochet_wire::Error;
-use ricochet_wire::control::{AckFlags, BUCKET_PER_GROUP, Nack, ResponseKind, ResponseRepr};
+use ricochet_wire::control::{
+    AckFlags, BUCKET_PER_GROUP, NACK_LEN, Nack, RESPONSE_LEN, ResponseKind, ResponseRepr,
+};
 use ricochet_wire::frame::{Frame, FrameKey};
 use ricochet_wire::group::{self, DEFAULT_BEEF_SHARD_BITS, DEFAULT_SHARD_BITS};
 
+use super::allow::ProxyAllow;
 use super::cache::{Cache, CacheSettings, CacheStats, Insert, Origin, Sweep, TtlClass};
 use super::limit::{LimitSettings, Limiter, Tier};
 use super::shared_limit::SharedLimits;
@@ -105,8 +157,9 @@ pub struct Settings {
     pub suppress_miss: bool,
     /// `BEACON_FLAGS_MULTICAST`: retransmit to the frame's group (on).
     pub multicast_retransmit: bool,
-    /// `BEACON_FLAGS_UNICAST`: also send a copy to the requester (off).
-    /// Proxied NACKs always get one.
+    /// `BEACON_FLAGS_UNICAST`: also send a copy to the requester (off),
+    /// within the request's byte budget unless the requester may proxy.
+    /// Proxied NACKs from a source that may proxy always get one.
     pub unicast_retransmit: bool,
     /// `RL_THROTTLE_RESPONSE`: answer rate-limited NACKs with THROTTLED
     /// (except the IP tier, which is always silent) (off).
@@ -124,7 +177,19 @@ pub struct Settings {
     /// `CACHE_BACKEND=redis`: a miss here is looked up in the shared store
     /// before it is answered ([`Effect::Lookup`]) (off).
     pub shared_cache: bool,
+    /// `--proxy-allow` (ricochet's own): the downstream endpoints whose
+    /// Proxied NACKs get unicast copies and whose answers are not held to
+    /// [`AMPLIFICATION_FACTOR`]; live siblings are always allowed. Empty
+    /// (the default): none but siblings.
+    pub proxy_allow: ProxyAllow,
 }
+
+/// How many times its own size (64 bytes, [`NACK_LEN`], whatever the
+/// datagram's length) one NACK from a source that may not proxy can draw
+/// back to that source: 3, as QUIC allows a server before it has validated
+/// a client's address (RFC 9000 § 8.1). 192 bytes: twelve 16-byte answers,
+/// or no frame copy at all. See "Amplification" in the module docs.
+pub const AMPLIFICATION_FACTOR: usize = 3;
 
 impl Default for Settings {
     fn default() -> Self {
@@ -142,6 +207,7 @@ impl Default for Settings {
             beef_shard_bits: DEFAULT_BEEF_SHARD_BITS,
             retransmit_dedup: false,
             shared_cache: false,
+            proxy_allow: ProxyAllow::default(),
         }
     }
 }
@@ -267,6 +333,53 @@ pub struct Lookup {
     ///
     /// [`NackFlags::SIBLING`]: ricochet_wire::control::NackFlags::SIBLING
     pub from_sibling: bool,
+    /// Whether the chain tier is still to be charged if the frame is found
+    /// (it is charged once per NACK, on its first hit).
+    pub charge_chain: bool,
+    /// Whether the source may proxy (a live sibling or in `proxy_allow`),
+    /// so that a Proxied NACK gets a unicast copy.
+    pub allowed: bool,
+    /// What the NACK may still draw back to its source.
+    pub budget: Budget,
+}
+
+/// The bytes one NACK may still draw back to its source: at most
+/// [`AMPLIFICATION_FACTOR`] × [`NACK_LEN`] from a source that may not
+/// proxy, unbounded from one that may. Spent by the answers to that NACK
+/// only; nothing is banked across NACKs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Budget {
+    /// Bytes left; `None` = unbounded.
+    left: Option<usize>,
+}
+
+impl Budget {
+    /// The budget of a fresh request: unbounded if its source may proxy.
+    pub const fn for_request(allowed: bool) -> Budget {
+        Budget { left: if allowed { None } else { Some(AMPLIFICATION_FACTOR * NACK_LEN) } }
+    }
+
+    /// Bytes left; `None` = unbounded.
+    pub const fn left(&self) -> Option<usize> {
+        self.left
+    }
+
+    /// Whether `n` more bytes may be sent.
+    fn fits(&self, n: usize) -> bool {
+        self.left.is_none_or(|left| n <= left)
+    }
+
+    /// Takes `n` bytes if they fit.
+    fn spend(&mut self, n: usize) -> bool {
+        match &mut self.left {
+            None => true,
+            Some(left) if n <= *left => {
+                *left -= n;
+                true
+            }
+            Some(_) => false,
+        }
+    }
 }
 
 /// Caller-owned output buffers, drained after each call and reused so that
@@ -336,13 +449,18 @@ pub enum FrameOutcome {
         key: FrameKey,
         /// Retransmit group index.
         group: u16,
-        /// The flow's older frames were dropped first (proxy restart).
+        /// This frame confirmed the flow's new epoch (proxy restart): its
+        /// older frames were dropped and its candidate frames stored.
         new_epoch: bool,
         /// How long it stays cached (its class's TTL).
         ttl: std::time::Duration,
     },
     /// Already cached; the first copy was kept.
     Duplicate(FrameKey),
+    /// Held as evidence that the flow's proxy restarted (a conflicting copy
+    /// or a SeqNum far behind); not served, and the flow unchanged until
+    /// [`EPOCH_EVIDENCE`](super::cache::EPOCH_EVIDENCE) such frames confirm it.
+    Candidate(FrameKey),
     /// Legacy (0x01) or unstamped (HashKey or SeqNum 0): counted, not cached.
     Unkeyed,
     /// Older than its flow's window; not cached.
@@ -360,7 +478,8 @@ pub struct Stats {
     /// Well-formed data frames handed to [`Service::on_frame`] (malformed
     /// ones are returned as errors for the caller to count by reason).
     pub frames_received: u64,
-    /// Frames newly cached.
+    /// Frames newly cached (servable), counting the candidate frames a
+    /// confirmed new epoch stores along with the confirming one.
     pub frames_cached: u64,
     /// Frames already cached (first copy kept).
     pub frames_duplicate: u64,
@@ -375,6 +494,15 @@ pub struct Stats {
     pub nacks: u64,
     /// Well-formed NACKs with the Proxied flag (from a downstream endpoint).
     pub nacks_proxied: u64,
+    /// Proxied NACKs from a source neither in `proxy_allow` nor a live
+    /// sibling: answered as plain NACKs (no unicast copy, byte budget).
+    pub nacks_proxied_not_allowed: u64,
+    /// Answers cut short by the request's byte budget (a range stopped, or
+    /// its closing MISS, ACK or THROTTLED not sent).
+    pub budget_exhausted: u64,
+    /// Unicast copies not sent because they would exceed the request's
+    /// byte budget (the frame still went to its group if multicast is on).
+    pub unicast_over_budget: u64,
     /// NACKs from a live sibling (Proxied or Sibling flag) that skipped the
     /// per-source rate tiers.
     pub nacks_from_siblings: u64,
@@ -578,8 +706,8 @@ impl Service {
             (key, class, group)
         };
         Ok(match self.cache.insert(now, key, class, group, datagram, origin) {
-            Insert::Inserted { new_epoch } => {
-                self.stats.frames_cached += 1;
+            Insert::Inserted { new_epoch, promoted } => {
+                self.stats.frames_cached += 1 + promoted as u64;
                 FrameOutcome::Cached {
                     key,
                     group,
@@ -591,6 +719,7 @@ impl Service {
                 self.stats.frames_duplicate += 1;
                 FrameOutcome::Duplicate(key)
             }
+            Insert::Candidate => FrameOutcome::Candidate(key),
             Insert::Stale => {
                 self.stats.frames_refused += 1;
                 FrameOutcome::Stale(key)
@@ -620,8 +749,15 @@ impl Service {
         self.stats.nacks_proxied += u64::from(proxied);
         let s = &self.settings;
         let stats = &mut self.stats;
-        let sibling = (proxied || from_sibling) && self.siblings.is_sibling(src.ip());
+        let is_sibling = self.siblings.is_sibling(src.ip());
+        let sibling = (proxied || from_sibling) && is_sibling;
         stats.nacks_from_siblings += u64::from(sibling);
+        // Who may proxy: live siblings and `proxy_allow`. From anyone else
+        // the Proxied flag grants nothing, and the answer is bounded by the
+        // request's byte budget (see "Amplification").
+        let allowed = is_sibling || s.proxy_allow.contains(src.ip());
+        stats.nacks_proxied_not_allowed += u64::from(proxied && !allowed);
+        let mut budget = Budget::for_request(allowed);
 
         if sibling {
             // Not limited per source (see `set_siblings`).
@@ -633,7 +769,13 @@ impl Service {
                 Tier::Group => stats.rate_limited_group += 1,
             }
             if let (true, Some(bucket)) = (s.throttle_responses, tier.throttle_bucket()) {
-                respond(out, stats, src, ResponseRepr::throttled(start, bucket));
+                respond_within(
+                    out,
+                    stats,
+                    &mut budget,
+                    src,
+                    ResponseRepr::throttled(start, bucket),
+                );
             }
             return Ok(());
         }
@@ -649,21 +791,38 @@ impl Service {
 
         let subtree_id = *nack.subtree_id();
         let flow = self.cache.view(hash_key, now);
+        // The chain tier was only peeked: it is charged once per NACK, at
+        // the first frame found (siblings skip it).
+        let mut charge_chain = !sibling;
         for seq in start..=last {
             let key = FrameKey { hash_key, seq };
             let Some(hit) = flow.and_then(|f| f.get(seq)) else {
                 if self.settings.shared_cache {
-                    let lookup = Lookup { key, src, subtree_id, proxied, from_sibling };
+                    let lookup = Lookup {
+                        key,
+                        src,
+                        subtree_id,
+                        proxied,
+                        from_sibling,
+                        charge_chain,
+                        allowed,
+                        budget,
+                    };
                     out.effects.push(Effect::Lookup(lookup));
                 } else {
                     let m = Miss { src, key, subtree_id, proxied, from_sibling };
-                    serve_miss(&self.settings, &mut self.stats, m, out);
+                    serve_miss(&self.settings, &mut self.stats, m, &mut budget, out);
                 }
                 break;
             };
+            if std::mem::take(&mut charge_chain) {
+                self.limiter.charge_chain(now, src.ip(), hash_key);
+            }
             self.stats.cache_hits += 1;
-            let ctx = Hit { now, src, start, key, group: hit.group, frame: hit.frame, proxied };
-            if !serve_hit(&self.settings, &mut self.stats, &mut self.limiter, ctx, out) {
+            let copy = self.settings.unicast_retransmit || (proxied && allowed);
+            let ctx = Hit { now, src, start, key, group: hit.group, frame: hit.frame, copy };
+            let (s, stats, limiter) = (&self.settings, &mut self.stats, &mut self.limiter);
+            if !serve_hit(s, stats, limiter, ctx, &mut budget, out) {
                 break;
             }
         }
@@ -696,12 +855,16 @@ impl Service {
         let valid = found.filter(|b| {
             Frame::new_checked(b).ok().and_then(|f| f.key()).is_some_and(|k| k == l.key)
         });
+        let mut budget = l.budget;
         let Some(frame) = valid else {
             self.stats.shared_misses += 1;
-            return serve_miss(&self.settings, &mut self.stats, Miss::from(l), out);
+            return serve_miss(&self.settings, &mut self.stats, Miss::from(l), &mut budget, out);
         };
         self.stats.shared_hits += 1;
         self.stats.cache_hits += 1;
+        if l.charge_chain {
+            self.limiter.charge_chain(now, l.src.ip(), l.key.hash_key);
+        }
         let group = match self.store(now, frame.clone(), None, Origin::Recovered) {
             Ok(FrameOutcome::Cached { group, .. }) => group,
             // Cached meanwhile, or refused by the cache: serve it anyway
@@ -711,7 +874,10 @@ impl Service {
                     .ok()
             }) {
                 Some(g) => g,
-                None => return serve_miss(&self.settings, &mut self.stats, Miss::from(l), out),
+                None => {
+                    let (s, stats) = (&self.settings, &mut self.stats);
+                    return serve_miss(s, stats, Miss::from(l), &mut budget, out);
+                }
             },
         };
         let ctx = Hit {
@@ -721,9 +887,9 @@ impl Service {
             key: l.key,
             group,
             frame: &frame,
-            proxied: l.proxied,
+            copy: self.settings.unicast_retransmit || (l.proxied && l.allowed),
         };
-        serve_hit(&self.settings, &mut self.stats, &mut self.limiter, ctx, out);
+        serve_hit(&self.settings, &mut self.stats, &mut self.limiter, ctx, &mut budget, out);
     }
 
     /// Gives back the memory of expired frames, with bounded work per call;
@@ -752,7 +918,9 @@ struct Hit<'a> {
     key: FrameKey,
     group: u16,
     frame: &'a Bytes,
-    proxied: bool,
+    /// A unicast copy is wanted: unicast retransmit is on, or the NACK is
+    /// Proxied from a source that may proxy.
+    copy: bool,
 }
 
 /// A frame asked for and not held.
@@ -766,16 +934,17 @@ struct Miss {
 
 impl From<Lookup> for Miss {
     fn from(l: Lookup) -> Miss {
-        let Lookup { key, src, subtree_id, proxied, from_sibling } = l;
+        let Lookup { key, src, subtree_id, proxied, from_sibling, .. } = l;
         Miss { src, key, subtree_id, proxied, from_sibling }
     }
 }
 
-/// Step 3 for one frame: MISS, and recovery when proxying.
-fn serve_miss(s: &Settings, stats: &mut Stats, m: Miss, out: &mut Outbox) {
+/// Step 3 for one frame: MISS (within the budget), and recovery when
+/// proxying.
+fn serve_miss(s: &Settings, stats: &mut Stats, m: Miss, budget: &mut Budget, out: &mut Outbox) {
     stats.cache_misses += 1;
     if !s.suppress_miss {
-        respond(out, stats, m.src, ResponseRepr::miss());
+        respond_within(out, stats, budget, m.src, ResponseRepr::miss());
     }
     if s.proxy_enabled && !m.proxied {
         stats.recover_requested += 1;
@@ -788,22 +957,31 @@ fn serve_miss(s: &Settings, stats: &mut Stats, m: Miss, out: &mut Outbox) {
     }
 }
 
-/// Steps 4–5 for one held frame; false when the group tier refused it
-/// (which ends a range).
+/// Steps 4–5 for one held frame; false when the group tier refused it or
+/// the budget cannot pay for its ACK (either ends a range).
 fn serve_hit(
     s: &Settings,
     stats: &mut Stats,
     limiter: &mut Limiter,
     h: Hit<'_>,
+    budget: &mut Budget,
     out: &mut Outbox,
 ) -> bool {
     let (src, seq) = (h.src, h.key.seq);
+    let ack = if s.suppress_ack { 0 } else { RESPONSE_LEN };
+    if !budget.fits(ack) {
+        // The frame could not be reported: stop before the group tier
+        // spends a token on it. The requester asks again for the rest.
+        stats.budget_exhausted += 1;
+        return false;
+    }
     if !limiter.check_group(h.now, src.ip(), h.group) {
         stats.rate_limited_group += 1;
         if s.throttle_responses {
-            respond(out, stats, src, ResponseRepr::throttled(h.start, BUCKET_PER_GROUP));
+            let r = ResponseRepr::throttled(h.start, BUCKET_PER_GROUP);
+            respond_within(out, stats, budget, src, r);
         } else if !s.suppress_ack {
-            respond(out, stats, src, ResponseRepr::ack(seq, AckFlags(0)));
+            respond_within(out, stats, budget, src, ResponseRepr::ack(seq, AckFlags(0)));
         }
         return false;
     }
@@ -815,13 +993,20 @@ fn serve_hit(
         let payload = Payload::Frame(h.frame.clone());
         out.transmits.push(Transmit { dest: Dest::Group(h.group), payload });
     }
-    if s.unicast_retransmit || h.proxied {
+    // The copy must leave room for the ACK that reports it.
+    if h.copy && budget.fits(h.frame.len().saturating_add(ack)) {
+        budget.spend(h.frame.len());
         flags |= AckFlags::UNICAST;
         stats.retransmits_unicast += 1;
         let payload = Payload::Frame(h.frame.clone());
         out.transmits.push(Transmit { dest: Dest::Unicast(src), payload });
+    } else if h.copy {
+        // Still sent to its group (if multicast is on); the ACK says so.
+        stats.unicast_over_budget += 1;
     }
     if deferred {
+        // The held-back ACK is paid for now: it answers this request.
+        budget.spend(ack);
         out.effects.push(Effect::Multicast(PendingMulticast {
             key: h.key,
             group: h.group,
@@ -830,9 +1015,25 @@ fn serve_hit(
             ack_flags: flags,
         }));
     } else if !s.suppress_ack {
-        respond(out, stats, src, ResponseRepr::ack(seq, AckFlags(flags)));
+        respond_within(out, stats, budget, src, ResponseRepr::ack(seq, AckFlags(flags)));
     }
     true
+}
+
+/// Queues a 16-byte response if the request's budget can pay for it;
+/// otherwise counts the answer as cut short.
+fn respond_within(
+    out: &mut Outbox,
+    stats: &mut Stats,
+    budget: &mut Budget,
+    src: SocketAddr,
+    r: ResponseRepr,
+) {
+    if budget.spend(RESPONSE_LEN) {
+        respond(out, stats, src, r);
+    } else {
+        stats.budget_exhausted += 1;
+    }
 }
 
 /// Queues a 16-byte response to the NACK's source and counts it.
@@ -979,15 +1180,225 @@ mod tests {
         );
     }
 
+    fn allow_src(s: &mut Settings) {
+        s.proxy_allow = ProxyAllow::new([crate::retry::Prefix::host(src().ip())]);
+    }
+
     #[test]
-    fn proxied_nack_always_gets_a_unicast_copy() {
-        let (mut svc, t0) = service(|s| s.multicast_retransmit = false);
+    fn proxied_nack_from_an_allowed_source_always_gets_a_unicast_copy() {
+        let (mut svc, t0) = service(|s| {
+            s.multicast_retransmit = false;
+            allow_src(s);
+        });
         let proxied = nack(HK, 3, 3, NackFlags::PROXIED);
         assert_eq!(ask(&mut svc, t0, proxied), [Sent::Uc(3), Sent::Ack(3, AckFlags::UNICAST)]);
         // Not proxied, both modes off: nothing sent, and the ACK says so.
         assert_eq!(ask(&mut svc, t0, nack(HK, 3, 3, 0)), [Sent::Ack(3, 0)]);
-        let (mut svc, t0) = service(|_| {});
+        let (mut svc, t0) = service(allow_src);
         assert_eq!(ask(&mut svc, t0, proxied), [Sent::Mc(2, 3), Sent::Uc(3), Sent::Ack(3, 3)]);
+        assert_eq!(svc.stats().nacks_proxied_not_allowed, 0);
+    }
+
+    #[test]
+    fn the_proxied_flag_grants_nothing_to_a_source_that_may_not_proxy() {
+        let proxied = nack(HK, 3, 3, NackFlags::PROXIED);
+        // Not listed (the default): a plain NACK's answer.
+        let (mut svc, t0) = service(|_| {});
+        assert_eq!(ask(&mut svc, t0, proxied), [Sent::Mc(2, 3), Sent::Ack(3, 1)]);
+        // Another address listed: the same.
+        let (mut svc, t0) = service(|s| {
+            let net = crate::retry::Prefix::new("2001:db8::100".parse().unwrap(), 120).unwrap();
+            s.proxy_allow = ProxyAllow::new([net]);
+        });
+        assert_eq!(ask(&mut svc, t0, proxied), [Sent::Mc(2, 3), Sent::Ack(3, 1)]);
+        let st = svc.stats();
+        assert_eq!(
+            (st.nacks_proxied, st.nacks_proxied_not_allowed, st.retransmits_unicast),
+            (1, 1, 0)
+        );
+        // A prefix holding the source allows it; so does being a live sibling.
+        let (mut svc, t0) = service(|s| {
+            let net = crate::retry::Prefix::new("2001:db8::".parse().unwrap(), 64).unwrap();
+            s.proxy_allow = ProxyAllow::new([net]);
+        });
+        assert_eq!(ask(&mut svc, t0, proxied), [Sent::Mc(2, 3), Sent::Uc(3), Sent::Ack(3, 3)]);
+        let (mut svc, t0) = service(|_| {});
+        let me = crate::retry::Sibling { id: 1, nack: SocketAddr::new(src().ip(), 9300) };
+        svc.set_siblings(Arc::new(Siblings::new(2, [me])));
+        assert_eq!(ask(&mut svc, t0, proxied), [Sent::Mc(2, 3), Sent::Uc(3), Sent::Ack(3, 3)]);
+        // A Proxied NACK is never proxied again, allowed or not.
+        let (mut svc, t0) = service(|s| s.proxy_enabled = true);
+        let mut out = Outbox::new();
+        svc.on_nack(t0, src(), &nack(HK, 98, 98, NackFlags::PROXIED), &mut out).unwrap();
+        assert!(out.effects().is_empty());
+    }
+
+    /// Bytes sent back to the requester (not to groups).
+    fn bytes_back(out: &Outbox) -> usize {
+        out.transmits()
+            .iter()
+            .filter(|t| matches!(t.dest, Dest::Unicast(_)))
+            .map(|t| t.payload.as_bytes().len())
+            .sum()
+    }
+
+    /// A frame of `len` bytes (padding in its payload).
+    fn big(seq: u64, len: usize) -> Bytes {
+        let payload = vec![0x5A; len];
+        let mut id = [0u8; 32];
+        id[0] = 0b1000_0000;
+        let r = FrameRepr {
+            version: FrameVersion::Tx,
+            byte7: 0,
+            id,
+            hash_key: HK,
+            seq,
+            subtree_id: [0x11; 32],
+            extra: Extra::None,
+            payload: &payload,
+        };
+        let mut buf = vec![0u8; r.buffer_len()];
+        r.emit(&mut buf).unwrap();
+        Bytes::from(buf)
+    }
+
+    #[test]
+    fn a_request_from_a_source_that_may_not_proxy_draws_at_most_three_times_its_size() {
+        let bound = AMPLIFICATION_FACTOR * NACK_LEN;
+        assert_eq!(bound, 192);
+        // Every mode that answers the source, every kind of range.
+        for (unicast, throttle, proxied) in
+            [(false, false, 0), (true, false, 0), (true, true, NackFlags::PROXIED)]
+        {
+            let (mut svc, t0) = service(|s| {
+                s.unicast_retransmit = unicast;
+                s.throttle_responses = throttle;
+                s.limits.ip_burst = 1000;
+            });
+            for seq in 6..=200 {
+                svc.on_frame(t0, tx(seq), None).unwrap();
+            }
+            svc.on_frame(t0, big(300, 8000), None).unwrap();
+            for (start, end) in [(1, 64), (1, 1), (150, 400), (300, 300), (250, 260), (1, 3)] {
+                let mut out = Outbox::new();
+                let n = nack(HK, start, end, proxied);
+                svc.on_nack(t0, src(), &n, &mut out).unwrap();
+                let back = bytes_back(&out);
+                assert!(back <= bound, "{unicast} {throttle} {start}..={end}: {back} bytes back");
+                assert!(back > 0, "{start}..={end}: something is answered");
+            }
+            let st = svc.stats();
+            assert!(st.budget_exhausted > 0, "{st:?}");
+            assert_eq!(st.unicast_over_budget > 0, unicast, "{st:?}");
+        }
+        // A 64-frame range: twelve frames served (each ACK 16 bytes), then
+        // it stops; the next NACK brings new credit for the next twelve.
+        let (mut svc, t0) = service(|s| s.limits.ip_burst = 1000);
+        for seq in 6..=100 {
+            svc.on_frame(t0, tx(seq), None).unwrap();
+        }
+        let got = ask(&mut svc, t0, nack(HK, 1, 64, 0));
+        assert_eq!(got.len(), 24, "{got:?}");
+        assert_eq!(got[22..], [Sent::Mc(2, 12), Sent::Ack(12, 1)]);
+        let got = ask(&mut svc, t0, nack(HK, 13, 64, 0));
+        assert_eq!(got[..2], [Sent::Mc(2, 13), Sent::Ack(13, 1)]);
+        assert_eq!(svc.stats().budget_exhausted, 2);
+        // The 8 KB frame with unicast on: no copy, but multicast and the ACK.
+        let (mut svc, t0) = service(|s| s.unicast_retransmit = true);
+        svc.on_frame(t0, big(300, 8000), None).unwrap();
+        assert_eq!(ask(&mut svc, t0, nack(HK, 300, 300, 0)), [Sent::Mc(2, 300), Sent::Ack(300, 1)]);
+        // An allowed source is not bounded: the whole range, copies and all.
+        let (mut svc, t0) = service(|s| {
+            s.unicast_retransmit = true;
+            s.limits.group_burst = 1000;
+            allow_src(s);
+        });
+        for seq in 6..=100 {
+            svc.on_frame(t0, big(seq, 8000), None).unwrap();
+        }
+        let mut out = Outbox::new();
+        svc.on_nack(t0, src(), &nack(HK, 1, 64, 0), &mut out).unwrap();
+        assert!(bytes_back(&out) > 59 * 8000, "{}", bytes_back(&out));
+        assert_eq!(svc.stats().budget_exhausted, 0);
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(64))]
+
+        /// Whatever the settings, the cache and the NACKs (ranges, flags,
+        /// held or not, rate-limited or not), no NACK from a source that
+        /// may not proxy draws more than 3 × 64 bytes back to it.
+        #[test]
+        fn no_nack_draws_more_than_three_times_its_size(
+            unicast in proptest::bool::ANY,
+            throttle in proptest::bool::ANY,
+            multicast in proptest::bool::ANY,
+            group_burst in 1u32..100,
+            sizes in proptest::collection::vec(0usize..20_000, 1..40),
+            nacks in proptest::collection::vec((1u64..50, 0u64..80, 0u8..4), 1..60),
+        ) {
+            let (mut svc, t0) = service(|s| {
+                s.unicast_retransmit = unicast;
+                s.throttle_responses = throttle;
+                s.multicast_retransmit = multicast;
+                s.limits.group_burst = group_burst;
+                s.limits.ip_burst = 30;
+                s.limits.sequence_max = 5;
+            });
+            for (i, len) in sizes.iter().enumerate() {
+                svc.on_frame(t0, big(10 + i as u64, *len), None).unwrap();
+            }
+            let mut out = Outbox::new();
+            for (i, (start, len, flags)) in nacks.into_iter().enumerate() {
+                let now = t0 + Duration::from_millis(i as u64);
+                svc.on_nack(now, src(), &nack(HK, start, start + len, flags), &mut out).unwrap();
+                let back = bytes_back(&out);
+                proptest::prop_assert!(back <= AMPLIFICATION_FACTOR * NACK_LEN, "{} bytes", back);
+                out.clear();
+            }
+        }
+
+        /// The chain tier's budget goes to NACKs answered with a frame: with
+        /// a budget of `k`, the first `k` NACKs for held frames are served
+        /// however many NACKs for frames not held come between them.
+        #[test]
+        fn misses_interleaved_anywhere_never_cost_a_hit(
+            k in 1u32..20,
+            pattern in proptest::collection::vec(proptest::bool::ANY, 1..200),
+        ) {
+            let (mut svc, t0) = service(|s| {
+                s.limits.ip_burst = 10_000;
+                s.limits.sequence_max = 10_000;
+                s.limits.chain_max = k;
+            });
+            let (mut hits_asked, mut served) = (0u32, 0u32);
+            for (i, hit) in pattern.into_iter().enumerate() {
+                let seq = if hit { 1 + i as u64 % 5 } else { 1000 + i as u64 };
+                let got = ask(&mut svc, t0, nack(HK, seq, seq, 0));
+                if hit {
+                    hits_asked += 1;
+                    served += u32::from(got.first().is_some_and(|g| matches!(g, Sent::Mc(..))));
+                } else if hits_asked < k {
+                    proptest::prop_assert_eq!(got, vec![Sent::Miss]);
+                }
+            }
+            proptest::prop_assert_eq!(served, hits_asked.min(k));
+        }
+    }
+
+    #[test]
+    fn a_shared_store_lookup_keeps_the_requests_budget() {
+        let (mut svc, t0) = service(|s| {
+            s.shared_cache = true;
+            s.unicast_retransmit = true;
+        });
+        let mut out = Outbox::new();
+        svc.on_nack(t0, src(), &nack(HK, 9, 9, 0), &mut out).unwrap();
+        let Some(Effect::Lookup(l)) = out.effects.pop() else { panic!("{:?}", out.effects) };
+        assert_eq!(l.budget.left(), Some(192));
+        svc.on_lookup(t0, l, Some(big(9, 4000)), &mut out);
+        assert_eq!(sent(&mut out), [Sent::Mc(2, 9), Sent::Ack(9, 1)]);
+        assert_eq!(svc.stats().unicast_over_budget, 1);
     }
 
     #[test]
@@ -1378,21 +1789,54 @@ mod tests {
         assert!(st.acks_sent > 0 && st.misses_sent > 0 && st.throttled_sent > 0);
     }
 
+    /// `tx(seq)` with other trailing bytes: the same key, another frame.
+    fn other_tx(seq: u64) -> Bytes {
+        let mut v = tx(seq).to_vec();
+        *v.last_mut().unwrap() = b'!';
+        Bytes::from(v)
+    }
+
     #[test]
-    fn epoch_reset_through_the_service_never_serves_old_frames() {
+    fn epoch_reset_through_the_service_needs_evidence_and_never_serves_old_frames() {
         let t0 = Instant::now();
         let mut svc = Service::new(Settings::default(), t0);
         for seq in 2000..2010 {
             svc.on_frame(t0, tx(seq), None).unwrap();
         }
-        match svc.on_frame(t0, tx(1), None).unwrap() {
+        let key = |seq| FrameKey { hash_key: HK, seq };
+        // The restarted proxy's first two frames are evidence only.
+        for seq in 1..3 {
+            assert_eq!(svc.on_frame(t0, tx(seq), None), Ok(FrameOutcome::Candidate(key(seq))));
+            assert_eq!(ask(&mut svc, t0, nack(HK, 2005, 2005, 0)).len(), 2, "old still served");
+        }
+        assert_eq!(svc.stats().frames_cached, 10);
+        match svc.on_frame(t0, tx(3), None).unwrap() {
             FrameOutcome::Cached { new_epoch, .. } => assert!(new_epoch),
             other => panic!("{other:?}"),
         }
+        assert_eq!(svc.stats().frames_cached, 13, "the candidates are cached with it");
         assert_eq!(ask(&mut svc, t0, nack(HK, 2005, 2005, 0)), [Sent::Miss]);
         assert_eq!(svc.stats().cache.epoch_resets, 1);
-        assert_eq!(svc.invalidate(HK), 1);
+        assert_eq!(svc.invalidate(HK), 3);
         assert_eq!(ask(&mut svc, t0, nack(HK, 1, 1, 0)), [Sent::Miss]);
+    }
+
+    #[test]
+    fn a_forged_conflicting_frame_is_never_served_and_resets_nothing() {
+        let (mut svc, t0) = service(|_| {});
+        let key = FrameKey { hash_key: HK, seq: 3 };
+        let forged = other_tx(3);
+        assert_eq!(svc.on_frame(t0, forged.clone(), None), Ok(FrameOutcome::Candidate(key)));
+        assert_eq!(svc.on_frame(t0, forged, None), Ok(FrameOutcome::Duplicate(key)));
+        assert_eq!(svc.cache().get(key, t0).unwrap().frame, &tx(3), "the original stays");
+        for seq in 1..=5 {
+            assert_eq!(ask(&mut svc, t0, nack(HK, seq, seq, 0)).len(), 2, "{seq}");
+        }
+        // A recovered copy with other bytes is not even evidence.
+        let r = svc.on_recovered_frame(t0, other_tx(4)).unwrap();
+        assert_eq!(r, FrameOutcome::Duplicate(FrameKey { hash_key: HK, seq: 4 }));
+        let st = svc.stats();
+        assert_eq!((st.cache.epoch_resets, st.cache.epoch_candidates, st.frames_cached), (0, 1, 5));
     }
 
     #[test]
@@ -1527,6 +1971,134 @@ mod tests {
                 assert!(apart as f64 > over * want, "{tier}, {shards} apart: {apart}");
             }
         }
+    }
+
+    #[test]
+    fn misses_do_not_spend_the_chain_budget() {
+        let (mut svc, t0) = service(|s| {
+            s.limits.ip_burst = 10_000;
+            s.limits.sequence_max = 10_000;
+            s.limits.chain_max = 3;
+        });
+        // A hundred NACKs for frames not held: each answered MISS, and the
+        // flow's budget of 3 untouched.
+        for seq in 100..200 {
+            assert_eq!(ask(&mut svc, t0, nack(HK, seq, seq, 0)), [Sent::Miss], "{seq}");
+        }
+        // A range that hits spends one, however many frames it serves, and
+        // one that stops at a miss after hits spends one too.
+        assert_eq!(ask(&mut svc, t0, nack(HK, 1, 2, 0)).len(), 4);
+        assert_eq!(ask(&mut svc, t0, nack(HK, 5, 9, 0)).len(), 3);
+        assert_eq!(ask(&mut svc, t0, nack(HK, 3, 3, 0)), [Sent::Mc(2, 3), Sent::Ack(3, 1)]);
+        // Now the budget is spent: hits and misses alike are refused.
+        assert_eq!(ask(&mut svc, t0, nack(HK, 4, 4, 0)), []);
+        assert_eq!(ask(&mut svc, t0, nack(HK, 300, 300, 0)), []);
+        let st = svc.stats();
+        assert_eq!((st.cache_misses, st.rate_limited_chain), (101, 2));
+        // A shared-store lookup charges only when it finds the frame.
+        let (mut svc, t0) = service(|s| {
+            s.shared_cache = true;
+            s.limits.chain_max = 1;
+        });
+        let mut out = Outbox::new();
+        for found in [None, None, Some(tx(9))] {
+            svc.on_nack(t0, src(), &nack(HK, 9, 9, 0), &mut out).unwrap();
+            let Some(Effect::Lookup(l)) = out.effects.pop() else { panic!("{:?}", out.effects) };
+            svc.on_lookup(t0, l, found, &mut out);
+            svc.invalidate(HK);
+        }
+        assert_eq!(sent(&mut out), [Sent::Miss, Sent::Miss, Sent::Mc(2, 9), Sent::Ack(9, 1)]);
+        svc.on_nack(t0, src(), &nack(HK, 9, 9, 0), &mut out).unwrap();
+        assert!(out.is_empty(), "the one hit spent the budget of 1");
+    }
+
+    /// The overload pattern of the reference's collapse, simulated: each
+    /// listener loses 10 % of a 100 frames/s flow, so it has 600 fresh gaps a
+    /// minute against a chain budget of 500; it NACKs each gap at once and
+    /// again every second until it is filled (an ACK with the multicast flag),
+    /// and never gives up, so the gaps the budget could not fill in time are
+    /// evicted after the 60 s TTL and re-NACKed forever. Returns, per listener
+    /// and simulated minute, the gaps filled. `reference`: the chain tier is
+    /// charged before the lookup, for every NACK it admits, as the reference
+    /// does (emulated outside the service, whose own chain tier is off).
+    fn overload_minutes(listeners: u32, minutes: u32, reference: bool) -> Vec<Vec<u32>> {
+        const STEP: Duration = Duration::from_millis(100);
+        const RETRY_STEPS: usize = 10;
+        let t0 = Instant::now();
+        let mut settings = Settings::default();
+        // Gaps not filled within 20 s are evicted.
+        settings.cache.ttls.tx = Duration::from_secs(20);
+        // The IP tier sized above the offered load, as in the incident,
+        // where the chain tier was the one refusing.
+        settings.limits.ip_rate = 0.0;
+        let chain = LimitSettings { ip_rate: 0.0, sequence_max: 0, ..settings.limits };
+        if reference {
+            settings.limits.chain_max = 0;
+        }
+        let mut reference_chain = Limiter::new(&chain, t0);
+        let mut svc = Service::new(settings, t0);
+        let ips: Vec<SocketAddr> =
+            (0..listeners).map(|i| SocketAddr::from(([10, 0, 0, i as u8 + 1], 9000))).collect();
+        // Per listener, gaps to NACK at each step of the 1 s retry cycle.
+        let mut due: Vec<[Vec<u64>; RETRY_STEPS]> =
+            (0..listeners).map(|_| Default::default()).collect();
+        let mut filled = vec![vec![0u32; minutes as usize]; listeners as usize];
+        let mut out = Outbox::new();
+        let steps = u64::from(minutes) * 600;
+        for k in 0..steps {
+            let now = t0 + STEP * k as u32;
+            let slot = k as usize % RETRY_STEPS;
+            let minute = (k / 600) as usize;
+            for seq in k * 10 + 1..=k * 10 + 10 {
+                svc.on_frame(now, tx(seq), Some(7)).unwrap();
+                for (i, d) in due.iter_mut().enumerate() {
+                    if crate::retry::splitmix64(seq * 31 + i as u64) % 10 == 0 {
+                        d[slot].push(seq);
+                    }
+                }
+            }
+            svc.expire(now);
+            for (i, ip) in ips.iter().enumerate() {
+                let asked = std::mem::take(&mut due[i][slot]);
+                for seq in asked {
+                    if reference && !reference_chain.charge_chain(now, ip.ip(), HK) {
+                        due[i][slot].push(seq);
+                        continue;
+                    }
+                    svc.on_nack(now, *ip, &nack(HK, seq, seq, 0), &mut out).unwrap();
+                    let hit = out.drain_transmits().any(|t| {
+                        ResponseRepr::parse(t.payload.as_bytes())
+                            .is_ok_and(|r| matches!(r.kind, ResponseKind::Ack(f) if f.multicast()))
+                    });
+                    if hit {
+                        filled[i][minute] += 1;
+                    } else {
+                        due[i][slot].push(seq);
+                    }
+                }
+            }
+        }
+        filled
+    }
+
+    #[test]
+    fn overload_keeps_filling_fresh_gaps_every_minute() {
+        // 600 fresh gaps a minute per listener against 500 admitted: the
+        // budget goes to hits, so about 500 are filled every minute however
+        // many evicted gaps are re-NACKed meanwhile.
+        for (i, per_minute) in overload_minutes(2, 5, false).iter().enumerate() {
+            for (m, &n) in per_minute.iter().enumerate() {
+                assert!(n >= 400, "listener {i}, minute {m}: {n} gaps filled ({per_minute:?})");
+            }
+        }
+        // The same traffic with the reference's order (misses charged)
+        // collapses: the budget goes more and more to evicted frames, and by
+        // the last minute under a third as many gaps are filled (about 115
+        // of 600 here, and falling further as evicted gaps pile up).
+        let reference = overload_minutes(1, 5, true);
+        let (first, last) = (reference[0][0], *reference[0].last().unwrap());
+        assert!(first >= 400, "{reference:?}");
+        assert!(last * 3 < first, "the reference order still fills {last}: {reference:?}");
     }
 
     #[test]

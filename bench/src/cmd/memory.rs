@@ -67,14 +67,7 @@ pub struct MemoryResult {
 
 /// VmRSS of this process in KiB.
 pub fn rss_kib() -> u64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("VmRSS:"))
-                .and_then(|v| v.split_whitespace().next()?.parse().ok())
-        })
-        .unwrap_or(0)
+    crate::soak::rss_kib(std::process::id())
 }
 
 /// Runs `memory`.

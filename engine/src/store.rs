@@ -32,7 +32,6 @@
 //! is logged at each transition and `ricochet_redis_up` says which state
 //! it is in; when the PING succeeds again, Redis is used again.
 
-use std::fmt::Write as _;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
@@ -40,92 +39,19 @@ use std::time::Duration;
 use bytes::Bytes;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use ricochet_wire::frame::FrameKey;
-use tokio::sync::{Semaphore, mpsc};
+use tokio::sync::Semaphore;
 
+use crate::metrics;
 use crate::retry::ClaimResult;
 use crate::rt::Control;
+pub use crate::rt::store_queue::{
+    Answer, ClaimKind, Op, QUEUE_DEPTH, ReplyTo, StoreClient, StoreQueue, channel,
+};
 
-/// Operations queued by workers before more are answered unavailable.
-pub const QUEUE_DEPTH: usize = 16_384;
 /// Commands in flight at once; more are answered unavailable.
 const IN_FLIGHT: usize = 1024;
 /// Health check period.
 const PING_EVERY: Duration = Duration::from_millis(500);
-
-/// What a claim is for; decides the key prefix.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ClaimKind {
-    /// A multicast retransmit (`bre:dedup:`).
-    Retransmit,
-    /// An upstream fetch (`bre:proxy:`).
-    Proxy,
-}
-
-/// Where an answer goes: the asking worker and its token.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct ReplyTo {
-    /// Worker index.
-    pub worker: usize,
-    /// The worker's token for the parked request.
-    pub token: u64,
-}
-
-/// A request from a worker.
-#[derive(Debug)]
-pub enum Op {
-    /// `SET prefix‖key owner NX PX window`.
-    Claim {
-        /// Which claim.
-        kind: ClaimKind,
-        /// The frame.
-        key: FrameKey,
-        /// Where to answer.
-        reply: ReplyTo,
-    },
-    /// `GET bre:frame:‖key`.
-    Get {
-        /// The frame.
-        key: FrameKey,
-        /// Where to answer.
-        reply: ReplyTo,
-    },
-    /// `SET bre:frame:‖key frame PX ttl`; no answer.
-    Put {
-        /// The frame's key.
-        key: FrameKey,
-        /// Its TTL.
-        ttl: Duration,
-        /// The whole datagram.
-        frame: Bytes,
-    },
-}
-
-/// The answer to a [`Op::Claim`] or [`Op::Get`].
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Answer {
-    /// The claim's outcome.
-    Claim(ClaimResult),
-    /// The frame if Redis held it; `Err(())` when Redis could not answer.
-    Get(Result<Option<Bytes>, ()>),
-}
-
-/// The workers' handle: a bounded queue to the control thread.
-#[derive(Debug, Clone)]
-pub struct StoreClient {
-    tx: mpsc::Sender<Op>,
-    /// `CACHE_BACKEND=redis`: frames are written and looked up too.
-    pub shared_cache: bool,
-}
-
-impl StoreClient {
-    /// Queues `op`; gives it back when the queue is full or the store task
-    /// has stopped (the caller treats that as unavailable).
-    pub fn try_send(&self, op: Op) -> Result<(), Op> {
-        self.tx.try_send(op).map_err(|e| match e {
-            mpsc::error::TrySendError::Full(op) | mpsc::error::TrySendError::Closed(op) => op,
-        })
-    }
-}
 
 /// Connection settings.
 #[derive(Debug, Clone)]
@@ -144,16 +70,6 @@ pub struct StoreSettings {
     pub proxy_window: Duration,
     /// Written as the claims' value, so an operator can see who holds one.
     pub owner: String,
-}
-
-/// The queue's receiving end, for [`run`].
-#[derive(Debug)]
-pub struct StoreQueue(mpsc::Receiver<Op>);
-
-/// The worker handle and the queue [`run`] serves.
-pub fn channel(shared_cache: bool) -> (StoreClient, StoreQueue) {
-    let (tx, rx) = mpsc::channel(QUEUE_DEPTH);
-    (StoreClient { tx, shared_cache }, StoreQueue(rx))
 }
 
 /// Counters and the up gauge, shared with the admin listener.
@@ -182,37 +98,34 @@ fn bump(c: &AtomicU64) {
     c.fetch_add(1, Ordering::Relaxed);
 }
 
-impl crate::admin::Section for StoreStats {
+impl metrics::Section for StoreStats {
     fn name(&self) -> &'static str {
         "redis"
     }
 
     fn metrics(&self, out: &mut String) {
         let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
-        let _ = writeln!(
+        metrics::gauge(
             out,
-            "# HELP ricochet_redis_up 1 while the shared Redis answers, 0 while claims fall back to local dedup.\n\
-             # TYPE ricochet_redis_up gauge\nricochet_redis_up {}",
-            u8::from(self.up())
+            "ricochet_redis_up",
+            "1 while the shared Redis answers, 0 while claims fall back to local dedup.",
+            f64::from(u8::from(self.up())),
         );
-        let _ = writeln!(
-            out,
-            "# HELP ricochet_redis_ops_total Redis commands by operation and result.\n\
-             # TYPE ricochet_redis_ops_total counter"
-        );
-        for (op, result, c) in [
+        let ops = [
             ("claim", "won", &self.claims_won),
             ("claim", "lost", &self.claims_lost),
             ("get", "hit", &self.gets_hit),
             ("get", "miss", &self.gets_miss),
             ("put", "ok", &self.puts),
-        ] {
-            let _ = writeln!(
-                out,
-                "ricochet_redis_ops_total{{op=\"{op}\",result=\"{result}\"}} {}",
-                get(c)
-            );
-        }
+        ]
+        .map(|(op, result, c)| (format!("op=\"{op}\",result=\"{result}\""), get(c)));
+        metrics::labelled(
+            out,
+            "ricochet_redis_ops_total",
+            "counter",
+            "Redis commands by operation and result.",
+            &ops,
+        );
         for (name, help, c) in [
             (
                 "ricochet_redis_errors_total",
@@ -230,7 +143,7 @@ impl crate::admin::Section for StoreStats {
                 &self.transitions_down,
             ),
         ] {
-            crate::admin::prom::counter(out, name, help, get(c));
+            metrics::counter(out, name, help, get(c));
         }
     }
 
@@ -427,6 +340,46 @@ async fn health(mut conn: ConnectionManager, s: Arc<StoreSettings>, stats: Arc<S
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The exposition bytes, pinned: written through `crate::metrics`
+    /// since the writer moved there, and unchanged by the move.
+    #[test]
+    fn metrics_text_is_pinned() {
+        use crate::metrics::Section as _;
+        let stats = StoreStats::default();
+        stats.up.store(true, Ordering::Relaxed);
+        stats.claims_lost.store(2, Ordering::Relaxed);
+        stats.errors.store(3, Ordering::Relaxed);
+        let mut out = String::new();
+        stats.metrics(&mut out);
+        let mut want = String::from(
+            "# HELP ricochet_redis_up 1 while the shared Redis answers, 0 while claims fall \
+             back to local dedup.\n# TYPE ricochet_redis_up gauge\nricochet_redis_up 1\n\
+             # HELP ricochet_redis_ops_total Redis commands by operation and result.\n\
+             # TYPE ricochet_redis_ops_total counter\n\
+             ricochet_redis_ops_total{op=\"claim\",result=\"won\"} 0\n\
+             ricochet_redis_ops_total{op=\"claim\",result=\"lost\"} 2\n\
+             ricochet_redis_ops_total{op=\"get\",result=\"hit\"} 0\n\
+             ricochet_redis_ops_total{op=\"get\",result=\"miss\"} 0\n\
+             ricochet_redis_ops_total{op=\"put\",result=\"ok\"} 0\n",
+        );
+        for (name, help, v) in [
+            ("ricochet_redis_errors_total", "Redis commands that failed or timed out.", 3),
+            (
+                "ricochet_redis_unavailable_total",
+                "Requests answered unavailable at once because Redis was down or busy.",
+                0,
+            ),
+            ("ricochet_redis_down_total", "Times Redis became unreachable.", 0),
+        ] {
+            want += &format!("# HELP {name} {help}\n# TYPE {name} counter\n{name} {v}\n");
+        }
+        assert_eq!(out, want);
+        stats.up.store(false, Ordering::Relaxed);
+        out.clear();
+        stats.metrics(&mut out);
+        assert!(out.contains("\nricochet_redis_up 0\n"), "{out}");
+    }
 
     #[test]
     fn keys_are_the_prefix_then_hashkey_and_seq_big_endian() {

@@ -9,7 +9,7 @@ use std::fmt::Write as _;
 
 use crate::rt::SocketInfo;
 
-use super::prom;
+use crate::metrics as prom;
 
 /// Drops by inode, from the text of `/proc/net/udp` or `/proc/net/udp6`:
 /// the inode is the 10th column, the drop count the 13th (the last).

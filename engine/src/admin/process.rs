@@ -9,7 +9,7 @@
 
 use std::fmt::Write as _;
 
-use super::prom::family;
+use crate::metrics::family;
 
 /// Appends the `process_*` families for this process.
 pub fn render(out: &mut String) {

@@ -27,8 +27,7 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
 
-use super::Section;
-use super::prom;
+use crate::metrics::{self as prom, Section};
 
 /// The admin listener's bounds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

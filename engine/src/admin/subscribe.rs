@@ -40,12 +40,12 @@ use std::time::{Duration, Instant};
 use tokio::net::TcpStream;
 
 use super::AdminState;
-use super::prom::family;
 pub use super::sse::{
     DecodeError, Decoder, Item, MAX_CHUNK_LINE, MAX_EVENT, MAX_HEAD, MAX_LINE, MAX_REJECTION,
     SseEvent,
 };
 use crate::config::{Host, HostPort};
+use crate::metrics::{escape, family};
 use crate::rt::Control;
 
 /// An invalidation that has crossed this many endpoints is not applied or
@@ -127,7 +127,7 @@ impl UpstreamEvents {
     }
 }
 
-impl super::Section for UpstreamEvents {
+impl crate::metrics::Section for UpstreamEvents {
     fn name(&self) -> &'static str {
         "upstream-events"
     }
@@ -739,10 +739,6 @@ async fn read_some(s: &mut TcpStream, buf: &mut [u8]) -> std::io::Result<usize> 
 /// The start of an upstream's text, for a log line.
 fn excerpt(s: &str) -> &str {
     s.char_indices().nth(200).map_or(s, |(i, _)| &s[..i])
-}
-
-fn escape(label: &str) -> String {
-    label.replace('\\', "\\\\").replace('"', "\\\"")
 }
 
 #[cfg(test)]

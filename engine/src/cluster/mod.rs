@@ -76,7 +76,7 @@ mod tests;
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use ricochet_wire::mac::ClusterKey;
@@ -86,6 +86,7 @@ use crate::config::{Config, HostPort};
 use crate::discovery::files;
 use crate::gossip::snapshot::{EncodedSnapshot, chunk_budget};
 use crate::rt::{self, beacon::BeaconSettings};
+use crate::wallclock::unix_ms;
 
 pub use self::machine::{Core, CoreSettings, Identity, Note};
 pub use self::section::ClusterSection;
@@ -330,7 +331,7 @@ impl Cluster {
     }
 
     /// The admin section (`/debug/cluster`, `ricochet_cluster_*`).
-    pub fn section(&self) -> Arc<dyn crate::admin::Section> {
+    pub fn section(&self) -> Arc<dyn crate::metrics::Section> {
         Arc::new(ClusterSection::new(self.state.clone(), self.shared.clone()))
     }
 
@@ -497,7 +498,7 @@ fn receive(s: &mut State, control: &rt::Control, from: SocketAddr, data: &[u8]) 
         }
         return;
     }
-    s.core.handle(Instant::now(), crate::discovery::canonical(from), data);
+    s.core.handle(Instant::now(), crate::addr::canonical(from), data);
 }
 
 fn lock(state: &Mutex<State>) -> std::sync::MutexGuard<'_, State> {
@@ -665,8 +666,4 @@ async fn import(control: &rt::Control, frames: Vec<Bytes>) -> (u64, u64, u64) {
         }
     }
     (ok, bytes, dropped)
-}
-
-fn unix_ms() -> u64 {
-    SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
 }

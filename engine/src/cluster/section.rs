@@ -9,10 +9,9 @@ use serde_json::{Value, json};
 use super::State;
 use super::members::MemberRecord;
 use super::warm::Outcome;
-use crate::admin::Section;
-use crate::admin::prom::{counter, gauge, labelled};
 use crate::discovery::files::hex;
 use crate::gossip::FrameCounts;
+use crate::metrics::{Section, counter, gauge, labelled};
 use crate::rt::{GossipSnapshot, Shared};
 
 /// Most member records listed on `/debug/cluster` (counts stay whole).

@@ -73,13 +73,15 @@ mod tests;
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 use ricochet_wire::dht::NodeInfo;
 
+use crate::addr::canonical;
 use crate::config::{Config, Host, HostPort, UpstreamDiscovery};
 use crate::dht;
 use crate::rt::{self, beacon::BeaconSettings};
+use crate::wallclock::unix_secs;
 
 pub use self::machine::{Command, Core, CoreSettings, Family, Publish, Source, Upstream};
 pub use self::section::DhtSection;
@@ -191,7 +193,7 @@ impl Discovery {
         let seed = files::random32().map_err(|e| format!("reading /dev/urandom: {e}"))?;
         let now = Instant::now();
         let public_key = key.verifying_key().to_bytes();
-        let core = Core::new(key, settings.core.clone(), now, unix_now());
+        let core = Core::new(key, settings.core.clone(), now, unix_secs());
         let node_id = files::hex(&core.node_id().0);
         match (&origin, &settings.node_key_file) {
             (files::KeyOrigin::Ephemeral, _) => tracing::info!(
@@ -219,7 +221,7 @@ impl Discovery {
 
     /// The admin section (`/debug/dht`, `ricochet_dht_*`), reading the
     /// workers' DHT state from `shared`.
-    pub fn section(&self, shared: Arc<rt::Shared>) -> Arc<dyn crate::admin::Section> {
+    pub fn section(&self, shared: Arc<rt::Shared>) -> Arc<dyn crate::metrics::Section> {
         Arc::new(DhtSection::new(self.state.clone(), shared))
     }
 
@@ -310,7 +312,7 @@ impl Discovery {
                     let peers: Vec<usize> = shards.iter().map(|d| d.peers.len()).collect();
                     let mut s = lock(&state);
                     s.core.set_routing_peers(&peers);
-                    s.core.set_unix_time(now, unix_now());
+                    s.core.set_unix_time(now, unix_secs());
                     s.core.set_draining(now, shared.draining() || stopping.is_some());
                     drop(s);
                     let seen = shards.iter().find_map(|d| d.external_addr);
@@ -512,18 +514,4 @@ pub(crate) async fn resolve(flag: &str, list: &[HostPort], v6: bool) -> Vec<Sock
     let mut seen = std::collections::BTreeSet::new();
     addrs.retain(|a| (v6 || a.is_ipv4()) && seen.insert(*a));
     addrs
-}
-
-/// IPv4-mapped IPv6 as IPv4.
-pub(crate) fn canonical(a: SocketAddr) -> SocketAddr {
-    match a {
-        SocketAddr::V6(v6) if v6.ip().to_ipv4_mapped().is_some() => {
-            SocketAddr::new(v6.ip().to_canonical(), v6.port())
-        }
-        _ => a,
-    }
-}
-
-fn unix_now() -> u64 {
-    SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_secs())
 }

@@ -18,9 +18,8 @@ use serde_json::{Value, json};
 use super::State;
 use super::files::hex;
 use super::machine::Source;
-use crate::admin::Section;
-use crate::admin::prom::{counter, family, gauge};
 use crate::dht::{SizeEstimate, Stats};
+use crate::metrics::{Section, counter, family, gauge};
 use crate::rt::{self, DhtSnapshot};
 
 /// The discovery driver's admin section (name `dht`).

@@ -13,8 +13,8 @@
 //!   goes out at shutdown ([`Running::stop`]).
 //! - Resource: `service.name` (`retry-endpoint`, the role, as `target_info`
 //!   says), `service.instance.id` (`--instance`), `service.version`.
-//! - Traces ([`trace`]): with a sampling ratio above 0 each worker decides
-//!   per NACK, as the SDK's `ParentBased(TraceIdRatioBased)` would, and
+//! - Traces ([`trace`]; the workers' half is [`crate::rt::nack_trace`]):
+//!   with a sampling ratio above 0 each worker decides per NACK, as the SDK's `ParentBased(TraceIdRatioBased)` would, and
 //!   hands a sampled NACK's record to a bounded queue (a full queue drops
 //!   and counts); the control thread turns records into `nack` spans and
 //!   sends them with opentelemetry-otlp's span exporter every second.
@@ -40,9 +40,11 @@ use opentelemetry_sdk::trace::SpanExporter as _;
 use tokio::sync::watch;
 use tonic::transport::{Channel, Endpoint};
 
-use crate::admin::{AdminState, Section, compat::SERVICE_NAME, prom::labelled};
+use crate::admin::{AdminState, compat::SERVICE_NAME};
 use crate::config::{Host, HostPort, RuntimeConfig};
-pub use trace::{Clock, NackRecord, NackSampler, NackTracing, Outcome};
+use crate::metrics::{Section, labelled};
+pub use crate::rt::nack_trace::{NackRecord, NackSampler, NackTracing, Outcome};
+pub use trace::Clock;
 
 /// Longest one push or export may take, retries included (the OTel
 /// exporters' default).

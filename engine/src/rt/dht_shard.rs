@@ -38,7 +38,7 @@
 use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
-use std::time::{Instant, SystemTime};
+use std::time::Instant;
 
 use ricochet_wire::dht::NodeInfo;
 
@@ -526,11 +526,6 @@ impl Shard {
             self.counters.replies_dropped += 1;
         }
     }
-}
-
-/// The wall clock's unix seconds.
-pub(crate) fn unix_now() -> u64 {
-    SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_secs())
 }
 
 #[cfg(test)]

@@ -40,6 +40,7 @@ use ricochet_wire::mac::ClusterKey;
 use crate::gossip::dedup::Admission;
 use crate::gossip::shard::{RumorShard, ShardStats, Verdict};
 use crate::gossip::{self, RumorId};
+use crate::wallclock::unix_ms;
 
 /// Datagrams and admitted rumors queued for the control thread before
 /// workers push back (see the module contract).
@@ -116,14 +117,6 @@ pub(crate) struct Shard {
     pub(crate) counters: GossipSnapshot,
 }
 
-/// The system clock, unix ms (the shards' replay guards judge stamps by
-/// it).
-pub(crate) fn unix_now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::SystemTime::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
-}
-
 /// The first two bytes of a G3 frame.
 const G3_MAGIC: [u8; 2] = [0x47, 0x33];
 
@@ -151,7 +144,7 @@ impl Shard {
         let h = blake3::hash(&material);
         let hash_key = u64::from_le_bytes(h.as_bytes()[..8].try_into().unwrap_or([0; 8]));
         let mut shard = RumorShard::new(opts.key.clone(), &opts.config, workers, hash_key);
-        shard.set_unix_time(Instant::now(), unix_now_ms());
+        shard.set_unix_time(Instant::now(), unix_ms());
         Shard {
             counters: GossipSnapshot { dedup_capacity: shard.capacity(), ..Default::default() },
             shard,
@@ -181,7 +174,7 @@ impl Shard {
 
     /// Hands a datagram that is not a rumor to the control thread.
     fn pass(&mut self, src: SocketAddr, data: &[u8]) {
-        let from = crate::discovery::canonical(src);
+        let from = crate::addr::canonical(src);
         let msg = GossipInbound::Datagram { from, bytes: data.to_vec() };
         match self.inbound.try_send(msg) {
             Ok(()) => self.counters.passed += 1,
@@ -197,7 +190,7 @@ impl Shard {
             self.counters.inbound_full += 1;
             return;
         };
-        let from = crate::discovery::canonical(src);
+        let from = crate::addr::canonical(src);
         let mut ack = std::mem::take(&mut self.scratch);
         let verdict = self.shard.admit(now, from, id, body, &mut ack);
         if !ack.is_empty() {
@@ -223,7 +216,7 @@ impl Shard {
     /// Sets the shard's clock from the system clock and forgets idle
     /// rate-limit entries and replay records out of the window.
     pub(crate) fn tick(&mut self, now: Instant) {
-        self.shard.set_unix_time(now, unix_now_ms());
+        self.shard.set_unix_time(now, unix_ms());
         self.shard.sweep(now);
     }
 
@@ -258,7 +251,7 @@ mod tests {
         f.emit(&mut raw).unwrap();
         let stamp = Stamp {
             sender: 0x7E57,
-            time_ms: unix_now_ms(),
+            time_ms: unix_ms(),
             counter: COUNTER.fetch_add(1, Ordering::Relaxed),
         };
         key().seal_gossip_vec(&raw, 0, &stamp).unwrap()

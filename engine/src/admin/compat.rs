@@ -23,7 +23,7 @@
 use std::fmt::Write as _;
 use std::net::IpAddr;
 
-use super::prom::{family, labelled};
+use crate::metrics::{escape, family, labelled};
 use crate::rt::WorkerSnapshot;
 
 /// The reference's OTel service name and meter (instrumentation scope)
@@ -70,9 +70,10 @@ pub fn render(input: &Input<'_>, out: &mut String) {
     family(out, "ricochet_build_info", "gauge", "The ricochet build serving (value always 1).");
     let _ = writeln!(
         out,
-        "ricochet_build_info{{version=\"{}\",profile=\"{}\",arch=\"{}\"}} 1",
+        "ricochet_build_info{{version=\"{}\",commit=\"{}\",profile=\"{}\",arch=\"{}\"}} 1",
         escape(input.version),
-        if cfg!(debug_assertions) { "debug" } else { "release" },
+        escape(crate::BUILD_COMMIT),
+        escape(crate::BUILD_PROFILE),
         std::env::consts::ARCH
     );
 }
@@ -396,11 +397,6 @@ fn families(input: &Input<'_>) -> Vec<Family> {
     ]
 }
 
-/// A label value in exposition format: `\`, `"` and newlines escaped.
-pub fn escape(v: &str) -> String {
-    v.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -525,8 +521,9 @@ mod tests {
              service_version=\"0.1.0\"} 1"
                 .to_string(),
             format!(
-                "ricochet_build_info{{version=\"0.1.0\",profile=\"{}\",arch=\"{}\"}} 1",
-                if cfg!(debug_assertions) { "debug" } else { "release" },
+                "ricochet_build_info{{version=\"0.1.0\",commit=\"{}\",profile=\"{}\",arch=\"{}\"}} 1",
+                crate::BUILD_COMMIT,
+                crate::BUILD_PROFILE,
                 std::env::consts::ARCH
             ),
         ];

@@ -24,7 +24,7 @@ use tracing_subscriber::{EnvFilter, Registry, reload};
 #[derive(Parser)]
 #[command(
     name = "ricochet",
-    version,
+    version = ricochet::LONG_VERSION,
     about = "Retry endpoint for sequence-numbered multicast",
     long_about = "Retry endpoint for sequence-numbered multicast.\n\nWith no command it runs the \
                   endpoint, like `ricochet run`. Flags take one or two dashes (-nack-port 9300, \
@@ -44,9 +44,24 @@ enum Command {
     Run(RunArgs),
     /// Validate the configuration, print every effective setting and exit.
     CheckConfig(RunArgs),
+    /// Summarise a running endpoint (readiness, rates, answers, drops,
+    /// cache, cluster) from its admin API.
+    Status(ricochet::status::Args),
+    /// Write the shell completion script for SHELL to stdout.
+    Completions {
+        #[arg(value_enum)]
+        shell: ricochet::manual::Shell,
+    },
+    /// Write the ricochet(1) man page (roff) to stdout.
+    Man,
 }
 
 fn main() -> ExitCode {
+    // `status` is a client of a running endpoint: it takes none of the
+    // endpoint's flags, so it is parsed before they are checked.
+    if std::env::args_os().nth(1).is_some_and(|a| a == "status") {
+        return ricochet::status::main(std::env::args_os().skip(1));
+    }
     let argv = config::normalize_go_flags(std::env::args_os());
     if let Err(e) = config::check_flags(&argv) {
         eprintln!("ricochet: {e}");
@@ -57,6 +72,13 @@ fn main() -> ExitCode {
         None => (true, &cli.run),
         Some(Command::Run(a)) => (true, a),
         Some(Command::CheckConfig(a)) => (false, a),
+        Some(Command::Status(a)) => return ricochet::status::run(a),
+        Some(Command::Completions { shell }) => {
+            return ricochet::manual::completions(<Cli as clap::CommandFactory>::command(), *shell);
+        }
+        Some(Command::Man) => {
+            return ricochet::manual::man(<Cli as clap::CommandFactory>::command());
+        }
     };
     let affinity = match config::process_affinity() {
         Ok(a) => a,
@@ -74,7 +96,7 @@ fn main() -> ExitCode {
     };
     if !run {
         print!("{}", cfg.render());
-        return match options(&cfg) {
+        return match options(&cfg).and_then(|_| ssm_sources(&cfg)) {
             Ok(_) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("ricochet: {e}");
@@ -91,11 +113,19 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    // SSM sources are resolved before any socket opens: fail-closed.
+    let ssm = match ssm_sources(&cfg) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("ricochet: invalid configuration:\n{e}");
+            return ExitCode::from(2);
+        }
+    };
     let logging = init_logging(&cfg);
     for note in cfg.notes() {
         tracing::info!("{note}");
     }
-    match serve(cfg, prepared, logging) {
+    match serve(cfg, prepared, ssm, logging) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!("{e}");
@@ -387,6 +417,7 @@ fn options(cfg: &Config) -> Result<(Options, beacon::BeaconSettings), String> {
         beef_shard_bits: net.beef_shard_bits,
         retransmit_dedup: c.redis_addr.is_some(),
         shared_cache: c.redis_addr.is_some() && c.backend == config::CacheBackend::Redis,
+        proxy_allow: retry::ProxyAllow::new(cfg.proxy.allow.iter().copied()),
     };
     let backend = match cfg.engine.backend {
         config::IoBackend::Auto => Backend::Auto,
@@ -456,12 +487,36 @@ fn options(cfg: &Config) -> Result<(Options, beacon::BeaconSettings), String> {
         interval: cfg.beacon.interval,
         flags,
         draining: cfg.beacon.draining,
+        // --control-group-compat: under SSM, the ASM beacon group, the SSM
+        // one, or both; under ASM always the ASM one.
+        prefixes: {
+            use group::SourceMode::{Asm, Ssm};
+            match (net.source_mode, cfg.beacon.control_groups) {
+                (Asm, _) | (_, config::ControlGroups::AsmOnly) => vec![Asm],
+                (_, config::ControlGroups::Both) => vec![Asm, Ssm],
+                (_, config::ControlGroups::Derived) => vec![Ssm],
+            }
+        },
+        bind_source: net.ssm.as_ref().and_then(|p| p.bind_source),
         instance_id: match ricochet_wire::crc32c::crc32c(cfg.runtime.instance_id.as_bytes()) {
             0 => 1,
             id => id,
         },
     };
     Ok((opts, beacon))
+}
+
+/// Under `--source-mode ssm`, the source lists resolved once (names: AAAA
+/// answers), refusing when a list yields no IPv6 address.
+fn ssm_sources(cfg: &Config) -> Result<Option<ricochet::rt::ssm::SsmStart>, String> {
+    if let Some(addr) = cfg.network.ssm.as_ref().and_then(|p| p.bind_source) {
+        beacon::check_bind_source(addr)?;
+    }
+    match &cfg.network.ssm {
+        Some(p) if p.is_ssm() => ricochet::rt::ssm::SsmStart::resolve(p.clone())
+            .map(|s| Some(s.with_manifest_port(cfg.beacon.port))),
+        _ => Ok(None),
+    }
 }
 
 /// Resolves `UPSTREAM_RETRY_ENDPOINTS` once at startup, keeping addresses of
@@ -617,6 +672,7 @@ fn upstream_events(
 fn serve(
     cfg: Config,
     (mut opts, beacon_settings): (Options, beacon::BeaconSettings),
+    ssm: Option<ricochet::rt::ssm::SsmStart>,
     logging: std::sync::Arc<Logging>,
 ) -> Result<(), String> {
     let started = Instant::now();
@@ -665,7 +721,7 @@ fn serve(
         }
         None => None,
     };
-    let runtime = Runtime::start(opts.clone()).map_err(|e| {
+    let mut runtime = Runtime::start_ssm(opts.clone(), ssm).map_err(|e| {
         format!(
             "starting the workers failed: {e} (ports {} and {}; is another endpoint running, or \
              is the interface missing a multicast route?)",
@@ -752,6 +808,10 @@ fn serve(
         per_source: cfg.runtime.admin_max_connections_per_source,
         header_timeout: cfg.runtime.admin_header_timeout,
     };
+    let ssm = runtime.take_ssm();
+    if let Some(s) = &ssm {
+        state.sections.push(s.section());
+    }
     let admin_stats = std::sync::Arc::new(ricochet::admin::server::ServerStats::default());
     state.sections.push(admin_stats.clone());
     let result = control.block_on(async move {
@@ -779,6 +839,9 @@ fn serve(
         ));
         if beacons {
             tokio::spawn(beacon::run(opts.clone(), beacon_settings, shared.clone()));
+        }
+        if let Some(s) = ssm {
+            tokio::spawn(s.run(shared.clone()));
         }
         let discovery = discovery.map(|d| d.spawn(discovery_control, shared.clone()));
         let cluster = cluster.map(ricochet::cluster::Cluster::spawn);

@@ -21,13 +21,12 @@ use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
 use axum::routing::get;
 
+use crate::metrics::{Section, family, gauge};
 use crate::rt::{Control, Shared, WorkerSnapshot};
-use prom::family;
 
 pub mod compat;
 pub mod kernel;
 pub mod process;
-pub mod prom;
 pub mod server;
 pub mod sse;
 pub mod subscribe;
@@ -83,23 +82,6 @@ pub trait LogLevel: Send + Sync + std::fmt::Debug {
     fn set(&self, level: &str) -> Result<String, String>;
 }
 
-/// A subsystem run by the control thread that reports on the admin
-/// listener: its metric families are appended to `/metrics` and its state
-/// is served as JSON at `/debug/<name>`.
-pub trait Section: Send + Sync + std::fmt::Debug {
-    /// The page name: `/debug/<name>`.
-    fn name(&self) -> &'static str;
-    /// Appends Prometheus text (with `# HELP`/`# TYPE` lines).
-    fn metrics(&self, out: &mut String);
-    /// The debug page.
-    fn debug(&self) -> serde_json::Value;
-    /// Failures of a cache backend it runs (the shared store), counted
-    /// into `bre_cache_errors_total`.
-    fn cache_errors(&self) -> u64 {
-        0
-    }
-}
-
 impl AdminState {
     /// State with an event channel of its own.
     pub fn new(
@@ -153,11 +135,11 @@ async fn metrics(State(s): State<AdminState>) -> impl IntoResponse {
 pub fn render_all(s: &AdminState) -> String {
     let snaps = snapshots(&s.shared);
     let mut body = render_metrics(&snaps, &s.shared, s.started.elapsed().as_secs_f64());
-    let _ = writeln!(
-        body,
-        "# HELP ricochet_events_subscribers /events subscribers connected now.\n\
-         # TYPE ricochet_events_subscribers gauge\nricochet_events_subscribers {}",
-        s.subscribers.load(std::sync::atomic::Ordering::Relaxed)
+    gauge(
+        &mut body,
+        "ricochet_events_subscribers",
+        "/events subscribers connected now.",
+        s.subscribers.load(std::sync::atomic::Ordering::Relaxed) as f64,
     );
     for section in &s.sections {
         section.metrics(&mut body);
@@ -271,7 +253,7 @@ async fn debug_stats(
             })
         })
         .collect();
-    axum::Json(serde_json::json!({
+    let mut stats = serde_json::json!({
         "instance": s.instance,
         "backend": s.shared.backend,
         "steering": s.shared.steering.load(std::sync::atomic::Ordering::Relaxed),
@@ -279,8 +261,12 @@ async fn debug_stats(
         "draining": s.shared.draining(),
         "uptime_seconds": s.started.elapsed().as_secs(),
         "workers": workers,
-    }))
-    .into_response()
+    });
+    // Under SSM, the live (S,G) set and the source lists (also /debug/ssm).
+    if let Some(ssm) = s.sections.iter().find(|x| x.name() == "ssm") {
+        stats["ssm"] = ssm.debug();
+    }
+    axum::Json(stats).into_response()
 }
 
 /// Checks the bearer token in constant time.
@@ -498,10 +484,11 @@ pub fn render_metrics(snaps: &[WorkerSnapshot], shared: &Shared, uptime: f64) ->
         &mut out,
         "ricochet_dropped_total",
         "counter",
-        "Malformed datagrams dropped, by reason.",
+        "Datagrams dropped, by reason: malformed (the wire reasons), or not multicast to a \
+         configured group (not_multicast, data port only).",
     );
     for (core, s) in snaps.iter().enumerate() {
-        for reason in ricochet_wire::Error::REASONS {
+        for reason in ricochet_wire::Error::REASONS.into_iter().chain(crate::rt::DROP_REASONS) {
             let v = s.counters.dropped.get(reason).copied().unwrap_or(0);
             let _ =
                 writeln!(out, "ricochet_dropped_total{{reason=\"{reason}\",core=\"{core}\"}} {v}");

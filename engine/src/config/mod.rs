@@ -263,6 +263,10 @@ pub struct NetworkConfig {
     pub beef_enabled: bool,
     /// BEEF plane width in bits, 0..=12.
     pub beef_shard_bits: u8,
+    /// The validated SSM posture (`--source-mode`, `--bind-source`, the
+    /// `--ssm-*` lists); `None` with `--ipv4-lab`, whose IPv4 groups are
+    /// any-source only.
+    pub ssm: Option<ricochet_proto::ssm::posture::SsmPosture>,
 }
 
 /// Frame cache backend.
@@ -506,6 +510,9 @@ pub struct ProxyConfig {
     pub events_token_file: Option<PathBuf>,
     /// Most `/events` subscribers served at once.
     pub max_downstreams: usize,
+    /// Downstream endpoints whose Proxied NACKs are honoured (unicast
+    /// copies, no 3× byte budget); empty = none but live siblings.
+    pub allow: Vec<ricochet_proto::retry::Prefix>,
 }
 
 /// The gossip control plane between sibling endpoints.

@@ -11,6 +11,8 @@ use core::time::Duration;
 use std::collections::{BTreeMap, HashSet};
 use std::path::PathBuf;
 
+use ricochet_proto::retry::Prefix;
+use ricochet_proto::ssm::posture::{Flag, PostureError, SsmFlags, SsmPosture, validate};
 use ricochet_wire::group::{MAX_SHARD_BITS, Scope, SourceMode};
 
 use super::parse::{
@@ -132,21 +134,9 @@ impl<'a> Resolver<'a> {
             "ricochet has no loopback tee input (the reference's TEE_LISTEN); it receives \
              frames by joining the groups, so run it on a host that can join them",
         );
-        self.refuse_if_set(
-            &[
-                Key::BindSource,
-                Key::SsmBootstrapManifest,
-                Key::SsmBootstrapBeacon,
-                Key::SsmBootstrapSubtreeAnnounce,
-                Key::SsmPublishersStatic,
-            ],
-            "SSM source lists and (S,G) joins are not implemented in ricochet yet (README, \
-             'Not done yet'), so it cannot join an SSM fabric",
-        );
-        let _ = self.get(Key::SsmBootstrapRefresh, positive_duration);
         let ipv4_lab = self.get(Key::Ipv4Lab, parse_go_bool);
         let lab_iface = ipv4_lab.then(|| "127.0.0.1".to_owned());
-        NetworkConfig {
+        let mut network = NetworkConfig {
             ipv4_lab,
             mc_iface: self.get_computed(Key::McIface, lab_iface, "ipv4_lab", parse_iface),
             listen_port: self.get(Key::ListenPort, parse_port),
@@ -160,7 +150,177 @@ impl<'a> Resolver<'a> {
             subtree_data_enabled: self.get(Key::SubtreeDataEnabled, parse_go_bool),
             beef_enabled: self.get(Key::BeefEnabled, parse_go_bool),
             beef_shard_bits: self.get(Key::BeefShardBits, |s| parse_int_in(s, 0..=MAX_SHARD_BITS)),
+            ssm: None,
+        };
+        network.ssm = self.ssm_posture(&network);
+        network
+    }
+
+    /// `--source-mode`, `--bind-source` and the `--ssm-*` settings, judged
+    /// by [`ricochet_proto::ssm::posture::validate`]; every refusal names
+    /// the setting to change. ASM at global scope (FF0E) is refused per
+    /// RFC 8815 (the reference endpoint's scope table still allows it).
+    /// SSM with `--ipv4-lab` but no source list keeps its note (the lab's
+    /// IPv4 groups are any-source), while a source list or `--bind-source`
+    /// with `--ipv4-lab` is refused, as it would be silently unused.
+    fn ssm_posture(&mut self, network: &NetworkConfig) -> Option<SsmPosture> {
+        let list = |s: &str| {
+            Ok::<_, ValueError>(
+                split_csv(s).into_iter().map(str::to_owned).collect::<Vec<String>>(),
+            )
+        };
+        let bind_source = self.get(Key::BindSource, |s| Ok::<_, ValueError>(s.to_owned()));
+        let manifest = self.get(Key::SsmBootstrapManifest, list);
+        let beacon = self.get(Key::SsmBootstrapBeacon, list);
+        let subtree = self.get(Key::SsmBootstrapSubtreeAnnounce, list);
+        let statics = self.get(Key::SsmPublishersStatic, list);
+        let refresh = self.get(Key::SsmBootstrapRefresh, positive_duration);
+        if !self.parsed(&[Key::SourceMode, Key::Scope, Key::Ipv4Lab, Key::SsmBootstrapRefresh]) {
+            return None;
         }
+        let keys = [
+            (Key::BindSource, !bind_source.is_empty()),
+            (Key::SsmBootstrapManifest, !manifest.is_empty()),
+            (Key::SsmBootstrapBeacon, !beacon.is_empty()),
+            (Key::SsmBootstrapSubtreeAnnounce, !subtree.is_empty()),
+            (Key::SsmPublishersStatic, !statics.is_empty()),
+        ];
+        if network.ipv4_lab {
+            for (key, _) in keys.iter().filter(|(_, set)| *set) {
+                let raw = self.raw(*key);
+                let msg = format!(
+                    "{}: --ipv4-lab runs any-source IPv4 groups (239.11.x.y) and SSM is IPv6 \
+                     only, so the setting would be ignored; unset {}, or drop --ipv4-lab",
+                    self.subject(*key, &raw),
+                    self.target(*key, raw.origin),
+                );
+                self.problem(Some(*key), msg);
+            }
+            return None;
+        }
+        if network.source_mode == SourceMode::Asm && network.scope == Scope::Global {
+            // RFC 8815: inter-domain any-source multicast is deprecated;
+            // global scope is where SSM is the only safe choice.
+            let raw = self.raw(Key::Scope);
+            let msg = format!(
+                "{}: any-source (ASM) groups at global scope (FF0E) are refused per RFC 8815; \
+                 set {} ssm with source lists (--ssm-publishers-static or \
+                 --ssm-bootstrap-manifest) for FF3E groups, or {} site",
+                self.subject(Key::Scope, &raw),
+                name_pair(Key::SourceMode),
+                self.target(Key::Scope, raw.origin),
+            );
+            self.problem(Some(Key::Scope), msg);
+            return None;
+        }
+        let scope = network.scope;
+        let flags = SsmFlags {
+            source_mode: network.source_mode,
+            scope,
+            bind_source: (!bind_source.is_empty()).then_some(bind_source.as_str()),
+            bootstrap_manifest: &manifest,
+            bootstrap_beacon: &beacon,
+            bootstrap_subtree_announce: &subtree,
+            publishers_static: &statics,
+            bootstrap_refresh: refresh,
+        };
+        let mut posture = match validate(&flags) {
+            Ok(p) => p,
+            Err(e) => {
+                self.ssm_refused(&e);
+                return None;
+            }
+        };
+        posture.scope = network.scope;
+        if posture.is_ssm() && statics.is_empty() && manifest.is_empty() {
+            // The data groups are joined from the static list and from the
+            // publishers that manifest emitters announce; with neither they
+            // would never be joined and nothing would be cached.
+            let raw = self.raw(Key::SourceMode);
+            let msg = format!(
+                "{}: no data-plane source: the data groups are joined only from {} and from \
+                 the publishers announced by {} emitters, so nothing would be cached; set {} \
+                 to the publishers' IPv6 addresses or names, or {} to the manifest emitters, \
+                 or set {} to asm",
+                self.subject(Key::SourceMode, &raw),
+                name_pair(Key::SsmPublishersStatic),
+                name_pair(Key::SsmBootstrapManifest),
+                self.target(Key::SsmPublishersStatic, self.raw(Key::SsmPublishersStatic).origin),
+                self.target(Key::SsmBootstrapManifest, self.raw(Key::SsmBootstrapManifest).origin),
+                self.target(Key::SourceMode, raw.origin),
+            );
+            self.problem(Some(Key::SourceMode), msg);
+            return None;
+        }
+        for flag in &posture.unused {
+            self.notes.push(format!(
+                "{} {} is set but not used under {} asm (any-source joins)",
+                flag.cli(),
+                flag.env(),
+                name_pair(Key::SourceMode),
+            ));
+        }
+        Some(posture)
+    }
+
+    /// Turns a posture refusal into a problem naming the setting to change.
+    fn ssm_refused(&mut self, e: &PostureError) {
+        let key_of = |f: Flag| match f {
+            Flag::SourceMode => Key::SourceMode,
+            Flag::Scope => Key::Scope,
+            Flag::BindSource => Key::BindSource,
+            Flag::BootstrapManifest => Key::SsmBootstrapManifest,
+            Flag::BootstrapBeacon => Key::SsmBootstrapBeacon,
+            Flag::BootstrapSubtreeAnnounce => Key::SsmBootstrapSubtreeAnnounce,
+            Flag::PublishersStatic => Key::SsmPublishersStatic,
+            Flag::BootstrapRefresh => Key::SsmBootstrapRefresh,
+        };
+        let (key, why) = match e {
+            // `cross_check` reports the scope with the wording it always had.
+            PostureError::NoSsmAtScope(_) => return,
+            PostureError::NoSources => (
+                Key::SourceMode,
+                format!(
+                    "SSM joins every group from listed sources only and none is listed \
+                     (fail-closed); set {} or {}, and optionally {} or {}, or set {{target}} to \
+                     asm",
+                    name_pair(Key::SsmPublishersStatic),
+                    name_pair(Key::SsmBootstrapManifest),
+                    name_pair(Key::SsmBootstrapBeacon),
+                    name_pair(Key::SsmBootstrapSubtreeAnnounce),
+                ),
+            ),
+            PostureError::BadBindSource(_) => (
+                Key::BindSource,
+                "not an IPv6 unicast address (IPv4, loopback, multicast and unspecified \
+                 addresses cannot be a source); set {target} to the IPv6 literal this node \
+                 sends from"
+                    .to_owned(),
+            ),
+            PostureError::TooManyStaticPublishers(n) => (
+                Key::SsmPublishersStatic,
+                format!(
+                    "{n} entries: more than {} publishers need manifest discovery; set {} \
+                     too, or list fewer in {{target}}",
+                    ricochet_proto::ssm::posture::MAX_STATIC_WITHOUT_MANIFEST,
+                    name_pair(Key::SsmBootstrapManifest),
+                ),
+            ),
+            PostureError::BadEntry { flag, entry } => (
+                key_of(*flag),
+                format!(
+                    "entry {entry:?} is not a usable IPv6 source (IPv4, IPv4-mapped, multicast \
+                     and unspecified addresses cannot be SSM sources); set {{target}} to IPv6 \
+                     unicast addresses or DNS names with AAAA records"
+                ),
+            ),
+            other => (Key::SourceMode, format!("{other}; see {{target}}")),
+        };
+        let raw = self.raw(key);
+        let why = why.replace("{target}", &self.target(key, raw.origin));
+        let msg = format!("{}: {why}", self.subject(key, &raw));
+        self.failed.insert(key);
+        self.problem(Some(key), msg);
     }
 
     fn cache(&mut self) -> CacheConfig {
@@ -387,6 +547,7 @@ impl<'a> Resolver<'a> {
             }),
             events_token_file: self.get(Key::UpstreamEventsTokenFile, optional(path)),
             max_downstreams: self.get(Key::MaxDownstreams, |s| parse_int_in(s, 1..=4096)),
+            allow: self.get(Key::ProxyAllow, |s| split_csv(s).into_iter().map(prefix).collect()),
         }
     }
 
@@ -573,28 +734,17 @@ impl<'a> Resolver<'a> {
             );
             self.problem(Some(Key::UpstreamRetryEndpoints), msg);
         }
+        if proxy.allow.is_empty() && proxy.enabled && self.parsed(&[Key::ProxyAllow]) {
+            self.notes.push(format!(
+                "{} is empty: Proxied NACKs from endpoints that are not live siblings get no unicast copies and at most {}x their size back; list the downstream endpoints that recover through this one",
+                name_pair(Key::ProxyAllow),
+                ricochet_proto::retry::AMPLIFICATION_FACTOR,
+            ));
+        }
         if !beacon.multicast && !beacon.unicast {
             self.notes.push(
                 "--beacon-flags-multicast and --beacon-flags-unicast are both false: cache hits are acknowledged but nothing is retransmitted".into(),
             );
-        }
-        if !network.ipv4_lab
-            && network.source_mode == SourceMode::Ssm
-            && self.parsed(&[Key::SourceMode])
-        {
-            // The reference fails closed: SSM needs a source for its joins.
-            // None of its source lists can be set here yet, so neither can
-            // SSM be used.
-            let raw = self.raw(Key::SourceMode);
-            let msg = format!(
-                "{}: SSM needs the sources to join each group from (--ssm-publishers-static, \
-                 --ssm-bootstrap-manifest, --ssm-bootstrap-beacon or \
-                 --ssm-bootstrap-subtree-announce), and ricochet does not implement SSM source \
-                 lists yet; set {} to asm",
-                self.subject(Key::SourceMode, &raw),
-                self.target(Key::SourceMode, raw.origin),
-            );
-            self.problem(Some(Key::SourceMode), msg);
         }
         if let (false, Some(IpAddr::V4(_))) = (network.ipv4_lab, nack.addr) {
             let raw = self.raw(Key::NackAddr);
@@ -1055,6 +1205,41 @@ fn host_port_with_port(s: &str) -> Result<HostPort, ValueError> {
         ));
     }
     Ok(hp)
+}
+
+/// An address (one host) or a CIDR prefix with no bits set after it.
+fn prefix(s: &str) -> Result<Prefix, ValueError> {
+    const EXPECTED: &str =
+        "addresses or CIDR prefixes such as 10.0.0.7, 10.0.0.0/24, fd00::5 or fd00::/64";
+    let (addr, len) = match s.split_once('/') {
+        Some((a, l)) => (a, Some(l)),
+        None => (s, None),
+    };
+    let addr = addr.strip_prefix('[').and_then(|a| a.strip_suffix(']')).unwrap_or(addr);
+    let Ok(ip) = addr.parse::<IpAddr>() else {
+        return Err(ValueError::new(format!("{s:?} is not an IP address or prefix"), EXPECTED));
+    };
+    let Some(len) = len else { return Ok(Prefix::host(ip)) };
+    let bits = if ip.is_ipv4() { 32 } else { 128 };
+    let len = len.parse::<u8>().ok().filter(|&n| n <= bits).ok_or_else(|| {
+        ValueError::new(
+            format!("{s:?}: the prefix length must be 0..={bits}"),
+            format!("{ip}/{bits} for the one address, or a shorter prefix"),
+        )
+    })?;
+    Prefix::new(ip, len).map_err(|_| {
+        let net = Prefix::masked(ip, len).map(|p| p.to_string()).unwrap_or_default();
+        ValueError::new(
+            format!("{s:?} has address bits set after the /{len} prefix"),
+            format!("{net} for the whole network, or {ip} alone for the one address"),
+        )
+    })
+}
+
+impl Show for Prefix {
+    fn show(&self) -> String {
+        quote(&self.to_string())
+    }
 }
 
 /// A number of zero or more (the reference's float rates).

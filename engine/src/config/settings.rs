@@ -151,7 +151,7 @@ settings! {
     ListenPort("listen-port", "LISTEN_PORT", "9001", Val("PORT"), NETWORK,
         "UDP port multicast frames arrive on (the proxies' egress port)"),
     Scope("scope", "MC_SCOPE", "site", Val("SCOPE"), NETWORK,
-        "Scope of the data groups: link, site, org or global (ssm: site or global)",
+        "Scope of the data groups: link, site, org or global (ssm: site or global; global only with ssm)",
         aliases = ["mc-scope"]),
     McGroupId("mc-group-id", "MC_GROUP_ID", "0x000B", Val("ID"), NETWORK,
         "BRC-129 group id in every group address: 0x-hex, decimal, or bare hex"),
@@ -160,17 +160,17 @@ settings! {
     ShardBits("shard-bits", "SHARD_BITS", "2", Val("BITS"), NETWORK,
         "TxID prefix bits that pick a data shard group, 1..=12 (must match the proxies)"),
     BindSource("bind-source", "BIND_SOURCE", "", Val("IPV6"), NETWORK,
-        "Refused when set: SSM source lists are not implemented yet"),
+        "IPv6 address ADVERTs are sent from (so SSM peers can list it); never joined as a source"),
     SsmBootstrapManifest("ssm-bootstrap-manifest", "SSM_BOOTSTRAP_MANIFEST", "", List("SOURCES"), NETWORK,
-        "Refused when set: SSM source lists are not implemented yet"),
+        "SSM: manifest emitters (IPv6 literals or DNS names), the sources of the block (0xFFFE) and beacon groups"),
     SsmBootstrapBeacon("ssm-bootstrap-beacon", "SSM_BOOTSTRAP_BEACON", "", List("SOURCES"), NETWORK,
-        "Refused when set: SSM source lists are not implemented yet"),
+        "SSM: retry endpoints sending ADVERTs (IPv6 literals or DNS names), sources of the beacon group"),
     SsmBootstrapSubtreeAnnounce("ssm-bootstrap-subtree-announce", "SSM_BOOTSTRAP_SUBTREE_ANNOUNCE", "", List("SOURCES"), NETWORK,
-        "Refused when set: SSM source lists are not implemented yet"),
+        "SSM: subtree announcers (IPv6 literals or DNS names), sources of the subtree groups 0xFFFB/0xFFFC"),
     SsmPublishersStatic("ssm-publishers-static", "SSM_PUBLISHERS_STATIC", "", List("SOURCES"), NETWORK,
-        "Refused when set: SSM source lists are not implemented yet"),
+        "SSM: data-plane publishers (IPv6 literals or DNS names), sources of every data group besides those manifests announce"),
     SsmBootstrapRefresh("ssm-bootstrap-refresh", "SSM_BOOTSTRAP_REFRESH", "30s", Val("DURATION"), NETWORK,
-        "DNS re-resolve period of the SSM source lists (must be > 0)"),
+        "DNS re-resolve period of the SSM source lists (must be > 0); a failed refresh keeps the last good set"),
     SubtreeDataEnabled("subtree-data-enabled", "SUBTREE_DATA_ENABLED", "false", Bool, NETWORK,
         "Join the subtree-data group (index 0xFFFB) and cache BRC-132 frames"),
     BeefEnabled("beef-enabled", "BEEF_ENABLED", "false", Bool, NETWORK,
@@ -290,6 +290,8 @@ settings! {
     ProxyQueueDepth("proxy-queue-depth", "PROXY_QUEUE_DEPTH", "1024", Val("N"), PROXY,
         "Recovery jobs queued before new ones are dropped and counted, 1..=1048576",
         aliases = ["proxy-queue"], env_aliases = ["PROXY_QUEUE"]),
+    ProxyAllow("proxy-allow", "RICOCHET_PROXY_ALLOW", "", List("CIDR,..."), PROXY,
+        "Downstream endpoints that may proxy through this one: their Proxied NACKs get unicast copies, and answers to them are not held to 3x the NACK's size (addresses or prefixes, 10.0.0.7,fd00::/64; live siblings always may) [default: none]"),
 
     UpstreamEvents("upstream-events", "RICOCHET_UPSTREAM_EVENTS", "", List("HOST:PORT,..."), PROXY,
         "Upstream endpoints' admin addresses: subscribe to their /events and apply their invalidations here"),
@@ -539,11 +541,8 @@ impl UnknownFlag {
 /// Reference flags ricochet does not implement, by name or name prefix
 /// (ending in `-`), with what they belong to: names the settings table
 /// does not have (those it has are refused by `load` with the reason).
-const NOT_IMPLEMENTED: &[(&str, &str)] = &[
-    ("aerospike-", "the Aerospike cache backend"),
-    ("ssm-", "SSM source lists"),
-    ("retry-tee", "the retry tee"),
-];
+const NOT_IMPLEMENTED: &[(&str, &str)] =
+    &[("aerospike-", "the Aerospike cache backend"), ("retry-tee", "the retry tee")];
 
 impl fmt::Display for UnknownFlag {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {

@@ -560,8 +560,9 @@ fn reference_settings_ricochet_cannot_honour_are_refused_with_the_reason() {
     let e = refused(&["--mc-join-enabled=false"], &env());
     assert!(e.contains("mc-join-enabled"), "{e}");
     load(&["--mc-join-enabled=TRUE"], &env()).unwrap();
-    let e = refused(&[], &env().with_var("SSM_PUBLISHERS_STATIC", "2001:db8::1"));
-    assert!(e.contains("SSM source lists"), "{e}");
+    // Under ASM an SSM list is accepted and reported as unused.
+    let c = load(&[], &env().with_var("SSM_PUBLISHERS_STATIC", "2001:db8::1")).unwrap();
+    assert!(c.notes().iter().any(|n| n.contains("--ssm-publishers-static")), "{:?}", c.notes());
     // Fail closed, as the reference: SSM without sources is refused.
     let e = refused(&["--source-mode=ssm"], &env());
     assert!(
@@ -697,4 +698,231 @@ fn the_operations_guide_lists_every_flag_and_env_var() {
         });
         assert!(listed, "docs/OPERATIONS.md has no flag-table row for --{} ({})", s.flag, s.env);
     }
+}
+
+#[test]
+fn proxy_allow_takes_addresses_and_prefixes_and_refuses_the_ambiguous() {
+    let c = load(&[], &env()).unwrap();
+    assert!(c.proxy.allow.is_empty(), "secure default: nobody but live siblings");
+    let c = load(&["--proxy-allow", "10.0.0.7, 10.1.0.0/16,fd00::/64,[::1]"], &env()).unwrap();
+    let got: Vec<String> = c.proxy.allow.iter().map(|p| p.to_string()).collect();
+    assert_eq!(got, ["10.0.0.7/32", "10.1.0.0/16", "fd00::/64", "::1/128"]);
+    assert!(
+        c.render().contains("proxy_allow = [\"10.0.0.7/32\", \"10.1.0.0/16\""),
+        "{}",
+        c.render()
+    );
+    let c = load(&[], &env().with_var("RICOCHET_PROXY_ALLOW", "192.0.2.0/24")).unwrap();
+    assert!(c.proxy.allow[0].contains("192.0.2.9".parse().unwrap()));
+    assert_eq!(c.origin("proxy-allow"), Some(Origin::Env("RICOCHET_PROXY_ALLOW")));
+    let file = "proxy_allow = [\"10.0.0.0/8\", \"fd00::1\"]\n";
+    let c = load(&["--config=/r.toml"], &env().with_file("/r.toml", file)).unwrap();
+    assert_eq!(c.proxy.allow.len(), 2);
+    let cases: &[(&[&str], &[&str])] = &[
+        (
+            &["--proxy-allow=10.1.2.3/8"],
+            &[
+                "--proxy-allow (RICOCHET_PROXY_ALLOW)",
+                "bits set after the /8 prefix",
+                "10.0.0.0/8 for the whole network, or 10.1.2.3 alone",
+            ],
+        ),
+        (&["--proxy-allow=10.0.0.0/33"], &["--proxy-allow (RICOCHET_PROXY_ALLOW)", "0..=32"]),
+        (&["--proxy-allow=fd00::/129"], &["0..=128"]),
+        (
+            &["--proxy-allow=downstream.example"],
+            &["not an IP address or prefix", "set --proxy-allow to addresses or CIDR prefixes"],
+        ),
+        (&["--proxy-allow=10.0.0.1:9300"], &["not an IP address or prefix"]),
+    ];
+    for (flags, want) in cases {
+        let msg = refused(flags, &env());
+        for w in *want {
+            assert!(msg.contains(w), "{flags:?}: {msg:?} lacks {w:?}");
+        }
+    }
+    let msg = refused(&[], &env().with_var("RICOCHET_PROXY_ALLOW", "nope"));
+    assert!(
+        msg.contains("env RICOCHET_PROXY_ALLOW") && msg.contains("set RICOCHET_PROXY_ALLOW"),
+        "{msg}"
+    );
+}
+
+#[test]
+fn proxying_with_an_empty_allow_list_says_so_at_startup() {
+    let up = ["--proxy-enabled", "--upstream-retry-endpoints=10.0.0.1:9300"];
+    let c = load(&up, &env()).unwrap();
+    assert!(
+        c.notes().iter().any(|n| n.starts_with("--proxy-allow (RICOCHET_PROXY_ALLOW) is empty")),
+        "{:?}",
+        c.notes()
+    );
+    let c = load(&[&up[..], &["--proxy-allow=10.0.0.2"]].concat(), &env()).unwrap();
+    assert!(!c.notes().iter().any(|n| n.contains("--proxy-allow")), "{:?}", c.notes());
+    let c = load(&[], &env()).unwrap();
+    assert!(!c.notes().iter().any(|n| n.contains("--proxy-allow")), "{:?}", c.notes());
+}
+
+/// The refusal naming `flag`, for the SSM tests (one problem expected).
+fn ssm_refused(flags: &[&str]) -> String {
+    refused(flags, &env())
+}
+
+#[test]
+fn ssm_takes_the_reference_flags_and_env_vars() {
+    let c = load(
+        &[
+            "--source-mode=ssm",
+            "--ssm-publishers-static=fd20::1, pub.example",
+            "--ssm-bootstrap-beacon=fd20::b",
+            "--bind-source=fd20::9",
+            "--ssm-bootstrap-refresh=10s",
+        ],
+        &env(),
+    )
+    .unwrap();
+    let p = c.network.ssm.as_ref().expect("a posture");
+    use ricochet_proto::ssm::posture::BootstrapEntry;
+    assert!(p.is_ssm());
+    assert_eq!(p.prefix, 0xFF35, "site scope by default");
+    assert_eq!(p.bind_source, Some("fd20::9".parse().unwrap()));
+    assert_eq!(p.refresh, Duration::from_secs(10));
+    assert_eq!(
+        p.publishers_static,
+        [
+            BootstrapEntry::Literal("fd20::1".parse().unwrap()),
+            BootstrapEntry::Name("pub.example".into())
+        ]
+    );
+    assert_eq!(p.bootstrap_beacon.len(), 1);
+    let e = env()
+        .with_var("SOURCE_MODE", "ssm")
+        .with_var("MC_SCOPE", "global")
+        .with_var("SSM_PUBLISHERS_STATIC", "fd20::1")
+        .with_var("SSM_BOOTSTRAP_MANIFEST", "m.example")
+        .with_var("SSM_BOOTSTRAP_SUBTREE_ANNOUNCE", "fd20::5")
+        .with_var("BIND_SOURCE", "fd20::9")
+        .with_var("SSM_BOOTSTRAP_REFRESH", "1m");
+    let c = load(&[], &e).unwrap();
+    let p = c.network.ssm.as_ref().unwrap();
+    assert_eq!((p.prefix, p.refresh), (0xFF3E, Duration::from_secs(60)));
+    assert_eq!((p.bootstrap_manifest.len(), p.bootstrap_subtree_announce.len()), (1, 1));
+    assert_eq!(c.origin("ssm-publishers-static"), Some(Origin::Env("SSM_PUBLISHERS_STATIC")));
+    // What check-config prints loads back to the same posture.
+    let env2 = env().with_var("RICOCHET_CONFIG", "/r.toml").with_file("/r.toml", &c.render());
+    assert_eq!(load(&[], &env2).unwrap().network, c.network);
+}
+
+#[test]
+fn ssm_without_sources_fails_closed_naming_the_flags() {
+    let e = ssm_refused(&["--source-mode=ssm"]);
+    for want in [
+        "--source-mode (SOURCE_MODE) = \"ssm\" from the command line",
+        "fail-closed",
+        "--ssm-publishers-static (SSM_PUBLISHERS_STATIC)",
+        "--ssm-bootstrap-manifest (SSM_BOOTSTRAP_MANIFEST)",
+        "set --source-mode to asm",
+    ] {
+        assert!(e.contains(want), "{e:?} lacks {want:?}");
+    }
+    // A control-group list alone leaves the data groups without a source.
+    let e = ssm_refused(&["--source-mode=ssm", "--ssm-bootstrap-beacon=fd20::b"]);
+    assert!(e.contains("no data-plane source"), "{e}");
+    assert!(e.contains("set --ssm-publishers-static to the publishers'"), "{e}");
+    let e = refused(&[], &env().with_var("SOURCE_MODE", "ssm"));
+    assert!(e.contains("set SOURCE_MODE to asm"), "the fix names where it came from: {e}");
+    // Manifest emitters alone are a data-plane source: publishers are
+    // learned from their shard manifests.
+    let c = load(&["--source-mode=ssm", "--ssm-bootstrap-manifest=emitter.example"], &env());
+    assert_eq!(c.unwrap().network.ssm.unwrap().bootstrap_manifest.len(), 1);
+}
+
+#[test]
+fn ssm_sources_and_bind_source_must_be_usable_ipv6() {
+    for bad in ["10.0.0.1", "::1", "ff05::1", "::", "::ffff:10.0.0.1", "host.example"] {
+        let e = ssm_refused(&[
+            "--source-mode=ssm",
+            "--ssm-publishers-static=fd20::1",
+            &format!("--bind-source={bad}"),
+        ]);
+        assert!(e.contains("--bind-source (BIND_SOURCE)"), "{bad}: {e}");
+        assert!(e.contains("set --bind-source to the IPv6 literal"), "{bad}: {e}");
+    }
+    // The bind source is checked under ASM too (it is the ADVERT source).
+    ssm_refused(&["--bind-source=192.0.2.1"]);
+    load(&["--bind-source=2001:db8::7"], &env()).unwrap();
+    for (flag, entry) in [
+        ("--ssm-publishers-static", "192.0.2.1"),
+        ("--ssm-bootstrap-beacon", "ff3e::1"),
+        ("--ssm-bootstrap-manifest", "::ffff:192.0.2.1"),
+        ("--ssm-bootstrap-subtree-announce", "::"),
+    ] {
+        let e = ssm_refused(&[
+            "--source-mode=ssm",
+            "--ssm-publishers-static=fd20::1",
+            &format!("{flag}=fd20::2,{entry}"),
+        ]);
+        let e = e.replace("fd20::1", "");
+        assert!(e.contains(&format!("{flag} (")), "{flag}: {e}");
+        assert!(e.contains(&format!("entry {entry:?} is not a usable IPv6 source")), "{e}");
+        assert!(e.contains(&format!("set {flag} to IPv6 unicast addresses")), "{e}");
+    }
+}
+
+#[test]
+fn ssm_static_lists_past_sixteen_need_manifest_discovery() {
+    let many: Vec<String> = (1..=17).map(|i| format!("fd20::{i:x}")).collect();
+    let list = format!("--ssm-publishers-static={}", many.join(","));
+    let e = ssm_refused(&["--source-mode=ssm", &list]);
+    assert!(e.contains("17 entries") && e.contains("--ssm-bootstrap-manifest"), "{e}");
+    let c = load(&["--source-mode=ssm", &list, "--ssm-bootstrap-manifest=m.example"], &env());
+    assert_eq!(c.unwrap().network.ssm.unwrap().publishers_static.len(), 17);
+    let sixteen = format!("--ssm-publishers-static={}", many[..16].join(","));
+    load(&["--source-mode=ssm", &sixteen], &env()).unwrap();
+}
+
+#[test]
+fn ssm_scope_refresh_and_the_lab() {
+    let e = ssm_refused(&["--source-mode=ssm", "--scope=link", "--ssm-publishers-static=fd20::1"]);
+    assert!(e.contains("set --scope to site or global"), "{e}");
+    let e = ssm_refused(&[
+        "--source-mode=ssm",
+        "--ssm-publishers-static=fd20::1",
+        "--ssm-bootstrap-refresh=0s",
+    ]);
+    assert!(e.contains("--ssm-bootstrap-refresh (SSM_BOOTSTRAP_REFRESH)"), "{e}");
+    // SSM is IPv6 only: a source list with --ipv4-lab would be ignored.
+    let e = ssm_refused(&["--ipv4-lab", "--source-mode=ssm", "--ssm-publishers-static=fd20::1"]);
+    assert!(e.contains("SSM is IPv6") && e.contains("unset --ssm-publishers-static"), "{e}");
+    let e = ssm_refused(&["--ipv4-lab", "--bind-source=fd20::1"]);
+    assert!(e.contains("unset --bind-source"), "{e}");
+    // Without a list the lab keeps today's note.
+    let c = load(&["--ipv4-lab", "--source-mode=ssm"], &env()).unwrap();
+    assert!(c.network.ssm.is_none());
+    assert!(c.notes().iter().any(|n| n.contains("--source-mode ssm and --scope do not apply")));
+}
+
+#[test]
+fn asm_at_global_scope_is_refused_per_rfc_8815() {
+    let msg = refused(&["--scope=global"], &env());
+    assert!(
+        msg.contains("RFC 8815") && msg.contains("--scope") && msg.contains("--source-mode"),
+        "{msg}"
+    );
+    let msg = refused(&[], &env().with_var("MC_SCOPE", "global"));
+    assert!(msg.contains("MC_SCOPE") && msg.contains("RFC 8815"), "{msg}");
+    // SSM at global scope (FF3E) is what RFC 8815 recommends.
+    let c =
+        load(&["--scope=global", "--source-mode=ssm", "--ssm-publishers-static=fd20::1"], &env())
+            .unwrap();
+    assert_eq!(c.network.ssm.as_ref().map(|p| p.scope), Some(Scope::Global));
+    let c = load(&["--scope=site"], &env()).unwrap();
+    assert!(!c.notes().iter().any(|n| n.contains("RFC 8815")), "{:?}", c.notes());
+    // Lists under ASM are named as unused.
+    let c = load(&["--ssm-bootstrap-beacon=fd20::b"], &env()).unwrap();
+    assert!(
+        c.notes().iter().any(|n| n.contains("--ssm-bootstrap-beacon") && n.contains("not used")),
+        "{:?}",
+        c.notes()
+    );
 }

@@ -1,10 +1,24 @@
-//! The runtime: the only code that touches sockets, threads and clocks.
+//! The runtime: the only code that touches sockets, threads and clocks on
+//! the packet path.
+//!
+//! # Dependencies
+//! `rt` sits just above the protocol cores (`ricochet-proto`,
+//! `ricochet-wire`) and the crate's leaf modules (`crate::metrics`,
+//! `crate::addr`, `crate::wallclock`); it names none of the drivers above it (`store`,
+//! `cluster`, `discovery`, `admin`, `otlp`). What crosses between a worker
+//! and the control thread is typed here, and the drivers use these types:
+//! [`Control`] and [`ControlEvent`] (control thread ↔ workers),
+//! [`store_queue`] (a worker's requests to the shared store and its
+//! answers), [`nack_trace`] (sampled-NACK records for the OTLP exporter),
+//! the DHT and gossip hand-offs ([`DhtRequest`], [`GossipInbound`]) and the
+//! statistics snapshots admin reads ([`WorkerSnapshot`], [`Shared`]).
 //!
 //! # Process model
 //! One worker thread per configured CPU, pinned to it. Worker `i` owns:
 //! - an ingress socket joined to its share of the multicast groups
 //!   (groups are dealt round-robin; MULTICAST_ALL is off, so each datagram
-//!   reaches exactly one worker);
+//!   reaches exactly one worker); under `--source-mode ssm` the joins are
+//!   `(S,G)` only, made and moved by the control thread ([`ssm`]);
 //! - member `i` of the SO_REUSEPORT NACK group — a classic-BPF program steers
 //!   each NACK to `owner(HashKey)`, so NACKs arrive where their flow lives;
 //! - its shard of the retry state ([`crate::retry::Service`]);
@@ -30,13 +44,50 @@
 //! SendMsg) and `epoll` (recvmmsg/sendmmsg) share every line of packet logic
 //! (`worker::Core`); `--backend auto` probes io_uring and falls back to
 //! epoll with the reason logged.
+//!
+//! # What ingress accepts
+//! The cache holds what the fabric multicast, so the data port takes a
+//! datagram only if it arrived *as multicast to one of the configured
+//! groups*: its IP destination (`ipi_addr` of IP_PKTINFO, `ipi6_addr` of
+//! IPV6_PKTINFO — the header's destination, not the local address) must be
+//! a group address whose index is in `--groups`. Ingress sockets are bound
+//! to the wildcard, since one socket takes several groups, so the kernel
+//! also hands them unicast (and broadcast) sent to the data port; binding
+//! cannot exclude it. Without this check one forged unicast datagram from
+//! anyone who can reach the port would be cached and served as if the
+//! publisher had sent it, bypassing whatever guards the multicast fabric
+//! (scoping, TTL, IGMP/MLD snooping, source filters). Everything else —
+//! unicast, broadcast, an unconfigured group, a datagram without packet
+//! info — is dropped before it is parsed or copied, counted in
+//! `ingress_datagrams` and under [`NOT_MULTICAST`] in `dropped`
+//! (`ricochet_dropped_total{reason="not_multicast"}`). The check is a walk
+//! over the receive's fixed control area (`sys::pktinfo_destination`),
+//! an address-to-index mapping and a binary search: no allocation, no
+//! syscall. Both backends read the destination the same way (recvmmsg's
+//! `msg_control`; the control area of io_uring's `io_uring_recvmsg_out`)
+//! and hand it to `worker::Core::on_ingress`, which decides.
+//!
+//! # Oversized datagrams
+//! A datagram longer than its socket reads whole is dropped as
+//! `too_long` (`ricochet_wire::Error::TooLong`) on both backends, whether
+//! the kernel truncated it into a receive slot (MSG_TRUNC) or it fit and is
+//! longer than its protocol allows: [`MAX_NACK_DATAGRAM`] on the NACK
+//! socket, `ricochet_wire::frame::MAX_DATAGRAM` on the data port. On the
+//! data port the destination is checked first (an oversized unicast is
+//! `not_multicast`); an oversized multicast also counts as
+//! `fabric_malformed`. Both backends' receive slots hold any UDP datagram
+//! on the data port, so there "too long" means longer than a frame may
+//! be; the NACK socket's io_uring buffers are smaller, hence its limit.
 
 pub mod beacon;
 mod dht_shard;
 mod epoll;
 mod event_log;
 mod gossip_shard;
+pub mod nack_trace;
 mod socket;
+pub mod ssm;
+pub mod store_queue;
 pub mod sys;
 mod uring;
 mod worker;
@@ -141,7 +192,7 @@ pub struct Options {
     /// Datagrams per recvmmsg/sendmmsg batch.
     pub batch: usize,
     /// The shared store (Redis) when `REDIS_ADDR` is set.
-    pub store: Option<crate::store::StoreClient>,
+    pub store: Option<store_queue::StoreClient>,
     /// `DEDUP_WINDOW`: how long a multicast retransmit stays claimed when
     /// retransmits are deduplicated across siblings.
     pub dedup_window: Duration,
@@ -151,7 +202,7 @@ pub struct Options {
     pub gossip: Option<GossipOptions>,
     /// NACK tracing (`--trace-sampling` with `--otlp-endpoint`): each
     /// worker samples NACKs and queues their records for the control thread.
-    pub nack_tracing: Option<crate::otlp::NackTracing>,
+    pub nack_tracing: Option<nack_trace::NackTracing>,
 }
 
 /// Binds the control thread's member of the gossip reuseport group (after
@@ -177,6 +228,20 @@ pub fn partition_groups(groups: &[u16], workers: usize) -> Vec<Vec<u16>> {
     }
     out
 }
+
+/// The `dropped` reason of an ingress datagram that did not arrive as
+/// multicast to a configured group (see "What ingress accepts").
+pub const NOT_MULTICAST: &str = "not_multicast";
+
+/// Drop reasons the runtime counts besides [`ricochet_wire::Error::REASONS`],
+/// for pre-registering metrics.
+pub const DROP_REASONS: [&str; 1] = [NOT_MULTICAST];
+
+/// Longest datagram the NACK socket takes: a NACK is 64 bytes; anything
+/// longer than this is counted `too_long` on both backends (the io_uring
+/// NACK buffers hold at least this much payload), shorter misfits
+/// `length_mismatch`.
+pub const MAX_NACK_DATAGRAM: usize = 256;
 
 /// Counters a worker keeps itself (beyond the retry service's).
 #[derive(Debug, Clone, Default, serde::Serialize)]
@@ -238,7 +303,8 @@ pub struct WorkerCounters {
     /// arrived from (the `bre_cache_stored_total` series).
     #[serde(skip)]
     pub cached_by_source: SourceCounts,
-    /// Malformed datagrams dropped, by `Error::reason` label.
+    /// Datagrams dropped, by label: `Error::reason` for malformed ones,
+    /// [`DROP_REASONS`] for the runtime's own refusals.
     pub dropped: std::collections::BTreeMap<&'static str, u64>,
 }
 
@@ -515,6 +581,8 @@ pub struct Runtime {
     workers: Vec<JoinHandle<()>>,
     wakers: Vec<Arc<sys::EventFd>>,
     control: Control,
+    /// The SSM driver, until the control thread takes it.
+    ssm: Option<ssm::Ssm>,
 }
 
 /// The control thread's way to hand workers work: each message goes to the
@@ -529,7 +597,7 @@ impl Control {
     /// Hands a shared-store answer to the worker that asked. An answer
     /// that does not fit the inbox is lost; the worker gives up on it after
     /// [`STORE_ANSWER_DEADLINE`] and goes ahead as if Redis were down.
-    pub(crate) fn answer(&self, to: crate::store::ReplyTo, answer: crate::store::Answer) {
+    pub(crate) fn answer(&self, to: store_queue::ReplyTo, answer: store_queue::Answer) {
         if let Some(inbox) = self.inboxes.get(to.worker) {
             if inbox.try_send(worker::Handoff::Store(to.token, answer)).is_ok() {
                 self.wakers[to.worker].wake();
@@ -679,6 +747,13 @@ impl Runtime {
     /// use, no multicast route, unknown interface) surface here, before any
     /// worker runs.
     pub fn start(opts: Options) -> io::Result<Runtime> {
+        Self::start_ssm(opts, None)
+    }
+
+    /// [`Runtime::start`] under `--source-mode ssm`: each worker's ingress
+    /// socket is joined `(S,G)` for its groups, from the sources `ssm`
+    /// resolved (see [`ssm`]); a failed join stops the start.
+    pub fn start_ssm(opts: Options, ssm: Option<ssm::SsmStart>) -> io::Result<Runtime> {
         let backend = select_backend(opts.backend)?;
         socket::nack_port_is_free(&opts)?;
         let n = opts.cpus.len().max(1);
@@ -716,6 +791,7 @@ impl Runtime {
             sockets.extend(dht.get(w).and_then(|d| SocketInfo::of("dht", w, d)));
             sockets.extend(gossip.get(w).and_then(|g| SocketInfo::of("gossip", w, g)));
         }
+        let ssm = ssm.map(|s| ssm::Ssm::join_all(s, &opts, &shares, &ingress)).transpose()?;
         let steering = match sys::attach_reuseport_steering(&nack[0], 8, n as u32) {
             Ok(()) => true,
             Err(e) => {
@@ -840,12 +916,18 @@ impl Runtime {
         started.wait();
         shared.ready.store(true, Ordering::Relaxed);
         let control = Control { inboxes, wakers: wakers.clone() };
-        Ok(Runtime { shared, workers, wakers, control })
+        Ok(Runtime { shared, workers, wakers, control, ssm })
     }
 
     /// Shared state for the control thread.
     pub fn shared(&self) -> Arc<Shared> {
         self.shared.clone()
+    }
+
+    /// The SSM driver (with `--source-mode ssm`), once: the control thread
+    /// runs it ([`ssm::Ssm::run`]) and exports its section.
+    pub fn take_ssm(&mut self) -> Option<ssm::Ssm> {
+        self.ssm.take()
     }
 
     /// A handle for sending workers control work.

@@ -1,10 +1,14 @@
 //! Socket construction for workers: per-worker multicast ingress sockets
-//! joined to that worker's groups only, and the SO_REUSEPORT NACK group.
+//! joined to that worker's groups only, and the SO_REUSEPORT NACK group;
+//! and [`IngressFilter`], what an ingress socket's datagrams must have been
+//! sent to (see the `rt` docs, "What ingress accepts").
 
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 use socket2::{Domain, Protocol, SockAddr, Socket, Type};
+
+use ricochet_wire::group::SourceMode;
 
 use super::{Addressing, Egress, Options};
 
@@ -22,14 +26,19 @@ fn udp(domain: Domain) -> io::Result<Socket> {
 /// The ingress socket of one worker: bound to the listen port, joined to
 /// `groups` (indices) and nothing else (MULTICAST_ALL off, so the kernel
 /// delivers only the groups this socket joined, even though every worker's
-/// socket is bound to the same port).
+/// socket is bound to the same port). Bound to the wildcard, because one
+/// socket takes several groups, it also receives unicast to the port: it
+/// reports each datagram's destination (IP_PKTINFO / IPV6_RECVPKTINFO) so
+/// [`IngressFilter`] can refuse those.
 pub(crate) fn ingress(opts: &Options, groups: &[u16]) -> io::Result<Socket> {
+    use nix::sys::socket::{setsockopt, sockopt};
     match &opts.addressing {
         Addressing::Ipv4Lab { interface } => {
             let s = udp(Domain::IPV4)?;
             s.set_reuse_address(true)?;
             s.set_reuse_port(true)?;
             s.set_multicast_all_v4(false)?;
+            setsockopt(&s, sockopt::Ipv4PacketInfo, &true)?;
             s.bind(&SocketAddr::from((Ipv4Addr::UNSPECIFIED, opts.listen_port)).into())?;
             for &g in groups {
                 s.join_multicast_v4(&ricochet_wire::group::ipv4_lab_group(g), interface)?;
@@ -42,7 +51,14 @@ pub(crate) fn ingress(opts: &Options, groups: &[u16]) -> io::Result<Socket> {
             s.set_reuse_address(true)?;
             s.set_reuse_port(true)?;
             s.set_multicast_all_v6(false)?;
+            setsockopt(&s, sockopt::Ipv6RecvPacketInfo, &true)?;
             s.bind(&SocketAddr::from((Ipv6Addr::UNSPECIFIED, opts.listen_port)).into())?;
+            if *mode == SourceMode::Ssm {
+                // Only (S,G) joins under SSM, made by `rt::ssm` once the
+                // sources are known: a (*,G) join of an FF3x group is not
+                // allowed (RFC 4607 § 1) and would take any source.
+                return Ok(s);
+            }
             for &g in groups {
                 let addr = ricochet_wire::group::ipv6_group(*mode, *scope, *group_id, g)
                     .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
@@ -50,6 +66,61 @@ pub(crate) fn ingress(opts: &Options, groups: &[u16]) -> io::Result<Socket> {
             }
             Ok(s)
         }
+    }
+}
+
+/// The SSM driver's socket for BRC-139 shard manifests: bound to the
+/// beacon group itself at the beacon port (manifests share both with
+/// ADVERTs), so it takes only datagrams sent to that group and cannot
+/// collide with the NACK socket when the ports are equal; `SO_REUSEADDR`
+/// so listeners on the host can bind it too. Joined `(S,G)` by `rt::ssm`.
+pub(crate) fn manifest(group: Ipv6Addr, port: u16) -> io::Result<Socket> {
+    let s = udp(Domain::IPV6)?;
+    s.set_only_v6(true)?;
+    s.set_reuse_address(true)?;
+    s.set_multicast_all_v6(false)?;
+    s.bind(&SocketAddr::from((group, port)).into()).map_err(|e| {
+        io::Error::new(
+            e.kind(),
+            format!("cannot bind [{group}]:{port} for shard manifests (--beacon-port): {e}"),
+        )
+    })?;
+    Ok(s)
+}
+
+/// What the ingress sockets accept: datagrams whose destination address
+/// (from packet info) is one of the fabric's configured groups. Everything
+/// else — unicast to the data port, broadcast, another group, or no packet
+/// info at all — is refused before it is parsed.
+#[derive(Debug, Clone)]
+pub(crate) struct IngressFilter {
+    addressing: Addressing,
+    /// The configured group indices, sorted.
+    groups: Vec<u16>,
+}
+
+impl IngressFilter {
+    pub(crate) fn new(opts: &Options) -> IngressFilter {
+        let mut groups = opts.groups.clone();
+        groups.sort_unstable();
+        groups.dedup();
+        IngressFilter { addressing: opts.addressing.clone(), groups }
+    }
+
+    /// Whether a datagram sent to `dest` is fabric multicast: the address
+    /// maps back to a group index (no allocation, no socket call) and
+    /// that index is configured.
+    pub(crate) fn accepts(&self, dest: Option<IpAddr>) -> bool {
+        let index = match (&self.addressing, dest) {
+            (Addressing::Ipv4Lab { .. }, Some(IpAddr::V4(a))) => {
+                ricochet_wire::group::ipv4_lab_index(a)
+            }
+            (Addressing::Ipv6 { mode, scope, group_id, .. }, Some(IpAddr::V6(a))) => {
+                ricochet_wire::group::ipv6_group_index(a, *mode, *scope, *group_id)
+            }
+            _ => None,
+        };
+        index.is_some_and(|i| self.groups.binary_search(&i).is_ok())
     }
 }
 
@@ -214,4 +285,125 @@ pub(crate) fn group_dest(opts: &Options, index: u16) -> Option<SockAddr> {
         }
     };
     Some(SocketAddr::new(ip, opts.egress_port).into())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+    use std::sync::Arc;
+    use std::time::Instant;
+
+    use ricochet_wire::frame::{Extra, FrameRepr, FrameVersion};
+    use ricochet_wire::group::{Scope, SourceMode};
+
+    use super::IngressFilter;
+    use crate::rt::{Addressing, Shared, sys::EventFd, worker};
+
+    fn opts(addressing: Addressing, groups: &[u16]) -> crate::rt::Options {
+        let mut o = crate::rt::dht_shard::tests::options(1);
+        o.dht = None;
+        o.addressing = addressing;
+        o.groups = groups.to_vec();
+        o
+    }
+
+    const LAB: Addressing = Addressing::Ipv4Lab { interface: Ipv4Addr::LOCALHOST };
+
+    #[test]
+    fn only_configured_groups_pass() {
+        let f = IngressFilter::new(&opts(LAB, &[3, 0, 0xFFFE]));
+        let v4 = |a: Ipv4Addr| Some(IpAddr::from(a));
+        for g in [0, 3, 0xFFFE] {
+            assert!(f.accepts(v4(ricochet_wire::group::ipv4_lab_group(g))), "group {g}");
+        }
+        for refused in [
+            v4(ricochet_wire::group::ipv4_lab_group(1)),
+            v4(Ipv4Addr::LOCALHOST),
+            v4(Ipv4Addr::BROADCAST),
+            v4(Ipv4Addr::new(239, 12, 0, 0)),
+            Some(IpAddr::from(Ipv6Addr::LOCALHOST)),
+            None,
+        ] {
+            assert!(!f.accepts(refused), "{refused:?}");
+        }
+        let (mode, scope, group_id) = (SourceMode::Asm, Scope::Site, 0x000B);
+        let v6 = Addressing::Ipv6 { mode, scope, group_id, interface_index: 1 };
+        let f = IngressFilter::new(&opts(v6, &[2]));
+        let group = |g| ricochet_wire::group::ipv6_group(mode, scope, group_id, g).unwrap();
+        assert!(f.accepts(Some(group(2).into())));
+        for refused in [
+            Some(group(5).into()),
+            Some(ricochet_wire::group::ipv6_group(mode, scope, 0x000C, 2).unwrap().into()),
+            Some(Ipv6Addr::LOCALHOST.into()),
+            Some(ricochet_wire::group::ipv4_lab_group(2).into()),
+            None,
+        ] {
+            assert!(!f.accepts(refused), "{refused:?}");
+        }
+    }
+
+    /// The worker refuses a frame that was not multicast to a group before
+    /// parsing it (counted `not_multicast`), and caches the same frame
+    /// multicast; a datagram on the NACK socket longer than
+    /// `MAX_NACK_DATAGRAM` is `too_long`, a shorter misfit
+    /// `length_mismatch`.
+    #[test]
+    fn the_worker_drops_unicast_frames_and_labels_oversized_nacks() {
+        let o = opts(LAB, &[0, 1, 2, 3]);
+        let (tx, rx) = crossbeam_channel::bounded(8);
+        let wakers = vec![Arc::new(EventFd::new().unwrap())];
+        let mut core = worker::Core::new(0, &o, rx, vec![tx], wakers, Shared::for_test(1));
+        let repr = FrameRepr {
+            version: FrameVersion::Tx,
+            byte7: 0,
+            id: [7; 32],
+            hash_key: 0xAB,
+            seq: 1,
+            subtree_id: [0; 32],
+            extra: Extra::None,
+            payload: b"forged",
+        };
+        let mut frame = vec![0u8; repr.buffer_len()];
+        repr.emit(&mut frame).unwrap();
+        let now = Instant::now();
+        let src = Some(IpAddr::from(Ipv4Addr::LOCALHOST));
+        for dest in [Some(Ipv4Addr::LOCALHOST.into()), None] {
+            core.on_ingress(now, &frame, src, dest);
+        }
+        let c = &core.counters;
+        assert_eq!(c.dropped.get(crate::rt::NOT_MULTICAST), Some(&2));
+        assert_eq!((c.ingress_datagrams, c.fabric_frames, c.fabric_malformed), (2, 0, 0));
+        core.on_ingress(now, &frame, src, Some(ricochet_wire::group::ipv4_lab_group(2).into()));
+        assert_eq!(core.counters.fabric_frames_cached, 1);
+        assert_eq!(core.counters.dropped.get(crate::rt::NOT_MULTICAST), Some(&2));
+
+        let nack_src = "127.0.0.1:5000".parse().unwrap();
+        core.on_nack(now, nack_src, &[0u8; crate::rt::MAX_NACK_DATAGRAM + 1]);
+        assert_eq!(core.counters.dropped.get("too_long"), Some(&1));
+        let mut long_nack = [0u8; 100];
+        ricochet_wire::control::NackRepr {
+            flags: ricochet_wire::control::NackFlags(0),
+            hash_key: 0xAB,
+            start_seq: 1,
+            end_seq: 1,
+            subtree_id: [0; 32],
+        }
+        .emit(&mut long_nack[..64])
+        .unwrap();
+        core.on_nack(now, nack_src, &long_nack);
+        assert_eq!(core.counters.dropped.get("too_long"), Some(&1));
+        assert_eq!(core.counters.dropped.get("length_mismatch"), Some(&1));
+        assert_eq!(core.counters.nack_datagrams, 2);
+
+        // Too long for the data port: `too_long` if it was multicast to a
+        // group, `not_multicast` (and not malformed) if it was not.
+        let group = Some(ricochet_wire::group::ipv4_lab_group(1).into());
+        core.on_oversized(worker::Oversized::Ingress(group), 70_000, 70_001);
+        assert_eq!(core.counters.dropped.get("too_long"), Some(&2));
+        assert_eq!(core.counters.fabric_malformed, 1);
+        core.on_oversized(worker::Oversized::Ingress(src), 70_000, 70_001);
+        assert_eq!(core.counters.dropped.get("too_long"), Some(&2));
+        assert_eq!(core.counters.dropped.get(crate::rt::NOT_MULTICAST), Some(&3));
+        assert_eq!(core.counters.fabric_malformed, 1);
+    }
 }

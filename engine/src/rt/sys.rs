@@ -5,7 +5,7 @@
 
 use std::io;
 use std::mem::MaybeUninit;
-use std::net::SocketAddr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 
 use socket2::SockAddr;
@@ -14,11 +14,57 @@ use socket2::SockAddr;
 /// maximum; a bigger slot would only waste memory.
 pub(crate) const SLOT: usize = 65_536;
 
+/// Room for the control messages an ingress receive asks for: one
+/// `IP_PKTINFO` (32 bytes with its header) or `IPV6_PKTINFO` (40), as u64s
+/// for cmsghdr alignment, with space to spare should the kernel add one.
+pub(crate) type PktinfoCmsg = [u64; 8];
+
+/// The destination address of a received datagram, from the `IP_PKTINFO`
+/// (`ipi_addr`: the IP header's destination) or `IPV6_PKTINFO`
+/// (`ipi6_addr`) control message in `control` — the bytes the kernel wrote
+/// to a receive's control area (`msg_controllen` of them). `None` when
+/// neither is there or the area is malformed: a walk over a borrowed
+/// buffer, bounds-checked at every step, allocating nothing.
+pub(crate) fn pktinfo_destination(control: &[u8]) -> Option<IpAddr> {
+    const HDR: usize = size_of::<libc::cmsghdr>();
+    // CMSG_ALIGN: control messages start on size_t boundaries.
+    let align = |n: usize| n.next_multiple_of(size_of::<usize>());
+    let mut at = 0;
+    while let Some(raw) = control.get(at..at + HDR) {
+        // SAFETY: `raw` is HDR = sizeof(cmsghdr) bytes in bounds; cmsghdr
+        // is plain old data, read unaligned.
+        let h: libc::cmsghdr = unsafe { std::ptr::read_unaligned(raw.as_ptr().cast()) };
+        let len = h.cmsg_len as usize;
+        if len < HDR {
+            return None;
+        }
+        let data = control.get(at + align(HDR)..at + len)?;
+        match (h.cmsg_level, h.cmsg_type) {
+            // struct in_pktinfo { int ipi_ifindex; in_addr ipi_spec_dst;
+            // in_addr ipi_addr; }: ipi_addr at 8, in network order.
+            (libc::IPPROTO_IP, libc::IP_PKTINFO) => {
+                let a: [u8; 4] = data.get(8..12)?.try_into().ok()?;
+                return Some(Ipv4Addr::from(a).into());
+            }
+            // struct in6_pktinfo { in6_addr ipi6_addr; int ipi6_ifindex; }
+            (libc::IPPROTO_IPV6, libc::IPV6_PKTINFO) => {
+                let a: [u8; 16] = data.get(..16)?.try_into().ok()?;
+                return Some(Ipv6Addr::from(a).into());
+            }
+            _ => {}
+        }
+        at += align(len);
+    }
+    None
+}
+
 /// A batch of receive slots for recvmmsg: `n` buffers of [`SLOT`] bytes,
-/// their source addresses and lengths, allocated once per worker.
+/// their source addresses, control areas ([`PktinfoCmsg`], filled only on
+/// sockets that ask for packet info) and lengths, allocated once per worker.
 pub(crate) struct RecvBatch {
     bufs: Vec<u8>,
     addrs: Vec<libc::sockaddr_storage>,
+    ctrls: Vec<PktinfoCmsg>,
     iovs: Vec<libc::iovec>,
     hdrs: Vec<libc::mmsghdr>,
     filled: usize,
@@ -44,6 +90,7 @@ impl RecvBatch {
             bufs: vec![0u8; n * SLOT],
             // SAFETY: sockaddr_storage is plain old data; all-zero is valid.
             addrs: vec![unsafe { MaybeUninit::zeroed().assume_init() }; n],
+            ctrls: vec![[0; 8]; n],
             iovs: Vec::with_capacity(n),
             hdrs: Vec::with_capacity(n),
             filled: 0,
@@ -61,6 +108,8 @@ impl RecvBatch {
             h.msg_hdr.msg_namelen = size_of::<libc::sockaddr_storage>() as u32;
             h.msg_hdr.msg_iov = &mut b.iovs[i];
             h.msg_hdr.msg_iovlen = 1;
+            h.msg_hdr.msg_control = b.ctrls[i].as_mut_ptr().cast();
+            h.msg_hdr.msg_controllen = size_of::<PktinfoCmsg>();
             b.hdrs.push(h);
         }
         b
@@ -71,11 +120,12 @@ impl RecvBatch {
     pub(crate) fn recv(&mut self, fd: RawFd) -> io::Result<usize> {
         for (h, _) in self.hdrs.iter_mut().zip(0..) {
             h.msg_hdr.msg_namelen = size_of::<libc::sockaddr_storage>() as u32;
+            h.msg_hdr.msg_controllen = size_of::<PktinfoCmsg>();
             h.msg_len = 0;
         }
-        // SAFETY: `hdrs` holds `hdrs.len()` initialised headers whose name and
-        // iov pointers reference live buffers owned by `self` of the lengths
-        // given; the kernel writes at most those lengths.
+        // SAFETY: `hdrs` holds `hdrs.len()` initialised headers whose name,
+        // iov and control pointers reference live buffers owned by `self` of
+        // the lengths given; the kernel writes at most those lengths.
         let n = unsafe {
             libc::recvmmsg(
                 fd,
@@ -99,6 +149,27 @@ impl RecvBatch {
         let h = self.hdrs.get(i).filter(|_| i < self.filled)?;
         let len = (h.msg_len as usize).min(SLOT);
         Some(&self.bufs[i * SLOT..i * SLOT + len])
+    }
+
+    /// Whether the `i`-th received datagram was longer than its slot
+    /// (MSG_TRUNC): [`RecvBatch::data`] then holds only its first
+    /// [`SLOT`] bytes.
+    pub(crate) fn truncated(&self, i: usize) -> bool {
+        self.hdrs
+            .get(i)
+            .filter(|_| i < self.filled)
+            .is_some_and(|h| h.msg_hdr.msg_flags & libc::MSG_TRUNC != 0)
+    }
+
+    /// The destination address of the `i`-th received datagram, on a
+    /// socket that asks for packet info ([`pktinfo_destination`]).
+    pub(crate) fn destination(&self, i: usize) -> Option<IpAddr> {
+        let h = self.hdrs.get(i).filter(|_| i < self.filled)?;
+        let len = h.msg_hdr.msg_controllen.min(size_of::<PktinfoCmsg>());
+        // SAFETY: `ctrls[i]` is a live array of u64s; viewing its first
+        // `len` ≤ its size bytes as bytes is in bounds (u8 has no alignment).
+        let raw = unsafe { std::slice::from_raw_parts(self.ctrls[i].as_ptr().cast::<u8>(), len) };
+        pktinfo_destination(raw)
     }
 
     /// Where the `i`-th received datagram came from. Decoded only when
@@ -530,6 +601,65 @@ pub(crate) fn attach_gossip_steering(fd: &impl AsRawFd, n: u32) -> io::Result<()
     attach_reuseport_cbpf(fd, &mut gossip_steering_program(n))
 }
 
+/// An `(S,G)` membership change (RFC 3678 protocol-independent API).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum SourceMembership {
+    /// `MCAST_JOIN_SOURCE_GROUP`: receive `group` from `source` on the
+    /// interface (an INCLUDE-mode filter; MLDv2 reports it).
+    Join,
+    /// `MCAST_LEAVE_SOURCE_GROUP`: drop `source` from the filter; the group
+    /// is left when its last source goes.
+    Leave,
+}
+
+/// Joins or leaves `(source, group)` on the IPv6 socket `fd`, interface
+/// `interface` (an index). Only source-specific calls: a `(*,G)` join of an
+/// FF3x group is never made (RFC 4607 § 1).
+pub(crate) fn source_membership(
+    fd: &impl AsRawFd,
+    op: SourceMembership,
+    interface: u32,
+    group: Ipv6Addr,
+    source: Ipv6Addr,
+) -> io::Result<()> {
+    let storage = |a: Ipv6Addr| {
+        // SAFETY: sockaddr_storage is plain old data; all-zero is valid.
+        let mut ss: libc::sockaddr_storage = unsafe { MaybeUninit::zeroed().assume_init() };
+        let sin6 = libc::sockaddr_in6 {
+            sin6_family: libc::AF_INET6 as libc::sa_family_t,
+            sin6_port: 0,
+            sin6_flowinfo: 0,
+            sin6_addr: libc::in6_addr { s6_addr: a.octets() },
+            sin6_scope_id: 0,
+        };
+        // SAFETY: sockaddr_storage is larger than sockaddr_in6 and at least
+        // as aligned; the write stays in bounds.
+        unsafe { std::ptr::write((&mut ss as *mut libc::sockaddr_storage).cast(), sin6) };
+        ss
+    };
+    let req = libc::group_source_req {
+        gsr_interface: interface,
+        gsr_group: storage(group),
+        gsr_source: storage(source),
+    };
+    let name = match op {
+        SourceMembership::Join => libc::MCAST_JOIN_SOURCE_GROUP,
+        SourceMembership::Leave => libc::MCAST_LEAVE_SOURCE_GROUP,
+    };
+    // SAFETY: `req` is a live, initialised group_source_req and the length
+    // passed is its size; the kernel copies it and keeps no pointer.
+    let r = unsafe {
+        libc::setsockopt(
+            fd.as_raw_fd(),
+            libc::IPPROTO_IPV6,
+            name,
+            (&req as *const libc::group_source_req).cast(),
+            size_of::<libc::group_source_req>() as libc::socklen_t,
+        )
+    };
+    if r == 0 { Ok(()) } else { Err(io::Error::last_os_error()) }
+}
+
 #[cfg(test)]
 pub(crate) mod tests {
     use std::net::SocketAddr;
@@ -693,5 +823,154 @@ pub(crate) mod tests {
         assert_eq!(super::send_all(tx.as_raw_fd(), msgs, &mut scratch), (2, 1));
         assert_eq!(scratch.failed(), [1]);
         assert_eq!(drain(&rx), [b"one".to_vec(), b"3rd".to_vec()]);
+    }
+
+    /// A control area holding `msgs` as the kernel lays them out:
+    /// `(level, type, data)` each behind a cmsghdr, CMSG_ALIGNed.
+    fn control(msgs: &[(i32, i32, &[u8])]) -> Vec<u8> {
+        let hdr = size_of::<libc::cmsghdr>();
+        let mut out = Vec::new();
+        for &(level, ty, data) in msgs {
+            let h = libc::cmsghdr {
+                cmsg_len: (hdr + data.len()) as _,
+                cmsg_level: level,
+                cmsg_type: ty,
+            };
+            // SAFETY: cmsghdr is plain old data; viewed as its bytes.
+            let raw = unsafe {
+                std::slice::from_raw_parts((&h as *const libc::cmsghdr).cast::<u8>(), hdr)
+            };
+            out.extend_from_slice(raw);
+            out.extend_from_slice(data);
+            out.resize(out.len().next_multiple_of(size_of::<usize>()), 0);
+        }
+        out
+    }
+
+    #[test]
+    fn pktinfo_destination_reads_ipi_addr_and_ipi6_addr() {
+        use super::pktinfo_destination as dest;
+        // in_pktinfo: ifindex 1, spec_dst 127.0.0.1, addr 239.11.0.2.
+        let v4 = [1, 0, 0, 0, 127, 0, 0, 1, 239, 11, 0, 2];
+        let c = control(&[(libc::IPPROTO_IP, libc::IP_PKTINFO, &v4)]);
+        assert_eq!(dest(&c), Some("239.11.0.2".parse().unwrap()));
+        // in6_pktinfo: addr ff12::b:3, ifindex 7; after an unrelated message.
+        let mut v6 = [0u8; 20];
+        v6[..16].copy_from_slice(&"ff12::b:3".parse::<std::net::Ipv6Addr>().unwrap().octets());
+        v6[16] = 7;
+        let c = control(&[
+            (libc::SOL_SOCKET, libc::SO_RXQ_OVFL, &[0; 4]),
+            (libc::IPPROTO_IPV6, libc::IPV6_PKTINFO, &v6),
+        ]);
+        assert_eq!(dest(&c), Some("ff12::b:3".parse().unwrap()));
+        // Nothing there, or cut short: no destination.
+        assert_eq!(dest(&[]), None);
+        let c = control(&[(libc::IPPROTO_IP, libc::IP_PKTINFO, &v4)]);
+        for cut in 0..c.len() - 4 {
+            assert_eq!(dest(&c[..cut]), None, "cut at {cut}");
+        }
+        // A header whose length is under its own size, or past the end.
+        let mut bad = control(&[(libc::IPPROTO_IP, libc::IP_PKTINFO, &v4)]);
+        bad[0] = 3;
+        assert_eq!(dest(&bad), None);
+        bad[0] = 200;
+        assert_eq!(dest(&bad), None);
+    }
+
+    #[test]
+    fn pktinfo_destination_never_panics_on_garbage() {
+        let mut state = 0x2545_F491_u32;
+        let mut buf = [0u8; 96];
+        for _ in 0..20_000 {
+            for b in buf.iter_mut() {
+                state ^= state << 13;
+                state ^= state >> 17;
+                state ^= state << 5;
+                *b = state as u8;
+            }
+            // Plausible headers now and then, so the walk goes deeper.
+            if state % 3 == 0 {
+                buf[..8].copy_from_slice(&((state % 64) as usize).to_ne_bytes());
+            }
+            let _ = super::pktinfo_destination(&buf[..(state as usize % 97)]);
+        }
+    }
+
+    /// On a socket asking for IP_PKTINFO, recvmmsg reports unicast to
+    /// 127.0.0.1 as such and multicast to a lab group as that group; a
+    /// socket that does not ask reports nothing.
+    #[test]
+    fn recv_batch_reports_the_destination_address() {
+        use nix::sys::socket::{setsockopt, sockopt};
+        use socket2::{Domain, Socket, Type};
+        use std::net::{IpAddr, Ipv4Addr};
+        use std::os::fd::AsRawFd;
+        let group = ricochet_wire::group::ipv4_lab_group(0x0ABC);
+        let rx = Socket::new(Domain::IPV4, Type::DGRAM, None).unwrap();
+        rx.set_multicast_all_v4(false).unwrap();
+        rx.bind(&SocketAddr::from((Ipv4Addr::UNSPECIFIED, 0)).into()).unwrap();
+        rx.join_multicast_v4(&group, &Ipv4Addr::LOCALHOST).unwrap();
+        let port = rx.local_addr().unwrap().as_socket().unwrap().port();
+        let tx = Socket::new(Domain::IPV4, Type::DGRAM, None).unwrap();
+        tx.set_multicast_if_v4(&Ipv4Addr::LOCALHOST).unwrap();
+        tx.set_multicast_loop_v4(true).unwrap();
+        let recv_all = |batch: &mut super::RecvBatch| {
+            let mut got = Vec::new();
+            for _ in 0..200 {
+                let n = batch.recv(rx.as_raw_fd()).unwrap();
+                for i in 0..n {
+                    got.push((batch.data(i).unwrap().to_vec(), batch.destination(i)));
+                }
+                if got.len() >= 2 {
+                    break;
+                }
+                std::thread::sleep(std::time::Duration::from_millis(5));
+            }
+            got
+        };
+        let send_both = || {
+            tx.send_to(b"uni", &SocketAddr::from((Ipv4Addr::LOCALHOST, port)).into()).unwrap();
+            tx.send_to(b"multi", &SocketAddr::from((group, port)).into()).unwrap();
+        };
+        let mut batch = super::RecvBatch::new(4);
+        send_both();
+        let got = recv_all(&mut batch);
+        assert_eq!(got, [(b"uni".to_vec(), None), (b"multi".to_vec(), None)]);
+        setsockopt(&rx, sockopt::Ipv4PacketInfo, &true).unwrap();
+        send_both();
+        let got = recv_all(&mut batch);
+        let want: [(Vec<u8>, Option<IpAddr>); 2] = [
+            (b"uni".to_vec(), Some(Ipv4Addr::LOCALHOST.into())),
+            (b"multi".to_vec(), Some(group.into())),
+        ];
+        assert_eq!(got, want);
+        assert!(!batch.truncated(0) && !batch.truncated(1));
+    }
+
+    /// IPV6_RECVPKTINFO: the destination of unicast to ::1 is ::1.
+    #[test]
+    fn recv_batch_reports_the_ipv6_destination_address() {
+        use nix::sys::socket::{setsockopt, sockopt};
+        use std::net::Ipv6Addr;
+        use std::os::fd::AsRawFd;
+        let Ok(rx) = std::net::UdpSocket::bind((Ipv6Addr::LOCALHOST, 0)) else {
+            eprintln!("SKIPPED: no IPv6 loopback");
+            return;
+        };
+        setsockopt(&rx, sockopt::Ipv6RecvPacketInfo, &true).unwrap();
+        let tx = std::net::UdpSocket::bind((Ipv6Addr::LOCALHOST, 0)).unwrap();
+        tx.send_to(b"six", rx.local_addr().unwrap()).unwrap();
+        let mut batch = super::RecvBatch::new(2);
+        let mut n = 0;
+        for _ in 0..200 {
+            n = batch.recv(rx.as_raw_fd()).unwrap();
+            if n > 0 {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        assert_eq!(n, 1);
+        assert_eq!(batch.data(0), Some(&b"six"[..]));
+        assert_eq!(batch.destination(0), Some(Ipv6Addr::LOCALHOST.into()));
     }
 }

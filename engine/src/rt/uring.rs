@@ -9,6 +9,11 @@
 //! ring is not enabled yet, or the kernel lacks MSG_RING) it falls back to
 //! the peer's eventfd, which every worker keeps a read armed on.
 //!
+//! The ingress socket's RecvMsg reserves a control area ([`PktinfoCmsg`])
+//! between the name and the payload of every provided buffer, where the
+//! kernel writes the datagram's packet info; the worker reads the
+//! destination from it (`rt` docs, "What ingress accepts").
+//!
 //! Not used (README: status): registered files.
 
 use std::alloc::{Layout, alloc_zeroed, dealloc};
@@ -21,8 +26,8 @@ use io_uring::types::{BufRingEntry, RecvMsgOut, Timespec};
 use io_uring::{IoUring, cqueue, opcode, types};
 use socket2::{SockAddr, Socket};
 
-use super::sys::{GsoCmsg, socket_addr, write_gso_cmsg};
-use super::worker::{Core, Sockets, gso_runs};
+use super::sys::{GsoCmsg, PktinfoCmsg, pktinfo_destination, socket_addr, write_gso_cmsg};
+use super::worker::{Core, Oversized, Sockets, gso_runs};
 use crate::retry::{Dest, Payload, Transmit};
 
 const UD_INGRESS: u64 = 1 << 32;
@@ -41,13 +46,21 @@ const UD_KIND: u64 = 0xFFFF_FFFF << 32;
 
 const GROUP_INGRESS: u16 = 0;
 const GROUP_NACK: u16 = 1;
+/// What precedes the payload in a multishot RecvMsg buffer: the
+/// `io_uring_recvmsg_out` header (16 bytes), the name area
+/// (`msg_namelen`: a sockaddr_storage) and the control area
+/// (`msg_controllen`: a [`PktinfoCmsg`] on the ingress socket, none
+/// elsewhere — counted here for every socket, as a bound).
+const RECV_HEAD: usize = 16 + size_of::<libc::sockaddr_storage>() + size_of::<PktinfoCmsg>();
 /// Ingress buffers hold the largest UDP datagram plus the recvmsg header.
 const INGRESS_BUF: usize = 65_536 + 256;
 const INGRESS_BUFS: u16 = 256;
-/// NACK buffers: a NACK is 64 bytes; anything longer is malformed anyway
-/// and arrives truncated, which is counted as such.
+/// NACK buffers: a NACK is 64 bytes; a datagram longer than
+/// [`super::MAX_NACK_DATAGRAM`] is `too_long` whether it arrives whole or
+/// truncated.
 const NACK_BUF: usize = 512;
 const NACK_BUFS: u16 = 1024;
+const _: () = assert!(INGRESS_BUF - RECV_HEAD >= 65_535 && NACK_BUF - RECV_HEAD > 256);
 
 /// Checks that io_uring works here and supports what this backend needs,
 /// returning a reason operators can act on when it does not.
@@ -271,10 +284,15 @@ impl std::fmt::Debug for Worker {
 // before any operation is submitted, and used only there.
 unsafe impl Send for Worker {}
 
-fn recv_template() -> Box<libc::msghdr> {
+/// The msghdr a multishot RecvMsg reads its area sizes from; `control`
+/// reserves a packet-info area ahead of the payload (the ingress socket).
+fn recv_template(control: bool) -> Box<libc::msghdr> {
     // SAFETY: plain old data; zero is valid.
     let mut h: libc::msghdr = unsafe { std::mem::zeroed() };
     h.msg_namelen = size_of::<libc::sockaddr_storage>() as u32;
+    if control {
+        h.msg_controllen = size_of::<PktinfoCmsg>();
+    }
     Box::new(h)
 }
 
@@ -320,11 +338,11 @@ impl Worker {
             egress,
             ingress_bufs,
             nack_bufs,
-            ingress_msg: recv_template(),
-            nack_msg: recv_template(),
-            upstream_msg: recv_template(),
-            dht_msg: recv_template(),
-            gossip_msg: recv_template(),
+            ingress_msg: recv_template(true),
+            nack_msg: recv_template(false),
+            upstream_msg: recv_template(false),
+            dht_msg: recv_template(false),
+            gossip_msg: recv_template(false),
             wake_buf: Box::new(0),
             tick: Box::new(Timespec::from(super::TICK)),
             slots: Vec::new(),
@@ -571,19 +589,23 @@ impl Worker {
         };
         let Ok(out) = RecvMsgOut::parse(bufs.get(bid, len), msg) else { return };
         if out.is_payload_truncated() {
-            let got = out.payload_data().len() + 1;
-            let err = ricochet_wire::Error::TooLong { max: out.payload_data().len(), got };
-            *self.core.counters.dropped.entry(err.reason()).or_default() += 1;
-            if source == Source::Ingress {
-                self.core.counters.fabric_malformed += 1;
-            }
-            return;
+            let on = match source {
+                Source::Ingress => Oversized::Ingress(pktinfo_destination(out.control_data())),
+                Source::Nack => Oversized::Nack,
+                _ => Oversized::Other,
+            };
+            let max = out.payload_data().len();
+            let got = (out.incoming_payload_len() as usize).max(max + 1);
+            return self.core.on_oversized(on, max, got);
         }
         // `data` borrows the buffer ring, a field disjoint from `core`; the
         // buffer goes back to the kernel only when the caller recycles it.
         let data = out.payload_data();
         match (source, socket_addr(out.name_data())) {
-            (Source::Ingress, src) => self.core.on_ingress(now, data, src.map(|a| a.ip())),
+            (Source::Ingress, src) => {
+                let dest = pktinfo_destination(out.control_data());
+                self.core.on_ingress(now, data, src.map(|a| a.ip()), dest)
+            }
             (Source::Nack, Some(src)) => self.core.on_nack(now, src, data),
             (Source::Upstream, Some(src)) => self.core.on_upstream(now, src, data),
             (Source::Dht, Some(src)) => self.core.on_dht(now, src, data),

@@ -11,13 +11,13 @@ use crossbeam_channel::{Receiver, Sender, TrySendError};
 use ricochet_wire::frame::Frame;
 use socket2::SockAddr;
 
+use super::store_queue::{Answer, ClaimKind, Op, ReplyTo, StoreClient};
 use super::sys::EventFd;
 use super::{ControlEvent, Options, Shared, WorkerCounters, WorkerSnapshot, owner, socket};
 use crate::retry::{
     ClaimResult, Claims, Dest, Effect, Enqueued, FrameOutcome, Lookup, Outbox, Payload,
     PendingMulticast, Recovery, Service, Siblings, Transmit,
 };
-use crate::store::{Answer, ClaimKind, Op, ReplyTo, StoreClient};
 use ricochet_wire::frame::FrameKey;
 
 /// What one worker hands another.
@@ -55,6 +55,19 @@ pub(crate) enum Handoff {
     /// A rumor datagram the control thread's socket read (no steering
     /// program): handled as if read from this worker's gossip socket.
     GossipDatagram(SocketAddr, Bytes),
+}
+
+/// The socket an oversized datagram arrived on, for
+/// [`Core::on_oversized`]'s per-socket counters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Oversized {
+    /// The data port, with the datagram's destination (packet info): one
+    /// not multicast to a group is refused as such, whatever its size.
+    Ingress(Option<std::net::IpAddr>),
+    /// The NACK socket.
+    Nack,
+    /// The upstream, DHT or gossip socket.
+    Other,
 }
 
 /// A request waiting for the shared store's answer.
@@ -131,7 +144,9 @@ pub(crate) struct Core {
     /// `-debug` per-event lines.
     events: super::event_log::EventLog,
     /// Picks the NACKs traced over OTLP (`--trace-sampling`).
-    nack_trace: Option<crate::otlp::NackSampler>,
+    nack_trace: Option<super::nack_trace::NackSampler>,
+    /// What the ingress socket's datagrams must have been sent to.
+    ingress_filter: socket::IngressFilter,
     pub(crate) opts: Options,
 }
 
@@ -170,7 +185,7 @@ impl Core {
             local_dedup: Claims::new(opts.dedup_window, 1 << 20),
             siblings: Arc::default(),
             dht: opts.dht.as_ref().map(|d| {
-                let (now, unix) = (Instant::now(), super::dht_shard::unix_now());
+                let (now, unix) = (Instant::now(), crate::wallclock::unix_secs());
                 super::dht_shard::Shard::new(index, workers, d, opts.nack_bind, now, unix)
             }),
             gossip: opts
@@ -179,6 +194,7 @@ impl Core {
                 .map(|g| super::gossip_shard::Shard::new(index, workers, g)),
             events: super::event_log::EventLog::new(opts.debug_events),
             nack_trace: opts.nack_tracing.as_ref().map(|t| t.sampler(index)),
+            ingress_filter: socket::IngressFilter::new(opts),
             opts: opts.clone(),
         }
     }
@@ -187,11 +203,23 @@ impl Core {
         *self.counters.dropped.entry(e.reason()).or_default() += 1;
     }
 
-    /// A datagram from the ingress socket, sent from `src`: validated here
-    /// (cheap) so garbage is neither copied nor handed off, then cached here
-    /// or by its owner.
-    pub(crate) fn on_ingress(&mut self, now: Instant, data: &[u8], src: Option<std::net::IpAddr>) {
+    /// A datagram from the ingress socket, sent from `src` to `dest` (its
+    /// packet info): refused unless `dest` is a configured group (the `rt`
+    /// docs, "What ingress accepts"), then validated here (cheap) so
+    /// garbage is neither copied nor handed off, then cached here or by its
+    /// owner.
+    pub(crate) fn on_ingress(
+        &mut self,
+        now: Instant,
+        data: &[u8],
+        src: Option<std::net::IpAddr>,
+        dest: Option<std::net::IpAddr>,
+    ) {
         self.counters.ingress_datagrams += 1;
+        if !self.ingress_filter.accepts(dest) {
+            *self.counters.dropped.entry(super::NOT_MULTICAST).or_default() += 1;
+            return;
+        }
         let frame = match Frame::new_checked(data) {
             Ok(f) => f,
             Err(e) => {
@@ -255,8 +283,31 @@ impl Core {
         }
     }
 
+    /// A datagram too long for the socket it arrived on (`got` bytes, or
+    /// more: the kernel truncated it to `max`), dropped as `too_long` —
+    /// the one label both backends use (the `rt` docs, "Oversized
+    /// datagrams").
+    pub(crate) fn on_oversized(&mut self, on: Oversized, max: usize, got: usize) {
+        match on {
+            Oversized::Ingress(dest) => {
+                self.counters.ingress_datagrams += 1;
+                if !self.ingress_filter.accepts(dest) {
+                    *self.counters.dropped.entry(super::NOT_MULTICAST).or_default() += 1;
+                    return;
+                }
+                self.counters.fabric_malformed += 1;
+            }
+            Oversized::Nack => self.counters.nack_datagrams += 1,
+            Oversized::Other => {}
+        }
+        self.drop_reason(ricochet_wire::Error::TooLong { max, got });
+    }
+
     /// A datagram from the NACK socket.
     pub(crate) fn on_nack(&mut self, now: Instant, src: SocketAddr, data: &[u8]) {
+        if data.len() > super::MAX_NACK_DATAGRAM {
+            return self.on_oversized(Oversized::Nack, super::MAX_NACK_DATAGRAM, data.len());
+        }
         self.counters.nack_datagrams += 1;
         let dest = ricochet_wire::control::peek_nack_key(data)
             .map_or(self.index, |k| owner(k, self.workers));
@@ -660,7 +711,7 @@ impl Core {
         self.local_dedup.expire(now);
         self.service.expire(now);
         if let Some(shard) = self.dht.as_mut() {
-            shard.tick(now, super::dht_shard::unix_now());
+            shard.tick(now, crate::wallclock::unix_secs());
         }
         if let Some(g) = self.gossip.as_mut() {
             g.tick(now);

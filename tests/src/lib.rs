@@ -20,6 +20,48 @@ use std::time::{Duration, Instant};
 use ricochet_wire::frame::{Extra, FrameRepr, FrameVersion};
 use socket2::{Domain, Protocol, Socket, Type};
 
+pub mod netns;
+
+/// Env var naming the file skipped tests append to; `scripts/test.sh` sets
+/// it and prints each line in its summary.
+pub const SKIPS_ENV: &str = "RICOCHET_E2E_SKIPS";
+
+/// Reports that `test` (a test function's name) did not run and why: a
+/// line `binary::test: reason` on stderr and appended to the file named by
+/// [`SKIPS_ENV`], when set. The test then returns, so the harness counts
+/// it as passed; the report is what keeps the skip from being silent.
+pub fn report_skip(test: &str, reason: &str) {
+    let line = format!("{}::{test}: {reason}\n", test_binary());
+    eprint!("SKIPPED: {line}");
+    if let Some(path) = std::env::var_os(SKIPS_ENV) {
+        // One write of one short line: O_APPEND keeps parallel tests'
+        // lines whole.
+        let written = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .and_then(|mut f| f.write_all(line.as_bytes()));
+        if let Err(e) = written {
+            panic!("{SKIPS_ENV}={}: cannot record the skip: {e}", path.to_string_lossy());
+        }
+    }
+}
+
+/// Whether this runs under CI: `CI` set to anything but empty, `0` or
+/// `false` (`.ci/run` sets `CI=1`; hosted CI sets `CI=true`).
+pub(crate) fn in_ci() -> bool {
+    std::env::var("CI").is_ok_and(|v| !matches!(v.as_str(), "" | "0" | "false"))
+}
+
+/// The name of this test binary (`ipv6_netns` for
+/// `target/debug/deps/ipv6_netns-0123abcd`).
+pub(crate) fn test_binary() -> String {
+    let exe = std::env::current_exe().ok();
+    let stem = exe.as_deref().and_then(|p| p.file_stem()).and_then(|s| s.to_str());
+    let stem = stem.unwrap_or("e2e");
+    stem.rsplit_once('-').map_or(stem, |(name, _hash)| name).to_owned()
+}
+
 /// Path of a workspace binary built for this profile.
 pub fn bin(name: &str) -> PathBuf {
     // target/<profile>/deps/<test-exe> → target/<profile>/<name>
@@ -41,6 +83,8 @@ static NEXT_PORT: AtomicU16 = AtomicU16::new(0);
 const TEST_PORT_LOW: u16 = 10_000;
 /// Ports per test process: 125 calls of [`ports`] before it wraps.
 const TEST_PORT_STRIDE: u16 = 1_000;
+/// Ports per call of [`ports`]: the named ones of [`Ports`] and one spare.
+const PORT_BLOCK: u16 = 8;
 
 /// First port of the kernel's ephemeral range (`ip_local_port_range`).
 /// Test ports stay below it: a socket bound to port 0 anywhere on the
@@ -54,16 +98,53 @@ fn ephemeral_low() -> u16 {
         .unwrap_or(32_768)
 }
 
-/// A block of 8 ports unique to this test process and call, below the
-/// ephemeral range.
-pub fn ports() -> [u16; 8] {
+/// One endpoint's ports by role, from [`ports`]. A test that moves one
+/// (siblings sharing a data port) writes `Ports { egress: b.listen, ..p }`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Ports {
+    /// Data port (`--listen-port`).
+    pub listen: u16,
+    /// NACK port (`--nack-port`); [`Engine::launch`] sends ADVERTs here
+    /// too (`--beacon-port`).
+    pub nack: u16,
+    /// Admin HTTP port (`--metrics-addr`).
+    pub admin: u16,
+    /// Where retransmits are sent (`--egress-port`).
+    pub egress: u16,
+    /// Cluster gossip port (`--gossip-port`), for tests that pass it.
+    pub gossip: u16,
+    /// A beacon port for tests that set `--beacon-port` themselves.
+    pub beacon: u16,
+    /// DHT port (`--dht-port`), for tests that pass it.
+    pub dht: u16,
+}
+
+impl Ports {
+    /// The admin address on IPv4 loopback.
+    pub fn admin_addr(&self) -> SocketAddr {
+        SocketAddr::from((Ipv4Addr::LOCALHOST, self.admin))
+    }
+}
+
+/// A block of ports unique to this test process and call, below the
+/// ephemeral range, by role.
+pub fn ports() -> Ports {
     let high = ephemeral_low().max(TEST_PORT_LOW + TEST_PORT_STRIDE);
     let slots = u32::from((high - TEST_PORT_LOW) / TEST_PORT_STRIDE);
     // Spread test processes by pid so concurrent test binaries differ too.
     let slot = (std::process::id() % slots) as u16;
     let base = TEST_PORT_LOW + slot * TEST_PORT_STRIDE;
-    let k = NEXT_PORT.fetch_add(8, Ordering::Relaxed) % TEST_PORT_STRIDE;
-    core::array::from_fn(|i| base + k + i as u16)
+    let k = NEXT_PORT.fetch_add(PORT_BLOCK, Ordering::Relaxed) % TEST_PORT_STRIDE;
+    let port = |i: u16| base + k + i;
+    Ports {
+        listen: port(0),
+        nack: port(1),
+        admin: port(2),
+        egress: port(3),
+        gossip: port(4),
+        beacon: port(5),
+        dht: port(6),
+    }
 }
 
 /// A running ricochet process, killed on drop.
@@ -86,7 +167,7 @@ impl Engine {
     /// waits until `/readyz` answers 200.
     pub fn start(extra: &[&str]) -> Engine {
         let p = ports();
-        let admin = SocketAddr::from((Ipv4Addr::LOCALHOST, p[2]));
+        let admin = p.admin_addr();
         let mut args: Vec<String> = vec!["--ipv4-lab".into()];
         args.extend(extra.iter().map(|s| s.to_string()));
         Engine::launch(&[], &args, p, admin)
@@ -95,19 +176,19 @@ impl Engine {
     /// Starts `ricochet run --ipv4-lab` like [`Engine::start`] but on the
     /// ports of `p` (from [`ports`]), so a test can stop an endpoint and
     /// start it again at the same addresses.
-    pub fn start_on(p: [u16; 8], extra: &[&str]) -> Engine {
-        let admin = SocketAddr::from((Ipv4Addr::LOCALHOST, p[2]));
+    pub fn start_on(p: Ports, extra: &[&str]) -> Engine {
+        let admin = p.admin_addr();
         let mut args: Vec<String> = vec!["--ipv4-lab".into()];
         args.extend(extra.iter().map(|s| s.to_string()));
         Engine::launch(&[], &args, p, admin)
     }
 
     /// Starts `prefix… ricochet run args…` (e.g. `ip netns exec NS`) with
-    /// the ports of `p` (listen, NACK, —, egress) and the admin server on
+    /// the listen, NACK and egress ports of `p` and the admin server on
     /// `admin`, and waits for `/readyz`. The caller must be able to reach
     /// `admin` (same network namespace).
-    pub fn launch(prefix: &[&str], args: &[String], p: [u16; 8], admin: SocketAddr) -> Engine {
-        let (listen, nack, egress) = (p[0], p[1], p[3]);
+    pub fn launch(prefix: &[&str], args: &[String], p: Ports, admin: SocketAddr) -> Engine {
+        let Ports { listen, nack, egress, .. } = p;
         let mut cmd = match prefix.split_first() {
             Some((first, rest)) => {
                 let mut c = Command::new(first);
@@ -445,7 +526,8 @@ pub struct RedisServer {
 impl RedisServer {
     /// Starts one on a fresh port and waits until it answers PING.
     pub fn start() -> RedisServer {
-        let port = ports()[0];
+        // Any port of a fresh block is this server's alone.
+        let port = ports().listen;
         let mut r = RedisServer { child: None, port };
         r.restart();
         r

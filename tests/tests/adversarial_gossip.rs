@@ -21,15 +21,18 @@ fn dropped(e: &Engine, reason: &str) -> f64 {
 #[test]
 fn captured_gossip_is_acted_on_once_and_never_answered_again() {
     let p = ports();
-    let key_file =
-        std::env::temp_dir().join(format!("ricochet-replay-{}-{}.key", std::process::id(), p[0]));
+    let key_file = std::env::temp_dir().join(format!(
+        "ricochet-replay-{}-{}.key",
+        std::process::id(),
+        p.listen
+    ));
     let hex: String = KEY.iter().map(|b| format!("{b:02x}")).collect();
     std::fs::write(&key_file, format!("{hex}\n")).unwrap();
     {
         use std::os::unix::fs::PermissionsExt;
         std::fs::set_permissions(&key_file, std::fs::Permissions::from_mode(0o600)).unwrap();
     }
-    let gossip_port = p[4];
+    let gossip_port = p.gossip;
     let e = Engine::start_on(
         p,
         &[

@@ -19,7 +19,7 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use ricochet_e2e::{
-    Engine, Publisher, bridge, drain, group_listener, metric_sum, metric_value, nack_client,
+    Engine, Ports, Publisher, bridge, drain, group_listener, metric_sum, metric_value, nack_client,
     nack_for, ports,
 };
 use ricochet_wire::control::{ResponseKind, ResponseRepr};
@@ -34,7 +34,7 @@ const KEY: [u8; 32] = [0x5A; 32];
 struct Domain {
     upstream: Engine,
     siblings: Vec<Engine>,
-    ports: Vec<[u16; 8]>,
+    ports: Vec<Ports>,
     key_file: PathBuf,
     listener: Vec<UdpSocket>,
     b_port: u16,
@@ -43,15 +43,11 @@ struct Domain {
     copies: BTreeMap<u64, u32>,
 }
 
-fn gossip_port(p: &[u16; 8]) -> u16 {
-    p[4]
-}
-
 impl Domain {
     fn start() -> Domain {
         // The siblings proxy through U from 127.0.0.1: U must allow them.
         let upstream = Engine::start(&["--backend", "epoll", "--proxy-allow", "127.0.0.1/32"]);
-        let b_port = ports()[0];
+        let b_port = ports().listen;
         let key_file = std::env::temp_dir()
             .join(format!("ricochet-cluster-{}-{b_port}.key", std::process::id()));
         let hex: String = KEY.iter().map(|b| format!("{b:02x}")).collect();
@@ -61,13 +57,10 @@ impl Domain {
             let perms = std::fs::Permissions::from_mode(0o600);
             std::fs::set_permissions(&key_file, perms).unwrap();
         }
-        let ports: Vec<[u16; 8]> = (0..3)
+        let ports: Vec<Ports> = (0..3)
             .map(|_| {
-                let mut p = ports();
                 // Siblings share the domain's data port; retransmits go there.
-                p[0] = b_port;
-                p[3] = b_port;
-                p
+                Ports { listen: b_port, egress: b_port, ..ports() }
             })
             .collect();
         let publisher = Publisher::new(upstream.listen_port);
@@ -92,10 +85,10 @@ impl Domain {
     /// Starts sibling `i` on its ports, seeded with the siblings `seeds`.
     fn launch(&self, i: usize, seeds: &[usize], extra: &[&str]) -> Engine {
         let p = self.ports[i];
-        let admin = SocketAddr::from((Ipv4Addr::LOCALHOST, p[2]));
+        let admin = p.admin_addr();
         let up = format!("127.0.0.1:{}", self.upstream.nack_port);
         let peers: Vec<String> =
-            seeds.iter().map(|&s| format!("127.0.0.1:{}", gossip_port(&self.ports[s]))).collect();
+            seeds.iter().map(|&s| format!("127.0.0.1:{}", self.ports[s].gossip)).collect();
         let mut args: Vec<String> = [
             "--ipv4-lab",
             "--backend",
@@ -106,7 +99,7 @@ impl Domain {
             "--cluster-key-file",
             self.key_file.to_str().unwrap(),
             "--gossip-port",
-            &gossip_port(&p).to_string(),
+            &p.gossip.to_string(),
             "--instance",
             &format!("sibling-{i}"),
         ]
@@ -121,7 +114,7 @@ impl Domain {
     }
 
     fn gossip_addr(&self, i: usize) -> SocketAddr {
-        SocketAddr::from((Ipv4Addr::LOCALHOST, gossip_port(&self.ports[i])))
+        SocketAddr::from((Ipv4Addr::LOCALHOST, self.ports[i].gossip))
     }
 
     fn collect(&mut self) {

@@ -16,7 +16,8 @@ use std::os::unix::fs::PermissionsExt;
 use std::time::{Duration, Instant};
 
 use ricochet_e2e::{
-    Engine, Publisher, bridge, drain, group_listener, metric_sum, nack_client, nack_for, ports,
+    Engine, Ports, Publisher, bridge, drain, group_listener, metric_sum, nack_client, nack_for,
+    ports,
 };
 use ricochet_wire::frame::Frame;
 
@@ -116,12 +117,12 @@ fn d_finds_its_upstreams_through_the_dht_and_switches_when_one_stops() {
 
     // U1: domain A's first endpoint, and the DHT seed.
     let a = ports();
-    let seed = format!("127.0.0.1:{}", a[4]);
+    let seed = format!("127.0.0.1:{}", a.dht);
     let u1_args = args(&[
         "--ipv4-lab",
         "--dht-enabled",
         "--dht-port",
-        &a[4].to_string(),
+        &a.dht.to_string(),
         "--domain",
         "a",
         "--dht-refresh",
@@ -134,7 +135,7 @@ fn d_finds_its_upstreams_through_the_dht_and_switches_when_one_stops() {
         "--proxy-allow",
         "127.0.0.1/32",
     ]);
-    let mut u1 = Engine::launch(&[], &u1_args, a, admin(a[2]));
+    let mut u1 = Engine::launch(&[], &u1_args, a, admin(a.admin));
 
     // U2: the second endpoint of A, on A's data port too (so it caches
     // the same frames), with its own NACK, admin and DHT ports.
@@ -143,7 +144,7 @@ fn d_finds_its_upstreams_through_the_dht_and_switches_when_one_stops() {
         "--ipv4-lab",
         "--dht-enabled",
         "--dht-port",
-        &p2[4].to_string(),
+        &p2.dht.to_string(),
         "--dht-bootstrap",
         &seed,
         "--domain",
@@ -155,7 +156,7 @@ fn d_finds_its_upstreams_through_the_dht_and_switches_when_one_stops() {
         "--proxy-allow",
         "127.0.0.1/32",
     ]);
-    let u2 = Engine::launch(&[], &u2_args, [a[0], p2[1], p2[2], p2[3], 0, 0, 0, 0], admin(p2[2]));
+    let u2 = Engine::launch(&[], &u2_args, Ports { listen: a.listen, ..p2 }, admin(p2.admin));
 
     // D: domain B, recovering from whatever the DHT says serves `a`.
     let b = ports();
@@ -167,7 +168,7 @@ fn d_finds_its_upstreams_through_the_dht_and_switches_when_one_stops() {
         "--upstream-domain",
         "a",
         "--dht-port",
-        &b[4].to_string(),
+        &b.dht.to_string(),
         "--dht-bootstrap",
         &seed,
         "--domain",
@@ -180,8 +181,8 @@ fn d_finds_its_upstreams_through_the_dht_and_switches_when_one_stops() {
         peer_cache.to_str().unwrap(),
     ]);
     // D's retransmits go to B's data port, where B's listener listens.
-    let mut d = Engine::launch(&[], &d_args, [b[0], b[1], b[2], b[0], 0, 0, 0, 0], admin(b[2]));
-    let b_listeners: Vec<UdpSocket> = (0..4).map(|g| group_listener(g, b[0])).collect();
+    let mut d = Engine::launch(&[], &d_args, Ports { egress: b.listen, ..b }, admin(b.admin));
+    let b_listeners: Vec<UdpSocket> = (0..4).map(|g| group_listener(g, b.listen)).collect();
 
     let u1_nack = format!("127.0.0.1:{}", u1.nack_port);
     let u2_nack = format!("127.0.0.1:{}", u2.nack_port);
@@ -200,7 +201,7 @@ fn d_finds_its_upstreams_through_the_dht_and_switches_when_one_stops() {
     assert_eq!(metric_sum(&m, "ricochet_dht_upstreams_discovered"), 2.0, "{m}");
 
     // Phase 1: the bridge's gaps fill through U1, the first by tier.
-    let (gaps, unfilled) = lossy_phase(a[0], b[0], &b_listeners, &d, 1..=PHASE);
+    let (gaps, unfilled) = lossy_phase(a.listen, b.listen, &b_listeners, &d, 1..=PHASE);
     assert!(!gaps.is_empty());
     assert!(
         unfilled.is_empty(),
@@ -231,7 +232,7 @@ fn d_finds_its_upstreams_through_the_dht_and_switches_when_one_stops() {
 
     // Phase 2: later gaps fill through U2.
     let u2_before = metric_sum(&u2.http("/metrics").unwrap().1, "ricochet_nacks_proxied_total");
-    let (gaps, unfilled) = lossy_phase(a[0], b[0], &b_listeners, &d, PHASE + 1..=2 * PHASE);
+    let (gaps, unfilled) = lossy_phase(a.listen, b.listen, &b_listeners, &d, PHASE + 1..=2 * PHASE);
     assert!(!gaps.is_empty());
     assert!(
         unfilled.is_empty(),
@@ -266,9 +267,9 @@ fn bad_node_key_files_stop_the_start_with_the_flag_named() {
     let p = ports();
     let out = std::process::Command::new(ricochet_e2e::bin("ricochet"))
         .args(["run", "--ipv4-lab", "--dht-enabled", "--domain", "a"])
-        .args(["--listen-port", &p[0].to_string(), "--nack-port", &p[1].to_string()])
-        .args(["--metrics-addr", &format!("127.0.0.1:{}", p[2])])
-        .args(["--dht-port", &p[4].to_string()])
+        .args(["--listen-port", &p.listen.to_string(), "--nack-port", &p.nack.to_string()])
+        .args(["--metrics-addr", &format!("127.0.0.1:{}", p.admin)])
+        .args(["--dht-port", &p.dht.to_string()])
         .args(["--node-key-file", key_file.to_str().unwrap()])
         .env_remove("RUST_LOG")
         .output()
@@ -324,10 +325,10 @@ fn the_dht_runs_on_the_workers_steered_by_key_and_transaction_id() {
                 backend,
                 "--dht-enabled",
                 "--dht-port",
-                &p[4].to_string(),
+                &p.dht.to_string(),
             ],
         );
-        let dht = SocketAddr::from((Ipv4Addr::LOCALHOST, p[4]));
+        let dht = SocketAddr::from((Ipv4Addr::LOCALHOST, p.dht));
         let client = UdpSocket::bind("127.0.0.1:0").unwrap();
         client.set_read_timeout(Some(Duration::from_millis(500))).unwrap();
         // Sender id 0x11…: its PING belongs to worker 1 (0x11111111 mod 2).
@@ -415,7 +416,7 @@ fn the_dht_runs_on_the_workers_steered_by_key_and_transaction_id() {
             &[
                 "--dht-enabled",
                 "--dht-port",
-                &ps[4].to_string(),
+                &ps.dht.to_string(),
                 "--domain",
                 "y",
                 "--dht-refresh",
@@ -425,7 +426,7 @@ fn the_dht_runs_on_the_workers_steered_by_key_and_transaction_id() {
             ],
         );
         let pe = ports();
-        let seed = format!("127.0.0.1:{}", ps[4]);
+        let seed = format!("127.0.0.1:{}", ps.dht);
         let e = Engine::start_on(
             pe,
             &[
@@ -441,7 +442,7 @@ fn the_dht_runs_on_the_workers_steered_by_key_and_transaction_id() {
                 "--domain",
                 "x",
                 "--dht-port",
-                &pe[4].to_string(),
+                &pe.dht.to_string(),
                 "--dht-bootstrap",
                 &seed,
                 "--dht-refresh",

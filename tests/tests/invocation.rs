@@ -4,31 +4,12 @@
 //! without colour on a pipe, with the instance id on every line; SIGHUP.
 
 use std::io::{Read, Write};
-use std::net::{Ipv4Addr, SocketAddr, TcpStream};
+use std::net::{SocketAddr, TcpStream};
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use ricochet_e2e::{bin, ports};
-
-/// The ports a bare endpoint runs on, named.
-struct Ports {
-    listen: u16,
-    nack: u16,
-    admin: u16,
-    egress: u16,
-}
-
-impl Ports {
-    fn new() -> Ports {
-        let p = ports();
-        Ports { listen: p[0], nack: p[1], admin: p[2], egress: p[3] }
-    }
-
-    fn admin(&self) -> SocketAddr {
-        SocketAddr::from((Ipv4Addr::LOCALHOST, self.admin))
-    }
-}
 
 /// `ricochet` started with no subcommand, its stderr collected as it comes.
 struct Bare {
@@ -161,18 +142,18 @@ fn run(args: &[&str]) -> Output {
 /// `RUST_LOG` applies because the log level was left at its default.
 #[test]
 fn bare_binary_configured_by_env_only() {
-    let p = Ports::new();
+    let p = ports();
     let env = [
         ("RICOCHET_IPV4_LAB", "true".to_string()),
         ("LISTEN_PORT", p.listen.to_string()),
         ("NACK_PORT", p.nack.to_string()),
         ("EGRESS_PORT", p.egress.to_string()),
-        ("METRICS_ADDR", p.admin().to_string()),
+        ("METRICS_ADDR", p.admin_addr().to_string()),
         ("BEACON_INTERVAL", "1s".to_string()),
         ("INSTANCE_ID", "e2e-env".to_string()),
         ("RUST_LOG", "error".to_string()),
     ];
-    let e = Bare::start(&[], &env, p.admin());
+    let e = Bare::start(&[], &env, p.admin_addr());
 
     let (code, content_type, body) = get(e.admin, "/healthz").unwrap();
     assert_eq!((code, content_type.as_str()), (200, "application/json"), "{body}");
@@ -211,7 +192,7 @@ fn bare_binary_configured_by_env_only() {
 /// unit starts the reference. An explicit log level beats `RUST_LOG`.
 #[test]
 fn bare_binary_takes_go_flags() {
-    let p = Ports::new();
+    let p = ports();
     let args: Vec<String> = [
         "-ipv4-lab".to_string(),
         "-listen-port".into(),
@@ -219,7 +200,7 @@ fn bare_binary_takes_go_flags() {
         format!("-nack-port={}", p.nack),
         "--egress-port".into(),
         p.egress.to_string(),
-        format!("--metrics-addr={}", p.admin()),
+        format!("--metrics-addr={}", p.admin_addr()),
         "-beacon-interval".into(),
         "1s".into(),
         "-log-level".into(),
@@ -228,7 +209,7 @@ fn bare_binary_takes_go_flags() {
         "e2e-flags".into(),
     ]
     .into();
-    let e = Bare::start(&args, &[("RUST_LOG", "error".to_string())], p.admin());
+    let e = Bare::start(&args, &[("RUST_LOG", "error".to_string())], p.admin_addr());
     let (_, _, body) = get(e.admin, "/readyz").unwrap();
     let total = field(&body, "workers_total").unwrap().to_string();
     let (status, log) = e.stop();
@@ -255,7 +236,7 @@ fn bare_binary_takes_go_flags() {
         "shard_groups=\"239.11.0.0..239.11.0.3 (4 groups)\"".into(),
         "groups_joined=".into(),
         "cache_backend=\"memory\"".into(),
-        format!("metrics_addr={}", p.admin()),
+        format!("metrics_addr={}", p.admin_addr()),
         "instance=e2e-flags".into(),
     ] {
         assert!(serving.contains(&want), "no {want} in:\n{serving}");

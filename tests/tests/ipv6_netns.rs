@@ -1,74 +1,28 @@
 //! IPv6 multicast end to end, inside a network namespace this test creates
 //! and removes: an engine on one end of a veth pair joins the BRC-129 site
 //! groups (ff05::b:i), a publisher and a listener on the other end.
-//! Needs root and `ip` (iproute2); otherwise skipped with a message.
+//! Needs root and `ip` (iproute2); otherwise reported as skipped
+//! ([`Netns::create`]).
 
 use std::net::{Ipv6Addr, SocketAddr, SocketAddrV6, UdpSocket};
-use std::os::fd::AsFd;
 use std::process::Command;
 use std::time::Duration;
 
+use ricochet_e2e::netns::Netns;
 use ricochet_e2e::{Engine, drain, ports, tx_frame};
 use ricochet_wire::control::{AckFlags, NackFlags, NackRepr, ResponseRepr};
 use ricochet_wire::group::{Scope, SourceMode, ipv6_group, shard_index};
 use socket2::{Domain, Protocol, Socket, Type};
 
-/// A network namespace with a veth pair `v0` (fd00::1, the endpoint) and
-/// `v1` (fd00::2, publisher and listener); deleted on drop.
-struct Netns(String);
-
-impl Netns {
-    fn create(tag: &str) -> Option<Netns> {
-        let root = nix::unistd::Uid::effective().is_root();
-        let has_ip = Command::new("ip").arg("-V").output().is_ok_and(|o| o.status.success());
-        if !root || !has_ip {
-            eprintln!(
-                "SKIPPED: IPv6 netns test needs root and iproute2 (root={root}, ip={has_ip})"
-            );
-            return None;
-        }
-        let ns = Netns(format!("ricochet-e2e-{}-{tag}", std::process::id()));
-        let _ = Command::new("ip").args(["netns", "del", &ns.0]).output();
-        let steps: [&[&str]; 8] = [
-            &["netns", "add", &ns.0],
-            &["-n", &ns.0, "link", "set", "lo", "up"],
-            &["-n", &ns.0, "link", "add", "v0", "type", "veth", "peer", "name", "v1"],
-            &["-n", &ns.0, "addr", "add", "fd00::1/64", "dev", "v0", "nodad"],
-            &["-n", &ns.0, "addr", "add", "fd00::2/64", "dev", "v1", "nodad"],
-            &["-n", &ns.0, "link", "set", "v0", "up"],
-            &["-n", &ns.0, "link", "set", "v1", "up"],
-            &["-n", &ns.0, "link", "set", "v1", "multicast", "on"],
-        ];
-        ip(&steps);
-        Some(ns)
-    }
-
-    /// Runs `f` on a thread that has entered the namespace; processes it
-    /// spawns start there too.
-    fn run<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> T {
-        let path = format!("/var/run/netns/{}", self.0);
-        std::thread::spawn(move || {
-            let file = std::fs::File::open(&path).expect("open netns");
-            nix::sched::setns(file.as_fd(), nix::sched::CloneFlags::CLONE_NEWNET).expect("setns");
-            f()
-        })
-        .join()
-        .expect("netns thread")
-    }
-}
-
-/// Runs each `ip` command; any failure fails the test.
-fn ip(steps: &[&[&str]]) {
-    for step in steps {
-        let out = Command::new("ip").args(*step).output().expect("run ip");
-        assert!(out.status.success(), "ip {step:?}: {}", String::from_utf8_lossy(&out.stderr));
-    }
-}
-
-impl Drop for Netns {
-    fn drop(&mut self) {
-        let _ = Command::new("ip").args(["netns", "del", &self.0]).output();
-    }
+/// A namespace for `test` with a veth pair `v0` (fd00::1, the endpoint)
+/// and `v1` (fd00::2, publisher and listener); `None` (reported as
+/// skipped) where namespaces cannot be made.
+fn link(test: &str) -> Option<Netns> {
+    let ns = Netns::create(test)?;
+    ns.veth("v0", "v1");
+    ns.addr("v0", "fd00::1/64");
+    ns.addr("v1", "fd00::2/64");
+    Some(ns)
 }
 
 /// The endpoint's arguments: groups joined on `v0`, NACKs on fd00::1,
@@ -86,7 +40,7 @@ fn group(index: u16) -> Ipv6Addr {
 
 #[test]
 fn ipv6_site_groups_in_a_namespace() {
-    let Some(ns) = Netns::create("site") else { return };
+    let Some(ns) = link("ipv6_site_groups_in_a_namespace") else { return };
     for backend in ["epoll", "uring"] {
         ns.run(move || serve_one_nack(backend));
     }
@@ -94,7 +48,7 @@ fn ipv6_site_groups_in_a_namespace() {
 
 fn serve_one_nack(backend: &str) {
     let p = ports();
-    let admin = SocketAddr::from((Ipv6Addr::LOCALHOST, p[2]));
+    let admin = SocketAddr::from((Ipv6Addr::LOCALHOST, p.admin));
     let e = Engine::launch(&[], &endpoint_args("v0", backend), p, admin);
     let v1 = nix::net::if_::if_nametoindex("v1").expect("v1 index");
 
@@ -153,10 +107,10 @@ fn serve_one_nack(backend: &str) {
 /// another.
 #[test]
 fn started_as_the_reference_unit_starts_it() {
-    let Some(ns) = Netns::create("unit") else { return };
+    let Some(ns) = link("started_as_the_reference_unit_starts_it") else { return };
     // An address on another interface: a NACK to it must find no socket,
     // as the NACK socket binds the detected address, not the wildcard.
-    ip(&[&["-n", &ns.0, "addr", "add", "fd00::3/128", "dev", "lo"]]);
+    ns.ip(&["addr", "add", "fd00::3/128", "dev", "lo"]);
     ns.run(reference_unit);
 }
 
@@ -274,15 +228,9 @@ fn reference_unit() {
 /// interface, as the reference's retransmitter writes it to each.
 #[test]
 fn retransmits_leave_on_every_egress_interface() {
-    let Some(ns) = Netns::create("egress") else { return };
-    let steps: [&[&str]; 5] = [
-        &["-n", &ns.0, "link", "add", "w0", "type", "veth", "peer", "name", "w1"],
-        &["-n", &ns.0, "addr", "add", "fd01::1/64", "dev", "w0", "nodad"],
-        &["-n", &ns.0, "link", "set", "w0", "up"],
-        &["-n", &ns.0, "link", "set", "w1", "up"],
-        &["-n", &ns.0, "link", "set", "w1", "multicast", "on"],
-    ];
-    ip(&steps);
+    let Some(ns) = link("retransmits_leave_on_every_egress_interface") else { return };
+    ns.veth("w0", "w1");
+    ns.addr("w0", "fd01::1/64");
     for backend in ["epoll", "uring"] {
         ns.run(move || retransmit_on_two_interfaces(backend));
     }
@@ -290,7 +238,7 @@ fn retransmits_leave_on_every_egress_interface() {
 
 fn retransmit_on_two_interfaces(backend: &str) {
     let p = ports();
-    let admin = SocketAddr::from((Ipv6Addr::LOCALHOST, p[2]));
+    let admin = SocketAddr::from((Ipv6Addr::LOCALHOST, p.admin));
     let e = Engine::launch(&[], &endpoint_args("v0,w0", backend), p, admin);
     let frame = tx_frame(0x6602, 1, b"two ways");
     let txid: [u8; 32] = frame[8..40].try_into().unwrap();

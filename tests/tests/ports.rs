@@ -5,7 +5,7 @@
 
 use std::process::{Command, Stdio};
 
-use ricochet_e2e::{Engine, bin, ports};
+use ricochet_e2e::{Engine, Ports, bin, ports};
 
 fn second(args: &[String]) -> (Option<i32>, String) {
     let out = Command::new(bin("ricochet"))
@@ -27,20 +27,19 @@ fn a_second_endpoint_on_the_same_nack_port_is_refused() {
             "--ipv4-lab".to_string(),
             format!("--listen-port={listen}"),
             format!("--nack-port={nack}"),
-            format!("--metrics-addr=127.0.0.1:{}", p[2]),
-            format!("--beacon-port={}", p[5]),
+            format!("--metrics-addr=127.0.0.1:{}", p.admin),
+            format!("--beacon-port={}", p.beacon),
         ]
         .to_vec()
     };
     // The same NACK port: refused, naming it.
-    let (code, err) = second(&args(p[0], first.nack_port));
+    let (code, err) = second(&args(p.listen, first.nack_port));
     assert_eq!(code, Some(1), "{err}");
     assert!(err.contains(&format!("--nack-port (NACK_PORT) = {}", first.nack_port)), "{err}");
     // The first is untouched and still serves.
     assert_eq!(first.http("/readyz").map(|(s, _)| s).unwrap_or(0), 200);
     // The same data port is shared: siblings on one host each get every
     // multicast frame.
-    let beside =
-        Engine::start_on([first.listen_port, p[1], p[2], p[3], p[4], p[5], p[6], p[7]], &[]);
+    let beside = Engine::start_on(Ports { listen: first.listen_port, ..p }, &[]);
     assert_eq!(beside.http("/readyz").map(|(s, _)| s).unwrap_or(0), 200);
 }

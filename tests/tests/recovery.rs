@@ -6,11 +6,11 @@
 //! ports (the IPv4 lab groups are shared; ports keep them apart).
 
 use std::collections::BTreeSet;
-use std::net::{Ipv4Addr, SocketAddr, UdpSocket};
+use std::net::{Ipv4Addr, UdpSocket};
 use std::time::{Duration, Instant};
 
 use ricochet_e2e::{
-    Engine, Publisher, bridge, drain, group_listener, nack_client, nack_for, ports,
+    Engine, Ports, Publisher, bridge, drain, group_listener, nack_client, nack_for, ports,
 };
 use ricochet_wire::control::{NackFlags, ResponseRepr};
 use ricochet_wire::frame::Frame;
@@ -34,21 +34,20 @@ fn two_domains(backend: &str) {
     let upstream = Engine::start(&["--backend", backend, "--proxy-allow", "127.0.0.1/32"]);
     // D's retransmits go to B's data port, where B's listener listens.
     let b = ports();
-    let admin = SocketAddr::from((Ipv4Addr::LOCALHOST, b[2]));
+    let admin = b.admin_addr();
     let up = format!("127.0.0.1:{}", upstream.nack_port);
     let args: Vec<String> =
         ["--ipv4-lab", "--backend", backend, "--proxy-enabled", "--upstream-retry-endpoints", &up]
             .iter()
             .map(|s| s.to_string())
             .collect();
-    let mut b_ports = b;
-    b_ports[3] = b[0]; // egress port = B's listen port
+    let b_ports = Ports { egress: b.listen, ..b }; // egress port = B's listen port
     let downstream = Engine::launch(&[], &args, b_ports, admin);
 
     // B's listener: every frame that reaches B's groups, bridged or
     // retransmitted.
-    let listener: Vec<UdpSocket> = (0..4).map(|g| group_listener(g, b[0])).collect();
-    let bridge = bridge(upstream.listen_port, b[0], FRAMES, 50);
+    let listener: Vec<UdpSocket> = (0..4).map(|g| group_listener(g, b.listen)).collect();
+    let bridge = bridge(upstream.listen_port, b.listen, FRAMES, 50);
     let publisher = Publisher::new(upstream.listen_port);
     for seq in 1..=FRAMES {
         publisher.send_tx(FLOW, seq, &seq.to_be_bytes());

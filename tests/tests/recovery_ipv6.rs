@@ -1,7 +1,7 @@
 //! Cross-domain recovery over IPv6: the scenario of `recovery.rs` with
 //! BRC-129 site groups, in two network namespaces this test creates and
-//! removes. Needs root and `ip` (iproute2); otherwise skipped with a
-//! message.
+//! removes. Needs root and `ip` (iproute2); otherwise reported as skipped
+//! ([`Netns::create`]).
 //!
 //! ```text
 //!  namespace A: domain A, group id 0x0A0A   namespace B: domain B, group id 0x0B0B
@@ -20,12 +20,11 @@
 
 use std::collections::BTreeSet;
 use std::net::{Ipv6Addr, SocketAddr, SocketAddrV6, UdpSocket};
-use std::os::fd::AsFd;
-use std::process::Command;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use ricochet_e2e::{Engine, metric_sum, ports, tx_frame};
+use ricochet_e2e::netns::Netns;
+use ricochet_e2e::{Engine, Ports, metric_sum, ports, tx_frame};
 use ricochet_wire::control::{AckFlags, NackFlags, NackRepr, ResponseRepr};
 use ricochet_wire::frame::Frame;
 use ricochet_wire::group::{Scope, SourceMode, ipv6_group, shard_index};
@@ -54,16 +53,16 @@ const B_FAR_IP: Ipv6Addr = Ipv6Addr::new(0xfd0b, 0, 0, 0, 0, 0, 0, 2);
 
 #[test]
 fn gaps_caused_by_the_bridge_fill_through_the_upstream_over_ipv6() {
-    let Some(ns) = Namespaces::create() else { return };
+    let test = "gaps_caused_by_the_bridge_fill_through_the_upstream_over_ipv6";
+    let Some(ns) = Namespaces::create(test) else { return };
     for backend in ["epoll", "uring"] {
-        let a = ns.a.clone();
-        in_netns(&ns.b, move || two_domains(&a, backend));
+        ns.b.run(|| two_domains(&ns.a, backend));
     }
 }
 
 /// Runs in namespace B (where the listener lives); what belongs to domain A
 /// is opened in namespace `a_ns` and handed back.
-fn two_domains(a_ns: &str, backend: &'static str) {
+fn two_domains(a_ns: &Netns, backend: &'static str) {
     let (pu, pd) = (ports(), ports());
 
     // U serves domain A. Its admin port is on its NACK address, which B
@@ -83,14 +82,13 @@ fn two_domains(a_ns: &str, backend: &'static str) {
         "--proxy-allow",
         &format!("{D_IP}/128"),
     ]);
-    let u_admin = SocketAddr::from((U_IP, pu[2]));
-    let upstream = in_netns(a_ns, move || Engine::launch(&[], &u_args, pu, u_admin));
+    let u_admin = SocketAddr::from((U_IP, pu.admin));
+    let upstream = a_ns.run(move || Engine::launch(&[], &u_args, pu, u_admin));
 
     // D serves domain B, recovering from U; its retransmits go to B's data
     // port, where B's listener listens. The listener sends its NACKs back to
     // back, so the per-IP bucket (not under test) gets room for all of them.
-    let mut d_ports = pd;
-    d_ports[3] = pd[0];
+    let d_ports = Ports { egress: pd.listen, ..pd };
     let d_args = strings(&[
         "--mc-iface",
         "b0",
@@ -108,27 +106,30 @@ fn two_domains(a_ns: &str, backend: &'static str) {
         "--rl-ip-burst",
         "100",
     ]);
-    let downstream = Engine::launch(&[], &d_args, d_ports, SocketAddr::from((D_IP, pd[2])));
+    let downstream = Engine::launch(&[], &d_args, d_ports, SocketAddr::from((D_IP, pd.admin)));
 
     // B's listener: every frame that reaches B's groups, bridged or
     // retransmitted.
     let b1 = ifindex("b1");
     let listener: Vec<UdpSocket> =
-        INDICES[..4].iter().map(|&i| group_socket(group(GROUP_ID_B, i), pd[0], b1)).collect();
+        INDICES[..4].iter().map(|&i| group_socket(group(GROUP_ID_B, i), pd.listen, b1)).collect();
 
     // The bridge taps A's segment at U's side and sends into B from b1.
-    let taps = in_netns(a_ns, move || {
+    let taps = a_ns.run(move || {
         let a0 = ifindex("a0");
-        INDICES.iter().map(|&i| group_socket(group(GROUP_ID_A, i), pu[0], a0)).collect::<Vec<_>>()
+        INDICES
+            .iter()
+            .map(|&i| group_socket(group(GROUP_ID_A, i), pu.listen, a0))
+            .collect::<Vec<_>>()
     });
-    let bridge = bridge(taps, multicast_sender(B_FAR_IP, b1), pd[0]);
+    let bridge = bridge(taps, multicast_sender(B_FAR_IP, b1), pd.listen);
 
-    let publisher = in_netns(a_ns, || multicast_sender(PUBLISHER_IP, ifindex("a1")));
+    let publisher = a_ns.run(|| multicast_sender(PUBLISHER_IP, ifindex("a1")));
     for seq in 1..=FRAMES {
         let frame = tx_frame(FLOW, seq, &seq.to_be_bytes());
         let index = shard_index(frame[8..40].try_into().unwrap(), 2).unwrap();
         publisher
-            .send_to(&frame, SocketAddrV6::new(group(GROUP_ID_A, index), pu[0], 0, 0))
+            .send_to(&frame, SocketAddrV6::new(group(GROUP_ID_A, index), pu.listen, 0, 0))
             .unwrap();
     }
     let bridged = bridge.join().unwrap();
@@ -337,85 +338,29 @@ fn strings(args: &[&str]) -> Vec<String> {
     args.iter().map(|s| s.to_string()).collect()
 }
 
-/// Runs `f` on a thread that has entered network namespace `name`. Sockets
-/// it opens and processes it spawns belong to that namespace, also after
-/// they are handed back to another thread.
-fn in_netns<T: Send + 'static>(name: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
-    let path = format!("/var/run/netns/{name}");
-    std::thread::spawn(move || {
-        let file = std::fs::File::open(&path).expect("open netns");
-        nix::sched::setns(file.as_fd(), nix::sched::CloneFlags::CLONE_NEWNET).expect("setns");
-        f()
-    })
-    .join()
-    .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
-}
-
 /// Domain A's and domain B's namespaces, wired as in the module diagram;
-/// both are deleted on drop, so a failing run leaves nothing behind. The
-/// names carry the process id: concurrent runs (and `ipv6_netns.rs`) never
-/// share one.
+/// both are deleted on drop, so a failing run leaves nothing behind.
 #[derive(Debug)]
 struct Namespaces {
-    a: String,
-    b: String,
+    a: Netns,
+    b: Netns,
 }
 
 impl Namespaces {
-    fn create() -> Option<Namespaces> {
-        let root = nix::unistd::Uid::effective().is_root();
-        let ip = Command::new("ip").arg("-V").output().is_ok_and(|o| o.status.success());
-        if !root || !ip {
-            eprintln!(
-                "SKIPPED: IPv6 two-domain recovery test needs root and iproute2 (root={root}, ip={ip})"
-            );
-            return None;
-        }
-        let pid = std::process::id();
-        let ns =
-            Namespaces { a: format!("ricochet-rec6-a-{pid}"), b: format!("ricochet-rec6-b-{pid}") };
-        // Left over from an earlier process with this pid that was killed.
-        ns.delete();
-        let (a, b) = (ns.a.as_str(), ns.b.as_str());
-        let steps: &[&[&str]] = &[
-            &["netns", "add", a],
-            &["netns", "add", b],
-            &["-n", a, "link", "set", "lo", "up"],
-            &["-n", b, "link", "set", "lo", "up"],
-            &["-n", a, "link", "add", "a0", "type", "veth", "peer", "name", "a1"],
-            &["-n", b, "link", "add", "b0", "type", "veth", "peer", "name", "b1"],
-            &["-n", a, "link", "add", "ab0", "type", "veth", "peer", "name", "ab1", "netns", b],
-            &["-n", a, "addr", "add", "fd0a::1/64", "dev", "a0", "nodad"],
-            &["-n", a, "addr", "add", "fd0a::2/64", "dev", "a1", "nodad"],
-            &["-n", a, "addr", "add", "fd0c::1/64", "dev", "ab0", "nodad"],
-            &["-n", b, "addr", "add", "fd0b::1/64", "dev", "b0", "nodad"],
-            &["-n", b, "addr", "add", "fd0b::2/64", "dev", "b1", "nodad"],
-            &["-n", b, "addr", "add", "fd0c::2/64", "dev", "ab1", "nodad"],
-            &["-n", a, "link", "set", "a0", "up"],
-            &["-n", a, "link", "set", "a1", "up"],
-            &["-n", a, "link", "set", "ab0", "up"],
-            &["-n", b, "link", "set", "b0", "up"],
-            &["-n", b, "link", "set", "b1", "up"],
-            &["-n", b, "link", "set", "ab1", "up"],
-            &["-n", a, "-6", "route", "add", "fd0b::/64", "via", "fd0c::2", "dev", "ab0"],
-            &["-n", b, "-6", "route", "add", "fd0a::/64", "via", "fd0c::1", "dev", "ab1"],
-        ];
-        for step in steps {
-            let out = Command::new("ip").args(*step).output().expect("run ip");
-            assert!(out.status.success(), "ip {step:?}: {}", String::from_utf8_lossy(&out.stderr));
-        }
-        Some(ns)
-    }
-
-    fn delete(&self) {
-        for name in [&self.a, &self.b] {
-            let _ = Command::new("ip").args(["netns", "del", name]).output();
-        }
-    }
-}
-
-impl Drop for Namespaces {
-    fn drop(&mut self) {
-        self.delete();
+    /// `None` (reported as skipped) where namespaces cannot be made.
+    fn create(test: &str) -> Option<Namespaces> {
+        let (a, b) = (Netns::create(test)?, Netns::create(test)?);
+        a.veth("a0", "a1");
+        b.veth("b0", "b1");
+        a.veth_to("ab0", &b, "ab1");
+        a.addr("a0", "fd0a::1/64");
+        a.addr("a1", "fd0a::2/64");
+        a.addr("ab0", "fd0c::1/64");
+        b.addr("b0", "fd0b::1/64");
+        b.addr("b1", "fd0b::2/64");
+        b.addr("ab1", "fd0c::2/64");
+        a.route6("fd0b::/64", "fd0c::2", "ab0");
+        b.route6("fd0a::/64", "fd0c::1", "ab1");
+        Some(Namespaces { a, b })
     }
 }

@@ -11,11 +11,12 @@
 //! listener on B's groups that counts every copy of every frame.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::net::{Ipv4Addr, SocketAddr, UdpSocket};
+use std::net::UdpSocket;
 use std::time::{Duration, Instant};
 
 use ricochet_e2e::{
-    Engine, Publisher, RedisServer, bridge, drain, group_listener, nack_client, nack_for, ports,
+    Engine, Ports, Publisher, RedisServer, bridge, drain, group_listener, nack_client, nack_for,
+    ports,
 };
 use ricochet_wire::frame::Frame;
 
@@ -47,15 +48,13 @@ impl Domain {
             "--proxy-allow",
             "127.0.0.1/32",
         ]);
-        let b_port = ports()[0];
+        let b_port = ports().listen;
         let up = format!("127.0.0.1:{}", upstream.nack_port);
         let siblings = (0..3)
             .map(|i| {
-                let mut p = ports();
                 // Siblings share the domain's data port; retransmits go there.
-                p[0] = b_port;
-                p[3] = b_port;
-                let admin = SocketAddr::from((Ipv4Addr::LOCALHOST, p[2]));
+                let p = Ports { listen: b_port, egress: b_port, ..ports() };
+                let admin = p.admin_addr();
                 let args: Vec<String> = [
                     "--ipv4-lab",
                     "--backend",

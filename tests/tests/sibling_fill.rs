@@ -11,12 +11,13 @@
 //! upstream. E knows F as its gossip seed.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::net::{Ipv4Addr, SocketAddr, UdpSocket};
+use std::net::UdpSocket;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use ricochet_e2e::{
-    Engine, Publisher, bridge, drain, group_listener, metric_sum, nack_client, nack_for, ports,
+    Engine, Ports, Publisher, bridge, drain, group_listener, metric_sum, nack_client, nack_for,
+    ports,
 };
 use ricochet_wire::frame::Frame;
 
@@ -40,8 +41,8 @@ impl Drop for Lab {
     }
 }
 
-fn sibling(p: [u16; 8], key: &Path, up: u16, seed: Option<u16>, name: &str) -> Engine {
-    let admin = SocketAddr::from((Ipv4Addr::LOCALHOST, p[2]));
+fn sibling(p: Ports, key: &Path, up: u16, seed: Option<u16>, name: &str) -> Engine {
+    let admin = p.admin_addr();
     let mut args: Vec<String> = [
         "--ipv4-lab",
         "--backend",
@@ -52,7 +53,7 @@ fn sibling(p: [u16; 8], key: &Path, up: u16, seed: Option<u16>, name: &str) -> E
         "--cluster-key-file",
         key.to_str().unwrap(),
         "--gossip-port",
-        &p[4].to_string(),
+        &p.gossip.to_string(),
         "--instance",
         name,
         // One listener NACKs every gap at once; the default per-IP burst
@@ -73,7 +74,7 @@ impl Lab {
     fn start() -> Lab {
         // The siblings proxy through U from 127.0.0.1: U must allow them.
         let upstream = Engine::start(&["--backend", "epoll", "--proxy-allow", "127.0.0.1/32"]);
-        let b_port = ports()[0];
+        let b_port = ports().listen;
         let key_file =
             std::env::temp_dir().join(format!("ricochet-fill-{}-{b_port}.key", std::process::id()));
         std::fs::write(&key_file, format!("{}\n", "6b".repeat(32))).unwrap();
@@ -81,13 +82,10 @@ impl Lab {
             use std::os::unix::fs::PermissionsExt;
             std::fs::set_permissions(&key_file, std::fs::Permissions::from_mode(0o600)).unwrap();
         }
-        let mut pf = ports();
-        pf[0] = b_port;
-        pf[3] = b_port;
-        let mut pe = ports();
-        pe[3] = b_port;
+        let pf = Ports { listen: b_port, egress: b_port, ..ports() };
+        let pe = Ports { egress: b_port, ..ports() };
         let full = sibling(pf, &key_file, upstream.nack_port, None, "fill-f");
-        let empty = sibling(pe, &key_file, upstream.nack_port, Some(pf[4]), "fill-e");
+        let empty = sibling(pe, &key_file, upstream.nack_port, Some(pf.gossip), "fill-e");
         let listener = (0..4).map(|g| group_listener(g, b_port)).collect();
         let lab = Lab { upstream, full, empty, listener, copies: BTreeMap::new(), key_file };
         // Publish through the lossy bridge: F caches all but the drops.

@@ -6,13 +6,14 @@
 //! `/etc/netns/<ns>/hosts` file this test writes is its `/etc/hosts`.
 //! Listeners here are what a downstream SSM receiver is: sockets joined
 //! `(S,G)` with `MCAST_JOIN_SOURCE_GROUP`, taking nothing else.
-//! Needs root and `ip` (iproute2); otherwise skipped with a message.
+//! Needs root and `ip` (iproute2); otherwise reported as skipped
+//! ([`Netns::create`]).
 
 use std::net::{Ipv6Addr, SocketAddr, SocketAddrV6, UdpSocket};
-use std::os::fd::AsFd;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use ricochet_e2e::netns::{McFilter, Netns};
 use ricochet_e2e::{Engine, drain, ports, tx_frame};
 use ricochet_wire::control::ResponseRepr;
 use ricochet_wire::group::{Scope, SourceMode, ipv6_group, shard_index};
@@ -23,148 +24,27 @@ const ENDPOINT: &str = "fd00::1";
 /// Addresses on `v1`, the far end: publishers, listed or not.
 const PUBLISHERS: [&str; 4] = ["fd00::2", "fd00::3", "fd00::4", "fd00::5"];
 /// The endpoint's `--bind-source` where a test sets one (on `v0`, added by
-/// [`Netns::add_bind_source`]).
+/// [`add_bind_source`]).
 const BIND_SOURCE: &str = "fd00::9";
 
-/// A network namespace with a veth pair `v0` (the endpoint) and `v1`
-/// (every publisher address), and its `/etc/netns/<ns>` directory;
-/// both deleted on drop.
-struct Netns(String);
-
-impl Netns {
-    fn create(tag: &str) -> Option<Netns> {
-        let root = nix::unistd::Uid::effective().is_root();
-        let has_ip = Command::new("ip").arg("-V").output().is_ok_and(|o| o.status.success());
-        if !root || !has_ip {
-            eprintln!("SKIPPED: SSM netns test needs root and iproute2 (root={root}, ip={has_ip})");
-            return None;
-        }
-        let ns = Netns(format!("ricochet-ssm-{}-{tag}", std::process::id()));
-        let _ = Command::new("ip").args(["netns", "del", &ns.0]).output();
-        let mut steps: Vec<Vec<String>> = [
-            vec!["netns", "add", &ns.0],
-            vec!["-n", &ns.0, "link", "set", "lo", "up"],
-            vec!["-n", &ns.0, "link", "add", "v0", "type", "veth", "peer", "name", "v1"],
-            vec!["-n", &ns.0, "addr", "add", "fd00::1/64", "dev", "v0", "nodad"],
-        ]
-        .iter()
-        .map(|s| s.iter().map(|w| w.to_string()).collect())
-        .collect();
-        for a in PUBLISHERS {
-            steps.push(
-                ["-n", &ns.0, "addr", "add", &format!("{a}/64"), "dev", "v1", "nodad"]
-                    .map(str::to_owned)
-                    .to_vec(),
-            );
-        }
-        for s in [
-            &["-n", &ns.0, "link", "set", "v0", "up"][..],
-            &["-n", &ns.0, "link", "set", "v1", "up"],
-            &["-n", &ns.0, "link", "set", "v1", "multicast", "on"],
-        ] {
-            steps.push(s.iter().map(|w| w.to_string()).collect());
-        }
-        for step in &steps {
-            let out = Command::new("ip").args(step).output().expect("run ip");
-            assert!(out.status.success(), "ip {step:?}: {}", String::from_utf8_lossy(&out.stderr));
-        }
-        std::fs::create_dir_all(ns.etc()).expect("create /etc/netns/<ns>");
-        Some(ns)
+/// A namespace for `test` with a veth pair `v0` (the endpoint) and `v1`
+/// (every publisher address); `None` (reported as skipped) where
+/// namespaces cannot be made.
+fn link(test: &str) -> Option<Netns> {
+    let ns = Netns::create(test)?;
+    ns.veth("v0", "v1");
+    ns.addr("v0", "fd00::1/64");
+    for a in PUBLISHERS {
+        ns.addr("v1", &format!("{a}/64"));
     }
-
-    /// `/etc/netns/<ns>`: files here replace their `/etc` namesakes for
-    /// processes `ip netns exec` starts.
-    fn etc(&self) -> String {
-        format!("/etc/netns/{}", self.0)
-    }
-
-    /// Writes the namespace's hosts file in place (same inode, so the bind
-    /// mount a running engine sees follows it).
-    fn write_hosts(&self, text: &str) {
-        let path = format!("{}/hosts", self.etc());
-        std::fs::write(path, format!("127.0.0.1 localhost\n::1 localhost\n{text}"))
-            .expect("write hosts");
-    }
-
-    /// The prefix that runs a command inside the namespace.
-    fn exec(&self) -> [&str; 4] {
-        ["ip", "netns", "exec", &self.0]
-    }
-
-    /// The kernel's source filters in the namespace, as
-    /// `(interface, group, source, include count)`.
-    fn mcfilter6(&self) -> Vec<(String, Ipv6Addr, Ipv6Addr, u32)> {
-        let out = Command::new("ip")
-            .args(["netns", "exec", &self.0, "cat", "/proc/net/mcfilter6"])
-            .output()
-            .expect("read mcfilter6");
-        let hex = |s: &str| u128::from_str_radix(s, 16).map(Ipv6Addr::from).ok();
-        String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .filter_map(|l| {
-                let f: Vec<&str> = l.split_whitespace().collect();
-                match f[..] {
-                    [_, dev, group, source, inc, _] => {
-                        Some((dev.to_owned(), hex(group)?, hex(source)?, inc.parse().ok()?))
-                    }
-                    _ => None,
-                }
-            })
-            .collect()
-    }
-
-    /// The groups joined on `dev` in the namespace (`/proc/net/igmp6`).
-    fn joined(&self, dev: &str) -> Vec<Ipv6Addr> {
-        let out = Command::new("ip")
-            .args(["netns", "exec", &self.0, "cat", "/proc/net/igmp6"])
-            .output()
-            .expect("read igmp6");
-        String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .filter_map(|l| {
-                let f: Vec<&str> = l.split_whitespace().collect();
-                (f.get(1) == Some(&dev))
-                    .then(|| u128::from_str_radix(f.get(2)?, 16).ok().map(Ipv6Addr::from))
-                    .flatten()
-            })
-            .collect()
-    }
-
-    /// Adds [`BIND_SOURCE`], a second address on the endpoint's side, for
-    /// `--bind-source`; deprecated, so the kernel never picks it as a
-    /// source by itself.
-    fn add_bind_source(&self) {
-        let out = Command::new("ip")
-            .args(["-n", &self.0, "addr", "add", &format!("{BIND_SOURCE}/64"), "dev", "v0"])
-            .args(["nodad", "preferred_lft", "0"])
-            .output()
-            .expect("run ip");
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    }
-
-    /// Runs `f` on a thread that has entered the namespace: sockets it
-    /// opens, and the engine's admin address (`[::1]` in the namespace),
-    /// are the namespace's.
-    fn run<T: Send>(&self, f: impl FnOnce() -> T + Send) -> T {
-        let path = format!("/var/run/netns/{}", self.0);
-        std::thread::scope(|s| {
-            s.spawn(move || {
-                let file = std::fs::File::open(&path).expect("open netns");
-                nix::sched::setns(file.as_fd(), nix::sched::CloneFlags::CLONE_NEWNET)
-                    .expect("setns");
-                f()
-            })
-            .join()
-            .expect("netns thread")
-        })
-    }
+    Some(ns)
 }
 
-impl Drop for Netns {
-    fn drop(&mut self) {
-        let _ = Command::new("ip").args(["netns", "del", &self.0]).output();
-        let _ = std::fs::remove_dir_all(self.etc());
-    }
+/// Adds [`BIND_SOURCE`], a second address on the endpoint's side, for
+/// `--bind-source`; deprecated, so the kernel never picks it as a source
+/// by itself.
+fn add_bind_source(ns: &Netns) {
+    ns.deprecated_addr("v0", &format!("{BIND_SOURCE}/64"));
 }
 
 fn group(index: u16) -> Ipv6Addr {
@@ -193,7 +73,7 @@ fn ssm_args(extra: &[&str]) -> Vec<String> {
 
 fn launch(ns: &Netns, extra: &[&str]) -> Engine {
     let p = ports();
-    let admin = SocketAddr::from((Ipv6Addr::LOCALHOST, p[2]));
+    let admin = SocketAddr::from((Ipv6Addr::LOCALHOST, p.admin));
     Engine::launch(&ns.exec(), &ssm_args(extra), p, admin)
 }
 
@@ -232,7 +112,7 @@ fn assert_filters_with(ns: &Netns, sources: &[&str], extra: &[u16]) {
     // A group without a source is never joined, not even (*,G): the SSM
     // groups on v0 are the data groups that have sources, and `extra`.
     let mut ssm: Vec<Ipv6Addr> =
-        ns.joined("v0").into_iter().filter(|g| g.segments()[0] & 0xFFF0 == 0xFF30).collect();
+        ns.joined6("v0").into_iter().filter(|g| g.segments()[0] & 0xFFF0 == 0xFF30).collect();
     ssm.sort();
     let data = if sources.is_empty() { 0..0 } else { 0..4 };
     let mut want: Vec<Ipv6Addr> = data.chain(extra.iter().copied()).map(group).collect();
@@ -241,7 +121,7 @@ fn assert_filters_with(ns: &Netns, sources: &[&str], extra: &[u16]) {
 }
 
 /// Waits (up to 20 s) until the kernel's filters satisfy `cond`.
-fn wait_filters(ns: &Netns, cond: impl Fn(&[(String, Ipv6Addr, Ipv6Addr, u32)]) -> bool) {
+fn wait_filters(ns: &Netns, cond: impl Fn(&Filters) -> bool) {
     let deadline = Instant::now() + Duration::from_secs(20);
     while !cond(&ns.mcfilter6()) {
         assert!(Instant::now() < deadline, "filters never changed: {:?}", ns.mcfilter6());
@@ -254,8 +134,8 @@ fn wait_filters(ns: &Netns, cond: impl Fn(&[(String, Ipv6Addr, Ipv6Addr, u32)]) 
 /// engine, and the kernel holds an INCLUDE filter per data group.
 #[test]
 fn ssm_caches_listed_sources_only() {
-    let Some(ns) = Netns::create("static") else { return };
-    ns.add_bind_source();
+    let Some(ns) = link("ssm_caches_listed_sources_only") else { return };
+    add_bind_source(&ns);
     ns.run(|| listed_sources_only(&ns));
 }
 
@@ -325,7 +205,7 @@ fn listed_sources_only(ns: &Netns) {
 /// resolves to nothing, exits 2 naming the flag to set.
 #[test]
 fn ssm_start_is_fail_closed() {
-    let Some(ns) = Netns::create("closed") else { return };
+    let Some(ns) = link("ssm_start_is_fail_closed") else { return };
     ns.write_hosts("");
     let run = |extra: &[&str]| {
         let out = Command::new("ip")
@@ -358,7 +238,7 @@ fn ssm_start_is_fail_closed() {
 /// the old one.
 #[test]
 fn ssm_dns_bootstrap_refresh_keeps_the_last_good_set() {
-    let Some(ns) = Netns::create("dns") else { return };
+    let Some(ns) = link("ssm_dns_bootstrap_refresh_keeps_the_last_good_set") else { return };
     ns.write_hosts("fd00::4 pub.ricochet.test\n");
     ns.run(|| dns_refresh(&ns));
 }
@@ -418,7 +298,7 @@ fn dns_refresh(ns: &Netns) {
 /// A manifest from an address that is not an emitter is never received.
 #[test]
 fn ssm_publishers_from_shard_manifests() {
-    let Some(ns) = Netns::create("manifest") else { return };
+    let Some(ns) = link("ssm_publishers_from_shard_manifests") else { return };
     ns.run(|| manifests(&ns));
 }
 
@@ -494,7 +374,7 @@ fn manifests(ns: &Netns) {
 }
 
 /// The kernel's filters, as [`Netns::mcfilter6`] reads them.
-type Filters = [(String, Ipv6Addr, Ipv6Addr, u32)];
+type Filters = [McFilter];
 
 /// Whether `source` is in the INCLUDE filter of every data group on `v0`.
 fn on_every_data_group(f: &Filters, source: Ipv6Addr) -> bool {
@@ -584,7 +464,7 @@ fn ask_one(client: &UdpSocket, e: &Engine, key: u64, seq: u64) -> ResponseRepr {
 /// filters, and never left.
 #[test]
 fn ssm_manifest_churn_keeps_the_steady_publisher() {
-    let Some(ns) = Netns::create("churn") else { return };
+    let Some(ns) = link("ssm_manifest_churn_keeps_the_steady_publisher") else { return };
     ns.run(|| churn(&ns));
 }
 
@@ -736,7 +616,7 @@ fn churn(ns: &Netns) {
 /// egress source (its NACK address): every gap filled with the exact bytes.
 #[test]
 fn ssm_lossy_listener_recovers_every_gap() {
-    let Some(ns) = Netns::create("lossy") else { return };
+    let Some(ns) = link("ssm_lossy_listener_recovers_every_gap") else { return };
     ns.run(|| lossy_listener(&ns));
 }
 
@@ -861,8 +741,8 @@ fn runs(seqs: &[u64]) -> Vec<(u64, u64)> {
 /// ASM beacon group, receive nothing.
 #[test]
 fn ssm_advert_reaches_listeners_joined_to_the_bind_source() {
-    let Some(ns) = Netns::create("advert") else { return };
-    ns.add_bind_source();
+    let Some(ns) = link("ssm_advert_reaches_listeners_joined_to_the_bind_source") else { return };
+    add_bind_source(&ns);
     ns.run(|| advert_to_bind_source(&ns));
 }
 

@@ -310,7 +310,10 @@ fn the_dht_runs_on_the_workers_steered_by_key_and_transaction_id() {
     use ricochet_wire::record::{RecordRepr, RecordType, SigningKey};
     let allowed = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
     if allowed < 2 {
-        eprintln!("SKIPPED: needs 2 CPUs");
+        ricochet_e2e::report_skip(
+            "the_dht_runs_on_the_workers_steered_by_key_and_transaction_id",
+            "needs 2 CPUs in the affinity mask",
+        );
         return;
     }
     for backend in ["epoll", "uring"] {

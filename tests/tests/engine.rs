@@ -257,7 +257,10 @@ fn garbage_on_every_port_is_counted_and_the_engine_keeps_serving() {
 fn two_workers_each_serve_their_own_flows() {
     let allowed = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
     if allowed < 2 {
-        eprintln!("SKIPPED: needs 2 CPUs");
+        ricochet_e2e::report_skip(
+            "two_workers_each_serve_their_own_flows",
+            "needs 2 CPUs in the affinity mask",
+        );
         return;
     }
     for backend in BACKENDS {

@@ -444,9 +444,18 @@ pub fn render(admin: &str, prev: &Snapshot, now: &Snapshot) -> String {
         n("ricochet_recovery_failed_total"),
         n("ricochet_recovery_dropped_queue_full_total"),
     );
+    // The budget is charged more than the frame bytes (index, unused log
+    // slots): evictions start when the charge, not `bytes`, reaches it.
+    let max_bytes = m.sum("ricochet_cache_max_bytes");
+    let budget = if max_bytes > 0.0 {
+        let charged = 100.0 * m.sum("ricochet_cache_charged_bytes") / max_bytes;
+        format!(", budget {} ({charged:.1}% charged)", human_bytes(max_bytes))
+    } else {
+        String::new()
+    };
     let _ = writeln!(
         o,
-        "cache         entries {}, bytes {} ({}), flows {}; evicted for the budget: bytes {}, keys {}",
+        "cache         entries {}, bytes {} ({}), flows {}{budget}; evicted for the budget: bytes {}, keys {}",
         n("ricochet_cache_entries"),
         n("ricochet_cache_bytes"),
         human_bytes(m.sum("ricochet_cache_bytes")),
@@ -563,6 +572,9 @@ ricochet_acks_sent_total{core=\"0\"} 3
 ricochet_misses_sent_total{core=\"1\"} 1
 ricochet_frames_received_total{core=\"0\"} 5
 ricochet_cache_bytes{core=\"0\"} 2048
+ricochet_cache_charged_bytes{core=\"0\"} 4096
+ricochet_cache_max_bytes{core=\"0\"} 524288
+ricochet_cache_max_bytes{core=\"1\"} 524288
 ricochet_dropped_total{reason=\"truncated\",core=\"0\"} 2
 ricochet_dropped_total{reason=\"bad_magic\",core=\"1\"} 0
 ricochet_dropped_total{reason=\"truncated\",core=\"1\"} 1
@@ -607,7 +619,7 @@ ricochet_build_info{version=\"0.1.0\",commit=\"abc1234\",profile=\"release\",arc
             "answers       ACK 3, MISS 1, THROTTLED 0;",
             "drops         truncated 3\n",
             "kernel drops  none\n",
-            "cache         entries 0, bytes 2048 (2.0 KiB)",
+            "cache         entries 0, bytes 2048 (2.0 KiB), flows 0, budget 1.0 MiB (0.4% charged);",
             "cluster       members 2 live of 3 known\n",
         ] {
             assert!(screen.contains(want), "{want:?} not in\n{screen}");

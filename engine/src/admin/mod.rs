@@ -452,8 +452,15 @@ fn snapshots(shared: &Shared) -> Vec<WorkerSnapshot> {
 }
 
 /// Retry-service statistics that are levels, not counts.
-const GAUGES: &[&str] =
-    &["cache_entries", "cache_bytes", "cache_flows", "recovery_in_flight", "store_pending"];
+const GAUGES: &[&str] = &[
+    "cache_entries",
+    "cache_bytes",
+    "cache_flows",
+    "cache_charged_bytes",
+    "cache_max_bytes",
+    "recovery_in_flight",
+    "store_pending",
+];
 
 /// Renders Prometheus text exposition for every worker's snapshot.
 pub fn render_metrics(snaps: &[WorkerSnapshot], shared: &Shared, uptime: f64) -> String {

@@ -318,9 +318,10 @@ impl Default for CacheSettings {
     }
 }
 
-/// Counters and gauges of one shard. `entries`, `bytes` and `flows` are
-/// gauges (`ricochet_cache_entries`, …); every other field is a counter
-/// exported as `ricochet_cache_<field>_total`.
+/// Counters and gauges of one shard. `entries`, `bytes`, `flows`,
+/// `charged_bytes` and `max_bytes` are gauges (`ricochet_cache_entries`,
+/// …); every other field is a counter exported as
+/// `ricochet_cache_<field>_total`.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
 pub struct CacheStats {
     /// Frames held.
@@ -329,6 +330,14 @@ pub struct CacheStats {
     pub bytes: u64,
     /// Flows held.
     pub flows: u64,
+    /// What the shard is charged against `max_bytes`: `bytes` plus the
+    /// per-frame overhead, unused log slots and epoch candidates (see the
+    /// module docs). Byte-budget evictions start when it reaches
+    /// `max_bytes`, so a dashboard divides this, not `bytes`, by the budget.
+    pub charged_bytes: u64,
+    /// The shard's byte budget, [`CacheSettings::max_bytes`] (0 =
+    /// unlimited); summed over the shards, the endpoint's budget.
+    pub max_bytes: u64,
     /// Frames stored.
     pub inserted: u64,
     /// Inserts of a (HashKey, SeqNum) already held; the first copy was kept.
@@ -746,7 +755,12 @@ impl Cache {
 
     /// A snapshot of the shard's counters and gauges.
     pub fn stats(&self) -> CacheStats {
-        CacheStats { flows: self.index.len() as u64, ..self.stats }
+        CacheStats {
+            flows: self.index.len() as u64,
+            charged_bytes: self.charge(),
+            max_bytes: self.settings.max_bytes as u64,
+            ..self.stats
+        }
     }
 
     // ───────────────────────────── internals ─────────────────────────────

@@ -38,7 +38,9 @@ pub(crate) fn pktinfo_destination(control: &[u8]) -> Option<IpAddr> {
         if len < HDR {
             return None;
         }
-        let data = control.get(at + align(HDR)..at + len)?;
+        // `len` is the kernel's word, but never trusted to stay in bounds:
+        // past the area (or overflowing) ends the walk.
+        let data = control.get(at + align(HDR)..at.checked_add(len)?)?;
         match (h.cmsg_level, h.cmsg_type) {
             // struct in_pktinfo { int ipi_ifindex; in_addr ipi_spec_dst;
             // in_addr ipi_addr; }: ipi_addr at 8, in network order.

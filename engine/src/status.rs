@@ -9,16 +9,17 @@
 //! endpoint's cumulative counters, summed over cores, so they match what a
 //! `/metrics` scrape shows.
 //!
-//! The client is std only (`TcpStream`, HTTP/1.1, `Connection: close`):
-//! one request per path, nothing kept open on the endpoint's admin
-//! listener, whose connection caps it must not strain. [`render`] is a pure
+//! The client is hyper's HTTP/1.1 client on a current-thread tokio
+//! runtime: one connection per request (`Connection: close`), nothing kept
+//! open on the endpoint's admin listener, whose connection caps it must not
+//! strain. [`render`] is a pure
 //! function of two [`Snapshot`]s, tested without an endpoint.
 
 use std::collections::BTreeMap;
 use std::ffi::OsString;
 use std::fmt::Write as _;
-use std::io::{IsTerminal as _, Read as _, Write as _};
-use std::net::{SocketAddr, TcpStream, ToSocketAddrs as _};
+use std::io::{IsTerminal as _, Write as _};
+use std::net::{SocketAddr, ToSocketAddrs as _};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
@@ -186,53 +187,39 @@ impl Target {
     }
 }
 
-/// One GET over HTTP/1.1: (status, body).
+/// One GET over HTTP/1.1: (status, body), within 5 s.
 fn get(addr: SocketAddr, path: &str, token: Option<&str>) -> Result<(u16, String), String> {
-    let io = |e: std::io::Error| e.to_string();
-    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2)).map_err(io)?;
-    s.set_read_timeout(Some(Duration::from_secs(5))).map_err(io)?;
-    s.set_write_timeout(Some(Duration::from_secs(5))).map_err(io)?;
-    let auth = token.map(|t| format!("Authorization: Bearer {t}\r\n")).unwrap_or_default();
-    write!(s, "GET {path} HTTP/1.1\r\nHost: {addr}\r\n{auth}Connection: close\r\n\r\n")
-        .map_err(io)?;
-    let mut raw = Vec::new();
-    s.read_to_end(&mut raw).map_err(io)?;
-    parse_response(&raw).ok_or_else(|| format!("{path}: not an HTTP response"))
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_io()
+        .enable_time()
+        .build()
+        .map_err(|e| format!("tokio runtime: {e}"))?;
+    rt.block_on(async {
+        tokio::time::timeout(Duration::from_secs(5), fetch(addr, path, token))
+            .await
+            .map_err(|_| format!("{path}: no answer within 5 s"))?
+    })
 }
 
-/// Status and body of a whole HTTP/1.1 response (`Content-Length`, chunked,
-/// or read to the close).
-fn parse_response(raw: &[u8]) -> Option<(u16, String)> {
-    let split = raw.windows(4).position(|w| w == b"\r\n\r\n")?;
-    let head = std::str::from_utf8(&raw[..split]).ok()?;
-    let mut body = &raw[split + 4..];
-    let mut lines = head.split("\r\n");
-    let code = lines.next()?.split_whitespace().nth(1)?.parse().ok()?;
-    let mut chunked = false;
-    for line in lines {
-        let Some((name, value)) = line.split_once(':') else { continue };
-        let value = value.trim();
-        if name.eq_ignore_ascii_case("transfer-encoding") {
-            chunked = value.eq_ignore_ascii_case("chunked");
-        } else if name.eq_ignore_ascii_case("content-length") {
-            let len: usize = value.parse().ok()?;
-            body = body.get(..len)?;
-        }
+async fn fetch(addr: SocketAddr, path: &str, token: Option<&str>) -> Result<(u16, String), String> {
+    use http_body_util::{BodyExt as _, Empty};
+    use hyper::header::{AUTHORIZATION, CONNECTION, HOST};
+    let err = |e: &dyn std::fmt::Display| format!("{path}: {e}");
+    let stream = tokio::net::TcpStream::connect(addr).await.map_err(|e| err(&e))?;
+    let io = hyper_util::rt::TokioIo::new(stream);
+    let (mut sender, conn) =
+        hyper::client::conn::http1::handshake(io).await.map_err(|e| err(&e))?;
+    tokio::spawn(conn);
+    let mut req =
+        hyper::Request::get(path).header(HOST, addr.to_string()).header(CONNECTION, "close");
+    if let Some(t) = token {
+        req = req.header(AUTHORIZATION, format!("Bearer {t}"));
     }
-    if !chunked {
-        return Some((code, String::from_utf8_lossy(body).into_owned()));
-    }
-    let mut out = Vec::new();
-    loop {
-        let end = body.windows(2).position(|w| w == b"\r\n")?;
-        let size = std::str::from_utf8(&body[..end]).ok()?.split(';').next()?.trim();
-        let size = usize::from_str_radix(size, 16).ok()?;
-        if size == 0 {
-            return Some((code, String::from_utf8_lossy(&out).into_owned()));
-        }
-        out.extend_from_slice(body.get(end + 2..end + 2 + size)?);
-        body = body.get(end + 4 + size..)?;
-    }
+    let req = req.body(Empty::<bytes::Bytes>::new()).map_err(|e| err(&e))?;
+    let resp = sender.send_request(req).await.map_err(|e| err(&e))?;
+    let code = resp.status().as_u16();
+    let body = resp.into_body().collect().await.map_err(|e| err(&e))?.to_bytes();
+    Ok((code, String::from_utf8_lossy(&body).into_owned()))
 }
 
 /// What one refresh read.
@@ -631,15 +618,6 @@ ricochet_build_info{version=\"0.1.0\",commit=\"abc1234\",profile=\"release\",arc
             row.split_whitespace().collect::<Vec<_>>(),
             ["0", "4", "1.0", "4", "0.0", "5", "0", "2048"]
         );
-    }
-
-    #[test]
-    fn reads_content_length_and_chunked_bodies() {
-        let plain = b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nhello";
-        assert_eq!(parse_response(plain), Some((200, "hello".to_owned())));
-        let chunked = b"HTTP/1.1 503 Service Unavailable\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n";
-        assert_eq!(parse_response(chunked), Some((503, "abcde".to_owned())));
-        assert_eq!(parse_response(b"garbage"), None);
     }
 
     #[test]

@@ -174,9 +174,9 @@ fn beacon_socket(
 mod tests {
     use super::*;
 
-    #[test]
-    fn draining_sets_the_flag() {
-        let b = BeaconSettings {
+    /// Site-scope settings, not draining, as a test's starting point.
+    fn settings() -> BeaconSettings {
+        BeaconSettings {
             scopes: vec![Scope::Site],
             all_scopes: false,
             nack_addr: "::1".parse().unwrap(),
@@ -185,12 +185,17 @@ mod tests {
             tier: 0,
             preference: 128,
             interval: Duration::from_secs(60),
-            flags: AdvertFlags::MULTICAST_RETRANSMIT,
+            flags: 0,
             draining: false,
             prefixes: Vec::new(),
             bind_source: None,
             instance_id: 7,
-        };
+        }
+    }
+
+    #[test]
+    fn draining_sets_the_flag() {
+        let b = BeaconSettings { flags: AdvertFlags::MULTICAST_RETRANSMIT, ..settings() };
         assert!(!advert(&b, Scope::Site, false).flags.has(AdvertFlags::DRAINING));
         let a = advert(&b, Scope::Site, true);
         assert!(a.flags.has(AdvertFlags::DRAINING | AdvertFlags::MULTICAST_RETRANSMIT));
@@ -224,17 +229,7 @@ mod tests {
         let b = BeaconSettings {
             scopes: vec![Scope::Site, Scope::Org, Scope::Global],
             all_scopes: true,
-            nack_addr: "::1".parse().unwrap(),
-            nack_port: 9300,
-            port: 9300,
-            tier: 0,
-            preference: 128,
-            interval: Duration::from_secs(60),
-            flags: 0,
-            draining: false,
-            prefixes: Vec::new(),
-            bind_source: None,
-            instance_id: 7,
+            ..settings()
         };
         for scope in [Scope::Site, Scope::Org, Scope::Global] {
             assert_eq!(advert(&b, scope, false).scope, AdvertScope::All);

@@ -215,9 +215,7 @@ impl Core {
         src: Option<std::net::IpAddr>,
         dest: Option<std::net::IpAddr>,
     ) {
-        self.counters.ingress_datagrams += 1;
-        if !self.ingress_filter.accepts(dest) {
-            *self.counters.dropped.entry(super::NOT_MULTICAST).or_default() += 1;
+        if !self.admit_ingress(dest) {
             return;
         }
         let frame = match Frame::new_checked(data) {
@@ -283,6 +281,18 @@ impl Core {
         }
     }
 
+    /// Counts an ingress datagram sent to `dest` and whether it may be
+    /// looked at: only multicast to a configured group (the `rt` docs,
+    /// "What ingress accepts"); anything else is counted `not_multicast`.
+    fn admit_ingress(&mut self, dest: Option<std::net::IpAddr>) -> bool {
+        self.counters.ingress_datagrams += 1;
+        let ok = self.ingress_filter.accepts(dest);
+        if !ok {
+            *self.counters.dropped.entry(super::NOT_MULTICAST).or_default() += 1;
+        }
+        ok
+    }
+
     /// A datagram too long for the socket it arrived on (`got` bytes, or
     /// more: the kernel truncated it to `max`), dropped as `too_long` —
     /// the one label both backends use (the `rt` docs, "Oversized
@@ -290,9 +300,7 @@ impl Core {
     pub(crate) fn on_oversized(&mut self, on: Oversized, max: usize, got: usize) {
         match on {
             Oversized::Ingress(dest) => {
-                self.counters.ingress_datagrams += 1;
-                if !self.ingress_filter.accepts(dest) {
-                    *self.counters.dropped.entry(super::NOT_MULTICAST).or_default() += 1;
+                if !self.admit_ingress(dest) {
                     return;
                 }
                 self.counters.fabric_malformed += 1;

@@ -43,3 +43,17 @@ fn a_second_endpoint_on_the_same_nack_port_is_refused() {
     let beside = Engine::start_on(Ports { listen: first.listen_port, ..p }, &[]);
     assert_eq!(beside.http("/readyz").map(|(s, _)| s).unwrap_or(0), 200);
 }
+
+/// A supervisor restarts an endpoint the moment the old one is reaped; the
+/// kernel may still be tearing the old process's io_uring instance (and
+/// the sockets its pending receives hold) down. The new one waits for the
+/// port instead of calling its predecessor a conflict.
+#[test]
+fn a_restart_on_the_same_ports_takes_them_back_at_once() {
+    let p = ports();
+    for backend in ["uring", "epoll", "uring", "uring"] {
+        let engine = Engine::start_on(p, &["--backend", backend]);
+        assert_eq!(engine.http("/readyz").map(|(s, _)| s).unwrap_or(0), 200, "{backend}");
+        drop(engine);
+    }
+}

@@ -5,6 +5,7 @@
 
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::time::{Duration, Instant};
 
 use socket2::{Domain, Protocol, SockAddr, Socket, Type};
 
@@ -124,31 +125,63 @@ impl IngressFilter {
     }
 }
 
+/// How long [`nack_port_is_free`] waits for a held NACK port to be let go
+/// before it calls the holder a conflict. A process that has just exited
+/// can still hold its sockets for a moment: the kernel tears an io_uring
+/// instance down (and drops the sockets its pending receives reference)
+/// asynchronously after the process is reaped, so a restart by systemd or
+/// a supervisor that starts the new process at once would otherwise fail.
+const NACK_PORT_GRACE: Duration = Duration::from_secs(3);
+
 /// Checks, before the NACK reuseport group is made, that nothing holds the
 /// NACK address and port: `SO_REUSEPORT` would let a second process of the
 /// same user join the group silently and take a share of its NACKs (the
 /// kernel balances unicast across a group). A probe bind without
 /// `SO_REUSEPORT`, released at once, fails if any socket — another
-/// ricochet's or a stranger's — holds it. The data port is not checked:
-/// multicast reaches every socket joined on it, so siblings and listeners
-/// on one host share it without taking frames from each other.
+/// ricochet's or a stranger's — holds it; the probe is repeated for
+/// [`NACK_PORT_GRACE`] so a predecessor's sockets still being torn down do
+/// not count. The data port is not checked: multicast reaches every socket
+/// joined on it, so siblings and listeners on one host share it without
+/// taking frames from each other.
 pub(crate) fn nack_port_is_free(opts: &Options) -> io::Result<()> {
     let bind = SocketAddr::new(opts.nack_bind, opts.nack_port);
+    let deadline = Instant::now() + NACK_PORT_GRACE;
+    let mut waiting = false;
+    loop {
+        match probe_bind(bind) {
+            Err(e) if e.kind() == io::ErrorKind::AddrInUse && Instant::now() < deadline => {
+                if !waiting {
+                    tracing::info!(
+                        "UDP {bind} is held; waiting up to {}s for a previous process to let it go",
+                        NACK_PORT_GRACE.as_secs()
+                    );
+                    waiting = true;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            Err(e) if e.kind() == io::ErrorKind::AddrInUse => {
+                return Err(io::Error::new(
+                    e.kind(),
+                    format!(
+                        "--nack-port (NACK_PORT) = {}: another process already has UDP {bind} \
+                         (see `ss -ulpn 'sport = :{}'`); stop it, or give this endpoint another \
+                         port",
+                        opts.nack_port, opts.nack_port
+                    ),
+                ));
+            }
+            other => return other,
+        }
+    }
+}
+
+/// Binds a plain UDP socket (no `SO_REUSEPORT`) to `bind` and closes it.
+fn probe_bind(bind: SocketAddr) -> io::Result<()> {
     let probe = udp(if bind.is_ipv4() { Domain::IPV4 } else { Domain::IPV6 })?;
     if let IpAddr::V6(v6) = bind.ip() {
         probe.set_only_v6(!v6.is_unspecified())?;
     }
-    probe.bind(&bind.into()).map_err(|e| match e.kind() {
-        io::ErrorKind::AddrInUse => io::Error::new(
-            e.kind(),
-            format!(
-                "--nack-port (NACK_PORT) = {}: another process already has UDP {bind} (see `ss \
-                 -ulpn 'sport = :{}'`); stop it, or give this endpoint another port",
-                opts.nack_port, opts.nack_port
-            ),
-        ),
-        _ => e,
-    })
+    probe.bind(&bind.into())
 }
 
 /// One member of the NACK reuseport group. Members must be created in

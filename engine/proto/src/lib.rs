@@ -46,16 +46,20 @@
 //! - [`ssm`]: source-specific multicast (RFC 4607) as the reference runs
 //!   it — source-mode and scope validation, the source set of each group
 //!   role with join/leave diffs, the shard-manifest publisher registry and
-//!   the DNS bootstrap's keep-last-good refresh. The daemon does not drive
-//!   it yet (issue 16).
+//!   the DNS bootstrap's keep-last-good refresh; the daemon's `rt::ssm`
+//!   drives it.
+//! - [`discovery`]: what the daemon does with the DHT — publish this
+//!   endpoint's record, look the upstream domain up, keep the upstream
+//!   list — as DHT commands out and node events in.
 //!
 //! The daemon's `rt` module owns the sockets, rings, threads and clocks
-//! that drive these; its cluster and discovery state machines still live in
-//! the engine crate.
+//! that drive these; the cluster's rule set (membership, PEX store, warm
+//! restarts) still lives in the engine crate.
 
 #![warn(missing_docs)]
 
 pub mod dht;
+pub mod discovery;
 pub mod gossip;
 pub mod retry;
 pub mod ssm;

@@ -64,7 +64,7 @@
 //!   through one mutex that is never held across an `await`.
 
 pub mod files;
-pub mod machine;
+pub use ricochet_proto::discovery as machine;
 pub mod section;
 
 #[cfg(test)]

@@ -54,6 +54,7 @@
 pub mod allow;
 pub mod cache;
 pub mod claims;
+pub mod effects;
 pub mod limit;
 pub mod recover;
 pub mod service;

@@ -1,0 +1,114 @@
+//! The Kademlia DHT node as a state machine (`ricochet_proto::dht::Node`):
+//! any sequence of datagrams from eight sources, lookups, puts, bootstraps
+//! and time steps is taken without panicking, and after every step:
+//! - the routing table, record store, outstanding requests and running
+//!   lookups stay within their configured caps;
+//! - every datagram sent fits one DHT datagram (`DATAGRAM_BUDGET`);
+//! - one datagram from a source draws at most one answer and one liveness
+//!   probe back to it.
+//!
+//! The input is a list of operations (see the `match` below), each a tag
+//! byte and its fields; the seed corpus wraps the DHT golden messages, so
+//! the fuzzer reaches every request and response handler.
+#![no_main]
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::time::{Duration, Instant};
+
+use libfuzzer_sys::fuzz_target;
+use ricochet_proto::dht::{Config, Node, NodeId, Outbox};
+use ricochet_wire::dht::DATAGRAM_BUDGET;
+
+const UNIX_BASE: u64 = 1_767_225_600;
+
+/// Reads fields off the input; missing bytes read as zero.
+struct Input<'a>(&'a [u8]);
+
+impl Input<'_> {
+    fn u8(&mut self) -> u8 {
+        let Some((&b, rest)) = self.0.split_first() else { return 0 };
+        self.0 = rest;
+        b
+    }
+    fn u16(&mut self) -> u16 {
+        u16::from_be_bytes([self.u8(), self.u8()])
+    }
+    fn bytes(&mut self, n: usize) -> &[u8] {
+        let (head, rest) = self.0.split_at(n.min(self.0.len()));
+        self.0 = rest;
+        head
+    }
+    fn id(&mut self) -> NodeId {
+        let mut id = [0u8; 32];
+        let b = self.bytes(32);
+        id[..b.len()].copy_from_slice(b);
+        NodeId(id)
+    }
+}
+
+/// One of eight sources, in two /24s.
+fn addr(i: u8) -> SocketAddr {
+    SocketAddr::new(IpAddr::V4(Ipv4Addr::new(192, 0, 2 + (i >> 2) % 2, 1 + i % 4)), 9320)
+}
+
+fuzz_target!(|data: &[u8]| {
+    let mut input = Input(data);
+    let t0 = Instant::now();
+    let mut now = t0;
+    let mut config = Config::new([3; 32]);
+    config.max_pending = 16;
+    config.max_queries = 4;
+    config.store.max_keys = 8;
+    config.store.max_records_per_key = 2;
+    let (max_pending, max_keys, per_key) =
+        (config.max_pending, config.store.max_keys, config.store.max_records_per_key);
+    let max_running = config.max_queries + config.max_refreshes + config.max_replications;
+    let max_table = config.routing.k * 256 + config.routing.replacements * 256;
+    let mut node = Node::new(&[7; 32], config, t0, UNIX_BASE);
+    let mut out = Outbox::default();
+
+    let mut steps = 0;
+    while !input.0.is_empty() && steps < 256 {
+        steps += 1;
+        let mut from = None;
+        match input.u8() % 7 {
+            0 => {
+                let src = addr(input.u8());
+                let len = usize::from(input.u16() % 1500);
+                node.handle(now, src, input.bytes(len), &mut out);
+                from = Some(src);
+            }
+            1 => now += Duration::from_millis(u64::from(input.u16()) * 16),
+            2 => node.handle_timeout(now, &mut out),
+            3 => {
+                let target = input.id();
+                node.find_node(now, target, &mut out);
+            }
+            4 => {
+                let key = input.id();
+                node.find_value(now, key, &mut out);
+            }
+            5 => {
+                let len = usize::from(input.u16() % 1200);
+                let _ = node.put(now, input.bytes(len), &mut out);
+            }
+            _ => {
+                let n = input.u8() % 4;
+                let addrs: Vec<SocketAddr> = (0..n).map(|_| addr(input.u8())).collect();
+                node.bootstrap(now, &addrs, &mut out);
+            }
+        }
+        assert!(node.table().len() <= max_table, "routing table {}", node.table().len());
+        assert!(node.store().keys() <= max_keys, "{} keys > {max_keys}", node.store().keys());
+        assert!(node.store().len() <= max_keys * per_key, "{} records", node.store().len());
+        assert!(node.pending_requests() <= max_pending, "{} pending", node.pending_requests());
+        assert!(node.running_queries() <= max_running, "{} lookups", node.running_queries());
+        let mut back = 0;
+        for t in out.transmits.drain(..) {
+            assert!(t.payload.len() <= DATAGRAM_BUDGET, "a {}-byte datagram", t.payload.len());
+            back += usize::from(Some(t.dest) == from);
+        }
+        assert!(back <= 2, "one datagram drew {back} back to its source");
+        out.events.clear();
+    }
+});

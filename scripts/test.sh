@@ -128,6 +128,34 @@ else
   skip "promtool check/test of deploy/prometheus/ricochet-alerts.yml: promtool could not be installed (apt-get install -y --no-install-recommends prometheus)"
 fi
 
+# ---- Helm chart and container image (deploy/helm, deploy/container) ----
+# scripts/helm-check.sh installs helm (go install, pinned; cached in
+# ~/.cache/ricochet/bin), lints and renders the chart; tests/tests/helm.rs
+# checks the rendered manifests against the binary in cargo test below,
+# with RICOCHET_HELM from the script's last line. scripts/container-check.sh
+# builds the image and smoke-runs it when a container tool works here
+# (installing podman as root when none is; RICOCHET_CONTAINER_INSTALL=0
+# stops that, RICOCHET_CONTAINER_CHECK=0 skips the check). Each prints
+# `SKIPPED: <what>: <reason>` for what it could not do, which joins the
+# summary.
+run_check() {
+  local log
+  log=$(mktemp)
+  bash "$@" | tee "$log"
+  while IFS= read -r line; do
+    case $line in
+      "SKIPPED: "*) skipped+=("${line#SKIPPED: }") ;;
+      RICOCHET_HELM=*) export RICOCHET_HELM="${line#RICOCHET_HELM=}" ;;
+    esac
+  done <"$log"
+  rm -f "$log"
+}
+step "helm chart: lint, template (scripts/helm-check.sh)"
+run_check scripts/helm-check.sh --no-cargo-test
+step "container image: build, smoke run (scripts/container-check.sh)"
+run_check scripts/container-check.sh
+# ---- end of Helm chart and container image ----
+
 step "cargo test --workspace"
 cargo test --workspace --locked
 while IFS= read -r line; do skip "end-to-end test $line"; done <"$RICOCHET_E2E_SKIPS"

@@ -370,9 +370,10 @@ fn options(cfg: &Config) -> Result<(Options, beacon::BeaconSettings), String> {
     }
     let egress = egress_interfaces(cfg)?;
     // As the reference: the NACK socket binds the address listeners are
-    // told about, so every answer leaves from it (on a multihomed host a
-    // wildcard socket could answer from another address, which listeners
-    // filtering by the advertised one drop).
+    // told about, so every answer leaves from it. A wildcard bind
+    // (`NACK_ADDR=::`, the lab's 0.0.0.0) answers each NACK from the
+    // address it arrived on (packet info, `rt::reply_source`), so
+    // listeners filtering by the address they asked still take it.
     let nack_bind = match (cfg.nack.addr, net.ipv4_lab) {
         (Some(a), _) => a,
         (None, true) => IpAddr::V4(Ipv4Addr::UNSPECIFIED),

@@ -10,8 +10,9 @@ use std::time::Instant;
 use socket2::Socket;
 
 use super::TICK;
+use super::gso::{GsoLimit, gso_runs};
 use super::sys::{self, Epoll, RecvBatch, SendScratch};
-use super::worker::{Core, Oversized, Sockets, gso_runs};
+use super::worker::{Core, Oversized, Sockets};
 use crate::retry::{Dest, Transmit};
 
 const TOKEN_INGRESS: u64 = 0;
@@ -48,6 +49,8 @@ pub(crate) struct Worker {
     /// The runs of `pending` handed to the last `send_all`, in message
     /// order, so a refused message can be traced to its transmits.
     sent_runs: Vec<std::ops::Range<usize>>,
+    /// What the kernel lets this worker send as one GSO send.
+    gso: GsoLimit,
 }
 
 impl Worker {
@@ -78,6 +81,7 @@ impl Worker {
             scratch: SendScratch::default(),
             pending: Vec::new(),
             sent_runs: Vec::new(),
+            gso: GsoLimit::default(),
         })
     }
 
@@ -162,7 +166,10 @@ impl Worker {
                     Source::Nack | Source::Upstream | Source::Dht | Source::Gossip => {
                         let Some(src) = self.recv.source(i) else { continue };
                         match source {
-                            Source::Nack => self.core.on_nack(now, src, data),
+                            Source::Nack => {
+                                let local = self.recv.packet_info(i).map(|p| p.local);
+                                self.core.on_nack(now, src, local, data)
+                            }
                             Source::Upstream => self.core.on_upstream(now, src, data),
                             Source::Gossip => self.core.on_gossip(now, src, data),
                             _ => self.core.on_dht(now, src, data),
@@ -195,7 +202,7 @@ impl Worker {
             let pending = &self.pending;
             let sent_runs = &mut self.sent_runs;
             sent_runs.clear();
-            let msgs = gso_runs(pending)
+            let msgs = gso_runs(pending, self.gso.max_segment())
                 .filter(|run| matches!(pending[run.start].dest, Dest::Upstream(_)) == upstream)
                 .filter_map(|run| {
                     gso += u64::from(run.len() > 1);
@@ -203,8 +210,9 @@ impl Worker {
                         unroutable += run.len() as u64;
                         return None;
                     };
+                    let from = core.source(&pending[run.start]);
                     sent_runs.push(run.clone());
-                    Some((to, pending[run].iter().map(|t| t.payload.as_bytes())))
+                    Some((to, from, pending[run].iter().map(|t| t.payload.as_bytes())))
                 });
             let (sent, failed) = sys::send_all(fd, msgs, &mut self.scratch);
             self.core.counters.sent += sent as u64;
@@ -215,26 +223,46 @@ impl Worker {
                     self.core.counters.response_send_errors.count(&t.payload);
                 }
             }
+            self.learn_gso_refusals();
         }
         self.send_to_extra_egress();
         self.pending.clear();
+        self.core.reply_sources.trim();
+    }
+
+    /// Counts the GSO sends of the last `send_all` that the kernel would
+    /// not segment (their datagrams went one by one) and narrows GSO.
+    fn learn_gso_refusals(&mut self) {
+        for &(m, errno) in self.scratch.gso_refusals() {
+            let run = &self.pending[self.sent_runs[m].clone()];
+            let segment = run.first().map_or(0, |t| t.payload.as_bytes().len());
+            let to = run.first().and_then(|t| self.core.destination(t)).and_then(|a| a.as_socket());
+            let sourced = run.first().and_then(|t| self.core.source(t)).is_some();
+            let index = self.core.index;
+            self.gso.on_refused(index, errno, segment, to, sourced, &mut self.core.counters);
+        }
     }
 
     /// Sends a copy of every multicast retransmit in `pending` out of each
     /// further egress interface.
     fn send_to_extra_egress(&mut self) {
-        for s in &self.egress {
+        for i in 0..self.egress.len() {
+            let fd = self.egress[i].as_raw_fd();
             let core = &mut self.core;
             let pending = &self.pending;
-            let msgs = gso_runs(pending)
+            let sent_runs = &mut self.sent_runs;
+            sent_runs.clear();
+            let msgs = gso_runs(pending, self.gso.max_segment())
                 .filter(|run| matches!(pending[run.start].dest, Dest::Group(_)))
                 .filter_map(|run| {
                     let to = core.destination(&pending[run.start])?;
-                    Some((to, pending[run].iter().map(|t| t.payload.as_bytes())))
+                    sent_runs.push(run.clone());
+                    Some((to, None, pending[run].iter().map(|t| t.payload.as_bytes())))
                 });
-            let (sent, failed) = sys::send_all(s.as_raw_fd(), msgs, &mut self.scratch);
+            let (sent, failed) = sys::send_all(fd, msgs, &mut self.scratch);
             self.core.counters.sent += sent as u64;
             self.core.counters.send_errors += failed as u64;
+            self.learn_gso_refusals();
         }
     }
 
@@ -245,9 +273,9 @@ impl Worker {
             return;
         }
         let queued: Vec<crate::dht::Transmit> = shard.drain_transmits().collect();
-        let msgs = queued
-            .iter()
-            .map(|t| (socket2::SockAddr::from(t.dest), std::iter::once(t.payload.as_slice())));
+        let msgs = queued.iter().map(|t| {
+            (socket2::SockAddr::from(t.dest), None, std::iter::once(t.payload.as_slice()))
+        });
         let (sent, failed) = sys::send_all(sock.as_raw_fd(), msgs, &mut self.scratch);
         shard.counters.send_errors += failed as u64;
         self.core.counters.sent += sent as u64;
@@ -262,9 +290,9 @@ impl Worker {
             return;
         }
         let queued: Vec<(std::net::SocketAddr, Vec<u8>)> = g.drain_transmits().collect();
-        let msgs = queued
-            .iter()
-            .map(|(dest, ack)| (socket2::SockAddr::from(*dest), std::iter::once(ack.as_slice())));
+        let msgs = queued.iter().map(|(dest, ack)| {
+            (socket2::SockAddr::from(*dest), None, std::iter::once(ack.as_slice()))
+        });
         let (sent, failed) = sys::send_all(sock.as_raw_fd(), msgs, &mut self.scratch);
         g.counters.send_errors += failed as u64;
         self.core.counters.sent += sent as u64;

@@ -67,6 +67,18 @@
 //! `msg_control`; the control area of io_uring's `io_uring_recvmsg_out`)
 //! and hand it to `worker::Core::on_ingress`, which decides.
 //!
+//! # Sending: GSO and the reply's source address
+//! Runs of transmits to one destination leave as one UDP GSO send (`gso`
+//! decides which); a GSO send the kernel refuses (`EIO`, or
+//! `EMSGSIZE`/`EINVAL` for a segment over the route's MTU) is sent again
+//! one datagram at a time and narrows what the worker merges from then on.
+//! With the NACK socket bound to a wildcard address, every NACK's local
+//! address is read from its packet info (`ipi_spec_dst` / `ipi6_addr`) and
+//! the requester's unicast replies (ACK, MISS, THROTTLED, unicast
+//! retransmits) carry it as `IP_PKTINFO` / `IPV6_PKTINFO`, so on a
+//! multihomed host they leave from the address the NACK was sent to
+//! (`reply_source`).
+//!
 //! # Oversized datagrams
 //! A datagram longer than its socket reads whole is dropped as
 //! `too_long` (`ricochet_wire::Error::TooLong`) on both backends, whether
@@ -84,7 +96,9 @@ mod dht_shard;
 mod epoll;
 mod event_log;
 mod gossip_shard;
+mod gso;
 pub mod nack_trace;
+mod reply_source;
 mod socket;
 pub mod ssm;
 pub mod store_queue;
@@ -269,6 +283,10 @@ pub struct WorkerCounters {
     pub sent: u64,
     /// Sends that carried more than one datagram (UDP GSO).
     pub gso_sends: u64,
+    /// GSO sends the kernel refused (`EMSGSIZE`, `EINVAL`: a segment over
+    /// the path MTU; `EIO`: a device that cannot checksum segments) and whose
+    /// datagrams were sent again one at a time.
+    pub gso_fallbacks: u64,
     /// Control events dropped because the control thread's queue was full.
     pub events_dropped: u64,
     /// Sends the kernel refused or that found the socket buffer full.

@@ -196,6 +196,16 @@ pub(crate) fn nack_member(opts: &Options) -> io::Result<Socket> {
         s.set_only_v6(!bind.ip().is_unspecified())?;
     }
     s.set_reuse_port(true)?;
+    if bind.ip().is_unspecified() {
+        // Each NACK's local address, so its replies leave from it
+        // (`rt::reply_source`); on `[::]`, v4-mapped for IPv4 NACKs.
+        use nix::sys::socket::{setsockopt, sockopt};
+        if bind.is_ipv4() {
+            setsockopt(&s, sockopt::Ipv4PacketInfo, &true)?;
+        } else {
+            setsockopt(&s, sockopt::Ipv6RecvPacketInfo, &true)?;
+        }
+    }
     s.bind(&bind.into())?;
     egress_options(&s, opts)?;
     Ok(s)
@@ -411,7 +421,7 @@ mod tests {
         assert_eq!(core.counters.dropped.get(crate::rt::NOT_MULTICAST), Some(&2));
 
         let nack_src = "127.0.0.1:5000".parse().unwrap();
-        core.on_nack(now, nack_src, &[0u8; crate::rt::MAX_NACK_DATAGRAM + 1]);
+        core.on_nack(now, nack_src, None, &[0u8; crate::rt::MAX_NACK_DATAGRAM + 1]);
         assert_eq!(core.counters.dropped.get("too_long"), Some(&1));
         let mut long_nack = [0u8; 100];
         ricochet_wire::control::NackRepr {
@@ -423,7 +433,7 @@ mod tests {
         }
         .emit(&mut long_nack[..64])
         .unwrap();
-        core.on_nack(now, nack_src, &long_nack);
+        core.on_nack(now, nack_src, None, &long_nack);
         assert_eq!(core.counters.dropped.get("too_long"), Some(&1));
         assert_eq!(core.counters.dropped.get("length_mismatch"), Some(&1));
         assert_eq!(core.counters.nack_datagrams, 2);

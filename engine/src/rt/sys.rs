@@ -19,13 +19,29 @@ pub(crate) const SLOT: usize = 65_536;
 /// for cmsghdr alignment, with space to spare should the kernel add one.
 pub(crate) type PktinfoCmsg = [u64; 8];
 
+/// What a received datagram's packet info says: `destination`, the IP
+/// header's destination (`ipi_addr` / `ipi6_addr`), and `local`, the local
+/// address a reply should leave from (`ipi_spec_dst` on IPv4, which the
+/// kernel sets to an interface address when the destination was broadcast
+/// or multicast; `ipi6_addr` on IPv6).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct PacketInfo {
+    pub(crate) destination: IpAddr,
+    pub(crate) local: IpAddr,
+}
+
 /// The destination address of a received datagram, from the `IP_PKTINFO`
-/// (`ipi_addr`: the IP header's destination) or `IPV6_PKTINFO`
-/// (`ipi6_addr`) control message in `control` — the bytes the kernel wrote
-/// to a receive's control area (`msg_controllen` of them). `None` when
-/// neither is there or the area is malformed: a walk over a borrowed
-/// buffer, bounds-checked at every step, allocating nothing.
+/// or `IPV6_PKTINFO` control message in `control` ([`packet_info`]).
 pub(crate) fn pktinfo_destination(control: &[u8]) -> Option<IpAddr> {
+    packet_info(control).map(|p| p.destination)
+}
+
+/// The `IP_PKTINFO` or `IPV6_PKTINFO` control message in `control` — the
+/// bytes the kernel wrote to a receive's control area (`msg_controllen` of
+/// them). `None` when neither is there or the area is malformed: a walk
+/// over a borrowed buffer, bounds-checked at every step, allocating
+/// nothing.
+pub(crate) fn packet_info(control: &[u8]) -> Option<PacketInfo> {
     const HDR: usize = size_of::<libc::cmsghdr>();
     // CMSG_ALIGN: control messages start on size_t boundaries.
     let align = |n: usize| n.next_multiple_of(size_of::<usize>());
@@ -43,15 +59,20 @@ pub(crate) fn pktinfo_destination(control: &[u8]) -> Option<IpAddr> {
         let data = control.get(at + align(HDR)..at.checked_add(len)?)?;
         match (h.cmsg_level, h.cmsg_type) {
             // struct in_pktinfo { int ipi_ifindex; in_addr ipi_spec_dst;
-            // in_addr ipi_addr; }: ipi_addr at 8, in network order.
+            // in_addr ipi_addr; }, addresses in network order.
             (libc::IPPROTO_IP, libc::IP_PKTINFO) => {
+                let local: [u8; 4] = data.get(4..8)?.try_into().ok()?;
                 let a: [u8; 4] = data.get(8..12)?.try_into().ok()?;
-                return Some(Ipv4Addr::from(a).into());
+                return Some(PacketInfo {
+                    destination: Ipv4Addr::from(a).into(),
+                    local: Ipv4Addr::from(local).into(),
+                });
             }
             // struct in6_pktinfo { in6_addr ipi6_addr; int ipi6_ifindex; }
             (libc::IPPROTO_IPV6, libc::IPV6_PKTINFO) => {
                 let a: [u8; 16] = data.get(..16)?.try_into().ok()?;
-                return Some(Ipv6Addr::from(a).into());
+                let a = Ipv6Addr::from(a).into();
+                return Some(PacketInfo { destination: a, local: a });
             }
             _ => {}
         }
@@ -166,12 +187,18 @@ impl RecvBatch {
     /// The destination address of the `i`-th received datagram, on a
     /// socket that asks for packet info ([`pktinfo_destination`]).
     pub(crate) fn destination(&self, i: usize) -> Option<IpAddr> {
+        self.packet_info(i).map(|p| p.destination)
+    }
+
+    /// The packet info of the `i`-th received datagram, on a socket that
+    /// asks for it ([`packet_info`]).
+    pub(crate) fn packet_info(&self, i: usize) -> Option<PacketInfo> {
         let h = self.hdrs.get(i).filter(|_| i < self.filled)?;
         let len = h.msg_hdr.msg_controllen.min(size_of::<PktinfoCmsg>());
         // SAFETY: `ctrls[i]` is a live array of u64s; viewing its first
         // `len` ≤ its size bytes as bytes is in bounds (u8 has no alignment).
         let raw = unsafe { std::slice::from_raw_parts(self.ctrls[i].as_ptr().cast::<u8>(), len) };
-        pktinfo_destination(raw)
+        packet_info(raw)
     }
 
     /// Where the `i`-th received datagram came from. Decoded only when
@@ -210,44 +237,91 @@ pub(crate) fn socket_addr(name: &[u8]) -> Option<SocketAddr> {
     addr.as_socket()
 }
 
-/// Space for one `UDP_SEGMENT` control message (a u16 payload), as u64s
-/// for cmsghdr alignment.
-pub(crate) type GsoCmsg = [u64; 3];
+/// Room for the control messages a send carries: a `UDP_SEGMENT` (GSO,
+/// 24 bytes with its header) and an `IP_PKTINFO` (32) or `IPV6_PKTINFO`
+/// (40), as u64s for cmsghdr alignment.
+pub(crate) type SendCmsg = [u64; 8];
 
-/// Writes a `UDP_SEGMENT` control message asking the kernel to cut the
-/// payload into `segment`-byte datagrams (the last may be shorter), and
-/// returns its length.
-pub(crate) fn write_gso_cmsg(buf: &mut GsoCmsg, segment: u16) -> usize {
-    // SAFETY: CMSG_SPACE/CMSG_LEN are pure arithmetic.
-    let (space, len) = unsafe { (libc::CMSG_SPACE(2) as usize, libc::CMSG_LEN(2) as usize) };
-    debug_assert!(space <= size_of::<GsoCmsg>());
-    *buf = [0; 3];
-    let hdr = libc::cmsghdr {
-        cmsg_len: len as _,
-        cmsg_level: libc::SOL_UDP,
-        cmsg_type: libc::UDP_SEGMENT,
+/// Writes the control messages of one send into `buf` and returns their
+/// length (0: none): `UDP_SEGMENT` when `segment` is given, asking the
+/// kernel to cut the payload into `segment`-byte datagrams (the last may be
+/// shorter); `IP_PKTINFO` (`ipi_spec_dst`) or `IPV6_PKTINFO` (`ipi6_addr`,
+/// v4-mapped for IPv4 on a dual-stack socket) when `from` is given, so the
+/// datagrams leave from that local address — the one the NACK they answer
+/// was sent to. The interface index stays 0: the route picks it.
+pub(crate) fn write_send_cmsgs(
+    buf: &mut SendCmsg,
+    segment: Option<u16>,
+    from: Option<IpAddr>,
+) -> usize {
+    *buf = [0; 8];
+    let base = buf.as_mut_ptr().cast::<u8>();
+    let mut at = 0;
+    let mut put = |level: i32, ty: i32, data: &[u8]| {
+        // SAFETY: CMSG_SPACE/CMSG_LEN are pure arithmetic.
+        let (space, len) = unsafe {
+            (
+                libc::CMSG_SPACE(data.len() as u32) as usize,
+                libc::CMSG_LEN(data.len() as u32) as usize,
+            )
+        };
+        assert!(at + space <= size_of::<SendCmsg>(), "send control area too small");
+        let hdr = libc::cmsghdr { cmsg_len: len as _, cmsg_level: level, cmsg_type: ty };
+        // SAFETY: `at + space` ≤ the 64 bytes of `buf` (checked above):
+        // room for the header and, at CMSG_DATA's offset, the data.
+        unsafe {
+            std::ptr::write_unaligned(base.add(at).cast::<libc::cmsghdr>(), hdr);
+            let dst = base.add(at + size_of::<libc::cmsghdr>());
+            std::ptr::copy_nonoverlapping(data.as_ptr(), dst, data.len());
+        }
+        at += space;
     };
-    // SAFETY: `buf` is 24 bytes, 8-aligned: room for a cmsghdr (16 bytes)
-    // followed by the 2-byte value at CMSG_DATA's offset.
-    unsafe {
-        let base = buf.as_mut_ptr().cast::<u8>();
-        std::ptr::write_unaligned(base.cast::<libc::cmsghdr>(), hdr);
-        let data = base.add(size_of::<libc::cmsghdr>());
-        std::ptr::write_unaligned(data.cast::<u16>(), segment);
+    if let Some(segment) = segment {
+        put(libc::SOL_UDP, libc::UDP_SEGMENT, &segment.to_ne_bytes());
     }
-    space
+    match from {
+        Some(IpAddr::V4(a)) => {
+            // struct in_pktinfo { ipi_ifindex 0, ipi_spec_dst a, ipi_addr 0 }
+            let mut info = [0u8; 12];
+            info[4..8].copy_from_slice(&a.octets());
+            put(libc::IPPROTO_IP, libc::IP_PKTINFO, &info);
+        }
+        Some(IpAddr::V6(a)) => {
+            // struct in6_pktinfo { ipi6_addr a, ipi6_ifindex 0 }
+            let mut info = [0u8; 20];
+            info[..16].copy_from_slice(&a.octets());
+            put(libc::IPPROTO_IPV6, libc::IPV6_PKTINFO, &info);
+        }
+        None => {}
+    }
+    at
 }
 
-/// One outgoing message: a destination and one or more segments. With more
-/// than one segment it leaves as a single UDP GSO send, segmented by the
-/// kernel at the first segment's length.
-pub(crate) type Message<'a, I> = (SockAddr, I);
+/// Whether `errno`, the kernel's answer to a UDP GSO send, says it will not
+/// segment this send: `EIO` when the device cannot checksum the segments;
+/// `EMSGSIZE` (recent kernels; `EINVAL` on older ones) when a segment plus
+/// its headers exceeds the route's MTU; `EINVAL` also when GSO is refused
+/// on this socket. quinn-udp checks `EIO` and `EINVAL` only, as QUIC never
+/// sends a segment over the path MTU; ricochet's frames may be bigger and
+/// leave IP-fragmented. The same datagrams sent one by one then go.
+pub(crate) fn gso_refused(errno: i32) -> bool {
+    matches!(errno, libc::EIO | libc::EINVAL | libc::EMSGSIZE)
+}
+
+/// One outgoing message: a destination, the local address to send from
+/// (`None`: the kernel's choice) and one or more segments. With more than
+/// one segment it leaves as a single UDP GSO send, segmented by the kernel
+/// at the first segment's length.
+pub(crate) type Message<'a, I> = (SockAddr, Option<IpAddr>, I);
 
 /// Sends every message with as few sendmmsg calls as the kernel allows,
 /// reusing `scratch` so the steady state allocates nothing. Returns
 /// `(datagrams sent, datagrams failed)`: a message the kernel refuses (no
 /// route, buffer full) is skipped and counted, never retried — the listener
 /// NACKs again; [`SendScratch::failed`] then names the refused messages.
+/// A GSO message the kernel will not segment ([`gso_refused`]) is sent
+/// again one datagram at a time instead, and named with its error in
+/// [`SendScratch::gso_refusals`].
 pub(crate) fn send_all<'a, I>(
     fd: RawFd,
     msgs: impl Iterator<Item = Message<'a, I>>,
@@ -261,7 +335,9 @@ where
     scratch.hdrs.clear();
     scratch.spans.clear();
     scratch.failed.clear();
-    for (to, segments) in msgs {
+    scratch.gso_refusals.clear();
+    scratch.froms.clear();
+    for (to, from, segments) in msgs {
         let start = scratch.iovs.len();
         for data in segments {
             scratch
@@ -269,9 +345,10 @@ where
                 .push(libc::iovec { iov_base: data.as_ptr() as *mut _, iov_len: data.len() });
         }
         scratch.addrs.push(to);
+        scratch.froms.push(from);
         scratch.spans.push((start, scratch.iovs.len() - start));
     }
-    scratch.cmsgs.resize(scratch.spans.len(), [0; 3]);
+    scratch.cmsgs.resize(scratch.spans.len(), [0; 8]);
     // Headers are built only after every vector stopped growing, so the
     // pointers into them stay valid.
     for (i, (to, &(start, n))) in scratch.addrs.iter().zip(&scratch.spans).enumerate() {
@@ -281,9 +358,9 @@ where
         h.msg_hdr.msg_namelen = to.len();
         h.msg_hdr.msg_iov = scratch.iovs[start..].as_mut_ptr();
         h.msg_hdr.msg_iovlen = n;
-        if n > 1 {
-            let segment = scratch.iovs[start].iov_len as u16;
-            let len = write_gso_cmsg(&mut scratch.cmsgs[i], segment);
+        let segment = (n > 1).then(|| scratch.iovs[start].iov_len as u16);
+        let len = write_send_cmsgs(&mut scratch.cmsgs[i], segment, scratch.froms[i]);
+        if len > 0 {
             h.msg_hdr.msg_control = scratch.cmsgs[i].as_mut_ptr().cast();
             h.msg_hdr.msg_controllen = len;
         }
@@ -303,6 +380,24 @@ where
         let n = unsafe { libc::sendmmsg(fd, scratch.hdrs[start..].as_mut_ptr(), chunk as u32, 0) };
         if n <= 0 {
             let e = io::Error::last_os_error();
+            let errno = e.raw_os_error().unwrap_or(0);
+            let (first, count) = scratch.spans[start];
+            if n < 0 && count > 1 && gso_refused(errno) {
+                // Not lost: the same datagrams, one send each.
+                scratch.gso_refusals.push((start, errno));
+                let (to, from) = (&scratch.addrs[start], scratch.froms[start]);
+                let ok = scratch.iovs[first..first + count]
+                    .iter()
+                    .filter(|&&iov| send_one(fd, to, from, iov))
+                    .count();
+                sent += ok;
+                if ok < count {
+                    failed += count - ok;
+                    scratch.failed.push(start);
+                }
+                start += 1;
+                continue;
+            }
             let skip = if n < 0 && e.kind() == io::ErrorKind::WouldBlock { chunk } else { 1 };
             failed += segments(start..start + skip, &scratch.spans);
             scratch.failed.extend(start..start + skip);
@@ -320,16 +415,40 @@ where
     (sent, failed)
 }
 
+/// Sends one datagram (`iov`) to `to` from `from` with sendmsg; whether the
+/// kernel took it.
+fn send_one(fd: RawFd, to: &SockAddr, from: Option<IpAddr>, mut iov: libc::iovec) -> bool {
+    let mut cmsg: SendCmsg = [0; 8];
+    // SAFETY: plain old data; zero is valid.
+    let mut h: libc::msghdr = unsafe { MaybeUninit::zeroed().assume_init() };
+    h.msg_name = to.as_ptr() as *mut _;
+    h.msg_namelen = to.len();
+    h.msg_iov = &mut iov;
+    h.msg_iovlen = 1;
+    let len = write_send_cmsgs(&mut cmsg, None, from);
+    if len > 0 {
+        h.msg_control = cmsg.as_mut_ptr().cast();
+        h.msg_controllen = len;
+    }
+    // SAFETY: the header points at the live address, the one iovec (whose
+    // buffer the caller keeps alive) and control area above; the kernel
+    // only reads them.
+    unsafe { libc::sendmsg(fd, &h, 0) >= 0 }
+}
+
 /// Reusable storage for [`send_all`].
 #[derive(Default)]
 pub(crate) struct SendScratch {
     addrs: Vec<SockAddr>,
+    froms: Vec<Option<IpAddr>>,
     iovs: Vec<libc::iovec>,
     hdrs: Vec<libc::mmsghdr>,
     spans: Vec<(usize, usize)>,
-    cmsgs: Vec<GsoCmsg>,
+    cmsgs: Vec<SendCmsg>,
     /// See [`SendScratch::failed`].
     failed: Vec<usize>,
+    /// See [`SendScratch::gso_refusals`].
+    gso_refusals: Vec<(usize, i32)>,
 }
 
 impl SendScratch {
@@ -337,6 +456,12 @@ impl SendScratch {
     /// could not send.
     pub(crate) fn failed(&self) -> &[usize] {
         &self.failed
+    }
+
+    /// `(index, errno)` of the GSO messages of the last [`send_all`] the
+    /// kernel would not segment, whose datagrams were sent one by one.
+    pub(crate) fn gso_refusals(&self) -> &[(usize, i32)] {
+        &self.gso_refusals
     }
 }
 
@@ -349,6 +474,40 @@ impl std::fmt::Debug for SendScratch {
 // SAFETY: `iovs` and `hdrs` hold pointers only during a `send_all` call,
 // which borrows everything they point at, and are cleared before it returns.
 unsafe impl Send for SendScratch {}
+
+/// The MTU of the route to `to` (IPv4 for a v4-mapped address), as the
+/// kernel checks a GSO segment against it: a throwaway UDP socket is
+/// connected there and asked (`IP_MTU` / `IPV6_MTU`). `None` when that
+/// fails. Made only after the kernel refused a GSO send, never per packet.
+pub(crate) fn path_mtu(to: SocketAddr) -> Option<usize> {
+    use socket2::{Domain, Socket, Type};
+    let to = match to {
+        SocketAddr::V6(a) => match a.ip().to_ipv4_mapped() {
+            Some(v4) => SocketAddr::from((v4, a.port())),
+            None => to,
+        },
+        v4 => v4,
+    };
+    let s = Socket::new(Domain::for_address(to), Type::DGRAM.cloexec(), None).ok()?;
+    s.connect(&to.into()).ok()?;
+    let (level, name) = match to {
+        SocketAddr::V4(_) => (libc::IPPROTO_IP, libc::IP_MTU),
+        SocketAddr::V6(_) => (libc::IPPROTO_IPV6, libc::IPV6_MTU),
+    };
+    let mut mtu: libc::c_int = 0;
+    let mut len = size_of::<libc::c_int>() as libc::socklen_t;
+    // SAFETY: the kernel writes at most `len` bytes into the live `mtu`.
+    let r = unsafe {
+        libc::getsockopt(
+            s.as_raw_fd(),
+            level,
+            name,
+            (&mut mtu as *mut libc::c_int).cast(),
+            &mut len,
+        )
+    };
+    (r == 0 && mtu > 0).then_some(mtu as usize)
+}
 
 /// An eventfd used to wake a worker blocked in epoll.
 #[derive(Debug)]
@@ -820,11 +979,109 @@ pub(crate) mod tests {
         let bad = socket2::SockAddr::from("[::1]:9".parse::<SocketAddr>().unwrap());
         let msgs = [(ok.clone(), b"one"), (bad, b"two"), (ok, b"3rd")]
             .into_iter()
-            .map(|(to, d)| (to, std::iter::once(&d[..])));
+            .map(|(to, d)| (to, None, std::iter::once(&d[..])));
         let mut scratch = super::SendScratch::default();
         assert_eq!(super::send_all(tx.as_raw_fd(), msgs, &mut scratch), (2, 1));
         assert_eq!(scratch.failed(), [1]);
         assert_eq!(drain(&rx), [b"one".to_vec(), b"3rd".to_vec()]);
+    }
+
+    /// A GSO send the kernel will not segment (here on a socket with
+    /// `SO_NO_CHECK`, which UDP GSO refuses with EINVAL) is sent again one
+    /// datagram at a time, in order, named with its error; nothing is lost.
+    #[test]
+    fn a_refused_gso_send_goes_one_datagram_at_a_time() {
+        use std::os::fd::AsRawFd;
+        let rx = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        rx.set_read_timeout(Some(std::time::Duration::from_millis(200))).unwrap();
+        let to = socket2::SockAddr::from(rx.local_addr().unwrap());
+        let segments: [&[u8]; 3] = [b"aaaa", b"bbbb", b"cc"];
+        let last: [&[u8]; 1] = [b"last"];
+        let send = |tx: &std::net::UdpSocket, scratch: &mut super::SendScratch| {
+            let msgs = [
+                (to.clone(), None, segments.iter().copied()),
+                (to.clone(), None, last.iter().copied()),
+            ];
+            super::send_all(tx.as_raw_fd(), msgs.into_iter(), scratch)
+        };
+        let want: Vec<Vec<u8>> = [&b"aaaa"[..], b"bbbb", b"cc", b"last"].map(<[u8]>::to_vec).into();
+        let mut scratch = super::SendScratch::default();
+        // Accepted as one GSO send first: nothing refused.
+        let tx = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        assert_eq!(send(&tx, &mut scratch), (4, 0));
+        assert!(scratch.gso_refusals().is_empty());
+        assert_eq!(drain(&rx), want);
+        let (one, len) = (1 as libc::c_int, size_of::<libc::c_int>() as libc::socklen_t);
+        let (fd, value) = (tx.as_raw_fd(), (&one as *const libc::c_int).cast());
+        // SAFETY: `value` points at a live c_int of `len` bytes; the kernel
+        // copies it.
+        let r = unsafe { libc::setsockopt(fd, libc::SOL_SOCKET, libc::SO_NO_CHECK, value, len) };
+        assert_eq!(r, 0);
+        assert_eq!(send(&tx, &mut scratch), (4, 0));
+        assert_eq!(scratch.gso_refusals(), [(0, libc::EINVAL)]);
+        assert!(scratch.failed().is_empty());
+        assert_eq!(drain(&rx), want);
+    }
+
+    /// A message with a source address leaves from it, GSO or not, from
+    /// an IPv4 wildcard socket (IP_PKTINFO) and from a dual-stack one to a
+    /// v4-mapped destination (IPV6_PKTINFO, v4-mapped); without one the
+    /// kernel picks.
+    #[test]
+    fn send_all_sends_from_the_address_given() {
+        use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, UdpSocket};
+        use std::os::fd::AsRawFd;
+        let rx = UdpSocket::bind("127.0.0.1:0").unwrap();
+        rx.set_read_timeout(Some(std::time::Duration::from_millis(200))).unwrap();
+        let port = rx.local_addr().unwrap().port();
+        let second = Ipv4Addr::new(127, 0, 0, 2);
+        let mapped = |a: Ipv4Addr| IpAddr::V6(a.to_ipv6_mapped());
+        let dual = socket2::Socket::new(socket2::Domain::IPV6, socket2::Type::DGRAM, None).unwrap();
+        dual.set_only_v6(false).unwrap();
+        dual.bind(&SocketAddr::from((Ipv6Addr::UNSPECIFIED, 0)).into()).unwrap();
+        let cases: [(UdpSocket, SocketAddr, IpAddr); 2] = [
+            (UdpSocket::bind("0.0.0.0:0").unwrap(), rx.local_addr().unwrap(), second.into()),
+            (dual.into(), SocketAddr::new(mapped(Ipv4Addr::LOCALHOST), port), mapped(second)),
+        ];
+        for (tx, to, from) in cases {
+            let to = socket2::SockAddr::from(to);
+            let gso: [&[u8]; 2] = [b"gso1", b"g2"];
+            let one: [&[u8]; 1] = [b"one"];
+            let kernel: [&[u8]; 1] = [b"kernel"];
+            let msgs = [
+                (to.clone(), Some(from), gso.iter().copied()),
+                (to.clone(), Some(from), one.iter().copied()),
+                (to.clone(), None, kernel.iter().copied()),
+            ];
+            let mut scratch = super::SendScratch::default();
+            assert_eq!(super::send_all(tx.as_raw_fd(), msgs.into_iter(), &mut scratch), (4, 0));
+            let mut got = Vec::new();
+            let mut buf = [0u8; 64];
+            while let Ok((n, src)) = rx.recv_from(&mut buf) {
+                got.push((buf[..n].to_vec(), src.ip()));
+            }
+            let (s, l) = (IpAddr::from(second), IpAddr::from(Ipv4Addr::LOCALHOST));
+            let want = [(&b"gso1"[..], s), (b"g2", s), (b"one", s), (b"kernel", l)]
+                .map(|(d, a)| (d.to_vec(), a));
+            assert_eq!(got, want, "from {from}");
+        }
+    }
+
+    /// The packet info a send carries reads back as its local address,
+    /// beside a GSO segment size; the control area holds both families.
+    #[test]
+    fn send_cmsgs_carry_the_local_address_beside_the_segment_size() {
+        let mut buf: super::SendCmsg = [0; 8];
+        for from in ["127.0.0.2", "fd00::2", "::ffff:10.0.0.1"] {
+            let from: std::net::IpAddr = from.parse().unwrap();
+            for segment in [None, Some(1200)] {
+                let len = super::write_send_cmsgs(&mut buf, segment, Some(from));
+                // SAFETY: viewing the u64 array's first `len` ≤ 64 bytes.
+                let raw = unsafe { std::slice::from_raw_parts(buf.as_ptr().cast::<u8>(), len) };
+                assert_eq!(super::packet_info(raw).map(|p| p.local), Some(from), "{segment:?}");
+            }
+        }
+        assert_eq!(super::write_send_cmsgs(&mut buf, None, None), 0);
     }
 
     /// A control area holding `msgs` as the kernel lays them out:

@@ -26,8 +26,12 @@ use io_uring::types::{BufRingEntry, RecvMsgOut, Timespec};
 use io_uring::{IoUring, cqueue, opcode, types};
 use socket2::{SockAddr, Socket};
 
-use super::sys::{GsoCmsg, PktinfoCmsg, pktinfo_destination, socket_addr, write_gso_cmsg};
-use super::worker::{Core, Oversized, Sockets, gso_runs};
+use super::gso::{GsoLimit, gso_runs};
+use super::sys::{
+    PktinfoCmsg, SendCmsg, gso_refused, packet_info, pktinfo_destination, socket_addr,
+    write_send_cmsgs,
+};
+use super::worker::{Core, Oversized, Sockets};
 use crate::retry::{Dest, Payload, Transmit};
 
 const UD_INGRESS: u64 = 1 << 32;
@@ -217,14 +221,18 @@ impl Drop for BufRing {
     }
 }
 
-/// An in-flight SendMsg: header, iovecs, GSO control message, address and
-/// the bytes of every segment, at a stable heap address until its
-/// completion. Slots are pooled, so their vectors keep their capacity.
+/// An in-flight SendMsg: header, iovecs, control messages (GSO, source
+/// address), socket, addresses and the bytes of every segment, at a stable
+/// heap address until its completion. Slots are pooled, so their vectors
+/// keep their capacity.
 struct SendSlot {
     hdr: libc::msghdr,
     iovs: Vec<libc::iovec>,
-    cmsg: GsoCmsg,
+    cmsg: SendCmsg,
+    fd: std::os::fd::RawFd,
     addr: SockAddr,
+    /// The local address it leaves from (`None`: the kernel's choice).
+    from: Option<std::net::IpAddr>,
     payloads: Vec<Payload>,
     /// Sent from the DHT or gossip socket (its errors are counted there
     /// too).
@@ -271,6 +279,8 @@ pub(crate) struct Worker {
     runs: Vec<usize>,
     peer_rings: Vec<std::os::fd::RawFd>,
     wake_scratch: Vec<usize>,
+    /// What the kernel lets this worker send as one GSO send.
+    gso: GsoLimit,
 }
 
 impl std::fmt::Debug for Worker {
@@ -285,7 +295,8 @@ impl std::fmt::Debug for Worker {
 unsafe impl Send for Worker {}
 
 /// The msghdr a multishot RecvMsg reads its area sizes from; `control`
-/// reserves a packet-info area ahead of the payload (the ingress socket).
+/// reserves a packet-info area ahead of the payload (the ingress and NACK
+/// sockets).
 fn recv_template(control: bool) -> Box<libc::msghdr> {
     // SAFETY: plain old data; zero is valid.
     let mut h: libc::msghdr = unsafe { std::mem::zeroed() };
@@ -339,7 +350,9 @@ impl Worker {
             ingress_bufs,
             nack_bufs,
             ingress_msg: recv_template(true),
-            nack_msg: recv_template(false),
+            // Packet info, on a wildcard NACK socket: replies leave from
+            // each NACK's local address.
+            nack_msg: recv_template(true),
             upstream_msg: recv_template(false),
             dht_msg: recv_template(false),
             gossip_msg: recv_template(false),
@@ -353,6 +366,7 @@ impl Worker {
             runs: Vec::new(),
             peer_rings: Vec::new(),
             wake_scratch: Vec::new(),
+            gso: GsoLimit::default(),
         })
     }
 
@@ -550,7 +564,9 @@ impl Worker {
                 let slot = (ud & 0xFFFF_FFFF) as u32;
                 if let Some(mut b) = self.slots.get_mut(slot as usize).and_then(Option::take) {
                     let segments = b.payloads.len() as u64;
-                    if res >= 0 {
+                    if res < 0 && segments > 1 && gso_refused(-res) {
+                        self.gso_refused(&mut b, -res);
+                    } else if res >= 0 {
                         self.core.counters.sent += segments;
                     } else {
                         self.core.counters.send_errors += segments;
@@ -606,7 +622,10 @@ impl Worker {
                 let dest = pktinfo_destination(out.control_data());
                 self.core.on_ingress(now, data, src.map(|a| a.ip()), dest)
             }
-            (Source::Nack, Some(src)) => self.core.on_nack(now, src, data),
+            (Source::Nack, Some(src)) => {
+                let local = packet_info(out.control_data()).map(|p| p.local);
+                self.core.on_nack(now, src, local, data)
+            }
             (Source::Upstream, Some(src)) => self.core.on_upstream(now, src, data),
             (Source::Dht, Some(src)) => self.core.on_dht(now, src, data),
             (Source::Gossip, Some(src)) => self.core.on_gossip(now, src, data),
@@ -626,7 +645,7 @@ impl Worker {
         let mut pending = std::mem::take(&mut self.pending);
         pending.extend(self.core.outbox.drain_transmits());
         let mut runs = std::mem::take(&mut self.runs);
-        runs.extend(gso_runs(&pending).map(|r| r.len()));
+        runs.extend(gso_runs(&pending, self.gso.max_segment()).map(|r| r.len()));
         let mut queued = pending.drain(..);
         for &n in &runs {
             if let Err(e) = self.send(queued.by_ref().take(n)) {
@@ -639,6 +658,7 @@ impl Worker {
         self.runs = runs;
         // The vector goes back empty, its capacity kept for the next round.
         self.pending = pending;
+        self.core.reply_sources.trim();
         // No submit here: the run loop's submit_and_wait hands these to the
         // kernel together with the wait, one syscall per round.
     }
@@ -657,8 +677,8 @@ impl Worker {
         let queued: Vec<crate::dht::Transmit> = shard.drain_transmits().collect();
         for t in queued {
             let payload = Payload::Frame(bytes::Bytes::from(t.payload));
-            if let Err(e) = self.queue_send(fd, t.dest.into(), std::iter::once(payload), Extra::Dht)
-            {
+            let to = t.dest.into();
+            if let Err(e) = self.queue_send(fd, to, None, std::iter::once(payload), Extra::Dht) {
                 if let Some(shard) = self.core.dht.as_mut() {
                     shard.counters.send_errors += 1;
                 }
@@ -681,9 +701,8 @@ impl Worker {
         let queued: Vec<(std::net::SocketAddr, Vec<u8>)> = g.drain_transmits().collect();
         for (dest, ack) in queued {
             let payload = Payload::Frame(bytes::Bytes::from(ack));
-            if let Err(e) =
-                self.queue_send(fd, dest.into(), std::iter::once(payload), Extra::Gossip)
-            {
+            let to = dest.into();
+            if let Err(e) = self.queue_send(fd, to, None, std::iter::once(payload), Extra::Gossip) {
                 if let Some(g) = self.core.gossip.as_mut() {
                     g.counters.send_errors += 1;
                 }
@@ -703,27 +722,48 @@ impl Worker {
             return Ok(());
         };
         let fd = if upstream { self.upstream.as_raw_fd() } else { self.nack.as_raw_fd() };
+        let from = self.core.source(&first);
         let payloads = std::iter::once(first.payload).chain(run.map(|t| t.payload));
         if !matches!(first.dest, Dest::Group(_)) || self.egress.is_empty() {
-            return self.queue_send(fd, addr, payloads, Extra::None);
+            return self.queue_send(fd, addr, from, payloads, Extra::None);
         }
         // The payloads are refcounted: a copy costs a slot, not the bytes.
         let payloads: Vec<Payload> = payloads.collect();
         for i in 0..self.egress.len() {
             let efd = self.egress[i].as_raw_fd();
-            if self.queue_send(efd, addr.clone(), payloads.iter().cloned(), Extra::None).is_err() {
+            let copies = payloads.iter().cloned();
+            if self.queue_send(efd, addr.clone(), None, copies, Extra::None).is_err() {
                 self.core.counters.send_errors += 1;
             }
         }
-        self.queue_send(fd, addr, payloads.into_iter(), Extra::None)
+        self.queue_send(fd, addr, from, payloads.into_iter(), Extra::None)
+    }
+
+    /// The kernel would not segment the GSO send in `slot` (`errno`): its
+    /// datagrams are queued again one per SendMsg, and GSO narrows
+    /// ([`GsoLimit`]).
+    fn gso_refused(&mut self, slot: &mut SendSlot, errno: i32) {
+        let segment = slot.payloads.first().map_or(0, |p| p.as_bytes().len());
+        let index = self.core.index;
+        let to = slot.addr.as_socket();
+        let sourced = slot.from.is_some();
+        self.gso.on_refused(index, errno, segment, to, sourced, &mut self.core.counters);
+        for p in std::mem::take(&mut slot.payloads) {
+            let (fd, to, from, extra) = (slot.fd, slot.addr.clone(), slot.from, slot.extra);
+            if let Err(e) = self.queue_send(fd, to, from, std::iter::once(p), extra) {
+                self.core.counters.send_errors += 1;
+                tracing::warn!(error = %e, "queueing a send failed");
+            }
+        }
     }
 
     /// Queues one SendMsg of `payloads` (more than one: a GSO send) to
-    /// `addr` from `fd`.
+    /// `addr` from `fd`, leaving from the local address `from` when given.
     fn queue_send(
         &mut self,
         fd: std::os::fd::RawFd,
         addr: SockAddr,
+        from: Option<std::net::IpAddr>,
         payloads: impl Iterator<Item = Payload>,
         extra: Extra,
     ) -> io::Result<()> {
@@ -732,15 +772,19 @@ impl Worker {
                 // SAFETY: plain old data; zero is valid.
                 hdr: unsafe { std::mem::zeroed() },
                 iovs: Vec::new(),
-                cmsg: [0; 3],
+                cmsg: [0; 8],
+                fd,
                 addr: addr.clone(),
+                from,
                 payloads: Vec::new(),
                 extra,
             })
         });
         slot.extra = extra;
         slot.payloads.extend(payloads);
+        slot.fd = fd;
         slot.addr = addr;
+        slot.from = from;
         let slot_ref = &mut *slot;
         slot_ref.iovs.clear();
         for p in &slot_ref.payloads {
@@ -755,9 +799,10 @@ impl Worker {
         slot_ref.hdr.msg_namelen = slot_ref.addr.len();
         slot_ref.hdr.msg_iov = slot_ref.iovs.as_mut_ptr();
         slot_ref.hdr.msg_iovlen = slot_ref.iovs.len();
-        if slot_ref.iovs.len() > 1 {
-            self.core.counters.gso_sends += 1;
-            let len = write_gso_cmsg(&mut slot_ref.cmsg, slot_ref.iovs[0].iov_len as u16);
+        let segment = (slot_ref.iovs.len() > 1).then(|| slot_ref.iovs[0].iov_len as u16);
+        self.core.counters.gso_sends += u64::from(segment.is_some());
+        let len = write_send_cmsgs(&mut slot_ref.cmsg, segment, slot_ref.from);
+        if len > 0 {
             slot_ref.hdr.msg_control = slot_ref.cmsg.as_mut_ptr().cast();
             slot_ref.hdr.msg_controllen = len;
         }

@@ -26,8 +26,9 @@ pub(crate) enum Handoff {
     /// A data frame of a flow the receiver owns, already copied out of the
     /// sender's receive buffer, with the address it arrived from.
     Frame(Bytes, Option<std::net::IpAddr>),
-    /// A NACK that arrived on the wrong worker (no steering program).
-    Nack(SocketAddr, [u8; 64], u8),
+    /// A NACK that arrived on the wrong worker (no steering program), with
+    /// the local address it was sent to (its packet info).
+    Nack(SocketAddr, Option<std::net::IpAddr>, [u8; 64], u8),
     /// Drop every cached frame of this flow (from `/admin/invalidate`).
     Invalidate(u64),
     /// A new upstream list (upstream discovery).
@@ -147,6 +148,9 @@ pub(crate) struct Core {
     nack_trace: Option<super::nack_trace::NackSampler>,
     /// What the ingress socket's datagrams must have been sent to.
     ingress_filter: socket::IngressFilter,
+    /// The local address each requester's NACK was sent to, for the
+    /// replies' source.
+    pub(crate) reply_sources: super::reply_source::ReplySources,
     pub(crate) opts: Options,
 }
 
@@ -195,6 +199,7 @@ impl Core {
             events: super::event_log::EventLog::new(opts.debug_events),
             nack_trace: opts.nack_tracing.as_ref().map(|t| t.sampler(index)),
             ingress_filter: socket::IngressFilter::new(opts),
+            reply_sources: super::reply_source::ReplySources::new(opts.nack_bind),
             opts: opts.clone(),
         }
     }
@@ -311,8 +316,15 @@ impl Core {
         self.drop_reason(ricochet_wire::Error::TooLong { max, got });
     }
 
-    /// A datagram from the NACK socket.
-    pub(crate) fn on_nack(&mut self, now: Instant, src: SocketAddr, data: &[u8]) {
+    /// A datagram from the NACK socket, sent from `src` to the local
+    /// address `local` (its packet info, when the socket asks for it).
+    pub(crate) fn on_nack(
+        &mut self,
+        now: Instant,
+        src: SocketAddr,
+        local: Option<std::net::IpAddr>,
+        data: &[u8],
+    ) {
         if data.len() > super::MAX_NACK_DATAGRAM {
             return self.on_oversized(Oversized::Nack, super::MAX_NACK_DATAGRAM, data.len());
         }
@@ -323,9 +335,10 @@ impl Core {
             let mut copy = [0u8; 64];
             copy[..data.len()].copy_from_slice(data);
             self.counters.nacks_forwarded += 1;
-            self.handoff(dest, Handoff::Nack(src, copy, data.len() as u8));
+            self.handoff(dest, Handoff::Nack(src, local, copy, data.len() as u8));
             return;
         }
+        self.reply_sources.note(src, local);
         if let Err(e) = self.answer_nack(now, src, data) {
             self.drop_reason(e);
         }
@@ -603,7 +616,10 @@ impl Core {
                     self.store(now, bytes, src);
                     Ok(())
                 }
-                Handoff::Nack(src, buf, len) => self.answer_nack(now, src, &buf[..len as usize]),
+                Handoff::Nack(src, local, buf, len) => {
+                    self.reply_sources.note(src, local);
+                    self.answer_nack(now, src, &buf[..len as usize])
+                }
                 Handoff::Invalidate(hash_key) => {
                     self.service.invalidate(hash_key);
                     Ok(())
@@ -694,6 +710,18 @@ impl Core {
         }
     }
 
+    /// The local address a transmit leaves from: for a reply to a
+    /// requester, the one its NACK was sent to ([`ReplySources`]); `None`
+    /// (the kernel's choice) otherwise.
+    ///
+    /// [`ReplySources`]: super::reply_source::ReplySources
+    pub(crate) fn source(&self, t: &Transmit) -> Option<std::net::IpAddr> {
+        match t.dest {
+            Dest::Unicast(a) => self.reply_sources.get(a),
+            Dest::Group(_) | Dest::Upstream(_) => None,
+        }
+    }
+
     /// The socket address a transmit goes to (group addresses resolved
     /// once and remembered).
     pub(crate) fn destination(&mut self, t: &Transmit) -> Option<SockAddr> {
@@ -743,92 +771,5 @@ impl Core {
                 holdings,
             };
         }
-    }
-}
-
-/// Most segments one UDP GSO send may carry (the kernel's UDP_MAX_SEGMENTS).
-pub(crate) const GSO_MAX_SEGMENTS: usize = 64;
-/// Most payload bytes one GSO send may carry (one IPv4 UDP datagram's worth).
-pub(crate) const GSO_MAX_BYTES: usize = 65_507;
-
-/// Splits queued transmits into runs that can leave as one UDP GSO send:
-/// consecutive, to the same destination, every segment as long as the first
-/// except the last, which may be shorter — so a unicast retransmit and the
-/// ACK that follows it to the same requester, or a burst of equal-size
-/// ACKs, cross the kernel's UDP stack once. Order is kept, so retransmits
-/// still leave before their ACK.
-pub(crate) fn gso_runs(
-    transmits: &[Transmit],
-) -> impl Iterator<Item = std::ops::Range<usize>> + '_ {
-    let mut start = 0;
-    std::iter::from_fn(move || {
-        if start >= transmits.len() {
-            return None;
-        }
-        let first = &transmits[start];
-        let size = first.payload.as_bytes().len();
-        let mut end = start + 1;
-        let mut total = size;
-        while end < transmits.len() && end - start < GSO_MAX_SEGMENTS && size > 0 {
-            let t = &transmits[end];
-            let len = t.payload.as_bytes().len();
-            let prev_full = transmits[end - 1].payload.as_bytes().len() == size;
-            if t.dest != first.dest || len > size || !prev_full || total + len > GSO_MAX_BYTES {
-                break;
-            }
-            total += len;
-            end += 1;
-        }
-        let run = start..end;
-        start = end;
-        Some(run)
-    })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::retry::{Dest, Payload};
-
-    fn t(dest: Dest, len: usize) -> Transmit {
-        let payload = if len <= 64 {
-            Payload::Control { buf: [0; 64], len: len as u8 }
-        } else {
-            Payload::Frame(Bytes::from(vec![0u8; len]))
-        };
-        Transmit { dest, payload }
-    }
-
-    fn runs(ts: &[Transmit]) -> Vec<std::ops::Range<usize>> {
-        gso_runs(ts).collect()
-    }
-
-    #[test]
-    fn a_frame_and_its_ack_to_one_requester_merge() {
-        let a = Dest::Unicast("127.0.0.1:5000".parse().unwrap());
-        let g = Dest::Group(1);
-        // Multicast retransmit, unicast copy, ACK: the last two merge.
-        assert_eq!(runs(&[t(g, 300), t(a, 300), t(a, 16)]), vec![0..1, 1..3]);
-    }
-
-    #[test]
-    fn equal_acks_merge_and_a_longer_segment_breaks_the_run() {
-        let a = Dest::Unicast("127.0.0.1:5000".parse().unwrap());
-        let b = Dest::Unicast("127.0.0.1:5001".parse().unwrap());
-        assert_eq!(runs(&[t(a, 16), t(a, 16), t(a, 16)]), vec![0..3]);
-        // A shorter segment must be the last one.
-        assert_eq!(runs(&[t(a, 300), t(a, 16), t(a, 16)]), vec![0..2, 2..3]);
-        assert_eq!(runs(&[t(a, 16), t(a, 300)]), vec![0..1, 1..2]);
-        assert_eq!(runs(&[t(a, 16), t(b, 16)]), vec![0..1, 1..2]);
-        assert_eq!(runs(&[]), Vec::<std::ops::Range<usize>>::new());
-    }
-
-    #[test]
-    fn runs_respect_the_segment_and_byte_limits() {
-        let a = Dest::Unicast("127.0.0.1:5000".parse().unwrap());
-        let many: Vec<_> = (0..130).map(|_| t(a, 16)).collect();
-        assert_eq!(runs(&many), vec![0..64, 64..128, 128..130]);
-        let big: Vec<_> = (0..5).map(|_| t(a, 20_000)).collect();
-        assert_eq!(runs(&big), vec![0..3, 3..5]);
     }
 }

@@ -1,0 +1,302 @@
+//! Which queued transmits leave as one UDP GSO send (`UDP_SEGMENT`), and
+//! what this worker has learned the kernel will not segment.
+//!
+//! GSO lets a unicast retransmit and its ACK, or a burst of equal-size
+//! ACKs, cross the kernel's UDP stack once. The kernel refuses a GSO send
+//! with `EMSGSIZE` (`EINVAL` on older kernels) when a segment plus its IP
+//! and UDP headers exceeds the route's MTU — a frame bigger than the path
+//! MTU, which without GSO would simply leave IP-fragmented — and with `EIO`
+//! when the device cannot checksum the segments. As in quinn-udp, a
+//! refused send is sent again one datagram at a time (no datagram is lost)
+//! and counted (`ricochet_gso_fallbacks_total`); unlike quinn-udp, an MTU
+//! refusal only narrows GSO to the segments that fit that route
+//! ([`GsoLimit`]) instead of turning it off, since the ACK bursts GSO helps
+//! most are small.
+
+use std::net::SocketAddr;
+
+use super::WorkerCounters;
+use super::sys;
+use crate::retry::Transmit;
+
+/// Most segments one UDP GSO send may carry (the kernel's UDP_MAX_SEGMENTS).
+pub(crate) const GSO_MAX_SEGMENTS: usize = 64;
+/// Most payload bytes one GSO send may carry (one IPv4 UDP datagram's worth).
+pub(crate) const GSO_MAX_BYTES: usize = 65_507;
+
+/// Splits queued transmits into runs that can leave as one UDP GSO send:
+/// consecutive, to the same destination, every segment as long as the first
+/// except the last, which may be shorter — so a unicast retransmit and the
+/// ACK that follows it to the same requester, or a burst of equal-size
+/// ACKs, cross the kernel's UDP stack once. Order is kept, so retransmits
+/// still leave before their ACK.
+///
+/// A run carries more than one segment only when its segments are at most
+/// `max_segment` bytes long ([`GsoLimit::max_segment`]).
+pub(crate) fn gso_runs(
+    transmits: &[Transmit],
+    max_segment: usize,
+) -> impl Iterator<Item = std::ops::Range<usize>> + '_ {
+    let mut start = 0;
+    std::iter::from_fn(move || {
+        if start >= transmits.len() {
+            return None;
+        }
+        let first = &transmits[start];
+        let size = first.payload.as_bytes().len();
+        let mut end = start + 1;
+        let mut total = size;
+        let gso = size > 0 && size <= max_segment;
+        while gso && end < transmits.len() && end - start < GSO_MAX_SEGMENTS {
+            let t = &transmits[end];
+            let len = t.payload.as_bytes().len();
+            let prev_full = transmits[end - 1].payload.as_bytes().len() == size;
+            if t.dest != first.dest || len > size || !prev_full || total + len > GSO_MAX_BYTES {
+                break;
+            }
+            total += len;
+            end += 1;
+        }
+        let run = start..end;
+        start = end;
+        Some(run)
+    })
+}
+
+/// The longest segment this worker may hand the kernel in a GSO send:
+/// every segment at first, narrowed by the kernel's refusals. It only ever
+/// shrinks, and is one value for every destination — a refusal on the
+/// route with the smallest MTU narrows it for all, which costs only the
+/// merging of frames too big for that route.
+#[derive(Debug)]
+pub(crate) struct GsoLimit {
+    max_segment: usize,
+}
+
+/// How a refusal narrowed [`GsoLimit`], for its one log line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Narrowed {
+    /// The route's MTU is `mtu`: segments over `max_segment` bytes leave
+    /// one datagram per send from now on.
+    PathMtu { mtu: usize, max_segment: usize },
+    /// GSO is off on this worker.
+    Off,
+}
+
+impl Default for GsoLimit {
+    fn default() -> Self {
+        GsoLimit { max_segment: GSO_MAX_BYTES }
+    }
+}
+
+impl GsoLimit {
+    /// The longest segment a GSO send may carry now; 0: GSO is off.
+    pub(crate) fn max_segment(&self) -> usize {
+        self.max_segment
+    }
+
+    /// The kernel refused (`errno`, [`sys::gso_refused`]) a GSO send of
+    /// `segment`-byte segments to `to` (from a chosen local address when
+    /// `sourced`), whose datagrams the caller sends again one by one:
+    /// counts it, narrows the limit, and logs a narrowing once at WARN.
+    pub(crate) fn on_refused(
+        &mut self,
+        worker: usize,
+        errno: i32,
+        segment: usize,
+        to: Option<SocketAddr>,
+        sourced: bool,
+        counters: &mut WorkerCounters,
+    ) {
+        counters.gso_fallbacks += 1;
+        let error = std::io::Error::from_raw_os_error(errno);
+        let to_text = to.map_or_else(|| "?".to_string(), |a| a.to_string());
+        match self.narrow(errno, segment, to, sourced, sys::path_mtu) {
+            Some(Narrowed::PathMtu { mtu, max_segment }) => tracing::warn!(
+                worker,
+                "the kernel refused a UDP GSO send of {segment}-byte segments to {to_text} \
+                 ({error}): the route's MTU is {mtu}, so segments over {max_segment} bytes \
+                 now leave one datagram per send (these were sent one by one; \
+                 ricochet_gso_fallbacks_total counts refusals)"
+            ),
+            Some(Narrowed::Off) => tracing::warn!(
+                worker,
+                "the kernel refused a UDP GSO send of {segment}-byte segments to {to_text} \
+                 ({error}; EIO: the device cannot checksum segments, EINVAL: GSO refused on \
+                 this socket): GSO is off on this worker (these were sent one by one; \
+                 ricochet_gso_fallbacks_total counts refusals)"
+            ),
+            None => {}
+        }
+    }
+
+    /// Narrows the limit after a refusal; `path_mtu` asks the kernel for
+    /// the route's MTU (only on `EMSGSIZE` or `EINVAL`). A refusal the MTU
+    /// explains keeps GSO for the segments that fit; anything else turns
+    /// GSO off — except an `EINVAL` of a send from a chosen local address
+    /// (`sourced`), which a source address no longer on the host causes
+    /// too, GSO or not. `None` when nothing narrowed: the limit already
+    /// excluded the refused send (one queued before an earlier refusal
+    /// narrowed it), or the refusal says nothing about GSO.
+    fn narrow(
+        &mut self,
+        errno: i32,
+        segment: usize,
+        to: Option<SocketAddr>,
+        sourced: bool,
+        path_mtu: impl FnOnce(SocketAddr) -> Option<usize>,
+    ) -> Option<Narrowed> {
+        let header = match to {
+            Some(SocketAddr::V6(a)) if a.ip().to_ipv4_mapped().is_none() => 40 + 8,
+            _ => 20 + 8,
+        };
+        let size = matches!(errno, libc::EMSGSIZE | libc::EINVAL);
+        let mtu = to.filter(|_| size).and_then(path_mtu);
+        let (max_segment, why) = match mtu {
+            Some(mtu) if segment + header > mtu && mtu > header => {
+                (mtu - header, Narrowed::PathMtu { mtu, max_segment: mtu - header })
+            }
+            _ if sourced && errno == libc::EINVAL => return None,
+            _ => (0, Narrowed::Off),
+        };
+        if max_segment >= self.max_segment {
+            return None;
+        }
+        self.max_segment = max_segment;
+        Some(why)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::retry::{Dest, Payload};
+    use bytes::Bytes;
+
+    fn t(dest: Dest, len: usize) -> Transmit {
+        let payload = if len <= 64 {
+            Payload::Control { buf: [0; 64], len: len as u8 }
+        } else {
+            Payload::Frame(Bytes::from(vec![0u8; len]))
+        };
+        Transmit { dest, payload }
+    }
+
+    fn runs(ts: &[Transmit]) -> Vec<std::ops::Range<usize>> {
+        gso_runs(ts, GSO_MAX_BYTES).collect()
+    }
+
+    #[test]
+    fn a_frame_and_its_ack_to_one_requester_merge() {
+        let a = Dest::Unicast("127.0.0.1:5000".parse().unwrap());
+        let g = Dest::Group(1);
+        // Multicast retransmit, unicast copy, ACK: the last two merge.
+        assert_eq!(runs(&[t(g, 300), t(a, 300), t(a, 16)]), vec![0..1, 1..3]);
+    }
+
+    #[test]
+    fn equal_acks_merge_and_a_longer_segment_breaks_the_run() {
+        let a = Dest::Unicast("127.0.0.1:5000".parse().unwrap());
+        let b = Dest::Unicast("127.0.0.1:5001".parse().unwrap());
+        assert_eq!(runs(&[t(a, 16), t(a, 16), t(a, 16)]), vec![0..3]);
+        // A shorter segment must be the last one.
+        assert_eq!(runs(&[t(a, 300), t(a, 16), t(a, 16)]), vec![0..2, 2..3]);
+        assert_eq!(runs(&[t(a, 16), t(a, 300)]), vec![0..1, 1..2]);
+        assert_eq!(runs(&[t(a, 16), t(b, 16)]), vec![0..1, 1..2]);
+        assert_eq!(runs(&[]), Vec::<std::ops::Range<usize>>::new());
+    }
+
+    #[test]
+    fn runs_respect_the_segment_and_byte_limits() {
+        let a = Dest::Unicast("127.0.0.1:5000".parse().unwrap());
+        let many: Vec<_> = (0..130).map(|_| t(a, 16)).collect();
+        assert_eq!(runs(&many), vec![0..64, 64..128, 128..130]);
+        let big: Vec<_> = (0..5).map(|_| t(a, 20_000)).collect();
+        assert_eq!(runs(&big), vec![0..3, 3..5]);
+    }
+
+    #[test]
+    fn segments_over_the_limit_leave_alone() {
+        let a = Dest::Unicast("127.0.0.1:5000".parse().unwrap());
+        let ts = [t(a, 1400), t(a, 16), t(a, 16), t(a, 16)];
+        assert_eq!(gso_runs(&ts, 1399).collect::<Vec<_>>(), vec![0..1, 1..4]);
+        assert_eq!(gso_runs(&ts, 1400).collect::<Vec<_>>(), vec![0..2, 2..4]);
+        // Off: every transmit its own send.
+        assert_eq!(gso_runs(&ts, 0).collect::<Vec<_>>(), vec![0..1, 1..2, 2..3, 3..4]);
+    }
+
+    #[test]
+    fn an_mtu_refusal_narrows_gso_to_the_segments_that_fit() {
+        let v4: SocketAddr = "10.0.0.2:5000".parse().unwrap();
+        let v6: SocketAddr = "[fd00::2]:5000".parse().unwrap();
+        let mapped: SocketAddr = "[::ffff:10.0.0.2]:5000".parse().unwrap();
+        let mut l = GsoLimit::default();
+        assert_eq!(l.max_segment(), GSO_MAX_BYTES);
+        let n = l.narrow(libc::EMSGSIZE, 1400, Some(v4), false, |_| Some(1280));
+        assert_eq!(n, Some(Narrowed::PathMtu { mtu: 1280, max_segment: 1252 }));
+        assert_eq!(l.max_segment(), 1252);
+        // A send queued before the narrowing, refused after it: nothing new.
+        assert_eq!(l.narrow(libc::EINVAL, 1400, Some(v4), false, |_| Some(1280)), None);
+        // IPv6 headers are 40 bytes; a v4-mapped destination is IPv4.
+        assert_eq!(
+            l.narrow(libc::EINVAL, 1200, Some(v6), false, |_| Some(1220)),
+            Some(Narrowed::PathMtu { mtu: 1220, max_segment: 1172 })
+        );
+        assert_eq!(
+            l.narrow(libc::EINVAL, 1100, Some(mapped), false, |_| Some(1100)),
+            Some(Narrowed::PathMtu { mtu: 1100, max_segment: 1072 })
+        );
+        assert_eq!(l.max_segment(), 1072);
+    }
+
+    #[test]
+    fn a_refusal_the_mtu_does_not_explain_turns_gso_off() {
+        let to: SocketAddr = "10.0.0.2:5000".parse().unwrap();
+        let asked = std::cell::Cell::new(false);
+        let probe = |_| {
+            asked.set(true);
+            Some(1500)
+        };
+        // EIO: the device; the MTU is not asked.
+        let mut l = GsoLimit::default();
+        assert_eq!(l.narrow(libc::EIO, 1400, Some(to), false, probe), Some(Narrowed::Off));
+        assert!(!asked.get());
+        assert_eq!(l.max_segment(), 0);
+        assert_eq!(l.narrow(libc::EIO, 16, Some(to), false, |_| None), None);
+        // EINVAL with segments that fit the route, or an MTU unknown.
+        let mut l = GsoLimit::default();
+        assert_eq!(
+            l.narrow(libc::EINVAL, 1400, Some(to), false, |_| Some(1500)),
+            Some(Narrowed::Off)
+        );
+        let mut l = GsoLimit::default();
+        assert_eq!(l.narrow(libc::EINVAL, 1400, Some(to), false, |_| None), Some(Narrowed::Off));
+        let mut l = GsoLimit::default();
+        assert_eq!(l.narrow(libc::EINVAL, 1400, None, false, |_| Some(1280)), Some(Narrowed::Off));
+        // From a chosen source address, EINVAL may be the address's fault.
+        let mut l = GsoLimit::default();
+        assert_eq!(l.narrow(libc::EINVAL, 1400, Some(to), true, |_| Some(1500)), None);
+        assert_eq!(l.max_segment(), GSO_MAX_BYTES);
+        assert_eq!(l.narrow(libc::EIO, 1400, Some(to), true, |_| None), Some(Narrowed::Off));
+    }
+
+    #[test]
+    fn on_refused_counts_every_fallback() {
+        let mut counters = WorkerCounters::default();
+        let mut l = GsoLimit::default();
+        // EIO needs no probe: nothing here touches the network.
+        l.on_refused(0, libc::EIO, 1400, None, false, &mut counters);
+        l.on_refused(0, libc::EIO, 1400, None, false, &mut counters);
+        assert_eq!((counters.gso_fallbacks, l.max_segment()), (2, 0));
+    }
+
+    /// The route MTU the kernel reports is the one it checks segments
+    /// against: loopback's, capped at IP's 65 535.
+    #[test]
+    fn path_mtu_reads_the_route() {
+        let lo = std::fs::read_to_string("/sys/class/net/lo/mtu").unwrap();
+        let want = lo.trim().parse::<usize>().unwrap().min(65_535);
+        assert_eq!(sys::path_mtu("127.0.0.1:9".parse().unwrap()), Some(want));
+        assert_eq!(sys::path_mtu("[::ffff:127.0.0.1]:9".parse().unwrap()), Some(want));
+    }
+}

@@ -10,19 +10,13 @@ use bytes::Bytes;
 use ricochet_wire::frame::FrameKey;
 use tokio::sync::mpsc;
 
-use crate::retry::ClaimResult;
+/// What a claim is for (it decides the key prefix), and the store's answer
+/// to a claim or a lookup: the protocol crate's types, whose router decides
+/// what a worker asks and what it does with the answer.
+pub use crate::retry::effects::{ClaimKind, StoreAnswer as Answer};
 
 /// Operations queued by workers before more are answered unavailable.
 pub const QUEUE_DEPTH: usize = 16_384;
-
-/// What a claim is for; decides the key prefix.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ClaimKind {
-    /// A multicast retransmit (`bre:dedup:`).
-    Retransmit,
-    /// An upstream fetch (`bre:proxy:`).
-    Proxy,
-}
 
 /// Where an answer goes: the asking worker and its token.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -61,15 +55,6 @@ pub enum Op {
         /// The whole datagram.
         frame: Bytes,
     },
-}
-
-/// The answer to a [`Op::Claim`] or [`Op::Get`].
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Answer {
-    /// The claim's outcome.
-    Claim(ClaimResult),
-    /// The frame if Redis held it; `Err(())` when Redis could not answer.
-    Get(Result<Option<Bytes>, ()>),
 }
 
 /// The workers' handle: a bounded queue to the control thread.

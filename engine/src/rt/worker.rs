@@ -11,12 +11,13 @@ use crossbeam_channel::{Receiver, Sender, TrySendError};
 use ricochet_wire::frame::Frame;
 use socket2::SockAddr;
 
-use super::store_queue::{Answer, ClaimKind, Op, ReplyTo, StoreClient};
+use super::store_queue::{Answer, Op, ReplyTo, StoreClient};
 use super::sys::EventFd;
 use super::{ControlEvent, Options, Shared, WorkerCounters, WorkerSnapshot, owner, socket};
+use crate::retry::effects::{Parts, Router, StoreOp, StoreQueue};
 use crate::retry::{
-    ClaimResult, Claims, Dest, Effect, Enqueued, FrameOutcome, Lookup, Outbox, Payload,
-    PendingMulticast, Recovery, Service, Siblings, Transmit,
+    Claims, Dest, Effect, FrameOutcome, Outbox, PendingMulticast, Recovery, Service, Siblings,
+    Transmit,
 };
 use ricochet_wire::frame::FrameKey;
 
@@ -71,28 +72,22 @@ pub(crate) enum Oversized {
     Other,
 }
 
-/// A request waiting for the shared store's answer.
-#[derive(Debug)]
-enum Parked {
-    /// A multicast retransmit waiting for its dedup claim.
-    Multicast(PendingMulticast),
-    /// A miss waiting for the shared-cache lookup.
-    Lookup(Lookup),
-    /// A recovery job waiting for its proxy claim.
-    Proxy(FrameKey),
+/// A worker's queue to the shared store, as the router asks it: answers
+/// come back to this worker's inbox under the router's token.
+struct StoreLink<'a> {
+    client: Option<&'a StoreClient>,
+    worker: usize,
 }
 
-/// Most requests a worker parks for the shared store; beyond that new ones
-/// go ahead as if Redis were down.
-const MAX_PARKED: usize = 16_384;
-
-/// Requests parked for the shared store, with a deadline each.
-#[derive(Debug, Default)]
-struct StoreWaits {
-    next_token: u64,
-    parked: std::collections::HashMap<u64, (Instant, Parked)>,
-    /// (parked at, token) in time order, for the deadline sweep.
-    order: std::collections::VecDeque<(Instant, u64)>,
+impl StoreQueue for StoreLink<'_> {
+    fn try_send(&mut self, token: u64, op: StoreOp) -> bool {
+        let reply = ReplyTo { worker: self.worker, token };
+        let op = match op {
+            StoreOp::Claim { kind, key } => Op::Claim { kind, key, reply },
+            StoreOp::Get { key } => Op::Get { key, reply },
+        };
+        self.client.is_some_and(|c| c.try_send(op).is_ok())
+    }
 }
 
 /// A worker's sockets.
@@ -132,7 +127,9 @@ pub(crate) struct Core {
     to_wake: Vec<bool>,
     /// The shared store, when `REDIS_ADDR` is set.
     store: Option<StoreClient>,
-    waits: StoreWaits,
+    /// What the service's effects lead to, and the requests parked for
+    /// the store's answer.
+    router: Router,
     /// Multicast retransmits sent within the dedup window: the whole dedup
     /// when Redis is down, a shortcut when it is up.
     local_dedup: Claims<FrameKey>,
@@ -185,7 +182,7 @@ impl Core {
             group_dests: std::collections::HashMap::new(),
             to_wake: vec![false; workers],
             store: opts.store.clone(),
-            waits: StoreWaits::default(),
+            router: Router::default(),
             local_dedup: Claims::new(opts.dedup_window, 1 << 20),
             siblings: Arc::default(),
             dht: opts.dht.as_ref().map(|d| {
@@ -419,148 +416,38 @@ impl Core {
 
     /// Carries out the service's effects until none are left (finishing
     /// one can queue another, e.g. a shared-cache miss asks for recovery):
-    /// recovery requests go to the recovery path, which queues the Proxied
-    /// NACKs or parks the job for its cross-instance claim; deduplicated
-    /// multicasts and shared-cache lookups are parked for the store's
-    /// answer, or decided at once when it cannot be asked.
+    /// the policy is `retry::effects`; this worker lends it its state and
+    /// its queue to the store.
     fn take_effects(&mut self, now: Instant) {
-        while !self.outbox.effects.is_empty() {
-            let mut effects = std::mem::take(&mut self.outbox.effects);
-            for e in effects.drain(..) {
-                match e {
-                    Effect::Recover { hash_key, seq, subtree_id, from_sibling } => {
-                        let key = FrameKey { hash_key, seq };
-                        if !from_sibling && self.forward_to_owner(key, subtree_id) {
-                            continue;
-                        }
-                        // Sibling fill: the sibling whose digest lists the
-                        // frame is asked before the upstreams.
-                        let fill = self.siblings.holder(key);
-                        let out = &mut self.outbox.transmits;
-                        if self.recovery.enqueue(now, key, subtree_id, fill, out)
-                            == Enqueued::NeedsClaim
-                        {
-                            self.ask_store(now, Parked::Proxy(key));
-                        }
-                    }
-                    Effect::Multicast(m) => self.multicast_deduplicated(now, m),
-                    Effect::Lookup(l) => self.ask_store(now, Parked::Lookup(l)),
-                }
-            }
-            // Keep the vector's capacity: no allocation per miss.
-            if self.outbox.effects.is_empty() {
-                self.outbox.effects = effects;
-            }
-        }
-    }
-
-    /// When a live sibling owns the gap `key`, forwards the NACK to it
-    /// (flagged Sibling, from the upstream socket) and returns true; the
-    /// owner fetches it upstream and multicasts it into the domain.
-    fn forward_to_owner(&mut self, key: FrameKey, subtree_id: [u8; 32]) -> bool {
-        if !self.recovery.enabled() {
-            return false;
-        }
-        let Some(owner) = self.siblings.owner(key) else { return false };
-        let nack = ricochet_wire::control::NackRepr {
-            flags: ricochet_wire::control::NackFlags(ricochet_wire::control::NackFlags::SIBLING),
-            hash_key: key.hash_key,
-            start_seq: key.seq,
-            end_seq: key.seq,
-            subtree_id,
-        };
-        let mut buf = [0u8; 64];
-        let Ok(len) = nack.emit(&mut buf) else { return false };
-        self.counters.gaps_forwarded_to_owner += 1;
-        self.outbox.transmits.push(Transmit {
-            dest: Dest::Upstream(owner.nack),
-            payload: Payload::Control { buf, len: len as u8 },
-        });
-        true
-    }
-
-    /// A multicast retransmit that siblings must not repeat: a claim held
-    /// here already decides it at once; otherwise it is claimed locally and
-    /// then in Redis.
-    fn multicast_deduplicated(&mut self, now: Instant, m: PendingMulticast) {
-        if !self.local_dedup.try_claim(now, m.key) {
-            return self.service.on_multicast_claim(m, false, &mut self.outbox);
-        }
-        self.ask_store(now, Parked::Multicast(m));
-    }
-
-    /// Parks `p` and queues its request to the shared store; when that is
-    /// impossible (no store, queue full, too many parked) it is decided as
-    /// if Redis were down.
-    fn ask_store(&mut self, now: Instant, p: Parked) {
-        let token = self.waits.next_token;
-        let reply = ReplyTo { worker: self.index, token };
-        let op = match &p {
-            Parked::Multicast(m) => Op::Claim { kind: ClaimKind::Retransmit, key: m.key, reply },
-            Parked::Proxy(key) => Op::Claim { kind: ClaimKind::Proxy, key: *key, reply },
-            Parked::Lookup(l) => Op::Get { key: l.key, reply },
-        };
-        let queued = self.waits.parked.len() < MAX_PARKED
-            && self.store.as_ref().is_some_and(|s| s.try_send(op).is_ok());
-        if !queued {
-            self.counters.store_unavailable += 1;
-            return self.settle(now, p, None);
-        }
-        self.waits.next_token += 1;
-        self.waits.parked.insert(token, (now, p));
-        self.waits.order.push_back((now, token));
-    }
-
-    /// Finishes a parked request with the store's answer (`None`: no
-    /// answer, go ahead as if Redis were down).
-    fn settle(&mut self, now: Instant, p: Parked, answer: Option<Answer>) {
-        let claim = match answer {
-            Some(Answer::Claim(c)) => c,
-            _ => ClaimResult::Unavailable,
-        };
-        match p {
-            Parked::Multicast(m) => {
-                let send = claim != ClaimResult::Lost;
-                self.service.on_multicast_claim(m, send, &mut self.outbox);
-            }
-            Parked::Proxy(key) => {
-                self.recovery.on_claim(now, key, claim, &mut self.outbox.transmits);
-            }
-            Parked::Lookup(l) => {
-                let found = match answer {
-                    Some(Answer::Get(Ok(found))) => found,
-                    _ => None,
-                };
-                self.service.on_lookup(now, l, found, &mut self.outbox);
-            }
-        }
-        self.take_effects(now);
+        self.with_router(|r, parts, store| r.route(now, parts, store));
     }
 
     /// A store answer arrived.
     fn on_store_answer(&mut self, now: Instant, token: u64, answer: Answer) {
-        if let Some((_, p)) = self.waits.parked.remove(&token) {
-            self.settle(now, p, Some(answer));
-        }
+        self.with_router(|r, parts, store| r.on_answer(now, token, answer, parts, store));
     }
 
     /// Goes ahead with requests whose answer is overdue.
     fn expire_store_waits(&mut self, now: Instant) {
-        while let Some(&(at, token)) = self.waits.order.front() {
-            if now.duration_since(at) < super::STORE_ANSWER_DEADLINE {
-                break;
-            }
-            self.waits.order.pop_front();
-            if let Some((_, p)) = self.waits.parked.remove(&token) {
-                self.counters.store_unavailable += 1;
-                self.settle(now, p, None);
-            }
-        }
-        // Tokens answered in time leave stale entries behind; keep the
-        // queue from outgrowing the parked set.
-        if self.waits.parked.is_empty() {
-            self.waits.order.clear();
-        }
+        let deadline = super::STORE_ANSWER_DEADLINE;
+        self.with_router(|r, parts, store| r.expire(now, deadline, parts, store));
+    }
+
+    /// Runs `f` with the router, the worker state it acts on and the
+    /// worker's store queue.
+    fn with_router<R>(
+        &mut self,
+        f: impl FnOnce(&mut Router, &mut Parts<'_>, &mut StoreLink<'_>) -> R,
+    ) -> R {
+        let mut parts = Parts {
+            service: &mut self.service,
+            recovery: &mut self.recovery,
+            siblings: &self.siblings,
+            local_dedup: &mut self.local_dedup,
+            outbox: &mut self.outbox,
+        };
+        let mut store = StoreLink { client: self.store.as_ref(), worker: self.index };
+        f(&mut self.router, &mut parts, &mut store)
     }
 
     /// A datagram on the upstream socket: an upstream's answer to a Proxied
@@ -594,7 +481,9 @@ impl Core {
                         ack_flags: 0,
                     };
                     if self.opts.retry.retransmit_dedup {
-                        self.multicast_deduplicated(now, m);
+                        // Siblings must not repeat it: the router claims it.
+                        self.outbox.effects.push(Effect::Multicast(m));
+                        self.take_effects(now);
                     } else {
                         self.service.on_multicast_claim(m, true, &mut self.outbox);
                     }
@@ -756,7 +645,10 @@ impl Core {
     }
 
     pub(crate) fn publish(&mut self) {
-        self.counters.store_pending = self.waits.parked.len() as u64;
+        let routing = self.router.stats();
+        self.counters.store_pending = self.router.parked() as u64;
+        self.counters.store_unavailable = routing.store_unavailable;
+        self.counters.gaps_forwarded_to_owner = routing.gaps_forwarded_to_owner;
         let holdings = self.service.cache().holdings(super::HOLDINGS_PER_WORKER);
         let dht = self.dht.as_mut().map(|d| d.snapshot(Instant::now()));
         let gossip = self.gossip.as_mut().map(|g| g.snapshot());

@@ -9,10 +9,10 @@
 //! endpoint's cumulative counters, summed over cores, so they match what a
 //! `/metrics` scrape shows.
 //!
-//! The client is hyper's HTTP/1.1 client on a current-thread tokio
-//! runtime: one connection per request (`Connection: close`), nothing kept
-//! open on the endpoint's admin listener, whose connection caps it must not
-//! strain. [`render`] is a pure
+//! The client is hyper's HTTP/1.1 client (`src/admin/client.rs`) on a
+//! current-thread tokio runtime: one connection per request
+//! (`Connection: close`), nothing kept open on the endpoint's admin
+//! listener, whose connection caps it must not strain. [`render`] is a pure
 //! function of two [`Snapshot`]s, tested without an endpoint.
 
 use std::collections::BTreeMap;
@@ -26,6 +26,7 @@ use std::time::{Duration, Instant};
 
 use clap::Parser;
 
+use crate::admin::client;
 use crate::config;
 
 /// `ricochet status` flags.
@@ -202,21 +203,13 @@ fn get(addr: SocketAddr, path: &str, token: Option<&str>) -> Result<(u16, String
 }
 
 async fn fetch(addr: SocketAddr, path: &str, token: Option<&str>) -> Result<(u16, String), String> {
-    use http_body_util::{BodyExt as _, Empty};
-    use hyper::header::{AUTHORIZATION, CONNECTION, HOST};
+    use http_body_util::BodyExt as _;
+    use hyper::header::CONNECTION;
     let err = |e: &dyn std::fmt::Display| format!("{path}: {e}");
     let stream = tokio::net::TcpStream::connect(addr).await.map_err(|e| err(&e))?;
-    let io = hyper_util::rt::TokioIo::new(stream);
-    let (mut sender, conn) =
-        hyper::client::conn::http1::handshake(io).await.map_err(|e| err(&e))?;
-    tokio::spawn(conn);
-    let mut req =
-        hyper::Request::get(path).header(HOST, addr.to_string()).header(CONNECTION, "close");
-    if let Some(t) = token {
-        req = req.header(AUTHORIZATION, format!("Bearer {t}"));
-    }
-    let req = req.body(Empty::<bytes::Bytes>::new()).map_err(|e| err(&e))?;
-    let resp = sender.send_request(req).await.map_err(|e| err(&e))?;
+    let host = addr.to_string();
+    let get = client::Get { host: &host, path, token, headers: &[(CONNECTION, "close")] };
+    let (resp, _conn) = client::get(stream, &get).await.map_err(|e| err(&e))?;
     let code = resp.status().as_u16();
     let body = resp.into_body().collect().await.map_err(|e| err(&e))?.to_bytes();
     Ok((code, String::from_utf8_lossy(&body).into_owned()))

@@ -1,19 +1,13 @@
-//! The `/events` response decoder (engine/src/admin/sse.rs), which reads
+//! The `/events` response decoder (`ricochet_proto::events`), which reads
 //! whatever an upstream endpoint sends: any byte string, fed whole or split
 //! at any point, decodes without panicking, to the same items and the same
 //! error either way, with every buffer within its cap.
-//!
-//! The decoder lives in the engine crate, which this fuzz crate does not
-//! build (tokio, io-uring, redis under sanitizers); `sse.rs` depends only on
-//! `std`, so it is compiled in directly.
 #![no_main]
 
-#[allow(dead_code, unreachable_pub)]
-#[path = "../../engine/src/admin/sse.rs"]
-mod sse;
-
 use libfuzzer_sys::fuzz_target;
-use sse::{Decoder, MAX_CHUNK_LINE, MAX_EVENT, MAX_HEAD, MAX_LINE, MAX_REJECTION};
+use ricochet_proto::events::{
+    Decoder, MAX_CHUNK_LINE, MAX_EVENT, MAX_HEAD, MAX_LINE, MAX_REJECTION,
+};
 
 /// Everything a decoder may hold at once.
 const CAP: usize = MAX_HEAD + MAX_CHUNK_LINE + MAX_LINE + 2 * MAX_EVENT + MAX_REJECTION;

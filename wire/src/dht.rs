@@ -787,15 +787,31 @@ impl<'l, 'a> IntoIterator for &'l RecordList<'a> {
     }
 }
 
-/// Header field offsets.
-mod layout {
+/// Field offsets of a DHT message (docs/PROTOCOL.md § "DHT (UDP 9320)"),
+/// for code that reads a datagram before it is checked: the runtime's
+/// ownership rule and its classic-BPF steering program.
+pub mod layout {
     use crate::field::Field;
 
-    pub(super) const MAGIC: Field = 0..2;
-    pub(super) const VERSION: usize = 2;
-    pub(super) const TYPE: usize = 3;
-    pub(super) const TRANSACTION_ID: Field = 4..12;
-    pub(super) const SENDER: Field = 12..44;
+    /// Magic `0x5244`.
+    pub const MAGIC: Field = 0..2;
+    /// Version byte.
+    pub const VERSION: usize = 2;
+    /// Message type byte.
+    pub const TYPE: usize = 3;
+    /// Transaction id, 8 bytes big-endian.
+    pub const TRANSACTION_ID: Field = 4..12;
+    /// Sender node id, 32 bytes.
+    pub const SENDER: Field = 12..44;
+    /// The body, after the header: FIND_NODE's target, FIND_VALUE's key.
+    pub const BODY: usize = super::HEADER_LEN;
+    /// FIND_NODE target / FIND_VALUE key.
+    pub const TARGET: Field = BODY..BODY + super::ID_LEN;
+    /// STORE: the record after its `u16` length.
+    pub const STORE_RECORD: usize = BODY + 2;
+    /// STORE: the stored record's key.
+    pub const STORE_RECORD_KEY: Field =
+        STORE_RECORD + crate::record::KEY_FIELD.start..STORE_RECORD + crate::record::KEY_FIELD.end;
 }
 
 /// Offsets inside an encoded address.
@@ -1005,6 +1021,23 @@ mod tests {
             msg(BodyRepr::StoreAck(StoreStatus::StoreFull)),
             msg(BodyRepr::StoreAck(StoreStatus::Rejected)),
         ]
+    }
+
+    /// The public offsets (read before a datagram is checked, by the
+    /// runtime's steering) point where the codec writes.
+    #[test]
+    fn layout_offsets_match_the_codec() {
+        let r = signed(b"one", 1);
+        let store = emit(&msg(BodyRepr::Store(r)));
+        assert_eq!(store[layout::TYPE], MessageType::Store.as_u8());
+        assert_eq!(&store[layout::TRANSACTION_ID], &TXID.to_be_bytes());
+        assert_eq!(&store[layout::SENDER], &sender());
+        assert_eq!(&store[layout::STORE_RECORD_KEY], &[0x22; 32]);
+        assert_eq!((layout::BODY, layout::STORE_RECORD_KEY.start), (44, 50));
+        let find = emit(&msg(BodyRepr::FindNode { target: [0xAB; 32] }));
+        assert_eq!(&find[layout::TARGET], &[0xAB; 32]);
+        let value = emit(&msg(BodyRepr::FindValue { key: [0x22; 32] }));
+        assert_eq!(&value[layout::TARGET], &[0x22; 32]);
     }
 
     #[test]

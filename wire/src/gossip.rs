@@ -61,6 +61,9 @@ pub const MAX_RUMOR_PAYLOAD: usize = 256 * 1024;
 pub const MAX_PULL_RESPONSE: u32 = 1 << 20;
 /// G3 `from_dimension` of a rumor at its origin: forward on every dimension.
 pub const ORIGIN_DIMENSION: u8 = 0xFF;
+/// Bytes of a G6 shard-chunk frame before its data: magic, length, kind,
+/// request id, shard index, chunk index and chunk count.
+pub const SNAPSHOT_CHUNK_HEADER_LEN: usize = g6::DATA;
 
 /// The id of a rumor: BLAKE3 of its payload. G5 acknowledges by it, and
 /// rumor dedup keys on it.

@@ -19,6 +19,7 @@
 //! the offset tables and one golden vector per message, checked by
 //! `tests/golden*.rs` in both directions.
 
+pub mod blob;
 pub mod control;
 pub mod crc32c;
 pub mod dht;
@@ -31,7 +32,9 @@ pub mod gossip;
 pub mod group;
 pub mod mac;
 pub mod manifest;
+pub mod members;
 pub mod prefix;
+pub mod pex;
 pub mod record;
 
 pub use error::{Error, Result};

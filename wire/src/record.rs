@@ -573,6 +573,9 @@ const SIGNED_MAX: usize = DOMAIN.len() + MAX_LEN - SIGNATURE_LEN;
 
 /// Record field offsets; the variable tail is a function of the payload
 /// length.
+/// Where a record's key sits (the DHT's STORE ownership rule reads it).
+pub const KEY_FIELD: crate::field::Field = layout::KEY;
+
 mod layout {
     use crate::field::Field;
 

@@ -51,15 +51,21 @@
 //! - [`discovery`]: what the daemon does with the DHT — publish this
 //!   endpoint's record, look the upstream domain up, keep the upstream
 //!   list — as DHT commands out and node events in.
+//! - [`cluster`]: the cluster's membership records (topic `members`):
+//!   last-writer-wins merge, liveness, the topic's gossip store.
+//! - [`events`]: the decoder of an upstream endpoint's `/events` stream.
 //!
 //! The daemon's `rt` module owns the sockets, rings, threads and clocks
-//! that drive these; the cluster's rule set (membership, PEX store, warm
-//! restarts) still lives in the engine crate.
+//! that drive these; the rest of the cluster's rule set (the core that
+//! runs membership, the PEX store, warm restarts) still lives in the
+//! engine crate.
 
 #![warn(missing_docs)]
 
+pub mod cluster;
 pub mod dht;
 pub mod discovery;
+pub mod events;
 pub mod gossip;
 pub mod retry;
 pub mod ssm;

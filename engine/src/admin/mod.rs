@@ -19,11 +19,13 @@ use axum::Router;
 use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
+use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::routing::get;
 
 use crate::metrics::{Section, family, gauge};
 use crate::rt::{Control, Shared, WorkerSnapshot};
 
+pub(crate) mod client;
 pub mod compat;
 pub mod kernel;
 pub mod process;
@@ -58,7 +60,7 @@ pub struct AdminState {
     /// `/debug/*` without the token (`--debug-public`).
     pub debug_public: bool,
     /// Fan-out of events to `/events` subscribers.
-    pub events: tokio::sync::broadcast::Sender<String>,
+    pub events: tokio::sync::broadcast::Sender<Event>,
     /// Subscribers connected now.
     pub subscribers: Arc<std::sync::atomic::AtomicUsize>,
     /// Most subscribers at once (`--max-downstreams`).
@@ -373,7 +375,7 @@ async fn invalidate(
         "instance": s.instance,
         "reason": "admin",
     });
-    let _ = s.events.send(format!("event: invalidate\ndata: {event}\n\n"));
+    let _ = s.events.send(invalidate_event(&event));
     (
         StatusCode::ACCEPTED,
         axum::Json(
@@ -396,9 +398,16 @@ pub async fn forward_events(s: AdminState) {
                 "instance": s.instance,
                 "reason": "epoch_reset",
             });
-            let _ = s.events.send(format!("event: invalidate\ndata: {event}\n\n"));
+            let _ = s.events.send(invalidate_event(&event));
         }
     }
+}
+
+/// The `/events` event for an invalidation: `event: invalidate` and the
+/// JSON object on one `data:` line (docs/OPERATIONS.md, "Invalidation push
+/// between domains").
+pub fn invalidate_event(data: &serde_json::Value) -> Event {
+    Event::default().event("invalidate").data(data.to_string())
 }
 
 /// Decrements the subscriber count when a `/events` stream ends.
@@ -410,7 +419,9 @@ impl Drop for Subscription {
     }
 }
 
-/// `GET /events`: a server-sent event stream of invalidations.
+/// `GET /events`: a server-sent event stream of invalidations, opened by a
+/// comment naming this instance, with an empty comment after every
+/// [`EVENTS_KEEP_ALIVE`] without an event.
 async fn events(
     State(s): State<AdminState>,
     headers: axum::http::HeaderMap,
@@ -424,7 +435,11 @@ async fn events(
         return (StatusCode::SERVICE_UNAVAILABLE, "too many /events subscribers\n").into_response();
     }
     let guard = Subscription(s.subscribers.clone());
-    let hello = format!(": ricochet {} events\n\n", s.instance);
+    // A comment is one line: the instance id is not trusted to be.
+    let hello = Event::default().comment(format!(
+        "ricochet {} events",
+        s.instance.replace(['\r', '\n'], " ")
+    ));
     let rx = s.events.subscribe();
     let stream = futures_util::stream::unfold(
         (Some(hello), rx, guard),
@@ -433,18 +448,11 @@ async fn events(
                 return Some((Ok::<_, std::convert::Infallible>(h), (None, rx, guard)));
             }
             // A lagging subscriber is cut off: it reconnects and catches up.
-            let msg = match tokio::time::timeout(EVENTS_KEEP_ALIVE, rx.recv()).await {
-                Ok(msg) => msg.ok()?,
-                Err(_) => ":\n\n".to_string(), // keep-alive
-            };
-            Some((Ok(msg), (None, rx, guard)))
+            let event = rx.recv().await.ok()?;
+            Some((Ok(event), (None, rx, guard)))
         },
     );
-    (
-        [(header::CONTENT_TYPE, "text/event-stream"), (header::CACHE_CONTROL, "no-cache")],
-        axum::body::Body::from_stream(stream),
-    )
-        .into_response()
+    Sse::new(stream).keep_alive(KeepAlive::new().interval(EVENTS_KEEP_ALIVE)).into_response()
 }
 
 fn snapshots(shared: &Shared) -> Vec<WorkerSnapshot> {

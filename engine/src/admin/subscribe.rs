@@ -25,10 +25,12 @@
 //!   [`EVENTS_KEEP_ALIVE`](super::EVENTS_KEEP_ALIVE); three intervals of
 //!   silence count as a disconnect.
 //! - Bounds: a hostile upstream cannot make this allocate without bound —
-//!   the response head, chunk-size lines, SSE lines and one event's data
-//!   each have a fixed cap, and exceeding one ends the connection.
+//!   the response head (hyper's read buffer, 8 KiB), chunk-size lines and
+//!   trailers (hyper's own limits), SSE lines and one event's data each
+//!   have a fixed cap, and exceeding one ends the connection.
 //!
-//! The HTTP/1.1 and SSE decoding is the sans-IO [`Decoder`]: bytes in,
+//! hyper's HTTP/1.1 client (`client.rs`) reads the response; the event
+//! stream in its body is decoded by the sans-IO [`Decoder`]: bytes in,
 //! [`Item`]s out, the same items however the bytes are split.
 
 use std::fmt::Write as _;
@@ -37,9 +39,10 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use axum::response::sse::Event;
 use tokio::net::TcpStream;
 
-use super::AdminState;
+use super::{AdminState, client};
 pub use super::sse::{
     DecodeError, Decoder, Item, MAX_CHUNK_LINE, MAX_EVENT, MAX_HEAD, MAX_LINE, MAX_REJECTION,
     SseEvent,
@@ -63,7 +66,6 @@ pub const BACKOFF_MAX: Duration = Duration::from_secs(10);
 pub const HEALTHY_AFTER: Duration = BACKOFF_MAX;
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
-const READ_BUFFER: usize = 8 * 1024;
 /// `Control::invalidate` refuses while the owner's inbox is full: retry this
 /// often, this many times.
 const APPLY_RETRY: Duration = Duration::from_millis(10);
@@ -294,10 +296,10 @@ impl ErrorKind {
     }
 }
 
-impl DecodeError {
-    /// The error-metric reason it counts under.
-    pub fn kind(self) -> ErrorKind {
-        match self {
+impl ErrorKind {
+    /// The reason a decoding error counts under.
+    pub fn of_decode(e: DecodeError) -> ErrorKind {
+        match e {
             DecodeError::HeadTooLong
             | DecodeError::ChunkLineTooLong
             | DecodeError::LineTooLong
@@ -342,14 +344,13 @@ pub struct Invalidation {
 
 impl Invalidation {
     /// The event this endpoint re-sends on its own `/events`.
-    pub fn forwarded(&self) -> String {
-        let event = serde_json::json!({
+    pub fn forwarded(&self) -> Event {
+        super::invalidate_event(&serde_json::json!({
             "hash_key": format!("{:#018x}", self.hash_key),
             "instance": self.origin,
             "reason": self.reason.as_str(),
             "hops": self.hops + 1,
-        });
-        format!("event: invalidate\ndata: {event}\n\n")
+        }))
     }
 }
 
@@ -474,7 +475,7 @@ impl Upstream {
 #[derive(Debug)]
 struct Ctx {
     control: Control,
-    events: tokio::sync::broadcast::Sender<String>,
+    events: tokio::sync::broadcast::Sender<Event>,
     token: Secret,
     silence: Duration,
 }
@@ -553,9 +554,16 @@ fn jitter(d: Duration) -> Duration {
 }
 
 /// One connection: register, then apply events until it ends.
+///
+/// hyper reads the HTTP/1.1 response; its status, `Content-Type` and
+/// de-chunked body go through the [`Decoder`] (opened with a head restating
+/// the status and type), which parses the event stream of a 200 and keeps
+/// the start of a refusal's body for the log.
 async fn session(up: &Upstream, ctx: &Ctx) -> End {
+    use http_body_util::BodyExt as _;
+    use hyper::header::{ACCEPT, CACHE_CONTROL, CONTENT_TYPE, USER_AGENT};
     let end = |registered, kind, detail: String| End { registered, kind, detail };
-    let mut stream = match tokio::time::timeout(CONNECT_TIMEOUT, connect(&up.addr)).await {
+    let stream = match tokio::time::timeout(CONNECT_TIMEOUT, connect(&up.addr)).await {
         Ok(Ok(s)) => s,
         Ok(Err(e)) => return end(None, ErrorKind::Connect, e.to_string()),
         Err(_) => {
@@ -566,33 +574,40 @@ async fn session(up: &Upstream, ctx: &Ctx) -> End {
         Host::Any => format!("localhost:{}", up.addr.port),
         _ => up.label.clone(),
     };
-    let request = format!(
-        "GET /events HTTP/1.1\r\nHost: {host}\r\nAuthorization: Bearer {}\r\n\
-         Accept: text/event-stream\r\nCache-Control: no-cache\r\n\
-         User-Agent: ricochet/{}\r\n\r\n",
-        ctx.token.0,
-        env!("CARGO_PKG_VERSION")
-    );
-    match tokio::time::timeout(CONNECT_TIMEOUT, write_all(&stream, request.as_bytes())).await {
-        Ok(Ok(())) => {}
-        Ok(Err(e)) => return end(None, ErrorKind::Io, format!("sending the request: {e}")),
-        Err(_) => return end(None, ErrorKind::Io, "sending the request timed out".into()),
-    }
+    let user_agent = concat!("ricochet/", env!("CARGO_PKG_VERSION"));
+    let request = client::Get {
+        host: &host,
+        path: "/events",
+        token: Some(&ctx.token.0),
+        headers: &[
+            (ACCEPT, "text/event-stream"),
+            (CACHE_CONTROL, "no-cache"),
+            (USER_AGENT, user_agent),
+        ],
+    };
     let mut decoder = Decoder::new();
-    let mut buf = vec![0u8; READ_BUFFER];
+    let (resp, _conn) = match tokio::time::timeout(ctx.silence, client::get(stream, &request)).await
+    {
+        Err(_) => return silence(None, ctx),
+        Ok(Err(client::Error::Http(e))) if e.is_incomplete_message() => {
+            return closed(None, &decoder);
+        }
+        Ok(Err(e)) => return end(None, client_error_kind(&e), format!("no response: {e}")),
+        Ok(Ok(r)) => r,
+    };
+    let mut head = format!("HTTP/1.1 {}\r\n", resp.status().as_u16()).into_bytes();
+    if let Some(ct) = resp.headers().get(CONTENT_TYPE) {
+        head.extend_from_slice(b"content-type: ");
+        head.extend_from_slice(ct.as_bytes());
+        head.extend_from_slice(b"\r\n");
+    }
+    head.extend_from_slice(b"\r\n");
+    let mut body = resp.into_body();
     let mut items = Vec::new();
     let mut registered = None;
+    let mut bytes = bytes::Bytes::from(head);
     loop {
-        let n = match tokio::time::timeout(ctx.silence, read_some(&mut stream, &mut buf)).await {
-            Err(_) => {
-                let detail = format!("no data for {:?} (three keep-alive intervals)", ctx.silence);
-                return end(registered, ErrorKind::Silence, detail);
-            }
-            Ok(Err(e)) => return end(registered, ErrorKind::Io, e.to_string()),
-            Ok(Ok(0)) => return closed(registered, &decoder),
-            Ok(Ok(n)) => n,
-        };
-        let result = decoder.feed(&buf[..n], &mut items);
+        let result = decoder.feed(&bytes, &mut items);
         for item in items.drain(..) {
             match item {
                 Item::Head { status: 200, event_stream: true } => {
@@ -613,11 +628,47 @@ async fn session(up: &Upstream, ctx: &Ctx) -> End {
             }
         }
         if let Err(e) = result {
-            return end(registered, e.kind(), format!("malformed response: {e:?}"));
+            return end(registered, ErrorKind::of_decode(e), format!("malformed response: {e:?}"));
         }
         if registered.is_none() && decoder.rejection_full() {
             return closed(registered, &decoder);
         }
+        bytes = match tokio::time::timeout(ctx.silence, body.frame()).await {
+            Err(_) => return silence(registered, ctx),
+            Ok(None) => return closed(registered, &decoder),
+            Ok(Some(Err(e))) if e.is_incomplete_message() => {
+                return closed(registered, &decoder);
+            }
+            Ok(Some(Err(e))) => return end(registered, hyper_error_kind(&e), e.to_string()),
+            // Trailers carry nothing for this stream.
+            Ok(Some(Ok(frame))) => frame.into_data().unwrap_or_default(),
+        };
+    }
+}
+
+/// Three keep-alive intervals without a byte.
+fn silence(registered: Option<Instant>, ctx: &Ctx) -> End {
+    let detail = format!("no data for {:?} (three keep-alive intervals)", ctx.silence);
+    End { registered, kind: ErrorKind::Silence, detail }
+}
+
+/// The error-metric reason of a request that got no response head.
+fn client_error_kind(e: &client::Error) -> ErrorKind {
+    match e {
+        // The token file holds a byte a header cannot carry.
+        client::Error::Request(_) => ErrorKind::Unauthorized,
+        client::Error::Http(e) => hyper_error_kind(e),
+    }
+}
+
+/// The error-metric reason of a failed exchange.
+fn hyper_error_kind(e: &hyper::Error) -> ErrorKind {
+    if e.is_parse_too_large() {
+        ErrorKind::TooLarge
+    } else if e.is_parse() || e.is_parse_status() {
+        ErrorKind::BadResponse
+    } else {
+        ErrorKind::Io
     }
 }
 
@@ -714,28 +765,6 @@ async fn connect(hp: &HostPort) -> std::io::Result<TcpStream> {
     Err(last)
 }
 
-async fn write_all(s: &TcpStream, mut bytes: &[u8]) -> std::io::Result<()> {
-    while !bytes.is_empty() {
-        s.writable().await?;
-        match s.try_write(bytes) {
-            Ok(n) => bytes = &bytes[n..],
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(())
-}
-
-async fn read_some(s: &mut TcpStream, buf: &mut [u8]) -> std::io::Result<usize> {
-    loop {
-        s.readable().await?;
-        match s.try_read(buf) {
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
-            r => return r,
-        }
-    }
-}
-
 /// The start of an upstream's text, for a log line.
 fn excerpt(s: &str) -> &str {
     s.char_indices().nth(200).map_or(s, |(i, _)| &s[..i])
@@ -781,6 +810,16 @@ mod tests {
             from = to;
         }
         (out, Ok(()))
+    }
+
+    /// What `/events` sends for `ev`.
+    fn on_the_wire(ev: Event) -> Vec<u8> {
+        use axum::response::IntoResponse as _;
+        use futures_util::FutureExt as _;
+        use http_body_util::BodyExt as _;
+        let stream = futures_util::stream::iter([Ok::<_, std::convert::Infallible>(ev)]);
+        let body = axum::response::sse::Sse::new(stream).into_response().into_body();
+        body.collect().now_or_never().unwrap().unwrap().to_bytes().to_vec()
     }
 
     fn event(kind: &str, data: &str) -> Item {
@@ -898,7 +937,7 @@ mod tests {
         };
         assert_eq!((inv.hash_key, inv.hops, inv.origin.as_str()), (12, 2, ""));
         // What is re-sent parses back one hop further.
-        let (items, _) = decode(&chunked(&[inv.forwarded().as_bytes()]));
+        let (items, _) = decode(&chunked(&[&on_the_wire(inv.forwarded())]));
         let Item::Event(again) = &items[1] else { panic!("{items:?}") };
         assert_eq!(verdict(again), Verdict::Apply(Invalidation { hops: 3, ..inv }));
     }

@@ -80,6 +80,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use ricochet_wire::blob;
 use ricochet_wire::gossip::SnapshotRepr;
 
 use crate::gossip::snapshot::{
@@ -135,41 +136,39 @@ pub const DATA_SHARDS: usize = 6;
 /// Most data shards (`k + ⌈k / 2⌉ ≤ 255`).
 pub const MAX_DATA_SHARDS: usize = 170;
 
-const LEN_PREFIX: usize = 4;
-
-/// Frames `frames` as `([u32 length][frame])*`, stopping before the first
-/// frame that would take the blob past `max_bytes`. Returns the blob and
-/// how many frames it holds.
+/// Frames `frames` as `([u32 length][frame])*` (`ricochet_wire::blob`,
+/// docs/PROTOCOL.md § "G6 snapshot blob"), stopping before the first frame
+/// that would take the blob past `max_bytes`. Returns the blob and how many
+/// frames it holds.
 pub fn frame_blob(frames: &[Bytes], max_bytes: usize) -> (Vec<u8>, usize) {
-    let mut blob = Vec::new();
+    let mut out = Vec::new();
     let mut n = 0;
     for f in frames {
-        let Ok(len) = u32::try_from(f.len()) else { continue };
-        if blob.len() + LEN_PREFIX + f.len() > max_bytes {
+        if f.len() > blob::MAX_FRAME {
+            continue;
+        }
+        let at = out.len();
+        if at + blob::record_len(f.len()) > max_bytes {
             break;
         }
-        blob.extend_from_slice(&len.to_be_bytes());
-        blob.extend_from_slice(f);
-        n += 1;
+        out.resize(at + blob::record_len(f.len()), 0);
+        if blob::emit_record(f, &mut out[at..]).is_ok() {
+            n += 1;
+        }
     }
-    (blob, n)
+    (out, n)
 }
 
 /// Splits a blob made by [`frame_blob`]. Returns the frames and whether
 /// the whole blob parsed (a malformed tail is dropped).
-pub fn unframe_blob(blob: &[u8]) -> (Vec<Bytes>, bool) {
-    let blob = Bytes::copy_from_slice(blob);
+pub fn unframe_blob(bytes: &[u8]) -> (Vec<Bytes>, bool) {
+    let bytes = Bytes::copy_from_slice(bytes);
     let mut out = Vec::new();
-    let mut at = 0;
-    while at < blob.len() {
-        let Some(head) = blob.get(at..at + LEN_PREFIX) else { return (out, false) };
-        let len = u32::from_be_bytes([head[0], head[1], head[2], head[3]]) as usize;
-        let start = at + LEN_PREFIX;
-        let Some(end) = start.checked_add(len).filter(|&e| e <= blob.len()) else {
-            return (out, false);
-        };
-        out.push(blob.slice(start..end));
-        at = end;
+    for frame in blob::frames(&bytes) {
+        match frame {
+            Ok(f) => out.push(bytes.slice_ref(f)),
+            Err(_) => return (out, false),
+        }
     }
     (out, true)
 }
@@ -210,13 +209,13 @@ pub fn build_snapshot(
     let mut kept = Vec::new();
     let mut len = 0usize;
     for f in frames {
-        if u32::try_from(f.len()).is_err() {
+        if f.len() > blob::MAX_FRAME {
             continue;
         }
-        if len + LEN_PREFIX + f.len() > max_bytes {
+        if len + blob::record_len(f.len()) > max_bytes {
             break;
         }
-        len += LEN_PREFIX + f.len();
+        len += blob::record_len(f.len());
         kept.push(f.clone());
     }
     snapshot_order(&mut kept);

@@ -44,21 +44,24 @@ use ricochet_wire::dht::NodeInfo;
 
 use crate::dht::{self, Event, Health, QueryId, SizeEstimate};
 
-/// Byte offsets the ownership rules read (`docs/PROTOCOL.md` § "DHT (UDP
-/// 9320)"), shared by [`dht_owner`] and the steering program.
+/// Byte offsets the ownership rules read, shared by [`dht_owner`] and the
+/// steering program: `ricochet_wire::dht::layout` (`docs/PROTOCOL.md` §
+/// "DHT (UDP 9320)") as the `u32` offsets classic BPF loads take.
 pub(crate) mod layout {
+    use ricochet_wire::dht::layout as wire;
+
     /// Message type.
-    pub(crate) const TYPE: u32 = 3;
+    pub(crate) const TYPE: u32 = wire::TYPE as u32;
     /// Transaction id (8 bytes, big-endian).
-    pub(crate) const TXID: u32 = 4;
+    pub(crate) const TXID: u32 = wire::TRANSACTION_ID.start as u32;
     /// Sender node id (32 bytes).
-    pub(crate) const SENDER: u32 = 12;
+    pub(crate) const SENDER: u32 = wire::SENDER.start as u32;
     /// FIND_NODE target / FIND_VALUE key: the body, after the 44-byte
     /// header.
-    pub(crate) const KEY: u32 = 44;
+    pub(crate) const KEY: u32 = wire::TARGET.start as u32;
     /// STORE: `u16 length ‖ record`, and the record's key at record offset
     /// 4 (after magic, version and type).
-    pub(crate) const STORE_KEY: u32 = 44 + 2 + 4;
+    pub(crate) const STORE_KEY: u32 = wire::STORE_RECORD_KEY.start as u32;
 }
 
 /// The worker owning a 32-byte DHT key: [`super::owner`] of its first 8

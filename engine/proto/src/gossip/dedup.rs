@@ -8,8 +8,8 @@
 //!   least recently used one. Looking an id up refreshes it.
 //! - Each id carries a byte of flags (delivered, forwarded per cube) so one
 //!   lookup answers both "seen?" and "already forwarded on this cube?".
-//! - The hash is keyed per instance (from the engine's seed); ids are
-//!   BLAKE3 outputs, so no sender can aim collisions at one bucket.
+//! - The hash (foldhash) is keyed per instance (from the engine's seed);
+//!   ids are BLAKE3 outputs, so no sender can aim collisions at one bucket.
 //! - [`RumorLru::admit`] is the whole dedup decision for one copy of a
 //!   rumor (deliver it? which forwarding routes may it claim?), the same
 //!   function whether the engine keeps the LRU or a worker does.
@@ -17,8 +17,9 @@
 //!   of the ids by [`shard_of`], so each id always meets the same shard
 //!   (`engine/src/rt/gossip_shard.rs`).
 
-use core::hash::{BuildHasher, Hasher};
 use std::collections::HashMap;
+
+use foldhash::fast::FixedState;
 
 /// Flag: the rumor was delivered here (applied, handed to subscribers).
 pub const DELIVERED: u8 = 0x01;
@@ -81,7 +82,7 @@ struct Slot {
 /// A bounded, O(1) LRU set of rumor ids with a flag byte each.
 #[derive(Debug, Clone)]
 pub struct RumorLru {
-    index: HashMap<[u8; 32], u32, KeyedBuild>,
+    index: HashMap<[u8; 32], u32, FixedState>,
     slots: Vec<Slot>,
     /// Most recently used.
     head: u32,
@@ -96,7 +97,7 @@ impl RumorLru {
     pub fn new(capacity: usize, hash_key: u64) -> Self {
         let capacity = capacity.clamp(1, NIL as usize - 1);
         RumorLru {
-            index: HashMap::with_capacity_and_hasher(capacity, KeyedBuild(hash_key)),
+            index: HashMap::with_capacity_and_hasher(capacity, FixedState::with_seed(hash_key)),
             slots: Vec::with_capacity(capacity),
             head: NIL,
             tail: NIL,
@@ -237,37 +238,6 @@ impl RumorLru {
             self.slots[old as usize].prev = i;
         }
         self.head = i;
-    }
-}
-
-/// Builds [`KeyedHasher`]s with one per-instance key.
-#[derive(Debug, Clone, Copy)]
-struct KeyedBuild(u64);
-
-impl BuildHasher for KeyedBuild {
-    type Hasher = KeyedHasher;
-    fn build_hasher(&self) -> KeyedHasher {
-        KeyedHasher(self.0)
-    }
-}
-
-/// A multiply-xor hash over 8-byte words: ample for BLAKE3 outputs.
-#[derive(Debug, Clone, Copy)]
-struct KeyedHasher(u64);
-
-impl Hasher for KeyedHasher {
-    fn finish(&self) -> u64 {
-        let mut z = self.0;
-        z = (z ^ (z >> 31)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 29)
-    }
-
-    fn write(&mut self, bytes: &[u8]) {
-        for chunk in bytes.chunks(8) {
-            let mut w = [0u8; 8];
-            w[..chunk.len()].copy_from_slice(chunk);
-            self.0 = (self.0 ^ u64::from_le_bytes(w)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
-        }
     }
 }
 

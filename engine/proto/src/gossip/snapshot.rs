@@ -42,8 +42,8 @@ use ricochet_wire::mac::GOSSIP_OVERHEAD;
 /// The default `--max-datagram`: the largest gossip datagram, MAC included.
 pub const DEFAULT_MAX_DATAGRAM: usize = 1232;
 /// Bytes of a G6 shard-chunk frame before its data: magic, length, kind,
-/// request id, shard index, chunk index and chunk count.
-pub const CHUNK_HEADER_LEN: usize = 16;
+/// request id, shard index, chunk index and chunk count (16).
+pub const CHUNK_HEADER_LEN: usize = ricochet_wire::gossip::SNAPSHOT_CHUNK_HEADER_LEN;
 /// Length of the BLAKE3 hash a manifest carries.
 pub const HASH_LEN: usize = 32;
 /// Responses that must agree on a fingerprint for [`choose_manifest`] to

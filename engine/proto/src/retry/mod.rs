@@ -36,18 +36,18 @@
 //! # Hashing
 //! The tables here are keyed by HashKeys (XXH64 outputs, already uniform),
 //! source addresses, sequence numbers and group indices. All of them use
-//! `SeededState`, a keyed folded-multiply hasher whose random seed is drawn
-//! once per table from std's `RandomState`:
+//! `SeededState`, foldhash's keyed folded-multiply hasher, whose key is
+//! drawn once per table from std's `RandomState`:
 //! - For HashKeys a bare multiply would do, because the key is already a
 //!   uniform 64-bit hash and the fold only has to spread it over the table.
 //! - Source addresses, StartSeqs and (source, HashKey) pairs are chosen by
 //!   whoever sends NACKs, so an unkeyed hash would let a sender pick keys that
 //!   all land in one probe sequence. The secret seed enters both operands of
-//!   the multiply, so colliding keys cannot be chosen without it; foldhash
-//!   and ahash's fallback are built on the same construction. Every table is
-//!   also capped in size, which bounds the damage of any collision attack
-//!   that does succeed. A map keyed by untrusted input must not use an
-//!   unseeded hasher; keep std's SipHash there if in doubt.
+//!   the multiply, so colliding keys cannot be chosen without it (ahash's
+//!   fallback is built on the same construction). Every table is also
+//!   capped in size, which bounds the damage of any collision attack that
+//!   does succeed. A map keyed by untrusted input must not use an unseeded
+//!   hasher; keep std's SipHash there if in doubt.
 
 #![warn(missing_docs)]
 
@@ -74,119 +74,55 @@ pub use shared_limit::SharedLimits;
 pub use siblings::{Holding, Sibling, Siblings};
 
 use std::collections::hash_map::RandomState;
-use std::hash::{BuildHasher, Hasher};
+use std::hash::BuildHasher;
+use std::sync::OnceLock;
 
-/// A per-table random key for [`FoldHasher`].
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct SeededState {
-    k0: u64,
-    k1: u64,
-}
+use foldhash::SharedSeed;
+use foldhash::quality::{FoldHasher, SeedableRandomState};
+
+/// A per-table key for foldhash's folded-multiply hasher, in its `quality`
+/// form: after the keyed fold, one unkeyed fold mixes the whole product
+/// into the low bits of the hash, where hashbrown picks the bucket. With
+/// `foldhash::fast`'s single fold, 1024 consecutive keys fill about 500 of
+/// 1024 buckets; random keys fill about 647.
+#[derive(Debug, Clone)]
+pub(crate) struct SeededState(SeedableRandomState);
 
 impl SeededState {
     /// Draws a fresh key from std's per-thread random state (which reads the
-    /// OS's randomness once per thread, as `HashMap::new` does).
+    /// OS's randomness once per thread, as `HashMap::new` does). foldhash's
+    /// own random seed comes from addresses and the time of day; the tables
+    /// keyed by what NACK senders choose want the OS's randomness instead.
     pub(crate) fn random() -> Self {
+        static SHARED: OnceLock<SharedSeed> = OnceLock::new();
         let rs = RandomState::new();
-        SeededState { k0: rs.hash_one(0x5EED_0001_u64), k1: rs.hash_one(0x5EED_0002_u64) | 1 }
+        let shared = SHARED.get_or_init(|| SharedSeed::from_u64(rs.hash_one(0x5EED_0001_u64)));
+        SeededState(SeedableRandomState::with_seed(rs.hash_one(0x5EED_0002_u64), shared))
     }
 
-    /// A key derived from `seed` (SplitMix64), for deterministic
-    /// simulations and tests.
+    /// A key derived from `seed` alone, for deterministic simulations and
+    /// tests.
     pub(crate) fn from_seed(seed: u64) -> Self {
-        let k0 = splitmix64(seed);
-        SeededState { k0, k1: splitmix64(k0) | 1 }
+        SeededState(SeedableRandomState::with_seed(seed, SharedSeed::global_fixed()))
     }
 }
 
 impl BuildHasher for SeededState {
-    type Hasher = FoldHasher;
+    type Hasher = FoldHasher<'static>;
 
-    fn build_hasher(&self) -> FoldHasher {
-        FoldHasher { acc: self.k0, mul: self.k1 }
+    #[inline]
+    fn build_hasher(&self) -> FoldHasher<'static> {
+        self.0.build_hasher()
     }
 }
 
-/// Folded-multiply hasher for small fixed-size keys: one keyed 64×64→128
-/// multiply per word, high and low halves xored, and one unkeyed fold to
-/// finish. The finishing fold matters: after a single fold the low output
-/// bits (where hashbrown picks the bucket) depend on the key's high bits
-/// only through the product's high half, and for a multiplier with trailing
-/// zero bits in its upper half that spreads keys differing only in their
-/// high bits over too few buckets.
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct FoldHasher {
-    acc: u64,
-    mul: u64,
-}
-
-/// An odd constant with well-spread bits (2^64 / φ).
-const FINISH: u64 = 0x9E37_79B9_7F4A_7C15;
-
-/// SplitMix64's output function: a bijective 64-bit mixer.
+/// SplitMix64's output function: a bijective 64-bit mixer (test data).
+#[cfg(test)]
 pub(crate) fn splitmix64(x: u64) -> u64 {
     let mut z = x.wrapping_add(0x9E37_79B9_7F4A_7C15);
     z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
     z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
     z ^ (z >> 31)
-}
-
-#[inline]
-fn fold(a: u64, b: u64) -> u64 {
-    let p = u128::from(a).wrapping_mul(u128::from(b));
-    (p as u64) ^ ((p >> 64) as u64)
-}
-
-impl Hasher for FoldHasher {
-    #[inline]
-    fn write_u64(&mut self, x: u64) {
-        self.acc = fold(self.acc ^ x, self.mul);
-    }
-
-    #[inline]
-    fn write_u8(&mut self, x: u8) {
-        self.write_u64(u64::from(x));
-    }
-
-    #[inline]
-    fn write_u16(&mut self, x: u16) {
-        self.write_u64(u64::from(x));
-    }
-
-    #[inline]
-    fn write_u32(&mut self, x: u32) {
-        self.write_u64(u64::from(x));
-    }
-
-    #[inline]
-    fn write_usize(&mut self, x: usize) {
-        self.write_u64(x as u64);
-    }
-
-    #[inline]
-    fn write_u128(&mut self, x: u128) {
-        self.write_u64(x as u64);
-        self.write_u64((x >> 64) as u64);
-    }
-
-    fn write(&mut self, bytes: &[u8]) {
-        let mut chunks = bytes.chunks_exact(8);
-        for c in &mut chunks {
-            let mut w = [0u8; 8];
-            w.copy_from_slice(c);
-            self.write_u64(u64::from_le_bytes(w));
-        }
-        let rest = chunks.remainder();
-        // The length goes in the top byte so "ab" and "ab\0" differ.
-        let mut w = [0u8; 8];
-        w[..rest.len()].copy_from_slice(rest);
-        self.write_u64(u64::from_le_bytes(w) ^ ((rest.len() as u64) << 56));
-    }
-
-    #[inline]
-    fn finish(&self) -> u64 {
-        fold(self.acc, FINISH)
-    }
 }
 
 #[cfg(test)]

@@ -68,4 +68,6 @@ pub mod discovery;
 pub mod events;
 pub mod gossip;
 pub mod retry;
+#[doc(hidden)]
+pub mod sim;
 pub mod ssm;

@@ -1,5 +1,6 @@
-//! Deterministic simulation of the DHT: 1 000 `ricochet_proto::dht::Node`s on a
-//! virtual network (seeded latency and loss, a virtual clock, churn).
+//! Deterministic simulation of the DHT: 1 000 `ricochet_proto::dht::Node`s on
+//! the virtual network of `ricochet_proto::sim` (seeded latency and loss, a
+//! virtual clock, churn).
 //!
 //! Everything is a pure function of `SEED`: the nodes' generators, the
 //! network's latency and loss draws, who bootstraps from whom and which
@@ -11,13 +12,13 @@
 //! cargo test -p ricochet-proto --test dht_sim -- --ignored --nocapture dht_sim_report
 //! ```
 
-use std::cmp::{Ordering, Reverse};
-use std::collections::{BTreeMap, BinaryHeap};
+use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::{Duration, Instant};
 
 use ricochet_proto::dht::rng::Rng;
 use ricochet_proto::dht::{Config, Event, Node, NodeId, Outbox, PutAcks, QueryId};
+use ricochet_proto::sim::{self, Latency, Net};
 use ricochet_wire::record::{EndpointPayload, RecordRepr, RecordType, SigningKey, Slot};
 
 const SEED: u64 = 0x0D47_2026;
@@ -25,59 +26,41 @@ const NODES: usize = 1000;
 const UNIX_BASE: u64 = 1_767_225_600;
 const K: usize = 20;
 
-/// One scheduled happening on the virtual network.
-#[derive(Debug)]
-enum What {
-    Deliver { to: usize, from: SocketAddr, bytes: Vec<u8> },
-    Timer { node: usize },
-}
-
-#[derive(Debug)]
-struct Item {
-    at: Duration,
-    seq: u64,
-    what: What,
-}
-
-impl PartialEq for Item {
-    fn eq(&self, other: &Self) -> bool {
-        (self.at, self.seq) == (other.at, other.seq)
-    }
-}
-impl Eq for Item {}
-impl PartialOrd for Item {
-    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
-        Some(self.cmp(other))
-    }
-}
-impl Ord for Item {
-    fn cmp(&self, other: &Self) -> Ordering {
-        (self.at, self.seq).cmp(&(other.at, other.seq))
-    }
-}
-
-struct SimNode {
+/// One DHT node and its outbox.
+struct Peer {
     node: Node,
+    out: Outbox,
     addr: SocketAddr,
-    alive: bool,
-    timer: Option<Duration>,
     /// The top 64 bits of the node id.
     prefix: u64,
 }
 
+impl sim::Node for Peer {
+    fn handle(&mut self, now: Instant, from: SocketAddr, payload: &[u8]) {
+        self.node.handle(now, from, payload, &mut self.out);
+    }
+
+    fn handle_timeout(&mut self, now: Instant) {
+        self.node.handle_timeout(now, &mut self.out);
+    }
+
+    fn poll_timeout(&self) -> Option<Instant> {
+        self.node.poll_timeout()
+    }
+
+    fn drain_transmits(&mut self, _now: Instant, out: &mut Vec<sim::Transmit>) {
+        let from = self.addr;
+        out.extend(self.out.transmits.drain(..).map(|t| sim::Transmit {
+            from,
+            to: t.dest,
+            payload: t.payload,
+        }));
+    }
+}
+
 struct Sim {
-    base: Instant,
-    now: Duration,
-    nodes: Vec<SimNode>,
-    queue: BinaryHeap<Reverse<Item>>,
-    seq: u64,
-    rng: Rng,
-    loss: f64,
-    latency_ms: (u64, u64),
-    out: Outbox,
+    net: Net<Peer>,
     events: Vec<(usize, Event)>,
-    delivered: u64,
-    lost: u64,
     /// Whether new nodes run replication maintenance (off only to show
     /// what it is worth).
     replicate: bool,
@@ -98,148 +81,102 @@ fn sim_config(seed: u64) -> Config {
 
 impl Sim {
     fn new(seed: u64) -> Self {
-        Sim {
-            base: Instant::now(),
-            now: Duration::ZERO,
-            nodes: Vec::new(),
-            queue: BinaryHeap::new(),
-            seq: 0,
-            rng: Rng::seed_from_u64(seed),
-            loss: 0.01,
-            latency_ms: (5, 60),
-            out: Outbox::new(),
-            events: Vec::new(),
-            delivered: 0,
-            lost: 0,
-            replicate: true,
-        }
+        let mut net = Net::new(Instant::now(), seed);
+        net.set_loss(0.01);
+        net.set_latency(Latency::uniform(
+            Duration::from_millis(5),
+            Duration::from_millis(60),
+            Duration::from_millis(1),
+        ));
+        Sim { net, events: Vec::new(), replicate: true }
     }
 
     fn instant(&self) -> Instant {
-        self.base + self.now
+        self.net.now()
+    }
+
+    fn now(&self) -> Duration {
+        self.net.elapsed()
+    }
+
+    fn rng(&mut self) -> &mut Rng {
+        self.net.rng()
+    }
+
+    fn node(&self, idx: usize) -> &Node {
+        &self.net.node(idx).node
+    }
+
+    /// Node `idx` and its outbox.
+    fn peer(&mut self, idx: usize) -> (&mut Node, &mut Outbox) {
+        let p = self.net.node_mut(idx);
+        (&mut p.node, &mut p.out)
     }
 
     /// Adds a node (fresh key, fresh /24) and bootstraps it from up to
     /// three random live nodes.
     fn add_node(&mut self, refresh_on_bootstrap: bool) -> usize {
-        let idx = self.nodes.len();
+        let idx = self.net.len();
         let mut secret = [0u8; 32];
-        self.rng.fill(&mut secret);
+        self.rng().fill(&mut secret);
         let public = SigningKey::from_bytes(&secret).verifying_key().to_bytes();
-        let ip = Ipv4Addr::new(10, (idx >> 8) as u8, idx as u8, 1);
-        let addr = SocketAddr::new(IpAddr::V4(ip), 9320);
-        let seed = self.rng.next_u64();
+        let addr = addr_of(idx);
+        let seed = self.rng().next_u64();
         let now = self.instant();
         let mut config = sim_config(seed);
         config.refresh_on_bootstrap = refresh_on_bootstrap;
         if !self.replicate {
             config.replicate_interval = Duration::from_secs(365 * 86_400);
         }
-        let node = Node::new(&public, config, now, UNIX_BASE + self.now.as_secs());
-        let live: Vec<usize> = (0..idx).filter(|&i| self.nodes[i].alive).collect();
+        let node = Node::new(&public, config, now, UNIX_BASE + self.now().as_secs());
+        let live = self.live();
         let prefix = node.id().words()[0];
-        self.nodes.push(SimNode { node, addr, alive: true, timer: None, prefix });
+        self.net.add(addr, Peer { node, out: Outbox::new(), addr, prefix });
         if !live.is_empty() {
-            let seeds: Vec<SocketAddr> =
-                (0..3).map(|_| self.nodes[live[self.rng.index(live.len())]].addr).collect();
-            self.nodes[idx].node.bootstrap(now, &seeds, &mut self.out);
+            let seeds: Vec<SocketAddr> = (0..3)
+                .map(|_| {
+                    let i = live[self.rng().index(live.len())];
+                    self.net.addr(i)
+                })
+                .collect();
+            let (node, out) = self.peer(idx);
+            node.bootstrap(now, &seeds, out);
         }
         self.flush(idx);
         idx
     }
 
     fn kill(&mut self, idx: usize) {
-        self.nodes[idx].alive = false;
+        self.net.set_up(idx, false);
     }
 
-    /// Moves the outbox onto the network and re-arms the node's timer.
+    /// Moves node `idx`'s outbox onto the network, keeps its events and
+    /// re-arms its timer.
     fn flush(&mut self, idx: usize) {
-        let from = self.nodes[idx].addr;
-        for t in self.out.transmits.drain(..) {
-            if self.rng.chance(self.loss) {
-                self.lost += 1;
-                continue;
-            }
-            let Some(to) = index_of(&t.dest).filter(|&i| i < self.nodes.len()) else {
-                self.lost += 1;
-                continue;
-            };
-            let (lo, hi) = self.latency_ms;
-            let at = self.now + Duration::from_millis(lo + self.rng.below(hi - lo + 1));
-            self.seq += 1;
-            self.queue.push(Reverse(Item {
-                at,
-                seq: self.seq,
-                what: What::Deliver { to, from, bytes: t.payload },
-            }));
-        }
-        for e in self.out.events.drain(..) {
-            self.events.push((idx, e));
-        }
-        if let Some(t) = self.nodes[idx].node.poll_timeout() {
-            let at = t.saturating_duration_since(self.base).max(self.now);
-            if self.nodes[idx].timer.is_none_or(|cur| at < cur) {
-                self.nodes[idx].timer = Some(at);
-                self.seq += 1;
-                self.queue.push(Reverse(Item {
-                    at,
-                    seq: self.seq,
-                    what: What::Timer { node: idx },
-                }));
-            }
-        }
-    }
-
-    fn run_until(&mut self, end: Duration) {
-        while let Some(Reverse(item)) = self.queue.peek() {
-            if item.at > end {
-                break;
-            }
-            let Some(Reverse(item)) = self.queue.pop() else { break };
-            self.now = item.at;
-            let now = self.instant();
-            match item.what {
-                What::Deliver { to, from, bytes } => {
-                    if !self.nodes[to].alive {
-                        self.lost += 1;
-                        continue;
-                    }
-                    self.delivered += 1;
-                    self.nodes[to].node.handle(now, from, &bytes, &mut self.out);
-                    self.flush(to);
-                }
-                What::Timer { node } => {
-                    if self.nodes[node].timer != Some(item.at) {
-                        continue; // superseded by an earlier timer
-                    }
-                    self.nodes[node].timer = None;
-                    if !self.nodes[node].alive {
-                        continue;
-                    }
-                    self.nodes[node].node.handle_timeout(now, &mut self.out);
-                    self.flush(node);
-                }
-            }
-        }
-        self.now = self.now.max(end);
+        self.net.flush(idx);
+        keep_events(&mut self.net, &mut self.events, idx);
     }
 
     fn run_for(&mut self, d: Duration) {
-        let end = self.now + d;
-        self.run_until(end);
+        let end = self.now() + d;
+        let events = &mut self.events;
+        self.net.run_until(end, |net, idx| {
+            keep_events(net, events, idx);
+            false
+        });
     }
 
     fn live(&self) -> Vec<usize> {
-        (0..self.nodes.len()).filter(|&i| self.nodes[i].alive).collect()
+        (0..self.net.len()).filter(|&i| self.net.is_up(i)).collect()
     }
 
     /// The `n` live nodes closest to `target` (brute force on the top 64
     /// bits of the distance; a tie there has probability 2^-64).
     fn true_closest(&self, target: &NodeId, n: usize) -> Vec<usize> {
         let t = target.words()[0];
-        let mut v: Vec<(u64, usize)> = (0..self.nodes.len())
-            .filter(|&i| self.nodes[i].alive)
-            .map(|i| (self.nodes[i].prefix ^ t, i))
+        let mut v: Vec<(u64, usize)> = (0..self.net.len())
+            .filter(|&i| self.net.is_up(i))
+            .map(|i| (self.net.node(i).prefix ^ t, i))
             .collect();
         if v.len() > n {
             v.select_nth_unstable(n);
@@ -251,7 +188,7 @@ impl Sim {
 
     fn random_live(&mut self) -> usize {
         let live = self.live();
-        live[self.rng.index(live.len())]
+        live[self.rng().index(live.len())]
     }
 
     fn take_events(&mut self) -> Vec<(usize, Event)> {
@@ -259,15 +196,14 @@ impl Sim {
     }
 }
 
+/// Moves the events of node `idx`'s last step into `events`.
+fn keep_events(net: &mut Net<Peer>, events: &mut Vec<(usize, Event)>, idx: usize) {
+    events.extend(net.node_mut(idx).out.events.drain(..).map(|e| (idx, e)));
+}
+
 /// Node `i` listens on 10.(i / 256).(i % 256).1:9320.
-fn index_of(addr: &SocketAddr) -> Option<usize> {
-    match addr.ip() {
-        IpAddr::V4(v4) if v4.octets()[0] == 10 && addr.port() == 9320 => {
-            let o = v4.octets();
-            Some(usize::from(o[1]) << 8 | usize::from(o[2]))
-        }
-        _ => None,
-    }
+fn addr_of(idx: usize) -> SocketAddr {
+    SocketAddr::new(IpAddr::V4(Ipv4Addr::new(10, (idx >> 8) as u8, idx as u8, 1)), 9320)
 }
 
 /// A published record and its slot.
@@ -310,8 +246,8 @@ fn make_records(rng: &mut Rng, publishers: usize, per_publisher: usize) -> Vec<P
 }
 
 fn holds(sim: &Sim, idx: usize, rec: &Published) -> bool {
-    let now_unix = UNIX_BASE + sim.now.as_secs();
-    sim.nodes[idx].node.store().get(&rec.key.0, now_unix).any(|r| r.view().slot() == rec.slot)
+    let now_unix = UNIX_BASE + sim.now().as_secs();
+    sim.node(idx).store().get(&rec.key.0, now_unix).any(|r| r.view().slot() == rec.slot)
 }
 
 /// Mean number of the true k closest live nodes holding each record.
@@ -378,9 +314,10 @@ fn find_node_round(sim: &mut Sim, count: usize) -> LookupStats {
     let mut asked: BTreeMap<(usize, QueryId), NodeId> = BTreeMap::new();
     for i in 0..count {
         let src = sim.random_live();
-        let target = NodeId::random(&mut sim.rng);
+        let target = NodeId::random(sim.rng());
         let now = sim.instant();
-        let q = sim.nodes[src].node.find_node(now, target, &mut sim.out);
+        let (node, out) = sim.peer(src);
+        let q = node.find_node(now, target, out);
         sim.flush(src);
         asked.insert((src, q), target);
         if i % 20 == 19 {
@@ -397,7 +334,7 @@ fn find_node_round(sim: &mut Sim, count: usize) -> LookupStats {
             // The source itself may be the closest node; lookups return
             // other nodes only.
             let best_id = if best == idx { sim.true_closest(&target, 2)[1] } else { best };
-            if nodes.first().is_some_and(|n| n.id == sim.nodes[best_id].node.id().0) {
+            if nodes.first().is_some_and(|n| n.id == sim.node(best_id).id().0) {
                 st.ok += 1;
             }
             st.hops.push(hops);
@@ -415,7 +352,8 @@ fn find_value_round(sim: &mut Sim, records: &[Published], per_record: usize) -> 
         for _ in 0..per_record {
             let src = sim.random_live();
             let now = sim.instant();
-            let q = sim.nodes[src].node.find_value(now, rec.key, &mut sim.out);
+            let (node, out) = sim.peer(src);
+            let q = node.find_value(now, rec.key, out);
             sim.flush(src);
             asked.insert((src, q), ri);
             n += 1;
@@ -455,7 +393,7 @@ fn size_round(sim: &Sim) -> SizeStats {
     let mut covered = 0;
     let mut points = Vec::new();
     for i in sim.live() {
-        if let Some(est) = sim.nodes[i].node.size_estimate(now) {
+        if let Some(est) = sim.node(i).size_estimate(now) {
             errors.push((est.nodes - n).abs() / n);
             if est.low <= n && n <= est.high {
                 covered += 1;
@@ -543,11 +481,12 @@ fn churn_study(replicate: bool, rounds: usize, fraction: f64) -> Vec<ChurnRound>
         sim.run_for(Duration::from_millis(100));
     }
     sim.run_for(Duration::from_secs(60));
-    let records = make_records(&mut sim.rng, 8, 8);
+    let records = make_records(sim.rng(), 8, 8);
     for rec in &records {
         let src = sim.random_live();
         let now = sim.instant();
-        sim.nodes[src].node.put(now, &rec.bytes, &mut sim.out).unwrap();
+        let (node, out) = sim.peer(src);
+        node.put(now, &rec.bytes, out).unwrap();
         sim.flush(src);
         sim.run_for(Duration::from_millis(200));
     }
@@ -609,8 +548,8 @@ fn scenario(refresh_on_join: bool) -> Report {
         sim.run_for(Duration::from_millis(100));
     }
     sim.run_for(Duration::from_secs(60));
-    let join = sim.now;
-    let join_datagrams = sim.delivered + sim.lost;
+    let join = sim.now();
+    let join_datagrams = sim.net.stats().delivered + sim.net.stats().lost();
     let bootstrapped =
         sim.take_events().iter().filter(|(_, e)| matches!(e, Event::Bootstrapped { .. })).count();
     assert_eq!(bootstrapped, NODES - 1, "every node after the first bootstraps");
@@ -619,11 +558,12 @@ fn scenario(refresh_on_join: bool) -> Report {
     let find_node = find_node_round(&mut sim, 500);
 
     // Publish: 8 publishers × 8 records, each put from a random node.
-    let records = make_records(&mut sim.rng, 8, 8);
+    let records = make_records(sim.rng(), 8, 8);
     for rec in &records {
         let src = sim.random_live();
         let now = sim.instant();
-        sim.nodes[src].node.put(now, &rec.bytes, &mut sim.out).unwrap();
+        let (node, out) = sim.peer(src);
+        node.put(now, &rec.bytes, out).unwrap();
         sim.flush(src);
         sim.run_for(Duration::from_millis(200));
     }
@@ -656,12 +596,12 @@ fn scenario(refresh_on_join: bool) -> Report {
     let mut replications = 0;
     let mut unsolicited = 0;
     let mut tables = Vec::new();
-    for n in &sim.nodes {
+    for (i, n) in sim.net.nodes().enumerate() {
         let s = n.node.stats();
         verifications += s.verifications;
         replications += s.replications;
         unsolicited += s.drops.unsolicited;
-        if n.alive {
+        if sim.net.is_up(i) {
             tables.push(n.node.table().len());
         }
     }
@@ -683,9 +623,9 @@ fn scenario(refresh_on_join: bool) -> Report {
         find_value_after_churn,
         find_node_after_churn,
         records: records.len(),
-        delivered: sim.delivered,
-        lost: sim.lost,
-        virtual_time: sim.now,
+        delivered: sim.net.stats().delivered,
+        lost: sim.net.stats().lost(),
+        virtual_time: sim.now(),
         verifications,
         replications,
         unsolicited,

@@ -1,6 +1,6 @@
 //! Deterministic simulation of whisper gossip: N `ricochet_proto::gossip::Gossip`
-//! engines on a virtual network (seeded latency, loss and reordering, a
-//! virtual clock, partitions).
+//! engines on the virtual network of `ricochet_proto::sim` (seeded latency,
+//! loss and reordering, a virtual clock, partitions).
 //!
 //! Everything is a pure function of `SEED`: the engines' generators, member
 //! ids, latency and loss draws, publishing origins. Assertions are on counts
@@ -32,55 +32,46 @@
 //! cargo test -p ricochet-proto --test gossip_sim -- --ignored --nocapture gossip_sim_reconcile_report
 //! ```
 
-use std::cmp::{Ordering, Reverse};
-use std::collections::BinaryHeap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::{Duration, Instant};
 
-use ricochet_proto::dht::rng::Rng;
 use ricochet_proto::gossip::{Config, Event, Gossip, MemStore, Member, Outbox, Stats, TopicMode};
+use ricochet_proto::sim::{self, Latency, Net};
 use ricochet_wire::gossip::{DigestRepr, GossipFrame};
 use ricochet_wire::mac::{ClusterKey, Stamp};
 
 const SEED: u64 = 0x6055_1926;
 const TOPIC: &[u8] = b"state";
 
-/// One scheduled happening on the virtual network.
-#[derive(Debug)]
-enum What {
-    Deliver { to: usize, from: SocketAddr, bytes: Vec<u8> },
-    Timer { node: usize },
-}
-
-#[derive(Debug)]
-struct Item {
-    at: Duration,
-    seq: u64,
-    what: What,
-}
-
-impl PartialEq for Item {
-    fn eq(&self, other: &Self) -> bool {
-        (self.at, self.seq) == (other.at, other.seq)
-    }
-}
-impl Eq for Item {}
-impl PartialOrd for Item {
-    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
-        Some(self.cmp(other))
-    }
-}
-impl Ord for Item {
-    fn cmp(&self, other: &Self) -> Ordering {
-        (self.at, self.seq).cmp(&(other.at, other.seq))
-    }
-}
-
-struct SimNode {
+/// One member: its engine and outbox, and what it put on the wire.
+struct Peer {
     g: Gossip,
+    out: Outbox,
     addr: SocketAddr,
-    timer: Option<Duration>,
     side: u8,
+    wire: Wire,
+}
+
+impl sim::Node for Peer {
+    fn handle(&mut self, now: Instant, from: SocketAddr, payload: &[u8]) {
+        self.g.handle(now, from, payload, &mut self.out);
+    }
+
+    fn handle_timeout(&mut self, now: Instant) {
+        self.g.handle_timeout(now, &mut self.out);
+    }
+
+    fn poll_timeout(&self) -> Option<Instant> {
+        self.g.poll_timeout()
+    }
+
+    fn drain_transmits(&mut self, _now: Instant, out: &mut Vec<sim::Transmit>) {
+        for t in self.out.transmits.drain(..) {
+            assert!(t.payload.len() <= 1232, "datagram over budget: {}", t.payload.len());
+            self.wire.count(&t.payload);
+            out.push(sim::Transmit { from: self.addr, to: t.dest, payload: t.payload });
+        }
+    }
 }
 
 /// Datagrams and bytes (MAC included) put on the wire, by frame type
@@ -89,6 +80,19 @@ struct SimNode {
 struct Wire([u64; 7], [u64; 7]);
 
 impl Wire {
+    fn count(&mut self, payload: &[u8]) {
+        let frame = usize::from(payload[1].wrapping_sub(0x30));
+        if frame < 7 {
+            self.0[frame] += 1;
+            self.1[frame] += payload.len() as u64;
+        }
+    }
+    fn add(&mut self, other: &Wire) {
+        for i in 0..7 {
+            self.0[i] += other.0[i];
+            self.1[i] += other.1[i];
+        }
+    }
     fn since(&self, earlier: &Wire) -> Wire {
         let mut w = Wire::default();
         for i in 0..7 {
@@ -123,34 +127,17 @@ struct Tracker {
 }
 
 struct Sim {
-    base: Instant,
-    now: Duration,
-    nodes: Vec<SimNode>,
-    queue: BinaryHeap<Reverse<Item>>,
-    seq: u64,
-    rng: Rng,
-    loss: f64,
-    latency_ms: (u64, u64),
-    partitioned: bool,
-    out: Outbox,
-    wire: Wire,
-    lost: u64,
+    net: Net<Peer>,
     tracker: Option<Tracker>,
+    /// Probes the test delivered itself (no member sent them).
+    injected: Wire,
+    /// Stamp counter of those probes.
+    probes: u64,
     key: ClusterKey,
 }
 
 fn addr_of(i: usize) -> SocketAddr {
     SocketAddr::new(IpAddr::V4(Ipv4Addr::new(10, (i >> 8) as u8, i as u8, 1)), 9310)
-}
-
-fn index_of(a: &SocketAddr) -> Option<usize> {
-    match a.ip() {
-        IpAddr::V4(v4) if v4.octets()[0] == 10 => {
-            let o = v4.octets();
-            Some(usize::from(o[1]) << 8 | usize::from(o[2]))
-        }
-        _ => None,
-    }
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -174,20 +161,27 @@ impl Setup {
 
 impl Sim {
     fn new(setup: Setup, seed: u64) -> Self {
-        let mut rng = Rng::seed_from_u64(seed ^ setup.n as u64);
         let base = Instant::now();
+        // One generator for the member ids and engine seeds and then the
+        // network's draws, in that order.
+        let mut net = Net::new(base, seed ^ setup.n as u64);
+        net.set_loss(setup.loss);
+        net.set_latency(Latency::uniform(
+            Duration::from_millis(1),
+            Duration::from_millis(20),
+            Duration::from_micros(1),
+        ));
         let key = ClusterKey::new([0x2A; 32]);
         let members: Vec<Member> = (0..setup.n)
             .map(|i| {
                 let mut id = [0u8; 32];
-                rng.fill(&mut id);
+                net.rng().fill(&mut id);
                 Member { id, addr: addr_of(i) }
             })
             .collect();
-        let mut nodes = Vec::with_capacity(setup.n);
         for (i, m) in members.iter().enumerate() {
             let mut s = [0u8; 32];
-            rng.fill(&mut s);
+            net.rng().fill(&mut s);
             let mut c = Config::new(s);
             c.rumor_retries = setup.retries;
             c.dual_cube = setup.dual;
@@ -204,24 +198,10 @@ impl Sim {
             g.subscribe(TOPIC).unwrap();
             g.set_members(&members);
             let side = u8::from(i >= setup.n / 2);
-            nodes.push(SimNode { g, addr: m.addr, timer: None, side });
+            let peer = Peer { g, out: Outbox::new(), addr: m.addr, side, wire: Wire::default() };
+            net.add(m.addr, peer);
         }
-        let mut sim = Sim {
-            base,
-            now: Duration::ZERO,
-            nodes,
-            queue: BinaryHeap::new(),
-            seq: 0,
-            rng,
-            loss: setup.loss,
-            latency_ms: (1, 20),
-            partitioned: false,
-            out: Outbox::new(),
-            wire: Wire::default(),
-            lost: 0,
-            tracker: None,
-            key,
-        };
+        let mut sim = Sim { net, tracker: None, injected: Wire::default(), probes: 0, key };
         for i in 0..setup.n {
             sim.flush(i);
         }
@@ -229,131 +209,109 @@ impl Sim {
     }
 
     fn instant(&self) -> Instant {
-        self.base + self.now
+        self.net.now()
     }
 
-    /// Puts the outbox on the network (losing, delaying and so reordering
-    /// datagrams), notes tracked deliveries and re-arms the node's timer.
+    fn now(&self) -> Duration {
+        self.net.elapsed()
+    }
+
+    fn nodes(&self) -> impl Iterator<Item = &Peer> {
+        self.net.nodes()
+    }
+
+    fn node(&self, i: usize) -> &Peer {
+        self.net.node(i)
+    }
+
+    /// Every datagram put on the wire so far.
+    fn wire(&self) -> Wire {
+        let mut w = self.injected;
+        for p in self.net.nodes() {
+            w.add(&p.wire);
+        }
+        w
+    }
+
+    /// Puts member `idx`'s outbox on the network (losing, delaying and so
+    /// reordering datagrams), notes tracked deliveries and re-arms its timer.
     fn flush(&mut self, idx: usize) {
-        let from = self.nodes[idx].addr;
-        for t in self.out.transmits.drain(..) {
-            assert!(t.payload.len() <= 1232, "datagram over budget: {}", t.payload.len());
-            let frame = usize::from(t.payload[1].wrapping_sub(0x30));
-            if frame < 7 {
-                self.wire.0[frame] += 1;
-                self.wire.1[frame] += t.payload.len() as u64;
-            }
-            let Some(to) = index_of(&t.dest).filter(|&i| i < self.nodes.len()) else {
-                self.lost += 1;
-                continue;
-            };
-            if (self.partitioned && self.nodes[to].side != self.nodes[idx].side)
-                || self.rng.chance(self.loss)
-            {
-                self.lost += 1;
-                continue;
-            }
-            let (lo, hi) = self.latency_ms;
-            let us = 1000 * lo + self.rng.below(1000 * (hi - lo) + 1);
-            self.seq += 1;
-            self.queue.push(Reverse(Item {
-                at: self.now + Duration::from_micros(us),
-                seq: self.seq,
-                what: What::Deliver { to, from, bytes: t.payload },
-            }));
-        }
-        if let Some(tr) = self.tracker.as_mut() {
-            if tr.have[idx].is_none() {
-                if let Some(store) = self.nodes[idx].g.store(TOPIC) {
-                    let got = store.delta_since(0).iter().any(|r| {
-                        MemStore::split(r).is_some_and(|(k, _, _)| k == tr.key.as_slice())
-                    });
-                    if got {
-                        let hops = self.out.events.iter().find_map(|e| match e {
-                            Event::Delivered { payload, hops, .. }
-                                if MemStore::split(payload)
-                                    .is_some_and(|(k, _, _)| k == tr.key.as_slice()) =>
-                            {
-                                Some(*hops)
-                            }
-                            _ => None,
-                        });
-                        let via = hops.map_or(Via::AntiEntropy, Via::Rumor);
-                        tr.have[idx] = Some((self.now, via));
-                        tr.count += 1;
-                    }
-                }
-            }
-        }
-        self.out.events.clear();
-        if let Some(t) = self.nodes[idx].g.poll_timeout() {
-            let at = t.saturating_duration_since(self.base).max(self.now);
-            if self.nodes[idx].timer.is_none_or(|cur| at < cur) {
-                self.nodes[idx].timer = Some(at);
-                self.seq += 1;
-                self.queue.push(Reverse(Item {
-                    at,
-                    seq: self.seq,
-                    what: What::Timer { node: idx },
-                }));
-            }
-        }
+        self.net.flush(idx);
+        observe(&mut self.net, &mut self.tracker, idx);
     }
 
     /// Runs until `end`, or until `stop` holds after a step.
-    fn run_until(&mut self, end: Duration, stop: impl Fn(&Sim) -> bool) -> bool {
-        while let Some(Reverse(item)) = self.queue.peek() {
-            if item.at > end {
-                break;
-            }
-            let Some(Reverse(item)) = self.queue.pop() else { break };
-            self.now = item.at;
-            let now = self.instant();
-            let idx = match item.what {
-                What::Deliver { to, from, bytes } => {
-                    self.nodes[to].g.handle(now, from, &bytes, &mut self.out);
-                    to
-                }
-                What::Timer { node } => {
-                    if self.nodes[node].timer != Some(item.at) {
-                        continue; // superseded by an earlier timer
-                    }
-                    self.nodes[node].timer = None;
-                    self.nodes[node].g.handle_timeout(now, &mut self.out);
-                    node
-                }
-            };
-            self.flush(idx);
-            if stop(self) {
-                return true;
-            }
-        }
-        self.now = self.now.max(end);
-        false
+    fn run_until(
+        &mut self,
+        end: Duration,
+        stop: impl Fn(&Net<Peer>, Option<&Tracker>) -> bool,
+    ) -> bool {
+        let tracker = &mut self.tracker;
+        self.net.run_until(end, |net, idx| {
+            observe(net, tracker, idx);
+            stop(net, tracker.as_ref())
+        })
     }
 
     fn run_for(&mut self, d: Duration) {
-        let end = self.now + d;
-        self.run_until(end, |_| false);
+        let end = self.now() + d;
+        self.run_until(end, |_, _| false);
     }
 
     fn publish(&mut self, idx: usize, record: &[u8]) {
         let now = self.instant();
-        self.nodes[idx].g.publish(now, TOPIC, record, 1, &mut self.out).unwrap();
+        let p = self.net.node_mut(idx);
+        p.g.publish(now, TOPIC, record, 1, &mut p.out).unwrap();
         self.flush(idx);
     }
 
     fn converged(&self) -> bool {
-        let fp = self.nodes[0].g.fingerprint();
-        self.nodes.iter().all(|n| n.g.fingerprint() == fp)
+        converged(&self.net)
     }
 
     fn total_stats(&self) -> (u64, u64, u64) {
-        self.nodes.iter().fold((0, 0, 0), |(r, d, x), n| {
+        self.nodes().fold((0, 0, 0), |(r, d, x), n| {
             let s = n.g.stats();
             (r + s.rumor_retries, d + s.rumors_dropped, x + s.rumor_reroutes)
         })
     }
+}
+
+fn converged(net: &Net<Peer>) -> bool {
+    let fp = net.node(0).g.fingerprint();
+    net.nodes().all(|n| n.g.fingerprint() == fp)
+}
+
+/// After member `idx`'s step: whether it now holds the tracked record, and
+/// how it came (the hop count of its `Delivered` event, if any).
+fn observe(net: &mut Net<Peer>, tracker: &mut Option<Tracker>, idx: usize) {
+    let now = net.elapsed();
+    let p = net.node_mut(idx);
+    if let Some(tr) = tracker.as_mut() {
+        if tr.have[idx].is_none() {
+            if let Some(store) = p.g.store(TOPIC) {
+                let got = store
+                    .delta_since(0)
+                    .iter()
+                    .any(|r| MemStore::split(r).is_some_and(|(k, _, _)| k == tr.key.as_slice()));
+                if got {
+                    let hops = p.out.events.iter().find_map(|e| match e {
+                        Event::Delivered { payload, hops, .. }
+                            if MemStore::split(payload)
+                                .is_some_and(|(k, _, _)| k == tr.key.as_slice()) =>
+                        {
+                            Some(*hops)
+                        }
+                        _ => None,
+                    });
+                    let via = hops.map_or(Via::AntiEntropy, Via::Rumor);
+                    tr.have[idx] = Some((now, via));
+                    tr.count += 1;
+                }
+            }
+        }
+    }
+    p.out.events.clear();
 }
 
 /// One broadcast's measurements.
@@ -374,16 +332,16 @@ struct Broadcast {
 /// Publishes one record from a random member and runs until every member
 /// holds it (or `limit` passes), then lets ACKs and retries settle.
 fn broadcast(sim: &mut Sim, k: usize, limit: Duration) -> Broadcast {
-    let n = sim.nodes.len();
-    let origin = sim.rng.index(n);
+    let n = sim.net.len();
+    let origin = sim.net.rng().index(n);
     let key = format!("k{k}").into_bytes();
     let record = MemStore::record(&key, 1, b"value").unwrap();
-    let before = sim.wire;
-    let start = sim.now;
+    let before = sim.wire();
+    let start = sim.now();
     sim.tracker = Some(Tracker { key, have: vec![None; n], count: 0 });
     sim.publish(origin, &record);
     let end = start + limit;
-    let complete = sim.run_until(end, |s| s.tracker.as_ref().is_some_and(|t| t.count == n));
+    let complete = sim.run_until(end, |_, t| t.is_some_and(|t| t.count == n));
     let tr = sim.tracker.take().unwrap();
     let done_at = tr.have.iter().flatten().map(|(t, _)| *t).max().unwrap_or(start);
     let last_hop = tr
@@ -410,7 +368,7 @@ fn broadcast(sim: &mut Sim, k: usize, limit: Duration) -> Broadcast {
         time: done_at - start,
         last_hop,
         by_anti_entropy,
-        wire: sim.wire.since(&before),
+        wire: sim.wire().since(&before),
     }
 }
 
@@ -433,11 +391,14 @@ fn partition(
 ) -> (Option<Duration>, Sim) {
     let mut sim = Sim::new(Setup::new(n, 0.0), SEED ^ 0xC);
     sim.run_for(Duration::from_secs(20));
-    sim.partitioned = true;
+    let sides: Vec<Vec<SocketAddr>> = (0..2u8)
+        .map(|side| sim.nodes().filter(|p| p.side == side).map(|p| p.addr).collect())
+        .collect();
+    sim.net.partition().split(&sides);
     for k in 0..per_side {
         for side in 0..2u8 {
-            let members: Vec<usize> = (0..n).filter(|&i| sim.nodes[i].side == side).collect();
-            let origin = members[sim.rng.index(members.len())];
+            let members: Vec<usize> = (0..n).filter(|&i| sim.node(i).side == side).collect();
+            let origin = members[sim.net.rng().index(members.len())];
             let rec = MemStore::record(format!("s{side}-{k}").as_bytes(), 1, b"v").unwrap();
             sim.publish(origin, &rec);
         }
@@ -445,10 +406,10 @@ fn partition(
     }
     sim.run_for(split);
     assert!(!sim.converged(), "the halves must differ while partitioned");
-    sim.partitioned = false;
-    let healed = sim.now;
-    let ok = sim.run_until(healed + limit, Sim::converged);
-    (ok.then(|| sim.now - healed), sim)
+    sim.net.partition().heal();
+    let healed = sim.now();
+    let ok = sim.run_until(healed + limit, |net, _| converged(net));
+    (ok.then(|| sim.now() - healed), sim)
 }
 
 fn assert_no_loss(n: usize) {
@@ -463,7 +424,7 @@ fn assert_no_loss(n: usize) {
     }
     let (retries, dropped, _) = sim.total_stats();
     assert_eq!((retries, dropped), (0, 0), "no loss, no retries");
-    for x in &sim.nodes {
+    for x in sim.nodes() {
         let s = x.g.stats();
         assert_eq!(s.drops.total(), 0, "{:?}", s.drops.by_reason());
         assert_eq!(s.rumor_duplicates, 0);
@@ -478,7 +439,7 @@ fn assert_lossy(n: usize) {
     }
     let (retries, _, _) = sim.total_stats();
     assert!(retries > 0, "5 % loss must cause retries");
-    for x in &sim.nodes {
+    for x in sim.nodes() {
         assert_eq!(x.g.stats().drops.total(), 0, "{:?}", x.g.stats().drops.by_reason());
     }
 }
@@ -487,7 +448,7 @@ fn assert_partition_heals(n: usize) {
     let (healed, sim) = partition(n, 4, Duration::from_secs(30), Duration::from_secs(400));
     let t = healed.unwrap_or_else(|| panic!("n={n}: stores did not converge after the heal"));
     assert!(t < Duration::from_secs(400));
-    let store = sim.nodes[0].g.store(TOPIC).unwrap();
+    let store = sim.node(0).g.store(TOPIC).unwrap();
     assert_eq!(store.snapshot().len(), 8, "every record from both sides");
 }
 
@@ -612,47 +573,43 @@ fn record(name: &str) -> Vec<u8> {
 impl Sim {
     /// Writes a record straight into a member's store (no rumor).
     fn put(&mut self, idx: usize, name: &str) {
-        self.nodes[idx].g.store_mut(TOPIC).unwrap().apply(&record(name)).unwrap();
+        self.net.node_mut(idx).g.store_mut(TOPIC).unwrap().apply(&record(name)).unwrap();
     }
 
     /// Delivers to `to` the G2 probe `from` would send now: `to` starts
     /// anti-entropy toward `from` if their fingerprints differ.
     fn probe(&mut self, from: usize, to: usize) {
         let frame = GossipFrame::Digest(DigestRepr {
-            fingerprint: self.nodes[from].g.fingerprint(),
+            fingerprint: self.node(from).g.fingerprint(),
             matched: false,
         });
         let mut raw = vec![0u8; frame.buffer_len()];
         frame.emit(&mut raw).unwrap();
         // A fresh v2 envelope (PROTOCOL.md § "Gossip envelope (v2)"): the
         // sender's clock, and a counter no probe repeats.
-        let now = self.base + self.now;
+        let now = self.instant();
         let stamp = Stamp {
             sender: 0x5133,
-            time_ms: self.nodes[from].g.unix_ms(now),
-            counter: self.seq + 1,
+            time_ms: self.node(from).g.unix_ms(now),
+            counter: self.probes + 1,
         };
         let bytes = self.key.seal_gossip_vec(&raw, 0, &stamp).unwrap();
-        self.wire.0[2] += 1;
-        self.wire.1[2] += bytes.len() as u64;
-        self.seq += 1;
-        let from = self.nodes[from].addr;
-        self.queue.push(Reverse(Item {
-            at: self.now,
-            seq: self.seq,
-            what: What::Deliver { to, from, bytes },
-        }));
+        self.probes += 1;
+        self.injected.count(&bytes);
+        let (from, to) = (self.net.addr(from), self.net.addr(to));
+        self.net.inject(sim::Transmit { from, to, payload: bytes });
     }
 
     /// Member `i` reconciles with member `j` now.
     fn reconcile(&mut self, i: usize, j: usize) {
-        let (now, peer) = (self.instant(), self.nodes[j].addr);
-        self.nodes[i].g.reconcile(now, peer, TOPIC, &mut self.out).unwrap();
+        let (now, peer) = (self.instant(), self.net.addr(j));
+        let p = self.net.node_mut(i);
+        p.g.reconcile(now, peer, TOPIC, &mut p.out).unwrap();
         self.flush(i);
     }
 
     fn stats(&self) -> Vec<Stats> {
-        self.nodes.iter().map(|n| n.g.stats()).collect()
+        self.nodes().map(|n| n.g.stats()).collect()
     }
 }
 
@@ -687,8 +644,12 @@ impl Cost {
 
 /// Sums, over members, the counters that moved between `before` and now.
 fn cost(sim: &Sim, before: &[Stats], wire: Wire, start: Duration, converged: bool) -> Cost {
-    let mut c =
-        Cost { converged, time: sim.now - start, wire: sim.wire.since(&wire), ..Cost::default() };
+    let mut c = Cost {
+        converged,
+        time: sim.now() - start,
+        wire: sim.wire().since(&wire),
+        ..Cost::default()
+    };
     for (b, a) in before.iter().zip(sim.stats()) {
         c.differences += a.reconcile_differences - b.reconcile_differences;
         c.cells += a.reconcile_cells_sent - b.reconcile_cells_sent;
@@ -727,7 +688,7 @@ fn pair_salted(d: usize, reconcile: bool, watermarks: bool, salt: u64) -> Sim {
     if watermarks {
         sim.reconcile(1, 0);
         sim.run_for(Duration::from_secs(1));
-        assert_eq!(sim.nodes[1].g.stats().reconcile_completed, 1);
+        assert_eq!(sim.node(1).g.stats().reconcile_completed, 1);
     }
     for k in 0..d / 2 {
         sim.put(0, &format!("a{salt}-{k}"));
@@ -740,8 +701,8 @@ fn pair_salted(d: usize, reconcile: bool, watermarks: bool, salt: u64) -> Sim {
 
 /// Runs until every fingerprint is equal (at most `limit`).
 fn settle(sim: &mut Sim, limit: Duration, before: &[Stats], wire: Wire) -> Cost {
-    let start = sim.now;
-    let ok = sim.run_until(start + limit, Sim::converged);
+    let start = sim.now();
+    let ok = sim.run_until(start + limit, |net, _| converged(net));
     cost(sim, before, wire, start, ok)
 }
 
@@ -750,7 +711,7 @@ fn settle(sim: &mut Sim, limit: Duration, before: &[Stats], wire: Wire) -> Cost 
 /// exchange).
 fn pair_first_contact(d: usize, reconcile: bool) -> Cost {
     let mut sim = pair(d, reconcile, false);
-    let (before, wire) = (sim.stats(), sim.wire);
+    let (before, wire) = (sim.stats(), sim.wire());
     sim.probe(0, 1);
     settle(&mut sim, Duration::from_secs(30), &before, wire)
 }
@@ -759,7 +720,7 @@ fn pair_first_contact(d: usize, reconcile: bool) -> Cost {
 /// the estimate), or what a mismatching probe starts (a G1 delta).
 fn pair_steady(d: usize, iblt: bool) -> Cost {
     let mut sim = pair(d, true, true);
-    let (before, wire) = (sim.stats(), sim.wire);
+    let (before, wire) = (sim.stats(), sim.wire());
     if iblt {
         sim.reconcile(1, 0);
     } else {
@@ -785,7 +746,7 @@ fn cluster(n: usize, d: usize, reconcile: bool) -> Cost {
             }
         }
     }
-    let (before, wire) = (sim.stats(), sim.wire);
+    let (before, wire) = (sim.stats(), sim.wire());
     settle(&mut sim, Duration::from_secs(600), &before, wire)
 }
 
@@ -904,7 +865,7 @@ fn gossip_sim_reconcile_report() {
         let runs: Vec<f64> = (0..20u64)
             .map(|salt| {
                 let mut sim = pair_salted(d, true, false, salt);
-                let (before, wire) = (sim.stats(), sim.wire);
+                let (before, wire) = (sim.stats(), sim.wire());
                 sim.probe(0, 1);
                 let c = settle(&mut sim, Duration::from_secs(30), &before, wire);
                 assert!(c.converged);

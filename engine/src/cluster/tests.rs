@@ -1,12 +1,13 @@
-//! Cluster cores on a virtual network: real [`Core`]s exchanging real,
-//! MAC-sealed datagrams with a fixed 1 ms latency and seeded loss on a
-//! virtual clock. No sockets, no sleeps.
+//! Cluster cores on the virtual network of [`ricochet_proto::sim`]: real
+//! [`Core`]s exchanging real, MAC-sealed datagrams with a fixed 1 ms
+//! latency and seeded loss on a virtual clock. No sockets, no sleeps.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use ricochet_proto::sim::{self, Latency};
 use ricochet_wire::frame::FrameKey;
 use ricochet_wire::mac::{ClusterKey, Stamp};
 use ricochet_wire::record::SigningKey;
@@ -18,12 +19,11 @@ use crate::retry::Siblings;
 const UNIX: u64 = 1_767_225_600_000;
 const LATENCY: Duration = Duration::from_millis(1);
 const KEY: [u8; 32] = [0x4B; 32];
+/// Seed of the network's loss draws.
+const SEED: u64 = 0x9E37_79B9_7F4A_7C15;
 /// G6 chunk size: what one default datagram carries.
 const CHUNK: usize =
     crate::gossip::snapshot::chunk_budget(crate::gossip::snapshot::DEFAULT_MAX_DATAGRAM);
-/// Steps [`Net::run`] may take at one virtual instant before it calls the
-/// run a livelock.
-const MAX_STEPS_AT_ONE_INSTANT: u32 = 10_000;
 
 fn gossip_addr(i: usize) -> SocketAddr {
     SocketAddr::new(IpAddr::V4(Ipv4Addr::new(10, 0, 0, i as u8 + 1)), 9310)
@@ -33,6 +33,8 @@ fn nack_addr(i: usize) -> SocketAddr {
     SocketAddr::new(IpAddr::V4(Ipv4Addr::new(10, 0, 0, i as u8 + 1)), 9300)
 }
 
+/// One member: its core and what the driver would do with the core's
+/// notes.
 struct Node {
     core: Core,
     /// What `export_hot` would return.
@@ -44,40 +46,87 @@ struct Node {
     reports: Vec<super::machine::WarmReport>,
 }
 
+impl sim::Node for Node {
+    fn handle(&mut self, now: Instant, from: SocketAddr, payload: &[u8]) {
+        self.core.handle(now, from, payload);
+    }
+
+    fn handle_timeout(&mut self, now: Instant) {
+        self.core.handle_timeout(now);
+    }
+
+    fn poll_timeout(&self) -> Option<Instant> {
+        Some(self.core.poll_timeout())
+    }
+
+    /// The core's datagrams, and its notes acted on as the driver would.
+    fn drain_transmits(&mut self, now: Instant, out: &mut Vec<sim::Transmit>) {
+        let from = self.core.me().gossip;
+        let mut sent: Vec<_> = self.core.drain_transmits().collect();
+        for note in self.core.take_notes() {
+            match note {
+                Note::BuildSnapshot { to, rid } => {
+                    let unix = self.core.unix_ms(now);
+                    let snap = warm::build_snapshot(&self.cache, usize::MAX, unix, CHUNK)
+                        .map(|(s, _)| s)
+                        .map_err(|e| e.to_string());
+                    self.core.snapshot_built(now, to, rid, snap);
+                }
+                Note::Import { frames, .. } => {
+                    let bytes = frames.iter().map(|f| f.len() as u64).sum();
+                    let n = frames.len() as u64;
+                    self.imported.extend(frames);
+                    self.core.imported(now, n, bytes, 0);
+                }
+                Note::WarmupOver(r) => self.reports.push(*r),
+                Note::MembersChanged { .. } => {}
+            }
+        }
+        if let Some(v) = self.core.take_siblings() {
+            self.siblings = Some(v);
+        }
+        // Notes may have queued more.
+        sent.extend(self.core.drain_transmits());
+        out.extend(sent.into_iter().map(|t| sim::Transmit {
+            from,
+            to: t.dest,
+            payload: t.payload,
+        }));
+    }
+}
+
 struct Net {
-    now: Instant,
-    start: Instant,
-    nodes: BTreeMap<usize, Node>,
-    in_flight: Vec<(Instant, SocketAddr, SocketAddr, Vec<u8>)>,
-    /// Drop one datagram in `loss` (0: none), decided by a seeded xorshift.
-    loss: u64,
-    rng: u64,
+    net: sim::Net<Node>,
     /// Incarnations started so far, for distinct keys per restart.
     started: usize,
-    /// Nodes cut off: every datagram from or to them is lost.
-    cut: BTreeSet<SocketAddr>,
 }
 
 impl Net {
-    fn new(loss: u64) -> Net {
-        let now = Instant::now();
-        Net {
-            now,
-            start: now,
-            nodes: BTreeMap::new(),
-            in_flight: Vec::new(),
-            loss,
-            rng: 0x9E37_79B9_7F4A_7C15,
-            started: 0,
-            cut: BTreeSet::new(),
-        }
+    /// `loss`: the chance that a datagram is lost.
+    fn new(loss: f64) -> Net {
+        let mut net = sim::Net::new(Instant::now(), SEED);
+        net.set_latency(Latency::Fixed(LATENCY));
+        net.set_loss(loss);
+        Net { net, started: 0 }
+    }
+
+    fn now(&self) -> Instant {
+        self.net.now()
     }
 
     fn unix(&self) -> u64 {
-        UNIX + self.now.duration_since(self.start).as_millis() as u64
+        UNIX + self.net.elapsed().as_millis() as u64
     }
 
-    /// Starts node `i` (again) with `seeds`.
+    fn node(&self, i: usize) -> &Node {
+        self.net.node(i)
+    }
+
+    fn node_mut(&mut self, i: usize) -> &mut Node {
+        self.net.node_mut(i)
+    }
+
+    /// Starts node `i` (again, at the same addresses) with `seeds`.
     fn start(&mut self, i: usize, seeds: &[usize]) {
         self.started += 1;
         let mut seed = [0u8; 32];
@@ -92,7 +141,7 @@ impl Net {
         };
         let settings = CoreSettings { gossip, warm_max_bytes: warm::WARM_MAX_BYTES };
         let mut core =
-            Core::new(identity, ClusterKey::new(KEY), settings, self.now, self.unix()).unwrap();
+            Core::new(identity, ClusterKey::new(KEY), settings, self.now(), self.unix()).unwrap();
         core.set_seeds(seeds.iter().map(|&s| gossip_addr(s)).collect());
         let node = Node {
             core,
@@ -101,121 +150,34 @@ impl Net {
             siblings: None,
             reports: Vec::new(),
         };
-        self.nodes.insert(i, node);
-    }
-
-    fn drop_this(&mut self) -> bool {
-        if self.loss == 0 {
-            return false;
-        }
-        self.rng ^= self.rng << 13;
-        self.rng ^= self.rng >> 7;
-        self.rng ^= self.rng << 17;
-        self.rng % self.loss == 0
-    }
-
-    /// Collects every node's output: datagrams onto the wire, notes acted
-    /// on as the driver would.
-    fn collect(&mut self) {
-        let now = self.now;
-        let ids: Vec<usize> = self.nodes.keys().copied().collect();
-        for i in ids {
-            let mut sent = Vec::new();
-            let Some(node) = self.nodes.get_mut(&i) else { continue };
-            for t in node.core.drain_transmits() {
-                sent.push((t.dest, t.payload));
-            }
-            for note in node.core.take_notes() {
-                match note {
-                    Note::BuildSnapshot { to, rid } => {
-                        let unix = node.core.unix_ms(now);
-                        let snap = warm::build_snapshot(&node.cache, usize::MAX, unix, CHUNK)
-                            .map(|(s, _)| s)
-                            .map_err(|e| e.to_string());
-                        node.core.snapshot_built(now, to, rid, snap);
-                    }
-                    Note::Import { frames, .. } => {
-                        let bytes = frames.iter().map(|f| f.len() as u64).sum();
-                        let n = frames.len() as u64;
-                        node.imported.extend(frames);
-                        node.core.imported(now, n, bytes, 0);
-                    }
-                    Note::WarmupOver(r) => node.reports.push(*r),
-                    Note::MembersChanged { .. } => {}
-                }
-            }
-            if let Some(v) = node.core.take_siblings() {
-                node.siblings = Some(v);
-            }
-            // Notes may have queued more.
-            for t in node.core.drain_transmits() {
-                sent.push((t.dest, t.payload));
-            }
-            for (dest, payload) in sent {
-                if !self.drop_this() {
-                    self.in_flight.push((now + LATENCY, gossip_addr(i), dest, payload));
-                }
-            }
+        if i < self.net.len() {
+            self.net.replace(i, node);
+        } else {
+            assert_eq!(i, self.net.len(), "nodes start in order");
+            self.net.add(gossip_addr(i), node);
         }
     }
 
-    /// Runs the network for `d` of virtual time.
+    /// Stops node `i`: it neither sends nor receives any more.
+    fn stop(&mut self, i: usize) {
+        self.net.set_up(i, false);
+    }
+
+    /// Cuts node `i` off: every datagram it sends from now on, and every
+    /// one sent to it, is lost.
+    fn cut_off(&mut self, i: usize) {
+        self.net.partition().isolate(gossip_addr(i));
+    }
+
+    /// Runs the network for `d` of virtual time, first putting on the
+    /// network whatever the test made the cores send.
     fn run(&mut self, d: Duration) {
-        let end = self.now + d;
-        // Steps taken without the clock moving: a core that keeps asking
-        // for a timer at `now` without acting is a livelock, and the test
-        // fails on it instead of spinning.
-        let mut stuck = 0u32;
-        loop {
-            self.collect();
-            let next_timer = self.nodes.values().map(|n| n.core.poll_timeout()).min();
-            let next_packet = self.in_flight.iter().map(|p| p.0).min();
-            let Some(next) = [next_timer, next_packet].into_iter().flatten().min() else { break };
-            if next > end {
-                break;
-            }
-            if next <= self.now {
-                stuck += 1;
-                assert!(
-                    stuck < MAX_STEPS_AT_ONE_INSTANT,
-                    "virtual time stuck at {:?}: timers {:?}",
-                    self.now.duration_since(self.start),
-                    self.nodes
-                        .iter()
-                        .map(|(i, n)| (
-                            *i,
-                            n.core.poll_timeout().saturating_duration_since(self.start)
-                        ))
-                        .collect::<Vec<_>>()
-                );
-            } else {
-                stuck = 0;
-            }
-            self.now = self.now.max(next);
-            let now = self.now;
-            let (due, later): (Vec<_>, Vec<_>) =
-                std::mem::take(&mut self.in_flight).into_iter().partition(|p| p.0 <= now);
-            self.in_flight = later;
-            for (_, from, to, bytes) in due {
-                if self.cut.contains(&from) || self.cut.contains(&to) {
-                    continue;
-                }
-                if let Some((_, node)) = self.nodes.iter_mut().find(|(i, _)| gossip_addr(**i) == to)
-                {
-                    node.core.handle(now, from, &bytes);
-                }
-            }
-            for node in self.nodes.values_mut() {
-                if node.core.poll_timeout() <= now {
-                    node.core.handle_timeout(now);
-                }
-            }
-        }
-        self.now = end;
+        self.net.flush_all();
+        self.net.run_for(d);
     }
 
     fn live(&self, i: usize) -> BTreeSet<SocketAddr> {
-        self.nodes[&i].core.live().iter().map(|r| r.gossip).collect()
+        self.node(i).core.live().iter().map(|r| r.gossip).collect()
     }
 
     fn all_see(&self, members: &[usize]) -> bool {
@@ -241,7 +203,7 @@ fn digest(frames: &[Bytes]) -> blake3::Hash {
 
 #[test]
 fn three_members_find_each_other_through_one_seed_and_agree_on_owners() {
-    let mut net = Net::new(0);
+    let mut net = Net::new(0.0);
     net.start(0, &[]);
     net.start(1, &[0]);
     net.start(2, &[0]);
@@ -249,7 +211,7 @@ fn three_members_find_each_other_through_one_seed_and_agree_on_owners() {
     assert!(net.all_see(&[0, 1, 2]), "{:?}", (0..3).map(|i| net.live(i)).collect::<Vec<_>>());
     // 1 and 2 knew only the seed: they learnt each other, and by PEX too.
     assert!(
-        net.nodes[&1]
+        net.node(1)
             .core
             .pex()
             .book()
@@ -258,8 +220,8 @@ fn three_members_find_each_other_through_one_seed_and_agree_on_owners() {
     );
     // Every member's workers got the same gap owners.
     let views: Vec<&Siblings> =
-        (0..3).map(|i| net.nodes[&i].siblings.as_ref().expect("a view")).collect();
-    let ids: Vec<u64> = (0..3).map(|i| net.nodes[&i].core.me().sibling_id()).collect();
+        (0..3).map(|i| net.node(i).siblings.as_ref().expect("a view")).collect();
+    let ids: Vec<u64> = (0..3).map(|i| net.node(i).core.me().sibling_id()).collect();
     for seq in 0..200 {
         let key = FrameKey { hash_key: 0xABCD, seq };
         let owners: Vec<u64> =
@@ -268,25 +230,25 @@ fn three_members_find_each_other_through_one_seed_and_agree_on_owners() {
     }
     // Steady state is quiet: no drops of any kind.
     for i in 0..3 {
-        let st = net.nodes[&i].core.gossip().stats();
+        let st = net.node(i).core.gossip().stats();
         assert_eq!(st.drops.total(), 0, "node {i}: {:?}", st.drops());
     }
 }
 
 #[test]
 fn a_leaving_member_is_dropped_at_once_and_a_dead_one_after_the_timeout() {
-    let mut net = Net::new(0);
+    let mut net = Net::new(0.0);
     for i in 0..4 {
         net.start(i, &[0]);
     }
     net.run(Duration::from_secs(6));
     assert!(net.all_see(&[0, 1, 2, 3]));
-    let now = net.now;
-    net.nodes.get_mut(&3).unwrap().core.leave(now);
+    let now = net.now();
+    net.node_mut(3).core.leave(now);
     net.run(Duration::from_millis(100));
     assert!(net.all_see(&[0, 1, 2]), "the leaving member is gone within 100 ms");
-    net.nodes.remove(&3);
-    net.nodes.remove(&2);
+    net.stop(3);
+    net.stop(2);
     net.run(LIVE_TIMEOUT - Duration::from_millis(1500));
     assert!(net.live(0).contains(&gossip_addr(2)), "not before the timeout");
     net.run(Duration::from_millis(2600));
@@ -295,7 +257,7 @@ fn a_leaving_member_is_dropped_at_once_and_a_dead_one_after_the_timeout() {
 
 #[test]
 fn a_restarted_member_warms_its_cache_from_a_sibling_despite_loss() {
-    let mut net = Net::new(40); // 2.5 % of datagrams lost, both ways
+    let mut net = Net::new(0.025); // 2.5 % of datagrams lost, both ways
     net.start(0, &[]);
     net.start(1, &[0]);
     net.start(2, &[0]);
@@ -303,17 +265,17 @@ fn a_restarted_member_warms_its_cache_from_a_sibling_despite_loss() {
     // runs into the egress byte-rate cap and its wake-ups.
     let cache = frames(16000);
     for i in 0..3 {
-        net.nodes.get_mut(&i).unwrap().cache = cache.clone();
+        net.node_mut(i).cache = cache.clone();
     }
     net.run(Duration::from_secs(8));
     assert!(net.all_see(&[0, 1, 2]));
     // Node 2 restarts at the same addresses with an empty cache.
     net.start(2, &[0, 1]);
-    let now = net.now;
-    net.nodes.get_mut(&2).unwrap().core.start_warmup(now, Duration::from_secs(10));
-    assert!(net.nodes[&2].core.warming());
+    let now = net.now();
+    net.node_mut(2).core.start_warmup(now, Duration::from_secs(10));
+    assert!(net.node(2).core.warming());
     net.run(Duration::from_secs(10));
-    let node = &net.nodes[&2];
+    let node = net.node(2);
     assert!(!node.core.warming());
     let report = node.reports.last().expect("a report");
     assert_eq!(report.outcome, Outcome::Done, "{report:?}");
@@ -321,7 +283,7 @@ fn a_restarted_member_warms_its_cache_from_a_sibling_despite_loss() {
     assert_eq!(report.frames, cache.len() as u64);
     assert!(report.fetch.chunks > 0 && report.fetch.repair_rounds >= 1, "{report:?}");
     assert!(net.all_see(&[0, 1, 2]), "the old incarnation was replaced");
-    let served: u64 = (0..2).map(|i| net.nodes[&i].core.server().stats().snapshots_served).sum();
+    let served: u64 = (0..2).map(|i| net.node(i).core.server().stats().snapshots_served).sum();
     assert!(served >= 1);
 }
 
@@ -334,7 +296,7 @@ fn coding(cache: &[Bytes]) -> (u64, u64) {
 
 #[test]
 fn a_restarted_member_warms_from_three_siblings_and_survives_losing_one() {
-    let mut net = Net::new(40); // 2.5 % of datagrams lost, both ways
+    let mut net = Net::new(0.025); // 2.5 % of datagrams lost, both ways
     for i in 0..4 {
         net.start(i, &[0]);
     }
@@ -343,24 +305,24 @@ fn a_restarted_member_warms_from_three_siblings_and_survives_losing_one() {
         // The same frames, listed in another order by each sibling.
         let mut mine = cache.clone();
         mine.rotate_left(i * 1000);
-        net.nodes.get_mut(&i).unwrap().cache = mine;
+        net.node_mut(i).cache = mine;
     }
     net.run(Duration::from_secs(8));
     assert!(net.all_see(&[0, 1, 2, 3]));
     net.start(3, &[0, 1, 2]);
-    let now = net.now;
-    net.nodes.get_mut(&3).unwrap().core.start_warmup(now, Duration::from_secs(20));
+    let now = net.now();
+    net.node_mut(3).core.start_warmup(now, Duration::from_secs(20));
     // Node 1 is cut off once it has sent half a shard of its share.
     let (k, per_shard) = coding(&cache);
-    let cut = net.now + Duration::from_secs(10);
-    while net.nodes[&1].core.server().stats().chunks_sent < per_shard / 2 {
-        assert!(net.now < cut, "node 1 never served its share");
+    let cut = net.now() + Duration::from_secs(10);
+    while net.node(1).core.server().stats().chunks_sent < per_shard / 2 {
+        assert!(net.now() < cut, "node 1 never served its share");
         net.run(Duration::from_millis(1));
     }
-    net.cut.insert(gossip_addr(1));
-    let before = net.nodes[&3].core.fetch().map(|f| f.stats()).expect("still fetching");
+    net.cut_off(1);
+    let before = net.node(3).core.fetch().map(|f| f.stats()).expect("still fetching");
     net.run(Duration::from_secs(20));
-    let node = &net.nodes[&3];
+    let node = net.node(3);
     assert!(!node.core.warming());
     let report = node.reports.last().expect("a report");
     assert_eq!(report.outcome, Outcome::Done, "{report:?}");
@@ -381,22 +343,22 @@ fn a_restarted_member_warms_from_three_siblings_and_survives_losing_one() {
 
 #[test]
 fn siblings_with_different_caches_warm_a_restart_from_one_of_them() {
-    let mut net = Net::new(40);
+    let mut net = Net::new(0.025);
     for i in 0..4 {
         net.start(i, &[0]);
     }
     let cache = frames(3000);
     for i in 0..3 {
         // Every sibling holds something else: no two manifests agree.
-        net.nodes.get_mut(&i).unwrap().cache = cache[i * 200..].to_vec();
+        net.node_mut(i).cache = cache[i * 200..].to_vec();
     }
     net.run(Duration::from_secs(8));
     assert!(net.all_see(&[0, 1, 2, 3]));
     net.start(3, &[0, 1, 2]);
-    let now = net.now;
-    net.nodes.get_mut(&3).unwrap().core.start_warmup(now, Duration::from_secs(20));
+    let now = net.now();
+    net.node_mut(3).core.start_warmup(now, Duration::from_secs(20));
     net.run(Duration::from_secs(20));
-    let node = &net.nodes[&3];
+    let node = net.node(3);
     let report = node.reports.last().expect("a report");
     assert_eq!(report.outcome, Outcome::Done, "{report:?}");
     let f = report.fetch;
@@ -408,26 +370,26 @@ fn siblings_with_different_caches_warm_a_restart_from_one_of_them() {
 
 #[test]
 fn warm_up_ends_at_once_when_no_sibling_is_there() {
-    let mut net = Net::new(0);
+    let mut net = Net::new(0.0);
     net.start(0, &[1]);
-    let now = net.now;
-    net.nodes.get_mut(&0).unwrap().core.start_warmup(now, Duration::from_secs(60));
+    let now = net.now();
+    net.node_mut(0).core.start_warmup(now, Duration::from_secs(60));
     net.run(warm::MEMBERS_WAIT + Duration::from_millis(10));
-    let node = &net.nodes[&0];
+    let node = net.node(0);
     assert!(!node.core.warming());
     assert_eq!(node.reports.last().map(|r| r.outcome), Some(Outcome::NoSibling));
 }
 
 #[test]
 fn forged_truncated_and_oversized_datagrams_are_dropped_and_counted() {
-    let mut net = Net::new(0);
+    let mut net = Net::new(0.0);
     net.start(0, &[]);
     net.start(1, &[0]);
     net.run(Duration::from_secs(4));
     assert!(net.all_see(&[0, 1]));
-    let now = net.now;
+    let now = net.now();
     let from = gossip_addr(1);
-    let core = &mut net.nodes.get_mut(&0).unwrap().core;
+    let core = &mut net.node_mut(0).core;
     let before = core.gossip().stats().drops;
     // A valid G2 probe sealed with another key.
     let mut forged = vec![0x47, 0x32, 0, 0, 0, 0, 0, 0, 0, 1, 0, 0];
@@ -471,7 +433,7 @@ fn forged_truncated_and_oversized_datagrams_are_dropped_and_counted() {
 #[test]
 fn holdings_digests_reach_the_siblings_views_for_sibling_fill() {
     use crate::retry::Holding;
-    let mut net = Net::new(0);
+    let mut net = Net::new(0.0);
     for i in 0..3 {
         net.start(i, &[0]);
     }
@@ -481,23 +443,23 @@ fn holdings_digests_reach_the_siblings_views_for_sibling_fill() {
         Holding { hash_key: 0xF1, lo: 100, hi: 199, missing: 0 },
         Holding { hash_key: 0xF2, lo: 1, hi: 50, missing: 7 },
     ];
-    net.nodes.get_mut(&1).unwrap().core.set_holdings(held.clone());
+    net.node_mut(1).core.set_holdings(held.clone());
     // A heartbeat later (1 s) every other member's workers know it.
     net.run(Duration::from_millis(1100));
-    let id1 = net.nodes[&1].core.me().sibling_id();
+    let id1 = net.node(1).core.me().sibling_id();
     for i in [0, 2] {
-        let view = net.nodes[&i].siblings.as_ref().expect("a view");
+        let view = net.node(i).siblings.as_ref().expect("a view");
         assert_eq!(view.holdings_of(id1), Some(&held[..]), "node {i}");
         assert_eq!(view.holder(FrameKey { hash_key: 0xF1, seq: 150 }), Some(nack_addr(1)));
         assert_eq!(view.holder(FrameKey { hash_key: 0xF1, seq: 99 }), None);
         assert_eq!(view.holder(FrameKey { hash_key: 0xF3, seq: 150 }), None);
-        assert!(net.nodes[&i].core.counters().holdings_updates >= 1);
+        assert!(net.node(i).core.counters().holdings_updates >= 1);
     }
     // Membership did not change for it.
-    assert!((0..3).all(|i| net.nodes[&i].core.counters().membership_changes <= 3));
+    assert!((0..3).all(|i| net.node(i).core.counters().membership_changes <= 3));
     // An emptied cache: the digest goes away again.
-    net.nodes.get_mut(&1).unwrap().core.set_holdings(Vec::new());
+    net.node_mut(1).core.set_holdings(Vec::new());
     net.run(Duration::from_millis(1100));
-    let view = net.nodes[&0].siblings.as_ref().expect("a view");
+    let view = net.node(0).siblings.as_ref().expect("a view");
     assert_eq!(view.holdings_of(id1), None);
 }

@@ -1,70 +1,104 @@
 #!/usr/bin/env bash
-# Side-by-side benchmarks (issue 4): reflect vs ricochet --backend epoll vs
-# --backend uring on the same CPU pinning (servers on CPU 0, load on CPU 1),
-# criterion micro-benchmarks, the memory benchmark, then perf/REPORT.md.
+# Side-by-side benchmarks (issue 14): the fair reflector (frame + ACK, and
+# its GSO variant), the one-datagram echo (a kernel figure only), and
+# ricochet --backend epoll / uring on the same CPU pinning (servers on CPU
+# 0, load on CPU 1); every measured figure 3 times, interleaved (A B A B A B),
+# reported as median and min–max with the machine's load before and after.
 #
-#   scripts/bench.sh            full run (bounded: about 10 minutes, stops by itself)
-#   scripts/bench.sh --quick    short phases (under 5 minutes once built)
+#   scripts/bench.sh             full run: criterion, every workload, then
+#                                perf/REPORT.md + perf/charts/*.svg. Stops by
+#                                itself: the suite starts no phase after 25 min
+#                                and is killed at 32 min.
+#   scripts/bench.sh --quick     (or BENCH_QUICK=1) a before/after check in
+#   BENCH_QUICK=1 scripts/bench.sh   about 2-3 minutes once built: workloads
+#                                a, b, d and memory against io_uring, 1.5 s
+#                                phases, 3 interleaved runs, one fixed rate
+#                                (30k NACK/s); no criterion. Writes to
+#                                target/bench-quick/ (never perf/) and prints
+#                                the targets table.
 #
-# Criterion benches run with the release profile so they reuse the release
-# build instead of compiling everything again for the bench profile.
-# Writes perf/results/<date>-<workload>.json and regenerates perf/REPORT.md
-# and perf/charts/*.svg. Knobs: SERVER_CPU (0), LOAD_CPU (1).
+# Knobs: SERVER_CPU (0), LOAD_CPU (1), BENCH_RUNS (3), BENCH_RATES (e.g.
+# 10k,30k,100k), BENCH_BACKENDS (e.g. epoll,uring), BENCH_WORKLOADS (e.g.
+# a,b,c,d,memory), BENCH_OUT (where results go).
 #
-# SOAK=300s (any duration up to 10m) adds the issue-18 overload soak after
-# the report: `lab --soak-interval 60s` at 5000 frames/s, 2 % drop, a 64 MiB
-# cache and the per-IP tier raised, so the per-flow chain tier is the
-# bottleneck. Writes perf/soak/overload-<date>.{json,csv,txt}; see
-# "Soak: overload" in perf/REPORT.md.
+# SOAK=300s (any duration up to 10m, full mode only) adds the issue-18
+# overload soak after the report: `lab --soak-interval 60s` at 5000
+# frames/s, 2 % drop, a 64 MiB cache and the per-IP tier raised, so the
+# per-flow chain tier is the bottleneck. Writes
+# perf/soak/overload-<date>.{json,csv,txt}; see "Soak: overload" in
+# perf/REPORT.md.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 quick=""
-crit_time=3
-crit_warm=1
-limit=1200
-if [ "${1:-}" = "--quick" ]; then
+if [ "${1:-}" = "--quick" ] || { [ -n "${BENCH_QUICK:-}" ] && [ "$BENCH_QUICK" != "0" ]; }; then
   quick="--quick"
-  crit_time=1
-  crit_warm=0.3
-  limit=600
-elif [ -n "${1:-}" ]; then
-  echo "usage: scripts/bench.sh [--quick]" >&2
+fi
+if [ -n "${1:-}" ] && [ "$1" != "--quick" ]; then
+  echo "usage: scripts/bench.sh [--quick]   (or BENCH_QUICK=1 scripts/bench.sh)" >&2
   exit 2
+fi
+if [ -n "$quick" ]; then
+  out=${BENCH_OUT:-target/bench-quick}
+  budget=150s
+  limit=240
+else
+  out=${BENCH_OUT:-perf}
+  budget=25m
+  limit=1920
 fi
 server_cpu=${SERVER_CPU:-0}
 load_cpu=${LOAD_CPU:-1}
+extra=(--runs "${BENCH_RUNS:-3}")
+[ -n "${BENCH_RATES:-}" ] && extra+=(--rates "$BENCH_RATES")
+[ -n "${BENCH_BACKENDS:-}" ] && extra+=(--backends "$BENCH_BACKENDS")
+[ -n "${BENCH_WORKLOADS:-}" ] && extra+=(--workloads "$BENCH_WORKLOADS")
 started=$(date +%s)
 date_tag=$(date -u +%F)
 step() { printf '\n==> %s\n' "$*"; }
+load() { printf 'load average %s (nproc %s)\n' "$(cut -d' ' -f1-3 /proc/loadavg)" "$(nproc)"; }
 
 step "release build: cargo build --release -p ricochet -p ricochet-bench --bins"
 cargo build --release -p ricochet -p ricochet-bench --bins
 loadgen=target/release/ricochet-loadgen
 build_done=$(date +%s)
+load
 
-step "criterion micro-benchmarks (measurement ${crit_time}s each)"
-rm -rf target/criterion
-# Pinned to the load CPU so they do not share a core with anything we start.
-taskset -c "$load_cpu" cargo bench --profile release -p ricochet-bench --bench wire --bench engine -- \
-  --warm-up-time "$crit_warm" --measurement-time "$crit_time" --noplot 2>&1 \
-  | grep -E '^[a-z_]+/|time:' || true
+crit=()
+if [ -z "$quick" ]; then
+  step "criterion micro-benchmarks (measurement 3s each)"
+  rm -rf target/criterion
+  # Pinned to the load CPU so they do not share a core with anything we start.
+  taskset -c "$load_cpu" cargo bench --profile release -p ricochet-bench --bench wire --bench engine -- \
+    --warm-up-time 1 --measurement-time 3 --noplot 2>&1 \
+    | grep -E '^[a-z_]+/|time:' || true
+  crit=(--criterion-dir target/criterion)
+fi
 
-step "side-by-side suite: $loadgen bench $quick"
-# `timeout` bounds the whole suite even if something hangs; the suite
-# also bounds every phase itself.
+step "side-by-side suite: $loadgen bench $quick ${extra[*]} (budget $budget, killed at ${limit}s)"
+mkdir -p "$out/results"
+# The suite starts no new phase after --budget; `timeout` is the backstop
+# if something hangs (every phase also bounds itself).
 timeout --signal=TERM --kill-after=30 "$limit" \
-  "$loadgen" bench $quick --out perf/results --date "$date_tag" \
-  --server-cpu "$server_cpu" --load-cpu "$load_cpu"
+  "$loadgen" bench $quick --out "$out/results" --date "$date_tag" \
+  --server-cpu "$server_cpu" --load-cpu "$load_cpu" --budget "$budget" "${extra[@]}" \
+  || echo "bench: the suite stopped early (status $?); reporting what it wrote"
+load
 
 finished=$(date +%s)
-step "report: $loadgen report"
-"$loadgen" report --results perf/results --out perf --date "$date_tag" \
-  --criterion-dir target/criterion \
+step "report: $loadgen report → $out/REPORT.md"
+"$loadgen" report --results "$out/results" --out "$out" --date "$date_tag" \
+  "${crit[@]}" \
   --invocation "scripts/bench.sh${quick:+ $quick}" \
+  --note "load average $(cut -d' ' -f1-3 /proc/loadavg) at the end, nproc $(nproc)" \
   --wall-s "$((finished - build_done))"
 
-if [ -n "${SOAK:-}" ]; then
+if [ -n "$quick" ]; then
+  # The targets table, for a before/after comparison at a glance.
+  sed -n '/^## Targets/,/targets met/p' "$out/REPORT.md"
+fi
+
+if [ -z "$quick" ] && [ -n "${SOAK:-}" ]; then
   soak_out="perf/soak/overload-$date_tag"
   step "overload soak ($SOAK): $loadgen lab --soak-interval 60s → $soak_out.*"
   mkdir -p perf/soak

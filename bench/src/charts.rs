@@ -1,5 +1,8 @@
 //! SVG charts for perf/REPORT.md, drawn with plotters' SVG backend (no
 //! fonts or images needed: text stays text in the SVG).
+//!
+//! Every chart has one unit per axis, named on the axis; a system has the
+//! same colour in every chart ([`colour`]).
 
 use std::path::Path;
 
@@ -7,31 +10,40 @@ use plotters::prelude::*;
 
 use crate::latency::CurvePoint;
 
-const COLORS: [RGBColor; 6] = [
-    RGBColor(0x55, 0x55, 0x55),
-    RGBColor(0x1f, 0x77, 0xb4),
-    RGBColor(0xff, 0x7f, 0x0e),
-    RGBColor(0x2c, 0xa0, 0x2c),
-    RGBColor(0xd6, 0x27, 0x28),
-    RGBColor(0x94, 0x67, 0xbd),
-];
+/// The colour of `system`, the same in every chart.
+pub fn colour(system: &str) -> RGBColor {
+    match system {
+        "reflect" => RGBColor(0x55, 0x55, 0x55),
+        "reflect-gso" => RGBColor(0x99, 0x99, 0x99),
+        "echo" => RGBColor(0xbc, 0xbd, 0x22),
+        "sink" => RGBColor(0x8c, 0x56, 0x4b),
+        "epoll" => RGBColor(0x1f, 0x77, 0xb4),
+        "uring" => RGBColor(0xff, 0x7f, 0x0e),
+        "cache" => RGBColor(0x2c, 0xa0, 0x2c),
+        _ => RGBColor(0x94, 0x67, 0xbd),
+    }
+}
+
+/// A bar: system, median, min, max.
+pub type Bar = (String, f64, f64, f64);
 
 fn err<E: std::fmt::Display>(e: E) -> String {
     e.to_string()
 }
 
-/// Grouped bars: one group per workload, one bar per system, values in
-/// `unit` (thousands per second, say). `groups` = (workload, [(system, value)]).
+/// Grouped bars: one group per workload, one bar per system (the median,
+/// with a whisker from min to max), values in `unit`, the y axis's label.
+/// `groups` = (group label, bars).
 pub fn bars(
     path: &Path,
     title: &str,
     unit: &str,
-    groups: &[(String, Vec<(String, f64)>)],
+    groups: &[(String, Vec<Bar>)],
 ) -> Result<(), String> {
     let systems: Vec<String> = {
         let mut s: Vec<String> = vec![];
         for (_, g) in groups {
-            for (name, _) in g {
+            for (name, ..) in g {
                 if !s.contains(name) {
                     s.push(name.clone());
                 }
@@ -39,9 +51,12 @@ pub fn bars(
         }
         s
     };
-    let ymax =
-        groups.iter().flat_map(|(_, g)| g.iter().map(|x| x.1)).fold(0.0f64, f64::max).max(1e-9)
-            * 1.15;
+    let ymax = groups
+        .iter()
+        .flat_map(|(_, g)| g.iter().map(|x| x.1.max(x.3)))
+        .fold(0.0f64, f64::max)
+        .max(1e-9)
+        * 1.15;
     let n = groups.len().max(1);
     let root = SVGBackend::new(path, (900, 420)).into_drawing_area();
     root.fill(&WHITE).map_err(err)?;
@@ -70,21 +85,29 @@ pub fn bars(
         .map_err(err)?;
     let width = 0.8 / systems.len().max(1) as f64;
     for (si, sys) in systems.iter().enumerate() {
-        let color = COLORS[si % COLORS.len()];
-        let rects: Vec<Rectangle<(f64, f64)>> = groups
+        let color = colour(sys);
+        let bars: Vec<(f64, f64, f64, f64)> = groups
             .iter()
             .enumerate()
             .filter_map(|(gi, (_, g))| {
-                let v = g.iter().find(|x| &x.0 == sys)?.1;
-                let x0 = gi as f64 + 0.1 + si as f64 * width;
-                Some(Rectangle::new([(x0, 0.0), (x0 + width * 0.92, v)], color.filled()))
+                let b = g.iter().find(|x| &x.0 == sys)?;
+                Some((gi as f64 + 0.1 + si as f64 * width, b.1, b.2, b.3))
             })
             .collect();
         chart
-            .draw_series(rects)
+            .draw_series(bars.iter().map(|&(x0, v, ..)| {
+                Rectangle::new([(x0, 0.0), (x0 + width * 0.92, v)], color.filled())
+            }))
             .map_err(err)?
             .label(sys.as_str())
             .legend(move |(x, y)| Rectangle::new([(x, y - 5), (x + 12, y + 5)], color.filled()));
+        // min–max whiskers
+        chart
+            .draw_series(bars.iter().filter(|b| b.3 > b.2).map(|&(x0, _, lo, hi)| {
+                let xm = x0 + width * 0.46;
+                PathElement::new(vec![(xm, lo), (xm, hi)], BLACK.stroke_width(1))
+            }))
+            .map_err(err)?;
     }
     chart
         .configure_series_labels()
@@ -97,25 +120,31 @@ pub fn bars(
 }
 
 /// Latency percentile curves: x = percentile on the usual "nines" scale
-/// (log of 1/(1−p)), y = µs on a log scale. `curves` = (system, points).
+/// (log of 1/(1−p)), y = `y_unit` on a log scale ("µs" or "ms"; points
+/// are in µs). `curves` = (system, points).
 pub fn percentiles(
     path: &Path,
     title: &str,
+    y_unit: &str,
     curves: &[(String, Vec<CurvePoint>)],
 ) -> Result<(), String> {
+    let scale = if y_unit == "ms" { 1e-3 } else { 1.0 };
     let nines = |p: f64| -> f64 { -(1.0 - (p / 100.0).min(0.99999)).log10() };
     let pts: Vec<(String, Vec<(f64, f64)>)> = curves
         .iter()
         .map(|(n, c)| {
             (
                 n.clone(),
-                c.iter().filter(|p| p.us > 0.0).map(|p| (nines(p.percentile), p.us)).collect(),
+                c.iter()
+                    .filter(|p| p.us > 0.0)
+                    .map(|p| (nines(p.percentile), p.us * scale))
+                    .collect(),
             )
         })
         .collect();
     let xmax = pts.iter().flat_map(|(_, v)| v.iter().map(|p| p.0)).fold(2.0f64, f64::max).min(5.0);
     let ymin =
-        pts.iter().flat_map(|(_, v)| v.iter().map(|p| p.1)).fold(f64::INFINITY, f64::min).max(0.1);
+        pts.iter().flat_map(|(_, v)| v.iter().map(|p| p.1)).fold(f64::INFINITY, f64::min).max(1e-4);
     let ymax = pts.iter().flat_map(|(_, v)| v.iter().map(|p| p.1)).fold(1.0f64, f64::max);
     let ymin = if ymin.is_finite() { ymin * 0.8 } else { 1.0 };
     let root = SVGBackend::new(path, (900, 460)).into_drawing_area();
@@ -139,11 +168,11 @@ pub fn percentiles(
             }
         })
         .x_desc("percentile")
-        .y_desc("latency (µs, log)")
+        .y_desc(format!("latency ({y_unit}, log scale)"))
         .draw()
         .map_err(err)?;
-    for (i, (name, v)) in pts.iter().enumerate() {
-        let color = COLORS[i % COLORS.len()];
+    for (name, v) in pts.iter() {
+        let color = colour(name);
         chart
             .draw_series(LineSeries::new(
                 v.iter().map(|&(x, y)| (x.min(xmax), y)),
@@ -179,18 +208,26 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("ricochet-charts-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let groups = vec![
-            ("a".to_string(), vec![("reflect".to_string(), 100.0), ("uring".to_string(), 80.0)]),
-            ("b".to_string(), vec![("reflect".to_string(), 90.0), ("uring".to_string(), 85.0)]),
+            (
+                "a".to_string(),
+                vec![
+                    ("reflect".to_string(), 100.0, 90.0, 110.0),
+                    ("uring".to_string(), 80.0, 80.0, 80.0),
+                ],
+            ),
+            ("b".to_string(), vec![("reflect".to_string(), 90.0, 85.0, 95.0)]),
         ];
-        bars(&dir.join("t.svg"), "throughput", "k/s", &groups).unwrap();
+        bars(&dir.join("t.svg"), "throughput", "answered NACKs/s (thousands)", &groups).unwrap();
         let curve: Vec<CurvePoint> =
             [(0.0, 10.0), (50.0, 20.0), (90.0, 30.0), (99.0, 80.0), (99.9, 200.0), (100.0, 300.0)]
                 .iter()
                 .map(|&(percentile, us)| CurvePoint { percentile, us })
                 .collect();
-        percentiles(&dir.join("l.svg"), "latency", &[("reflect".into(), curve)]).unwrap();
+        percentiles(&dir.join("l.svg"), "latency", "µs", &[("reflect".into(), curve)]).unwrap();
         let svg = std::fs::read_to_string(dir.join("t.svg")).unwrap();
         assert!(svg.starts_with("<svg") && svg.contains("reflect"));
+        assert!(svg.contains("answered NACKs/s (thousands)"));
+        assert_ne!(colour("uring"), colour("epoll"));
         assert!(std::fs::read_to_string(dir.join("l.svg")).unwrap().contains("99%"));
         std::fs::remove_dir_all(dir).unwrap();
     }

@@ -165,6 +165,39 @@ pub struct Stats {
     pub failed_rounds: u64,
     /// Responses for attempts that are over (or unknown).
     pub stray_responses: u64,
+    /// NACKs answered by an ACK (the response that ended the attempt).
+    #[serde(default)]
+    pub answered_ack: u64,
+    /// NACKs answered by a MISS.
+    #[serde(default)]
+    pub answered_miss: u64,
+    /// NACKs answered by a THROTTLED.
+    #[serde(default)]
+    pub answered_throttled: u64,
+    /// NACKs whose frame arrived (a retransmit, usually the unicast copy
+    /// sent just before the ACK) before any response: the attempt ended
+    /// there, and the response, if any, found its socket closed.
+    #[serde(default)]
+    pub frame_first: u64,
+    /// NACKs still waiting for a response when their gap expired or its
+    /// flow restarted.
+    #[serde(default)]
+    pub cut_short: u64,
+}
+
+impl Stats {
+    /// NACKs not yet accounted for by a response, a timeout, the frame
+    /// arriving first or the gap ending: attempts still in flight.
+    pub fn in_flight(&self) -> u64 {
+        self.nacks_sent.saturating_sub(
+            self.answered_ack
+                + self.answered_miss
+                + self.answered_throttled
+                + self.timeouts
+                + self.frame_first
+                + self.cut_short,
+        )
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -315,6 +348,7 @@ impl Recovery {
     /// filled an open gap (else it is a duplicate or was never missing).
     pub fn fill(&mut self, now: u64, hash_key: u64, seq: u64) -> bool {
         let Some(slot) = self.index.remove(&(hash_key, seq)) else { return false };
+        self.stats.frame_first += u64::from(matches!(self.gap(slot).state, State::InFlight(_)));
         let gap = self.release(slot);
         self.stats.filled += 1;
         self.events.push_back(Event::Filled {
@@ -332,6 +366,7 @@ impl Recovery {
         let slots: Vec<u32> =
             self.index.iter().filter(|((k, _), _)| *k == hash_key).map(|(_, &s)| s).collect();
         for &slot in &slots {
+            self.stats.cut_short += u64::from(matches!(self.gap(slot).state, State::InFlight(_)));
             let gap = self.release(slot);
             self.index.remove(&(gap.hash_key, gap.seq));
         }
@@ -358,6 +393,11 @@ impl Recovery {
             // A second response to an attempt already answered.
             self.stats.stray_responses += 1;
             return;
+        }
+        match resp.kind {
+            ResponseKind::Miss => self.stats.answered_miss += 1,
+            ResponseKind::Ack(_) => self.stats.answered_ack += 1,
+            ResponseKind::Throttled { .. } => self.stats.answered_throttled += 1,
         }
         match resp.kind {
             ResponseKind::Miss => {
@@ -396,6 +436,7 @@ impl Recovery {
             }
             match t.kind {
                 Kind::Ttl => {
+                    self.stats.cut_short += u64::from(matches!(gap.state, State::InFlight(_)));
                     let (hash_key, seq) = (gap.hash_key, gap.seq);
                     self.index.remove(&(hash_key, seq));
                     self.release(t.slot);
@@ -610,6 +651,7 @@ mod tests {
         assert!(!r.fill(now + 3 * MS, 7, 42), "a second copy is a duplicate");
         let s = r.stats();
         assert_eq!((s.gaps_opened, s.filled, s.nacks_sent, s.acks_unicast), (1, 1, 1, 1));
+        assert_eq!((s.answered_ack, s.frame_first, s.in_flight()), (1, 0, 0));
     }
 
     #[test]

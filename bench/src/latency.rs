@@ -119,9 +119,10 @@ pub fn curve(h: &Histogram<u64>) -> Vec<CurvePoint> {
 
 /// The histogram as HdrHistogram's `.hgrm` percentile-distribution text
 /// (the format of Java's `outputPercentileDistribution` and what the
-/// HdrHistogram plotter reads), values in milliseconds.
+/// HdrHistogram plotter reads), values in microseconds like every latency
+/// in the JSON results (`p50_us`, `curve[].us`).
 pub fn hgrm(h: &Histogram<u64>) -> String {
-    const SCALE: f64 = 1_000_000.0; // ns → ms
+    const SCALE: f64 = 1_000.0; // ns → µs
     let mut s = String::new();
     let _ = writeln!(
         s,
@@ -215,6 +216,9 @@ mod tests {
         assert!(text.contains("Total count    =        10000"));
         let p = Percentiles::of(&h);
         assert!((p.p50_us - 5_000.0).abs() < 10.0, "{p:?}");
+        // Values in µs, as in the JSON: the maximum, 10 ms, reads 10000.
+        let max: f64 = last_row.split_whitespace().next().unwrap().parse().unwrap();
+        assert!((max - 10_000.0).abs() < 10.0, "{last_row}");
         assert!(!curve(&h).is_empty());
     }
 

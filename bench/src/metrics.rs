@@ -1,9 +1,148 @@
-//! Scraping the engine's `/metrics` (Prometheus text) over plain HTTP/1.1.
+//! Scraping an endpoint's `/metrics` (Prometheus text) over plain
+//! HTTP/1.1, and reading from two scrapes whether answers were rate-limited
+//! or dropped by the kernel ([`Silence`]).
 
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
+use std::str::FromStr;
 use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+
+/// Where an endpoint's Prometheus metrics are: `http://HOST:PORT/PATH`
+/// (`http://` and the path optional: `127.0.0.1:9090` means
+/// `http://127.0.0.1:9090/metrics`; IPv6 as `[::1]:9090`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MetricsUrl {
+    /// The resolved address.
+    pub addr: SocketAddr,
+    /// The request path.
+    pub path: String,
+}
+
+impl FromStr for MetricsUrl {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        if s.starts_with("https://") {
+            return Err(format!("{s:?}: only plain http:// is supported"));
+        }
+        let rest = s.strip_prefix("http://").unwrap_or(s);
+        let (host, path) = match rest.find('/') {
+            Some(i) => (&rest[..i], rest[i..].to_string()),
+            None => (rest, "/metrics".to_string()),
+        };
+        let addr = host
+            .to_socket_addrs()
+            .map_err(|e| format!("{s:?}: {e} (expected http://HOST:PORT/metrics)"))?
+            .next()
+            .ok_or_else(|| format!("{s:?}: resolves to no address"))?;
+        Ok(MetricsUrl { addr, path })
+    }
+}
+
+impl From<SocketAddr> for MetricsUrl {
+    fn from(addr: SocketAddr) -> Self {
+        MetricsUrl { addr, path: "/metrics".into() }
+    }
+}
+
+impl std::fmt::Display for MetricsUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "http://{}{}", self.addr, self.path)
+    }
+}
+
+impl MetricsUrl {
+    /// A scrape, summed per metric (empty on error).
+    pub fn scrape(&self) -> BTreeMap<String, f64> {
+        match http_get(self.addr, &self.path) {
+            Ok((200, body)) => totals(&body),
+            _ => BTreeMap::new(),
+        }
+    }
+}
+
+/// What an endpoint's counters say about answers that never came: NACKs it
+/// refused for its rate limits and datagrams its kernel dropped, between
+/// two scrapes. Names are matched loosely (`*rate_limited*`, `*throttled*`)
+/// so any endpoint exporting such counters is read.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq)]
+pub struct Silence {
+    /// NACKs refused by a rate limit (`*rate_limited*_total`).
+    pub rate_limited: f64,
+    /// THROTTLED responses sent (`*throttled*_total`): refusals that were answered.
+    pub throttled_sent: f64,
+    /// Datagrams the endpoint's kernel dropped at full receive queues
+    /// (`ricochet_kernel_drops_total`, i.e. its sockets' SO_RXQ_OVFL).
+    pub kernel_drops: f64,
+}
+
+impl Silence {
+    /// From counter deltas ([`delta`]).
+    pub fn of(delta: &BTreeMap<String, f64>) -> Self {
+        let sum = |f: &dyn Fn(&str) -> bool| -> f64 {
+            // A fold from +0.0: an empty f64 `sum()` is -0.0, printed "-0".
+            delta.iter().filter(|(k, _)| f(k)).fold(0.0, |acc, (_, v)| acc + v)
+        };
+        Silence {
+            rate_limited: sum(&|k| k.contains("rate_limited") || k.contains("ratelimited")),
+            throttled_sent: sum(&|k| k.contains("throttled")),
+            kernel_drops: sum(&|k| k.contains("kernel_drops")),
+        }
+    }
+
+    /// Refusals that went unanswered (limited but no THROTTLED sent).
+    pub fn silent_refusals(&self) -> f64 {
+        (self.rate_limited - self.throttled_sent).max(0.0)
+    }
+
+    /// A hint explaining `timeouts` from these counters and the load
+    /// generator's own socket drops (`local_drops`, SO_RXQ_OVFL), or None
+    /// when nothing needs explaining. `scraped`: whether the endpoint's
+    /// counters were read at all.
+    pub fn explain(&self, timeouts: u64, local_drops: u64, scraped: bool) -> Option<String> {
+        let mut parts = vec![];
+        if self.rate_limited > 0.0 {
+            parts.push(format!(
+                "the endpoint rate-limited {:.0} NACKs ({:.0} answered THROTTLED, {:.0} dropped silently) — \
+                 raise its limits (ricochet: --rl-ip-rate, --rl-chain-rate, …) or send fewer",
+                self.rate_limited,
+                self.throttled_sent.min(self.rate_limited),
+                self.silent_refusals()
+            ));
+        }
+        if self.kernel_drops > 0.0 {
+            parts.push(format!(
+                "the endpoint's kernel dropped {:.0} datagrams at full receive queues",
+                self.kernel_drops
+            ));
+        }
+        if local_drops > 0 {
+            parts.push(format!(
+                "this load generator's sockets dropped {local_drops} answers at full receive queues (SO_RXQ_OVFL)"
+            ));
+        }
+        if timeouts == 0 && parts.is_empty() {
+            return None;
+        }
+        if parts.is_empty() {
+            return Some(if scraped {
+                format!(
+                    "{timeouts} NACKs got no answer, and neither the endpoint's counters nor this \
+                     load generator's sockets show a rate limit or a drop"
+                )
+            } else {
+                format!(
+                    "{timeouts} NACKs got no answer; give --metrics URL to tell rate-limit refusals \
+                     and kernel drops at the endpoint from real timeouts"
+                )
+            });
+        }
+        Some(parts.join("; "))
+    }
+}
 
 /// GET `path` from `addr`: (status, body).
 pub fn http_get(addr: SocketAddr, path: &str) -> std::io::Result<(u16, String)> {
@@ -59,10 +198,10 @@ pub fn delta(
 
 /// Polls `metric` (summed) until it reaches `target` or `timeout` passes;
 /// returns the last value seen.
-pub fn wait_for(addr: SocketAddr, metric: &str, target: f64, timeout: Duration) -> f64 {
+pub fn wait_for(url: &MetricsUrl, metric: &str, target: f64, timeout: Duration) -> f64 {
     let deadline = Instant::now() + timeout;
     loop {
-        let v = scrape(addr).get(metric).copied().unwrap_or(0.0);
+        let v = url.scrape().get(metric).copied().unwrap_or(0.0);
         if v >= target || Instant::now() >= deadline {
             return v;
         }
@@ -87,5 +226,37 @@ mod tests {
         let d = delta(&t, &later);
         assert_eq!(d.len(), 1);
         assert_eq!(d["a_total"], 5.0);
+    }
+
+    #[test]
+    fn metrics_urls_parse() {
+        let u: MetricsUrl = "http://127.0.0.1:9090/metrics".parse().unwrap();
+        assert_eq!((u.addr, u.path.as_str()), ("127.0.0.1:9090".parse().unwrap(), "/metrics"));
+        let u: MetricsUrl = "[::1]:9090".parse().unwrap();
+        assert_eq!((u.addr, u.path.as_str()), ("[::1]:9090".parse().unwrap(), "/metrics"));
+        assert_eq!(u.to_string(), "http://[::1]:9090/metrics");
+        assert!("https://x:1/metrics".parse::<MetricsUrl>().is_err());
+    }
+
+    #[test]
+    fn silence_tells_rate_limits_from_kernel_drops() {
+        let d: BTreeMap<String, f64> = [
+            ("ricochet_rate_limited_ip_total", 10.0),
+            ("ricochet_rate_limited_chain_total", 5.0),
+            ("ricochet_throttled_sent_total", 4.0),
+            ("ricochet_kernel_drops_total", 2.0),
+            ("ricochet_nacks_total", 100.0),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect();
+        let s = Silence::of(&d);
+        assert_eq!((s.rate_limited, s.throttled_sent, s.kernel_drops), (15.0, 4.0, 2.0));
+        assert_eq!(s.silent_refusals(), 11.0);
+        let h = s.explain(11, 3, true).unwrap();
+        assert!(h.contains("rate-limited 15") && h.contains("kernel dropped 2"), "{h}");
+        assert!(h.contains("dropped 3 answers"), "{h}");
+        assert_eq!(Silence::default().explain(0, 0, true), None);
+        assert!(Silence::default().explain(5, 0, false).unwrap().contains("--metrics"));
     }
 }

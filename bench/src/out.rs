@@ -250,6 +250,16 @@ pub struct Machine {
 }
 
 impl Machine {
+    /// The 1/5/15-minute load averages now.
+    pub fn loadavg_now() -> String {
+        std::fs::read_to_string("/proc/loadavg")
+            .unwrap_or_default()
+            .split_whitespace()
+            .take(3)
+            .collect::<Vec<_>>()
+            .join(" ")
+    }
+
     /// Reads /proc now.
     pub fn describe() -> Self {
         let read = |p: &str| std::fs::read_to_string(p).unwrap_or_default();
@@ -272,7 +282,7 @@ impl Machine {
             cpu_model,
             kernel: read("/proc/sys/kernel/osrelease").trim().to_string(),
             mem_mib,
-            loadavg: read("/proc/loadavg").split_whitespace().take(3).collect::<Vec<_>>().join(" "),
+            loadavg: Machine::loadavg_now(),
             rmem_max: read("/proc/sys/net/core/rmem_max").trim().parse().unwrap_or(0),
             busy_processes: busy_processes(),
         }

@@ -11,7 +11,7 @@ use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
 use crate::charts;
-use crate::cmd::bench::{Micro, SystemResult, WorkloadFile, today};
+use crate::cmd::bench::{Micro, SystemResult, WorkloadFile, spread, today};
 use crate::out::{self, Machine};
 
 /// `report` options.
@@ -129,6 +129,12 @@ struct Target {
     met: Option<bool>,
 }
 
+/// A ratio goal as the report writes it: `1/1.2` stays a fraction.
+fn goal_text(goal: f64, at_least: bool) -> String {
+    let g = if (goal - 1.0 / 1.2).abs() < 1e-9 { "1/1.2".to_string() } else { format!("{goal}") };
+    format!("{} {g}×", if at_least { "≥" } else { "≤" })
+}
+
 fn ratio_target(
     name: &str,
     num: Option<(f64, String)>,
@@ -143,7 +149,7 @@ fn ratio_target(
                 name: name.into(),
                 measured: format!("{nt} vs {dt}"),
                 ratio: Some(r),
-                goal: format!("{} {goal}×", if at_least { "≥" } else { "≤" }),
+                goal: goal_text(goal, at_least),
                 met: Some(if at_least { r >= goal } else { r <= goal }),
             }
         }
@@ -151,7 +157,7 @@ fn ratio_target(
             name: name.into(),
             measured: "no result (see the workload's error)".into(),
             ratio: None,
-            goal: format!("{} {goal}×", if at_least { "≥" } else { "≤" }),
+            goal: goal_text(goal, at_least),
             met: None,
         },
     }
@@ -165,9 +171,54 @@ fn status(t: &Target) -> &'static str {
     }
 }
 
+/// "median (min–max)" of `v` formatted by `fmt`.
+fn fmt_spread(v: &[f64], fmt: impl Fn(f64) -> String) -> String {
+    match spread(v) {
+        Some((m, lo, hi)) if v.len() > 1 => format!("{} ({}–{})", fmt(m), fmt(lo), fmt(hi)),
+        Some((m, ..)) => fmt(m),
+        None => "—".into(),
+    }
+}
+
+/// Answered NACKs/s of every storm run of `s`.
+fn storm_runs(f: Option<&WorkloadFile>, s: &str) -> Vec<f64> {
+    sys(f, s).map_or(vec![], |r| {
+        if r.storms.is_empty() {
+            r.nack.iter().map(|n| n.throughput).collect()
+        } else {
+            r.storms.iter().map(|x| x.nack.throughput).collect()
+        }
+    })
+}
+
+/// Median answered NACKs/s over the storm runs.
 fn tput(f: Option<&WorkloadFile>, s: &str) -> Option<(f64, String)> {
-    let t = sys(f, s)?.nack.as_ref()?.throughput;
-    Some((t, k(t)))
+    let v = storm_runs(f, s);
+    let (m, ..) = spread(&v)?;
+    Some((m, fmt_spread(&v, k)))
+}
+
+/// Server CPU µs per answered NACK of every fixed-rate run of `s` at `rate`.
+fn cpu_runs(f: Option<&WorkloadFile>, s: &str, rate: f64) -> Vec<f64> {
+    sys(f, s).map_or(vec![], |r| {
+        r.fixed.iter().filter(|x| x.rate == rate).filter_map(|x| x.cpu_us_per_nack).collect()
+    })
+}
+
+fn cpu(f: Option<&WorkloadFile>, s: &str, rate: f64) -> Option<(f64, String)> {
+    let v = cpu_runs(f, s, rate);
+    let (m, ..) = spread(&v)?;
+    Some((m, fmt_spread(&v, |x| format!("{x:.2} µs"))))
+}
+
+/// The fixed rates present in `f`, ascending.
+fn rates_of(f: Option<&WorkloadFile>) -> Vec<f64> {
+    let mut v: Vec<f64> = f.map_or(vec![], |f| {
+        f.systems.iter().flat_map(|s| s.fixed.iter().map(|x| x.rate)).collect()
+    });
+    v.sort_by(f64::total_cmp);
+    v.dedup();
+    v
 }
 
 fn ingest_rate(f: Option<&WorkloadFile>, s: &str) -> Option<(f64, String)> {
@@ -181,9 +232,16 @@ fn ingest_rate(f: Option<&WorkloadFile>, s: &str) -> Option<(f64, String)> {
     Some((v, k(v)))
 }
 
-fn p99(f: Option<&WorkloadFile>, s: &str) -> Option<(f64, String)> {
-    let l = sys(f, s)?.nack.as_ref()?.latency;
-    (l.count > 0).then(|| (l.p99_us, us(l.p99_us)))
+/// Median p99 over the fixed-rate runs of `s` at `rate`.
+fn p99(f: Option<&WorkloadFile>, s: &str, rate: f64) -> Option<(f64, String)> {
+    let v: Vec<f64> = sys(f, s)?
+        .fixed
+        .iter()
+        .filter(|x| x.rate == rate && x.nack.latency.count > 0)
+        .map(|x| x.nack.latency.p99_us)
+        .collect();
+    let (m, ..) = spread(&v)?;
+    Some((m, fmt_spread(&v, us)))
 }
 
 /// Runs `report`.
@@ -211,12 +269,11 @@ pub fn run(a: ReportArgs) -> Result<(), String> {
     }
     let (date, files) = load(&a.results, a.date.as_deref())?;
     let get = |w: &str| files.get(w);
-    let (fa, fb, fc, fd, fe, fm, fmicro) = (
+    let (fa, fb, fc, fd, fm, fmicro) = (
         get("nack-unicast"),
         get("nack-multicast"),
         get("ingest"),
         get("gapfill"),
-        get("latency"),
         get("memory"),
         get("micro"),
     );
@@ -226,51 +283,66 @@ pub fn run(a: ReportArgs) -> Result<(), String> {
     std::fs::create_dir_all(&charts_dir).map_err(|e| e.to_string())?;
 
     // ── targets ──
-    let mut targets = vec![
-        ratio_target(
-            "(a) NACK throughput, io_uring vs reflect (unicast + ACK)",
-            tput(fa, "uring"),
-            tput(fa, "reflect"),
-            0.8,
-            true,
-        ),
-        ratio_target(
-            "(b) NACK throughput, io_uring vs reflect (multicast + ACK)",
+    // Issue 14: CPU per answered NACK at fixed rates against the fair
+    // reflector (frame + ACK) and its GSO variant, unicast and multicast.
+    // A target whose systems were not run (a --quick run, --backends,
+    // --workloads) is left out; one whose run failed says "no result".
+    let ran = |f: Option<&WorkloadFile>, s: &str| sys(f, s).is_some();
+    let mut targets = vec![];
+    for (f, label) in [(fa, "(a) unicast"), (fb, "(b) multicast")] {
+        for rate in rates_of(f) {
+            for base in ["reflect", "reflect-gso"] {
+                if !ran(f, "uring") || !ran(f, base) {
+                    continue;
+                }
+                targets.push(ratio_target(
+                    &format!(
+                        "{label}: CPU per answered NACK at {}, uring vs {base} (frame + ACK)",
+                        k(rate)
+                    ),
+                    cpu(f, "uring", rate),
+                    cpu(f, base, rate),
+                    1.0 / 1.2,
+                    false,
+                ));
+            }
+        }
+    }
+    if ran(fa, "uring") && ran(fb, "uring") {
+        targets.push(ratio_target(
+            "answered NACKs/s, multicast vs unicast retransmit (uring, closed loop)",
             tput(fb, "uring"),
-            tput(fb, "reflect"),
-            0.8,
-            true,
-        ),
-        ratio_target(
-            "(a) NACK throughput, io_uring vs epoll",
             tput(fa, "uring"),
-            tput(fa, "epoll"),
-            1.0,
+            0.95,
             true,
-        ),
-        ratio_target(
-            "(b) NACK throughput, io_uring vs epoll",
-            tput(fb, "uring"),
-            tput(fb, "epoll"),
-            1.0,
-            true,
-        ),
-        ratio_target(
-            "(c) ingest, io_uring vs recvmmsg sink",
-            ingest_rate(fc, "uring"),
-            ingest_rate(fc, "sink"),
-            0.9,
-            true,
-        ),
-        ratio_target(
-            "(c) ingest, epoll vs recvmmsg sink",
-            ingest_rate(fc, "epoll"),
-            ingest_rate(fc, "sink"),
-            0.9,
-            true,
-        ),
-    ];
+        ));
+    }
+    for (f, label) in [(fa, "(a)"), (fb, "(b)")] {
+        if ran(f, "uring") && ran(f, "epoll") {
+            targets.push(ratio_target(
+                &format!("{label} answered NACKs/s, io_uring vs epoll (closed loop)"),
+                tput(f, "uring"),
+                tput(f, "epoll"),
+                1.0,
+                true,
+            ));
+        }
+    }
     for b in ["uring", "epoll"] {
+        if ran(fc, b) && ran(fc, "sink") {
+            targets.push(ratio_target(
+                &format!("(c) ingest, {b} vs recvmmsg sink"),
+                ingest_rate(fc, b),
+                ingest_rate(fc, "sink"),
+                0.9,
+                true,
+            ));
+        }
+    }
+    for b in ["uring", "epoll"] {
+        if !ran(fc, b) {
+            continue;
+        }
         let r = sys(fc, b).and_then(|s| s.publish80.as_ref());
         targets.push(match r {
             Some(p) => Target {
@@ -294,36 +366,52 @@ pub fn run(a: ReportArgs) -> Result<(), String> {
             },
         });
     }
-    for b in ["uring", "epoll"] {
-        targets.push(ratio_target(
-            &format!("(e) p99 latency at 50% load, {b} vs reflect"),
-            p99(fe, b),
-            p99(fe, "reflect"),
-            2.0,
-            false,
-        ));
+    // (e): latency at the same absolute rate for every system.
+    for rate in rates_of(fa) {
+        for b in ["uring", "epoll"] {
+            if sys(fa, b).is_none() {
+                continue;
+            }
+            targets.push(ratio_target(
+                &format!("(e) p99 NACK→ACK latency at {}, {b} vs reflect", k(rate)),
+                p99(fa, b, rate),
+                p99(fa, "reflect", rate),
+                2.0,
+                false,
+            ));
+        }
     }
     let mem = sys(fm, "cache").and_then(|s| s.memory.as_ref());
-    targets.push(match mem {
+    let mem_runs: Vec<f64> = sys(fm, "cache")
+        .map_or(vec![], |s| s.memories.iter().map(|m| m.overhead_per_frame).collect());
+    targets.extend(fm.map(|_| match mem {
         Some(m) => Target {
             name: "cache overhead per frame beyond its bytes".into(),
             measured: format!(
-                "{:.1} B (after malloc_trim {:.1} B)",
-                m.overhead_per_frame, m.overhead_per_frame_trimmed
+                "{} (after malloc_trim {:.1} B)",
+                if mem_runs.len() > 1 {
+                    fmt_spread(&mem_runs, |x| format!("{x:.1} B"))
+                } else {
+                    format!("{:.1} B", m.overhead_per_frame)
+                },
+                m.overhead_per_frame_trimmed
             ),
             ratio: None,
-            goal: "≤ 64 B".into(),
-            met: Some(m.overhead_per_frame <= 64.0),
+            goal: "≤ 32 B".into(),
+            met: Some(m.overhead_per_frame <= 32.0),
         },
         None => Target {
             name: "cache overhead per frame".into(),
             measured: "no result".into(),
             ratio: None,
-            goal: "≤ 64 B".into(),
+            goal: "≤ 32 B".into(),
             met: None,
         },
-    });
+    }));
     for b in ["uring", "epoll"] {
+        if !ran(fd, b) {
+            continue;
+        }
         let l = sys(fd, b).and_then(|s| s.lab.as_ref());
         targets.push(match l {
             Some(l) => Target {
@@ -348,49 +436,107 @@ pub fn run(a: ReportArgs) -> Result<(), String> {
         });
     }
 
-    // ── charts ──
-    let mut groups = vec![];
-    for (label, f) in [("(a) unicast+ACK", fa), ("(b) multicast+ACK", fb)] {
+    // ── charts ── one unit per axis; colours fixed per system (charts::colour).
+    let bar = |name: &str, v: &[f64], scale: f64| -> Option<charts::Bar> {
+        let (m, lo, hi) = spread(v)?;
+        Some((name.to_string(), m * scale, lo * scale, hi * scale))
+    };
+    let mut chart_files: Vec<(&str, &str)> = vec![];
+    // Draws a bar chart if it has bars, and lists it for the report.
+    let mut bar_chart = |file: &'static str,
+                         alt: &'static str,
+                         title: &str,
+                         unit: &str,
+                         groups: &[(String, Vec<charts::Bar>)]|
+     -> Result<(), String> {
+        if groups.iter().any(|g| !g.1.is_empty()) {
+            charts::bars(&charts_dir.join(file), title, unit, groups)?;
+            chart_files.push((file, alt));
+        }
+        Ok(())
+    };
+    let mut storm_groups = vec![];
+    for (label, f) in [("(a) unicast + ACK", fa), ("(b) multicast + ACK", fb)] {
         if let Some(f) = f {
-            let v: Vec<(String, f64)> = f
+            let v: Vec<charts::Bar> = f
                 .systems
                 .iter()
-                .filter_map(|s| Some((s.system.clone(), s.nack.as_ref()?.throughput / 1e3)))
+                .filter_map(|s| bar(&s.system, &storm_runs(Some(f), &s.system), 1e-3))
                 .collect();
-            groups.push((label.to_string(), v));
+            storm_groups.push((label.to_string(), v));
         }
     }
+    bar_chart(
+        "throughput.svg",
+        "Answered NACKs per second per system",
+        "NACK storm, closed loop: answered NACKs per second (median, min–max)",
+        "answered NACKs/s (thousands)",
+        &storm_groups,
+    )?;
+    let mut cpu_groups = vec![];
+    for (label, f) in [("(a)", fa), ("(b)", fb)] {
+        for rate in rates_of(f) {
+            let v: Vec<charts::Bar> = f
+                .map_or(&[][..], |f| &f.systems[..])
+                .iter()
+                .filter_map(|s| bar(&s.system, &cpu_runs(f, &s.system, rate), 1.0))
+                .collect();
+            cpu_groups.push((format!("{label} {}", k(rate)), v));
+        }
+    }
+    bar_chart(
+        "cpu.svg",
+        "Server CPU per answered NACK at fixed rates",
+        "Server CPU per answered NACK at fixed NACK rates (median, min–max)",
+        "CPU µs per answered NACK",
+        &cpu_groups,
+    )?;
     if let Some(f) = fc {
-        let v: Vec<(String, f64)> = f
+        let v: Vec<charts::Bar> = f
             .systems
             .iter()
-            .filter_map(|s| Some((s.system.clone(), ingest_rate(Some(f), &s.system)?.0 / 1e3)))
+            .filter_map(|s| {
+                let runs = if s.ingest_runs.is_empty() {
+                    ingest_rate(Some(f), &s.system).map(|x| vec![x.0]).unwrap_or_default()
+                } else {
+                    s.ingest_runs.clone()
+                };
+                bar(&s.system, &runs, 1e-3)
+            })
             .collect();
-        groups.push(("(c) ingest".to_string(), v));
-    }
-    let mut chart_files = vec![];
-    if !groups.is_empty() {
-        charts::bars(
-            &charts_dir.join("throughput.svg"),
-            "Throughput, one core (thousands per second)",
-            "k/s",
-            &groups,
+        bar_chart(
+            "ingest.svg",
+            "Frames ingested per second",
+            "Ingest at the maximum publish rate (median, min–max)",
+            "frames cached or received/s (thousands)",
+            &[("(c) ingest".to_string(), v)],
         )?;
-        chart_files.push(("throughput.svg", "Throughput per workload and system"));
     }
-    if let Some(f) = fe {
+    // Latency at one fixed rate (the middle one): the same absolute rate for all.
+    let rates_a = rates_of(fa);
+    if let (Some(f), Some(&rate)) = (fa, rates_a.get(rates_a.len().saturating_sub(1) / 2)) {
         let curves: Vec<_> = f
             .systems
             .iter()
-            .filter_map(|s| Some((s.system.clone(), s.nack.as_ref()?.curve.clone())))
+            .filter_map(|s| {
+                let runs: Vec<&crate::cmd::bench::FixedRun> =
+                    s.fixed.iter().filter(|x| x.rate == rate).collect();
+                let p99s: Vec<f64> = runs.iter().map(|x| x.nack.latency.p99_us).collect();
+                let mid = runs.get(crate::cmd::bench::median_index(&p99s)?)?;
+                Some((s.system.clone(), mid.nack.curve.clone()))
+            })
             .collect();
         if !curves.is_empty() {
             charts::percentiles(
                 &charts_dir.join("latency.svg"),
-                "NACK→ACK latency at 50% of each system's max (CO-corrected)",
+                &format!(
+                    "NACK→ACK latency at {} NACK/s, every system (CO-corrected, median run)",
+                    k(rate)
+                ),
+                "µs",
                 &curves,
             )?;
-            chart_files.push(("latency.svg", "Latency percentile curves at 50% load"));
+            chart_files.push(("latency.svg", "Latency percentile curves at one fixed rate"));
         }
     }
     if let Some(f) = fd {
@@ -403,6 +549,7 @@ pub fn run(a: ReportArgs) -> Result<(), String> {
             charts::percentiles(
                 &charts_dir.join("gapfill.svg"),
                 "Gap fill latency from detection (includes 0–200 ms NACK jitter)",
+                "ms",
                 &curves,
             )?;
             chart_files.push(("gapfill.svg", "Gap-fill latency percentile curves"));
@@ -431,7 +578,15 @@ pub fn run(a: ReportArgs) -> Result<(), String> {
         "| net.core.rmem_max | {} B (every socket asks for 8 MiB; the kernel grants at most this) |",
         m.rmem_max
     );
+    let _ = writeln!(w, "| online CPUs (`nproc`) | {} |", m.nproc);
     let _ = writeln!(w, "| load average at start | {} |", m.loadavg);
+    for f in files.values().filter(|f| !f.loadavg_end.is_empty()) {
+        let _ = writeln!(
+            w,
+            "| load average, {} | {} before → {} after ({} runs of each figure, interleaved) |",
+            f.workload, f.machine.loadavg, f.loadavg_end, f.runs
+        );
+    }
     let busy = if m.busy_processes.is_empty() {
         "none above 5%".to_string()
     } else {
@@ -477,10 +632,11 @@ pub fn run(a: ReportArgs) -> Result<(), String> {
     // (a) and (b)
     for (f, label) in [(fa, "a"), (fb, "b")] {
         let Some(f) = f else { continue };
-        let _ = writeln!(w, "## ({label}) {}\n", f.title);
+        let runs = f.runs.max(1);
+        let _ = writeln!(w, "## ({label}) {} — closed loop, window 256\n", f.title);
         let _ = writeln!(
             w,
-            "| system | answered/s | NACKs | ACKs | unicast frames (bad bytes) | timeouts | p50 | p99 | engine datagrams sent per NACK |\n|---|---|---|---|---|---|---|---|---|"
+            "| system | answered NACKs/s, median (min–max) | server CPU per answered NACK | NACKs | ACKs | frames unicast / multicast at the group receiver (bad bytes) | unanswered (rate-limited / dropped by a kernel) | p50 | p99 | datagrams sent per NACK |\n|---|---|---|---|---|---|---|---|---|---|"
         );
         for s in &f.systems {
             match (&s.nack, &s.error) {
@@ -490,25 +646,35 @@ pub fn run(a: ReportArgs) -> Result<(), String> {
                         .get("ricochet_sent_total")
                         .zip(n.engine.get("ricochet_nacks_total"))
                         .map(|(s, n)| s / n.max(1.0));
+                    let cpu: Vec<f64> = s.storms.iter().filter_map(|x| x.cpu_us_per_nack).collect();
+                    let silence = n.silence.unwrap_or_default();
                     let _ = writeln!(
                         w,
-                        "| {} | {} | {} | {} | {} ({}) | {} | {} | {} | {} |",
+                        "| {} | {} | {} | {} | {} | {} / {} ({}) | {} ({:.0} / {:.0}+{}) | {} | {} | {} |",
                         s.system,
-                        k(n.throughput),
+                        fmt_spread(&storm_runs(Some(f), &s.system), k),
+                        fmt_spread(&cpu, |x| format!("{x:.2} µs")),
                         n.sent,
                         n.acks,
                         n.unicast_frames,
-                        n.unicast_bad,
+                        n.multicast_frames.map_or("—".into(), |m| m.to_string()),
+                        n.unicast_bad + n.multicast_bad,
                         n.timeouts,
+                        silence.rate_limited,
+                        silence.kernel_drops,
+                        n.local_drops,
                         us(n.latency.p50_us),
                         us(n.latency.p99_us),
-                        per.map(|p| format!("{p:.2}")).unwrap_or_else(|| "1 (reflect)".into())
+                        per.map(|p| format!("{p:.2}")).unwrap_or_else(|| match s.system.as_str() {
+                            "echo" => "1 (16-byte echo)".into(),
+                            _ => "2 (frame + ACK)".into(),
+                        })
                     );
                 }
                 (None, Some(e)) => {
                     let _ = writeln!(
                         w,
-                        "| {} | error: {} | | | | | | | |",
+                        "| {} | error: {} | | | | | | | | |",
                         s.system,
                         e.lines().next().unwrap_or("")
                     );
@@ -518,51 +684,60 @@ pub fn run(a: ReportArgs) -> Result<(), String> {
         }
         let _ = writeln!(
             w,
-            "\nClosed loop: 8 listener sockets keep 256 NACKs outstanding, so answered/s is the sustained rate and \
-             the latencies include queueing behind the window. Prefill of {} frames of 392 B over 8 flows, each \
-             byte-checked when it comes back by unicast.\n",
+            "\n{runs} runs per system, interleaved (run 1 of every system, then run 2, …); the row's other columns \
+             are from the run with the median throughput. Closed loop: 8 listener sockets keep 256 NACKs \
+             outstanding, so answered/s is the sustained rate and the latencies include queueing behind the \
+             window. Prefill of {} frames of 392 B over 8 flows, each byte-checked when it comes back. `reflect` \
+             answers with the same datagrams as the engine (frame + ACK) and no logic; `reflect-gso` sends each \
+             same-destination run as one UDP GSO message; `echo` answers with one 16-byte datagram and is a kernel \
+             figure only. CPU is the server process's own time (all threads, schedstat) over the phase divided by \
+             the NACKs answered in it; on loopback it includes the kernel's delivery to the receiving socket, \
+             for every system alike. Unanswered: NACKs with no answer within 1 s; in brackets the endpoint's \
+             rate-limit refusals and kernel drops (its `/metrics`) and the load generator's own socket drops \
+             (SO_RXQ_OVFL).\n",
             f.systems.iter().find_map(|s| s.nack.as_ref().map(|n| n.prefill)).unwrap_or(0)
         );
-    }
-
-    if let Some(f) = fe {
-        let _ = writeln!(w, "## (e) {}\n", f.title);
-        let _ = writeln!(
-            w,
-            "| system | rate | answered | timeouts | p50 | p90 | p99 | p99.9 | max | p99 uncorrected |\n|---|---|---|---|---|---|---|---|---|---|"
-        );
-        for s in &f.systems {
-            if let Some(n) = &s.nack {
-                let l = n.latency;
-                let _ = writeln!(
-                    w,
-                    "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
-                    s.system,
-                    k(n.rate_target.unwrap_or(0.0)),
-                    n.completed,
-                    n.timeouts,
-                    us(l.p50_us),
-                    us(l.p90_us),
-                    us(l.p99_us),
-                    us(l.p999_us),
-                    us(l.max_us),
-                    us(n.latency_uncorrected.p99_us)
-                );
-            } else if let Some(e) = &s.error {
-                let _ = writeln!(
-                    w,
-                    "| {} | error: {} | | | | | | | | |",
-                    s.system,
-                    e.lines().next().unwrap_or("")
-                );
+        // Fixed rates: the same absolute rate for every system.
+        let rates = rates_of(Some(f));
+        if !rates.is_empty() {
+            let _ = writeln!(
+                w,
+                "### ({label}) at fixed rates (open loop, the same rate for every system)\n\n\
+                 | rate | system | server CPU per answered NACK, median (min–max) | p50 | p99 | p99.9 | answered | unanswered |\n|---|---|---|---|---|---|---|---|"
+            );
+            for &rate in &rates {
+                for s in &f.systems {
+                    let runs: Vec<&crate::cmd::bench::FixedRun> =
+                        s.fixed.iter().filter(|x| x.rate == rate).collect();
+                    if runs.is_empty() {
+                        continue;
+                    }
+                    let lat = |g: &dyn Fn(&crate::cmd::bench::FixedRun) -> f64| -> String {
+                        let v: Vec<f64> = runs.iter().map(|x| g(x)).collect();
+                        fmt_spread(&v, us)
+                    };
+                    let _ = writeln!(
+                        w,
+                        "| {} | {} | {} | {} | {} | {} | {} | {} |",
+                        k(rate),
+                        s.system,
+                        fmt_spread(&cpu_runs(Some(f), &s.system, rate), |x| format!("{x:.2} µs")),
+                        lat(&|x| x.nack.latency.p50_us),
+                        lat(&|x| x.nack.latency.p99_us),
+                        lat(&|x| x.nack.latency.p999_us),
+                        runs.iter().map(|x| x.nack.completed).sum::<u64>(),
+                        runs.iter().map(|x| x.nack.timeouts).sum::<u64>(),
+                    );
+                }
             }
+            let _ = writeln!(
+                w,
+                "\nOpen loop: NACKs leave on a fixed schedule whatever the answers do; latency is measured from each \
+                 NACK's intended send time (corrected for coordinated omission), in µs here, in the JSON \
+                 (`*_us`) and in `.hgrm` files (`ricochet-loadgen nack --hgrm FILE`). Latency columns: median \
+                 over the runs (min–max).\n"
+            );
         }
-        let _ = writeln!(
-            w,
-            "\nOpen loop: NACKs leave on a fixed schedule whatever the answers do; latency is measured from each \
-             NACK's intended send time (corrected for coordinated omission). `.hgrm` files can be made with \
-             `ricochet-loadgen nack --hgrm FILE`.\n"
-        );
     }
 
     if let Some(f) = fc {
@@ -608,7 +783,7 @@ pub fn run(a: ReportArgs) -> Result<(), String> {
         let _ = writeln!(w, "## (d) {}\n", f.title);
         let _ = writeln!(
             w,
-            "| system | frames | dropped on purpose | gaps | filled | abandoned / expired / open | fill p50 | fill p99 | NACK→fill p50 | NACK→fill p99 | NACKs | ACK / MISS / THROTTLED / timeouts |\n|---|---|---|---|---|---|---|---|---|---|---|---|"
+            "| system | frames | dropped on purpose | gaps | filled | abandoned / expired / open | fill p50 | fill p99 | NACK→fill p50, median (min–max) | NACK→fill p99 | NACKs | answered ACK / MISS / THROTTLED | timeout | frame first | cut short / in flight |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
         );
         for s in &f.systems {
             if let Some(l) = &s.lab {
@@ -616,7 +791,7 @@ pub fn run(a: ReportArgs) -> Result<(), String> {
                 let c = &l.listener.counts;
                 let _ = writeln!(
                     w,
-                    "| {} | {} | {} | {} | {} | {} / {} / {} | {} | {} | {} | {} | {} | {} / {} / {} / {} |",
+                    "| {} | {} | {} | {} | {} | {} / {} / {} | {} | {} | {} | {} | {} | {} / {} / {} | {} | {} | {} / {} |",
                     s.system,
                     l.frames_published,
                     c.dropped_on_purpose,
@@ -627,13 +802,19 @@ pub fn run(a: ReportArgs) -> Result<(), String> {
                     l.listener.open_at_end,
                     us(l.listener.fill_latency.p50_us),
                     us(l.listener.fill_latency.p99_us),
-                    us(l.listener.nack_to_fill.p50_us),
+                    fmt_spread(
+                        &s.labs.iter().map(|l| l.listener.nack_to_fill.p50_us).collect::<Vec<_>>(),
+                        us
+                    ),
                     us(l.listener.nack_to_fill.p99_us),
                     r.nacks_sent,
-                    r.acks,
-                    r.misses,
-                    r.throttled,
-                    r.timeouts
+                    r.answered_ack,
+                    r.answered_miss,
+                    r.answered_throttled,
+                    r.timeouts,
+                    r.frame_first,
+                    r.cut_short,
+                    r.in_flight()
                 );
             } else if let Some(e) = &s.error {
                 let _ = writeln!(
@@ -650,7 +831,11 @@ pub fn run(a: ReportArgs) -> Result<(), String> {
              first NACK (which dominates fill latency from detection), 300 ms per attempt, MISS → next endpoint at \
              once, THROTTLED → hold 125 ms << bucket, timeouts back off from 500 ms to 5 s, at most 5 failed rounds. \
              A gap closes only when the frame's bytes arrive (the reference closes on an ACK). The engine keeps the \
-             reference's default rate limits here.\n"
+             reference's default rate limits here. Every NACK is accounted for: answered (the response that ended \
+             its attempt), timeout, \"frame first\" (the retransmitted frame — the unicast copy the engine sends \
+             just before the ACK — arrived before any response, which closed the gap and the attempt's socket, so \
+             the ACK was never read), cut short (the gap expired while the NACK waited) or still in flight at the \
+             end; the columns add up to NACKs. The row is the run with the median NACK→fill p50.\n"
         );
     }
 
@@ -771,18 +956,20 @@ fn explain(t: &Target, files: &BTreeMap<String, WorkloadFile>) -> String {
     if t.met.is_none() {
         return "the workload produced no number; its error is in the table above.".into();
     }
-    let per_nack = |w: &str, s: &str| -> Option<f64> {
-        let e = &files.get(w)?.systems.iter().find(|x| x.system == s)?.nack.as_ref()?.engine;
-        Some(e.get("ricochet_sent_total")? / e.get("ricochet_nacks_total")?.max(1.0))
-    };
-    if n.contains("vs reflect") && n.contains("throughput") {
-        let w = if n.starts_with("(a)") { "nack-unicast" } else { "nack-multicast" };
-        return format!(
-            "the engine sends {} datagrams per NACK (retransmit + ACK; `reflect` sends one 16-byte reply), and on \
-             loopback every datagram pays the kernel's whole send and receive path (the design notes measure ~6 µs \
-             per datagram), so the engine's floor is about that many times the reflector's per-NACK kernel cost.",
-            per_nack(w, "uring").map(|p| format!("{p:.2}")).unwrap_or_else(|| "more".into())
-        );
+    if n.contains("CPU per answered NACK") {
+        return "the engine and the reflector hand the kernel the same datagrams (frame + ACK per NACK), and on \
+                loopback the kernel's per-datagram send and receive path dominates both, so the engine can only \
+                lead by making fewer kernel crossings than a recvmmsg/sendmmsg loop: GSO for every \
+                same-destination run (what `reflect-gso` does, and what its figure is worth), batched \
+                completions with a bounded wait, multishot receive. The engine's own work per NACK (parse, \
+                limiter, cache lookup, steering) is tens of ns in the micro-benchmarks below."
+            .into();
+    }
+    if n.contains("multicast vs unicast") {
+        return "the multicast path loses where retransmits go to different groups: each group is its own \
+                destination, so same-destination runs (and GSO) break at every group change, and loopback \
+                delivers each multicast datagram to every joined socket."
+            .into();
     }
     if n.contains("vs epoll") {
         return "both back ends hand the kernel the same datagrams, so the gap is in the submission path: one \
@@ -815,16 +1002,17 @@ fn explain(t: &Target, files: &BTreeMap<String, WorkloadFile>) -> String {
             .into();
     }
     if n.contains("p99") {
-        return "the engine's answer is two datagrams (retransmit then ACK), so the ACK waits behind the \
-                retransmit's trip through the stack; bursts of the shared machine's other load land in the tail."
+        return "both answer with two datagrams (retransmit then ACK) at the same rate, so the difference is in \
+                how long a NACK waits for its batch; bursts of the shared machine's other load land in the tail \
+                (see the min–max over the runs)."
             .into();
     }
     if n.contains("overhead") {
         return "the cache's own bookkeeping is the 56 bytes it charges itself (40-byte log slot + 16-byte FIFO \
                 entry); the rest is glibc malloc's cost for the frame's own 300-byte allocation (an 8-byte chunk \
                 header plus rounding to 16 bytes: a 320-byte chunk, +20 B) and the per-flow logs' VecDeque growth \
-                slack (about 2 B per frame here). The allocator's share is outside the cache's control short of \
-                slab-allocating frames; the cache's own share is within the 64-byte target."
+                slack (about 2 B per frame here). Reaching 32 B needs frames stored in large per-flow segments \
+                (one allocation per segment, not per frame) and a smaller index entry."
             .into();
     }
     if n.contains("lab") {

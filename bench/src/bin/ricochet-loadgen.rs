@@ -23,22 +23,50 @@ struct Cli {
 enum Cmd {
     /// Start an engine, a publisher and a lossy listener on loopback; print
     /// what was lost and recovered (exit 0 if every gap was filled).
+    #[command(after_help = "Example (builds and starts the engine itself):\n  \
+        ricochet-loadgen lab --duration 20s --rate 5000 --drop 1%")]
     Lab(lab::LabArgs),
-    /// Publish BRC-124 frames like a shard-proxy (IPv4 lab groups).
+    /// Publish BRC-124 frames like a shard-proxy (IPv4 lab or BRC-129 IPv6 groups).
+    #[command(after_help = "Examples:\n  \
+        ricochet-loadgen publish --port 9001 --rate 50k --duration 10s --metrics http://127.0.0.1:9090/metrics\n  \
+        ricochet-loadgen publish --addressing ipv6 --scope site --mc-group-id 0x000b --mc-iface eth0 --port 9001")]
     Publish(publish::PublishArgs),
     /// Send NACKs from many listeners (open loop or max) and time the answers.
+    #[command(after_help = "Examples:\n  \
+        # prefill 100k frames, then NACK them as fast as a window of 256 allows\n  \
+        ricochet-loadgen nack --target 127.0.0.1:9300 --listen-port 9001 --prefill 100000 \\\n      \
+        --rate max --metrics http://127.0.0.1:9090/metrics\n  \
+        # IPv6 endpoint, BRC-129 site-scope groups on eth0, 30k NACK/s, count multicast retransmits\n  \
+        ricochet-loadgen nack --target '[2001:db8::1]:9300' --scope site --mc-group-id 0x000b \\\n      \
+        --mc-iface eth0 --listen-port 9001 --retransmit-port 9001 --prefill 100000 --rate 30k\n\n\
+        Unanswered NACKs are not always lost: with --metrics the summary says how many the endpoint \
+        refused for its rate limits and how many datagrams its kernel (or ours, SO_RXQ_OVFL) dropped.")]
     Nack(nack::NackArgs),
     /// Act as a lossy listener: track gaps, NACK them with the reference's escalation.
+    #[command(after_help = "Example:\n  \
+        ricochet-loadgen listen --port 9001 --retransmit-port 9002 --endpoint 127.0.0.1:9300,'[::1]:9300' --drop 1%")]
     Listen(listen::ListenArgs),
-    /// Baseline: answer every datagram with one 16-byte datagram (recvmmsg/sendmmsg).
+    /// Baseline: answer each NACK with the frames asked for + an ACK each (what
+    /// ricochet sends), by recvmmsg/sendmmsg (--gso: UDP GSO runs); --answer
+    /// echo sends one 16-byte datagram instead (the kernel's per-datagram floor).
+    #[command(after_help = "Example (the same frame set as the nack command below):\n  \
+        ricochet-loadgen reflect --port 9300 --prefill 100000 --flows 8 --payload 300 --gso --cpu 0 &\n  \
+        ricochet-loadgen nack --target 127.0.0.1:9300 --prefill 100000 --flows 8 --payload 300 --no-publish --cpu 1")]
     Reflect(reflect::ReflectArgs),
     /// Baseline: join the data groups and count what recvmmsg delivers.
+    #[command(after_help = "Example:\n  \
+        ricochet-loadgen sink --port 9001 --groups 0,1,2,3 --duration 30s")]
     Sink(reflect::SinkArgs),
     /// Fill the retry cache with N frames and report resident bytes per frame.
+    #[command(after_help = "Example:\n  ricochet-loadgen memory --frames 1000000 --size 300")]
     Memory(memory::MemoryArgs),
     /// Run the side-by-side benchmark suite (scripts/bench.sh calls this).
+    #[command(after_help = "Examples:\n  \
+        ricochet-loadgen bench --quick --out /tmp/bench   # about 2 minutes, for before/after checks\n  \
+        ricochet-loadgen bench --runs 3 --workloads a,b --backends uring")]
     Bench(bench::BenchArgs),
     /// Regenerate perf/REPORT.md and its SVG charts from perf/results/*.json.
+    #[command(after_help = "Example:\n  ricochet-loadgen report --results perf/results --out perf")]
     Report(report::ReportArgs),
 }
 

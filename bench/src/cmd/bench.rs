@@ -1,22 +1,40 @@
 //! `bench`: the side-by-side suite that `scripts/bench.sh` runs.
 //!
 //! Every system under test runs on the same CPU (`--server-cpu`, 0): the
-//! `reflect` and `sink` baselines pinned with `--cpu`, the engine with
-//! `--cpus`; every load phase runs pinned to `--load-cpu` (1). Each phase is
-//! a child process (this same binary with a subcommand and `--json`), so
-//! every number in the report comes with the exact command that produced
-//! it. Workloads:
+//! baselines pinned with `--cpu`, the engine with `--cpus`; every load
+//! phase runs pinned to `--load-cpu` (1). Each phase is a child process
+//! (this same binary with a subcommand and `--json`), so every number in
+//! the report comes with the exact command that produced it.
 //!
-//! - **a** NACK storm, 100 % hits, unicast retransmit + ACK
-//!   (engine: `--beacon-flags-unicast=true --beacon-flags-multicast=false`);
-//!   closed loop with a window of outstanding NACKs, so the figure is the
-//!   sustained answer rate.
-//! - **e** latency at 50 % of each system's own (a) rate, open loop,
-//!   corrected for coordinated omission (same server instance as a).
-//! - **b** NACK storm, multicast retransmit + ACK (engine defaults).
+//! # Repetition
+//! Every measured figure is taken `--runs` times (3 by default),
+//! interleaved — run 1 of every system, then run 2 of every system, … (A B
+//! C A B C) — so a drift in the shared machine's load lands on every
+//! system alike. The report gives the median and the min–max. The load
+//! average is recorded before and after each workload.
+//!
+//! # Systems
+//! - `reflect`: the fair, logic-free baseline — answers each NACK with the
+//!   same datagrams ricochet sends (frame + ACK) by recvmmsg/sendmmsg;
+//!   `reflect-gso` the same with UDP GSO runs.
+//! - `echo`: one 16-byte datagram per NACK — only the kernel's
+//!   per-datagram figure (workload a), never a baseline for the engine.
+//! - the engine's back ends (`--backends`, epoll and uring).
+//!
+//! # Workloads
+//! - **a** NACK storm, 100 % hits, unicast retransmit + ACK: closed loop
+//!   (window 256: the sustained answer rate), then open loop at each of
+//!   `--rates` (the same absolute rate for every system): the server's CPU
+//!   time per answered NACK (from `/proc/PID/task/*/schedstat`) and the
+//!   latency, corrected for coordinated omission. (The old workload **e**,
+//!   latency at half of each system's own maximum, compared unlike rates;
+//!   `e` now means these fixed-rate runs.)
+//! - **b** the same with multicast retransmit + ACK; a receiver joined to
+//!   the groups on the retransmit port counts the retransmits.
 //! - **c** ingest at the maximum publish rate vs the `sink` baseline, then
 //!   at 80 % of each system's measured maximum (loss must be 0).
-//! - **d** lossy listener gap fill at 1 % drop (`lab`).
+//! - **d** lossy listener gap fill at 1 % drop (`lab`); every NACK is
+//!   accounted for (ACK, MISS, THROTTLED, timeout, frame first, cut short).
 //! - **memory**: 1 000 000 frames of 300 B in a cache (`memory`).
 //!
 //! Rate limits are raised out of the way for the storms (a load generator
@@ -35,7 +53,7 @@ use crate::cmd::memory::MemoryResult;
 use crate::cmd::nack::NackResult;
 use crate::cmd::publish::PublishResult;
 use crate::cmd::reflect::ServerResult;
-use crate::out::{self, Machine};
+use crate::out::{self, Dur, Machine, Rate};
 use crate::proc::{self, Child, EnginePorts};
 
 /// `bench` options.
@@ -59,12 +77,46 @@ pub struct BenchArgs {
     /// Date prefix of the result files [default: today, UTC].
     #[arg(long)]
     pub date: Option<String>,
-    /// Workloads to run.
-    #[arg(long, value_delimiter = ',', default_value = "a,b,c,d,e,memory")]
-    pub workloads: Vec<String>,
-    /// Engine backends to compare.
-    #[arg(long, value_delimiter = ',', default_value = "epoll,uring")]
-    pub backends: Vec<String>,
+    /// Workloads to run (a, b, c, d, e, memory) [default: all; --quick: a,b,d,memory].
+    #[arg(long, value_delimiter = ',')]
+    pub workloads: Option<Vec<String>>,
+    /// Engine backends to compare [default: epoll,uring; --quick: uring].
+    #[arg(long, value_delimiter = ',')]
+    pub backends: Option<Vec<String>>,
+    /// Runs of every measured figure, interleaved across systems.
+    #[arg(long, default_value_t = 3)]
+    pub runs: usize,
+    /// Fixed NACK rates (open loop) for CPU per NACK and latency
+    /// [default: 10k,30k,100k; --quick: 30k].
+    #[arg(long, value_delimiter = ',')]
+    pub rates: Option<Vec<Rate>>,
+    /// Start no new phase after this long; what ran is still written.
+    #[arg(long)]
+    pub budget: Option<Dur>,
+}
+
+/// One closed-loop storm run.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct Storm {
+    /// Run number (from 0).
+    pub run: usize,
+    /// The load generator's result.
+    pub nack: NackResult,
+    /// Server CPU time per answered NACK, µs.
+    pub cpu_us_per_nack: Option<f64>,
+}
+
+/// One open-loop run at a fixed rate.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct FixedRun {
+    /// NACKs per second asked for.
+    pub rate: f64,
+    /// Run number (from 0).
+    pub run: usize,
+    /// The load generator's result.
+    pub nack: NackResult,
+    /// Server CPU time per answered NACK, µs.
+    pub cpu_us_per_nack: Option<f64>,
 }
 
 /// One system's results in a workload file.
@@ -72,9 +124,24 @@ pub struct BenchArgs {
 pub struct SystemResult {
     /// `reflect`, `sink`, `epoll`, `uring` or `cache`.
     pub system: String,
-    /// NACK storm or latency run.
+    /// NACK storm: the run with the median throughput.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub nack: Option<NackResult>,
+    /// Every storm run.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub storms: Vec<Storm>,
+    /// Every fixed-rate run.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub fixed: Vec<FixedRun>,
+    /// Ingest: cached (or received) frames/s at the maximum rate, per run.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ingest_runs: Vec<f64>,
+    /// Every lab run.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub labs: Vec<LabResult>,
+    /// Every memory run.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub memories: Vec<MemoryResult>,
     /// Ingest at max.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub publish: Option<PublishResult>,
@@ -87,10 +154,10 @@ pub struct SystemResult {
     /// The baseline's own count at 80 %.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub server80: Option<ServerResult>,
-    /// Gap-fill lab.
+    /// Gap-fill lab: the median run by fill p50.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub lab: Option<LabResult>,
-    /// Memory benchmark.
+    /// Memory benchmark: the median run by overhead.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub memory: Option<MemoryResult>,
     /// Criterion medians.
@@ -121,8 +188,14 @@ pub struct WorkloadFile {
     pub date: String,
     /// A `--quick` run.
     pub quick: bool,
-    /// The machine it ran on.
+    /// The machine it ran on (load average before the workload).
     pub machine: Machine,
+    /// Load average after the workload.
+    #[serde(default)]
+    pub loadavg_end: String,
+    /// Runs of every figure.
+    #[serde(default)]
+    pub runs: usize,
     /// Every command that ran, in order.
     pub commands: Vec<String>,
     /// Remarks (e.g. parameters chosen from an earlier phase).
@@ -158,10 +231,49 @@ pub fn civil_date(days: i64) -> String {
 struct Phases {
     quick: bool,
     storm: &'static str,
-    latency: &'static str,
+    fixed: &'static str,
     ingest: &'static str,
     lab: &'static str,
     prefill: u64,
+    rates: Vec<f64>,
+    runs: usize,
+}
+
+/// Median, min and max of `v` (NaN-free), or None when empty.
+pub fn spread(v: &[f64]) -> Option<(f64, f64, f64)> {
+    if v.is_empty() {
+        return None;
+    }
+    let mut s = v.to_vec();
+    s.sort_by(f64::total_cmp);
+    let n = s.len();
+    let med = if n % 2 == 1 { s[n / 2] } else { (s[n / 2 - 1] + s[n / 2]) / 2.0 };
+    Some((med, s[0], s[n - 1]))
+}
+
+/// The index of the median element of `v` (the lower one of an even count).
+pub fn median_index(v: &[f64]) -> Option<usize> {
+    let mut idx: Vec<usize> = (0..v.len()).collect();
+    idx.sort_by(|&a, &b| v[a].total_cmp(&v[b]));
+    idx.get((v.len().max(1) - 1) / 2).copied()
+}
+
+/// CPU time of every thread of `pid` so far, ns (from schedstat: precise,
+/// unlike the 10 ms ticks of /proc/PID/stat).
+pub fn cpu_ns(pid: u32) -> Option<u64> {
+    let dir = std::fs::read_dir(format!("/proc/{pid}/task")).ok()?;
+    let mut total = 0u64;
+    let mut seen = false;
+    for t in dir.flatten() {
+        // A thread may exit between the listing and the read: skip it.
+        let Ok(text) = std::fs::read_to_string(t.path().join("schedstat")) else { continue };
+        let Some(ns) = text.split_whitespace().next().and_then(|v| v.parse::<u64>().ok()) else {
+            continue;
+        };
+        total += ns;
+        seen = true;
+    }
+    seen.then_some(total)
 }
 
 struct Suite {
@@ -174,6 +286,8 @@ struct Suite {
     machine: Machine,
     commands: Vec<String>,
     seq: u32,
+    started: Instant,
+    budget: Option<Duration>,
 }
 
 /// Engine flags that take the rate limits out of a NACK storm from one address.
@@ -206,12 +320,22 @@ impl Suite {
         }
     }
 
-    fn server(&mut self, sub: &str, port: u16) -> Result<(Child, PathBuf), String> {
+    fn over_budget(&self) -> bool {
+        self.budget.is_some_and(|b| self.started.elapsed() > b) || proc::stopped()
+    }
+
+    fn server(
+        &mut self,
+        sub: &str,
+        port: u16,
+        extra: &[String],
+    ) -> Result<(Child, PathBuf), String> {
         self.seq += 1;
         let json = self.tmp.join(format!("{:03}-{sub}.json", self.seq));
         let mut cmd = Command::new(&self.exe);
         cmd.arg(sub)
             .args(["--port", &port.to_string(), "--cpu", &self.a.server_cpu.to_string()])
+            .args(extra)
             .args(["--duration", "30m", "--quiet", "--json"])
             .arg(&json);
         self.commands.push(format!("{} &", proc::shell_line(&cmd)));
@@ -246,6 +370,7 @@ impl Suite {
             date: self.date.clone(),
             quick: self.p.quick,
             machine: self.machine.clone(),
+            runs: self.p.runs,
             ..WorkloadFile::default()
         }
     }
@@ -253,12 +378,14 @@ impl Suite {
     fn save(&mut self, mut f: WorkloadFile, started: Instant) -> Result<(), String> {
         f.commands = std::mem::take(&mut self.commands);
         f.wall_s = started.elapsed().as_secs_f64();
+        f.loadavg_end = Machine::loadavg_now();
         let path = self.a.out.join(format!("{}-{}.json", self.date, f.workload));
         out::write_json(&path, &f)?;
         println!("  → {}", path.display());
         Ok(())
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn nack_args(
         &self,
         ports: Option<&EnginePorts>,
@@ -266,6 +393,7 @@ impl Suite {
         rate: &str,
         duration: &str,
         publish: bool,
+        retransmit_port: Option<u16>,
     ) -> Vec<String> {
         let mut v: Vec<String> = vec![
             "--target".into(),
@@ -288,72 +416,106 @@ impl Suite {
                 v.extend([
                     "--listen-port".into(),
                     p.listen.to_string(),
-                    "--metrics-addr".into(),
-                    p.admin.to_string(),
+                    "--metrics".into(),
+                    format!("http://{}/metrics", p.admin),
                 ]);
             }
             (Some(p), false) => {
-                v.extend(["--no-publish".into(), "--metrics-addr".into(), p.admin.to_string()]);
+                v.extend([
+                    "--no-publish".into(),
+                    "--metrics".into(),
+                    format!("http://{}/metrics", p.admin),
+                ]);
             }
             (None, _) => v.push("--no-publish".into()),
+        }
+        if let Some(rp) = retransmit_port {
+            v.extend(["--retransmit-port".into(), rp.to_string()]);
         }
         v
     }
 
-    /// Storm (and, for unicast, the 50 % latency run) against one system.
-    fn storm(
-        &mut self,
-        system: &str,
-        unicast: bool,
-        with_latency: bool,
-    ) -> (SystemResult, Option<SystemResult>) {
-        let mut r = SystemResult { system: system.into(), ..SystemResult::default() };
-        let mut lat =
-            with_latency.then(|| SystemResult { system: system.into(), ..SystemResult::default() });
+    /// One run against one system: a closed-loop storm, then each fixed
+    /// rate, on one server instance; results appended to `r`.
+    fn storm(&mut self, r: &mut SystemResult, run: usize, unicast: bool, fixed: bool) {
+        let system = r.system.clone();
         let res = (|| -> Result<(), String> {
-            let (_guard, target, ports) = if system == "reflect" {
-                let port = proc::free_udp_port();
-                let (c, _) = self.server("reflect", port)?;
-                (c, port, None)
-            } else {
-                let mut extra: Vec<&str> = NO_LIMITS.to_vec();
-                if unicast {
-                    // The load generator is on loopback: allowed, so its
-                    // copies are not held to 3x its NACKs' size.
-                    extra.extend([
-                        "--beacon-flags-unicast=true",
-                        "--beacon-flags-multicast=false",
-                        "--proxy-allow",
-                        "127.0.0.1",
-                    ]);
-                }
-                let (c, p) = self.engine(system, &extra)?;
-                (c, p.nack, Some(p))
-            };
+            let prefill = self.p.prefill.to_string();
+            let (guard, target, ports, retx) =
+                if system == "reflect" || system == "reflect-gso" || system == "echo" {
+                    let port = proc::free_udp_port();
+                    let mut extra: Vec<String> = vec![];
+                    if system == "echo" {
+                        extra.extend(["--answer".into(), "echo".into()]);
+                    } else {
+                        extra.extend(
+                            ["--prefill", &prefill, "--flows", "8", "--payload", "300"]
+                                .map(String::from),
+                        );
+                    }
+                    if system == "reflect-gso" {
+                        extra.push("--gso".into());
+                    }
+                    let retx = (!unicast).then(proc::free_udp_port);
+                    if let Some(e) = retx {
+                        extra.extend(
+                            ["--retransmit", "multicast", "--egress-port", &e.to_string()]
+                                .map(String::from),
+                        );
+                    }
+                    let (c, _) = self.server("reflect", port, &extra)?;
+                    (c, port, None, retx)
+                } else {
+                    let mut extra: Vec<&str> = NO_LIMITS.to_vec();
+                    if unicast {
+                        // The load generator is on loopback: allowed, so its
+                        // copies are not held to 3x its NACKs' size.
+                        extra.extend([
+                            "--beacon-flags-unicast=true",
+                            "--beacon-flags-multicast=false",
+                            "--proxy-allow",
+                            "127.0.0.1",
+                        ]);
+                    } else {
+                        // So the group receiver on this host hears the retransmits.
+                        extra.push("--egress-multicast-loop=true");
+                    }
+                    let (c, p) = self.engine(&system, &extra)?;
+                    let retx = (!unicast).then_some(p.egress);
+                    (c, p.nack, Some(p), retx)
+                };
+            let pid = guard.id();
             let limit = Duration::from_secs(120);
             let storm = self.p.storm;
-            let args = self.nack_args(ports.as_ref(), target, "max", storm, true);
+            let args = self.nack_args(ports.as_ref(), target, "max", storm, true, retx);
+            let cpu0 = cpu_ns(pid);
             let json = self.load("nack", &args, limit)?;
+            let cpu1 = cpu_ns(pid);
             let n: NackResult = read_json(&json)?;
-            let max = n.throughput;
-            r.nack = Some(n);
-            if let Some(l) = lat.as_mut() {
-                let rate = format!("{:.0}", (max * 0.5).max(100.0));
-                let latency = self.p.latency;
-                let args = self.nack_args(ports.as_ref(), target, &rate, latency, false);
-                let json = self.load("nack", &args, limit)?;
-                l.nack = Some(read_json(&json)?);
+            let cpu = per_nack(cpu0, cpu1, n.completed);
+            r.storms.push(Storm { run, nack: n, cpu_us_per_nack: cpu });
+            if fixed {
+                for rate in self.p.rates.clone() {
+                    let rs = format!("{rate:.0}");
+                    let args =
+                        self.nack_args(ports.as_ref(), target, &rs, self.p.fixed, false, retx);
+                    let cpu0 = cpu_ns(pid);
+                    let json = self.load("nack", &args, limit)?;
+                    let cpu1 = cpu_ns(pid);
+                    let n: NackResult = read_json(&json)?;
+                    let cpu = per_nack(cpu0, cpu1, n.completed);
+                    r.fixed.push(FixedRun { rate, run, nack: n, cpu_us_per_nack: cpu });
+                }
             }
+            drop(guard);
             Ok(())
         })();
         if let Err(e) = res {
             eprintln!("  ! {system}: {e}");
-            r.error = Some(e.clone());
-            if let Some(l) = lat.as_mut() {
-                l.error = Some(e);
-            }
+            r.error = Some(e);
         }
-        (r, lat)
+        let t: Vec<f64> = r.storms.iter().map(|s| s.nack.throughput).collect();
+        r.nack = median_index(&t).map(|i| r.storms[i].nack.clone());
     }
 
     fn ingest(&mut self, system: &str) -> SystemResult {
@@ -381,7 +543,7 @@ impl Suite {
                         .collect();
                 if system == "sink" {
                     let port = proc::free_udp_port();
-                    let (mut c, json) = self.server("sink", port)?;
+                    let (mut c, json) = self.server("sink", port, &[])?;
                     args.extend(["--port".into(), port.to_string()]);
                     let pj = self.load("publish", &args, limit)?;
                     std::thread::sleep(Duration::from_millis(500));
@@ -461,147 +623,235 @@ fn read_json<T: DeserializeOwned>(p: &Path) -> Result<T, String> {
     serde_json::from_str(&text).map_err(|e| format!("{}: {e}", p.display()))
 }
 
+fn per_nack(cpu0: Option<u64>, cpu1: Option<u64>, answered: u64) -> Option<f64> {
+    let (a, b) = (cpu0?, cpu1?);
+    (answered > 0).then(|| b.saturating_sub(a) as f64 / 1e3 / answered as f64)
+}
+
+/// Merges per-run results of one system: `pick` gives each run's key
+/// figure; the median run's full result is kept, every run's figure too.
+fn merge_runs(
+    runs: Vec<SystemResult>,
+    pick: impl Fn(&SystemResult) -> Option<f64>,
+) -> SystemResult {
+    let figures: Vec<f64> = runs.iter().filter_map(&pick).collect();
+    let ok: Vec<&SystemResult> = runs.iter().filter(|r| pick(r).is_some()).collect();
+    let mut out = match median_index(&figures) {
+        Some(i) => ok[i].clone(),
+        None => runs.last().cloned().unwrap_or_default(),
+    };
+    out.ingest_runs = runs.iter().flat_map(|r| r.ingest_runs.clone()).collect();
+    out.labs = runs.iter().filter_map(|r| r.lab.clone()).collect();
+    out.memories = runs.iter().filter_map(|r| r.memory.clone()).collect();
+    if out.error.is_none() {
+        out.error = runs.iter().find_map(|r| r.error.clone());
+    }
+    out
+}
+
 /// Runs the suite.
 pub fn run(a: BenchArgs) -> Result<(), String> {
     let exe = std::env::current_exe().map_err(|e| e.to_string())?;
     let engine = proc::find_engine(a.engine.as_deref())?;
     let tmp = std::env::temp_dir().join(format!("ricochet-bench-{}", std::process::id()));
     std::fs::create_dir_all(&tmp).map_err(|e| e.to_string())?;
+    let rates = |d: &[f64]| -> Vec<f64> {
+        a.rates
+            .as_ref()
+            .map(|v| v.iter().filter_map(Rate::pps).collect())
+            .unwrap_or_else(|| d.to_vec())
+    };
+    let runs = a.runs.max(1);
     let p = if a.quick {
-        Phases { quick: true, storm: "3s", latency: "4s", ingest: "3s", lab: "5s", prefill: 32_768 }
+        Phases {
+            quick: true,
+            storm: "1500ms",
+            fixed: "1500ms",
+            ingest: "1500ms",
+            lab: "4s",
+            prefill: 16_384,
+            rates: rates(&[30_000.0]),
+            runs,
+        }
     } else {
         Phases {
             quick: false,
-            storm: "10s",
-            latency: "15s",
-            ingest: "8s",
+            storm: "8s",
+            fixed: "6s",
+            ingest: "6s",
             lab: "20s",
             prefill: 100_000,
+            rates: rates(&[10_000.0, 30_000.0, 100_000.0]),
+            runs,
         }
     };
+    let workloads = a.workloads.clone().unwrap_or_else(|| {
+        let w: &[&str] =
+            if a.quick { &["a", "b", "d", "memory"] } else { &["a", "b", "c", "d", "memory"] };
+        w.iter().map(|x| x.to_string()).collect()
+    });
+    let backends = a.backends.clone().unwrap_or_else(|| {
+        let b: &[&str] = if a.quick { &["uring"] } else { &["epoll", "uring"] };
+        b.iter().map(|x| x.to_string()).collect()
+    });
     println!(
-        "ricochet bench ({}): servers on CPU {}, load on CPU {}",
+        "ricochet bench ({}): {} runs of each figure, interleaved; servers on CPU {}, load on CPU {}; \
+         fixed rates {:?} NACK/s",
         if a.quick { "quick" } else { "full" },
+        runs,
         a.server_cpu,
-        a.load_cpu
+        a.load_cpu,
+        p.rates
     );
-    let machine = Machine::describe();
     let mut s = Suite {
         date: a.date.clone().unwrap_or_else(today),
+        budget: a.budget.map(|d| d.0),
         a,
         exe,
         engine,
         p,
         tmp,
-        machine,
+        machine: Machine::describe(),
         commands: vec![],
         seq: 0,
+        started: Instant::now(),
     };
-    let w = |x: &str| s.a.workloads.iter().any(|y| y == x);
+    let w = |x: &str| workloads.iter().any(|y| y == x);
     let (run_a, run_b, run_c, run_d, run_e, run_mem) =
         (w("a"), w("b"), w("c"), w("d"), w("e"), w("memory"));
-    let backends = s.a.backends.clone();
-    let mut systems = vec!["reflect".to_string()];
-    systems.extend(backends.iter().cloned());
 
-    if run_a || run_e {
-        println!(
-            "\n(a) NACK storm, 100% hits, unicast retransmit + ACK; (e) latency at 50% of each system's max"
-        );
+    for (on, unicast, name, title) in [
+        (run_a || run_e, true, "nack-unicast", "NACK storm, 100% hits, unicast retransmit + ACK"),
+        (run_b, false, "nack-multicast", "NACK storm, 100% hits, multicast retransmit + ACK"),
+    ] {
+        if !on {
+            continue;
+        }
+        println!("\n({}) {title}", if unicast { "a" } else { "b" });
         let t = Instant::now();
-        let mut fa = s.file(
-            "nack-unicast",
-            "NACK storm, 100% hits, unicast retransmit + ACK (closed loop, window 256)",
-        );
-        let mut fe = s.file(
-            "latency",
-            "NACK→ACK latency at 50% of each system's own max rate (open loop, CO-corrected)",
-        );
-        for sys in &systems {
-            let (r, l) = s.storm(sys, true, run_e);
-            fa.systems.push(r);
-            if let Some(l) = l {
-                fe.systems.push(l);
+        s.machine = Machine::describe();
+        let mut f = s.file(name, title);
+        let mut systems: Vec<String> = vec![];
+        if unicast {
+            systems.push("echo".into());
+        }
+        systems.extend(["reflect".to_string(), "reflect-gso".to_string()]);
+        systems.extend(backends.iter().cloned());
+        let mut res: Vec<SystemResult> = systems
+            .iter()
+            .map(|x| SystemResult { system: x.clone(), ..SystemResult::default() })
+            .collect();
+        'runs: for run in 0..s.p.runs {
+            for r in res.iter_mut() {
+                if s.over_budget() {
+                    f.notes.push(format!("stopped at run {} for the time budget", run + 1));
+                    break 'runs;
+                }
+                // The echo is a kernel figure: no fixed-rate runs for it.
+                let fixed = r.system != "echo";
+                s.storm(r, run, unicast, fixed);
             }
         }
-        fe.notes.push(
-            "each system's rate is half of its own throughput in the nack-unicast run just before"
-                .into(),
-        );
-        let commands = s.commands.clone();
-        if run_e {
-            fe.commands = commands;
-            let path = s.a.out.join(format!("{}-latency.json", s.date));
-            fe.wall_s = t.elapsed().as_secs_f64();
-            out::write_json(&path, &fe)?;
-        }
-        s.save(fa, t)?;
-    }
-    if run_b {
-        println!("\n(b) NACK storm, 100% hits, multicast retransmit + ACK");
-        let t = Instant::now();
-        let mut f = s.file(
-            "nack-multicast",
-            "NACK storm, 100% hits, multicast retransmit + ACK (closed loop, window 256)",
-        );
-        for sys in &systems {
-            f.systems.push(s.storm(sys, false, false).0);
-        }
+        f.systems = res;
+        f.notes.push(format!(
+            "closed loop: window 256 over 8 listener sockets, {} per run; open loop: {} per rate; \
+             CPU is the server process's own time (schedstat) over each phase, per answered NACK",
+            s.p.storm, s.p.fixed
+        ));
         s.save(f, t)?;
     }
     if run_c {
         println!("\n(c) ingest at the maximum publish rate, then at 80% of each system's max");
         let t = Instant::now();
+        s.machine = Machine::describe();
         let mut f = s.file(
             "ingest",
             "Ingest: frames cached per second at the maximum publish rate, and loss at 80% of it",
         );
         let mut sys = vec!["sink".to_string()];
         sys.extend(backends.iter().cloned());
-        for x in &sys {
-            f.systems.push(s.ingest(x));
+        let mut per: Vec<Vec<SystemResult>> = vec![vec![]; sys.len()];
+        'runs: for _ in 0..s.p.runs {
+            for (i, x) in sys.iter().enumerate() {
+                if s.over_budget() {
+                    break 'runs;
+                }
+                let mut r = s.ingest(x);
+                let rate = ingest_max(&r);
+                r.ingest_runs = rate.into_iter().collect();
+                per[i].push(r);
+            }
         }
+        f.systems = per.into_iter().map(|v| merge_runs(v, ingest_max)).collect();
         s.save(f, t)?;
     }
     if run_d {
         println!("\n(d) lossy listener gap fill at 1% drop");
         let t = Instant::now();
+        s.machine = Machine::describe();
         let mut f = s.file(
             "gapfill",
             "Lossy listener gap fill at 1% drop (lab: 5000 frames/s, reference rate limits)",
         );
-        for b in &backends {
-            f.systems.push(s.lab(b));
+        let mut per: Vec<Vec<SystemResult>> = vec![vec![]; backends.len()];
+        'runs: for _ in 0..s.p.runs {
+            for (i, b) in backends.iter().enumerate() {
+                if s.over_budget() {
+                    break 'runs;
+                }
+                per[i].push(s.lab(b));
+            }
         }
+        f.systems = per
+            .into_iter()
+            .map(|v| merge_runs(v, |r| Some(r.lab.as_ref()?.listener.nack_to_fill.p50_us)))
+            .collect();
         s.save(f, t)?;
     }
     if run_mem {
         println!("\nmemory: 1,000,000 frames of 300 bytes in one cache shard");
         let t = Instant::now();
+        s.machine = Machine::describe();
         let mut f = s.file(
             "memory",
             "Resident memory per cached frame beyond its bytes (1,000,000 × 300 B)",
         );
-        let mut r = SystemResult { system: "cache".into(), ..SystemResult::default() };
-        s.seq += 1;
-        let json = s.tmp.join(format!("{:03}-memory.json", s.seq));
-        let mut cmd = Command::new(&s.exe);
-        cmd.args(["memory", "--frames", "1000000", "--size", "300", "--json"]).arg(&json);
-        s.commands.push(proc::shell_line(&cmd));
-        println!("  $ {}", proc::shell_line(&cmd));
-        match Child::spawn("memory", cmd, true).map_err(|e| e.to_string()).and_then(|mut c| {
-            c.wait_timeout(Duration::from_secs(120))
-                .filter(|st| st.success())
-                .ok_or_else(|| format!("memory failed: {}", c.log()))
-        }) {
-            Ok(_) => r.memory = Some(read_json(&json)?),
-            Err(e) => r.error = Some(e),
+        let mut runs = vec![];
+        for _ in 0..s.p.runs {
+            if s.over_budget() {
+                break;
+            }
+            let mut r = SystemResult { system: "cache".into(), ..SystemResult::default() };
+            s.seq += 1;
+            let json = s.tmp.join(format!("{:03}-memory.json", s.seq));
+            let mut cmd = Command::new(&s.exe);
+            cmd.args(["memory", "--frames", "1000000", "--size", "300", "--json"]).arg(&json);
+            s.commands.push(proc::shell_line(&cmd));
+            println!("  $ {}", proc::shell_line(&cmd));
+            match Child::spawn("memory", cmd, true).map_err(|e| e.to_string()).and_then(|mut c| {
+                c.wait_timeout(Duration::from_secs(120))
+                    .filter(|st| st.success())
+                    .ok_or_else(|| format!("memory failed: {}", c.log()))
+            }) {
+                Ok(_) => r.memory = Some(read_json(&json)?),
+                Err(e) => r.error = Some(e),
+            }
+            runs.push(r);
         }
-        f.systems.push(r);
+        f.systems.push(merge_runs(runs, |r| Some(r.memory.as_ref()?.overhead_per_frame)));
         s.save(f, t)?;
     }
     let _ = std::fs::remove_dir_all(&s.tmp);
     Ok(())
+}
+
+fn ingest_max(r: &SystemResult) -> Option<f64> {
+    let p = r.publish.as_ref()?;
+    if r.system == "sink" {
+        Some(r.server.as_ref()?.received as f64 / p.duration_s.max(1e-9))
+    } else {
+        p.engine_cached_rate
+    }
 }
 
 #[cfg(test)]
@@ -614,5 +864,15 @@ mod tests {
         assert_eq!(civil_date(19_723), "2024-01-01");
         assert_eq!(civil_date(20_513), "2026-03-01");
         assert_eq!(today().len(), 10);
+    }
+
+    #[test]
+    fn spreads_and_medians() {
+        assert_eq!(spread(&[3.0, 1.0, 2.0]), Some((2.0, 1.0, 3.0)));
+        assert_eq!(spread(&[4.0, 1.0]), Some((2.5, 1.0, 4.0)));
+        assert_eq!(spread(&[]), None);
+        assert_eq!(median_index(&[5.0, 9.0, 1.0]), Some(0));
+        assert_eq!(per_nack(Some(1_000), Some(2_001_000), 1000), Some(2.0));
+        assert!(cpu_ns(std::process::id()).is_some());
     }
 }

@@ -144,17 +144,25 @@ pub fn run(a: LabArgs) -> Result<LabResult, String> {
     let groups = flows.groups();
     let cfg = escalate::Config::default();
     let mut core = ListenCore::new(
+        crate::net::Groups::Ipv4Lab,
         ports.listen,
         Some(ports.egress),
         &groups,
-        vec![ports.nack_addr()],
+        vec![ports.nack_addr().into()],
         a.drop.0,
         cfg,
         a.common.seed,
     )
     .map_err(|e| format!("listener: {e}"))?;
-    let mut publisher = Publisher::new(ports.listen, flows, a.payload, a.common.seed, 16)
-        .map_err(|e| e.to_string())?;
+    let mut publisher = Publisher::new(
+        crate::net::Groups::Ipv4Lab,
+        ports.listen,
+        flows,
+        a.payload,
+        a.common.seed,
+        16,
+    )
+    .map_err(|e| e.to_string())?;
 
     let duration = a.common.duration.0;
     let dur_ns = duration.as_nanos() as u64;

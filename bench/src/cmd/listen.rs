@@ -12,7 +12,7 @@
 //! arrive. `lab` reuses it.
 
 use std::collections::{HashMap, HashSet};
-use std::net::{Ipv4Addr, SocketAddrV4};
+use std::net::SocketAddr;
 use std::time::Duration;
 
 use hdrhistogram::Histogram;
@@ -24,7 +24,7 @@ use socket2::Socket;
 use crate::escalate::{self, AttemptId, Event, Recovery};
 use crate::gap::{Arrival, GapTracker};
 use crate::latency::{self, CurvePoint, Percentiles};
-use crate::net::{self, Batch};
+use crate::net::{self, Batch, GroupArgs, Groups};
 use crate::out::{self, Clock, Common, Progress, row};
 use crate::proc;
 use crate::rng::Rng;
@@ -63,9 +63,13 @@ pub struct ListenArgs {
     /// Group indices to join.
     #[arg(long, value_delimiter = ',', default_value = "0,1,2,3,65534")]
     pub groups: Vec<u16>,
-    /// Endpoint NACK addresses, in preference order (repeat or comma-separate).
+    /// Endpoint NACK addresses, in preference order (repeat or
+    /// comma-separate): `127.0.0.1:9300`, `[::1]:9300`.
     #[arg(long, value_delimiter = ',', default_value = "127.0.0.1:9300")]
-    pub endpoint: Vec<SocketAddrV4>,
+    pub endpoint: Vec<SocketAddr>,
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub addressing: GroupArgs,
     /// Fraction of arriving frames to drop on purpose (never a flow's first).
     #[arg(long, default_value = "1%")]
     pub drop: Fraction,
@@ -144,7 +148,7 @@ struct AttemptSlot {
 pub struct ListenCore {
     data: Socket,
     retx: Option<Socket>,
-    endpoints: Vec<SocketAddrV4>,
+    endpoints: Vec<SocketAddr>,
     slots: Vec<AttemptSlot>,
     fds: Vec<libc::pollfd>,
     tracker: GapTracker,
@@ -167,19 +171,22 @@ impl std::fmt::Debug for ListenCore {
 }
 
 impl ListenCore {
-    /// Joins `groups` on `port` (and `retransmit_port`), NACKing `endpoints`.
+    /// Joins `groups` (indices, addressed as `addressing` says) on `port`
+    /// (and `retransmit_port`), NACKing `endpoints`.
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
+        addressing: Groups,
         port: u16,
         retransmit_port: Option<u16>,
         groups: &[u16],
-        endpoints: Vec<SocketAddrV4>,
+        endpoints: Vec<SocketAddr>,
         drop_p: f64,
         cfg: escalate::Config,
         seed: u64,
     ) -> std::io::Result<Self> {
-        let data = net::group_receiver(port, groups, true)?;
+        let data = addressing.receiver(port, groups, true)?;
         let retx = match retransmit_port {
-            Some(p) if p != port => Some(net::group_receiver(p, groups, true)?),
+            Some(p) if p != port => Some(addressing.receiver(p, groups, true)?),
             _ => None,
         };
         let cfg = escalate::Config { endpoints: endpoints.len().max(1), ..cfg };
@@ -305,7 +312,8 @@ impl ListenCore {
         let mut nack = [0u8; 64];
         while let Some(t) = self.recovery.poll_transmit(now) {
             let Some(slot) = self.slots.iter_mut().find(|s| s.attempt.is_none()) else { break };
-            let sock = match net::udp(SocketAddrV4::new(Ipv4Addr::LOCALHOST, 0), true) {
+            let to = self.endpoints[t.endpoint.min(self.endpoints.len() - 1)];
+            let sock = match net::udp(net::any_for(to), true) {
                 Ok(s) => s,
                 Err(_) => continue, // the attempt times out like a lost NACK
             };
@@ -318,8 +326,7 @@ impl ListenCore {
             }
             .emit(&mut nack)
             .expect("64-byte NACK");
-            let to = self.endpoints[t.endpoint.min(self.endpoints.len() - 1)];
-            let _ = sock.send_to(&nack, &std::net::SocketAddr::V4(to).into());
+            let _ = sock.send_to(&nack, &to.into());
             slot.sock = Some(sock);
             slot.attempt = Some(t.attempt);
         }
@@ -457,8 +464,16 @@ pub fn report_rows(r: &ListenReport) -> Vec<(String, String)> {
         row("completeness", format!("{:.3}%", r.completeness * 100.0)),
         row("NACKs sent", s.nacks_sent),
         row(
-            "ACK / MISS / THROTTLED / timeouts",
-            format!("{} / {} / {} / {}", s.acks, s.misses, s.throttled, s.timeouts),
+            "  answered ACK / MISS / THROTTLED",
+            format!("{} / {} / {}", s.answered_ack, s.answered_miss, s.answered_throttled),
+        ),
+        row(
+            "  timeout / frame arrived first / cut short / in flight",
+            format!("{} / {} / {} / {}", s.timeouts, s.frame_first, s.cut_short, s.in_flight()),
+        ),
+        row(
+            "responses received ACK / MISS / THROTTLED (late ones too)",
+            format!("{} / {} / {}", s.acks, s.misses, s.throttled),
         ),
         row(
             "fill latency p50 / p99 / max (from detection)",
@@ -480,7 +495,9 @@ pub fn report_rows(r: &ListenReport) -> Vec<(String, String)> {
 pub fn run(a: ListenArgs) -> Result<ListenReport, String> {
     a.common.pin()?;
     let cfg = escalate::Config { max_inflight: a.max_inflight, ..escalate::Config::default() };
+    let addressing = a.addressing.resolve(a.endpoint.first().map(|e| e.ip()))?;
     let mut core = ListenCore::new(
+        addressing,
         a.port,
         a.retransmit_port,
         &a.groups,

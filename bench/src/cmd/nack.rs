@@ -23,10 +23,25 @@
 //! flows and waits until the engine's /metrics count them cached, and keeps
 //! their bytes, so unicast retransmits are compared byte for byte. With
 //! `--no-publish` the same frame set is NACKed without being published
-//! (for the `reflect` baseline, which answers without a cache).
+//! (for the `reflect` baseline, which regenerates the same frames from the
+//! same seed instead of caching them).
+//!
+//! # Addressing
+//! The target may be IPv4 or IPv6; the prefill goes to the groups
+//! [`GroupArgs`] name (the `--ipv4-lab` mapping, or BRC-129 IPv6 groups
+//! from scope, group id and port), so any endpoint can be driven. With
+//! `--retransmit-port` a receiver joins those groups on the endpoint's
+//! retransmit port and counts (and byte-checks) multicast retransmits.
+//!
+//! # Silence
+//! A NACK with no answer is not necessarily lost: an endpoint may refuse
+//! it for its rate limits without a THROTTLED, or its kernel (or ours) may
+//! drop a datagram at a full receive queue. Every listener socket reads
+//! `SO_RXQ_OVFL`; with `--metrics` the endpoint's counters are read before
+//! and after, and the summary says which of these explain the timeouts.
 
 use std::collections::{BTreeMap, VecDeque};
-use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::net::SocketAddr;
 use std::os::fd::AsRawFd;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -38,8 +53,8 @@ use serde::{Deserialize, Serialize};
 use socket2::Socket;
 
 use crate::latency::{self, CurvePoint, Percentiles, Recorder};
-use crate::metrics;
-use crate::net::{self, Batch, UdpCounters};
+use crate::metrics::{self, MetricsUrl, Silence};
+use crate::net::{self, Batch, GroupArgs, Groups, UdpCounters};
 use crate::out::{self, Clock, Common, Dur, Progress, Rate, row};
 use crate::pace::Schedule;
 use crate::proc;
@@ -52,15 +67,24 @@ pub const MISS_SEQ_BASE: u64 = 1 << 62;
 /// `nack` options.
 #[derive(Debug, Clone, clap::Args)]
 pub struct NackArgs {
-    /// The endpoint's NACK address.
+    /// The endpoint's NACK address: `127.0.0.1:9300` or `[::1]:9300`.
     #[arg(long, default_value = "127.0.0.1:9300")]
-    pub target: SocketAddrV4,
-    /// The engine's admin address (prefill wait, engine counters).
-    #[arg(long)]
-    pub metrics_addr: Option<SocketAddr>,
-    /// The engine's data port, for the prefill.
+    pub target: SocketAddr,
+    /// The endpoint's Prometheus metrics (`http://HOST:PORT/metrics`; a bare
+    /// `HOST:PORT` works): read before and after the run to wait for the
+    /// prefill and to tell rate-limit refusals and kernel drops from timeouts.
+    #[arg(long = "metrics", alias = "metrics-addr", value_name = "URL")]
+    pub metrics: Option<MetricsUrl>,
+    /// The endpoint's data port (the groups' port), for the prefill.
     #[arg(long, default_value_t = 9001)]
     pub listen_port: u16,
+    /// Join the groups on this port (the endpoint's retransmit port) and
+    /// count the multicast retransmits that arrive, byte for byte.
+    #[arg(long)]
+    pub retransmit_port: Option<u16>,
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub groups: GroupArgs,
     /// Frames to publish first (and NACK afterwards).
     #[arg(long, default_value_t = 0)]
     pub prefill: u64,
@@ -182,6 +206,24 @@ pub struct NackResult {
     pub curve: Vec<CurvePoint>,
     /// Engine counter deltas over the sending phase.
     pub engine: BTreeMap<String, f64>,
+    /// Multicast retransmits received at the group receiver
+    /// (`--retransmit-port`), and how many of them differed from what was
+    /// published.
+    #[serde(default)]
+    pub multicast_frames: Option<u64>,
+    /// ... of which with bytes that differ from the published frame.
+    #[serde(default)]
+    pub multicast_bad: u64,
+    /// Datagrams the kernel dropped at this load generator's full sockets
+    /// (sum of SO_RXQ_OVFL over its listener and group sockets).
+    #[serde(default)]
+    pub local_drops: u64,
+    /// Rate-limit refusals and kernel drops the endpoint counted (with --metrics).
+    #[serde(default)]
+    pub silence: Option<Silence>,
+    /// Why NACKs went unanswered, when something explains it.
+    #[serde(default)]
+    pub hint: Option<String>,
     /// Machine-wide UDP counter deltas.
     pub udp: UdpCounters,
     /// Interval lines.
@@ -241,9 +283,27 @@ impl FrameStore {
         self.len() == 0
     }
 
-    /// Publishes every frame to the lab groups on `port` at `rate` per second.
-    pub fn publish(&self, port: u16, rate: f64) -> std::io::Result<u64> {
-        let sock = net::multicast_sender(false)?;
+    /// The group indices the frames go to.
+    pub fn group_indices(&self) -> Vec<u16> {
+        let mut g: Vec<u16> = self.flows.iter().flat_map(|f| f.1.iter().map(|x| x.2)).collect();
+        g.sort_unstable();
+        g.dedup();
+        g
+    }
+
+    /// The flow whose HashKey is `key` (few flows: a scan).
+    pub fn flow_of(&self, key: u64) -> Option<usize> {
+        self.flows.iter().position(|f| f.0 == key)
+    }
+
+    /// The group index of frame `seq` of flow `f`.
+    pub fn group_of(&self, f: usize, seq: u64) -> Option<u16> {
+        Some(self.flows.get(f)?.1.get(seq.checked_sub(1)? as usize)?.2)
+    }
+
+    /// Publishes every frame to `groups` on `port` at `rate` per second.
+    pub fn publish(&self, groups: &Groups, port: u16, rate: f64) -> std::io::Result<u64> {
+        let sock = groups.sender(false)?;
         let mut batch = Batch::new(
             64,
             self.flows.iter().flat_map(|f| f.1.iter()).map(|x| x.1 as usize).max().unwrap_or(0),
@@ -258,7 +318,7 @@ impl FrameStore {
                 let Some(&(off, len, group)) = f.1.get(i) else { continue };
                 batch.push_copy(
                     &self.data[off as usize..(off + len) as usize],
-                    net::group_addr(group, port),
+                    groups.addr(group, port),
                 );
                 if batch.is_full() {
                     while sched.due(clock.now_ns()) < sent + batch.len() as u64 {
@@ -302,6 +362,8 @@ struct Listener {
     miss_seq: u64,
     miss_fifo: VecDeque<(u64, u64)>,
     out: Batch,
+    /// The socket's SO_RXQ_OVFL count as last seen.
+    ovfl: u32,
 }
 
 struct Hists {
@@ -372,12 +434,14 @@ impl Listener {
 /// Runs `nack`.
 pub fn run(a: NackArgs) -> Result<NackResult, String> {
     a.common.pin()?;
+    let groups = a.groups.resolve(Some(a.target.ip()))?;
     let store = FrameStore::generate(a.prefill, a.flows, a.payload, a.common.seed);
     let mut prefill_cached = None;
     if a.prefill > 0 && !a.no_publish {
-        let before = a.metrics_addr.map(|m| {
-            metrics::scrape(m).get("ricochet_frames_cached_total").copied().unwrap_or(0.0)
-        });
+        let before = a
+            .metrics
+            .as_ref()
+            .map(|m| m.scrape().get("ricochet_frames_cached_total").copied().unwrap_or(0.0));
         if !a.common.quiet {
             println!(
                 "prefill: publishing {} frames over {} flows at {}",
@@ -386,8 +450,10 @@ pub fn run(a: NackArgs) -> Result<NackResult, String> {
                 out::rate(a.prefill_rate)
             );
         }
-        store.publish(a.listen_port, a.prefill_rate).map_err(|e| format!("prefill: {e}"))?;
-        if let (Some(m), Some(b)) = (a.metrics_addr, before) {
+        store
+            .publish(&groups, a.listen_port, a.prefill_rate)
+            .map_err(|e| format!("prefill to {}: {e}", groups.addr(0, a.listen_port)))?;
+        if let (Some(m), Some(b)) = (&a.metrics, before) {
             let got = metrics::wait_for(
                 m,
                 "ricochet_frames_cached_total",
@@ -406,6 +472,18 @@ pub fn run(a: NackArgs) -> Result<NackResult, String> {
         }
     }
 
+    // The group receiver binds the retransmit port before the listener
+    // sockets take ephemeral ports, so none of them can be handed that port.
+    let mcast = match a.retransmit_port {
+        Some(p) => {
+            let s = groups
+                .receiver(p, &store.group_indices(), true)
+                .map_err(|e| format!("joining the groups on port {p}: {e}"))?;
+            net::enable_rxq_ovfl(&s).map_err(|e| format!("SO_RXQ_OVFL: {e}"))?;
+            Some(s)
+        }
+        None => None,
+    };
     let mut rng = Rng::stream(a.common.seed, 0x4ACC);
     let n = a.listeners.max(1);
     let mut ls: Vec<Listener> = Vec::with_capacity(n);
@@ -413,8 +491,8 @@ pub fn run(a: NackArgs) -> Result<NackResult, String> {
         let flow = if store.flows.is_empty() { 0 } else { i % store.flows.len() };
         let frames = store.frames(flow);
         let key = store.flows.get(flow).map_or(0, |f| f.0);
-        let sock =
-            net::udp(SocketAddrV4::new(Ipv4Addr::LOCALHOST, 0), true).map_err(|e| e.to_string())?;
+        let sock = net::udp(net::any_for(a.target), true).map_err(|e| e.to_string())?;
+        net::enable_rxq_ovfl(&sock).map_err(|e| format!("SO_RXQ_OVFL: {e}"))?;
         ls.push(Listener {
             sock,
             flow,
@@ -429,12 +507,18 @@ pub fn run(a: NackArgs) -> Result<NackResult, String> {
             miss_seq: MISS_SEQ_BASE,
             miss_fifo: VecDeque::with_capacity(SLOTS),
             out: Batch::new(a.batch.max(1), 64),
+            ovfl: 0,
         });
     }
     let mut fds: Vec<libc::pollfd> = ls.iter().map(|l| net::pollfd(&l.sock)).collect();
-    let mut rx = Batch::new(64, 65_536);
+    if let Some(s) = &mcast {
+        // The group receiver is the last pollfd.
+        fds.push(net::pollfd(s));
+    }
+    let (mut mc_frames, mut mc_bad, mut mc_ovfl) = (0u64, 0u64, 0u32);
+    let mut rx = Batch::new(64, 65_536).with_rxq_ovfl();
 
-    let before = a.metrics_addr.map(metrics::scrape);
+    let before = a.metrics.as_ref().map(MetricsUrl::scrape);
     let udp0 = UdpCounters::read();
     let duration = a.common.duration.0;
     let dur_ns = duration.as_nanos() as u64;
@@ -558,9 +642,27 @@ pub fn run(a: NackArgs) -> Result<NackResult, String> {
                 }
                 loop {
                     let got = rx.recv(pfd.fd, false).map_err(|e| e.to_string())?;
+                    if li == n {
+                        // The group receiver: multicast retransmits.
+                        for i in 0..got {
+                            let bytes = rx.get(i).0;
+                            mc_frames += 1;
+                            let ok = peek_key(bytes).is_some_and(|k| {
+                                store.flow_of(k.hash_key).and_then(|f| store.get(f, k.seq))
+                                    == Some(bytes)
+                            });
+                            mc_bad += u64::from(!ok);
+                        }
+                        mc_ovfl = mc_ovfl.max(rx.rxq_ovfl().unwrap_or(0));
+                        if got < rx.capacity() {
+                            break;
+                        }
+                        continue;
+                    }
                     let now = clock.now_ns();
                     let in_window = sending;
                     let l = &mut ls[li];
+                    l.ovfl = l.ovfl.max(rx.rxq_ovfl().unwrap_or(0));
                     for i in 0..got {
                         let (bytes, _) = rx.get(i);
                         if bytes.len() == 16 {
@@ -708,6 +810,7 @@ pub fn run(a: NackArgs) -> Result<NackResult, String> {
     // Whatever is still outstanding after the drain timed out.
     c.timeouts += c.outstanding;
     let secs = send_end as f64 / 1e9;
+    let local_drops = ls.iter().map(|l| u64::from(l.ovfl)).sum::<u64>() + u64::from(mc_ovfl);
     let mut r = NackResult {
         target: a.target.to_string(),
         mode: if sched.is_some() { "open-loop" } else { "max" }.into(),
@@ -737,13 +840,18 @@ pub fn run(a: NackArgs) -> Result<NackResult, String> {
         latency_uncorrected: Percentiles::of(&h.rec.uncorrected),
         curve: latency::curve(&h.rec.corrected),
         intervals,
+        multicast_frames: mcast.as_ref().map(|_| mc_frames),
+        multicast_bad: mc_bad,
+        local_drops,
         ..NackResult::default()
     };
-    if let (Some(m), Some(b)) = (a.metrics_addr, before) {
+    if let (Some(m), Some(b)) = (&a.metrics, before) {
         // The engine publishes its counters every 100 ms tick.
         std::thread::sleep(Duration::from_millis(300));
-        r.engine = metrics::delta(&b, &metrics::scrape(m));
+        r.engine = metrics::delta(&b, &m.scrape());
+        r.silence = Some(Silence::of(&r.engine));
     }
+    r.hint = r.silence.unwrap_or_default().explain(r.timeouts, r.local_drops, r.silence.is_some());
     r.udp = UdpCounters::read().since(&udp0);
     if let Some(p) = &a.hgrm {
         std::fs::write(p, latency::hgrm(&h.rec.corrected))
@@ -765,7 +873,16 @@ pub fn run(a: NackArgs) -> Result<NackResult, String> {
             row("answered", r.completed),
             row("throughput (answered/s)", out::rate(r.throughput)),
             row("ACK / MISS / THROTTLED", format!("{} / {} / {}", r.acks, r.misses, r.throttled)),
-            row("timeouts", r.timeouts),
+            row(
+                "unanswered within --timeout",
+                match &r.silence {
+                    Some(s) if s.rate_limited > 0.0 => format!(
+                        "{} (the endpoint rate-limited {:.0}: see below)",
+                        r.timeouts, s.rate_limited
+                    ),
+                    _ => r.timeouts.to_string(),
+                },
+            ),
             row("unmatched responses", r.unmatched),
             row(
                 "unicast retransmits (bad bytes)",
@@ -785,9 +902,28 @@ pub fn run(a: NackArgs) -> Result<NackResult, String> {
                     r.latency_uncorrected.p50_us, r.latency_uncorrected.p99_us
                 ),
             ),
+            row(
+                "multicast retransmits at the group receiver (bad bytes)",
+                r.multicast_frames.map_or("not counted (no --retransmit-port)".into(), |m| {
+                    format!("{m} ({})", r.multicast_bad)
+                }),
+            ),
+            row("answers dropped at our sockets (SO_RXQ_OVFL)", r.local_drops),
+            row(
+                "endpoint: rate-limited / THROTTLED sent / kernel drops",
+                r.silence.map_or("(no --metrics)".into(), |s| {
+                    format!(
+                        "{:.0} / {:.0} / {:.0}",
+                        s.rate_limited, s.throttled_sent, s.kernel_drops
+                    )
+                }),
+            ),
             row("kernel receive-buffer drops (machine)", r.udp.rcvbuf_errors),
         ],
     );
+    if let Some(h) = &r.hint {
+        println!("note: {h}");
+    }
     out::maybe_json(&a.common.json, &r)?;
     Ok(r)
 }

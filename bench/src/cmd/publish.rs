@@ -1,16 +1,16 @@
 //! `publish`: act as the fabric's shard-proxy — stamped BRC-124 frames on
-//! the IPv4 lab groups at a paced rate or as fast as sendmmsg goes.
+//! the data groups (the IPv4 lab mapping or BRC-129 IPv6 groups) at a
+//! paced rate or as fast as sendmmsg goes.
 
 use std::collections::BTreeMap;
-use std::net::SocketAddr;
 use std::os::fd::AsRawFd;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use socket2::Socket;
 
-use crate::metrics;
-use crate::net::{self, Batch, UdpCounters};
+use crate::metrics::{self, MetricsUrl};
+use crate::net::{Batch, GroupArgs, Groups, UdpCounters};
 use crate::out::{self, Clock, Common, Progress, Rate, row};
 use crate::pace::Schedule;
 use crate::proc;
@@ -42,13 +42,13 @@ pub struct PublishArgs {
     /// Frames per sendmmsg.
     #[arg(long, default_value_t = 64)]
     pub batch: usize,
-    /// The engine's admin address: report frames cached and lost from its /metrics.
-    #[arg(long)]
-    pub metrics_addr: Option<SocketAddr>,
-    /// IPv4 lab groups (239.11.x.y on 127.0.0.1). The only addressing the
-    /// load generator implements so far; accepted for symmetry with the engine.
-    #[arg(long, default_value_t = true)]
-    pub ipv4_lab: bool,
+    /// The endpoint's Prometheus metrics (`http://HOST:PORT/metrics`, or
+    /// `HOST:PORT`): report frames cached and lost.
+    #[arg(long = "metrics", alias = "metrics-addr", value_name = "URL")]
+    pub metrics: Option<MetricsUrl>,
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub groups: GroupArgs,
     #[command(flatten)]
     #[allow(missing_docs)]
     pub common: Common,
@@ -102,6 +102,7 @@ pub struct PublishResult {
 #[derive(Debug)]
 pub struct Publisher {
     sock: Socket,
+    groups: Groups,
     port: u16,
     batch: Batch,
     /// The flows and their last SeqNums.
@@ -122,8 +123,9 @@ pub struct Publisher {
 }
 
 impl Publisher {
-    /// A publisher of `flows` to the lab groups on `port`.
+    /// A publisher of `flows` to `groups` on `port`.
     pub fn new(
+        groups: Groups,
         port: u16,
         flows: FlowSet,
         dist: PayloadDist,
@@ -131,7 +133,8 @@ impl Publisher {
         batch: usize,
     ) -> std::io::Result<Self> {
         Ok(Publisher {
-            sock: net::multicast_sender(false)?,
+            sock: groups.sender(false)?,
+            groups,
             port,
             batch: Batch::new(batch.max(1), FlowSet::max_frame(&dist)),
             flows,
@@ -157,7 +160,7 @@ impl Publisher {
             self.bytes += m.len as u64;
             self.by_class[m.class as usize] += 1;
             self.cacheable += u64::from(m.class.cached());
-            self.batch.push(m.len, net::group_addr(m.group, self.port));
+            self.batch.push(m.len, self.groups.addr(m.group, self.port));
         }
         match self.batch.send(self.sock.as_raw_fd()) {
             Ok(k) => {
@@ -203,13 +206,11 @@ pub fn pause(wait_ns: u64) {
 /// Runs `publish`.
 pub fn run(a: PublishArgs) -> Result<PublishResult, String> {
     a.common.pin()?;
-    if !a.ipv4_lab {
-        return Err("only --ipv4-lab addressing is implemented by the load generator".into());
-    }
+    let groups = a.groups.resolve(None)?;
     let flows = FlowSet::new(a.flows, a.mix, a.shard_bits, a.common.seed);
-    let mut p = Publisher::new(a.port, flows, a.payload, a.common.seed, a.batch)
-        .map_err(|e| e.to_string())?;
-    let before = a.metrics_addr.map(metrics::scrape);
+    let mut p = Publisher::new(groups, a.port, flows, a.payload, a.common.seed, a.batch)
+        .map_err(|e| format!("a sender for {}: {e}", groups.addr(0, a.port)))?;
+    let before = a.metrics.as_ref().map(MetricsUrl::scrape);
     let udp0 = UdpCounters::read();
     let duration = a.common.duration.0;
     let dur_ns = duration.as_nanos() as u64;
@@ -235,7 +236,7 @@ pub fn run(a: PublishArgs) -> Result<PublishResult, String> {
         if now >= next_iv {
             let secs = iv_ns as f64 / 1e9;
             let sent_rate = (p.sent - iv_sent) as f64 / secs;
-            let cached_now = a.metrics_addr.map(|m| cached(&metrics::scrape(m)));
+            let cached_now = a.metrics.as_ref().map(|m| cached(&m.scrape()));
             let cached_rate = match (cached_now, iv_cached) {
                 (Some(c), Some(b)) => Some((c - b) / secs),
                 _ => None,
@@ -270,11 +271,11 @@ pub fn run(a: PublishArgs) -> Result<PublishResult, String> {
         intervals,
         ..PublishResult::default()
     };
-    if let (Some(addr), Some(before)) = (a.metrics_addr, before) {
+    if let (Some(url), Some(before)) = (&a.metrics, before) {
         // Let the engine catch up with what is queued, then read its count.
         let target = cached(&before) + p.cacheable as f64;
-        metrics::wait_for(addr, "ricochet_frames_cached_total", target, Duration::from_secs(3));
-        let after = metrics::scrape(addr);
+        metrics::wait_for(url, "ricochet_frames_cached_total", target, Duration::from_secs(3));
+        let after = url.scrape();
         let got = (cached(&after) - cached(&before)).max(0.0) as u64;
         r.engine_cached = Some(got);
         r.engine_cached_rate = Some(got as f64 / elapsed);

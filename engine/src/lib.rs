@@ -24,10 +24,11 @@
 //! - [`cluster`] drives the gossip engine on the control thread
 //!   (membership, gap ownership, sibling fill, warm restarts);
 //!   [`discovery`] publishes this endpoint's record and looks its upstream
-//!   domain up through the workers' DHT nodes. Discovery's rule set is
-//!   `ricochet_proto::discovery` (re-exported as `discovery::machine`);
-//!   the cluster's (`cluster::machine`, members, PEX store, warm
-//!   restarts) is still in this crate, not yet in `ricochet-proto`.
+//!   domain up through the workers' DHT nodes. Their rule sets are in
+//!   `ricochet-proto` (`ricochet_proto::cluster`, re-exported as
+//!   `cluster::{machine, members, pexstore, warm}`, and
+//!   `ricochet_proto::discovery`, as `discovery::machine`); these modules
+//!   are their drivers.
 //! - [`store`] is the Redis client for siblings sharing a cache.
 //! - [`admin`] serves `/metrics`, `/healthz`, `/readyz`, `/debug/*` and
 //!   `/events` on the control thread; [`otlp`] pushes the same metrics, and

@@ -33,8 +33,8 @@ pub mod group;
 pub mod mac;
 pub mod manifest;
 pub mod members;
-pub mod prefix;
 pub mod pex;
+pub mod prefix;
 pub mod record;
 
 pub use error::{Error, Result};

@@ -51,14 +51,14 @@
 //! - [`discovery`]: what the daemon does with the DHT — publish this
 //!   endpoint's record, look the upstream domain up, keep the upstream
 //!   list — as DHT commands out and node events in.
-//! - [`cluster`]: the cluster's membership records (topic `members`):
-//!   last-writer-wins merge, liveness, the topic's gossip store.
+//! - [`cluster`]: the cluster core between sibling endpoints — membership
+//!   records (topic `members`), the PEX store, warm restarts — over one
+//!   gossip engine.
 //! - [`events`]: the decoder of an upstream endpoint's `/events` stream.
 //!
 //! The daemon's `rt` module owns the sockets, rings, threads and clocks
-//! that drive these; the rest of the cluster's rule set (the core that
-//! runs membership, the PEX store, warm restarts) still lives in the
-//! engine crate.
+//! that drive these; its `cluster` and `discovery` modules are the
+//! drivers of [`cluster`] and [`discovery`].
 
 #![warn(missing_docs)]
 

@@ -436,10 +436,8 @@ async fn events(
     }
     let guard = Subscription(s.subscribers.clone());
     // A comment is one line: the instance id is not trusted to be.
-    let hello = Event::default().comment(format!(
-        "ricochet {} events",
-        s.instance.replace(['\r', '\n'], " ")
-    ));
+    let hello = Event::default()
+        .comment(format!("ricochet {} events", s.instance.replace(['\r', '\n'], " ")));
     let rx = s.events.subscribe();
     let stream = futures_util::stream::unfold(
         (Some(hello), rx, guard),

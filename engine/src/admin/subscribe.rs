@@ -42,11 +42,11 @@ use std::time::{Duration, Instant};
 use axum::response::sse::Event;
 use tokio::net::TcpStream;
 
-use super::{AdminState, client};
 pub use super::sse::{
     DecodeError, Decoder, Item, MAX_CHUNK_LINE, MAX_EVENT, MAX_HEAD, MAX_LINE, MAX_REJECTION,
     SseEvent,
 };
+use super::{AdminState, client};
 use crate::config::{Host, HostPort};
 use crate::metrics::{escape, family};
 use crate::rt::Control;

@@ -64,11 +64,8 @@
 //! - State is shared with `/debug/cluster` and `/metrics` through one
 //!   mutex that is never held across an `await`.
 
-pub mod machine;
-pub mod members;
-pub mod pexstore;
+pub use ricochet_proto::cluster::{machine, members, pexstore, warm};
 pub mod section;
-pub mod warm;
 
 #[cfg(test)]
 mod tests;

@@ -1,5 +1,6 @@
 //! The cluster's sans-IO core: one [`Gossip`] engine plus membership,
-//! peer exchange and warm restarts. The driver ([`super`]) owns the socket,
+//! peer exchange and warm restarts. The driver (the engine's `cluster`
+//! module) owns the socket,
 //! the clocks and the runtime; this owns every decision.
 //!
 //! # Membership

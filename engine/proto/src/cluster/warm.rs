@@ -2,7 +2,7 @@
 //! siblings' caches (issue 6, "warm restart").
 //!
 //! # The snapshot
-//! The serving sibling collects its hot frames ([`crate::rt::Control::export_hot`],
+//! The serving sibling collects its hot frames (the engine's `rt::Control::export_hot`,
 //! at most [`WARM_MAX_BYTES`] of frames), sorts the ones it keeps into
 //! [`snapshot_order`] (by flow and SeqNum, then bytes), frames them as a
 //! blob `([u32 length][frame])*` ([`frame_blob`]) and codes it with

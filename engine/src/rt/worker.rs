@@ -228,20 +228,19 @@ impl Core {
             }
         };
         let dest = frame.key().map_or(self.index, |k| owner(k.hash_key, self.workers));
-        // The one copy: receive buffer → the Bytes the cache keeps.
-        let bytes = Bytes::copy_from_slice(data);
         if dest == self.index {
-            self.store(now, bytes, src);
+            // The one copy: receive buffer → the cache's segment log.
+            self.store(now, data, src);
         } else {
-            self.handoff(dest, Handoff::Frame(bytes, src));
+            self.handoff(dest, Handoff::Frame(Bytes::copy_from_slice(data), src));
         }
     }
 
     /// Caches a frame from the fabric this worker owns; a new epoch (a
     /// restarted proxy reusing its HashKey) is reported to the control
     /// thread for `/events`.
-    fn store(&mut self, now: Instant, bytes: Bytes, src: Option<std::net::IpAddr>) {
-        let outcome = self.service.on_frame(now, bytes.clone(), None);
+    fn store(&mut self, now: Instant, bytes: &[u8], src: Option<std::net::IpAddr>) {
+        let outcome = self.service.on_frame(now, bytes, None);
         if outcome.is_ok() {
             self.counters.fabric_frames += 1;
         }
@@ -252,7 +251,7 @@ impl Core {
         match outcome {
             Ok(FrameOutcome::Cached { key, new_epoch, ttl, .. }) => {
                 if self.events.enabled() {
-                    let txid = Frame::new_checked(&bytes[..]).map(|f| *f.id()).unwrap_or([0; 32]);
+                    let txid = Frame::new_checked(bytes).map(|f| *f.id()).unwrap_or([0; 32]);
                     self.events.cached(now, &txid, key.hash_key, key.seq);
                 }
                 if new_epoch
@@ -276,8 +275,9 @@ impl Core {
 
     /// Writes a newly cached frame to the shared cache
     /// (`CACHE_BACKEND=redis`); a full queue drops the write (counted).
-    fn share_frame(&mut self, key: FrameKey, ttl: std::time::Duration, frame: Bytes) {
+    fn share_frame(&mut self, key: FrameKey, ttl: std::time::Duration, frame: &[u8]) {
         let Some(store) = self.store.as_ref().filter(|s| s.shared_cache) else { return };
+        let frame = Bytes::copy_from_slice(frame);
         if store.try_send(Op::Put { key, ttl, frame }).is_err() {
             self.counters.store_puts_dropped += 1;
         }
@@ -471,7 +471,7 @@ impl Core {
         };
         match self.service.on_recovered_frame(now, rec.frame.clone()) {
             Ok(FrameOutcome::Cached { key, group, ttl, .. }) => {
-                self.share_frame(key, ttl, rec.frame.clone());
+                self.share_frame(key, ttl, &rec.frame);
                 if self.opts.retry.multicast_retransmit {
                     let m = PendingMulticast {
                         key,
@@ -502,7 +502,7 @@ impl Core {
             any = true;
             let r = match h {
                 Handoff::Frame(bytes, src) => {
-                    self.store(now, bytes, src);
+                    self.store(now, &bytes, src);
                     Ok(())
                 }
                 Handoff::Nack(src, local, buf, len) => {

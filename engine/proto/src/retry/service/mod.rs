@@ -652,15 +652,15 @@ impl Service {
     }
 
     /// Checks and caches one data frame from the fabric. `datagram` is the
-    /// whole datagram, already copied out of the receive buffer; it is
-    /// stored as is. `arrival_group` is the group index it arrived on, when
+    /// whole datagram — the receive buffer itself, or bytes already copied
+    /// out of it; the cache copies it once into its segment log. `arrival_group` is the group index it arrived on, when
     /// known; otherwise the BRC-129 group is computed from the frame. The
     /// only error besides a malformed frame is
     /// `BadField("shard_bits")` from invalid settings.
     pub fn on_frame(
         &mut self,
         now: Instant,
-        datagram: Bytes,
+        datagram: impl AsRef<[u8]>,
         arrival_group: Option<u16>,
     ) -> Result<FrameOutcome, Error> {
         self.store(now, datagram, arrival_group, Origin::Fabric)
@@ -672,7 +672,7 @@ impl Service {
     pub fn on_recovered_frame(
         &mut self,
         now: Instant,
-        datagram: Bytes,
+        datagram: impl AsRef<[u8]>,
     ) -> Result<FrameOutcome, Error> {
         let outcome = self.store(now, datagram, None, Origin::Recovered)?;
         if matches!(outcome, FrameOutcome::Cached { .. }) {
@@ -684,12 +684,12 @@ impl Service {
     fn store(
         &mut self,
         now: Instant,
-        datagram: Bytes,
+        datagram: impl AsRef<[u8]>,
         arrival_group: Option<u16>,
         origin: Origin,
     ) -> Result<FrameOutcome, Error> {
         let (key, class, group) = {
-            let frame = Frame::new_checked(&datagram)?;
+            let frame = Frame::new_checked(datagram.as_ref())?;
             self.stats.frames_received += 1;
             let (Some(key), Some(class)) = (frame.key(), TtlClass::of(&frame)) else {
                 self.stats.frames_uncached_legacy += 1;
@@ -886,7 +886,7 @@ impl Service {
             start: l.key.seq,
             key: l.key,
             group,
-            frame: &frame,
+            frame,
             copy: self.settings.unicast_retransmit || (l.proxied && l.allowed),
         };
         serve_hit(&self.settings, &mut self.stats, &mut self.limiter, ctx, &mut budget, out);
@@ -910,14 +910,16 @@ impl Service {
 }
 
 /// One held frame being served.
-struct Hit<'a> {
+struct Hit {
     now: Instant,
     src: SocketAddr,
     /// The NACK's StartSeq (THROTTLED echoes it).
     start: u64,
     key: FrameKey,
     group: u16,
-    frame: &'a Bytes,
+    /// The frame, a view of the cache's segment: moved into the last
+    /// datagram that sends it, cloned (one reference count) for the others.
+    frame: Bytes,
     /// A unicast copy is wanted: unicast retransmit is on, or the NACK is
     /// Proxied from a source that may proxy.
     copy: bool,
@@ -963,7 +965,7 @@ fn serve_hit(
     s: &Settings,
     stats: &mut Stats,
     limiter: &mut Limiter,
-    h: Hit<'_>,
+    h: Hit,
     budget: &mut Budget,
     out: &mut Outbox,
 ) -> bool {
@@ -987,18 +989,24 @@ fn serve_hit(
     }
     let mut flags = 0;
     let deferred = s.multicast_retransmit && s.retransmit_dedup;
-    if s.multicast_retransmit && !deferred {
+    let multicast = s.multicast_retransmit && !deferred;
+    // The copy must leave room for the ACK that reports it.
+    let len = h.frame.len();
+    let unicast = h.copy && budget.fits(len.saturating_add(ack));
+    // The last of the (up to three) places the frame goes takes it.
+    let mut frame = Some(h.frame);
+    let mut hand = |last: bool| if last { frame.take() } else { frame.clone() }.unwrap_or_default();
+    if multicast {
         flags |= AckFlags::MULTICAST;
         stats.retransmits_multicast += 1;
-        let payload = Payload::Frame(h.frame.clone());
+        let payload = Payload::Frame(hand(!unicast && !deferred));
         out.transmits.push(Transmit { dest: Dest::Group(h.group), payload });
     }
-    // The copy must leave room for the ACK that reports it.
-    if h.copy && budget.fits(h.frame.len().saturating_add(ack)) {
-        budget.spend(h.frame.len());
+    if unicast {
+        budget.spend(len);
         flags |= AckFlags::UNICAST;
         stats.retransmits_unicast += 1;
-        let payload = Payload::Frame(h.frame.clone());
+        let payload = Payload::Frame(hand(!deferred));
         out.transmits.push(Transmit { dest: Dest::Unicast(src), payload });
     } else if h.copy {
         // Still sent to its group (if multicast is on); the ACK says so.
@@ -1010,7 +1018,7 @@ fn serve_hit(
         out.effects.push(Effect::Multicast(PendingMulticast {
             key: h.key,
             group: h.group,
-            frame: h.frame.clone(),
+            frame: hand(true),
             ack_to: (!s.suppress_ack).then_some(src),
             ack_flags: flags,
         }));

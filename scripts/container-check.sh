@@ -14,7 +14,7 @@
 # build cannot run; the Containerfile's runtime stage is then built alone,
 # on a base made from the host's glibc, copying from an image of the tree
 # deploy/container/install-tree.sh lays out from the host's cargo build
-# (target/debug unless RICOCHET_CONTAINER_BIN_DIR says otherwise), and
+# (target/debug, or $CARGO_TARGET_DIR/debug, unless RICOCHET_CONTAINER_BIN_DIR says otherwise), and
 # smoke-run the same way.
 #
 # RICOCHET_CONTAINER_CHECK=0 skips it all.
@@ -175,7 +175,7 @@ else
   # No registry: package the host's build on a base made of the host's
   # glibc, with the runtime stage of the same Containerfile.
   skipped="full image build: $pull_error; built the runtime stage on the host's binary and a host-glibc base instead"
-  bin_dir=${RICOCHET_CONTAINER_BIN_DIR:-target/debug}
+  bin_dir=${RICOCHET_CONTAINER_BIN_DIR:-${CARGO_TARGET_DIR:-target}/debug}
   if [ ! -x "$bin_dir/ricochet" ]; then
     say "cargo build -p ricochet (for $bin_dir/ricochet)"
     cargo build --locked -p ricochet --bin ricochet

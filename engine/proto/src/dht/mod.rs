@@ -82,6 +82,7 @@ pub mod peers;
 pub mod query;
 pub mod rng;
 pub mod routing;
+pub mod stats;
 pub mod store;
 
 #[cfg(test)]
@@ -95,9 +96,10 @@ use ricochet_wire::dht::NodeInfo;
 pub use estimate::SizeEstimate;
 pub use id::{Distance, NodeId};
 pub use limit::RateSettings;
-pub use node::{Node, PutError, Stats};
+pub use node::{Node, PutError};
 pub use query::{PutAcks, QueryId};
 pub use routing::{Health, RoutingSettings};
+pub use stats::{Drops, Stats};
 pub use store::{AllowAll, RecordBuf, RecordPolicy, Refusal, StoreSettings};
 
 /// Everything a [`Node`] can be tuned by. Build with [`Config::new`] and

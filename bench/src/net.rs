@@ -515,10 +515,10 @@ impl Batch {
             let n = n as usize;
             for i in 0..n {
                 self.lens[i] = self.hdrs[i].msg_len as usize;
-                if !self.ctrl.is_empty() {
-                    if let Some(v) = read_rxq_ovfl(&self.hdrs[i].msg_hdr) {
-                        self.rxq_ovfl = Some(self.rxq_ovfl.map_or(v, |o| o.max(v)));
-                    }
+                if !self.ctrl.is_empty()
+                    && let Some(v) = read_rxq_ovfl(&self.hdrs[i].msg_hdr)
+                {
+                    self.rxq_ovfl = Some(self.rxq_ovfl.map_or(v, |o| o.max(v)));
                 }
             }
             self.filled = n;
@@ -615,19 +615,18 @@ impl GsoBatch {
     /// Returns false (staging nothing) when a new run is needed and every
     /// slot is taken: send, then push again.
     pub fn push(&mut self, bytes: &[u8], dest: SocketAddr) -> bool {
-        if let Some(r) = self.runs.last_mut() {
-            if r.dest == dest
-                && !r.closed
-                && bytes.len() <= r.seg
-                && r.count < GSO_MAX_SEGMENTS
-                && r.len + bytes.len() <= GSO_MAX_BYTES
-            {
-                r.closed = bytes.len() < r.seg;
-                r.count += 1;
-                r.len += bytes.len();
-                self.data.extend_from_slice(bytes);
-                return true;
-            }
+        if let Some(r) = self.runs.last_mut()
+            && r.dest == dest
+            && !r.closed
+            && bytes.len() <= r.seg
+            && r.count < GSO_MAX_SEGMENTS
+            && r.len + bytes.len() <= GSO_MAX_BYTES
+        {
+            r.closed = bytes.len() < r.seg;
+            r.count += 1;
+            r.len += bytes.len();
+            self.data.extend_from_slice(bytes);
+            return true;
         }
         if self.runs.len() == self.max_runs {
             return false;

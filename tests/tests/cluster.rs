@@ -92,7 +92,7 @@ impl Domain {
         let mut args: Vec<String> = [
             "--ipv4-lab",
             "--backend",
-            if i % 2 == 0 { "epoll" } else { "uring" },
+            if i.is_multiple_of(2) { "epoll" } else { "uring" },
             "--proxy-enabled",
             "--upstream-retry-endpoints",
             &up,
@@ -120,10 +120,10 @@ impl Domain {
     fn collect(&mut self) {
         for l in &self.listener {
             for d in drain(l, Duration::from_millis(30)) {
-                if let Ok(f) = Frame::new_checked(&d) {
-                    if f.hash_key() == FLOW {
-                        *self.copies.entry(f.seq()).or_default() += 1;
-                    }
+                if let Ok(f) = Frame::new_checked(&d)
+                    && f.hash_key() == FLOW
+                {
+                    *self.copies.entry(f.seq()).or_default() += 1;
                 }
             }
         }

@@ -378,10 +378,10 @@ fn adverts_announce_the_endpoint_and_turn_draining_on_sigterm() {
         loop {
             assert!(std::time::Instant::now() < deadline, "no ADVERT (draining={want_draining})");
             let Ok(n) = beacons.recv(&mut buf) else { continue };
-            if let Ok(a) = AdvertRepr::parse(&buf[..n]) {
-                if a.flags.has(AdvertFlags::DRAINING) == want_draining {
-                    return a;
-                }
+            if let Ok(a) = AdvertRepr::parse(&buf[..n])
+                && a.flags.has(AdvertFlags::DRAINING) == want_draining
+            {
+                return a;
             }
         }
     };

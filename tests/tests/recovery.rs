@@ -59,10 +59,10 @@ fn two_domains(backend: &str) {
     let collect = |have: &mut BTreeSet<u64>| {
         for l in &listener {
             for d in drain(l, Duration::from_millis(50)) {
-                if let Ok(f) = Frame::new_checked(&d) {
-                    if f.hash_key() == FLOW {
-                        have.insert(f.seq());
-                    }
+                if let Ok(f) = Frame::new_checked(&d)
+                    && f.hash_key() == FLOW
+                {
+                    have.insert(f.seq());
                 }
             }
         }

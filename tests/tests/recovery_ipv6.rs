@@ -280,10 +280,10 @@ fn collect(sockets: &[UdpSocket], have: &mut BTreeSet<u64>) {
     for s in sockets {
         s.set_read_timeout(Some(Duration::from_millis(10))).unwrap();
         while let Ok(len) = s.recv(&mut buf) {
-            if let Ok(f) = Frame::new_checked(&buf[..len]) {
-                if f.hash_key() == FLOW {
-                    have.insert(f.seq());
-                }
+            if let Ok(f) = Frame::new_checked(&buf[..len])
+                && f.hash_key() == FLOW
+            {
+                have.insert(f.seq());
             }
         }
     }

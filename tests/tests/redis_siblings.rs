@@ -81,10 +81,10 @@ impl Domain {
     fn collect(&mut self) {
         for l in &self.listener {
             for d in drain(l, Duration::from_millis(30)) {
-                if let Ok(f) = Frame::new_checked(&d) {
-                    if f.hash_key() == FLOW {
-                        *self.copies.entry(f.seq()).or_default() += 1;
-                    }
+                if let Ok(f) = Frame::new_checked(&d)
+                    && f.hash_key() == FLOW
+                {
+                    *self.copies.entry(f.seq()).or_default() += 1;
                 }
             }
         }

@@ -978,7 +978,7 @@ mod tests {
     }
 
     fn node(i: u8) -> NodeInfo {
-        let addr = if i % 2 == 0 {
+        let addr = if i.is_multiple_of(2) {
             SocketAddr::new(IpAddr::V4([10, 0, 0, i].into()), 9320)
         } else {
             SocketAddr::new(

@@ -320,15 +320,15 @@ impl<'a> ShardManifest<'a> {
         }
 
         let m = ShardManifest { buf, sources_at, successor_at, domains_at };
-        if let RawGroups::List(list) = m.raw_groups() {
-            if !strictly_ascending(list.chunks_exact(2).map(be16)) {
-                return Err(Error::BadField("groups"));
-            }
+        if let RawGroups::List(list) = m.raw_groups()
+            && !strictly_ascending(list.chunks_exact(2).map(be16))
+        {
+            return Err(Error::BadField("groups"));
         }
-        if let Some(s) = m.successor() {
-            if !s.check(shard_bits, MAX_SHARD_BITS) {
-                return Err(Error::BadField("successor"));
-            }
+        if let Some(s) = m.successor()
+            && !s.check(shard_bits, MAX_SHARD_BITS)
+        {
+            return Err(Error::BadField("successor"));
         }
         if flags.has(ManifestFlags::DOMAINS_VALID) {
             check_domains(m.domains(), shard_bits, &m.generation_id(), authoritative)?;
@@ -677,10 +677,10 @@ impl ShardManifestRepr {
         if self.flags.has(ManifestFlags::PILOT_ONLY) && !authoritative {
             return Err(Error::BadField("pilot_only"));
         }
-        if let Some(s) = &self.successor {
-            if !authoritative || !s.check(self.shard_bits, MAX_SHARD_BITS) {
-                return Err(Error::BadField("successor"));
-            }
+        if let Some(s) = &self.successor
+            && (!authoritative || !s.check(self.shard_bits, MAX_SHARD_BITS))
+        {
+            return Err(Error::BadField("successor"));
         }
         if !self.domains.is_empty() {
             for d in &self.domains {
@@ -802,13 +802,12 @@ fn check_domains(
         if d.domain_id == 0 && (d.shard_bits != top_bits || d.generation_id != *top_generation) {
             return Err(BAD);
         }
-        if let Some(s) = d.successor {
-            if !authoritative
+        if let Some(s) = d.successor
+            && (!authoritative
                 || !s.check(d.shard_bits, max_bits)
-                || !plane_fits(d.domain_id, s.shard_bits, max_bits)
-            {
-                return Err(BAD);
-            }
+                || !plane_fits(d.domain_id, s.shard_bits, max_bits))
+        {
+            return Err(BAD);
         }
     }
     if n == 0 || n > MAX_DOMAINS {

@@ -142,7 +142,7 @@ fn unhex(s: &str) -> Vec<u8> {
         b'a'..=b'f' => c - b'a' + 10,
         _ => panic!("not a lowercase hex digit: {c:?}"),
     };
-    assert!(s.len() % 2 == 0, "odd-length hex");
+    assert!(s.len().is_multiple_of(2), "odd-length hex");
     s.as_bytes().chunks(2).map(|p| digit(p[0]) << 4 | digit(p[1])).collect()
 }
 

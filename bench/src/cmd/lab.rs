@@ -219,14 +219,14 @@ pub fn run(a: LabArgs) -> Result<LabResult, String> {
         }
         core.step(&clock, 2_000_000).map_err(|e| e.to_string())?;
         let now = clock.now_ns();
-        if published.is_none() {
-            if let Ok((n, t)) = rx.try_recv() {
-                published = Some(n);
-                tails = t;
-                // Let frames still in flight land before declaring the tail.
-                tails_at = Some(now + 200_000_000);
-                done_at = Some(now);
-            }
+        if published.is_none()
+            && let Ok((n, t)) = rx.try_recv()
+        {
+            published = Some(n);
+            tails = t;
+            // Let frames still in flight land before declaring the tail.
+            tails_at = Some(now + 200_000_000);
+            done_at = Some(now);
         }
         if let Some(t) = tails_at.filter(|&t| now >= t) {
             let _ = t;
@@ -251,13 +251,13 @@ pub fn run(a: LabArgs) -> Result<LabResult, String> {
             progress.set(Duration::from_nanos(now.min(dur_ns)));
             next_iv += iv_ns;
         }
-        if let Some((s, iv)) = soak.as_mut() {
-            if next_soak <= dur_ns && now >= next_soak {
-                let row = s.push(sample(&core, &engine, now), true);
-                progress.line(&soak::line(row));
-                next_soak =
-                    if next_soak == dur_ns { u64::MAX } else { (next_soak + *iv).min(dur_ns) };
-            }
+        if let Some((s, iv)) = soak.as_mut()
+            && next_soak <= dur_ns
+            && now >= next_soak
+        {
+            let row = s.push(sample(&core, &engine, now), true);
+            progress.line(&soak::line(row));
+            next_soak = if next_soak == dur_ns { u64::MAX } else { (next_soak + *iv).min(dur_ns) };
         }
         if let Some(d) = done_at {
             if tails_at.is_none() && core.open_gaps() == 0 {

@@ -364,11 +364,11 @@ impl ListenCore {
         // fds[base + j] belongs to attempt slot slot_of[j].
         let mut slot_of = [usize::MAX; 256];
         for (i, s) in self.slots.iter().enumerate() {
-            if let Some(sock) = &s.sock {
-                if fds.len() - base < slot_of.len() {
-                    slot_of[fds.len() - base] = i;
-                    fds.push(net::pollfd(sock));
-                }
+            if let Some(sock) = &s.sock
+                && fds.len() - base < slot_of.len()
+            {
+                slot_of[fds.len() - base] = i;
+                fds.push(net::pollfd(sock));
             }
         }
         if net::poll(fds, wait)? > 0 {

@@ -287,28 +287,26 @@ fn converged(net: &Net<Peer>) -> bool {
 fn observe(net: &mut Net<Peer>, tracker: &mut Option<Tracker>, idx: usize) {
     let now = net.elapsed();
     let p = net.node_mut(idx);
-    if let Some(tr) = tracker.as_mut() {
-        if tr.have[idx].is_none() {
-            if let Some(store) = p.g.store(TOPIC) {
-                let got = store
-                    .delta_since(0)
-                    .iter()
-                    .any(|r| MemStore::split(r).is_some_and(|(k, _, _)| k == tr.key.as_slice()));
-                if got {
-                    let hops = p.out.events.iter().find_map(|e| match e {
-                        Event::Delivered { payload, hops, .. }
-                            if MemStore::split(payload)
-                                .is_some_and(|(k, _, _)| k == tr.key.as_slice()) =>
-                        {
-                            Some(*hops)
-                        }
-                        _ => None,
-                    });
-                    let via = hops.map_or(Via::AntiEntropy, Via::Rumor);
-                    tr.have[idx] = Some((now, via));
-                    tr.count += 1;
+    if let Some(tr) = tracker.as_mut()
+        && tr.have[idx].is_none()
+        && let Some(store) = p.g.store(TOPIC)
+    {
+        let got = store
+            .delta_since(0)
+            .iter()
+            .any(|r| MemStore::split(r).is_some_and(|(k, _, _)| k == tr.key.as_slice()));
+        if got {
+            let hops = p.out.events.iter().find_map(|e| match e {
+                Event::Delivered { payload, hops, .. }
+                    if MemStore::split(payload).is_some_and(|(k, _, _)| k == tr.key.as_slice()) =>
+                {
+                    Some(*hops)
                 }
-            }
+                _ => None,
+            });
+            let via = hops.map_or(Via::AntiEntropy, Via::Rumor);
+            tr.have[idx] = Some((now, via));
+            tr.count += 1;
         }
     }
     p.out.events.clear();

@@ -207,12 +207,12 @@ pub async fn serve(listener: TcpListener, router: Router, limits: Limits, stats:
                 .timer(TokioTimer::new())
                 .header_read_timeout(limits.header_timeout)
                 .serve_connection(TokioIo::new(stream), service);
-            if let Err(e) = conn.await {
-                if e.is_timeout() {
-                    stats.timed_out.fetch_add(1, Ordering::Relaxed);
-                    if stats.may_warn(Instant::now()) {
-                        tracing::warn!(%peer, "admin HTTP: no request head in {:?}; connection closed", limits.header_timeout);
-                    }
+            if let Err(e) = conn.await
+                && e.is_timeout()
+            {
+                stats.timed_out.fetch_add(1, Ordering::Relaxed);
+                if stats.may_warn(Instant::now()) {
+                    tracing::warn!(%peer, "admin HTTP: no request head in {:?}; connection closed", limits.header_timeout);
                 }
             }
         });

@@ -708,10 +708,10 @@ impl Config {
         for e in &self.effective {
             let s = e.key.setting();
             let mut detail: Vec<String> = Vec::new();
-            if let Origin::Env(name) = e.origin {
-                if name != s.env {
-                    detail.push(name.to_owned());
-                }
+            if let Origin::Env(name) = e.origin
+                && name != s.env
+            {
+                detail.push(name.to_owned());
             }
             detail.extend(e.note.clone());
             let detail =

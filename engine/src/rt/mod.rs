@@ -616,10 +616,10 @@ impl Control {
     /// that does not fit the inbox is lost; the worker gives up on it after
     /// [`STORE_ANSWER_DEADLINE`] and goes ahead as if Redis were down.
     pub(crate) fn answer(&self, to: store_queue::ReplyTo, answer: store_queue::Answer) {
-        if let Some(inbox) = self.inboxes.get(to.worker) {
-            if inbox.try_send(worker::Handoff::Store(to.token, answer)).is_ok() {
-                self.wakers[to.worker].wake();
-            }
+        if let Some(inbox) = self.inboxes.get(to.worker)
+            && inbox.try_send(worker::Handoff::Store(to.token, answer)).is_ok()
+        {
+            self.wakers[to.worker].wake();
         }
     }
 

@@ -1148,7 +1148,7 @@ pub(crate) mod tests {
                 *b = state as u8;
             }
             // Plausible headers now and then, so the walk goes deeper.
-            if state % 3 == 0 {
+            if state.is_multiple_of(3) {
                 buf[..8].copy_from_slice(&((state % 64) as usize).to_ne_bytes());
             }
             let _ = super::pktinfo_destination(&buf[..(state as usize % 97)]);

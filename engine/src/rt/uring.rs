@@ -378,12 +378,12 @@ impl Worker {
             return;
         }
         while !self.core.shared.stopping() {
-            if let Err(e) = self.ring.submit_and_wait(1) {
-                if e.raw_os_error() != Some(libc::EINTR) {
-                    tracing::error!(worker = self.core.index, error = %e, "io_uring wait failed; worker stops");
-                    self.core.shared.fail();
-                    break;
-                }
+            if let Err(e) = self.ring.submit_and_wait(1)
+                && e.raw_os_error() != Some(libc::EINTR)
+            {
+                tracing::error!(worker = self.core.index, error = %e, "io_uring wait failed; worker stops");
+                self.core.shared.fail();
+                break;
             }
             self.cqes.clear();
             self.cqes.extend(self.ring.completion());
@@ -588,10 +588,10 @@ impl Worker {
             }
             _ => None,
         };
-        if let Some(source) = rearm {
-            if let Err(e) = self.arm_recv(source) {
-                tracing::error!(error = %e, "re-arming receive failed");
-            }
+        if let Some(source) = rearm
+            && let Err(e) = self.arm_recv(source)
+        {
+            tracing::error!(error = %e, "re-arming receive failed");
         }
     }
 

@@ -124,10 +124,10 @@ impl Store for MemStore {
 
     fn apply(&mut self, record: &[u8]) -> Result<bool, RecordRejected> {
         let (key, stamp, value) = Self::split(record).ok_or(RecordRejected)?;
-        if let Some(old) = self.entries.get(key) {
-            if (old.stamp, old.value.as_slice()) >= (stamp, value) {
-                return Ok(false);
-            }
+        if let Some(old) = self.entries.get(key)
+            && (old.stamp, old.value.as_slice()) >= (stamp, value)
+        {
+            return Ok(false);
         }
         self.version += 1;
         let (hash, id) = record_hash(record);

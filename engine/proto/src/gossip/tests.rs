@@ -626,7 +626,7 @@ struct Echo(u8);
 
 impl Responder for Echo {
     fn respond(&mut self, _origin: &[u8; 32], query: &[u8]) -> Option<Vec<u8>> {
-        (self.0 % 2 == 0).then(|| [query, &[self.0]].concat())
+        self.0.is_multiple_of(2).then(|| [query, &[self.0]].concat())
     }
 }
 

@@ -150,7 +150,9 @@ impl Link {
                 while let Some((to, chunk)) = self.servers[i].1.next_chunk() {
                     assert_eq!(to, A);
                     chunks += 1;
-                    if self.is_cut(i) || (self.drop_every > 0 && chunks % self.drop_every == 0) {
+                    if self.is_cut(i)
+                        || (self.drop_every > 0 && chunks.is_multiple_of(self.drop_every))
+                    {
                         continue;
                     }
                     let from = self.servers[i].0;

@@ -327,10 +327,8 @@ impl Gossip {
             return;
         };
         let full = ps.full_due();
-        if full {
-            if let Some(ps) = self.peer_sync(peer, topic) {
-                ps.g1_next = false;
-            }
+        if full && let Some(ps) = self.peer_sync(peer, topic) {
+            ps.g1_next = false;
         }
         let Some(store) = self.store(topic) else { return };
         // A peer outside our view gets an exchange without records: it

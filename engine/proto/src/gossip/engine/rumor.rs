@@ -151,10 +151,10 @@ impl Retained {
         if let Some(h) = self.held.get_mut(&p.rumor) {
             h.refs += 1;
         }
-        if let Some(old) = self.index.insert((p.rumor, p.target), seq) {
-            if self.pending.remove(&old).is_some() {
-                self.unref(&p.rumor);
-            }
+        if let Some(old) = self.index.insert((p.rumor, p.target), seq)
+            && self.pending.remove(&old).is_some()
+        {
+            self.unref(&p.rumor);
         }
         self.pending.insert(seq, p);
     }

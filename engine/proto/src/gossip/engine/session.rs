@@ -557,16 +557,16 @@ impl Gossip {
                     _ => self.stats.drops.reconcile_mismatch += 1,
                 }
             }
-            if !keys.is_empty() {
-                if let Some(store) = self.store(&s.topic) {
-                    let records = store.records_for(&keys);
-                    let mark = store.watermark().max(0);
-                    let topic = s.topic.clone();
-                    let c = self.chunk(&topic, &records, self.config.max_exchange_bytes, 0);
-                    self.stats.reconcile_records_sent += c.included as u64;
-                    let priority = self.config.sync_priority;
-                    self.emit_chunks(from, &topic, id | RESPONSE_BIT, false, mark, &c, priority);
-                }
+            if !keys.is_empty()
+                && let Some(store) = self.store(&s.topic)
+            {
+                let records = store.records_for(&keys);
+                let mark = store.watermark().max(0);
+                let topic = s.topic.clone();
+                let c = self.chunk(&topic, &records, self.config.max_exchange_bytes, 0);
+                self.stats.reconcile_records_sent += c.included as u64;
+                let priority = self.config.sync_priority;
+                self.emit_chunks(from, &topic, id | RESPONSE_BIT, false, mark, &c, priority);
             }
         }
         self.out_sessions.insert(id, s);

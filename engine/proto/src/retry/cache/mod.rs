@@ -1131,10 +1131,10 @@ impl Cache {
             }
             work += 1;
             let live = self.live_at(addr, &h);
-            if let Some((idx, pos)) = live {
-                if self.inserted_ms(idx, pos).saturating_add(self.ttl_ms[c]) > now_ms {
-                    break;
-                }
+            if let Some((idx, pos)) = live
+                && self.inserted_ms(idx, pos).saturating_add(self.ttl_ms[c]) > now_ms
+            {
+                break;
             }
             self.queues[c].skip(&h);
             if let Some((idx, pos)) = live {

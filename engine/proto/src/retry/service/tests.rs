@@ -987,7 +987,7 @@ fn overload_minutes(listeners: u32, minutes: u32, reference: bool) -> Vec<Vec<u3
         for seq in k * 10 + 1..=k * 10 + 10 {
             svc.on_frame(now, tx(seq), Some(7)).unwrap();
             for (i, d) in due.iter_mut().enumerate() {
-                if crate::retry::splitmix64(seq * 31 + i as u64) % 10 == 0 {
+                if crate::retry::splitmix64(seq * 31 + i as u64).is_multiple_of(10) {
                     d[slot].push(seq);
                 }
             }

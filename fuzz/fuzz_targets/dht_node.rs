@@ -16,35 +16,11 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::{Duration, Instant};
 
 use libfuzzer_sys::fuzz_target;
+use ricochet_fuzz::Input;
 use ricochet_proto::dht::{Config, Node, NodeId, Outbox};
 use ricochet_wire::dht::DATAGRAM_BUDGET;
 
 const UNIX_BASE: u64 = 1_767_225_600;
-
-/// Reads fields off the input; missing bytes read as zero.
-struct Input<'a>(&'a [u8]);
-
-impl Input<'_> {
-    fn u8(&mut self) -> u8 {
-        let Some((&b, rest)) = self.0.split_first() else { return 0 };
-        self.0 = rest;
-        b
-    }
-    fn u16(&mut self) -> u16 {
-        u16::from_be_bytes([self.u8(), self.u8()])
-    }
-    fn bytes(&mut self, n: usize) -> &[u8] {
-        let (head, rest) = self.0.split_at(n.min(self.0.len()));
-        self.0 = rest;
-        head
-    }
-    fn id(&mut self) -> NodeId {
-        let mut id = [0u8; 32];
-        let b = self.bytes(32);
-        id[..b.len()].copy_from_slice(b);
-        NodeId(id)
-    }
-}
 
 /// One of eight sources, in two /24s.
 fn addr(i: u8) -> SocketAddr {
@@ -68,7 +44,7 @@ fuzz_target!(|data: &[u8]| {
     let mut out = Outbox::default();
 
     let mut steps = 0;
-    while !input.0.is_empty() && steps < 256 {
+    while !input.is_empty() && steps < 256 {
         steps += 1;
         let mut from = None;
         match input.u8() % 7 {
@@ -81,11 +57,11 @@ fuzz_target!(|data: &[u8]| {
             1 => now += Duration::from_millis(u64::from(input.u16()) * 16),
             2 => node.handle_timeout(now, &mut out),
             3 => {
-                let target = input.id();
+                let target = NodeId(input.array32());
                 node.find_node(now, target, &mut out);
             }
             4 => {
-                let key = input.id();
+                let key = NodeId(input.array32());
                 node.find_value(now, key, &mut out);
             }
             5 => {

@@ -18,31 +18,13 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::{Duration, Instant};
 
 use libfuzzer_sys::fuzz_target;
+use ricochet_fuzz::Input;
 use ricochet_proto::gossip::{
     AMPLIFICATION, Config, Gossip, MemStore, Member, Outbox, Responder, TopicMode,
 };
 use ricochet_wire::mac::{ClusterKey, Stamp};
 
 const TOPICS: [&[u8]; 3] = [b"state", b"news", b"ask"];
-
-/// Reads fields off the input; missing bytes read as zero.
-struct Input<'a>(&'a [u8]);
-
-impl Input<'_> {
-    fn u8(&mut self) -> u8 {
-        let Some((&b, rest)) = self.0.split_first() else { return 0 };
-        self.0 = rest;
-        b
-    }
-    fn u16(&mut self) -> u16 {
-        u16::from_be_bytes([self.u8(), self.u8()])
-    }
-    fn bytes(&mut self, n: usize) -> &[u8] {
-        let (head, rest) = self.0.split_at(n.min(self.0.len()));
-        self.0 = rest;
-        head
-    }
-}
 
 /// Members 0–2 are in the view (0 is the engine); 3 is a stranger.
 fn addr(i: u8) -> SocketAddr {
@@ -88,7 +70,7 @@ fuzz_target!(|data: &[u8]| {
     let (mut from_stranger, mut to_stranger) = (0usize, 0usize);
 
     let mut steps = 0;
-    while !input.0.is_empty() && steps < 256 {
+    while !input.is_empty() && steps < 256 {
         steps += 1;
         let mut replayed = None;
         match input.u8() % 8 {
@@ -98,7 +80,8 @@ fuzz_target!(|data: &[u8]| {
                 let from = addr(peer);
                 let len = usize::from(input.u16() % 1400);
                 counter += 1;
-                let stamp = Stamp { sender: 0x5E00 + u64::from(peer), time_ms: g.unix_ms(now), counter };
+                let stamp =
+                    Stamp { sender: 0x5E00 + u64::from(peer), time_ms: g.unix_ms(now), counter };
                 if let Ok(d) = key.seal_gossip_vec(input.bytes(len), 0, &stamp) {
                     from_stranger += if from == addr(3) { d.len() } else { 0 };
                     g.handle(now, from, &d, &mut out);

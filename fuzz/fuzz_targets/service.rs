@@ -18,6 +18,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use libfuzzer_sys::fuzz_target;
+use ricochet_fuzz::Input;
 use ricochet_proto::retry::effects::{Parts, Router, StoreAnswer, StoreOp};
 use ricochet_proto::retry::{
     AMPLIFICATION_FACTOR, CacheSettings, ClaimResult, Claims, Dest, Outbox, Recovery,
@@ -30,28 +31,12 @@ const UPSTREAM: SocketAddr =
     SocketAddr::new(IpAddr::V6(Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 0xff)), 9000);
 const MAX_BYTES: usize = 64 * 1024;
 
-/// Reads fields off the input; missing bytes read as zero.
-struct Input<'a>(&'a [u8]);
-
-impl Input<'_> {
-    fn u8(&mut self) -> u8 {
-        let Some((&b, rest)) = self.0.split_first() else { return 0 };
-        self.0 = rest;
-        b
-    }
-    fn u16(&mut self) -> u16 {
-        u16::from_be_bytes([self.u8(), self.u8()])
-    }
-    fn bytes(&mut self, n: usize) -> &[u8] {
-        let (head, rest) = self.0.split_at(n.min(self.0.len()));
-        self.0 = rest;
-        head
-    }
-}
-
 /// One of eight NACK sources.
 fn source(i: u8) -> SocketAddr {
-    SocketAddr::new(IpAddr::V6(Ipv6Addr::new(0x2001, 0xdb8, 1, 0, 0, 0, 0, u16::from(i % 8))), 40_000)
+    SocketAddr::new(
+        IpAddr::V6(Ipv6Addr::new(0x2001, 0xdb8, 1, 0, 0, 0, 0, u16::from(i % 8))),
+        40_000,
+    )
 }
 
 /// A valid frame of flow `flow % 4` at `seq` with a payload of `len` bytes.
@@ -108,8 +93,30 @@ fuzz_target!(|data: &[u8]| {
     // Store requests waiting for an answer the input will give.
     let mut asked: VecDeque<(u64, StoreOp)> = VecDeque::new();
 
+    // The router with the worker state it acts on and a fake store queue
+    // that takes up to 32 requests, then refuses (as a full queue does).
+    macro_rules! routed {
+        (|$parts:ident, $store:ident| $call:expr) => {{
+            let mut $parts = Parts {
+                service: &mut service,
+                recovery: &mut recovery,
+                siblings: &siblings,
+                local_dedup: &mut local_dedup,
+                outbox: &mut outbox,
+            };
+            let mut $store = |t, op| {
+                let take = asked.len() < 32;
+                if take {
+                    asked.push_back((t, op));
+                }
+                take
+            };
+            $call
+        }};
+    }
+
     let mut steps = 0;
-    while !input.0.is_empty() && steps < 512 {
+    while !input.is_empty() && steps < 512 {
         steps += 1;
         let mut nack_from = None;
         match input.u8() % 8 {
@@ -163,54 +170,22 @@ fuzz_target!(|data: &[u8]| {
                             _ => Ok(Some(frame((key.hash_key & 3) as u8, key.seq, pick, 0))),
                         }),
                     };
-                    let mut parts = Parts {
-                        service: &mut service,
-                        recovery: &mut recovery,
-                        siblings: &siblings,
-                        local_dedup: &mut local_dedup,
-                        outbox: &mut outbox,
-                    };
-                    let mut store = |t, op| {
-                        asked.push_back((t, op));
-                        true
-                    };
-                    router.on_answer(now, token, answer, &mut parts, &mut store);
+                    routed!(
+                        |parts, store| router.on_answer(now, token, answer, &mut parts, &mut store)
+                    );
                 }
             }
             _ => {
-                let mut parts = Parts {
-                    service: &mut service,
-                    recovery: &mut recovery,
-                    siblings: &siblings,
-                    local_dedup: &mut local_dedup,
-                    outbox: &mut outbox,
-                };
-                let mut store = |t, op| {
-                    asked.push_back((t, op));
-                    true
-                };
-                router.expire(now, Duration::from_millis(500), &mut parts, &mut store);
+                routed!(|parts, store| router.expire(
+                    now,
+                    Duration::from_millis(500),
+                    &mut parts,
+                    &mut store
+                ));
             }
         }
-        // Route what the step produced; the fake store takes up to 32
-        // requests, then refuses (as a full queue does).
-        {
-            let mut parts = Parts {
-                service: &mut service,
-                recovery: &mut recovery,
-                siblings: &siblings,
-                local_dedup: &mut local_dedup,
-                outbox: &mut outbox,
-            };
-            let mut store = |t, op| {
-                let take = asked.len() < 32;
-                if take {
-                    asked.push_back((t, op));
-                }
-                take
-            };
-            router.route(now, &mut parts, &mut store);
-        }
+        // Route what the step produced.
+        routed!(|parts, store| router.route(now, &mut parts, &mut store));
         assert!(outbox.effects().is_empty(), "an effect was left unrouted");
 
         let stats = service.cache().stats();

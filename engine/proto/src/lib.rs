@@ -62,6 +62,19 @@
 
 #![warn(missing_docs)]
 
+/// A datagram a state machine wants sent, as the gossip engine and the DHT
+/// node (and the cluster and discovery cores over them) queue it: the
+/// caller sends `payload` as one UDP datagram to `dest`. (The retry core's
+/// transmits name a group, a listener or an upstream instead, and carry
+/// frames without copying them: `retry::Transmit`.)
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Transmit {
+    /// Destination.
+    pub dest: core::net::SocketAddr,
+    /// The whole UDP payload.
+    pub payload: Vec<u8>,
+}
+
 pub mod cluster;
 pub mod dht;
 pub mod discovery;

@@ -187,15 +187,10 @@ impl Config {
     }
 }
 
-/// A datagram to send.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Transmit {
-    /// Destination.
-    pub dest: SocketAddr,
-    /// The whole UDP payload (at most `ricochet_wire::dht::DATAGRAM_BUDGET`
-    /// bytes).
-    pub payload: Vec<u8>,
-}
+/// A datagram to send: a DHT message of at most
+/// `ricochet_wire::dht::DATAGRAM_BUDGET` bytes. The crate's one
+/// [`crate::Transmit`].
+pub use crate::Transmit;
 
 /// A result for the caller.
 #[derive(Debug, Clone, PartialEq)]

@@ -593,15 +593,9 @@ impl Config {
     }
 }
 
-/// A datagram to send.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Transmit {
-    /// Destination.
-    pub dest: SocketAddr,
-    /// The whole UDP payload: a gossip frame in its v2 envelope (padding,
-    /// stamp, MAC).
-    pub payload: Vec<u8>,
-}
+/// A datagram to send: the whole UDP payload is a gossip frame in its v2
+/// envelope (padding, stamp, MAC). The crate's one [`crate::Transmit`].
+pub use crate::Transmit;
 
 /// Something the caller may act on.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -70,7 +70,9 @@ const _: () = assert!(INGRESS_BUF - RECV_HEAD >= 65_535 && NACK_BUF - RECV_HEAD 
 /// returning a reason operators can act on when it does not.
 pub(crate) fn probe() -> Result<(), String> {
     let ring = IoUring::new(8).map_err(|e| match e.raw_os_error() {
-        Some(libc::ENOSYS) => "io_uring is not supported by this kernel (ENOSYS)".to_string(),
+        Some(libc::ENOSYS) => "io_uring is not supported by this kernel, or a container's \
+            seccomp profile refuses io_uring_setup (ENOSYS)"
+            .to_string(),
         Some(libc::EPERM) => "io_uring is disabled (sysctl kernel.io_uring_disabled, or a seccomp \
             profile forbids it: EPERM)"
             .to_string(),

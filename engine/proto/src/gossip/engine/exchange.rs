@@ -375,16 +375,8 @@ impl Gossip {
             self.stats.drops.bad_entries += 1;
             return;
         };
-        match self.topics.get(x.topic).map(|t| &t.mode) {
-            None => {
-                self.stats.drops.unknown_topic += 1;
-                return;
-            }
-            Some(TopicMode::StatefulMerge(_)) => {}
-            Some(_) => {
-                self.stats.drops.wrong_mode += 1;
-                return;
-            }
+        if !self.admit_merge_topic(x.topic) {
+            return;
         }
         let key = (from, x.exchange_id);
         if !self.inbound.contains_key(&key) {

@@ -506,6 +506,33 @@ impl Gossip {
         Ok(QueryId(qid))
     }
 
+    /// Whether `topic` is a registered StatefulMerge topic (the only kind
+    /// pulls, exchanges and reconciliations apply to); the error says what
+    /// it is instead.
+    fn merge_topic(&self, topic: &[u8]) -> Result<(), PublishError> {
+        match self.topics.get(topic).map(|t| &t.mode) {
+            None => Err(PublishError::UnknownTopic),
+            Some(TopicMode::StatefulMerge(_)) => Ok(()),
+            Some(_) => Err(PublishError::WrongMode),
+        }
+    }
+
+    /// [`Gossip::merge_topic`] for a frame received: false, with the drop
+    /// counted by reason, when the frame's topic is not a StatefulMerge one.
+    pub(super) fn admit_merge_topic(&mut self, topic: &[u8]) -> bool {
+        match self.merge_topic(topic) {
+            Ok(()) => true,
+            Err(PublishError::UnknownTopic) => {
+                self.stats.drops.unknown_topic += 1;
+                false
+            }
+            Err(_) => {
+                self.stats.drops.wrong_mode += 1;
+                false
+            }
+        }
+    }
+
     /// One-shot catch-up (G4): asks `peer` for its records of a
     /// StatefulMerge topic newer than our watermark for it. Ends with
     /// [`Event::PullDone`].
@@ -516,11 +543,7 @@ impl Gossip {
         topic: &[u8],
         out: &mut Outbox,
     ) -> Result<(), PublishError> {
-        match self.topics.get(topic).map(|t| &t.mode) {
-            None => return Err(PublishError::UnknownTopic),
-            Some(TopicMode::StatefulMerge(_)) => {}
-            Some(_) => return Err(PublishError::WrongMode),
-        }
+        self.merge_topic(topic)?;
         if self.pulls.len() >= self.config.max_outstanding || self.pulls.contains(peer, topic) {
             return Err(PublishError::Busy);
         }
@@ -553,11 +576,7 @@ impl Gossip {
         topic: &[u8],
         out: &mut Outbox,
     ) -> Result<(), PublishError> {
-        match self.topics.get(topic).map(|t| &t.mode) {
-            None => return Err(PublishError::UnknownTopic),
-            Some(TopicMode::StatefulMerge(_)) => {}
-            Some(_) => return Err(PublishError::WrongMode),
-        }
+        self.merge_topic(topic)?;
         if peer == self.me.addr
             || !self.by_addr.contains_key(&peer)
             || self.out_sessions.values().any(|s| s.peer == peer && s.topic == topic)

@@ -15,7 +15,7 @@ use std::time::Instant;
 use ricochet_wire::gossip::{ExchangeRepr, PullRepr};
 
 use super::super::entries::{self, Entries};
-use super::super::{AMPLIFICATION, Event, TopicMode};
+use super::super::{AMPLIFICATION, Event};
 use super::exchange::Chunks;
 use super::{Gossip, RESPONSE_BIT};
 
@@ -87,16 +87,8 @@ impl Gossip {
     }
 
     pub(super) fn on_pull(&mut self, from: SocketAddr, p: &PullRepr<'_>) {
-        match self.topics.get(p.topic).map(|t| &t.mode) {
-            None => {
-                self.stats.drops.unknown_topic += 1;
-                return;
-            }
-            Some(TopicMode::StatefulMerge(_)) => {}
-            Some(_) => {
-                self.stats.drops.wrong_mode += 1;
-                return;
-            }
+        if !self.admit_merge_topic(p.topic) {
+            return;
         }
         if self.overloaded() {
             self.stats.drops.overloaded += 1;

@@ -25,7 +25,6 @@ use ricochet_wire::gossip::{
 
 #[cfg(doc)]
 use super::super::Config;
-use super::super::TopicMode;
 use super::super::entries::{Entries, META_BACKPRESSURE};
 use super::super::iblt::{self, Difference, HASH_COUNT, Iblt, RatelessEncoder};
 use super::super::reconcile::{self, Assembly, Fed, Stream};
@@ -192,16 +191,8 @@ impl Gossip {
 
     /// Responder: a frame of a peer's table or stream.
     fn on_table(&mut self, now: Instant, from: SocketAddr, r: &ReconcileRepr<'_>) {
-        match self.topics.get(r.topic).map(|t| &t.mode) {
-            None => {
-                self.stats.drops.unknown_topic += 1;
-                return;
-            }
-            Some(TopicMode::StatefulMerge(_)) => {}
-            Some(_) => {
-                self.stats.drops.wrong_mode += 1;
-                return;
-            }
+        if !self.admit_merge_topic(r.topic) {
+            return;
         }
         let key = (from, r.session_id);
         if !self.in_sessions.contains_key(&key) && !self.open_session(now, from, r) {

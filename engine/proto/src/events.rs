@@ -1,365 +1,111 @@
-//! The sans-IO decoder of an upstream's `/events` response: HTTP/1.1
-//! framing (status line, headers, chunked, `Content-Length` or
-//! read-until-close body) and the server-sent event stream inside it.
+//! The sans-IO decoder of the server-sent event stream in the body of an
+//! upstream's `/events` response (WHATWG HTML, "event stream
+//! interpretation"; the events themselves are described in
+//! docs/OPERATIONS.md, "Invalidation push between domains").
 //!
 //! # Contract
-//! - [`Decoder::feed`] takes whatever bytes arrived and appends the items
-//!   they complete; how the stream is split never changes the items.
-//! - Never panics, whatever the bytes; every buffer is capped by the
-//!   `MAX_*` constants, so a hostile upstream cannot make it allocate
+//! - Body bytes only: the engine's `admin::subscribe` reads the response
+//!   with hyper's HTTP/1.1 client, which owns the framing (status line,
+//!   headers, chunked, `Content-Length` or read-until-close body) and
+//!   checks the status and `Content-Type`; it feeds the de-chunked body of
+//!   a `200 text/event-stream` here.
+//! - [`SseDecoder::feed`] takes whatever bytes arrived and appends the
+//!   events they complete; how the stream is split never changes the
+//!   events or the error.
+//! - Never panics, whatever the bytes; what it holds is capped
+//!   ([`MAX_LINE`], [`MAX_EVENT`], so [`SseDecoder::buffered`] never exceeds
+//!   [`MAX_BUFFERED`]), so a hostile upstream cannot make it allocate
 //!   without bound. Once it fails it stays failed.
-//! - Pure: no socket, no clock; the engine's `admin::subscribe` reads the
-//!   connection and feeds the bytes (fuzzed by `fuzz/fuzz_targets/sse.rs`).
+//! - The end of the body needs no call: an event is dispatched only by the
+//!   blank line after it, so an incomplete one at the end is dropped with
+//!   the decoder, as WHATWG prescribes.
+//! - Pure: no socket, no clock (fuzzed by `fuzz/fuzz_targets/sse.rs`).
 
-/// Most bytes of a response head (status line and headers).
-pub const MAX_HEAD: usize = 8 * 1024;
-/// Most bytes of a chunk-size or trailer line.
-pub const MAX_CHUNK_LINE: usize = 1024;
-/// Most bytes of one SSE line.
+/// Most bytes of one SSE line (its terminator excluded).
 pub const MAX_LINE: usize = 16 * 1024;
-/// Most bytes of one SSE event's data.
+/// Most bytes of one SSE event's data (its `data:` values, each followed
+/// by a `\n` until dispatch).
 pub const MAX_EVENT: usize = 16 * 1024;
-/// Bytes of a refusal's body kept for the log.
-pub const MAX_REJECTION: usize = 512;
-
-/// What the [`Decoder`] produces.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Item {
-    /// The response head: its status, and whether it announces
-    /// `text/event-stream`.
-    Head {
-        /// HTTP status code.
-        status: u16,
-        /// `Content-Type: text/event-stream`.
-        event_stream: bool,
-    },
-    /// One dispatched server-sent event (of a 200 response).
-    Event(SseEvent),
-    /// The response body ended (last chunk, or `Content-Length` reached).
-    End,
-}
+/// Most bytes an [`SseDecoder`] holds at once: the line being read, the
+/// event type (from one line) and the data.
+pub const MAX_BUFFERED: usize = 2 * MAX_LINE + MAX_EVENT;
 
 /// A server-sent event as the WHATWG event-stream format defines it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SseEvent {
-    /// The `event:` field; `message` when absent.
+    /// The `event:` field; `message` when absent or empty.
     pub kind: String,
     /// The `data:` lines, joined by `\n`.
     pub data: String,
 }
 
-/// Why the [`Decoder`] gave up. Once it fails it stays failed.
+/// Why the [`SseDecoder`] gave up. Once it fails it stays failed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum DecodeError {
-    /// The response head is longer than [`MAX_HEAD`].
-    HeadTooLong,
-    /// The status line is not `HTTP/1.x NNN …`.
-    BadStatusLine,
-    /// A header line has no colon, or `Content-Length` is not a number.
-    BadHeader,
-    /// A chunk-size or trailer line is longer than [`MAX_CHUNK_LINE`].
-    ChunkLineTooLong,
-    /// A chunk size is not hex or overflows.
-    BadChunkSize,
-    /// Chunk data is not followed by CRLF.
-    BadChunkEnd,
     /// An SSE line is longer than [`MAX_LINE`].
     LineTooLong,
     /// An SSE event's data is longer than [`MAX_EVENT`].
     EventTooLarge,
 }
 
-/// Decodes an HTTP/1.1 response carrying a server-sent event stream
-/// (RFC 9112 §6–7 framing, WHATWG HTML "event stream interpretation"; the
-/// events themselves are described in docs/OPERATIONS.md, "Invalidation
-/// push between domains"):
-/// status line and headers, then a chunked, `Content-Length` or
-/// read-until-close body, whose bytes are parsed as SSE (status 200) or kept
-/// up to [`MAX_REJECTION`] bytes (any other status, for the log).
+/// Decodes an event stream: lines end in CRLF, LF or CR (a CRLF split
+/// between two feeds is one line end); `field: value` lines (one space
+/// after the colon dropped; a line without a colon is a field with an
+/// empty value) build an event, which a blank line dispatches; a line
+/// starting with `:` is a comment (the keep-alive). Only the `event` and
+/// `data` fields matter: the stream has no replay, so `id` and `retry`
+/// are ignored like unknown fields. An event with no `data` field is not
+/// dispatched.
 ///
 /// Sans-IO: [`feed`](Self::feed) takes whatever bytes arrived and appends
-/// the items they complete; how the stream is split never changes the
-/// items. Every buffer it holds is capped (see the `MAX_*` constants).
+/// the events they complete; how the stream is split never changes the
+/// events.
 #[derive(Debug, Default)]
-pub struct Decoder {
-    phase: Phase,
-    /// The head line, chunk-size line or trailer line being read.
-    line: Vec<u8>,
-    /// Head bytes so far.
-    head_len: usize,
-    status: Option<u16>,
-    event_stream: bool,
-    chunked: bool,
-    length: Option<u64>,
-    rejection: Vec<u8>,
-    sse: SseParser,
-}
-
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
-enum Phase {
-    #[default]
-    StatusLine,
-    Headers,
-    ChunkSize,
-    ChunkData(u64),
-    /// After chunk data: CR or LF expected.
-    ChunkCr,
-    /// After chunk data and its CR: LF expected.
-    ChunkLf,
-    Trailers,
-    Length(u64),
-    UntilClose,
-    Done,
-    Failed(DecodeError),
-}
-
-impl Decoder {
-    /// A decoder awaiting the status line.
-    pub fn new() -> Self {
-        Decoder::default()
-    }
-
-    /// The status, once the status line is in.
-    pub fn status(&self) -> Option<u16> {
-        self.status
-    }
-
-    /// The start of a non-200 response's body, for the log.
-    pub fn rejection(&self) -> String {
-        String::from_utf8_lossy(&self.rejection).trim().to_string()
-    }
-
-    /// Whether a non-200 body has filled its [`MAX_REJECTION`] bytes.
-    pub fn rejection_full(&self) -> bool {
-        self.rejection.len() >= MAX_REJECTION
-    }
-
-    /// Bytes held in buffers now (the caps bound it).
-    pub fn buffered(&self) -> usize {
-        self.line.len() + self.rejection.len() + self.sse.buffered()
-    }
-
-    /// Consumes `bytes`, appending the items they complete to `out`. After
-    /// an error every call returns it again; after [`Item::End`] further
-    /// bytes are ignored.
-    pub fn feed(&mut self, mut bytes: &[u8], out: &mut Vec<Item>) -> Result<(), DecodeError> {
-        while !bytes.is_empty() {
-            match self.step(bytes, out) {
-                Ok(n) => bytes = &bytes[n..],
-                Err(e) => {
-                    self.phase = Phase::Failed(e);
-                    return Err(e);
-                }
-            }
-        }
-        match self.phase {
-            Phase::Failed(e) => Err(e),
-            _ => Ok(()),
-        }
-    }
-
-    /// Consumes a prefix of `bytes` (at least one byte) and returns its
-    /// length.
-    fn step(&mut self, bytes: &[u8], out: &mut Vec<Item>) -> Result<usize, DecodeError> {
-        match self.phase {
-            Phase::StatusLine | Phase::Headers => {
-                let budget = MAX_HEAD - self.head_len;
-                let (n, done) = take_line(&mut self.line, bytes, budget);
-                self.head_len += n;
-                if !done {
-                    return if n == budget { Err(DecodeError::HeadTooLong) } else { Ok(n) };
-                }
-                let line = std::mem::take(&mut self.line);
-                let result = self.head_line(trim_cr(&line), out);
-                self.line = line;
-                self.line.clear();
-                result.map(|()| n)
-            }
-            Phase::ChunkSize | Phase::Trailers => {
-                let budget = MAX_CHUNK_LINE - self.line.len();
-                let (n, done) = take_line(&mut self.line, bytes, budget);
-                if !done {
-                    return if n == budget { Err(DecodeError::ChunkLineTooLong) } else { Ok(n) };
-                }
-                let line = trim_cr(&self.line);
-                if self.phase == Phase::Trailers {
-                    if line.is_empty() {
-                        self.finish(out);
-                    }
-                } else {
-                    let size = chunk_size(line)?;
-                    self.phase = if size == 0 { Phase::Trailers } else { Phase::ChunkData(size) };
-                }
-                self.line.clear();
-                Ok(n)
-            }
-            Phase::ChunkData(left) => {
-                let n = bytes.len().min(usize::try_from(left).unwrap_or(usize::MAX));
-                self.body(&bytes[..n], out)?;
-                let left = left - n as u64;
-                self.phase = if left == 0 { Phase::ChunkCr } else { Phase::ChunkData(left) };
-                Ok(n)
-            }
-            Phase::ChunkCr | Phase::ChunkLf => {
-                self.phase = match (self.phase, bytes[0]) {
-                    (Phase::ChunkCr, b'\r') => Phase::ChunkLf,
-                    (_, b'\n') => Phase::ChunkSize,
-                    _ => return Err(DecodeError::BadChunkEnd),
-                };
-                Ok(1)
-            }
-            Phase::Length(left) => {
-                let n = bytes.len().min(usize::try_from(left).unwrap_or(usize::MAX));
-                self.body(&bytes[..n], out)?;
-                let left = left - n as u64;
-                if left == 0 {
-                    self.finish(out);
-                } else {
-                    self.phase = Phase::Length(left);
-                }
-                Ok(n)
-            }
-            Phase::UntilClose => {
-                self.body(bytes, out)?;
-                Ok(bytes.len())
-            }
-            Phase::Done => Ok(bytes.len()),
-            Phase::Failed(e) => Err(e),
-        }
-    }
-
-    fn head_line(&mut self, line: &[u8], out: &mut Vec<Item>) -> Result<(), DecodeError> {
-        if self.phase == Phase::StatusLine {
-            self.status = Some(status_code(line).ok_or(DecodeError::BadStatusLine)?);
-            self.phase = Phase::Headers;
-            return Ok(());
-        }
-        if !line.is_empty() {
-            let colon = line.iter().position(|&b| b == b':').ok_or(DecodeError::BadHeader)?;
-            let name = String::from_utf8_lossy(&line[..colon]).trim().to_ascii_lowercase();
-            let value = String::from_utf8_lossy(&line[colon + 1..]).trim().to_ascii_lowercase();
-            match name.as_str() {
-                // The last coding decides whether the body is chunked.
-                "transfer-encoding" => {
-                    self.chunked = value.rsplit(',').next().is_some_and(|c| c.trim() == "chunked");
-                }
-                "content-length" => {
-                    let n: u64 = value.parse().map_err(|_| DecodeError::BadHeader)?;
-                    if self.length.is_some_and(|m| m != n) {
-                        return Err(DecodeError::BadHeader);
-                    }
-                    self.length = Some(n);
-                }
-                "content-type" => {
-                    self.event_stream =
-                        value.split(';').next().map(str::trim) == Some("text/event-stream");
-                }
-                _ => {}
-            }
-            return Ok(());
-        }
-        // The empty line: the head is complete.
-        let status = self.status.unwrap_or(0);
-        out.push(Item::Head { status, event_stream: self.event_stream });
-        self.phase = if (100..200).contains(&status) || status == 204 || status == 304 {
-            Phase::Done
-        } else if self.chunked {
-            Phase::ChunkSize
-        } else if let Some(n) = self.length {
-            Phase::Length(n)
-        } else {
-            Phase::UntilClose
-        };
-        if matches!(self.phase, Phase::Done | Phase::Length(0)) {
-            self.finish(out);
-        }
-        Ok(())
-    }
-
-    fn body(&mut self, bytes: &[u8], out: &mut Vec<Item>) -> Result<(), DecodeError> {
-        if self.status == Some(200) {
-            self.sse.feed(bytes, out)
-        } else {
-            let room = MAX_REJECTION - self.rejection.len();
-            self.rejection.extend_from_slice(&bytes[..bytes.len().min(room)]);
-            Ok(())
-        }
-    }
-
-    fn finish(&mut self, out: &mut Vec<Item>) {
-        self.phase = Phase::Done;
-        out.push(Item::End);
-    }
-}
-
-/// Appends `bytes` up to the first LF to `line`, consuming at most
-/// `budget` bytes, the LF included (the LF is not stored); returns how many
-/// it consumed and whether the line ended. A line that is not over when
-/// the budget is spent is too long: callers fail then, so they never call
-/// with a budget of zero.
-fn take_line(line: &mut Vec<u8>, bytes: &[u8], budget: usize) -> (usize, bool) {
-    let window = &bytes[..bytes.len().min(budget)];
-    match window.iter().position(|&b| b == b'\n') {
-        Some(i) => {
-            line.extend_from_slice(&window[..i]);
-            (i + 1, true)
-        }
-        None => {
-            line.extend_from_slice(window);
-            (window.len(), false)
-        }
-    }
-}
-
-fn trim_cr(line: &[u8]) -> &[u8] {
-    line.strip_suffix(b"\r").unwrap_or(line)
-}
-
-/// `HTTP/1.x NNN reason` → `NNN`.
-fn status_code(line: &[u8]) -> Option<u16> {
-    let rest = line.strip_prefix(b"HTTP/1.")?;
-    let (&minor, rest) = rest.split_first()?;
-    let rest = rest.strip_prefix(b" ")?;
-    if !minor.is_ascii_digit() || rest.len() < 3 || !rest[..3].iter().all(u8::is_ascii_digit) {
-        return None;
-    }
-    if rest.len() > 3 && rest[3] != b' ' {
-        return None;
-    }
-    std::str::from_utf8(&rest[..3]).ok()?.parse().ok()
-}
-
-/// `1a2;ext=…` → 0x1a2 (RFC 9112 §7.1).
-fn chunk_size(line: &[u8]) -> Result<u64, DecodeError> {
-    let end = line.iter().position(|&b| b == b';').unwrap_or(line.len());
-    let hex = line[..end].trim_ascii();
-    if hex.is_empty() || hex.len() > 16 {
-        return Err(DecodeError::BadChunkSize);
-    }
-    let hex = std::str::from_utf8(hex).map_err(|_| DecodeError::BadChunkSize)?;
-    u64::from_str_radix(hex, 16).map_err(|_| DecodeError::BadChunkSize)
-}
-
-/// The WHATWG event-stream line parser: lines end in CRLF, LF or CR; an
-/// empty line dispatches; `:` starts a comment.
-#[derive(Debug, Default)]
-struct SseParser {
+pub struct SseDecoder {
+    /// The line being read, without its terminator.
     line: Vec<u8>,
     /// The last byte was a CR: a LF right after it ends no line.
     after_cr: bool,
+    /// The event type buffer.
     kind: Vec<u8>,
+    /// The data buffer: each `data:` value followed by `\n`.
     data: Vec<u8>,
-    /// Some `data:` field was seen since the last dispatch.
+    /// Some `data` field was seen since the last dispatch.
     has_data: bool,
+    failed: Option<DecodeError>,
 }
 
-impl SseParser {
-    fn buffered(&self) -> usize {
+impl SseDecoder {
+    /// A decoder at the start of a stream.
+    pub fn new() -> Self {
+        SseDecoder::default()
+    }
+
+    /// Bytes held in buffers now; at most [`MAX_BUFFERED`].
+    pub fn buffered(&self) -> usize {
         self.line.len() + self.kind.len() + self.data.len()
     }
 
-    fn feed(&mut self, bytes: &[u8], out: &mut Vec<Item>) -> Result<(), DecodeError> {
+    /// Consumes `bytes`, appending the events they complete to `out`.
+    /// After an error every call returns it again and appends nothing; the
+    /// events completed before the offending line are still appended.
+    pub fn feed(&mut self, bytes: &[u8], out: &mut Vec<SseEvent>) -> Result<(), DecodeError> {
+        if let Some(e) = self.failed {
+            return Err(e);
+        }
+        let result = self.lines(bytes, out);
+        if let Err(e) = result {
+            self.failed = Some(e);
+            // Nothing more will be read: free what was held.
+            self.line = Vec::new();
+            self.kind = Vec::new();
+            self.data = Vec::new();
+        }
+        result
+    }
+
+    fn lines(&mut self, bytes: &[u8], out: &mut Vec<SseEvent>) -> Result<(), DecodeError> {
         let mut rest = bytes;
         while let Some((&first, tail)) = rest.split_first() {
             if std::mem::take(&mut self.after_cr) && first == b'\n' {
@@ -390,7 +136,7 @@ impl SseParser {
         Ok(())
     }
 
-    fn end_line(&mut self, out: &mut Vec<Item>) -> Result<(), DecodeError> {
+    fn end_line(&mut self, out: &mut Vec<SseEvent>) -> Result<(), DecodeError> {
         let line = std::mem::take(&mut self.line);
         let result = self.field(&line, out);
         self.line = line;
@@ -398,12 +144,12 @@ impl SseParser {
         result
     }
 
-    fn field(&mut self, line: &[u8], out: &mut Vec<Item>) -> Result<(), DecodeError> {
+    fn field(&mut self, line: &[u8], out: &mut Vec<SseEvent>) -> Result<(), DecodeError> {
         if line.is_empty() {
             if std::mem::take(&mut self.has_data) {
                 self.data.pop(); // the newline after the last data line
                 let kind = if self.kind.is_empty() { "message".into() } else { lossy(&self.kind) };
-                out.push(Item::Event(SseEvent { kind, data: lossy(&self.data) }));
+                out.push(SseEvent { kind, data: lossy(&self.data) });
             }
             self.kind.clear();
             self.data.clear();
@@ -444,32 +190,61 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
 
-    /// Everything a decoder may hold at once.
-    const CAP: usize = MAX_HEAD + MAX_CHUNK_LINE + MAX_LINE + 2 * MAX_EVENT + MAX_REJECTION;
-
-    fn decode(parts: &[&[u8]]) -> (Vec<Item>, Result<(), DecodeError>) {
-        let mut d = Decoder::new();
-        let mut items = Vec::new();
+    /// Feeds `parts` in order, checking the buffer bound after each.
+    fn decode(parts: &[&[u8]]) -> (Vec<SseEvent>, Result<(), DecodeError>) {
+        let mut d = SseDecoder::new();
+        let mut events = Vec::new();
         let mut result = Ok(());
         for part in parts {
-            result = d.feed(part, &mut items);
-            assert!(d.buffered() <= CAP);
+            result = d.feed(part, &mut events);
+            assert!(d.buffered() <= MAX_BUFFERED);
         }
-        (items, result)
+        (events, result)
+    }
+
+    fn event(kind: &str, data: &str) -> SseEvent {
+        SseEvent { kind: kind.into(), data: data.into() }
     }
 
     #[test]
-    fn a_chunked_event_stream_decodes_to_its_events() {
-        let response: &[u8] = b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\n\
-            transfer-encoding: chunked\r\n\r\n2f\r\nevent: invalidate\r\n\
-            data: {\"hash_key\":\"0x1\"}\r\n\r\n\r\n0\r\n\r\n";
-        let event = SseEvent { kind: "invalidate".into(), data: "{\"hash_key\":\"0x1\"}".into() };
-        let want =
-            vec![Item::Head { status: 200, event_stream: true }, Item::Event(event), Item::End];
-        assert_eq!(decode(&[response]), (want.clone(), Ok(())));
-        for cut in 0..response.len() {
-            assert_eq!(decode(&[&response[..cut], &response[cut..]]), (want.clone(), Ok(())));
+    fn an_event_stream_decodes_to_its_events_however_split() {
+        let body: &[u8] = b": hello\r\n\r\nevent: invalidate\r\n\
+            data: {\"hash_key\":\"0x1\"}\r\n\r\ndata: a\rdata:b\r\rdata: partial\n";
+        let want = vec![event("invalidate", "{\"hash_key\":\"0x1\"}"), event("message", "a\nb")];
+        assert_eq!(decode(&[body]), (want.clone(), Ok(())));
+        for cut in 0..=body.len() {
+            assert_eq!(decode(&[&body[..cut], &body[cut..]]), (want.clone(), Ok(())));
         }
+    }
+
+    #[test]
+    fn fields_follow_the_event_stream_rules() {
+        // One space after the colon is dropped, not two; a field without a
+        // colon has an empty value; unknown fields and a data-less event
+        // dispatch nothing; an empty `event:` means `message`.
+        let body: &[u8] = b"data:  two spaces\ndata\nid: 7\nretry: 10\nfoo: bar\n\n\
+            event: nodata\n\nevent:\ndata:x\n\n";
+        let (events, r) = decode(&[body]);
+        assert_eq!(r, Ok(()));
+        assert_eq!(events, [event("message", " two spaces\n"), event("message", "x")]);
+    }
+
+    #[test]
+    fn caps_fail_and_the_failure_stays() {
+        let mut line = b"data: ".to_vec();
+        line.resize(MAX_LINE + 1, b'x');
+        assert_eq!(decode(&[&line]).1, Err(DecodeError::LineTooLong));
+        line.truncate(MAX_LINE);
+        line.push(b'\n');
+        assert_eq!(decode(&[&line]).1, Ok(()));
+        let many = b"data: 0123456789abcdef\n".repeat(MAX_EVENT / 16);
+        let mut d = SseDecoder::new();
+        let mut events = Vec::new();
+        assert_eq!(d.feed(b"data: before\n\n", &mut events), Ok(()));
+        assert_eq!(d.feed(&many, &mut events), Err(DecodeError::EventTooLarge));
+        assert_eq!(d.buffered(), 0);
+        assert_eq!(d.feed(b"data: after\n\n", &mut events), Err(DecodeError::EventTooLarge));
+        assert_eq!(events, [event("message", "before")]);
     }
 
     proptest! {
@@ -480,6 +255,15 @@ mod tests {
         ) {
             let cut = cut.index(data.len() + 1);
             prop_assert_eq!(decode(&[&data]), decode(&[&data[..cut], &data[cut..]]));
+        }
+
+        #[test]
+        fn prop_byte_at_a_time_decodes_the_same(
+            data in proptest::collection::vec(
+                prop::sample::select(b"data:event \r\nx".to_vec()), 0..400),
+        ) {
+            let bytes: Vec<&[u8]> = data.chunks(1).collect();
+            prop_assert_eq!(decode(&[&data]), decode(&bytes));
         }
     }
 }

@@ -30,7 +30,6 @@ pub mod compat;
 pub mod kernel;
 pub mod process;
 pub mod server;
-pub mod sse;
 pub mod subscribe;
 
 /// Default most `/events` subscribers at once (`--max-downstreams`); more

@@ -29,9 +29,10 @@
 //!   trailers (hyper's own limits), SSE lines and one event's data each
 //!   have a fixed cap, and exceeding one ends the connection.
 //!
-//! hyper's HTTP/1.1 client (`client.rs`) reads the response; the event
-//! stream in its body is decoded by the sans-IO [`Decoder`]: bytes in,
-//! [`Item`]s out, the same items however the bytes are split.
+//! hyper's HTTP/1.1 client (`client.rs`) reads the response and owns its
+//! framing; the session checks its status and `Content-Type` and feeds the
+//! body of a `200 text/event-stream` to the sans-IO [`SseDecoder`]: bytes
+//! in, [`SseEvent`]s out, the same events however the bytes are split.
 
 use std::fmt::Write as _;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
@@ -40,12 +41,11 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use axum::response::sse::Event;
+use hyper::StatusCode;
+use hyper::header::{CONTENT_TYPE, HeaderMap};
+use ricochet_proto::events::{DecodeError, SseDecoder, SseEvent};
 use tokio::net::TcpStream;
 
-pub use super::sse::{
-    DecodeError, Decoder, Item, MAX_CHUNK_LINE, MAX_EVENT, MAX_HEAD, MAX_LINE, MAX_REJECTION,
-    SseEvent,
-};
 use super::{AdminState, client};
 use crate::config::{Host, HostPort};
 use crate::metrics::{escape, family};
@@ -70,6 +70,8 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// often, this many times.
 const APPLY_RETRY: Duration = Duration::from_millis(10);
 const APPLY_ATTEMPTS: u32 = 50;
+/// Bytes of a refusal's body kept for the log.
+pub const MAX_REJECTION: usize = 512;
 
 /// Every upstream this endpoint subscribes to, with its counters; the
 /// `upstream-events` admin section.
@@ -240,7 +242,7 @@ pub enum ErrorKind {
     Refused,
     /// Another status, or a 200 that is not an event stream.
     HttpStatus,
-    /// Malformed HTTP framing or SSE.
+    /// Malformed HTTP, or a connection closed before the response head.
     BadResponse,
     /// A head, line or event over its cap.
     TooLarge,
@@ -300,10 +302,7 @@ impl ErrorKind {
     /// The reason a decoding error counts under.
     pub fn of_decode(e: DecodeError) -> ErrorKind {
         match e {
-            DecodeError::HeadTooLong
-            | DecodeError::ChunkLineTooLong
-            | DecodeError::LineTooLong
-            | DecodeError::EventTooLarge => ErrorKind::TooLarge,
+            DecodeError::LineTooLong | DecodeError::EventTooLarge => ErrorKind::TooLarge,
             _ => ErrorKind::BadResponse,
         }
     }
@@ -555,13 +554,12 @@ fn jitter(d: Duration) -> Duration {
 
 /// One connection: register, then apply events until it ends.
 ///
-/// hyper reads the HTTP/1.1 response; its status, `Content-Type` and
-/// de-chunked body go through the [`Decoder`] (opened with a head restating
-/// the status and type), which parses the event stream of a 200 and keeps
-/// the start of a refusal's body for the log.
+/// hyper reads the HTTP/1.1 response: a `200 text/event-stream` registers
+/// and its de-chunked body goes through the [`SseDecoder`]; any other
+/// answer is a refusal, logged with the start of its body.
 async fn session(up: &Upstream, ctx: &Ctx) -> End {
     use http_body_util::BodyExt as _;
-    use hyper::header::{ACCEPT, CACHE_CONTROL, CONTENT_TYPE, USER_AGENT};
+    use hyper::header::{ACCEPT, CACHE_CONTROL, USER_AGENT};
     let end = |registered, kind, detail: String| End { registered, kind, detail };
     let stream = match tokio::time::timeout(CONNECT_TIMEOUT, connect(&up.addr)).await {
         Ok(Ok(s)) => s,
@@ -585,65 +583,76 @@ async fn session(up: &Upstream, ctx: &Ctx) -> End {
             (USER_AGENT, user_agent),
         ],
     };
-    let mut decoder = Decoder::new();
     let (resp, _conn) = match tokio::time::timeout(ctx.silence, client::get(stream, &request)).await
     {
         Err(_) => return silence(None, ctx),
         Ok(Err(client::Error::Http(e))) if e.is_incomplete_message() => {
-            return closed(None, &decoder);
+            return end(None, ErrorKind::BadResponse, "closed before a response".to_string());
         }
         Ok(Err(e)) => return end(None, client_error_kind(&e), format!("no response: {e}")),
         Ok(Ok(r)) => r,
     };
-    let mut head = format!("HTTP/1.1 {}\r\n", resp.status().as_u16()).into_bytes();
-    if let Some(ct) = resp.headers().get(CONTENT_TYPE) {
-        head.extend_from_slice(b"content-type: ");
-        head.extend_from_slice(ct.as_bytes());
-        head.extend_from_slice(b"\r\n");
-    }
-    head.extend_from_slice(b"\r\n");
+    let status = resp.status();
+    let event_stream = is_event_stream(resp.headers());
     let mut body = resp.into_body();
-    let mut items = Vec::new();
-    let mut registered = None;
-    let mut bytes = bytes::Bytes::from(head);
+    if status != StatusCode::OK {
+        // A refusal: keep the start of its body for the log.
+        let mut kept = Vec::new();
+        while kept.len() < MAX_REJECTION {
+            match tokio::time::timeout(ctx.silence, body.frame()).await {
+                Err(_) => return silence(None, ctx),
+                Ok(None) => break,
+                Ok(Some(Err(e))) if e.is_incomplete_message() => break,
+                Ok(Some(Err(e))) => return end(None, hyper_error_kind(&e), e.to_string()),
+                Ok(Some(Ok(frame))) => {
+                    if let Ok(data) = frame.into_data() {
+                        let room = MAX_REJECTION - kept.len();
+                        kept.extend_from_slice(&data[..data.len().min(room)]);
+                    }
+                }
+            }
+        }
+        let (kind, detail) = refusal(status, &kept);
+        return end(None, kind, detail);
+    }
+    if !event_stream {
+        let detail = "200 without Content-Type: text/event-stream".to_string();
+        return end(None, ErrorKind::HttpStatus, detail);
+    }
+    let registered = Some(Instant::now());
+    up.stats.connects.fetch_add(1, Ordering::Relaxed);
+    up.stats.connected.store(true, Ordering::Relaxed);
+    up.set_state("registered", BACKOFF_MIN);
+    tracing::info!(upstream = %up.label, "registered for invalidations");
+    let mut decoder = SseDecoder::new();
+    let mut events = Vec::new();
     loop {
-        let result = decoder.feed(&bytes, &mut items);
-        for item in items.drain(..) {
-            match item {
-                Item::Head { status: 200, event_stream: true } => {
-                    registered = Some(Instant::now());
-                    up.stats.connects.fetch_add(1, Ordering::Relaxed);
-                    up.stats.connected.store(true, Ordering::Relaxed);
-                    up.set_state("registered", BACKOFF_MIN);
-                    tracing::info!(upstream = %up.label, "registered for invalidations");
-                }
-                Item::Head { status: 200, event_stream: false } => {
-                    let detail = "200 without Content-Type: text/event-stream".to_string();
-                    return end(None, ErrorKind::HttpStatus, detail);
-                }
-                Item::Head { .. } => {}
-                Item::Event(ev) if registered.is_some() => apply(up, ctx, &ev).await,
-                Item::Event(_) => {}
-                Item::End => return closed(registered, &decoder),
-            }
-        }
-        if let Err(e) = result {
-            return end(registered, ErrorKind::of_decode(e), format!("malformed response: {e:?}"));
-        }
-        if registered.is_none() && decoder.rejection_full() {
-            return closed(registered, &decoder);
-        }
-        bytes = match tokio::time::timeout(ctx.silence, body.frame()).await {
+        let data = match tokio::time::timeout(ctx.silence, body.frame()).await {
             Err(_) => return silence(registered, ctx),
-            Ok(None) => return closed(registered, &decoder),
-            Ok(Some(Err(e))) if e.is_incomplete_message() => {
-                return closed(registered, &decoder);
-            }
+            Ok(None) => return closed(registered),
+            Ok(Some(Err(e))) if e.is_incomplete_message() => return closed(registered),
             Ok(Some(Err(e))) => return end(registered, hyper_error_kind(&e), e.to_string()),
             // Trailers carry nothing for this stream.
             Ok(Some(Ok(frame))) => frame.into_data().unwrap_or_default(),
         };
+        let result = decoder.feed(&data, &mut events);
+        for ev in events.drain(..) {
+            apply(up, ctx, &ev).await;
+        }
+        if let Err(e) = result {
+            return end(registered, ErrorKind::of_decode(e), format!("malformed response: {e:?}"));
+        }
     }
+}
+
+/// Whether the response announces `Content-Type: text/event-stream`
+/// (parameters such as `charset` aside).
+fn is_event_stream(headers: &HeaderMap) -> bool {
+    headers
+        .get(CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .is_some_and(|t| t.trim().eq_ignore_ascii_case("text/event-stream"))
 }
 
 /// Three keep-alive intervals without a byte.
@@ -672,22 +681,24 @@ fn hyper_error_kind(e: &hyper::Error) -> ErrorKind {
     }
 }
 
-/// The end of a response: a refusal if it never registered.
-fn closed(registered: Option<Instant>, decoder: &Decoder) -> End {
-    let (kind, detail) = match (registered.is_some(), decoder.status()) {
-        (true, _) => (ErrorKind::Closed, "the upstream closed the stream".to_string()),
-        (false, None) => (ErrorKind::BadResponse, "closed before a response".to_string()),
-        (false, Some(status)) => {
-            let kind = match status {
-                401 => ErrorKind::Unauthorized,
-                403 => ErrorKind::Forbidden,
-                503 => ErrorKind::Refused,
-                _ => ErrorKind::HttpStatus,
-            };
-            (kind, format!("HTTP {status}: {:?}", decoder.rejection()))
-        }
+/// The end of a registered stream.
+fn closed(registered: Option<Instant>) -> End {
+    let detail = "the upstream closed the stream".to_string();
+    End { registered, kind: ErrorKind::Closed, detail }
+}
+
+/// Why a response other than 200 refused the registration, and the log
+/// detail: its status and the start of its `body` (at most
+/// [`MAX_REJECTION`] bytes of it).
+fn refusal(status: StatusCode, body: &[u8]) -> (ErrorKind, String) {
+    let kind = match status {
+        StatusCode::UNAUTHORIZED => ErrorKind::Unauthorized,
+        StatusCode::FORBIDDEN => ErrorKind::Forbidden,
+        StatusCode::SERVICE_UNAVAILABLE => ErrorKind::Refused,
+        _ => ErrorKind::HttpStatus,
     };
-    End { registered, kind, detail }
+    let text = String::from_utf8_lossy(&body[..body.len().min(MAX_REJECTION)]);
+    (kind, format!("HTTP {}: {:?}", status.as_u16(), text.trim()))
 }
 
 /// Applies one upstream event here and re-sends it downstream.
@@ -774,42 +785,37 @@ fn excerpt(s: &str) -> &str {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+    use ricochet_proto::events::{MAX_BUFFERED, MAX_EVENT, MAX_LINE};
 
-    const HEAD: &[u8] = b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\n\
-                          cache-control: no-cache\r\ntransfer-encoding: chunked\r\n\r\n";
-
-    fn chunked(parts: &[&[u8]]) -> Vec<u8> {
-        let mut out = HEAD.to_vec();
-        for p in parts {
-            out.extend_from_slice(format!("{:x}\r\n", p.len()).as_bytes());
-            out.extend_from_slice(p);
-            out.extend_from_slice(b"\r\n");
-        }
-        out
+    fn decode(bytes: &[u8]) -> (Vec<SseEvent>, Result<(), DecodeError>) {
+        decode_parts(&[bytes])
     }
 
-    fn decode(bytes: &[u8]) -> (Vec<Item>, Result<(), DecodeError>) {
-        let mut d = Decoder::new();
+    /// Feeds `parts` in order, as hyper hands over a body's frames,
+    /// stopping at the first error.
+    fn decode_parts(parts: &[&[u8]]) -> (Vec<SseEvent>, Result<(), DecodeError>) {
+        let mut d = SseDecoder::new();
         let mut out = Vec::new();
-        let r = d.feed(bytes, &mut out);
-        (out, r)
+        for part in parts {
+            if let Err(e) = d.feed(part, &mut out) {
+                return (out, Err(e));
+            }
+        }
+        (out, Ok(()))
     }
 
     /// Feeds `bytes` cut at `cuts` (positions, any order, may exceed the
     /// length), stopping at the first error.
-    fn decode_split(bytes: &[u8], cuts: &[usize]) -> (Vec<Item>, Result<(), DecodeError>) {
+    fn decode_split(bytes: &[u8], cuts: &[usize]) -> (Vec<SseEvent>, Result<(), DecodeError>) {
         let mut cuts: Vec<usize> = cuts.iter().map(|&c| c % (bytes.len() + 1)).collect();
         cuts.sort_unstable();
-        let mut d = Decoder::new();
-        let mut out = Vec::new();
+        let mut parts = Vec::new();
         let mut from = 0;
         for to in cuts.into_iter().chain([bytes.len()]) {
-            if let Err(e) = d.feed(&bytes[from..to], &mut out) {
-                return (out, Err(e));
-            }
+            parts.push(&bytes[from..to]);
             from = to;
         }
-        (out, Ok(()))
+        decode_parts(&parts)
     }
 
     /// What `/events` sends for `ev`.
@@ -822,27 +828,23 @@ mod tests {
         body.collect().now_or_never().unwrap().unwrap().to_bytes().to_vec()
     }
 
-    fn event(kind: &str, data: &str) -> Item {
-        Item::Event(SseEvent { kind: kind.into(), data: data.into() })
+    fn event(kind: &str, data: &str) -> SseEvent {
+        SseEvent { kind: kind.into(), data: data.into() }
     }
 
     #[test]
     fn what_the_upstream_sends_decodes_to_its_events() {
         // As axum writes /events: the hello comment, an invalidation, a
-        // keep-alive, an epoch reset split over two chunks.
-        let bytes = chunked(&[
+        // keep-alive, an epoch reset split over two body frames.
+        let (events, r) = decode_parts(&[
             b": ricochet edge-1 events\n\n",
             b"event: invalidate\ndata: {\"hash_key\":\"0x00000000000000a1\",\"instance\":\"edge-1\",\"reason\":\"admin\"}\n\n",
             b":\n\n",
             b"event: invalidate\ndata: {\"hash_key\":\"0x00000000000000b2\",",
             b"\"instance\":\"edge-1\",\"reason\":\"epoch_reset\"}\n\n",
         ]);
-        let (items, r) = decode(&bytes);
         assert_eq!(r, Ok(()));
-        assert_eq!(items.len(), 3, "{items:?}");
-        assert_eq!(items[0], Item::Head { status: 200, event_stream: true });
-        let Item::Event(a) = &items[1] else { panic!("{items:?}") };
-        let Item::Event(b) = &items[2] else { panic!("{items:?}") };
+        let [a, b] = &events[..] else { panic!("{events:?}") };
         assert_eq!(
             verdict(a),
             Verdict::Apply(Invalidation {
@@ -861,84 +863,87 @@ mod tests {
     #[test]
     fn sse_line_endings_multiline_data_and_fields() {
         let body: &[u8] = b"data: one\r\ndata:two\rdata\n\nevent: x\nid: 7\nretry: 10\ndata: y\n\nevent: nodata\n\n";
-        let (items, r) = decode(&chunked(&[body]));
+        let (events, r) = decode(body);
         assert_eq!(r, Ok(()));
-        assert_eq!(items[1..], [event("message", "one\ntwo\n"), event("x", "y")]);
+        assert_eq!(events, [event("message", "one\ntwo\n"), event("x", "y")]);
+        // A CRLF split between two frames is one line end, not two.
+        let (events, r) = decode_parts(&[b"data: a\r", b"\ndata: b\r", b"\n\r", b"\n"]);
+        assert_eq!(r, Ok(()));
+        assert_eq!(events, [event("message", "a\nb")]);
     }
 
     #[test]
-    fn last_chunk_and_trailers_end_the_body() {
-        let mut bytes = chunked(&[b"data: a\n\n"]);
-        bytes.extend_from_slice(b"0;ext=1\r\nx-trailer: 1\r\n\r\n");
-        let (items, r) = decode(&bytes);
+    fn an_event_cut_off_by_the_end_of_the_body_is_not_applied() {
+        let (events, r) = decode(b"data: whole\n\nevent: invalidate\ndata: {\"hash_key\":1}\n");
         assert_eq!(r, Ok(()));
-        assert_eq!(items[1..], [event("message", "a"), Item::End]);
+        assert_eq!(events, [event("message", "whole")]);
     }
 
     #[test]
     fn a_refusal_keeps_its_status_and_body() {
-        let bytes = b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: text/plain\r\n\
-                      content-length: 28\r\n\r\ntoo many /events subscribers\n";
-        let mut d = Decoder::new();
-        let mut items = Vec::new();
-        d.feed(bytes, &mut items).unwrap();
-        assert_eq!(items, [Item::Head { status: 503, event_stream: false }, Item::End]);
-        assert_eq!(d.rejection(), "too many /events subscribers");
-        let end = closed(None, &d);
-        assert_eq!(end.kind, ErrorKind::Refused);
+        let (kind, detail) =
+            refusal(StatusCode::SERVICE_UNAVAILABLE, b"too many /events subscribers\n");
+        assert_eq!(kind, ErrorKind::Refused);
+        assert_eq!(detail, r#"HTTP 503: "too many /events subscribers""#);
+        assert_eq!(refusal(StatusCode::UNAUTHORIZED, b"").0, ErrorKind::Unauthorized);
+        assert_eq!(refusal(StatusCode::FORBIDDEN, b"").0, ErrorKind::Forbidden);
+        let (kind, detail) = refusal(StatusCode::NOT_FOUND, &[b'x'; 2 * MAX_REJECTION]);
+        assert_eq!(kind, ErrorKind::HttpStatus);
+        assert_eq!(detail, format!("HTTP 404: {:?}", "x".repeat(MAX_REJECTION)));
+    }
+
+    #[test]
+    fn only_an_event_stream_registers() {
+        let headers = |ct: &'static str| {
+            let mut h = HeaderMap::new();
+            h.insert(CONTENT_TYPE, hyper::header::HeaderValue::from_static(ct));
+            h
+        };
+        assert!(is_event_stream(&headers("text/event-stream")));
+        assert!(is_event_stream(&headers("Text/Event-Stream ; charset=utf-8")));
+        assert!(!is_event_stream(&headers("text/plain")));
+        assert!(!is_event_stream(&headers("text/event-stream-x")));
+        assert!(!is_event_stream(&HeaderMap::new()));
     }
 
     #[test]
     fn caps_end_the_stream() {
-        let long = vec![b'a'; MAX_HEAD];
-        assert_eq!(decode(&long).1, Err(DecodeError::HeadTooLong));
         let mut line = b"data: ".to_vec();
         line.resize(MAX_LINE + 10, b'x');
-        assert_eq!(decode(&chunked(&[&line])).1, Err(DecodeError::LineTooLong));
-        let many: Vec<u8> = std::iter::repeat_n(&b"data: 0123456789abcdef\n"[..], MAX_EVENT / 16)
-            .flatten()
-            .copied()
-            .collect();
-        assert_eq!(decode(&chunked(&[&many])).1, Err(DecodeError::EventTooLarge));
-        let mut bytes = HEAD.to_vec();
-        bytes.extend_from_slice(&[b'1'; MAX_CHUNK_LINE + 1]);
-        assert_eq!(decode(&bytes).1, Err(DecodeError::ChunkLineTooLong));
-        let mut bytes = HEAD.to_vec();
-        bytes.extend_from_slice(b"11111111111111111\r\n");
-        assert_eq!(decode(&bytes).1, Err(DecodeError::BadChunkSize));
-        let mut bytes = HEAD.to_vec();
-        bytes.extend_from_slice(b"1\r\nab");
-        assert_eq!(decode(&bytes).1, Err(DecodeError::BadChunkEnd));
-        assert_eq!(decode(b"HTTP/2 200\r\n").1, Err(DecodeError::BadStatusLine));
+        assert_eq!(decode(&line).1, Err(DecodeError::LineTooLong));
+        let many = b"data: 0123456789abcdef\n".repeat(MAX_EVENT / 16);
+        assert_eq!(decode(&many).1, Err(DecodeError::EventTooLarge));
+        for e in [DecodeError::LineTooLong, DecodeError::EventTooLarge] {
+            assert_eq!(ErrorKind::of_decode(e), ErrorKind::TooLarge);
+        }
     }
 
     #[test]
     fn verdicts() {
-        let ev = |kind: &str, data: &str| SseEvent { kind: kind.into(), data: data.into() };
-        assert_eq!(verdict(&ev("message", "{}")), Verdict::Ignore);
-        assert_eq!(verdict(&ev("invalidate", "nope")), Verdict::Malformed);
+        assert_eq!(verdict(&event("message", "{}")), Verdict::Ignore);
+        assert_eq!(verdict(&event("invalidate", "nope")), Verdict::Malformed);
         assert_eq!(
-            verdict(&ev("invalidate", r#"{"hash_key":"0x0","reason":"admin"}"#)),
+            verdict(&event("invalidate", r#"{"hash_key":"0x0","reason":"admin"}"#)),
             Verdict::Malformed
         );
-        assert_eq!(verdict(&ev("invalidate", r#"{"hash_key":"0x1"}"#)), Verdict::Malformed);
+        assert_eq!(verdict(&event("invalidate", r#"{"hash_key":"0x1"}"#)), Verdict::Malformed);
         assert_eq!(
-            verdict(&ev("invalidate", r#"{"hash_key":"0x1","reason":"later"}"#)),
+            verdict(&event("invalidate", r#"{"hash_key":"0x1","reason":"later"}"#)),
             Verdict::Ignore
         );
         assert_eq!(
-            verdict(&ev("invalidate", r#"{"hash_key":5,"reason":"admin","hops":8}"#)),
+            verdict(&event("invalidate", r#"{"hash_key":5,"reason":"admin","hops":8}"#)),
             Verdict::Loop
         );
         let Verdict::Apply(inv) =
-            verdict(&ev("invalidate", r#"{"hash_key":"12","reason":"admin","hops":2}"#))
+            verdict(&event("invalidate", r#"{"hash_key":"12","reason":"admin","hops":2}"#))
         else {
             panic!()
         };
         assert_eq!((inv.hash_key, inv.hops, inv.origin.as_str()), (12, 2, ""));
         // What is re-sent parses back one hop further.
-        let (items, _) = decode(&chunked(&[&on_the_wire(inv.forwarded())]));
-        let Item::Event(again) = &items[1] else { panic!("{items:?}") };
+        let (events, _) = decode(&on_the_wire(inv.forwarded()));
+        let [again] = &events[..] else { panic!("{events:?}") };
         assert_eq!(verdict(again), Verdict::Apply(Invalidation { hops: 3, ..inv }));
     }
 
@@ -961,41 +966,33 @@ mod tests {
             bytes in proptest::collection::vec(any::<u8>(), 0..4096),
             cuts in proptest::collection::vec(any::<usize>(), 0..8),
         ) {
-            let mut d = Decoder::new();
+            let mut d = SseDecoder::new();
             let _ = d.feed(&bytes, &mut Vec::new());
-            prop_assert!(d.buffered() <= MAX_HEAD + MAX_REJECTION + MAX_LINE * 2 + MAX_EVENT);
+            prop_assert!(d.buffered() <= MAX_BUFFERED);
             prop_assert_eq!(decode(&bytes), decode_split(&bytes, &cuts));
-            // The same bytes as a 200 event-stream body.
-            let mut with_head = HEAD.to_vec();
-            with_head.extend_from_slice(&bytes);
-            prop_assert_eq!(decode(&with_head), decode_split(&with_head, &cuts));
         }
 
         #[test]
-        fn splitting_a_chunked_event_stream_anywhere_gives_the_same_events(
+        fn splitting_an_event_stream_anywhere_gives_the_same_events(
             body in sse_body(),
-            chunk_sizes in proptest::collection::vec(1usize..64, 1..16),
+            frame_sizes in proptest::collection::vec(1usize..64, 1..16),
             cuts in proptest::collection::vec(any::<usize>(), 0..16),
         ) {
-            let mut parts = Vec::new();
+            let mut frames = Vec::new();
             let mut rest = &body[..];
-            for &n in chunk_sizes.iter().cycle() {
+            for &n in frame_sizes.iter().cycle() {
                 if rest.is_empty() {
                     break;
                 }
                 let (a, b) = rest.split_at(n.min(rest.len()));
-                parts.push(a);
+                frames.push(a);
                 rest = b;
             }
-            let mut bytes = chunked(&parts);
-            bytes.extend_from_slice(b"0\r\n\r\n");
-            let whole = decode(&bytes);
+            let whole = decode(&body);
             prop_assert_eq!(&whole.1, &Ok(()));
-            prop_assert_eq!(whole.0.last(), Some(&Item::End));
-            // Chunking is invisible: the same as one chunk.
-            let one = { let mut b = chunked(&[&body]); b.extend_from_slice(b"0\r\n\r\n"); b };
-            prop_assert_eq!(&decode(&one), &whole);
-            prop_assert_eq!(decode_split(&bytes, &cuts), whole);
+            // How hyper cuts the body into frames is invisible.
+            prop_assert_eq!(&decode_parts(&frames), &whole);
+            prop_assert_eq!(decode_split(&body, &cuts), whole);
         }
     }
 }

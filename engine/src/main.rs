@@ -452,6 +452,7 @@ fn options(cfg: &Config) -> Result<(Options, beacon::BeaconSettings), String> {
         retry,
         recovery,
         batch: 32,
+        uring_batch_wait: cfg.engine.uring_batch_wait,
         store: None,
         dedup_window: cfg.retransmit.dedup_window,
         dht: None,

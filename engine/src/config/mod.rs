@@ -232,6 +232,10 @@ pub struct EngineConfig {
     pub cpus: Vec<usize>,
     /// Packet I/O back end.
     pub backend: IoBackend,
+    /// io_uring: the longest a worker waits to gather a batch of
+    /// completions (`IORING_ENTER_EXT_ARG` `min_wait_usec`); zero waits
+    /// for the first only.
+    pub uring_batch_wait: Duration,
     /// Datagram budget for ricochet's own cluster and DHT messages.
     pub max_datagram: usize,
     /// Bearer-token file for the state-changing admin endpoints.

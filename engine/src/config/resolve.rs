@@ -29,6 +29,10 @@ use super::{
     RetransmitConfig, RuntimeConfig, UpstreamDiscovery,
 };
 
+/// The longest `--uring-batch-wait`: beyond it the wait shows as latency
+/// at low load with little CPU left to save.
+const MAX_URING_BATCH_WAIT: Duration = Duration::from_millis(10);
+
 /// A setting's winning raw value.
 #[derive(Debug, Clone)]
 struct Raw {
@@ -121,6 +125,16 @@ impl<'a> Resolver<'a> {
                         ("epoll", IoBackend::Epoll),
                     ],
                 )
+            }),
+            uring_batch_wait: self.get(Key::UringBatchWait, |s| {
+                let d = parse_go_duration(s)?;
+                if d > MAX_URING_BATCH_WAIT {
+                    return Err(ValueError::new(
+                        "must be at most 10ms: a longer wait delays every answer at low load",
+                        "a duration in 0..=10ms such as 200us (0 turns batching off)",
+                    ));
+                }
+                Ok(d)
             }),
             max_datagram: self.get(Key::MaxDatagram, |s| parse_int_in(s, 512..=65507)),
             admin_token_file: self.get(Key::AdminTokenFile, optional(path)),

@@ -34,6 +34,7 @@ fn defaults_match_the_reference() {
     let c = load(&[], &env()).unwrap();
     assert_eq!(c.engine.cpus, [0, 1, 2, 3]);
     assert_eq!(c.engine.backend, IoBackend::Auto);
+    assert_eq!(c.engine.uring_batch_wait, Duration::from_micros(200));
     assert_eq!(c.engine.max_datagram, 1232);
     assert_eq!(c.engine.admin_token_file, None);
     let n = &c.network;
@@ -339,6 +340,11 @@ fn every_validation_names_the_flag_and_the_fix() {
         ),
         (&["--log-format=xml"], &["--log-format (LOG_FORMAT)", "one of text, json"]),
         (&["--backend=dpdk"], &["--backend (RICOCHET_BACKEND)", "one of auto, uring, epoll"]),
+        (
+            &["--uring-batch-wait=20ms"],
+            &["--uring-batch-wait (RICOCHET_URING_BATCH_WAIT)", "at most 10ms", "0..=10ms"],
+        ),
+        (&["--uring-batch-wait=soon"], &["--uring-batch-wait (RICOCHET_URING_BATCH_WAIT)"]),
         (
             &["--debug=yes"],
             &["--debug (DEBUG) = \"yes\"", "not a bool", "set --debug to true or false"],

@@ -706,6 +706,7 @@ pub(crate) mod tests {
             retry: crate::retry::Settings::default(),
             recovery: crate::retry::RecoverySettings::default(),
             batch: 8,
+            uring_batch_wait: std::time::Duration::ZERO,
             store: None,
             dedup_window: std::time::Duration::from_secs(1),
             dht: Some(DhtOptions {

@@ -205,6 +205,9 @@ pub struct Options {
     pub recovery: retry::RecoverySettings,
     /// Datagrams per recvmmsg/sendmmsg batch.
     pub batch: usize,
+    /// io_uring: how long a worker may wait to gather a batch of
+    /// completions before it handles those it has (`--uring-batch-wait`).
+    pub uring_batch_wait: Duration,
     /// The shared store (Redis) when `REDIS_ADDR` is set.
     pub store: Option<store_queue::StoreClient>,
     /// `DEDUP_WINDOW`: how long a multicast retransmit stays claimed when

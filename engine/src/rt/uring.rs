@@ -283,6 +283,11 @@ pub(crate) struct Worker {
     wake_scratch: Vec<usize>,
     /// What the kernel lets this worker send as one GSO send.
     gso: GsoLimit,
+    /// `min_wait_usec` of each wait (`--uring-batch-wait`); 0 waits for
+    /// the first completion only.
+    batch_wait_us: u32,
+    /// The longest one wait lasts (the tick wakes the worker sooner).
+    idle_wait: Timespec,
 }
 
 impl std::fmt::Debug for Worker {
@@ -295,6 +300,27 @@ impl std::fmt::Debug for Worker {
 // point into allocations the worker owns; it is moved to its thread once,
 // before any operation is submitted, and used only there.
 unsafe impl Send for Worker {}
+
+/// Completions a batch wait gathers before the worker handles them (when
+/// the wait is not over sooner): a round of sends the size of a GSO run.
+const BATCH_WANT: usize = 32;
+
+/// The `min_wait_usec` a worker waits with: `wait`, where the kernel
+/// supports a batch wait (6.12+, `IORING_FEAT_MIN_TIMEOUT`); else 0, said
+/// once (by worker 0) in the log.
+fn batch_wait_micros(ring: &IoUring, wait: std::time::Duration, worker: usize) -> u32 {
+    let micros = u32::try_from(wait.as_micros()).unwrap_or(u32::MAX);
+    if micros == 0 || ring.params().is_feature_min_timeout() {
+        return micros;
+    }
+    if worker == 0 {
+        tracing::info!(
+            "--uring-batch-wait is ignored: this kernel has no io_uring batch wait \
+             (IORING_FEAT_MIN_TIMEOUT, Linux 6.12+); each completion is handled as it comes"
+        );
+    }
+    0
+}
 
 /// The msghdr a multishot RecvMsg reads its area sizes from; `control`
 /// reserves a packet-info area ahead of the payload (the ingress and NACK
@@ -332,6 +358,7 @@ impl Worker {
                     .setup_coop_taskrun()
                     .build(1024)
             })?;
+        let batch_wait_us = batch_wait_micros(&ring, core.opts.uring_batch_wait, core.index);
         let ingress_bufs = BufRing::new(&ring, GROUP_INGRESS, INGRESS_BUFS, INGRESS_BUF)?;
         let nack_bufs = match BufRing::new(&ring, GROUP_NACK, NACK_BUFS, NACK_BUF) {
             Ok(b) => b,
@@ -369,6 +396,8 @@ impl Worker {
             peer_rings: Vec::new(),
             wake_scratch: Vec::new(),
             gso: GsoLimit::default(),
+            batch_wait_us,
+            idle_wait: Timespec::new().sec(1),
         })
     }
 
@@ -380,8 +409,22 @@ impl Worker {
             return;
         }
         while !self.core.shared.stopping() {
-            if let Err(e) = self.ring.submit_and_wait(1)
-                && e.raw_os_error() != Some(libc::EINTR)
+            // One syscall per round: submit, then wait. With a batch
+            // wait the kernel returns once BATCH_WANT completions are in,
+            // or when the wait is over: with those it has, or ETIME when it
+            // has none (a normal, empty round).
+            let waited = if self.batch_wait_us > 0 {
+                // The overall timeout keeps an idle worker asleep past the
+                // batch wait (without one the kernel ends every wait there).
+                let args = types::SubmitArgs::new()
+                    .min_wait_usec(self.batch_wait_us)
+                    .timespec(&self.idle_wait);
+                self.ring.submitter().submit_with_args(BATCH_WANT, &args)
+            } else {
+                self.ring.submit_and_wait(1)
+            };
+            if let Err(e) = waited
+                && !matches!(e.raw_os_error(), Some(libc::EINTR | libc::ETIME))
             {
                 tracing::error!(worker = self.core.index, error = %e, "io_uring wait failed; worker stops");
                 self.core.shared.fail();

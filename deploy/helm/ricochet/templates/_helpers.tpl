@@ -294,6 +294,8 @@ as 1.048576e+06.
 {{- end }}
 - name: RICOCHET_BACKEND
   value: {{ $c.backend | default "auto" | quote }}
+- name: RICOCHET_URING_BATCH_WAIT
+  value: {{ $c.uringBatchWait | default "200us" | quote }}
 - name: RICOCHET_CACHE_MAX_BYTES
   value: {{ $c.cacheMaxBytes | quote }}
 - name: RICOCHET_MAX_RANGE

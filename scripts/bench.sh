@@ -5,7 +5,9 @@
 # 0, load on CPU 1); every measured figure 3 times, interleaved (A B A B A B),
 # reported as median and min–max with the machine's load before and after.
 #
-#   scripts/bench.sh             full run: criterion, every workload, then
+#   scripts/bench.sh             full run: criterion, every workload (a, b,
+#                                c, d, memory, then f: the 1- vs 2-worker
+#                                scaling storm, about 2 min), then
 #                                perf/REPORT.md + perf/charts/*.svg. Stops by
 #                                itself: the suite starts no phase after 25 min
 #                                and is killed at 32 min.
@@ -19,7 +21,8 @@
 #
 # Knobs: SERVER_CPU (0), LOAD_CPU (1), BENCH_RUNS (3), BENCH_RATES (e.g.
 # 10k,30k,100k), BENCH_BACKENDS (e.g. epoll,uring), BENCH_WORKLOADS (e.g.
-# a,b,c,d,memory), BENCH_OUT (where results go).
+# a,b,c,d,memory,f; f = scaling, 1 vs 2 engine workers, not in --quick),
+# BENCH_OUT (where results go).
 #
 # SOAK=300s (any duration up to 10m, full mode only) adds the issue-18
 # overload soak after the report: `lab --soak-interval 60s` at 5000
@@ -73,6 +76,13 @@ if [ -z "$quick" ]; then
     --warm-up-time 1 --measurement-time 3 --noplot 2>&1 \
     | grep -E '^[a-z_]+/|time:' || true
   crit=(--criterion-dir target/criterion)
+  # Instruction counts of the same hot paths (load-independent): perf/callgrind.md.
+  if command -v valgrind >/dev/null 2>&1; then
+    step "callgrind instruction counts: scripts/callgrind.sh --write → perf/callgrind.md"
+    scripts/callgrind.sh --write || echo "callgrind: failed (status $?); perf/callgrind.md not updated"
+  else
+    step "callgrind instruction counts: skipped, valgrind is not installed (apt-get install valgrind)"
+  fi
 fi
 
 step "side-by-side suite: $loadgen bench $quick ${extra[*]} (budget $budget, killed at ${limit}s)"

@@ -8,54 +8,18 @@
 //! same work.
 
 use std::hint::black_box;
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
-use ricochet_proto::retry::cache::{Origin, TtlClass};
-use ricochet_proto::retry::{
-    Cache, CacheSettings, LimitSettings, Limiter, Outbox, Prefix, ProxyAllow, Service, Settings,
-    SharedLimits,
+use ricochet_bench::{
+    CACHED, FLOWS, filled_cache, flow_key, frame_template, nack_service, open_limits,
+    scattered_keys, service_nacks, stamp,
 };
+use ricochet_proto::retry::cache::{Origin, TtlClass};
+use ricochet_proto::retry::{Cache, CacheSettings, LimitSettings, Limiter, Outbox, SharedLimits};
 use ricochet_wire::frame::FrameKey;
-
-const FLOWS: u64 = 64;
-
-fn key_of(flow: u64) -> u64 {
-    0x1000_0000_0000_0000 | (flow.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 8) | 1
-}
-
-/// A 300-byte frame template; callers patch HashKey and SeqNum in place.
-fn template() -> Vec<u8> {
-    let f = ricochet_bench::tx_frame(300 - 92, 1);
-    assert_eq!(f.len(), 300);
-    f
-}
-
-fn stamp(frame: &mut [u8], hash_key: u64, seq: u64) {
-    frame[40..48].copy_from_slice(&hash_key.to_be_bytes());
-    frame[48..56].copy_from_slice(&seq.to_be_bytes());
-}
-
-/// A cache holding `n` frames, round-robin over FLOWS flows.
-fn filled(n: u64, settings: CacheSettings, t0: Instant) -> Cache {
-    let mut c = Cache::new(settings, t0);
-    let mut f = template();
-    for i in 0..n {
-        let (flow, seq) = (i % FLOWS, i / FLOWS + 1);
-        stamp(&mut f, key_of(flow), seq);
-        c.insert(
-            t0,
-            FrameKey { hash_key: key_of(flow), seq },
-            TtlClass::Tx,
-            0,
-            Bytes::copy_from_slice(&f),
-            Origin::Fabric,
-        );
-    }
-    c
-}
 
 fn cache(c: &mut Criterion) {
     let mut g = c.benchmark_group("cache");
@@ -67,7 +31,7 @@ fn cache(c: &mut Criterion) {
     // timed) so memory stays bounded whatever criterion's iteration count.
     g.bench_function("insert_300B", |b| {
         b.iter_custom(|iters| {
-            let mut f = template();
+            let mut f = frame_template();
             let mut total = Duration::ZERO;
             let mut done = 0;
             while done < iters {
@@ -76,11 +40,11 @@ fn cache(c: &mut Criterion) {
                 let start = Instant::now();
                 for i in 0..chunk {
                     let (flow, seq) = (i % FLOWS, i / FLOWS + 1);
-                    stamp(&mut f, key_of(flow), seq);
+                    stamp(&mut f, flow_key(flow), seq);
                     let bytes = Bytes::copy_from_slice(&f);
                     black_box(cache.insert(
                         t0,
-                        FrameKey { hash_key: key_of(flow), seq },
+                        FrameKey { hash_key: flow_key(flow), seq },
                         TtlClass::Tx,
                         0,
                         bytes,
@@ -95,14 +59,9 @@ fn cache(c: &mut Criterion) {
         })
     });
 
-    let n = 100_000u64;
-    let full = filled(n, CacheSettings::default(), t0);
-    let keys: Vec<FrameKey> = (0..4096u64)
-        .map(|i| {
-            let j = i.wrapping_mul(2_654_435_761) % n;
-            FrameKey { hash_key: key_of(j % FLOWS), seq: j / FLOWS + 1 }
-        })
-        .collect();
+    let n = CACHED;
+    let full = filled_cache(n, CacheSettings::default(), t0);
+    let keys = scattered_keys(n);
     let mut i = 0usize;
     g.bench_function("hit", |b| {
         b.iter(|| {
@@ -129,18 +88,18 @@ fn cache(c: &mut Criterion) {
 
     // Steady state at the key bound: every insert evicts the oldest frame.
     let bound = CacheSettings { max_keys: 65_536, ..CacheSettings::default() };
-    let mut at_bound = filled(65_536, bound, t0);
-    let mut f = template();
+    let mut at_bound = filled_cache(65_536, bound, t0);
+    let mut f = frame_template();
     let mut next = 65_536u64;
     g.bench_function("insert_evicting_300B", |b| {
         b.iter(|| {
             let (flow, seq) = (next % FLOWS, next / FLOWS + 1);
             next += 1;
-            stamp(&mut f, key_of(flow), seq);
+            stamp(&mut f, flow_key(flow), seq);
             let bytes = Bytes::copy_from_slice(&f);
             at_bound.insert(
                 t0,
-                FrameKey { hash_key: key_of(flow), seq },
+                FrameKey { hash_key: flow_key(flow), seq },
                 TtlClass::Tx,
                 0,
                 bytes,
@@ -160,15 +119,7 @@ fn limiter(c: &mut Criterion) {
 
     // Every tier admits: the cost of the three pre-lookup tiers plus the
     // group tier for a well-behaved population of 1024 sources.
-    let open = LimitSettings {
-        ip_rate: 1e9,
-        ip_burst: 1_000_000,
-        sequence_max: u32::MAX,
-        chain_max: u32::MAX,
-        group_rate: 1e9,
-        group_burst: 1_000_000,
-        ..LimitSettings::default()
-    };
+    let open = open_limits();
     let mut l = Limiter::new(&open, t0);
     let mut k = 0u64;
     g.bench_function("admit_all_tiers", |b| {
@@ -176,7 +127,7 @@ fn limiter(c: &mut Criterion) {
             k += 1;
             let now = t0 + Duration::from_nanos(k * 100);
             let ip = ips[(k & 1023) as usize];
-            let ok = l.check_before_lookup(now, ip, key_of(k & 63), k).is_ok();
+            let ok = l.check_before_lookup(now, ip, flow_key(k & 63), k).is_ok();
             ok && l.check_group(now, ip, (k & 3) as u16)
         })
     });
@@ -202,7 +153,7 @@ fn limiter(c: &mut Criterion) {
             k += 1;
             let now = t0 + Duration::from_nanos(k * 100);
             let ip = ips[(k & 1023) as usize];
-            let ok = l.check_before_lookup(now, ip, key_of(k & 63), k).is_ok();
+            let ok = l.check_before_lookup(now, ip, flow_key(k & 63), k).is_ok();
             ok && l.check_group(now, ip, (k & 3) as u16)
         })
     });
@@ -222,36 +173,11 @@ fn service(c: &mut Criterion) {
     let mut g = c.benchmark_group("service");
     g.throughput(Throughput::Elements(1));
     let t0 = Instant::now();
-    let src = SocketAddr::from((Ipv4Addr::LOCALHOST, 40_000));
-    let settings = Settings {
-        unicast_retransmit: true,
-        // The source may proxy, so its unicast copies are sent (as on a
-        // real upstream): the benchmark measures the full answer.
-        proxy_allow: ProxyAllow::new([Prefix::host(src.ip())]),
-        limits: LimitSettings {
-            ip_rate: 1e9,
-            ip_burst: 1_000_000,
-            sequence_max: u32::MAX,
-            chain_max: u32::MAX,
-            group_rate: 1e9,
-            group_burst: 1_000_000,
-            ..LimitSettings::default()
-        },
-        ..Settings::default()
-    };
-    let mut s = Service::new(settings, t0);
-    let mut f = template();
-    for seq in 1..=4096u64 {
-        stamp(&mut f, key_of(0), seq);
-        s.on_frame(t0, Bytes::copy_from_slice(&f), Some(0)).unwrap();
-    }
-    let nacks: Vec<[u8; 64]> = (1..=4096u64)
-        .map(|seq| {
-            let mut n = ricochet_bench::nack(seq);
-            n[8..16].copy_from_slice(&key_of(0).to_be_bytes());
-            n
-        })
-        .collect();
+    // 4 096 frames of one flow, every limiter tier open, the source allowed
+    // to proxy: the benchmark measures the full answer (multicast copy,
+    // unicast copy, ACK).
+    let (mut s, src) = nack_service(t0);
+    let nacks = service_nacks();
     let mut out = Outbox::with_capacity(8);
     let mut i = 0u64;
     g.bench_function("nack_hit_multicast_unicast_ack", |b| {

@@ -36,6 +36,12 @@
 //! - **d** lossy listener gap fill at 1 % drop (`lab`); every NACK is
 //!   accounted for (ACK, MISS, THROTTLED, timeout, frame first, cut short).
 //! - **memory**: 1 000 000 frames of 300 B in a cache (`memory`).
+//! - **f** (`scaling`): the closed-loop storm of (a) against the io_uring
+//!   engine on 1 worker (`--cpus <server>`) and on 2 workers (`--cpus
+//!   <server>,<load>`), interleaved 1 2 1 2 …; each worker's share of the
+//!   answers comes from the per-core counters of the engine's `/metrics`.
+//!   With 2 CPUs the second worker shares its CPU with the load generator,
+//!   so the ratio is a lower bound of 2-core scaling, not a clean figure.
 //!
 //! Rate limits are raised out of the way for the storms (a load generator
 //! on one address would otherwise measure the IP tier); the lab keeps the
@@ -77,7 +83,8 @@ pub struct BenchArgs {
     /// Date prefix of the result files [default: today, UTC].
     #[arg(long)]
     pub date: Option<String>,
-    /// Workloads to run (a, b, c, d, e, memory) [default: all; --quick: a,b,d,memory].
+    /// Workloads to run (a, b, c, d, e, memory, f = scaling) [default: all;
+    /// --quick: a,b,d,memory].
     #[arg(long, value_delimiter = ',')]
     pub workloads: Option<Vec<String>>,
     /// Engine backends to compare [default: epoll,uring; --quick: uring].
@@ -119,6 +126,37 @@ pub struct FixedRun {
     pub cpu_us_per_nack: Option<f64>,
 }
 
+/// One closed-loop storm run of the scaling workload (f).
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct ScaleRun {
+    /// Engine workers (`--cpus` list length).
+    pub workers: usize,
+    /// The `--cpus` list.
+    pub cpus: String,
+    /// Run number (from 0).
+    pub run: usize,
+    /// The load generator's result.
+    pub nack: NackResult,
+    /// Server CPU time (every thread) per answered NACK, µs.
+    pub cpu_us_per_nack: Option<f64>,
+    /// ACKs sent per worker over the phase (`ricochet_acks_sent_total{core}`).
+    #[serde(default)]
+    pub acks_per_core: Vec<f64>,
+    /// NACKs counted per worker over the phase (`ricochet_nacks_total{core}`).
+    #[serde(default)]
+    pub nacks_per_core: Vec<f64>,
+    /// Datagrams handed to another worker's ring (`ricochet_handoffs_out_total`).
+    #[serde(default)]
+    pub handoffs: f64,
+    /// Hand-offs dropped on a full ring (`ricochet_handoff_drops_total`).
+    #[serde(default)]
+    pub handoff_drops: f64,
+    /// NACKs that arrived on a worker other than their owner and were
+    /// forwarded (`ricochet_nacks_forwarded_total`: steering missed).
+    #[serde(default)]
+    pub nacks_forwarded: f64,
+}
+
 /// One system's results in a workload file.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 pub struct SystemResult {
@@ -142,6 +180,9 @@ pub struct SystemResult {
     /// Every memory run.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub memories: Vec<MemoryResult>,
+    /// Every scaling run (workload f).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub scale: Vec<ScaleRun>,
     /// Ingest at max.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub publish: Option<PublishResult>,
@@ -347,10 +388,21 @@ impl Suite {
     }
 
     fn engine(&mut self, backend: &str, extra: &[&str]) -> Result<(Child, EnginePorts), String> {
+        let cpus = self.a.server_cpu.to_string();
+        self.engine_on(backend, &cpus, extra)
+    }
+
+    /// The engine with one worker per CPU of `cpus` (a `--cpus` list).
+    fn engine_on(
+        &mut self,
+        backend: &str,
+        cpus: &str,
+        extra: &[&str],
+    ) -> Result<(Child, EnginePorts), String> {
         let ports = EnginePorts::pick();
         let mut flags: Vec<String> = vec![
             "--cpus".into(),
-            self.a.server_cpu.to_string(),
+            cpus.into(),
             "--backend".into(),
             backend.into(),
             "--cache-ttl-tx".into(),
@@ -518,6 +570,55 @@ impl Suite {
         r.nack = median_index(&t).map(|i| r.storms[i].nack.clone());
     }
 
+    /// One scaling run (workload f): the closed-loop unicast storm of (a)
+    /// against `backend` with one worker per CPU of `cpus`, with the
+    /// engine's per-core counters scraped before and after.
+    fn scale(&mut self, r: &mut SystemResult, backend: &str, cpus: &str, run: usize) {
+        let workers = cpus.split(',').count();
+        let res = (|| -> Result<(), String> {
+            let mut extra: Vec<&str> = NO_LIMITS.to_vec();
+            extra.extend([
+                "--beacon-flags-unicast=true",
+                "--beacon-flags-multicast=false",
+                "--proxy-allow",
+                "127.0.0.1",
+            ]);
+            let (guard, ports) = self.engine_on(backend, cpus, &extra)?;
+            let pid = guard.id();
+            let storm = self.p.storm;
+            let args = self.nack_args(Some(&ports), ports.nack, "max", storm, true, None);
+            let before = scrape_body(ports.admin);
+            let cpu0 = cpu_ns(pid);
+            let json = self.load("nack", &args, Duration::from_secs(120))?;
+            let cpu1 = cpu_ns(pid);
+            let after = scrape_body(ports.admin);
+            drop(guard);
+            let n: NackResult = read_json(&json)?;
+            let d = |name: &str| -> Vec<f64> {
+                let (b, a) = (per_core(&before, name), per_core(&after, name));
+                a.iter().enumerate().map(|(i, v)| v - b.get(i).copied().unwrap_or(0.0)).collect()
+            };
+            let total = |name: &str| d(name).iter().sum::<f64>();
+            r.scale.push(ScaleRun {
+                workers,
+                cpus: cpus.into(),
+                run,
+                cpu_us_per_nack: per_nack(cpu0, cpu1, n.completed),
+                acks_per_core: d("ricochet_acks_sent_total"),
+                nacks_per_core: d("ricochet_nacks_total"),
+                handoffs: total("ricochet_handoffs_out_total"),
+                handoff_drops: total("ricochet_handoff_drops_total"),
+                nacks_forwarded: total("ricochet_nacks_forwarded_total"),
+                nack: n,
+            });
+            Ok(())
+        })();
+        if let Err(e) = res {
+            eprintln!("  ! {} ({workers} workers): {e}", r.system);
+            r.error = Some(e);
+        }
+    }
+
     fn ingest(&mut self, system: &str) -> SystemResult {
         let mut r = SystemResult { system: system.into(), ..SystemResult::default() };
         let res = (|| -> Result<(), String> {
@@ -623,6 +724,36 @@ fn read_json<T: DeserializeOwned>(p: &Path) -> Result<T, String> {
     serde_json::from_str(&text).map_err(|e| format!("{}: {e}", p.display()))
 }
 
+/// The engine's `/metrics` text at `addr` (empty on error).
+fn scrape_body(addr: std::net::SocketAddr) -> String {
+    match crate::metrics::http_get(addr, "/metrics") {
+        Ok((200, body)) => body,
+        _ => String::new(),
+    }
+}
+
+/// The series of `name` by its `core` label, indexed by core (missing
+/// cores are 0).
+pub fn per_core(body: &str, name: &str) -> Vec<f64> {
+    let mut out: Vec<f64> = vec![];
+    for line in body.lines().filter(|l| !l.starts_with('#')) {
+        let Some((series, value)) = line.rsplit_once(' ') else { continue };
+        let Some(labels) = series.strip_prefix(name).and_then(|l| l.strip_prefix('{')) else {
+            continue;
+        };
+        let core = labels
+            .split(',')
+            .find_map(|kv| kv.trim().strip_prefix("core=\""))
+            .and_then(|c| c.trim_end_matches('}').trim_end_matches('"').parse::<usize>().ok());
+        let (Some(core), Ok(v)) = (core, value.parse::<f64>()) else { continue };
+        if out.len() <= core {
+            out.resize(core + 1, 0.0);
+        }
+        out[core] += v;
+    }
+    out
+}
+
 fn per_nack(cpu0: Option<u64>, cpu1: Option<u64>, answered: u64) -> Option<f64> {
     let (a, b) = (cpu0?, cpu1?);
     (answered > 0).then(|| b.saturating_sub(a) as f64 / 1e3 / answered as f64)
@@ -687,7 +818,7 @@ pub fn run(a: BenchArgs) -> Result<(), String> {
     };
     let workloads = a.workloads.clone().unwrap_or_else(|| {
         let w: &[&str] =
-            if a.quick { &["a", "b", "d", "memory"] } else { &["a", "b", "c", "d", "memory"] };
+            if a.quick { &["a", "b", "d", "memory"] } else { &["a", "b", "c", "d", "memory", "f"] };
         w.iter().map(|x| x.to_string()).collect()
     });
     let backends = a.backends.clone().unwrap_or_else(|| {
@@ -719,6 +850,7 @@ pub fn run(a: BenchArgs) -> Result<(), String> {
     let w = |x: &str| workloads.iter().any(|y| y == x);
     let (run_a, run_b, run_c, run_d, run_e, run_mem) =
         (w("a"), w("b"), w("c"), w("d"), w("e"), w("memory"));
+    let run_f = w("f") || w("scaling");
 
     for (on, unicast, name, title) in [
         (run_a || run_e, true, "nack-unicast", "NACK storm, 100% hits, unicast retransmit + ACK"),
@@ -841,6 +973,41 @@ pub fn run(a: BenchArgs) -> Result<(), String> {
         f.systems.push(merge_runs(runs, |r| Some(r.memory.as_ref()?.overhead_per_frame)));
         s.save(f, t)?;
     }
+    if run_f {
+        println!("\n(f) scaling: closed-loop unicast storm, engine on 1 worker, then on 2");
+        let t = Instant::now();
+        s.machine = Machine::describe();
+        let mut f = s.file(
+            "scaling",
+            "Scaling: answered NACKs/s with 1 and 2 engine workers (closed loop, unicast + ACK)",
+        );
+        // io_uring unless only other back ends were asked for.
+        let backend = if backends.iter().any(|b| b == "uring") {
+            "uring".to_string()
+        } else {
+            backends.first().cloned().unwrap_or_else(|| "uring".into())
+        };
+        let one = s.a.server_cpu.to_string();
+        let two = format!("{},{}", s.a.server_cpu, s.a.load_cpu);
+        let mut r = SystemResult { system: backend.clone(), ..SystemResult::default() };
+        'runs: for run in 0..s.p.runs {
+            for cpus in [&one, &two] {
+                if s.over_budget() {
+                    f.notes.push(format!("stopped at run {} for the time budget", run + 1));
+                    break 'runs;
+                }
+                s.scale(&mut r, &backend, cpus, run);
+            }
+        }
+        f.notes.push(format!(
+            "closed loop as in (a): window 256 over 8 listener sockets and 8 flows, {} per run; 1 worker \
+             `--cpus {one}`, 2 workers `--cpus {two}`, interleaved; the load generator is pinned to CPU {}, \
+             so with 2 workers one engine worker shares that CPU with it (nproc {})",
+            s.p.storm, s.a.load_cpu, s.machine.nproc
+        ));
+        f.systems.push(r);
+        s.save(f, t)?;
+    }
     let _ = std::fs::remove_dir_all(&s.tmp);
     Ok(())
 }
@@ -874,5 +1041,15 @@ mod tests {
         assert_eq!(median_index(&[5.0, 9.0, 1.0]), Some(0));
         assert_eq!(per_nack(Some(1_000), Some(2_001_000), 1000), Some(2.0));
         assert!(cpu_ns(std::process::id()).is_some());
+    }
+
+    #[test]
+    fn per_core_series() {
+        let body = "# TYPE ricochet_nacks_total counter\nricochet_nacks_total{core=\"0\"} 3\n\
+                    ricochet_nacks_total{core=\"1\"} 4\nricochet_nacks_totalx{core=\"0\"} 9\n\
+                    ricochet_dropped_total{reason=\"x\",core=\"2\"} 5\n";
+        assert_eq!(per_core(body, "ricochet_nacks_total"), vec![3.0, 4.0]);
+        assert_eq!(per_core(body, "ricochet_dropped_total"), vec![0.0, 0.0, 5.0]);
+        assert!(per_core(body, "ricochet_acks_sent_total").is_empty());
     }
 }

@@ -1080,16 +1080,23 @@ fn explain(t: &Target, files: &BTreeMap<String, WorkloadFile>) -> String {
     if n.contains("CPU per answered NACK") {
         return "the engine and the reflector hand the kernel the same datagrams (frame + ACK per NACK), and on \
                 loopback the kernel's per-datagram send and receive path dominates both, so the engine can only \
-                lead by making fewer kernel crossings than a recvmmsg/sendmmsg loop: GSO for every \
-                same-destination run (what `reflect-gso` does, and what its figure is worth), batched \
-                completions with a bounded wait, multishot receive. The engine's own work per NACK (parse, \
-                limiter, cache lookup, steering) is tens of ns in the micro-benchmarks below."
+                lead by making fewer kernel crossings than a recvmmsg/sendmmsg loop. It has GSO for every \
+                same-destination run (what `reflect-gso` does too), multishot receive, and the io_uring batch \
+                wait (`--uring-batch-wait`, 200 µs: up to 32 completions per io_uring_enter), which took about \
+                6 % off the CPU per NACK at 30 k/s (perf/nack-path-ab-2026-12-07.md). It also pays what the \
+                reflector does not: packet info on each NACK and reply on its wildcard NACK socket, about 4 % \
+                (bind `--nack-addr` to skip it). Its own work per NACK is about 1 800 instructions \
+                (perf/callgrind.md). Registered buffers and SEND_ZC were not tried: the frames are 300 B, below \
+                where zero-copy sends pay for their completion notifications."
             .into();
     }
     if n.contains("multicast vs unicast") {
-        return "the multicast path loses where retransmits go to different groups: each group is its own \
-                destination, so same-destination runs (and GSO) break at every group change, and loopback \
-                delivers each multicast datagram to every joined socket."
+        return "a unicast answer is one GSO send (the frame and its ACK go to the same listener), a multicast \
+                answer two sends (the frame to its group, the ACK to the listener), and same-group runs break at \
+                every group change or frame size; on loopback the kernel also clones each multicast datagram to \
+                the joined receiver on the sender's CPU (IP_MULTICAST_LOOP), which an edge host with loop off \
+                does not pay. All of it is kernel work per datagram: merging same-group frames into GSO runs \
+                would help only frames of one size, which real transactions rarely are, so it was not done."
             .into();
     }
     if n.contains("vs epoll") {

@@ -1082,9 +1082,10 @@ fn explain(t: &Target, files: &BTreeMap<String, WorkloadFile>) -> String {
                 loopback the kernel's per-datagram send and receive path dominates both, so the engine can only \
                 lead by making fewer kernel crossings than a recvmmsg/sendmmsg loop. It has GSO for every \
                 same-destination run (what `reflect-gso` does too), multishot receive, and the io_uring batch \
-                wait (`--uring-batch-wait`, 200 µs: up to 32 completions per io_uring_enter), which took about \
-                6 % off the CPU per NACK at 30 k/s (perf/nack-path-ab-2026-12-07.md). It also pays what the \
-                reflector does not: packet info on each NACK and reply on its wildcard NACK socket, about 4 % \
+                wait (`--uring-batch-wait`, 200 µs: up to 32 completions per io_uring_enter), which takes about \
+                40 % off the CPU per NACK at a fixed 30 k/s and little in a closed-loop storm, where every \
+                wait already returns a full batch (perf/nack-path-ab-2026-12-07.md). It also pays what the \
+                reflector does not: packet info on each NACK and reply on its wildcard NACK socket, 4–6 % \
                 (bind `--nack-addr` to skip it). Its own work per NACK is about 1 800 instructions \
                 (perf/callgrind.md). Registered buffers and SEND_ZC were not tried: the frames are 300 B, below \
                 where zero-copy sends pay for their completion notifications."

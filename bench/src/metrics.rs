@@ -176,10 +176,37 @@ pub fn sum(body: &str, name: &str) -> f64 {
 
 /// A scrape of the engine at `addr`, summed per metric (empty on error).
 pub fn scrape(addr: SocketAddr) -> BTreeMap<String, f64> {
+    totals(&scrape_text(addr))
+}
+
+/// The engine's `/metrics` text at `addr` (empty on error).
+pub fn scrape_text(addr: SocketAddr) -> String {
     match http_get(addr, "/metrics") {
-        Ok((200, body)) => totals(&body),
-        _ => BTreeMap::new(),
+        Ok((200, body)) => body,
+        _ => String::new(),
     }
+}
+
+/// The series of `name` by its `core` label, indexed by core (missing
+/// cores are 0).
+pub fn per_core(body: &str, name: &str) -> Vec<f64> {
+    let mut out: Vec<f64> = vec![];
+    for line in body.lines().filter(|l| !l.starts_with('#')) {
+        let Some((series, value)) = line.rsplit_once(' ') else { continue };
+        let Some(labels) = series.strip_prefix(name).and_then(|l| l.strip_prefix('{')) else {
+            continue;
+        };
+        let core = labels
+            .split(',')
+            .find_map(|kv| kv.trim().strip_prefix("core=\""))
+            .and_then(|c| c.trim_end_matches('}').trim_end_matches('"').parse::<usize>().ok());
+        let (Some(core), Ok(v)) = (core, value.parse::<f64>()) else { continue };
+        if out.len() <= core {
+            out.resize(core + 1, 0.0);
+        }
+        out[core] += v;
+    }
+    out
 }
 
 /// Counter deltas between two scrapes, for the metrics worth reporting
@@ -226,6 +253,16 @@ mod tests {
         let d = delta(&t, &later);
         assert_eq!(d.len(), 1);
         assert_eq!(d["a_total"], 5.0);
+    }
+
+    #[test]
+    fn per_core_series() {
+        let body = "# TYPE ricochet_nacks_total counter\nricochet_nacks_total{core=\"0\"} 3\n\
+                    ricochet_nacks_total{core=\"1\"} 4\nricochet_nacks_totalx{core=\"0\"} 9\n\
+                    ricochet_dropped_total{reason=\"x\",core=\"2\"} 5\n";
+        assert_eq!(per_core(body, "ricochet_nacks_total"), vec![3.0, 4.0]);
+        assert_eq!(per_core(body, "ricochet_dropped_total"), vec![0.0, 0.0, 5.0]);
+        assert!(per_core(body, "ricochet_acks_sent_total").is_empty());
     }
 
     #[test]

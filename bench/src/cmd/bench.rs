@@ -59,6 +59,7 @@ use crate::cmd::memory::MemoryResult;
 use crate::cmd::nack::NackResult;
 use crate::cmd::publish::PublishResult;
 use crate::cmd::reflect::ServerResult;
+use crate::metrics;
 use crate::out::{self, Dur, Machine, Rate};
 use crate::proc::{self, Child, EnginePorts};
 
@@ -587,15 +588,15 @@ impl Suite {
             let pid = guard.id();
             let storm = self.p.storm;
             let args = self.nack_args(Some(&ports), ports.nack, "max", storm, true, None);
-            let before = scrape_body(ports.admin);
+            let before = metrics::scrape_text(ports.admin);
             let cpu0 = cpu_ns(pid);
             let json = self.load("nack", &args, Duration::from_secs(120))?;
             let cpu1 = cpu_ns(pid);
-            let after = scrape_body(ports.admin);
+            let after = metrics::scrape_text(ports.admin);
             drop(guard);
             let n: NackResult = read_json(&json)?;
             let d = |name: &str| -> Vec<f64> {
-                let (b, a) = (per_core(&before, name), per_core(&after, name));
+                let (b, a) = (metrics::per_core(&before, name), metrics::per_core(&after, name));
                 a.iter().enumerate().map(|(i, v)| v - b.get(i).copied().unwrap_or(0.0)).collect()
             };
             let total = |name: &str| d(name).iter().sum::<f64>();
@@ -722,36 +723,6 @@ impl Suite {
 fn read_json<T: DeserializeOwned>(p: &Path) -> Result<T, String> {
     let text = std::fs::read_to_string(p).map_err(|e| format!("{}: {e}", p.display()))?;
     serde_json::from_str(&text).map_err(|e| format!("{}: {e}", p.display()))
-}
-
-/// The engine's `/metrics` text at `addr` (empty on error).
-fn scrape_body(addr: std::net::SocketAddr) -> String {
-    match crate::metrics::http_get(addr, "/metrics") {
-        Ok((200, body)) => body,
-        _ => String::new(),
-    }
-}
-
-/// The series of `name` by its `core` label, indexed by core (missing
-/// cores are 0).
-pub fn per_core(body: &str, name: &str) -> Vec<f64> {
-    let mut out: Vec<f64> = vec![];
-    for line in body.lines().filter(|l| !l.starts_with('#')) {
-        let Some((series, value)) = line.rsplit_once(' ') else { continue };
-        let Some(labels) = series.strip_prefix(name).and_then(|l| l.strip_prefix('{')) else {
-            continue;
-        };
-        let core = labels
-            .split(',')
-            .find_map(|kv| kv.trim().strip_prefix("core=\""))
-            .and_then(|c| c.trim_end_matches('}').trim_end_matches('"').parse::<usize>().ok());
-        let (Some(core), Ok(v)) = (core, value.parse::<f64>()) else { continue };
-        if out.len() <= core {
-            out.resize(core + 1, 0.0);
-        }
-        out[core] += v;
-    }
-    out
 }
 
 fn per_nack(cpu0: Option<u64>, cpu1: Option<u64>, answered: u64) -> Option<f64> {
@@ -1041,15 +1012,5 @@ mod tests {
         assert_eq!(median_index(&[5.0, 9.0, 1.0]), Some(0));
         assert_eq!(per_nack(Some(1_000), Some(2_001_000), 1000), Some(2.0));
         assert!(cpu_ns(std::process::id()).is_some());
-    }
-
-    #[test]
-    fn per_core_series() {
-        let body = "# TYPE ricochet_nacks_total counter\nricochet_nacks_total{core=\"0\"} 3\n\
-                    ricochet_nacks_total{core=\"1\"} 4\nricochet_nacks_totalx{core=\"0\"} 9\n\
-                    ricochet_dropped_total{reason=\"x\",core=\"2\"} 5\n";
-        assert_eq!(per_core(body, "ricochet_nacks_total"), vec![3.0, 4.0]);
-        assert_eq!(per_core(body, "ricochet_dropped_total"), vec![0.0, 0.0, 5.0]);
-        assert!(per_core(body, "ricochet_acks_sent_total").is_empty());
     }
 }

@@ -286,8 +286,6 @@ pub(crate) struct Worker {
     /// `min_wait_usec` of each wait (`--uring-batch-wait`); 0 waits for
     /// the first completion only.
     batch_wait_us: u32,
-    /// The longest one wait lasts (the tick wakes the worker sooner).
-    idle_wait: Timespec,
 }
 
 impl std::fmt::Debug for Worker {
@@ -304,6 +302,9 @@ unsafe impl Send for Worker {}
 /// Completions a batch wait gathers before the worker handles them (when
 /// the wait is not over sooner): a round of sends the size of a GSO run.
 const BATCH_WANT: usize = 32;
+
+/// The longest one batch wait lasts (the tick wakes the worker sooner).
+static IDLE_WAIT: Timespec = Timespec::new().sec(1);
 
 /// The `min_wait_usec` a worker waits with: `wait`, where the kernel
 /// supports a batch wait (6.12+, `IORING_FEAT_MIN_TIMEOUT`); else 0, said
@@ -397,7 +398,6 @@ impl Worker {
             wake_scratch: Vec::new(),
             gso: GsoLimit::default(),
             batch_wait_us,
-            idle_wait: Timespec::new().sec(1),
         })
     }
 
@@ -416,9 +416,8 @@ impl Worker {
             let waited = if self.batch_wait_us > 0 {
                 // The overall timeout keeps an idle worker asleep past the
                 // batch wait (without one the kernel ends every wait there).
-                let args = types::SubmitArgs::new()
-                    .min_wait_usec(self.batch_wait_us)
-                    .timespec(&self.idle_wait);
+                let args =
+                    types::SubmitArgs::new().min_wait_usec(self.batch_wait_us).timespec(&IDLE_WAIT);
                 self.ring.submitter().submit_with_args(BATCH_WANT, &args)
             } else {
                 self.ring.submit_and_wait(1)

@@ -10,7 +10,7 @@ use std::time::Instant;
 use socket2::Socket;
 
 use super::TICK;
-use super::gso::{GsoLimit, gso_runs};
+use super::gso::{GsoLimit, GsoOrder, gso_runs};
 use super::sys::{self, Epoll, RecvBatch, SendScratch};
 use super::worker::{Core, Oversized, Sockets};
 use crate::retry::{Dest, Transmit};
@@ -49,6 +49,8 @@ pub(crate) struct Worker {
     /// The runs of `pending` handed to the last `send_all`, in message
     /// order, so a refused message can be traced to its transmits.
     sent_runs: Vec<std::ops::Range<usize>>,
+    /// Groups each round's transmits into GSO runs.
+    gso_order: GsoOrder,
     /// What the kernel lets this worker send as one GSO send.
     gso: GsoLimit,
 }
@@ -81,6 +83,7 @@ impl Worker {
             scratch: SendScratch::default(),
             pending: Vec::new(),
             sent_runs: Vec::new(),
+            gso_order: GsoOrder::default(),
             gso: GsoLimit::default(),
         })
     }
@@ -184,7 +187,8 @@ impl Worker {
         }
     }
 
-    /// Sends what the service queued, in order (retransmits before ACKs):
+    /// Sends what the service queued, grouped into GSO runs by
+    /// destination ([`GsoOrder`]: retransmits still before ACKs):
     /// Proxied NACKs from the upstream socket, everything else from the
     /// NACK socket.
     fn flush(&mut self) {
@@ -194,6 +198,7 @@ impl Worker {
             return;
         }
         self.pending.extend(self.core.outbox.drain_transmits());
+        self.gso_order.arrange(&mut self.pending);
         for upstream in [false, true] {
             let fd = if upstream { self.upstream.as_raw_fd() } else { self.nack.as_raw_fd() };
             let mut unroutable = 0u64;

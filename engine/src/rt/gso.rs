@@ -28,8 +28,8 @@ pub(crate) const GSO_MAX_BYTES: usize = 65_507;
 /// consecutive, to the same destination, every segment as long as the first
 /// except the last, which may be shorter — so a unicast retransmit and the
 /// ACK that follows it to the same requester, or a burst of equal-size
-/// ACKs, cross the kernel's UDP stack once. Order is kept, so retransmits
-/// still leave before their ACK.
+/// ACKs, cross the kernel's UDP stack once. Order is kept; [`GsoOrder`]
+/// arranges a round first.
 ///
 /// A run carries more than one segment only when its segments are at most
 /// `max_segment` bytes long ([`GsoLimit::max_segment`]).
@@ -61,6 +61,55 @@ pub(crate) fn gso_runs(
         start = end;
         Some(run)
     })
+}
+
+/// Orders a round's transmits so [`gso_runs`] finds the fewest runs:
+/// grouped by destination — multicast groups first, so a group's
+/// retransmits still leave before the ACKs that announce them — and, for
+/// one destination, longest first. Equal-size frames then sit together,
+/// each run can end on a shorter datagram, and the 16-byte ACKs, MISSes
+/// and THROTTLEDs to one requester come last and leave as one run
+/// (`reflect --gso` groups its answers the same way). Datagrams of one
+/// destination and length keep their order, so a range's frames leave in
+/// sequence. A round that is already in order is left as it is.
+///
+/// The scratch index vector is kept between rounds: no allocation once it
+/// has grown to a round's size.
+#[derive(Debug, Default)]
+pub(crate) struct GsoOrder {
+    order: Vec<u32>,
+}
+
+impl GsoOrder {
+    pub(crate) fn arrange(&mut self, transmits: &mut [Transmit]) {
+        let key = |t: &Transmit| (t.dest, std::cmp::Reverse(t.payload.as_bytes().len()));
+        if transmits.is_sorted_by_key(key) {
+            return;
+        }
+        let order = &mut self.order;
+        order.clear();
+        order.extend(0..transmits.len() as u32);
+        // Ties broken by position: stable without the allocation of a
+        // stable sort.
+        order.sort_unstable_by(|&i, &j| {
+            key(&transmits[i as usize]).cmp(&key(&transmits[j as usize])).then(i.cmp(&j))
+        });
+        // Apply the permutation in place, cycle by cycle: afterwards
+        // transmits[j] is what was at order[j]. Visited slots are marked.
+        const DONE: u32 = u32::MAX;
+        for start in 0..order.len() {
+            let mut j = start;
+            while order[j] != DONE {
+                let k = order[j] as usize;
+                order[j] = DONE;
+                if k == start {
+                    break;
+                }
+                transmits.swap(j, k);
+                j = k;
+            }
+        }
+    }
 }
 
 /// The longest segment this worker may hand the kernel in a GSO send:
@@ -206,6 +255,53 @@ mod tests {
         assert_eq!(runs(&[]), Vec::<std::ops::Range<usize>>::new());
     }
 
+    fn arranged(ts: &[Transmit]) -> Vec<Transmit> {
+        let mut v = ts.to_vec();
+        GsoOrder::default().arrange(&mut v);
+        v
+    }
+
+    #[test]
+    fn a_round_is_grouped_by_destination_frames_before_acks() {
+        let a = Dest::Unicast("127.0.0.1:5000".parse().unwrap());
+        let b = Dest::Unicast("127.0.0.1:5001".parse().unwrap());
+        let g = Dest::Group(3);
+        // Multicast retransmits each with its ACK, as the service queues
+        // them: four sends. Arranged: the group's frames, then the ACKs.
+        let round = [t(g, 300), t(a, 16), t(g, 300), t(a, 16), t(g, 300), t(a, 16)];
+        assert_eq!(runs(&round).len(), 6);
+        let v = arranged(&round);
+        assert_eq!(v.iter().map(|t| t.dest).collect::<Vec<_>>(), [g, g, g, a, a, a]);
+        assert_eq!(runs(&v), vec![0..3, 3..6]);
+        // Unicast to two requesters, frames of two sizes: each requester's
+        // frames longest first, their ACKs last.
+        let round = [t(a, 300), t(a, 16), t(b, 500), t(b, 16), t(a, 400), t(a, 16)];
+        let v = arranged(&round);
+        let shape: Vec<_> = v.iter().map(|t| (t.dest, t.payload.as_bytes().len())).collect();
+        assert_eq!(shape, [(a, 400), (a, 300), (a, 16), (a, 16), (b, 500), (b, 16)]);
+        assert_eq!(runs(&v), vec![0..2, 2..4, 4..6]);
+    }
+
+    #[test]
+    fn equal_datagrams_to_one_destination_keep_their_order() {
+        let a = Dest::Unicast("127.0.0.1:5000".parse().unwrap());
+        let g = Dest::Group(1);
+        let frame =
+            |seq: u8| Transmit { dest: g, payload: Payload::Frame(Bytes::from(vec![seq; 300])) };
+        let ack = |seq: u8| {
+            let mut buf = [0; 64];
+            buf[0] = seq;
+            Transmit { dest: a, payload: Payload::Control { buf, len: 16 } }
+        };
+        let round: Vec<_> = (0..40u8).flat_map(|s| [frame(s), ack(s)]).collect();
+        let v = arranged(&round);
+        let firsts: Vec<u8> = v.iter().map(|t| t.payload.as_bytes()[0]).collect();
+        let want: Vec<u8> = (0..40).chain(0..40).collect();
+        assert_eq!(firsts, want);
+        // Already in order: left as it is.
+        assert_eq!(arranged(&v), v);
+    }
+
     #[test]
     fn runs_respect_the_segment_and_byte_limits() {
         let a = Dest::Unicast("127.0.0.1:5000".parse().unwrap());
@@ -288,6 +384,60 @@ mod tests {
         l.on_refused(0, libc::EIO, 1400, None, false, &mut counters);
         l.on_refused(0, libc::EIO, 1400, None, false, &mut counters);
         assert_eq!((counters.gso_fallbacks, l.max_segment()), (2, 0));
+    }
+
+    proptest::proptest! {
+        /// Arranging a round is a permutation that keeps the order of
+        /// equal datagrams to one destination and never needs more sends.
+        #[test]
+        fn arranging_never_costs_a_send(
+            round in proptest::collection::vec((0u8..4, 0usize..6), 0..200),
+            max_segment in proptest::sample::select(vec![0, 400, 1400, GSO_MAX_BYTES]),
+        ) {
+            const LENS: [usize; 6] = [16, 16, 64, 300, 1400, 20_000];
+            let dest = |d: u8| match d {
+                0 => Dest::Group(1),
+                1 => Dest::Unicast("127.0.0.1:5000".parse().unwrap()),
+                2 => Dest::Unicast("[::1]:5000".parse().unwrap()),
+                _ => Dest::Upstream("127.0.0.2:6000".parse().unwrap()),
+            };
+            // Each frame's first byte is its position, to follow it.
+            let ts: Vec<Transmit> = round
+                .iter()
+                .enumerate()
+                .map(|(i, &(d, l))| {
+                    let mut x = t(dest(d), LENS[l]);
+                    x.payload = match x.payload {
+                        Payload::Frame(_) => {
+                            let mut b = vec![0u8; LENS[l]];
+                            b[0] = i as u8;
+                            Payload::Frame(Bytes::from(b))
+                        }
+                        Payload::Control { mut buf, len } => {
+                            buf[0] = i as u8;
+                            Payload::Control { buf, len }
+                        }
+                    };
+                    x
+                })
+                .collect();
+            let v = arranged(&ts);
+            let before = gso_runs(&ts, max_segment).count();
+            let after = gso_runs(&v, max_segment).count();
+            proptest::prop_assert!(after <= before, "{after} sends after, {before} before");
+            let mut left: Vec<_> = ts.iter().map(|t| (t.dest, t.payload.as_bytes().to_vec())).collect();
+            let mut right: Vec<_> = v.iter().map(|t| (t.dest, t.payload.as_bytes().to_vec())).collect();
+            // Stable: within (destination, length), positions still rise.
+            for w in v.windows(2) {
+                let (x, y) = (&w[0], &w[1]);
+                if x.dest == y.dest && x.payload.as_bytes().len() == y.payload.as_bytes().len() {
+                    proptest::prop_assert!(x.payload.as_bytes()[0] < y.payload.as_bytes()[0]);
+                }
+            }
+            left.sort();
+            right.sort();
+            proptest::prop_assert_eq!(left, right);
+        }
     }
 
     /// The route MTU the kernel reports is the one it checks segments

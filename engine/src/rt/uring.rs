@@ -26,7 +26,7 @@ use io_uring::types::{BufRingEntry, RecvMsgOut, Timespec};
 use io_uring::{IoUring, cqueue, opcode, types};
 use socket2::{SockAddr, Socket};
 
-use super::gso::{GsoLimit, gso_runs};
+use super::gso::{GsoLimit, GsoOrder, gso_runs};
 use super::sys::{
     PktinfoCmsg, SendCmsg, gso_refused, packet_info, pktinfo_destination, socket_addr,
     write_send_cmsgs,
@@ -279,6 +279,8 @@ pub(crate) struct Worker {
     cqes: Vec<cqueue::Entry>,
     pending: Vec<Transmit>,
     runs: Vec<usize>,
+    /// Groups each round's transmits into GSO runs.
+    gso_order: GsoOrder,
     peer_rings: Vec<std::os::fd::RawFd>,
     wake_scratch: Vec<usize>,
     /// What the kernel lets this worker send as one GSO send.
@@ -394,6 +396,7 @@ impl Worker {
             cqes: Vec::with_capacity(1024),
             pending: Vec::new(),
             runs: Vec::new(),
+            gso_order: GsoOrder::default(),
             peer_rings: Vec::new(),
             wake_scratch: Vec::new(),
             gso: GsoLimit::default(),
@@ -688,6 +691,7 @@ impl Worker {
         }
         let mut pending = std::mem::take(&mut self.pending);
         pending.extend(self.core.outbox.drain_transmits());
+        self.gso_order.arrange(&mut pending);
         let mut runs = std::mem::take(&mut self.runs);
         runs.extend(gso_runs(&pending, self.gso.max_segment()).map(|r| r.len()));
         let mut queued = pending.drain(..);

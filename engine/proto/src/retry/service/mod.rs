@@ -212,8 +212,9 @@ impl Default for Settings {
     }
 }
 
-/// Where a [`Transmit`] goes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+/// Where a [`Transmit`] goes. Ordered groups first, then unicast, then
+/// upstream (the order a worker groups a round's sends in).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Dest {
     /// The multicast group with this BRC-129 index, on the egress port.
     Group(u16),

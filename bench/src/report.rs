@@ -1080,32 +1080,32 @@ fn explain(t: &Target, files: &BTreeMap<String, WorkloadFile>) -> String {
     if n.contains("CPU per answered NACK") {
         return "the engine and the reflector hand the kernel the same datagrams (frame + ACK per NACK), and on \
                 loopback the kernel's per-datagram send and receive path dominates both, so the engine can only \
-                lead by making fewer kernel crossings than a recvmmsg/sendmmsg loop. It has GSO for every \
-                same-destination run (what `reflect-gso` does too), multishot receive, and the io_uring batch \
-                wait (`--uring-batch-wait`, 200 µs: up to 32 completions per io_uring_enter), which takes about \
-                40 % off the CPU per NACK at a fixed 30 k/s and little in a closed-loop storm, where every \
-                wait already returns a full batch (perf/nack-path-ab-2026-12-07.md). It also pays what the \
+                lead by making fewer kernel crossings than a recvmmsg/sendmmsg loop. It groups each round's \
+                answers by destination into GSO runs (a group's frames, a listener's frames, its ACKs: what \
+                `reflect-gso` does too; perf/gso-order-ab-2026-12-07.md), receives with multishot RecvMsg, and \
+                waits for batches (`--uring-batch-wait`, 200 µs: up to 32 completions per io_uring_enter; \
+                perf/nack-path-ab-2026-12-07.md). Where a round holds few NACKs (low fixed rates) there is \
+                little to group and the figure is the kernel's per-datagram cost. It also pays what the \
                 reflector does not: packet info on each NACK and reply on its wildcard NACK socket, 4–6 % \
                 (bind `--nack-addr` to skip it). Its own work per NACK is about 1 800 instructions \
-                (perf/callgrind.md). Registered buffers and SEND_ZC were not tried: the frames are 300 B, below \
-                where zero-copy sends pay for their completion notifications."
+                (perf/callgrind.md). Registered files measured no difference, and SEND_ZC cost twice the CPU \
+                (loopback copies zero-copy datagrams anyway), so neither was kept (perf/gso-order-ab-2026-12-07.md)."
             .into();
     }
     if n.contains("multicast vs unicast") {
-        return "a unicast answer is one GSO send (the frame and its ACK go to the same listener), a multicast \
-                answer two sends (the frame to its group, the ACK to the listener), and same-group runs break at \
-                every group change or frame size; on loopback the kernel also clones each multicast datagram to \
-                the joined receiver on the sender's CPU (IP_MULTICAST_LOOP), which an edge host with loop off \
-                does not pay. All of it is kernel work per datagram: merging same-group frames into GSO runs \
-                would help only frames of one size, which real transactions rarely are, so it was not done."
+        return "each round's answers are grouped by destination, so a multicast answer costs about what a \
+                unicast one does: the group's frames leave in GSO runs and the ACKs to each listener in one \
+                more (perf/gso-order-ab-2026-12-07.md). What remains is the kernel's: on loopback it clones each \
+                multicast datagram to the joined receiver on the sender's CPU (IP_MULTICAST_LOOP), which an edge \
+                host with loop off does not pay, and frames of different sizes still break a group's runs."
             .into();
     }
     if n.contains("vs epoll") {
-        return "both back ends hand the kernel the same datagrams, so the gap is in the submission path: one \
-                SendMsg SQE per destination run (each its own io_uring request) against one sendmmsg per receive \
-                batch, and one multishot completion per received datagram. Runs this session measured io_uring at \
-                0.87–0.95× epoll (DEFER_TASKRUN lifted it from 0.73×); it has not been profiled yet, and batching \
-                same-socket sends into fewer requests is the next thing to try."
+        return "both back ends hand the kernel the same datagrams, grouped into the same GSO runs, so the gap \
+                is in the submission path: one SendMsg SQE per run (each its own io_uring request) against one \
+                sendmmsg per receive batch, and one multishot completion per received datagram. It has not \
+                been profiled; registered files, which would trim each request, measured no difference \
+                (perf/gso-order-ab-2026-12-07.md)."
             .into();
     }
     if n.contains("ingest") {

@@ -198,6 +198,46 @@ fn tput(f: Option<&WorkloadFile>, s: &str) -> Option<(f64, String)> {
     Some((m, fmt_spread(&v, k)))
 }
 
+/// Server CPU µs per answered NACK over each closed-loop storm of `s`.
+fn storm_cpu(f: Option<&WorkloadFile>, s: &str) -> Option<(f64, String)> {
+    let v: Vec<f64> =
+        sys(f, s).map_or(vec![], |r| r.storms.iter().filter_map(|x| x.cpu_us_per_nack).collect());
+    let (m, ..) = spread(&v)?;
+    Some((m, fmt_spread(&v, |x| format!("{x:.2} µs"))))
+}
+
+/// How busy the server's one CPU was during `s`'s closed-loop storms
+/// (median of CPU per NACK × NACKs/s), as a fraction of the CPU.
+fn storm_busy(f: Option<&WorkloadFile>, s: &str) -> Option<f64> {
+    let v: Vec<f64> = sys(f, s).map_or(vec![], |r| {
+        r.storms.iter().filter_map(|x| Some(x.cpu_us_per_nack? * x.nack.throughput / 1e6)).collect()
+    });
+    spread(&v).map(|(m, ..)| m)
+}
+
+/// Below this share of its CPU in a closed loop, the server was waiting for
+/// NACKs: the rate is the load generator's, not the server's.
+const SATURATED: f64 = 0.9;
+
+/// A closed-loop throughput target, with how busy each server was: when
+/// either was not saturated the rates compare the load generator, and the
+/// CPU-per-NACK target beside it is the one that compares the servers.
+fn closed_loop_target(
+    name: &str,
+    f: [Option<&WorkloadFile>; 2],
+    s: [&str; 2],
+    goal: f64,
+) -> Target {
+    let mut t = ratio_target(name, tput(f[0], s[0]), tput(f[1], s[1]), goal, true);
+    if let (Some(x), Some(y)) = (storm_busy(f[0], s[0]), storm_busy(f[1], s[1])) {
+        t.measured += &format!("; server CPU busy {:.0} % vs {:.0} %", x * 100.0, y * 100.0);
+        if x < SATURATED || y < SATURATED {
+            t.measured += " (not saturated: the load generator's ceiling)";
+        }
+    }
+    t
+}
+
 /// Server CPU µs per answered NACK of every fixed-rate run of `s` at `rate`.
 fn cpu_runs(f: Option<&WorkloadFile>, s: &str, rate: f64) -> Vec<f64> {
     sys(f, s).map_or(vec![], |r| {
@@ -310,22 +350,34 @@ pub fn run(a: ReportArgs) -> Result<(), String> {
         }
     }
     if ran(fa, "uring") && ran(fb, "uring") {
-        targets.push(ratio_target(
+        targets.push(closed_loop_target(
             "answered NACKs/s, multicast vs unicast retransmit (uring, closed loop)",
-            tput(fb, "uring"),
-            tput(fa, "uring"),
+            [fb, fa],
+            ["uring", "uring"],
             0.95,
-            true,
+        ));
+        targets.push(ratio_target(
+            "server CPU per answered NACK, multicast vs unicast retransmit (uring, closed loop)",
+            storm_cpu(fb, "uring"),
+            storm_cpu(fa, "uring"),
+            1.05,
+            false,
         ));
     }
     for (f, label) in [(fa, "(a)"), (fb, "(b)")] {
         if ran(f, "uring") && ran(f, "epoll") {
-            targets.push(ratio_target(
+            targets.push(closed_loop_target(
                 &format!("{label} answered NACKs/s, io_uring vs epoll (closed loop)"),
-                tput(f, "uring"),
-                tput(f, "epoll"),
+                [f, f],
+                ["uring", "epoll"],
                 1.0,
-                true,
+            ));
+            targets.push(ratio_target(
+                &format!("{label} server CPU per answered NACK, io_uring vs epoll (closed loop)"),
+                storm_cpu(f, "uring"),
+                storm_cpu(f, "epoll"),
+                1.0,
+                false,
             ));
         }
     }
@@ -635,6 +687,13 @@ pub fn run(a: ReportArgs) -> Result<(), String> {
         let Some(f) = f else { continue };
         let runs = f.runs.max(1);
         let _ = writeln!(w, "## ({label}) {} — closed loop, window 256\n", f.title);
+        let _ = writeln!(
+            w,
+            "A closed loop ranks servers by rate only while each keeps its CPU busy: a server that answers \
+             in less CPU than the load generator needs per NACK (on its one core) leaves the rate at the \
+             generator's ceiling. The targets above give each server's CPU share during these storms, and \
+             compare CPU per answered NACK beside the rates.\n"
+        );
         let _ = writeln!(
             w,
             "| system | answered NACKs/s, median (min–max) | server CPU per answered NACK | NACKs | ACKs | frames unicast / multicast at the group receiver (bad bytes) | unanswered (rate-limited / dropped by a kernel) | p50 | p99 | datagrams sent per NACK |\n|---|---|---|---|---|---|---|---|---|---|"
@@ -1077,21 +1136,6 @@ fn explain(t: &Target, files: &BTreeMap<String, WorkloadFile>) -> String {
     if t.met.is_none() {
         return "the workload produced no number; its error is in the table above.".into();
     }
-    if n.contains("CPU per answered NACK") {
-        return "the engine and the reflector hand the kernel the same datagrams (frame + ACK per NACK), and on \
-                loopback the kernel's per-datagram send and receive path dominates both, so the engine can only \
-                lead by making fewer kernel crossings than a recvmmsg/sendmmsg loop. It groups each round's \
-                answers by destination into GSO runs (a group's frames, a listener's frames, its ACKs: what \
-                `reflect-gso` does too; perf/gso-order-ab-2026-12-07.md), receives with multishot RecvMsg, and \
-                waits for batches (`--uring-batch-wait`, 200 µs: up to 32 completions per io_uring_enter; \
-                perf/nack-path-ab-2026-12-07.md). Where a round holds few NACKs (low fixed rates) there is \
-                little to group and the figure is the kernel's per-datagram cost. It also pays what the \
-                reflector does not: packet info on each NACK and reply on its wildcard NACK socket, 4–6 % \
-                (bind `--nack-addr` to skip it). Its own work per NACK is about 1 800 instructions \
-                (perf/callgrind.md). Registered files measured no difference, and SEND_ZC cost twice the CPU \
-                (loopback copies zero-copy datagrams anyway), so neither was kept (perf/gso-order-ab-2026-12-07.md)."
-            .into();
-    }
     if n.contains("multicast vs unicast") {
         return "each round's answers are grouped by destination, so a multicast answer costs about what a \
                 unicast one does: the group's frames leave in GSO runs and the ACKs to each listener in one \
@@ -1106,6 +1150,21 @@ fn explain(t: &Target, files: &BTreeMap<String, WorkloadFile>) -> String {
                 sendmmsg per receive batch, and one multishot completion per received datagram. It has not \
                 been profiled; registered files, which would trim each request, measured no difference \
                 (perf/gso-order-ab-2026-12-07.md)."
+            .into();
+    }
+    if n.contains("CPU per answered NACK") {
+        return "the engine and the reflector hand the kernel the same datagrams (frame + ACK per NACK), and on \
+                loopback the kernel's per-datagram send and receive path dominates both, so the engine can only \
+                lead by making fewer kernel crossings than a recvmmsg/sendmmsg loop. It groups each round's \
+                answers by destination into GSO runs (a group's frames, a listener's frames, its ACKs: what \
+                `reflect-gso` does too; perf/gso-order-ab-2026-12-07.md), receives with multishot RecvMsg, and \
+                waits for batches (`--uring-batch-wait`, 200 µs: up to 32 completions per io_uring_enter; \
+                perf/nack-path-ab-2026-12-07.md). Where a round holds few NACKs (low fixed rates) there is \
+                little to group and the figure is the kernel's per-datagram cost. It also pays what the \
+                reflector does not: packet info on each NACK and reply on its wildcard NACK socket, 4–6 % \
+                (bind `--nack-addr` to skip it). Its own work per NACK is about 1 800 instructions \
+                (perf/callgrind.md). Registered files measured no difference, and SEND_ZC cost twice the CPU \
+                (loopback copies zero-copy datagrams anyway), so neither was kept (perf/gso-order-ab-2026-12-07.md)."
             .into();
     }
     if n.contains("ingest") {
@@ -1155,6 +1214,8 @@ fn explain(t: &Target, files: &BTreeMap<String, WorkloadFile>) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::cmd::bench::Storm;
+    use crate::cmd::nack::NackResult;
 
     #[test]
     fn criterion_medians_are_collected() {
@@ -1177,5 +1238,32 @@ mod tests {
         let t = ratio_target("x", Some((250.0, "a".into())), Some((100.0, "b".into())), 2.0, false);
         assert_eq!(t.met, Some(false));
         assert_eq!(ratio_target("x", None, None, 1.0, true).met, None);
+    }
+
+    /// A closed-loop rate target says how busy each server was, and flags
+    /// a rate set by the load generator rather than the server.
+    #[test]
+    fn closed_loop_targets_say_when_the_server_was_not_saturated() {
+        let file = |name: &str, per_s: f64, cpu_us: f64| WorkloadFile {
+            systems: vec![SystemResult {
+                system: name.into(),
+                storms: vec![Storm {
+                    run: 0,
+                    nack: NackResult { throughput: per_s, ..NackResult::default() },
+                    cpu_us_per_nack: Some(cpu_us),
+                }],
+                ..SystemResult::default()
+            }],
+            ..WorkloadFile::default()
+        };
+        // 200 k/s at 4.75 µs: 95 % of a core; at 2.5 µs: 50 %.
+        let (busy, idle) = (file("s", 200e3, 4.75), file("s", 200e3, 2.5));
+        let t = closed_loop_target("x", [Some(&busy), Some(&busy)], ["s", "s"], 1.0);
+        assert!(t.measured.ends_with("server CPU busy 95 % vs 95 %"), "{}", t.measured);
+        assert_eq!(t.met, Some(true));
+        let t = closed_loop_target("x", [Some(&busy), Some(&idle)], ["s", "s"], 1.0);
+        assert!(t.measured.contains("95 % vs 50 % (not saturated"), "{}", t.measured);
+        let cpu = storm_cpu(Some(&idle), "s").map(|c| c.0);
+        assert_eq!(cpu, Some(2.5));
     }
 }

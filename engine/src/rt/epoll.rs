@@ -198,7 +198,7 @@ impl Worker {
             return;
         }
         self.pending.extend(self.core.outbox.drain_transmits());
-        self.gso_order.arrange(&mut self.pending);
+        self.gso_order.arrange(&mut self.pending, self.gso.max_segment());
         for upstream in [false, true] {
             let fd = if upstream { self.upstream.as_raw_fd() } else { self.nack.as_raw_fd() };
             let mut unroutable = 0u64;

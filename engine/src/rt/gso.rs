@@ -17,7 +17,7 @@ use std::net::SocketAddr;
 
 use super::WorkerCounters;
 use super::sys;
-use crate::retry::Transmit;
+use crate::retry::{Payload, Transmit};
 
 /// Most segments one UDP GSO send may carry (the kernel's UDP_MAX_SEGMENTS).
 pub(crate) const GSO_MAX_SEGMENTS: usize = 64;
@@ -43,61 +43,126 @@ pub(crate) fn gso_runs(
             return None;
         }
         let first = &transmits[start];
-        let size = first.payload.as_bytes().len();
+        let mut run = Run::start(first.payload.as_bytes().len(), max_segment);
         let mut end = start + 1;
-        let mut total = size;
-        let gso = size > 0 && size <= max_segment;
-        while gso && end < transmits.len() && end - start < GSO_MAX_SEGMENTS {
-            let t = &transmits[end];
-            let len = t.payload.as_bytes().len();
-            let prev_full = transmits[end - 1].payload.as_bytes().len() == size;
-            if t.dest != first.dest || len > size || !prev_full || total + len > GSO_MAX_BYTES {
-                break;
-            }
-            total += len;
+        while end < transmits.len()
+            && transmits[end].dest == first.dest
+            && run.take(transmits[end].payload.as_bytes().len())
+        {
             end += 1;
         }
-        let run = start..end;
+        let range = start..end;
         start = end;
-        Some(run)
+        Some(range)
     })
 }
 
-/// Orders a round's transmits so [`gso_runs`] finds the fewest runs:
-/// grouped by destination — multicast groups first, so a group's
-/// retransmits still leave before the ACKs that announce them — and, for
-/// one destination, longest first. Equal-size frames then sit together,
-/// each run can end on a shorter datagram, and the 16-byte ACKs, MISSes
-/// and THROTTLEDs to one requester come last and leave as one run
-/// (`reflect --gso` groups its answers the same way). Datagrams of one
-/// destination and length keep their order, so a range's frames leave in
-/// sequence. A round that is already in order is left as it is.
+/// A GSO run being built: every segment as long as the first (`segment`)
+/// but the last, at most [`GSO_MAX_SEGMENTS`] and [`GSO_MAX_BYTES`].
+struct Run {
+    segment: usize,
+    last: usize,
+    count: usize,
+    total: usize,
+    /// Whether this run may carry more than one segment at all.
+    gso: bool,
+}
+
+impl Run {
+    fn start(segment: usize, max_segment: usize) -> Run {
+        let gso = segment > 0 && segment <= max_segment;
+        Run { segment, last: segment, count: 1, total: segment, gso }
+    }
+
+    /// Whether a next segment of `len` bytes can join the run.
+    fn fits(&self, len: usize) -> bool {
+        self.gso
+            && self.last == self.segment
+            && len <= self.segment
+            && self.count < GSO_MAX_SEGMENTS
+            && self.total + len <= GSO_MAX_BYTES
+    }
+
+    /// Adds a segment of `len` bytes when it [fits](Run::fits).
+    fn take(&mut self, len: usize) -> bool {
+        let fits = self.fits(len);
+        if fits {
+            self.last = len;
+            self.count += 1;
+            self.total += len;
+        }
+        fits
+    }
+}
+
+/// Orders a round's transmits so [`gso_runs`] needs fewer sends, without
+/// reordering what a listener could care about. The round is grouped by
+/// destination, multicast groups first, so a group's retransmits leave
+/// before the ACKs that announce them. For one destination its frames keep
+/// their order (a range still leaves in sequence) and its control messages
+/// (ACK, MISS, THROTTLED: 16 bytes each) come after them: each frame run
+/// that could still end on a shorter segment takes the next control
+/// message as its last, and the rest leave together as one run. So a
+/// group's equal-size retransmits merge into one send, a requester's frame
+/// and ACK still share one, and a burst of ACKs to one requester leaves as
+/// one send instead of one per frame. Every control message still leaves
+/// after the frames queued before it.
 ///
-/// The scratch index vector is kept between rounds: no allocation once it
-/// has grown to a round's size.
+/// It never needs more sends than the round as queued (the
+/// `arranging_never_costs_a_send` property). The scratch index vectors are
+/// kept between rounds: no allocation once they have grown to a round's
+/// size.
 #[derive(Debug, Default)]
 pub(crate) struct GsoOrder {
+    /// The round's indices grouped by destination, frames first.
+    grouped: Vec<u32>,
+    /// The arranged order: `order[j]` is the index that goes to slot `j`.
     order: Vec<u32>,
 }
 
 impl GsoOrder {
-    pub(crate) fn arrange(&mut self, transmits: &mut [Transmit]) {
-        let key = |t: &Transmit| (t.dest, std::cmp::Reverse(t.payload.as_bytes().len()));
-        if transmits.is_sorted_by_key(key) {
+    /// Arranges `transmits` in place for [`gso_runs`] with the same
+    /// `max_segment`.
+    pub(crate) fn arrange(&mut self, transmits: &mut [Transmit], max_segment: usize) {
+        let n = transmits.len();
+        if n < 2 {
             return;
         }
+        let len = |i: u32| transmits[i as usize].payload.as_bytes().len();
+        let control = |i: u32| matches!(transmits[i as usize].payload, Payload::Control { .. });
+        let grouped = &mut self.grouped;
+        grouped.clear();
+        grouped.extend(0..n as u32);
+        // Position as the last key: stable without a stable sort's buffer.
+        grouped.sort_unstable_by_key(|&i| (transmits[i as usize].dest, control(i), i));
         let order = &mut self.order;
         order.clear();
-        order.extend(0..transmits.len() as u32);
-        // Ties broken by position: stable without the allocation of a
-        // stable sort.
-        order.sort_unstable_by(|&i, &j| {
-            key(&transmits[i as usize]).cmp(&key(&transmits[j as usize])).then(i.cmp(&j))
-        });
+        for block in
+            grouped.chunk_by(|&a, &b| transmits[a as usize].dest == transmits[b as usize].dest)
+        {
+            let (frames, controls) = block.split_at(block.partition_point(|&i| !control(i)));
+            let mut controls = controls.iter().copied().peekable();
+            let mut frames = frames.iter().copied().peekable();
+            while let Some(first) = frames.next() {
+                let mut run = Run::start(len(first), max_segment);
+                order.push(first);
+                while let Some(f) = frames.next_if(|&f| run.take(len(f))) {
+                    order.push(f);
+                }
+                // Only a control message queued before the frames still to
+                // come: none overtakes a frame queued ahead of it.
+                let next_frame = frames.peek().copied();
+                let due = |c: u32| next_frame.is_none_or(|f| c < f);
+                if let Some(c) = controls.next_if(|&c| due(c) && run.fits(len(c))) {
+                    order.push(c);
+                }
+            }
+            order.extend(controls);
+        }
         // Apply the permutation in place, cycle by cycle: afterwards
         // transmits[j] is what was at order[j]. Visited slots are marked.
         const DONE: u32 = u32::MAX;
-        for start in 0..order.len() {
+        for start in 0..n {
             let mut j = start;
             while order[j] != DONE {
                 let k = order[j] as usize;
@@ -257,8 +322,12 @@ mod tests {
 
     fn arranged(ts: &[Transmit]) -> Vec<Transmit> {
         let mut v = ts.to_vec();
-        GsoOrder::default().arrange(&mut v);
+        GsoOrder::default().arrange(&mut v, GSO_MAX_BYTES);
         v
+    }
+
+    fn shape(ts: &[Transmit]) -> Vec<(Dest, usize)> {
+        ts.iter().map(|t| (t.dest, t.payload.as_bytes().len())).collect()
     }
 
     #[test]
@@ -267,19 +336,29 @@ mod tests {
         let b = Dest::Unicast("127.0.0.1:5001".parse().unwrap());
         let g = Dest::Group(3);
         // Multicast retransmits each with its ACK, as the service queues
-        // them: four sends. Arranged: the group's frames, then the ACKs.
+        // them: six sends. Arranged: the group's frames, then the ACKs.
         let round = [t(g, 300), t(a, 16), t(g, 300), t(a, 16), t(g, 300), t(a, 16)];
         assert_eq!(runs(&round).len(), 6);
         let v = arranged(&round);
         assert_eq!(v.iter().map(|t| t.dest).collect::<Vec<_>>(), [g, g, g, a, a, a]);
         assert_eq!(runs(&v), vec![0..3, 3..6]);
-        // Unicast to two requesters, frames of two sizes: each requester's
-        // frames longest first, their ACKs last.
+        // Unicast, equal frames: one run of frames ending on an ACK, one
+        // of the other ACKs — two sends instead of three.
+        let round = [t(a, 300), t(a, 16), t(a, 300), t(a, 16), t(a, 300), t(a, 16)];
+        let v = arranged(&round);
+        assert_eq!(shape(&v), [(a, 300), (a, 300), (a, 300), (a, 16), (a, 16), (a, 16)]);
+        assert_eq!(runs(&v), vec![0..4, 4..6]);
+        // Frames of different sizes keep their order; each run that can
+        // still end on a shorter segment takes an ACK.
         let round = [t(a, 300), t(a, 16), t(b, 500), t(b, 16), t(a, 400), t(a, 16)];
         let v = arranged(&round);
-        let shape: Vec<_> = v.iter().map(|t| (t.dest, t.payload.as_bytes().len())).collect();
-        assert_eq!(shape, [(a, 400), (a, 300), (a, 16), (a, 16), (b, 500), (b, 16)]);
+        assert_eq!(shape(&v), [(a, 300), (a, 16), (a, 400), (a, 16), (b, 500), (b, 16)]);
         assert_eq!(runs(&v), vec![0..2, 2..4, 4..6]);
+        let round = [t(a, 500), t(a, 16), t(a, 400), t(a, 16), t(a, 400), t(a, 16)];
+        assert_eq!(
+            shape(&arranged(&round)),
+            [(a, 500), (a, 400), (a, 400), (a, 16), (a, 16), (a, 16)]
+        );
     }
 
     #[test]
@@ -298,7 +377,7 @@ mod tests {
         let firsts: Vec<u8> = v.iter().map(|t| t.payload.as_bytes()[0]).collect();
         let want: Vec<u8> = (0..40).chain(0..40).collect();
         assert_eq!(firsts, want);
-        // Already in order: left as it is.
+        // Already arranged: left as it is.
         assert_eq!(arranged(&v), v);
     }
 
@@ -387,8 +466,9 @@ mod tests {
     }
 
     proptest::proptest! {
-        /// Arranging a round is a permutation that keeps the order of
-        /// equal datagrams to one destination and never needs more sends.
+        /// Arranging a round is a permutation that keeps each
+        /// destination's frames in order, lets no control message overtake
+        /// a frame queued before it, and never needs more sends.
         #[test]
         fn arranging_never_costs_a_send(
             round in proptest::collection::vec((0u8..4, 0usize..6), 0..200),
@@ -421,17 +501,29 @@ mod tests {
                     x
                 })
                 .collect();
-            let v = arranged(&ts);
+            let mut v = ts.clone();
+            GsoOrder::default().arrange(&mut v, max_segment);
             let before = gso_runs(&ts, max_segment).count();
             let after = gso_runs(&v, max_segment).count();
             proptest::prop_assert!(after <= before, "{after} sends after, {before} before");
             let mut left: Vec<_> = ts.iter().map(|t| (t.dest, t.payload.as_bytes().to_vec())).collect();
             let mut right: Vec<_> = v.iter().map(|t| (t.dest, t.payload.as_bytes().to_vec())).collect();
-            // Stable: within (destination, length), positions still rise.
-            for w in v.windows(2) {
-                let (x, y) = (&w[0], &w[1]);
-                if x.dest == y.dest && x.payload.as_bytes().len() == y.payload.as_bytes().len() {
-                    proptest::prop_assert!(x.payload.as_bytes()[0] < y.payload.as_bytes()[0]);
+            let pos = |t: &Transmit| t.payload.as_bytes()[0];
+            let control = |t: &Transmit| matches!(t.payload, Payload::Control { .. });
+            for (j, x) in v.iter().enumerate() {
+                for y in &v[j + 1..] {
+                    if x.dest != y.dest {
+                        continue;
+                    }
+                    // One destination's frames, and its control messages,
+                    // keep their order.
+                    if control(x) == control(y) {
+                        proptest::prop_assert!(pos(x) < pos(y));
+                    }
+                    // No control message overtakes a frame queued before it.
+                    if control(x) && !control(y) {
+                        proptest::prop_assert!(pos(x) < pos(y), "{:?} before {:?}", x, y);
+                    }
                 }
             }
             left.sort();

@@ -691,7 +691,7 @@ impl Worker {
         }
         let mut pending = std::mem::take(&mut self.pending);
         pending.extend(self.core.outbox.drain_transmits());
-        self.gso_order.arrange(&mut pending);
+        self.gso_order.arrange(&mut pending, self.gso.max_segment());
         let mut runs = std::mem::take(&mut self.runs);
         runs.extend(gso_runs(&pending, self.gso.max_segment()).map(|r| r.len()));
         let mut queued = pending.drain(..);

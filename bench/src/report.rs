@@ -1160,7 +1160,10 @@ fn explain(t: &Target, files: &BTreeMap<String, WorkloadFile>) -> String {
                 `reflect-gso` does too; perf/gso-order-ab-2026-12-07.md), receives with multishot RecvMsg, and \
                 waits for batches (`--uring-batch-wait`, 200 µs: up to 32 completions per io_uring_enter; \
                 perf/nack-path-ab-2026-12-07.md). Where a round holds few NACKs (low fixed rates) there is \
-                little to group and the figure is the kernel's per-datagram cost. It also pays what the \
+                little to group, and the largest costs are wake-ups: the worker's own sleep and wake each \
+                round, and on loopback the waking of each receiving socket, two per multicast answer (the \
+                group's and the requester's), which the reflector pays too (profile in \
+                perf/gso-order-ab-2026-12-07.md). It also pays what the \
                 reflector does not: packet info on each NACK and reply on its wildcard NACK socket, 4–6 % \
                 (bind `--nack-addr` to skip it). Its own work per NACK is about 1 800 instructions \
                 (perf/callgrind.md). Registered files measured no difference, and SEND_ZC cost twice the CPU \

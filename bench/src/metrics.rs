@@ -156,14 +156,22 @@ pub fn http_get(addr: SocketAddr, path: &str) -> std::io::Result<(u16, String)> 
     Ok((status, body))
 }
 
+/// The samples of a Prometheus text scrape: (metric name, the label set
+/// between its braces or "", value); comments and unparsable lines skipped.
+fn samples(body: &str) -> impl Iterator<Item = (&str, &str, f64)> {
+    body.lines().filter(|l| !l.starts_with('#') && !l.is_empty()).filter_map(|line| {
+        let (series, value) = line.rsplit_once(' ')?;
+        let v = value.parse::<f64>().ok()?;
+        let (name, labels) = series.split_once('{').unwrap_or((series, ""));
+        Some((name, labels.trim_end_matches('}'), v))
+    })
+}
+
 /// Every metric of a scrape summed over its label sets (per-core series
 /// add up to the engine's total), by metric name.
 pub fn totals(body: &str) -> BTreeMap<String, f64> {
     let mut out = BTreeMap::new();
-    for line in body.lines().filter(|l| !l.starts_with('#') && !l.is_empty()) {
-        let Some((series, value)) = line.rsplit_once(' ') else { continue };
-        let Ok(v) = value.parse::<f64>() else { continue };
-        let name = series.split('{').next().unwrap_or(series);
+    for (name, _, v) in samples(body) {
         *out.entry(name.to_string()).or_insert(0.0) += v;
     }
     out
@@ -171,7 +179,7 @@ pub fn totals(body: &str) -> BTreeMap<String, f64> {
 
 /// Sum of every series of `name` in a scrape.
 pub fn sum(body: &str, name: &str) -> f64 {
-    totals(body).get(name).copied().unwrap_or(0.0)
+    samples(body).filter(|s| s.0 == name).map(|s| s.2).sum()
 }
 
 /// A scrape of the engine at `addr`, summed per metric (empty on error).
@@ -191,16 +199,12 @@ pub fn scrape_text(addr: SocketAddr) -> String {
 /// cores are 0).
 pub fn per_core(body: &str, name: &str) -> Vec<f64> {
     let mut out: Vec<f64> = vec![];
-    for line in body.lines().filter(|l| !l.starts_with('#')) {
-        let Some((series, value)) = line.rsplit_once(' ') else { continue };
-        let Some(labels) = series.strip_prefix(name).and_then(|l| l.strip_prefix('{')) else {
-            continue;
-        };
+    for (_, labels, v) in samples(body).filter(|s| s.0 == name) {
         let core = labels
             .split(',')
             .find_map(|kv| kv.trim().strip_prefix("core=\""))
-            .and_then(|c| c.trim_end_matches('}').trim_end_matches('"').parse::<usize>().ok());
-        let (Some(core), Ok(v)) = (core, value.parse::<f64>()) else { continue };
+            .and_then(|c| c.trim_end_matches('"').parse::<usize>().ok());
+        let Some(core) = core else { continue };
         if out.len() <= core {
             out.resize(core + 1, 0.0);
         }

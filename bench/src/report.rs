@@ -171,6 +171,17 @@ fn status(t: &Target) -> &'static str {
     }
 }
 
+/// A CPU-per-NACK figure: two decimals, in µs.
+fn us2(v: f64) -> String {
+    format!("{v:.2} µs")
+}
+
+/// The median of `v` and its "median (min–max)" text formatted by `fmt`.
+fn measured(v: &[f64], fmt: impl Fn(f64) -> String) -> Option<(f64, String)> {
+    let (m, ..) = spread(v)?;
+    Some((m, fmt_spread(v, fmt)))
+}
+
 /// "median (min–max)" of `v` formatted by `fmt`.
 fn fmt_spread(v: &[f64], fmt: impl Fn(f64) -> String) -> String {
     match spread(v) {
@@ -193,17 +204,17 @@ fn storm_runs(f: Option<&WorkloadFile>, s: &str) -> Vec<f64> {
 
 /// Median answered NACKs/s over the storm runs.
 fn tput(f: Option<&WorkloadFile>, s: &str) -> Option<(f64, String)> {
-    let v = storm_runs(f, s);
-    let (m, ..) = spread(&v)?;
-    Some((m, fmt_spread(&v, k)))
+    measured(&storm_runs(f, s), k)
 }
 
 /// Server CPU µs per answered NACK over each closed-loop storm of `s`.
 fn storm_cpu(f: Option<&WorkloadFile>, s: &str) -> Option<(f64, String)> {
-    let v: Vec<f64> =
-        sys(f, s).map_or(vec![], |r| r.storms.iter().filter_map(|x| x.cpu_us_per_nack).collect());
-    let (m, ..) = spread(&v)?;
-    Some((m, fmt_spread(&v, |x| format!("{x:.2} µs"))))
+    measured(&sys(f, s).map_or(vec![], storm_cpu_runs), us2)
+}
+
+/// Server CPU µs per answered NACK of every closed-loop storm of `r`.
+fn storm_cpu_runs(r: &SystemResult) -> Vec<f64> {
+    r.storms.iter().filter_map(|x| x.cpu_us_per_nack).collect()
 }
 
 /// How busy the server's one CPU was during `s`'s closed-loop storms
@@ -246,9 +257,7 @@ fn cpu_runs(f: Option<&WorkloadFile>, s: &str, rate: f64) -> Vec<f64> {
 }
 
 fn cpu(f: Option<&WorkloadFile>, s: &str, rate: f64) -> Option<(f64, String)> {
-    let v = cpu_runs(f, s, rate);
-    let (m, ..) = spread(&v)?;
-    Some((m, fmt_spread(&v, |x| format!("{x:.2} µs"))))
+    measured(&cpu_runs(f, s, rate), us2)
 }
 
 /// The fixed rates present in `f`, ascending.
@@ -280,8 +289,7 @@ fn p99(f: Option<&WorkloadFile>, s: &str, rate: f64) -> Option<(f64, String)> {
         .filter(|x| x.rate == rate && x.nack.latency.count > 0)
         .map(|x| x.nack.latency.p99_us)
         .collect();
-    let (m, ..) = spread(&v)?;
-    Some((m, fmt_spread(&v, us)))
+    measured(&v, us)
 }
 
 /// Runs `report`.
@@ -706,14 +714,14 @@ pub fn run(a: ReportArgs) -> Result<(), String> {
                         .get("ricochet_sent_total")
                         .zip(n.engine.get("ricochet_nacks_total"))
                         .map(|(s, n)| s / n.max(1.0));
-                    let cpu: Vec<f64> = s.storms.iter().filter_map(|x| x.cpu_us_per_nack).collect();
+                    let cpu = storm_cpu_runs(s);
                     let silence = n.silence.unwrap_or_default();
                     let _ = writeln!(
                         w,
                         "| {} | {} | {} | {} | {} | {} / {} ({}) | {} ({:.0} / {:.0}+{}) | {} | {} | {} |",
                         s.system,
                         fmt_spread(&storm_runs(Some(f), &s.system), k),
-                        fmt_spread(&cpu, |x| format!("{x:.2} µs")),
+                        fmt_spread(&cpu, us2),
                         n.sent,
                         n.acks,
                         n.unicast_frames,
@@ -781,7 +789,7 @@ pub fn run(a: ReportArgs) -> Result<(), String> {
                         "| {} | {} | {} | {} | {} | {} | {} | {} |",
                         k(rate),
                         s.system,
-                        fmt_spread(&cpu_runs(Some(f), &s.system, rate), |x| format!("{x:.2} µs")),
+                        fmt_spread(&cpu_runs(Some(f), &s.system, rate), us2),
                         lat(&|x| x.nack.latency.p50_us),
                         lat(&|x| x.nack.latency.p99_us),
                         lat(&|x| x.nack.latency.p999_us),
@@ -1087,7 +1095,7 @@ fn scaling_section(w: &mut String, f: &WorkloadFile) {
                 s.system,
                 runs[0].cpus,
                 fmt_spread(&t, k),
-                fmt_spread(&cpu, |x| format!("{x:.2} µs")),
+                fmt_spread(&cpu, us2),
             );
         }
         if let Some(e) = &s.error {

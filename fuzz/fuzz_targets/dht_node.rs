@@ -5,7 +5,8 @@
 //!   lookups stay within their configured caps;
 //! - every datagram sent fits one DHT datagram (`DATAGRAM_BUDGET`);
 //! - one datagram from a source draws at most one answer and one liveness
-//!   probe back to it.
+//!   probe back to it, and the answer is at most three times its size
+//!   (docs/PROTOCOL.md, "Reply budget").
 //!
 //! The input is a list of operations (see the `match` below), each a tag
 //! byte and its fields; the seed corpus wraps the DHT golden messages, so
@@ -18,7 +19,7 @@ use std::time::{Duration, Instant};
 use libfuzzer_sys::fuzz_target;
 use ricochet_fuzz::Input;
 use ricochet_proto::dht::{Config, Node, NodeId, Outbox};
-use ricochet_wire::dht::DATAGRAM_BUDGET;
+use ricochet_wire::dht::{DATAGRAM_BUDGET, MessageType, layout, reply_budget};
 
 const UNIX_BASE: u64 = 1_767_225_600;
 
@@ -47,12 +48,15 @@ fuzz_target!(|data: &[u8]| {
     while !input.is_empty() && steps < 256 {
         steps += 1;
         let mut from = None;
+        let mut request_len = 0;
         match input.u8() % 7 {
             0 => {
                 let src = addr(input.u8());
                 let len = usize::from(input.u16() % 1500);
-                node.handle(now, src, input.bytes(len), &mut out);
+                let datagram = input.bytes(len);
+                node.handle(now, src, datagram, &mut out);
                 from = Some(src);
+                request_len = datagram.len();
             }
             1 => now += Duration::from_millis(u64::from(input.u16()) * 16),
             2 => node.handle_timeout(now, &mut out),
@@ -82,7 +86,15 @@ fuzz_target!(|data: &[u8]| {
         let mut back = 0;
         for t in out.transmits.drain(..) {
             assert!(t.payload.len() <= DATAGRAM_BUDGET, "a {}-byte datagram", t.payload.len());
-            back += usize::from(Some(t.dest) == from);
+            if Some(t.dest) == from {
+                back += 1;
+                let probe = t.payload[layout::TYPE] == MessageType::Ping.as_u8();
+                assert!(
+                    probe || t.payload.len() <= reply_budget(request_len),
+                    "{} bytes answered {request_len}",
+                    t.payload.len()
+                );
+            }
         }
         assert!(back <= 2, "one datagram drew {back} back to its source");
         out.events.clear();

@@ -345,7 +345,8 @@ fn the_dht_runs_on_the_workers_steered_by_key_and_transaction_id() {
             for i in 0..4u8 {
                 txid += 1;
                 let key = key_of_worker(w, i);
-                requests.push((txid, dht_msg(txid, sender, BodyRepr::FindValue { key })));
+                requests
+                    .push((txid, dht_msg(txid, sender, BodyRepr::FindValue { key, padding: 0 })));
             }
             let mut r = RecordRepr::unsigned(
                 RecordType::Topic,

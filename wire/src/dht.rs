@@ -23,9 +23,9 @@
 //! |---|---|
 //! | 0x01 PING       | empty |
 //! | 0x02 PONG       | the requester's address as the responder saw it: addr (19) |
-//! | 0x03 FIND_NODE  | target id (32) |
+//! | 0x03 FIND_NODE  | target id (32), then zero padding |
 //! | 0x04 NODES      | node list |
-//! | 0x05 FIND_VALUE | key (32) |
+//! | 0x05 FIND_VALUE | key (32), then zero padding |
 //! | 0x06 VALUE      | u8 record count ≤ 8, each `u16 length ‖ record`; then a node list of closer peers |
 //! | 0x07 STORE      | `u16 length ‖ record` |
 //! | 0x08 STORE_ACK  | status u8 ([`StoreStatus`]) |
@@ -34,11 +34,21 @@
 //! IPv4-mapped), port u16. A *node list* is a u8 count ≤ 20 and that many
 //! 51-byte nodes: id (32) then addr (19).
 //!
+//! # Reply budget
+//! A request's source address is never proven, so a reply is at most
+//! [`REPLY_FACTOR`] times the size of the request it answers
+//! ([`reply_budget`]): a responder trims its NODES or VALUE reply to fit.
+//! FIND_NODE and FIND_VALUE may therefore carry zero bytes after their id,
+//! and ricochet pads both to [`PADDED_REQUEST_LEN`] so that a full reply
+//! (up to [`DATAGRAM_BUDGET`]) fits the budget of its own request.
+//!
 //! # Contract
 //! - [`Message::new_checked`] checks the header, every fixed-size field,
 //!   every count and length against the bytes that remain, every address
 //!   family, and the structure of every embedded record (not its signature:
-//!   call [`Record::verify`]); trailing bytes are [`Error::LengthMismatch`].
+//!   call [`Record::verify`]); trailing bytes are [`Error::LengthMismatch`],
+//!   except the zero padding of FIND_NODE and FIND_VALUE (a non-zero byte
+//!   there is [`Error::BadField`] `"dht.padding"`).
 //!   The resulting view iterates nodes and records without allocating.
 //! - Parsing accepts datagrams up to [`MAX_DATAGRAM`] bytes;
 //!   [`MessageRepr::emit`] refuses anything over [`DATAGRAM_BUDGET`] with
@@ -78,6 +88,21 @@ pub const MAX_RECORDS: usize = 8;
 pub const DATAGRAM_BUDGET: usize = 1232;
 /// Largest message ricochet accepts: the largest UDP payload over IPv4.
 pub const MAX_DATAGRAM: usize = 65507;
+/// A reply is at most this many times the size of its request
+/// ([`reply_budget`]).
+pub const REPLY_FACTOR: usize = 3;
+/// The size ricochet pads FIND_NODE and FIND_VALUE to: the smallest request
+/// whose reply budget is the whole [`DATAGRAM_BUDGET`] (411 bytes).
+pub const PADDED_REQUEST_LEN: usize = DATAGRAM_BUDGET.div_ceil(REPLY_FACTOR);
+/// Zero bytes after the id of a padded FIND_NODE or FIND_VALUE (335).
+pub const REQUEST_PADDING: u16 = (PADDED_REQUEST_LEN - HEADER_LEN - ID_LEN) as u16;
+
+/// The most bytes a reply to a `request_len`-byte request may have:
+/// [`REPLY_FACTOR`] times the request, and never over [`DATAGRAM_BUDGET`].
+pub const fn reply_budget(request_len: usize) -> usize {
+    let budget = request_len.saturating_mul(REPLY_FACTOR);
+    if budget < DATAGRAM_BUDGET { budget } else { DATAGRAM_BUDGET }
+}
 /// Address family byte for IPv4.
 pub const FAMILY_V4: u8 = 4;
 /// Address family byte for IPv6.
@@ -194,6 +219,8 @@ pub enum Body<'a> {
     FindNode {
         /// The id whose closest nodes are wanted.
         target: &'a [u8; ID_LEN],
+        /// Zero bytes after the target (they buy a larger reply).
+        padding: u16,
     },
     /// NODES.
     Nodes(Nodes<'a>),
@@ -201,6 +228,8 @@ pub enum Body<'a> {
     FindValue {
         /// The DHT key whose records are wanted.
         key: &'a [u8; ID_LEN],
+        /// Zero bytes after the key (they buy a larger reply).
+        padding: u16,
     },
     /// VALUE.
     Value {
@@ -222,7 +251,7 @@ impl<'a> Message<'a> {
     /// Errors: [`Error::TooLong`] over [`MAX_DATAGRAM`] bytes or for a count
     /// over its limit, [`Error::Truncated`], [`Error::BadMagic`],
     /// [`Error::BadVersion`], [`Error::UnknownType`], [`Error::BadField`]
-    /// (`"dht.family"`, `"dht.addr"`, `"dht.store_status"`),
+    /// (`"dht.family"`, `"dht.addr"`, `"dht.store_status"`, `"dht.padding"`),
     /// [`Error::LengthMismatch`] for trailing bytes, and any error of
     /// [`Record::new_checked`] for an embedded record.
     pub fn new_checked(buf: &'a [u8]) -> Result<Self> {
@@ -242,9 +271,9 @@ impl<'a> Message<'a> {
         let body = match message_type {
             MessageType::Ping => Body::Ping,
             MessageType::Pong => Body::Pong { observed: r.addr()? },
-            MessageType::FindNode => Body::FindNode { target: r.array()? },
+            MessageType::FindNode => Body::FindNode { target: r.array()?, padding: r.padding()? },
             MessageType::Nodes => Body::Nodes(r.nodes()?),
-            MessageType::FindValue => Body::FindValue { key: r.array()? },
+            MessageType::FindValue => Body::FindValue { key: r.array()?, padding: r.padding()? },
             MessageType::Value => Body::Value { records: r.records()?, nodes: r.nodes()? },
             MessageType::Store => Body::Store(r.record()?),
             MessageType::StoreAck => Body::StoreAck(StoreStatus::from_u8(r.u8()?)?),
@@ -442,6 +471,9 @@ pub enum BodyRepr<'a> {
     FindNode {
         /// The id whose closest nodes are wanted.
         target: [u8; ID_LEN],
+        /// Zero bytes after the target: [`REQUEST_PADDING`] for a full
+        /// reply, 0 for one trimmed to three times 76 bytes.
+        padding: u16,
     },
     /// NODES.
     Nodes(NodeList),
@@ -449,6 +481,8 @@ pub enum BodyRepr<'a> {
     FindValue {
         /// The DHT key whose records are wanted.
         key: [u8; ID_LEN],
+        /// Zero bytes after the key, as for FIND_NODE.
+        padding: u16,
     },
     /// VALUE.
     Value {
@@ -474,9 +508,9 @@ impl<'a> MessageRepr<'a> {
         let body = match message.body() {
             Body::Ping => BodyRepr::Ping,
             Body::Pong { observed } => BodyRepr::Pong { observed },
-            Body::FindNode { target } => BodyRepr::FindNode { target: *target },
+            Body::FindNode { target, padding } => BodyRepr::FindNode { target: *target, padding },
             Body::Nodes(nodes) => BodyRepr::Nodes(NodeList::from_view(nodes)),
-            Body::FindValue { key } => BodyRepr::FindValue { key: *key },
+            Body::FindValue { key, padding } => BodyRepr::FindValue { key: *key, padding },
             Body::Value { records, nodes } => BodyRepr::Value {
                 records: RecordList::from_view(records),
                 nodes: NodeList::from_view(nodes),
@@ -508,7 +542,9 @@ impl<'a> MessageRepr<'a> {
             + match &self.body {
                 BodyRepr::Ping => 0,
                 BodyRepr::Pong { .. } => ADDR_LEN,
-                BodyRepr::FindNode { .. } | BodyRepr::FindValue { .. } => ID_LEN,
+                BodyRepr::FindNode { padding, .. } | BodyRepr::FindValue { padding, .. } => {
+                    ID_LEN + usize::from(*padding)
+                }
                 BodyRepr::Nodes(nodes) => nodes.wire_len(),
                 BodyRepr::Value { records, nodes } => records.wire_len() + nodes.wire_len(),
                 BodyRepr::Store(record) => 2 + record.buffer_len(),
@@ -545,8 +581,10 @@ impl<'a> MessageRepr<'a> {
         match &self.body {
             BodyRepr::Ping => {}
             BodyRepr::Pong { observed } => write_addr(&mut w, at, observed),
-            BodyRepr::FindNode { target: id } | BodyRepr::FindValue { key: id } => {
+            BodyRepr::FindNode { target: id, padding }
+            | BodyRepr::FindValue { key: id, padding } => {
                 w.bytes(at, id);
+                w.bytes(at + ID_LEN, &ZEROS[..usize::from(*padding)]);
             }
             BodyRepr::Nodes(nodes) => {
                 nodes.write(&mut w, at);
@@ -823,6 +861,9 @@ mod addr_layout {
     pub(super) const PORT: Field = 17..19;
 }
 
+/// Padding's source: a request is never padded past [`DATAGRAM_BUDGET`].
+const ZEROS: [u8; DATAGRAM_BUDGET] = [0; DATAGRAM_BUDGET];
+
 const EMPTY_NODE: NodeInfo =
     NodeInfo { id: [0; ID_LEN], addr: SocketAddr::new(IpAddr::V6(Ipv6Addr::UNSPECIFIED), 0) };
 
@@ -908,6 +949,17 @@ impl<'a> Reader<'a> {
         }
         let buf = self.buf.get(start..self.at).unwrap_or(&[]);
         Ok(Records { buf, count })
+    }
+
+    /// The rest of the datagram, which must be zero bytes: their count.
+    fn padding(&mut self) -> Result<u16> {
+        let rest = self.buf.get(self.at..).unwrap_or(&[]);
+        if rest.iter().any(|&b| b != 0) {
+            return Err(Error::BadField("dht.padding"));
+        }
+        self.at = self.buf.len();
+        // At most MAX_DATAGRAM (checked first) minus the header.
+        Ok(rest.len() as u16)
     }
 
     fn finish(&self) -> Result<()> {
@@ -1006,10 +1058,12 @@ mod tests {
             msg(BodyRepr::Pong { observed: "203.0.113.9:40000".parse().unwrap() }),
             msg(BodyRepr::Pong { observed: "[2001:db8::5]:9320".parse().unwrap() }),
             msg(BodyRepr::Pong { observed: "[::ffff:1.2.3.4]:1".parse().unwrap() }),
-            msg(BodyRepr::FindNode { target: [0xAB; 32] }),
+            msg(BodyRepr::FindNode { target: [0xAB; 32], padding: 0 }),
+            msg(BodyRepr::FindNode { target: [0xAB; 32], padding: REQUEST_PADDING }),
             msg(BodyRepr::Nodes(NodeList::new())),
             msg(BodyRepr::Nodes(NodeList::from_slice(&nodes).unwrap())),
-            msg(BodyRepr::FindValue { key: [0x22; 32] }),
+            msg(BodyRepr::FindValue { key: [0x22; 32], padding: 0 }),
+            msg(BodyRepr::FindValue { key: [0x22; 32], padding: 1 }),
             msg(BodyRepr::Value { records: RecordList::new(), nodes: NodeList::new() }),
             msg(BodyRepr::Value {
                 records: RecordList::from_slice(&[*r1, *r2]).unwrap(),
@@ -1034,9 +1088,9 @@ mod tests {
         assert_eq!(&store[layout::SENDER], &sender());
         assert_eq!(&store[layout::STORE_RECORD_KEY], &[0x22; 32]);
         assert_eq!((layout::BODY, layout::STORE_RECORD_KEY.start), (44, 50));
-        let find = emit(&msg(BodyRepr::FindNode { target: [0xAB; 32] }));
+        let find = emit(&msg(BodyRepr::FindNode { target: [0xAB; 32], padding: REQUEST_PADDING }));
         assert_eq!(&find[layout::TARGET], &[0xAB; 32]);
-        let value = emit(&msg(BodyRepr::FindValue { key: [0x22; 32] }));
+        let value = emit(&msg(BodyRepr::FindValue { key: [0x22; 32], padding: 0 }));
         assert_eq!(&value[layout::TARGET], &[0x22; 32]);
     }
 
@@ -1063,11 +1117,55 @@ mod tests {
         assert_eq!(sizes[0], 44); // PING
         assert_eq!(sizes[1], 63); // PONG
         assert_eq!(sizes[4], 76); // FIND_NODE
-        assert_eq!(sizes[5], 45); // empty NODES
-        assert_eq!(sizes[6], 45 + 20 * 51); // full NODES
-        assert_eq!(sizes[7], 76); // FIND_VALUE
-        assert_eq!(sizes[10], 44 + 2 + record::MIN_LEN); // STORE
-        assert_eq!(sizes[11], 45); // STORE_ACK
+        assert_eq!(sizes[5], PADDED_REQUEST_LEN); // padded FIND_NODE
+        assert_eq!(sizes[6], 45); // empty NODES
+        assert_eq!(sizes[7], 45 + 20 * 51); // full NODES
+        assert_eq!(sizes[8], 76); // FIND_VALUE
+        assert_eq!(sizes[9], 77); // FIND_VALUE, one byte of padding
+        assert_eq!(sizes[12], 44 + 2 + record::MIN_LEN); // STORE
+        assert_eq!(sizes[13], 45); // STORE_ACK
+    }
+
+    /// The reply budget: three times the request, capped at what ricochet
+    /// sends; a padded request buys the whole budget, one byte less does
+    /// not, and the fullest NODES reply fits it.
+    #[test]
+    fn a_padded_request_buys_a_full_reply_and_an_unpadded_one_a_third() {
+        assert_eq!(PADDED_REQUEST_LEN, 411);
+        assert_eq!(REQUEST_PADDING, 335);
+        assert_eq!(reply_budget(PADDED_REQUEST_LEN), DATAGRAM_BUDGET);
+        assert!(reply_budget(PADDED_REQUEST_LEN - 1) < DATAGRAM_BUDGET);
+        assert_eq!(reply_budget(76), 228);
+        assert_eq!(reply_budget(usize::MAX), DATAGRAM_BUDGET);
+        assert!(HEADER_LEN + 1 + MAX_NODES * NODE_LEN <= reply_budget(PADDED_REQUEST_LEN));
+        // Even the smallest request (a PING) leaves room for its PONG.
+        assert!(HEADER_LEN + ADDR_LEN <= reply_budget(HEADER_LEN));
+    }
+
+    #[test]
+    fn padding_must_be_zero_and_counts_toward_the_length() {
+        for body in [
+            BodyRepr::FindNode { target: [0xAB; 32], padding: 3 },
+            BodyRepr::FindValue { key: [0x22; 32], padding: 3 },
+        ] {
+            let bytes = emit(&msg(body));
+            assert_eq!(bytes.len(), 79);
+            assert_eq!(&bytes[76..], &[0, 0, 0]);
+            for i in 76..79 {
+                let mut b = bytes.clone();
+                b[i] = 0x80;
+                assert_eq!(Message::new_checked(&b), Err(Error::BadField("dht.padding")));
+            }
+            // Padding past what ricochet sends parses, and is refused on emit.
+            let mut big = bytes.clone();
+            big.resize(DATAGRAM_BUDGET + 1, 0);
+            let m = MessageRepr::parse(&big).unwrap();
+            let mut out = vec![0u8; big.len()];
+            assert_eq!(
+                m.emit(&mut out),
+                Err(Error::TooLong { max: DATAGRAM_BUDGET, got: DATAGRAM_BUDGET + 1 })
+            );
+        }
     }
 
     #[test]
@@ -1102,7 +1200,10 @@ mod tests {
         let (r1, r2) = (signed(b"one", 1), signed(b"two!", 2));
         for m in samples(&r1, &r2) {
             let bytes = emit(&m);
-            for len in 0..bytes.len() {
+            let padded = matches!(m.body, BodyRepr::FindNode { .. } | BodyRepr::FindValue { .. });
+            // A padded request cut inside its padding is a shorter one.
+            let whole = if padded { HEADER_LEN + ID_LEN } else { bytes.len() };
+            for len in 0..whole {
                 match Message::new_checked(&bytes[..len]) {
                     Err(Error::Truncated { got, .. }) => assert_eq!(got, len, "{m:?} at {len}"),
                     other => panic!("{:?} cut at {len}: {other:?}", m.message_type()),
@@ -1110,10 +1211,17 @@ mod tests {
             }
             let mut longer = bytes.clone();
             longer.push(0);
-            assert_eq!(
-                Message::new_checked(&longer),
-                Err(Error::LengthMismatch { declared: bytes.len(), actual: bytes.len() + 1 })
-            );
+            if padded {
+                let n = MessageRepr::parse(&longer).unwrap();
+                assert_eq!(n.buffer_len(), longer.len(), "a zero byte more is more padding");
+                longer.push(1);
+                assert_eq!(Message::new_checked(&longer), Err(Error::BadField("dht.padding")));
+            } else {
+                assert_eq!(
+                    Message::new_checked(&longer),
+                    Err(Error::LengthMismatch { declared: bytes.len(), actual: bytes.len() + 1 })
+                );
+            }
         }
     }
 

@@ -7,7 +7,7 @@
 //! independent implementation (Python `cryptography`, OpenSSL's ed25519).
 
 use ricochet_wire::dht::{
-    BodyRepr, Message, MessageRepr, NodeInfo, NodeList, RecordList, StoreStatus,
+    BodyRepr, Message, MessageRepr, NodeInfo, NodeList, REQUEST_PADDING, RecordList, StoreStatus,
 };
 use ricochet_wire::record::{EndpointPayload, Record, RecordRepr, RecordType, SigningKey, node_id};
 
@@ -138,10 +138,26 @@ fn pong() {
 #[test]
 fn find_node() {
     check(
-        BodyRepr::FindNode { target: [0xAB; 32] },
+        BodyRepr::FindNode { target: [0xAB; 32], padding: 0 },
         "5244 01 03 0102030405060708
          0871f3aabc26e4582c508af5c03884e6a96f0989d1dd8cfb49cd17ed25792433
          abababababababababababababababababababababababababababababababab",
+    );
+}
+
+/// The FIND_NODE ricochet sends: the same, then 335 zero bytes (411 in
+/// all), so its reply may use the whole 1232-byte budget.
+#[test]
+fn find_node_padded() {
+    check(
+        BodyRepr::FindNode { target: [0xAB; 32], padding: REQUEST_PADDING },
+        &format!(
+            "5244 01 03 0102030405060708
+             0871f3aabc26e4582c508af5c03884e6a96f0989d1dd8cfb49cd17ed25792433
+             abababababababababababababababababababababababababababababababab
+             {}",
+            "00".repeat(335)
+        ),
     );
 }
 
@@ -162,7 +178,7 @@ fn nodes() {
 #[test]
 fn find_value() {
     check(
-        BodyRepr::FindValue { key: [0x11; 32] },
+        BodyRepr::FindValue { key: [0x11; 32], padding: 0 },
         "5244 01 05 0102030405060708
          0871f3aabc26e4582c508af5c03884e6a96f0989d1dd8cfb49cd17ed25792433
          1111111111111111111111111111111111111111111111111111111111111111",

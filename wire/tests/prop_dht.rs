@@ -95,9 +95,9 @@ fn status() -> impl Strategy<Value = StoreStatus> {
 enum BodySpec {
     Ping,
     Pong(SocketAddr),
-    FindNode([u8; 32]),
+    FindNode([u8; 32], u16),
     Nodes(Vec<NodeInfo>),
-    FindValue([u8; 32]),
+    FindValue([u8; 32], u16),
     Value(Vec<RecordSpec>, Vec<NodeInfo>),
     Store(RecordSpec),
     StoreAck(StoreStatus),
@@ -107,9 +107,9 @@ fn body_spec() -> impl Strategy<Value = BodySpec> {
     prop_oneof![
         Just(BodySpec::Ping),
         socket_addr().prop_map(BodySpec::Pong),
-        any::<[u8; 32]>().prop_map(BodySpec::FindNode),
+        (any::<[u8; 32]>(), 0..=dht::REQUEST_PADDING).prop_map(|(t, p)| BodySpec::FindNode(t, p)),
         nodes(dht::MAX_NODES).prop_map(BodySpec::Nodes),
-        any::<[u8; 32]>().prop_map(BodySpec::FindValue),
+        (any::<[u8; 32]>(), 0..=dht::REQUEST_PADDING).prop_map(|(k, p)| BodySpec::FindValue(k, p)),
         (proptest::collection::vec(record_spec(96), 0..=dht::MAX_RECORDS), nodes(dht::MAX_NODES))
             .prop_map(|(r, n)| BodySpec::Value(r, n)),
         record_spec(record::MAX_PAYLOAD).prop_map(BodySpec::Store),
@@ -270,9 +270,11 @@ fn body_repr<'a>(spec: &BodySpec, signed: &[RecordRepr<'a>], max_nodes: usize) -
     match spec {
         BodySpec::Ping => BodyRepr::Ping,
         BodySpec::Pong(observed) => BodyRepr::Pong { observed: *observed },
-        BodySpec::FindNode(target) => BodyRepr::FindNode { target: *target },
+        BodySpec::FindNode(target, padding) => {
+            BodyRepr::FindNode { target: *target, padding: *padding }
+        }
         BodySpec::Nodes(n) => BodyRepr::Nodes(node_list(n)),
-        BodySpec::FindValue(key) => BodyRepr::FindValue { key: *key },
+        BodySpec::FindValue(key, padding) => BodyRepr::FindValue { key: *key, padding: *padding },
         BodySpec::Value(_, n) => BodyRepr::Value {
             records: RecordList::from_slice(signed).unwrap(),
             nodes: node_list(n),

@@ -91,10 +91,15 @@ pub(super) fn render_metrics(s: &State, workers: &[DhtSnapshot], steering: bool,
     let core = &s.core;
     let st = total_stats(workers);
     let sum = |f: fn(&DhtSnapshot) -> u64| workers.iter().map(f).sum::<u64>();
-    let node_counters: [(&str, u64, &str); 15] = [
+    let node_counters: [(&str, u64, &str); 16] = [
         ("rx_datagrams", st.rx_datagrams, "DHT datagrams received."),
         ("tx_datagrams", st.tx_datagrams, "DHT datagrams queued for sending."),
         ("requests_answered", st.requests_answered, "DHT requests answered."),
+        (
+            "replies_trimmed",
+            st.replies_trimmed,
+            "DHT replies cut to three times an unpadded request's size.",
+        ),
         ("responses_matched", st.responses_matched, "DHT responses matched to a request."),
         ("late_responses", st.late_responses, "Responses for lookups already finished."),
         ("timeouts", st.timeouts, "DHT requests that went unanswered."),

@@ -210,9 +210,10 @@ pub struct RecordView {
 }
 
 /// Longest DHT datagram a worker hands to its owner: more than the largest
-/// valid message (a VALUE with 8 records of 1 178 bytes and 20 nodes is
-/// 10 506 bytes); anything longer is malformed and dropped where it
-/// landed.
+/// valid message but for padding (a VALUE with 8 records of 1 178 bytes and
+/// 20 nodes is 10 506 bytes; a padded FIND is 411); anything longer is
+/// malformed or padded far past what buys a full reply, and is dropped
+/// where it landed.
 pub(crate) const MAX_FORWARD: usize = 16 * 1024;
 
 /// Most records each worker lists for `/debug/dht` (counts are whole).
@@ -561,8 +562,8 @@ pub(crate) mod tests {
         let store = BodyRepr::Store(RecordRepr::parse(&rec).unwrap());
         let observed: SocketAddr = "192.0.2.1:9320".parse().unwrap();
         vec![
-            (msg(t, sender, BodyRepr::FindNode { target: k }), None),
-            (msg(t, sender, BodyRepr::FindValue { key: k }), None),
+            (msg(t, sender, BodyRepr::FindNode { target: k, padding: 0 }), None),
+            (msg(t, sender, BodyRepr::FindValue { key: k, padding: 0 }), None),
             (msg(t, sender, store), None),
             (msg(t, sender, BodyRepr::Ping), None),
             (msg(t, sender, BodyRepr::Pong { observed }), None),
@@ -578,7 +579,7 @@ pub(crate) mod tests {
             ),
             // Too short for any load; an unknown type.
             (vec![0x52, 0x44, 0x01, 0x05, 9, 9], Some(0)),
-            (msg(t, sender, BodyRepr::FindValue { key: k })[..40].to_vec(), Some(0)),
+            (msg(t, sender, BodyRepr::FindValue { key: k, padding: 0 })[..40].to_vec(), Some(0)),
             (
                 {
                     let mut m = msg(t, sender, BodyRepr::Ping);
@@ -747,7 +748,7 @@ pub(crate) mod tests {
         // A FIND_VALUE for worker 1's key, read by worker 0.
         let key = [1u8; 32];
         assert_eq!(key_owner(&key, 2), 1);
-        cores[0].on_dht(now, peer, &msg(7, peer_id, BodyRepr::FindValue { key }));
+        cores[0].on_dht(now, peer, &msg(7, peer_id, BodyRepr::FindValue { key, padding: 0 }));
         assert_eq!(cores[0].dht.as_ref().unwrap().counters.forwarded, 1);
         assert!(sent(&mut cores[0]).is_empty());
         cores[1].drain_inbox(now);

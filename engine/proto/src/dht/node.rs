@@ -43,7 +43,8 @@ use std::time::Instant;
 use ricochet_wire::Error as WireError;
 use ricochet_wire::dht::{
     Body, BodyRepr, DATAGRAM_BUDGET, HEADER_LEN, MAX_NODES, MAX_RECORDS, Message, MessageRepr,
-    MessageType, NODE_LEN, NodeInfo, NodeList, RecordList, StoreStatus,
+    MessageType, NODE_LEN, NodeInfo, NodeList, REQUEST_PADDING, RecordList, StoreStatus,
+    reply_budget,
 };
 use ricochet_wire::record::{self, Record, RecordRepr};
 
@@ -477,13 +478,20 @@ impl Node {
         let observed = self.table.observe(now, sender, from, Contact::Request);
         self.after_observe(now, observed, out);
         let txid = msg.transaction_id();
+        // The source is not proven: the reply is at most three times the
+        // request (PONG and STORE_ACK always are; NODES and VALUE are cut).
+        let budget = reply_budget(msg.as_bytes().len());
         let bytes = match msg.body() {
             Body::Ping => encode(&self.id, txid, BodyRepr::Pong { observed: from }),
-            Body::FindNode { target } => {
-                let nodes = self.closest_list(now, &NodeId(*target), sender, MAX_NODES);
+            Body::FindNode { target, .. } => {
+                let fit = (budget - HEADER_LEN - 1) / NODE_LEN;
+                let (nodes, more) = self.closest_list(now, &NodeId(*target), sender, fit);
+                if more && fit < MAX_NODES {
+                    self.stats.replies_trimmed += 1;
+                }
                 encode(&self.id, txid, BodyRepr::Nodes(nodes))
             }
-            Body::FindValue { key } => self.value_reply(now, txid, key, sender),
+            Body::FindValue { key, .. } => self.value_reply(now, txid, key, sender, budget),
             Body::Store(record) => {
                 let status = self.on_store(now, &record);
                 encode(&self.id, txid, BodyRepr::StoreAck(status))
@@ -515,45 +523,67 @@ impl Node {
         }
     }
 
-    /// VALUE: as many live records under `key` as fit (starting at a random
-    /// one, so every publisher gets served), then the closest nodes that
-    /// still fit.
+    /// VALUE within `reply` bytes: as many live records under `key` as fit
+    /// (starting at a random one, so every publisher gets served), then the
+    /// closest nodes that still fit.
     fn value_reply(
         &mut self,
         now: Instant,
         txid: u64,
         key: &[u8; 32],
         requester: NodeId,
+        reply: usize,
     ) -> Option<Vec<u8>> {
         let now_unix = self.now_unix(now);
         let count = self.store.get(key, now_unix).count();
         let start = self.rng.index(count);
-        let mut budget = DATAGRAM_BUDGET - HEADER_LEN - 2;
+        // After the header, the record count and the node count: `budget`
+        // is what this reply may still use, `full` what a padded request's
+        // reply could (to tell when the budget cut something).
+        let mut budget = reply - HEADER_LEN - 2;
+        let mut full = DATAGRAM_BUDGET - HEADER_LEN - 2;
         let mut records = RecordList::new();
+        let mut trimmed = false;
         let held: Vec<&RecordBuf> = self.store.get(key, now_unix).collect();
         for r in held.iter().cycle().skip(start).take(count) {
             let need = 2 + r.as_bytes().len();
-            if need > budget || records.len() >= MAX_RECORDS {
+            if need > full || records.len() >= MAX_RECORDS {
                 continue;
             }
-            if records.push(RecordRepr::from_view(&r.view())).is_ok() {
+            full -= need;
+            if need > budget {
+                trimmed = true;
+            } else if records.push(RecordRepr::from_view(&r.view())).is_ok() {
                 budget -= need;
             }
         }
-        let nodes =
-            self.closest_list(now, &NodeId(*key), requester, (budget / NODE_LEN).min(MAX_NODES));
+        let fit = budget / NODE_LEN;
+        let (nodes, more) = self.closest_list(now, &NodeId(*key), requester, fit);
+        if trimmed || (more && fit < MAX_NODES.min(full / NODE_LEN)) {
+            self.stats.replies_trimmed += 1;
+        }
         encode(&self.id, txid, BodyRepr::Value { records, nodes })
     }
 
-    fn closest_list(&self, now: Instant, target: &NodeId, exclude: NodeId, n: usize) -> NodeList {
+    /// Up to `n` of the known nodes closest to `target` (never `exclude`,
+    /// nor a Bad one), and whether the table held more than `n`.
+    fn closest_list(
+        &self,
+        now: Instant,
+        target: &NodeId,
+        exclude: NodeId,
+        n: usize,
+    ) -> (NodeList, bool) {
         let filter = Filter { exclude: Some(exclude), skip_bad: true, skip_backoff: false };
+        let n = n.min(MAX_NODES);
+        let found = self.table.closest(now, target, n + 1, filter);
         let mut list = NodeList::new();
-        for e in self.table.closest(now, target, n.min(MAX_NODES), filter) {
+        for e in found.iter().take(n) {
             if list.push(e.info()).is_err() {
                 break;
             }
         }
-        list
+        (list, found.len() > n)
     }
 
     // ---- responses ------------------------------------------------------
@@ -839,8 +869,15 @@ impl Node {
             for (info, _) in q.lookup.next(budget) {
                 let id = NodeId(info.id);
                 let (what, body) = match q.kind {
-                    Kind::FindValue => (Req::FindValue(qid), BodyRepr::FindValue { key: target.0 }),
-                    _ => (Req::FindNode(qid), BodyRepr::FindNode { target: target.0 }),
+                    // Padded, so the reply may use the whole budget.
+                    Kind::FindValue => (
+                        Req::FindValue(qid),
+                        BodyRepr::FindValue { key: target.0, padding: REQUEST_PADDING },
+                    ),
+                    _ => (
+                        Req::FindNode(qid),
+                        BodyRepr::FindNode { target: target.0, padding: REQUEST_PADDING },
+                    ),
                 };
                 if !self.request(now, out, info.addr, Some(id), what, body) {
                     q.lookup.failed(&id);

@@ -16,6 +16,9 @@ pub struct Stats {
     pub tx_datagrams: u64,
     /// Requests answered.
     pub requests_answered: u64,
+    /// Replies cut short to stay within three times their request's size
+    /// (the requester did not pad its FIND_NODE or FIND_VALUE).
+    pub replies_trimmed: u64,
     /// Responses matched to an outstanding request.
     pub responses_matched: u64,
     /// Matched responses for a lookup that had already finished.
@@ -57,6 +60,7 @@ impl Stats {
             rx_datagrams,
             tx_datagrams,
             requests_answered,
+            replies_trimmed,
             responses_matched,
             late_responses,
             timeouts,
@@ -74,6 +78,7 @@ impl Stats {
         self.rx_datagrams += rx_datagrams;
         self.tx_datagrams += tx_datagrams;
         self.requests_answered += requests_answered;
+        self.replies_trimmed += replies_trimmed;
         self.responses_matched += responses_matched;
         self.late_responses += late_responses;
         self.timeouts += timeouts;

@@ -8,8 +8,8 @@ use std::collections::VecDeque;
 use std::time::Instant;
 
 use ricochet_wire::dht::{
-    Body, BodyRepr, DATAGRAM_BUDGET, Message, MessageRepr, MessageType, NodeInfo, NodeList,
-    StoreStatus,
+    Body, BodyRepr, Message, MessageRepr, MessageType, NodeInfo, NodeList, PADDED_REQUEST_LEN,
+    REQUEST_PADDING, StoreStatus, reply_budget,
 };
 use ricochet_wire::record::{Record, RecordRepr, RecordType, SigningKey};
 
@@ -56,15 +56,29 @@ fn store_msg(txid: u64, record: &[u8]) -> Vec<u8> {
     encode(txid, [0xEE; 32], BodyRepr::Store(RecordRepr::parse(record).unwrap()))
 }
 
-/// Sends one request to `n` and returns the parsed reply body's bytes.
+/// Sends one request to `n` and returns the reply's bytes, which are at
+/// most three times the request's.
 fn ask(n: &mut Node, now: Instant, from: SocketAddr, bytes: &[u8]) -> Vec<u8> {
     let mut out = Outbox::new();
     n.handle(now, from, bytes, &mut out);
     assert_eq!(out.transmits.len(), 1, "one reply");
     let t = out.transmits.pop().unwrap();
     assert_eq!(t.dest, from);
-    assert!(t.payload.len() <= DATAGRAM_BUDGET);
+    assert!(
+        t.payload.len() <= reply_budget(bytes.len()),
+        "{} for {}",
+        t.payload.len(),
+        bytes.len()
+    );
     t.payload
+}
+
+fn find_node(txid: u64, target: [u8; 32], padding: u16) -> Vec<u8> {
+    encode(txid, [0xEE; 32], BodyRepr::FindNode { target, padding })
+}
+
+fn find_value(txid: u64, key: [u8; 32], padding: u16) -> Vec<u8> {
+    encode(txid, [0xEE; 32], BodyRepr::FindValue { key, padding })
 }
 
 fn ack_status(reply: &[u8]) -> StoreStatus {
@@ -166,7 +180,7 @@ fn expired_records_are_never_served() {
     let k = [0x11; 32];
     let rec = signed(&alice, k, 1, UNIX, 60, b"short-lived");
     assert_eq!(ack_status(&ask(&mut n, t0, addr(9), &store_msg(1, &rec))), StoreStatus::Stored);
-    let find = encode(2, [0xEE; 32], BodyRepr::FindValue { key: k });
+    let find = encode(2, [0xEE; 32], BodyRepr::FindValue { key: k, padding: REQUEST_PADDING });
     let count = |reply: &[u8]| match Message::new_checked(reply).unwrap().body() {
         Body::Value { records, .. } => records.len(),
         other => panic!("{other:?}"),
@@ -374,7 +388,7 @@ fn request_flood_is_rate_limited() {
     let mut rng = rng::Rng::seed_from_u64(3);
     for i in 0..1000u64 {
         let id = NodeId::random(&mut rng);
-        let m = encode(i, id.0, BodyRepr::FindNode { target: id.0 });
+        let m = encode(i, id.0, BodyRepr::FindNode { target: id.0, padding: 0 });
         n.handle(now, addr(2), &m, &mut out);
     }
     let burst = n.config().rate.per_ip_burst as usize;
@@ -624,13 +638,98 @@ fn value_replies_fit_the_datagram_budget() {
         let id = NodeId::random(&mut rng::Rng::seed_from_u64(u64::from(i)));
         n.handle(now, addr(200 + i), &encode(99, id.0, BodyRepr::Ping), &mut Outbox::new());
     }
-    let reply = ask(&mut n, now, addr(9), &encode(5, [0xEE; 32], BodyRepr::FindValue { key: k }));
+    let reply = ask(&mut n, now, addr(9), &find_value(5, k, REQUEST_PADDING));
     let Body::Value { records, nodes } = Message::new_checked(&reply).unwrap().body() else {
         panic!()
     };
     assert_eq!(records.len(), 2, "two 456-byte records fit 1232 bytes, three do not");
     assert_eq!(nodes.len(), 5, "then as many nodes as still fit");
     assert!(records.iter().all(|r| r.verify().is_ok() && *r.key() == k));
+    assert_eq!(n.stats().replies_trimmed, 0);
+}
+
+/// A node with 30 peers and a 456-byte record under `k`.
+fn populated(now: Instant, k: [u8; 32]) -> Node {
+    let mut n = node(1);
+    let key = SigningKey::from_bytes(&[0x31; 32]);
+    let rec = signed(&key, k, 1, UNIX, 600, &[7; 300]);
+    assert_eq!(ack_status(&ask(&mut n, now, addr(9), &store_msg(1, &rec))), StoreStatus::Stored);
+    for i in 0..30u16 {
+        let id = NodeId::random(&mut rng::Rng::seed_from_u64(u64::from(i)));
+        n.handle(now, addr(200 + i), &encode(99, id.0, BodyRepr::Ping), &mut Outbox::new());
+    }
+    n
+}
+
+/// A FIND_NODE or FIND_VALUE from an unproven address draws at most three
+/// times its size: unpadded (76 bytes), three nodes and no 456-byte
+/// record; padded (411 bytes), all 20 nodes and the record. The cut is
+/// counted.
+#[test]
+fn replies_are_at_most_three_times_the_request_and_padding_buys_a_full_one() {
+    let now = Instant::now();
+    let k = [0x55; 32];
+    let mut n = populated(now, k);
+    let nodes_of = |reply: &[u8]| match Message::new_checked(reply).unwrap().body() {
+        Body::Nodes(nodes) => nodes.len(),
+        other => panic!("not NODES: {other:?}"),
+    };
+    let small = find_node(2, [0x77; 32], 0);
+    let reply = ask(&mut n, now, addr(9), &small);
+    assert_eq!((small.len(), reply.len(), nodes_of(&reply)), (76, 45 + 3 * 51, 3));
+    assert_eq!(n.stats().replies_trimmed, 1);
+    let padded = find_node(3, [0x77; 32], REQUEST_PADDING);
+    let reply = ask(&mut n, now, addr(9), &padded);
+    assert_eq!((padded.len(), nodes_of(&reply)), (PADDED_REQUEST_LEN, 20));
+    assert_eq!(n.stats().replies_trimmed, 1);
+
+    let records_of = |reply: &[u8]| match Message::new_checked(reply).unwrap().body() {
+        Body::Value { records, nodes } => (records.len(), nodes.len()),
+        other => panic!("not VALUE: {other:?}"),
+    };
+    let reply = ask(&mut n, now, addr(9), &find_value(4, k, 0));
+    assert_eq!(records_of(&reply), (0, 3), "the record does not fit 228 bytes");
+    assert_eq!(n.stats().replies_trimmed, 2);
+    let reply = ask(&mut n, now, addr(9), &find_value(5, k, REQUEST_PADDING));
+    assert_eq!(records_of(&reply), (1, 14), "the record, then the nodes that fit");
+    // A partly padded request buys what its size pays for.
+    let reply = ask(&mut n, now, addr(9), &find_value(6, k, 60));
+    assert_eq!(records_of(&reply), (0, 7), "408 bytes: no record, 7 nodes");
+    let reply = ask(&mut n, now, addr(9), &find_value(7, k, 120));
+    assert_eq!(records_of(&reply), (1, 1), "588 bytes: the record and one node");
+    assert_eq!(n.stats().replies_trimmed, 4);
+}
+
+/// Whatever request arrives (any type, any padding, any target), every
+/// datagram the node sends back to its source is at most three times it.
+#[test]
+fn no_request_draws_more_than_three_times_its_size() {
+    let now = Instant::now();
+    let k = [0x55; 32];
+    let mut n = populated(now, k);
+    let mut rng = rng::Rng::seed_from_u64(21);
+    let alice = SigningKey::from_bytes(&[0xA1; 32]);
+    for i in 0..2000u64 {
+        let mut target = [0u8; 32];
+        target.iter_mut().for_each(|b| *b = rng.next_u64() as u8);
+        if rng.chance(0.5) {
+            target = k;
+        }
+        let padding = rng.index(usize::from(REQUEST_PADDING) + 50) as u16;
+        let req = match i % 4 {
+            0 => find_node(i, target, padding),
+            1 => find_value(i, target, padding),
+            2 => encode(i, [0xEE; 32], BodyRepr::Ping),
+            _ => store_msg(i, &signed(&alice, target, i + 1, UNIX, 600, &[1; 40])),
+        };
+        let from = addr(1000 + (i % 500) as u16);
+        let mut out = Outbox::new();
+        n.handle(now + Duration::from_secs(i), from, &req, &mut out);
+        let back: usize =
+            out.transmits.iter().filter(|t| t.dest == from).map(|t| t.payload.len()).sum();
+        assert!(back <= 3 * req.len(), "{back} bytes back for {} ({i})", req.len());
+    }
+    assert!(n.stats().requests_answered >= 1900, "{:?}", n.stats());
 }
 
 /// A lossless, zero-latency network of nodes for small end-to-end checks.
@@ -853,9 +952,9 @@ fn garbage_never_panics() {
     let samples = [
         encode(1, [2; 32], BodyRepr::Ping),
         encode(1, [2; 32], BodyRepr::Pong { observed: addr(1) }),
-        encode(1, [2; 32], BodyRepr::FindNode { target: [3; 32] }),
+        encode(1, [2; 32], BodyRepr::FindNode { target: [3; 32], padding: 0 }),
         encode(1, [2; 32], BodyRepr::Nodes(NodeList::from_slice(&nodes).unwrap())),
-        encode(1, [2; 32], BodyRepr::FindValue { key: [1; 32] }),
+        encode(1, [2; 32], BodyRepr::FindValue { key: [1; 32], padding: 9 }),
         store_msg(1, &rec),
         encode(1, [2; 32], BodyRepr::StoreAck(StoreStatus::Stored)),
     ];

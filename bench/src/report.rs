@@ -1171,7 +1171,9 @@ fn explain(t: &Target, files: &BTreeMap<String, WorkloadFile>) -> String {
                 little to group, and the largest costs are wake-ups: the worker's own sleep and wake each \
                 round, and on loopback the waking of each receiving socket, two per multicast answer (the \
                 group's and the requester's), which the reflector pays too (profile in \
-                perf/gso-order-ab-2026-12-07.md). It also pays what the \
+                perf/gso-order-ab-2026-12-07.md). Waking less means a longer batch wait, and at 10 k/s \
+                a 400 µs wait measured 0.84× the reflector's CPU at 3.2× its p99, past the latency target \
+                (the sweep is in the same note). It also pays what the \
                 reflector does not: packet info on each NACK and reply on its wildcard NACK socket, 4–6 % \
                 (bind `--nack-addr` to skip it). Its own work per NACK is about 1 800 instructions \
                 (perf/callgrind.md). Registered files measured no difference, and SEND_ZC cost twice the CPU \

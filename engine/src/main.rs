@@ -768,6 +768,7 @@ fn serve(
     state.started = started;
     state.debug_public = cfg.runtime.debug_public;
     state.log_level = Some(logging.clone());
+    state.own_source = cfg.network.ssm.as_ref().and_then(|p| p.bind_source);
     // The reference logs its host at startup (`host.inventory`); these are
     // the facts `bre_host_info` carries.
     let h = &state.host;

@@ -194,6 +194,14 @@ fn listed_sources_only(ns: &Netns) {
         Some(4.0),
         "one source on each of the four data groups: {body}"
     );
+    // The reference's own-source series, spelled like the per-source
+    // counter's label, so its alerts can leave this address out.
+    assert_eq!(
+        ricochet_e2e::metric_value(&body, "bre_own_source_info{source=\"fd00::9\"}"),
+        Some(1.0),
+        "{body}"
+    );
+    assert!(body.contains("bre_cache_stored_total{otel_scope_name=\"retry-endpoint\",otel_scope_schema_url=\"\",otel_scope_version=\"\",source=\"fd00::2\"} 1"), "{body}");
     let (_, stats) = e.http("/debug/stats").unwrap();
     let stats: serde_json::Value = serde_json::from_str(&stats).unwrap();
     let g0 = &stats["ssm"]["groups"][group(0).to_string()];

@@ -8,8 +8,8 @@
 //!   Prometheus exporter): every `bre_*` counter and gauge carries
 //!   `otel_scope_name="retry-endpoint"`, `otel_scope_schema_url=""` and
 //!   `otel_scope_version=""` as the exporter adds them; `bre_host_info`
-//!   does not (the reference registers it on the Prometheus registry
-//!   directly). The `bre_*` families are written in name order and labels
+//!   and `bre_own_source_info` do not (the reference registers them on the
+//!   Prometheus registry directly). The `bre_*` families are written in name order and labels
 //!   in name order, as the reference's registry writes them.
 //! - Values are sums over the workers (no `core` label), each from a real
 //!   counter; docs/OPERATIONS.md ("Metrics: bre_* ↔ ricochet_*") maps each
@@ -21,7 +21,7 @@
 //!   the host, once, at startup.
 
 use std::fmt::Write as _;
-use std::net::IpAddr;
+use std::net::{IpAddr, Ipv6Addr};
 
 use crate::metrics::{escape, family, labelled};
 use crate::rt::WorkerSnapshot;
@@ -51,6 +51,8 @@ pub struct Input<'a> {
     pub version: &'a str,
     /// Static host facts.
     pub host: &'a HostInfo,
+    /// `--bind-source`, for `bre_own_source_info`.
+    pub own_source: Option<Ipv6Addr>,
 }
 
 /// Appends the `bre_*` families, `target_info` and `ricochet_build_info`.
@@ -319,6 +321,15 @@ fn families(input: &Input<'_>) -> Vec<Family> {
             rows: vec![(host_labels, 1)],
         },
         counter("bre_nack_requests_total", "NACK datagrams received.", sum(&|s| s.retry.nacks)),
+        // Spelled as `bre_cache_stored_total`'s `source` (the address's
+        // canonical text), so an alert can leave this pair out by a join.
+        Family {
+            name: "bre_own_source_info",
+            kind: "gauge",
+            help: "The address this endpoint sends from (--bind-source; value always 1). It never \
+                   joins it as a source, so no frames are cached from it.",
+            rows: input.own_source.map(|a| (format!("source=\"{a}\""), 1)).into_iter().collect(),
+        },
         Family::by(
             "bre_proxy_failed_total",
             "Recovery jobs that ran out of upstreams.",
@@ -473,6 +484,7 @@ mod tests {
             instance: "edge-1",
             version: "0.1.0",
             host: &host,
+            own_source: Some("fd20:0:0::0a01".parse().unwrap()),
         };
         let mut out = String::new();
         render(&input, &mut out);
@@ -497,6 +509,7 @@ mod tests {
              version=\"0.1.0\"} 1"
                 .to_string(),
             format!("bre_nack_requests_total{{{s}}} 15"),
+            "bre_own_source_info{source=\"fd20::a01\"} 1".to_string(),
             format!("bre_proxy_failed_total{{{s},reason=\"exhausted\"}} 1"),
             format!("bre_proxy_inflight_dedup_total{{{s}}} 3"),
             format!("bre_proxy_queue_dropped_total{{{s}}} 1"),
@@ -535,6 +548,7 @@ mod tests {
         ));
         assert!(out.contains("# TYPE bre_cache_size gauge\n"));
         assert!(out.contains("# TYPE bre_host_info gauge\n"));
+        assert!(out.contains("# TYPE bre_own_source_info gauge\n"));
         assert_eq!(out.matches("# TYPE bre_cache_stored_total counter").count(), 1);
     }
 
@@ -548,10 +562,12 @@ mod tests {
             instance: "a\"b",
             version: "0.1.0",
             host: &host,
+            own_source: None,
         };
         let mut out = String::new();
         render(&input, &mut out);
         assert!(!out.contains("bre_cache_stored_total"));
+        assert!(!out.contains("bre_own_source_info"), "only with --bind-source");
         assert!(out.contains("service_instance_id=\"a\\\"b\""));
         assert!(out.contains("bre_frames_received_total{otel_scope_name=\"retry-endpoint\""));
     }

@@ -69,6 +69,8 @@ pub struct AdminState {
     pub sections: Vec<Arc<dyn Section>>,
     /// Static host facts for `bre_host_info`, read once at startup.
     pub host: Arc<compat::HostInfo>,
+    /// `--bind-source`, for `bre_own_source_info`.
+    pub own_source: Option<std::net::Ipv6Addr>,
     /// The running log level, for `/loglevel`; `None` answers 404.
     pub log_level: Option<Arc<dyn LogLevel>>,
 }
@@ -103,6 +105,7 @@ impl AdminState {
             max_subscribers: MAX_EVENT_SUBSCRIBERS,
             sections: Vec::new(),
             host: Arc::new(compat::HostInfo::gather(env!("CARGO_PKG_VERSION"))),
+            own_source: None,
             log_level: None,
         }
     }
@@ -152,6 +155,7 @@ pub fn render_all(s: &AdminState) -> String {
         instance: &s.instance,
         version: env!("CARGO_PKG_VERSION"),
         host: &s.host,
+        own_source: s.own_source,
     };
     compat::render(&input, &mut body);
     process::render(&mut body);

@@ -423,6 +423,15 @@ pub fn tx_frame(hash_key: u64, seq: u64, payload: &[u8]) -> Vec<u8> {
     buf
 }
 
+/// A DHT message from `sender`, encoded.
+pub fn dht_msg(txid: u64, sender: [u8; 32], body: ricochet_wire::dht::BodyRepr<'_>) -> Vec<u8> {
+    let m = ricochet_wire::dht::MessageRepr { transaction_id: txid, sender, body };
+    let mut buf = vec![0u8; m.buffer_len()];
+    let n = m.emit(&mut buf).unwrap();
+    buf.truncate(n);
+    buf
+}
+
 /// A listener socket joined to lab group `index` on `port`, to observe
 /// multicast retransmits.
 pub fn group_listener(index: u16, port: u16) -> UdpSocket {

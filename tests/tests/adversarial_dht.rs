@@ -8,19 +8,9 @@
 use std::net::{Ipv4Addr, SocketAddr, UdpSocket};
 use std::time::Duration;
 
-use ricochet_e2e::{Engine, ports};
-use ricochet_wire::dht::{
-    Body, BodyRepr, MessageRepr, PADDED_REQUEST_LEN, REQUEST_PADDING, StoreStatus,
-};
+use ricochet_e2e::{Engine, dht_msg, ports};
+use ricochet_wire::dht::{Body, BodyRepr, PADDED_REQUEST_LEN, REQUEST_PADDING, StoreStatus};
 use ricochet_wire::record::{RecordRepr, RecordType, SigningKey};
-
-fn msg(txid: u64, sender: [u8; 32], body: BodyRepr<'_>) -> Vec<u8> {
-    let m = MessageRepr { transaction_id: txid, sender, body };
-    let mut buf = vec![0u8; m.buffer_len()];
-    let n = m.emit(&mut buf).unwrap();
-    buf.truncate(n);
-    buf
-}
 
 /// Sends `request` from `sock` and returns the reply's bytes.
 fn ask(sock: &UdpSocket, dht: SocketAddr, request: &[u8]) -> Vec<u8> {
@@ -45,7 +35,7 @@ fn a_dht_reply_is_at_most_three_times_its_request() {
             s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
             let mut id = [i.wrapping_mul(37).wrapping_add(1); 32];
             id[31] = i;
-            let pong = ask(&s, dht, &msg(u64::from(i), id, BodyRepr::Ping));
+            let pong = ask(&s, dht, &dht_msg(u64::from(i), id, BodyRepr::Ping));
             assert!(matches!(
                 ricochet_wire::dht::Message::new_checked(&pong).unwrap().body(),
                 Body::Pong { .. }
@@ -64,8 +54,11 @@ fn a_dht_reply_is_at_most_three_times_its_request() {
     let client = UdpSocket::bind("127.0.0.1:0").unwrap();
     client.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
     let stranger = [0xEE; 32];
-    let ack =
-        ask(&client, dht, &msg(100, stranger, BodyRepr::Store(RecordRepr::parse(&rec).unwrap())));
+    let ack = ask(
+        &client,
+        dht,
+        &dht_msg(100, stranger, BodyRepr::Store(RecordRepr::parse(&rec).unwrap())),
+    );
     let stored = ricochet_wire::dht::Message::new_checked(&ack).unwrap();
     assert_eq!(stored.body(), Body::StoreAck(StoreStatus::Stored));
 
@@ -77,8 +70,8 @@ fn a_dht_reply_is_at_most_three_times_its_request() {
         }
     };
     let find_node =
-        |padding| msg(101, stranger, BodyRepr::FindNode { target: [0x77; 32], padding });
-    let find_value = |padding| msg(102, stranger, BodyRepr::FindValue { key, padding });
+        |padding| dht_msg(101, stranger, BodyRepr::FindNode { target: [0x77; 32], padding });
+    let find_value = |padding| dht_msg(102, stranger, BodyRepr::FindValue { key, padding });
 
     let small = find_node(0);
     let reply = ask(&client, dht, &small);

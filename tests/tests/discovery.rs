@@ -16,8 +16,8 @@ use std::os::unix::fs::PermissionsExt;
 use std::time::{Duration, Instant};
 
 use ricochet_e2e::{
-    Engine, Ports, Publisher, bridge, drain, group_listener, metric_sum, nack_client, nack_for,
-    ports,
+    Engine, Ports, Publisher, bridge, dht_msg, drain, group_listener, metric_sum, nack_client,
+    nack_for, ports,
 };
 use ricochet_wire::frame::Frame;
 
@@ -279,15 +279,6 @@ fn bad_node_key_files_stop_the_start_with_the_flag_named() {
     assert!(err.contains("--node-key-file") && err.contains("64 hex digits"), "{err}");
     assert!(!err.contains("not a key"), "the key file's content is never echoed: {err}");
     let _ = std::fs::remove_dir_all(&dir);
-}
-
-/// A DHT message from `sender`.
-fn dht_msg(txid: u64, sender: [u8; 32], body: ricochet_wire::dht::BodyRepr<'_>) -> Vec<u8> {
-    let m = ricochet_wire::dht::MessageRepr { transaction_id: txid, sender, body };
-    let mut buf = vec![0u8; m.buffer_len()];
-    let n = m.emit(&mut buf).unwrap();
-    buf.truncate(n);
-    buf
 }
 
 /// A key owned by worker `w` of 2: the low 32 bits of its first 8 bytes

@@ -10,10 +10,13 @@
 //! - [`ReplayGuard`]: accepts a stamp only if its time is within
 //!   [`WINDOW_MS`] of the receiver's clock (either side) and its `(sender,
 //!   counter)` was not accepted before. Per sender it keeps the highest
-//!   counter accepted and a [`COUNTER_WINDOW`]-bit map of the counters
-//!   below it (IPsec/DTLS anti-replay, RFC 4303 § 3.4.3): a counter more
-//!   than `COUNTER_WINDOW − 1` below the highest is refused as a replay,
-//!   whether or not it was seen.
+//!   counter accepted and a map of the [`COUNTER_WINDOW`] − 1 counters
+//!   below it (IPsec/DTLS anti-replay, RFC 4303 § 3.4.3, with the bitmap as
+//!   a ring of words as in RFC 6479, so a higher counter clears words
+//!   instead of shifting bits): a counter `COUNTER_WINDOW` or more below
+//!   the highest is refused as a replay, whether or not it was seen. The
+//!   window is wide enough for a burst of G1 chunks or G6 blocks to arrive
+//!   reordered.
 //! - **Bounded, and never forgetful of a live sender.** At most `capacity`
 //!   senders are tracked. A sender's record may be dropped only once every
 //!   datagram it accepted from that sender is outside the time window (the
@@ -33,8 +36,15 @@ use ricochet_wire::mac::Stamp;
 /// How far a stamp's time may be from the receiver's clock, either way:
 /// 30 s.
 pub const WINDOW_MS: u64 = 30_000;
-/// Counters tracked below the highest one accepted, per sender.
-pub const COUNTER_WINDOW: u64 = 64;
+/// A counter this far or further below the highest accepted from its
+/// sender is refused: 960 (the ring's 1 024 bits, less the word the
+/// highest counter is in).
+pub const COUNTER_WINDOW: u64 = RING_BITS - WORD_BITS;
+
+const WORD_BITS: u64 = u64::BITS as u64;
+/// Words in a sender's ring of counter bits.
+const RING_WORDS: usize = 16;
+const RING_BITS: u64 = RING_WORDS as u64 * WORD_BITS;
 
 /// Why a stamp was refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -100,10 +110,49 @@ impl Sealer {
 #[derive(Debug, Clone, Copy)]
 struct Record {
     highest: u64,
-    /// Bit `i`: counter `highest − i` was accepted.
-    seen: u64,
+    /// Bit `c % 64` of word `(c / 64) % RING_WORDS`: counter `c` was
+    /// accepted (for `c` within the window below `highest`).
+    seen: [u64; RING_WORDS],
     /// The newest stamp time accepted from this sender.
     newest_ms: u64,
+}
+
+impl Record {
+    fn new(counter: u64, time_ms: u64) -> Record {
+        let mut r = Record { highest: counter, seen: [0; RING_WORDS], newest_ms: time_ms };
+        r.mark(counter);
+        r
+    }
+
+    fn slot(counter: u64) -> (usize, u64) {
+        ((counter / WORD_BITS) as usize % RING_WORDS, 1 << (counter % WORD_BITS))
+    }
+
+    fn mark(&mut self, counter: u64) {
+        let (word, bit) = Record::slot(counter);
+        self.seen[word] |= bit;
+    }
+
+    /// Records `c`, or refuses it as seen or too old.
+    fn accept(&mut self, c: u64) -> Result<(), Refusal> {
+        if c > self.highest {
+            // Clear the words the window moves past (all of them if it
+            // moves by a whole ring or more).
+            let (from, to) = (self.highest / WORD_BITS, c / WORD_BITS);
+            for w in (from + 1..=to).take(RING_WORDS) {
+                self.seen[w as usize % RING_WORDS] = 0;
+            }
+            self.highest = c;
+        } else if self.highest - c >= COUNTER_WINDOW {
+            return Err(Refusal::Replayed);
+        }
+        let (word, bit) = Record::slot(c);
+        if self.seen[word] & bit != 0 {
+            return Err(Refusal::Replayed);
+        }
+        self.seen[word] |= bit;
+        Ok(())
+    }
 }
 
 /// The receiver's record of recently accepted stamps.
@@ -135,19 +184,8 @@ impl ReplayGuard {
         if stamp.time_ms.abs_diff(now_ms) > WINDOW_MS {
             return Err(Refusal::OutOfWindow);
         }
-        let c = stamp.counter;
         if let Some(r) = self.senders.get_mut(&stamp.sender) {
-            if c > r.highest {
-                let shift = c - r.highest;
-                r.seen = if shift >= COUNTER_WINDOW { 1 } else { (r.seen << shift) | 1 };
-                r.highest = c;
-            } else {
-                let back = r.highest - c;
-                if back >= COUNTER_WINDOW || r.seen & (1 << back) != 0 {
-                    return Err(Refusal::Replayed);
-                }
-                r.seen |= 1 << back;
-            }
+            r.accept(stamp.counter)?;
             r.newest_ms = r.newest_ms.max(stamp.time_ms);
             return Ok(());
         }
@@ -157,7 +195,7 @@ impl ReplayGuard {
                 return Err(Refusal::TableFull);
             }
         }
-        self.senders.insert(stamp.sender, Record { highest: c, seen: 1, newest_ms: stamp.time_ms });
+        self.senders.insert(stamp.sender, Record::new(stamp.counter, stamp.time_ms));
         Ok(())
     }
 
@@ -189,10 +227,17 @@ mod tests {
         // Reordered within the counter window: accepted once.
         assert_eq!(g.check(T, &stamp(1, T, 3)), Ok(()));
         assert_eq!(g.check(T, &stamp(1, T, 3)), Err(Refusal::Replayed));
-        assert_eq!(g.check(T, &stamp(1, T, 70)), Ok(()));
-        assert_eq!(g.check(T, &stamp(1, T, 7)), Ok(()), "70 − 7 < 64");
-        assert_eq!(g.check(T, &stamp(1, T, 6)), Err(Refusal::Replayed), "70 − 6 = 64: too old");
-        assert_eq!(g.check(T, &stamp(1, T, 70)), Err(Refusal::Replayed));
+        assert_eq!(g.check(T, &stamp(1, T, 965)), Ok(()));
+        assert_eq!(g.check(T, &stamp(1, T, 6)), Ok(()), "965 − 6 < 960");
+        assert_eq!(g.check(T, &stamp(1, T, 5)), Err(Refusal::Replayed), "965 − 5 = 960: too old");
+        assert_eq!(g.check(T, &stamp(1, T, 4)), Err(Refusal::Replayed), "older still");
+        assert_eq!(g.check(T, &stamp(1, T, 965)), Err(Refusal::Replayed));
+        // A jump of more than the ring forgets every bit; what is left in
+        // the window is new and accepted once.
+        assert_eq!(g.check(T, &stamp(1, T, 5_000)), Ok(()));
+        assert_eq!(g.check(T, &stamp(1, T, 4_100)), Ok(()));
+        assert_eq!(g.check(T, &stamp(1, T, 4_100)), Err(Refusal::Replayed));
+        assert_eq!(g.check(T, &stamp(1, T, 965)), Err(Refusal::Replayed));
         // Another sender has its own counters.
         assert_eq!(g.check(T, &stamp(2, T, 5)), Ok(()));
     }
@@ -237,7 +282,7 @@ mod tests {
         /// accepted at most once, and every counter in a strictly
         /// increasing sequence is accepted.
         #[test]
-        fn at_most_once(counters in proptest::collection::vec(1u64..200, 1..300)) {
+        fn at_most_once(counters in proptest::collection::vec(1u64..3_000, 1..3_000)) {
             let mut g = ReplayGuard::new(4);
             let mut accepted = std::collections::BTreeSet::new();
             for c in &counters {
@@ -251,6 +296,31 @@ mod tests {
             sorted.dedup();
             for c in sorted {
                 prop_assert_eq!(fresh.check(T, &stamp(9, T, c)), Ok(()));
+            }
+        }
+
+        /// The ring of words agrees with a plain set: a counter is accepted
+        /// exactly when it was not accepted before and is less than
+        /// `COUNTER_WINDOW` below the highest accepted so far (jumps of
+        /// more than the ring included).
+        #[test]
+        fn agrees_with_a_set_model(
+            steps in proptest::collection::vec((0u64..3, 0u64..1_200), 1..2_000),
+        ) {
+            let mut g = ReplayGuard::new(4);
+            let (mut seen, mut highest) = (std::collections::BTreeSet::new(), 0u64);
+            for (kind, n) in steps {
+                // Mostly near the top of the window, sometimes a jump ahead.
+                let c = match kind {
+                    0 => highest + n * 3 + 1,
+                    _ => (highest + 20).saturating_sub(n).max(1),
+                };
+                let want = !seen.contains(&c) && (c > highest || highest - c < COUNTER_WINDOW);
+                prop_assert_eq!(g.check(T, &stamp(9, T, c)).is_ok(), want, "counter {}", c);
+                if want {
+                    seen.insert(c);
+                    highest = highest.max(c);
+                }
             }
         }
     }

@@ -20,10 +20,15 @@ use ricochet_e2e::{
     nack_for, ports,
 };
 use ricochet_wire::frame::Frame;
+use ricochet_wire::record::SigningKey;
 
 const FLOW: u64 = 0x00D1_5C0E;
 const DROP_EVERY: u64 = 10;
 const PHASE: u64 = 100;
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
 
 fn args(list: &[&str]) -> Vec<String> {
     list.iter().map(|s| s.to_string()).collect()
@@ -114,6 +119,16 @@ fn d_finds_its_upstreams_through_the_dht_and_switches_when_one_stops() {
     std::fs::create_dir_all(&dir).unwrap();
     let key_file = dir.join("d.key");
     let peer_cache = dir.join("d.peers");
+    // U1's and U2's node keys, fixed so D can list their public keys.
+    let node_key = |name: &str, seed: u8| {
+        let path = dir.join(name);
+        std::fs::write(&path, hex(&[seed; 32])).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let public = SigningKey::from_bytes(&[seed; 32]).verifying_key().to_bytes();
+        (path.to_str().unwrap().to_owned(), hex(&public))
+    };
+    let (u1_key, u1_public) = node_key("u1.key", 0x11);
+    let (u2_key, u2_public) = node_key("u2.key", 0x22);
 
     // U1: domain A's first endpoint, and the DHT seed.
     let a = ports();
@@ -125,6 +140,8 @@ fn d_finds_its_upstreams_through_the_dht_and_switches_when_one_stops() {
         &a.dht.to_string(),
         "--domain",
         "a",
+        "--node-key-file",
+        &u1_key,
         "--dht-refresh",
         "1s",
         "--beacon-tier",
@@ -149,6 +166,8 @@ fn d_finds_its_upstreams_through_the_dht_and_switches_when_one_stops() {
         &seed,
         "--domain",
         "a",
+        "--node-key-file",
+        &u2_key,
         "--dht-refresh",
         "1s",
         "--beacon-tier",
@@ -157,6 +176,28 @@ fn d_finds_its_upstreams_through_the_dht_and_switches_when_one_stops() {
         "127.0.0.1/32",
     ]);
     let u2 = Engine::launch(&[], &u2_args, Ports { listen: a.listen, ..p2 }, admin(p2.admin));
+
+    // R: publishes under `a` too, with a key nobody trusts, and would rank
+    // first (tier 0, preference 255): D must never list it.
+    let pr = ports();
+    let r_args = args(&[
+        "--ipv4-lab",
+        "--dht-enabled",
+        "--dht-port",
+        &pr.dht.to_string(),
+        "--dht-bootstrap",
+        &seed,
+        "--domain",
+        "a",
+        "--dht-refresh",
+        "1s",
+        "--beacon-tier",
+        "0",
+        "--beacon-preference",
+        "255",
+    ]);
+    let rogue = Engine::launch(&[], &r_args, pr, admin(pr.admin));
+    let trusted = format!("{u1_public},{u2_public}");
 
     // D: domain B, recovering from whatever the DHT says serves `a`.
     let b = ports();
@@ -167,6 +208,8 @@ fn d_finds_its_upstreams_through_the_dht_and_switches_when_one_stops() {
         "dht",
         "--upstream-domain",
         "a",
+        "--upstream-keys",
+        &trusted,
         "--dht-port",
         &b.dht.to_string(),
         "--dht-bootstrap",
@@ -197,8 +240,18 @@ fn d_finds_its_upstreams_through_the_dht_and_switches_when_one_stops() {
     );
     let debug = d.http("/debug/dht").unwrap().1;
     assert!(debug.contains("\"source\":\"dht\""), "{debug}");
-    let m = d.http("/metrics").unwrap().1;
+    // R's record is found and refused: it signs with a key D does not list.
+    let m = d.wait_metrics(Duration::from_secs(30), |m| {
+        ricochet_e2e::metric_value(m, "ricochet_dht_records_unused_total{reason=\"untrusted\"}")
+            .is_some_and(|v| v >= 1.0)
+    });
+    assert!(
+        ricochet_e2e::metric_value(&m, "ricochet_dht_records_unused_total{reason=\"untrusted\"}")
+            .is_some_and(|v| v >= 1.0),
+        "{m}"
+    );
     assert_eq!(metric_sum(&m, "ricochet_dht_upstreams_discovered"), 2.0, "{m}");
+    assert_eq!(upstreams(&d), both, "R ({}) is never listed", rogue.nack_port);
 
     // Phase 1: the bridge's gaps fill through U1, the first by tier.
     let (gaps, unfilled) = lossy_phase(a.listen, b.listen, &b_listeners, &d, 1..=PHASE);
@@ -434,6 +487,8 @@ fn the_dht_runs_on_the_workers_steered_by_key_and_transaction_id() {
                 "dht",
                 "--upstream-domain",
                 "y",
+                "--upstream-keys",
+                "any",
                 "--domain",
                 "x",
                 "--dht-port",

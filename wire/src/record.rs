@@ -59,14 +59,14 @@
 
 use core::net::{IpAddr, Ipv6Addr, SocketAddr};
 
-use ed25519_dalek::{Signature, Signer, VerifyingKey};
+use ed25519_dalek::{Signature, Signer};
 
 use crate::error::{Error, Result};
 use crate::field::{Writer, array_ref, exact, need, slice, u8_at, u16_at, u32_at, u64_at};
 
 /// The ed25519 signing key type [`RecordRepr::sign`] takes (re-exported so
 /// callers need not name the ed25519-dalek version this crate uses).
-pub use ed25519_dalek::SigningKey;
+pub use ed25519_dalek::{SigningKey, VerifyingKey};
 
 /// First two bytes of every signed record: `"RR"`.
 pub const MAGIC: u16 = 0x5252;

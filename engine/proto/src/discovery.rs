@@ -27,7 +27,8 @@
 //! - Discovery: every `refresh` (and at once after a bootstrap) the
 //!   upstream domain's topic key is looked up. A record counts only if it
 //!   passed the node's strict checks (signature, liveness, TTL, size) and
-//!   is an endpoint record for exactly that domain, not ours, with a
+//!   is an endpoint record for exactly that domain, not ours, signed by a
+//!   key [`Trust`] allows (`--upstream-keys`), with a
 //!   usable NACK address of a family the upstream socket can reach. Each
 //!   publisher keeps its newest record (highest seq); one whose newest
 //!   record carries the Draining flag is kept but not listed, so an older
@@ -159,6 +160,8 @@ pub struct CoreSettings {
     pub publish: Option<Publish>,
     /// The upstream domain to discover, if any.
     pub upstream_domain: Option<String>,
+    /// Whose records under it may become upstreams (`--upstream-keys`).
+    pub trust: Trust,
     /// `UPSTREAM_RETRY_ENDPOINTS`, resolved; listed first.
     pub static_upstreams: Vec<SocketAddr>,
     /// What the upstream sockets can reach.
@@ -170,6 +173,30 @@ pub struct CoreSettings {
     pub bootstrap_retry: Duration,
     /// DHT shards (one per worker): how many answers a bootstrap waits for.
     pub shards: usize,
+}
+
+/// Whose endpoint records may become upstreams. The DHT is open: anyone
+/// can sign a record under any domain's key, and an upstream's frames go
+/// into the cache, so only the listed publishers' records are used unless
+/// the operator chose [`Trust::Any`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Trust {
+    /// Records signed by one of these ed25519 public keys (none: no
+    /// record is used).
+    Keys(Vec<[u8; 32]>),
+    /// Every validly signed record (a closed lab, or a DHT nobody else can
+    /// reach).
+    Any,
+}
+
+impl Trust {
+    /// Whether a record signed by `public_key` may be used.
+    pub fn allows(&self, public_key: &[u8; 32]) -> bool {
+        match self {
+            Trust::Keys(keys) => keys.contains(public_key),
+            Trust::Any => true,
+        }
+    }
 }
 
 /// A DHT operation for the shards (see the module docs).
@@ -302,6 +329,8 @@ pub struct Rejected {
     pub wrong_domain: u64,
     /// Published by this endpoint.
     pub own: u64,
+    /// Signed by a key not in `--upstream-keys`.
+    pub untrusted: u64,
     /// Carries the Draining flag (the endpoint leaves the list).
     pub draining: u64,
     /// Unusable NACK address, or a family the upstream socket cannot reach.
@@ -316,12 +345,13 @@ pub struct Rejected {
 
 impl Rejected {
     /// Every counter as `(reason, count)`.
-    pub fn by_reason(&self) -> [(&'static str, u64); 9] {
+    pub fn by_reason(&self) -> [(&'static str, u64); 10] {
         [
             ("wrong_type", self.wrong_type),
             ("malformed", self.malformed),
             ("wrong_domain", self.wrong_domain),
             ("own", self.own),
+            ("untrusted", self.untrusted),
             ("draining", self.draining),
             ("address", self.address),
             ("expired", self.expired),
@@ -820,6 +850,10 @@ impl Core {
         }
         if view.public_key() == &self.public_key {
             r.own += 1;
+            return None;
+        }
+        if !self.settings.trust.allows(view.public_key()) {
+            r.untrusted += 1;
             return None;
         }
         if view.is_expired(now_unix) {

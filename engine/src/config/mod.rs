@@ -566,6 +566,9 @@ pub struct DiscoveryConfig {
     pub upstream_discovery: UpstreamDiscovery,
     /// The upstream domain looked up with [`UpstreamDiscovery::Dht`].
     pub upstream_domain: String,
+    /// Whose records under it may name upstreams (`--upstream-keys`; no
+    /// keys = unset, refused with [`UpstreamDiscovery::Dht`]).
+    pub upstream_keys: ricochet_proto::discovery::Trust,
     /// Lookup and republish period.
     pub refresh: Duration,
 }

@@ -11,6 +11,7 @@ use core::time::Duration;
 use std::collections::{BTreeMap, HashSet};
 use std::path::PathBuf;
 
+use ricochet_proto::discovery::Trust;
 use ricochet_proto::retry::Prefix;
 use ricochet_proto::ssm::posture::{Flag, PostureError, SsmFlags, SsmPosture, validate};
 use ricochet_wire::group::{MAX_SHARD_BITS, Scope, SourceMode};
@@ -593,6 +594,7 @@ impl<'a> Resolver<'a> {
             domain: self.get(Key::Domain, domain_name),
             upstream_discovery,
             upstream_domain: self.get(Key::UpstreamDomain, domain_name),
+            upstream_keys: self.get(Key::UpstreamKeys, trust),
             refresh: self.get(Key::DhtRefresh, positive_duration),
         }
     }
@@ -613,6 +615,15 @@ impl<'a> Resolver<'a> {
                 self.target(Key::UpstreamDiscovery, origin),
             );
             self.problem(Some(Key::UpstreamDomain), msg);
+        }
+        if self.parsed(&[Key::UpstreamKeys]) && d.upstream_keys == Trust::Keys(Vec::new()) {
+            let msg = format!(
+                "{} is required with --upstream-discovery dht: the DHT is open, anyone can sign a record under domain {:?}, and an upstream's frames go into the cache; set {} to the public keys of that domain's endpoints (each logs its own at start as `public_key`, and shows it on /debug/dht), or to any to trust every signer (a closed lab)",
+                name_pair(Key::UpstreamKeys),
+                d.upstream_domain,
+                self.target(Key::UpstreamKeys, Origin::Flag),
+            );
+            self.problem(Some(Key::UpstreamKeys), msg);
         }
         if !proxy.enabled {
             let msg = format!(
@@ -1196,6 +1207,32 @@ fn domain_name(s: &str) -> Result<String, ValueError> {
     }
 }
 
+/// `--upstream-keys`: `any`, or ed25519 public keys as 64 hex digits,
+/// comma-separated (empty: none).
+fn trust(s: &str) -> Result<Trust, ValueError> {
+    const EXPECTED: &str = "ed25519 public keys as 64 hex digits each, comma-separated (the \
+                            `public_key` an endpoint logs at start), or any";
+    let items = split_csv(s);
+    if items.len() == 1 && items[0].eq_ignore_ascii_case("any") {
+        return Ok(Trust::Any);
+    }
+    let mut keys = Vec::with_capacity(items.len());
+    for (i, item) in items.iter().enumerate() {
+        let key = crate::discovery::files::parse_hex32(item.as_bytes())
+            .map_err(|why| ValueError::new(format!("key {}: {why}", i + 1), EXPECTED))?;
+        if ricochet_wire::record::VerifyingKey::from_bytes(&key).is_err() {
+            return Err(ValueError::new(
+                format!("key {} is not an ed25519 public key", i + 1),
+                EXPECTED,
+            ));
+        }
+        if !keys.contains(&key) {
+            keys.push(key);
+        }
+    }
+    Ok(Trust::Keys(keys))
+}
+
 fn path(s: &str) -> Result<PathBuf, ValueError> {
     Ok(PathBuf::from(s))
 }
@@ -1361,6 +1398,17 @@ impl Show for HostPort {
 impl Show for IpAddr {
     fn show(&self) -> String {
         quote(&self.to_string())
+    }
+}
+
+impl Show for Trust {
+    fn show(&self) -> String {
+        match self {
+            Trust::Any => quote("any"),
+            Trust::Keys(keys) => quote(
+                &keys.iter().map(|k| crate::discovery::files::hex(k)).collect::<Vec<_>>().join(","),
+            ),
+        }
     }
 }
 

@@ -323,6 +323,8 @@ settings! {
         "Where upstream endpoints come from: static (--upstream-retry-endpoints) or dht (also from the DHT)"),
     UpstreamDomain("upstream-domain", "RICOCHET_UPSTREAM_DOMAIN", "", Val("NAME"), DISCOVERY,
         "With --upstream-discovery dht: the domain whose endpoints are this endpoint's upstreams"),
+    UpstreamKeys("upstream-keys", "RICOCHET_UPSTREAM_KEYS", "", List("KEY,..."), DISCOVERY,
+        "With --upstream-discovery dht: the ed25519 public keys (64 hex digits each) whose records may name upstreams, or any to trust every signer"),
     DhtRefresh("dht-refresh", "RICOCHET_DHT_REFRESH", "30s", Val("DURATION"), DISCOVERY,
         "How often the upstream list is looked up again and this endpoint's record republished"),
 

@@ -669,6 +669,7 @@ fn render_output_loads_back_to_the_same_config() {
         "--domain=b",
         "--upstream-discovery=dht",
         "--upstream-domain=a",
+        "--upstream-keys=ea4a6c63e29c520abef5507b132ec5f9954776aebebe7b92421eea691446d22c",
         "--upstream-events=10.0.0.1:9400",
         "--upstream-events-token-file=/run/up-token",
     ];
@@ -931,4 +932,42 @@ fn asm_at_global_scope_is_refused_per_rfc_8815() {
         "{:?}",
         c.notes()
     );
+}
+
+/// `--upstream-discovery dht` takes records only from the keys it lists:
+/// unset is refused with the fix; `any` is an explicit choice; a key that
+/// is not 64 hex digits or not an ed25519 point is refused, by position.
+#[test]
+fn dht_discovery_needs_the_upstream_keys_it_trusts() {
+    use ricochet_proto::discovery::Trust;
+    const K1: &str = "ea4a6c63e29c520abef5507b132ec5f9954776aebebe7b92421eea691446d22c";
+    let base = ["--proxy-enabled", "--upstream-discovery=dht", "--upstream-domain=a"];
+    let msg = refused(&base, &env());
+    assert!(msg.contains("--upstream-keys (RICOCHET_UPSTREAM_KEYS) is required"), "{msg}");
+    assert!(msg.contains("anyone can sign a record under domain \"a\""), "{msg}");
+    assert!(msg.contains("public_key") && msg.contains("any"), "{msg}");
+
+    let with = |keys: &str| {
+        let mut f = base.to_vec();
+        f.push(keys);
+        load(&f, &env())
+    };
+    let c = with(&format!("--upstream-keys={K1}, {}", K1.to_uppercase())).unwrap();
+    let mut k1 = [0u8; 32];
+    for (i, b) in k1.iter_mut().enumerate() {
+        *b = u8::from_str_radix(&K1[i * 2..i * 2 + 2], 16).unwrap();
+    }
+    assert_eq!(c.discovery.upstream_keys, Trust::Keys(vec![k1]), "one key, listed twice");
+    assert_eq!(with("--upstream-keys=any").unwrap().discovery.upstream_keys, Trust::Any);
+    assert_eq!(with("--upstream-keys=ANY").unwrap().discovery.upstream_keys, Trust::Any);
+
+    let e = with(&format!("--upstream-keys={K1},abcd")).unwrap_err().to_string();
+    assert!(e.contains("key 2: found 4 characters instead of 64 hex digits"), "{e}");
+    // y = 2 (little-endian) is not the y-coordinate of a curve point.
+    let not_a_point = format!("02{}", "00".repeat(31));
+    let e = with(&format!("--upstream-keys={not_a_point}")).unwrap_err().to_string();
+    assert!(e.contains("key 1 is not an ed25519 public key"), "{e}");
+
+    // Without DHT discovery the list is not needed.
+    assert!(load(&["--dht-enabled", "--domain=a"], &env()).is_ok());
 }

@@ -61,7 +61,7 @@ pub fn load_or_create_key(
     let shown = path.display();
     match fs::read(path) {
         Ok(bytes) => {
-            let seed = parse_key(&bytes).map_err(|why| {
+            let seed = parse_hex32(&bytes).map_err(|why| {
                 format!(
                     "{KEY_FLAG} = {shown}: {why}; it must hold an ed25519 secret key as 64 hex \
                      digits (remove the file to have a new key created)"
@@ -106,9 +106,9 @@ pub fn load_or_create_key(
     }
 }
 
-/// Parses 64 hex digits (surrounding whitespace ignored). The error never
-/// quotes the content.
-fn parse_key(bytes: &[u8]) -> Result<[u8; 32], String> {
+/// Parses 64 hex digits (surrounding whitespace ignored): a key file, or a
+/// public key in `--upstream-keys`. The error never quotes the content.
+pub fn parse_hex32(bytes: &[u8]) -> Result<[u8; 32], String> {
     let s = bytes.trim_ascii();
     if s.len() != 64 {
         return Err(format!("found {} characters instead of 64 hex digits", s.len()));

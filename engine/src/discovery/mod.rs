@@ -145,6 +145,7 @@ impl Settings {
             core: CoreSettings {
                 publish,
                 upstream_domain,
+                trust: d.upstream_keys.clone(),
                 static_upstreams: opts.recovery.upstreams.clone(),
                 family: Family::of_bind(opts.nack_bind),
                 refresh: d.refresh,
@@ -195,15 +196,18 @@ impl Discovery {
         let public_key = key.verifying_key().to_bytes();
         let core = Core::new(key, settings.core.clone(), now, unix_secs());
         let node_id = files::hex(&core.node_id().0);
+        // Downstream endpoints list this public key in --upstream-keys.
+        let shown = files::hex(&public_key);
         match (&origin, &settings.node_key_file) {
             (files::KeyOrigin::Ephemeral, _) => tracing::info!(
                 node_id,
+                public_key = %shown,
                 "DHT node key: a new one for this run (set --node-key-file to keep the id)"
             ),
             (files::KeyOrigin::Created, Some(p)) => {
-                tracing::info!(node_id, file = %p.display(), "DHT node key created")
+                tracing::info!(node_id, public_key = %shown, file = %p.display(), "DHT node key created")
             }
-            _ => tracing::info!(node_id, "DHT node key loaded"),
+            _ => tracing::info!(node_id, public_key = %shown, "DHT node key loaded"),
         }
         let state = State { core, bound: settings.bind, started: now };
         Ok(Discovery { state: Arc::new(Mutex::new(state)), settings, public_key, seed })

@@ -13,7 +13,7 @@ use ricochet_wire::dht::NodeInfo;
 use ricochet_wire::endpoint::domain_topic_key;
 use ricochet_wire::record::{EndpointPayload, RecordRepr, RecordType, SigningKey};
 
-use super::machine::{Note, OP_TIMEOUT, conclusive, ttl_for};
+use super::machine::{Note, OP_TIMEOUT, Trust, conclusive, ttl_for};
 use super::*;
 use crate::dht::{Node, Outbox};
 use crate::rt::DhtShard;
@@ -178,6 +178,7 @@ impl Net {
         CoreSettings {
             publish,
             upstream_domain: upstream.map(str::to_owned),
+            trust: Trust::Any,
             static_upstreams: Vec::new(),
             family: Family::V4,
             refresh: REFRESH,
@@ -401,6 +402,35 @@ fn discovery_drops_a_draining_endpoint_and_a_stopped_one() {
     // U2 stays, although its puts now wait out U1's request timeouts.
     net.run_for(REFRESH * 10);
     assert_eq!(upstream_addrs(net.core(d)), vec![nack(u2)]);
+}
+
+/// Member `i`'s public key (`Net` gives member `i` the seed `[i + 1; 32]`).
+fn public_key(i: usize) -> [u8; 32] {
+    SigningKey::from_bytes(&[i as u8 + 1; 32]).verifying_key().to_bytes()
+}
+
+/// Anyone can sign a record under a domain's key: with `--upstream-keys`,
+/// only the listed publishers become upstreams, however well the others
+/// rank; with an empty list, none does.
+#[test]
+fn discovery_lists_only_the_trusted_publishers() {
+    let mut net = Net::new();
+    let u1 = net.add_endpoint("a", 1, 100);
+    let rogue = net.add_endpoint("a", 0, 255);
+    let u3 = net.add_endpoint("a", 1, 50);
+    let mut s = Net::settings(None, Some("a"));
+    s.trust = Trust::Keys(vec![public_key(u1), public_key(u3)]);
+    let d = net.add_core(s);
+    let mut s = Net::settings(None, Some("a"));
+    s.trust = Trust::Keys(Vec::new());
+    let nobody = net.add_core(s);
+    net.run_for(REFRESH * 4);
+    assert_eq!(upstream_addrs(net.core(d)), vec![nack(u1), nack(u3)], "not {:?}", nack(rogue));
+    assert_eq!(net.core(d).discovered().len(), 2);
+    assert!(net.core(d).counters().rejected.untrusted >= 1);
+    assert!(upstream_addrs(net.core(nobody)).is_empty());
+    assert!(net.core(nobody).counters().rejected.untrusted >= 3);
+    assert!(Trust::Any.allows(&public_key(rogue)));
 }
 
 #[test]

@@ -92,6 +92,9 @@ exit 2 with the same complaint.
 {{- if and $c.proxyEnabled (not $c.upstreamRetryEndpoints) (ne (toString $c.dht.upstreamDiscovery) "dht") -}}
 {{- fail "config.proxyEnabled needs config.upstreamRetryEndpoints (or config.dht.upstreamDiscovery = dht)" -}}
 {{- end -}}
+{{- if and (eq (toString $c.dht.upstreamDiscovery) "dht") (not $c.dht.upstreamKeys) -}}
+{{- fail "config.dht.upstreamDiscovery = dht needs config.dht.upstreamKeys: the public keys of the upstream domain's endpoints (each logs its own at start), or [\"any\"] to trust every signer" -}}
+{{- end -}}
 {{- if and $c.cluster.enabled (not $c.cluster.keySecret.existingSecret) (not $c.cluster.keySecret.value) -}}
 {{- fail "config.cluster.enabled needs config.cluster.keySecret.existingSecret (or .value): the 64-hex-digit cluster key" -}}
 {{- end -}}
@@ -356,6 +359,10 @@ as 1.048576e+06.
 {{- with $c.dht.upstreamDomain }}
 - name: RICOCHET_UPSTREAM_DOMAIN
   value: {{ . | quote }}
+{{- end }}
+{{- with $c.dht.upstreamKeys }}
+- name: RICOCHET_UPSTREAM_KEYS
+  value: {{ join "," . | quote }}
 {{- end }}
 - name: RICOCHET_DHT_REFRESH
   value: {{ $c.dht.refresh | quote }}

@@ -103,6 +103,7 @@ pub const fn reply_budget(request_len: usize) -> usize {
     let budget = request_len.saturating_mul(REPLY_FACTOR);
     if budget < DATAGRAM_BUDGET { budget } else { DATAGRAM_BUDGET }
 }
+
 /// Address family byte for IPv4.
 pub const FAMILY_V4: u8 = 4;
 /// Address family byte for IPv6.

@@ -9,8 +9,9 @@
 //!   `otel_scope_name="retry-endpoint"`, `otel_scope_schema_url=""` and
 //!   `otel_scope_version=""` as the exporter adds them; `bre_host_info`
 //!   and `bre_own_source_info` do not (the reference registers them on the
-//!   Prometheus registry directly). The `bre_*` families are written in name order and labels
-//!   in name order, as the reference's registry writes them.
+//!   Prometheus registry directly). The `bre_*` families are written in
+//!   name order and labels in name order, as the reference's registry
+//!   writes them.
 //! - Values are sums over the workers (no `core` label), each from a real
 //!   counter; docs/OPERATIONS.md ("Metrics: bre_* ↔ ricochet_*") maps each
 //!   family to its `ricochet_*` source and says where the meaning differs.

@@ -67,6 +67,7 @@ pub mod admin;
 pub mod cluster;
 pub mod config;
 pub mod discovery;
+pub mod hex;
 pub mod manual;
 pub mod metrics;
 pub mod otlp;

@@ -177,20 +177,10 @@ pub fn load_key(path: &Path) -> Result<ClusterKey, String> {
     Ok(ClusterKey::new(key))
 }
 
-/// Parses 64 hex digits (whitespace around them ignored).
+/// Parses the cluster key: 64 hex digits (whitespace around them
+/// ignored), not all zeros.
 pub fn parse_key(text: &str) -> Result<[u8; 32], String> {
-    let t = text.trim();
-    if t.len() != 64 {
-        return Err(format!("it holds {} characters, not 64 hex digits", t.chars().count()));
-    }
-    let mut key = [0u8; 32];
-    for (i, pair) in t.as_bytes().chunks_exact(2).enumerate() {
-        let digit = |c: u8| (c as char).to_digit(16);
-        match (digit(pair[0]), digit(pair[1])) {
-            (Some(h), Some(l)) => key[i] = (h * 16 + l) as u8,
-            _ => return Err(format!("character {} is not a hex digit", 2 * i + 1)),
-        }
-    }
+    let key = crate::hex::parse32(text.as_bytes())?;
     if key == [0; 32] {
         return Err("the key is all zeros".into());
     }
@@ -355,7 +345,7 @@ impl Cluster {
             let me = s.core.me();
             tracing::info!(
                 addr = %s.bound,
-                member = %files::hex(&me.id[..8]),
+                member = %crate::hex::encode(&me.id[..8]),
                 gossip = %me.gossip,
                 nack = %me.nack,
                 seeds = settings.peers.len(),
@@ -551,7 +541,12 @@ fn after_step(
                 let shown: Vec<String> = live
                     .iter()
                     .map(|r| {
-                        format!("{} (gossip {}, nack {})", files::hex(&r.id[..8]), r.gossip, r.nack)
+                        format!(
+                            "{} (gossip {}, nack {})",
+                            crate::hex::encode(&r.id[..8]),
+                            r.gossip,
+                            r.nack
+                        )
                     })
                     .collect();
                 tracing::info!(live = live.len() + 1, joined, left, siblings = ?shown, "cluster membership changed");

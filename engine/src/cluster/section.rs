@@ -9,8 +9,8 @@ use serde_json::{Value, json};
 use super::State;
 use super::members::MemberRecord;
 use super::warm::Outcome;
-use crate::discovery::files::hex;
 use crate::gossip::FrameCounts;
+use crate::hex::encode as hex;
 use crate::metrics::{Section, counter, gauge, labelled};
 use crate::rt::{GossipSnapshot, Shared};
 

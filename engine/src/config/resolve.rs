@@ -1218,7 +1218,7 @@ fn trust(s: &str) -> Result<Trust, ValueError> {
     }
     let mut keys = Vec::with_capacity(items.len());
     for (i, item) in items.iter().enumerate() {
-        let key = crate::discovery::files::parse_hex32(item.as_bytes())
+        let key = crate::hex::parse32(item.as_bytes())
             .map_err(|why| ValueError::new(format!("key {}: {why}", i + 1), EXPECTED))?;
         if ricochet_wire::record::VerifyingKey::from_bytes(&key).is_err() {
             return Err(ValueError::new(
@@ -1405,9 +1405,9 @@ impl Show for Trust {
     fn show(&self) -> String {
         match self {
             Trust::Any => quote("any"),
-            Trust::Keys(keys) => quote(
-                &keys.iter().map(|k| crate::discovery::files::hex(k)).collect::<Vec<_>>().join(","),
-            ),
+            Trust::Keys(keys) => {
+                quote(&keys.iter().map(|k| crate::hex::encode(k)).collect::<Vec<_>>().join(","))
+            }
         }
     }
 }

@@ -61,7 +61,7 @@ pub fn load_or_create_key(
     let shown = path.display();
     match fs::read(path) {
         Ok(bytes) => {
-            let seed = parse_hex32(&bytes).map_err(|why| {
+            let seed = crate::hex::parse32(&bytes).map_err(|why| {
                 format!(
                     "{KEY_FLAG} = {shown}: {why}; it must hold an ed25519 secret key as 64 hex \
                      digits (remove the file to have a new key created)"
@@ -85,7 +85,7 @@ pub fn load_or_create_key(
                 .mode(0o600)
                 .open(path)
                 .and_then(|mut f| {
-                    f.write_all(format!("{}\n", hex(&seed)).as_bytes())?;
+                    f.write_all(format!("{}\n", crate::hex::encode(&seed)).as_bytes())?;
                     f.sync_all()
                 });
             match created {
@@ -104,42 +104,6 @@ pub fn load_or_create_key(
             "{KEY_FLAG} = {shown}: cannot read it: {e} (check the path and its permissions)"
         )),
     }
-}
-
-/// Parses 64 hex digits (surrounding whitespace ignored): a key file, or a
-/// public key in `--upstream-keys`. The error never quotes the content.
-pub fn parse_hex32(bytes: &[u8]) -> Result<[u8; 32], String> {
-    let s = bytes.trim_ascii();
-    if s.len() != 64 {
-        return Err(format!("found {} characters instead of 64 hex digits", s.len()));
-    }
-    let mut seed = [0u8; 32];
-    for (i, pair) in s.chunks_exact(2).enumerate() {
-        let (Some(hi), Some(lo)) = (nibble(pair[0]), nibble(pair[1])) else {
-            return Err(format!("character {} is not a hex digit", i * 2 + 1));
-        };
-        seed[i] = hi << 4 | lo;
-    }
-    Ok(seed)
-}
-
-fn nibble(c: u8) -> Option<u8> {
-    match c {
-        b'0'..=b'9' => Some(c - b'0'),
-        b'a'..=b'f' => Some(c - b'a' + 10),
-        b'A'..=b'F' => Some(c - b'A' + 10),
-        _ => None,
-    }
-}
-
-/// Lower-case hex.
-pub fn hex(bytes: &[u8]) -> String {
-    use core::fmt::Write as _;
-    let mut s = String::with_capacity(bytes.len() * 2);
-    for b in bytes {
-        let _ = write!(s, "{b:02x}");
-    }
-    s
 }
 
 /// The bootstrap addresses in the peer cache at `path`: empty if the file

@@ -195,9 +195,9 @@ impl Discovery {
         let now = Instant::now();
         let public_key = key.verifying_key().to_bytes();
         let core = Core::new(key, settings.core.clone(), now, unix_secs());
-        let node_id = files::hex(&core.node_id().0);
+        let node_id = crate::hex::encode(&core.node_id().0);
         // Downstream endpoints list this public key in --upstream-keys.
-        let shown = files::hex(&public_key);
+        let shown = crate::hex::encode(&public_key);
         match (&origin, &settings.node_key_file) {
             (files::KeyOrigin::Ephemeral, _) => tracing::info!(
                 node_id,
@@ -405,7 +405,9 @@ fn after_step(state: &Mutex<State>, control: &rt::Control) {
                     .iter()
                     .map(|u| match u.source {
                         Source::Static => format!("{} (static)", u.addr),
-                        Source::Dht(id) => format!("{} (dht {})", u.addr, &files::hex(&id)[..16]),
+                        Source::Dht(id) => {
+                            format!("{} (dht {})", u.addr, &crate::hex::encode(&id)[..16])
+                        }
                     })
                     .collect();
                 tracing::info!(upstreams = ?shown, "upstream list changed");

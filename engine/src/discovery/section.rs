@@ -16,9 +16,9 @@ use std::time::Instant;
 use serde_json::{Value, json};
 
 use super::State;
-use super::files::hex;
 use super::machine::Source;
 use crate::dht::{SizeEstimate, Stats};
+use crate::hex::encode as hex;
 use crate::metrics::{Section, counter, family, gauge};
 use crate::rt::{self, DhtSnapshot};
 

@@ -601,6 +601,15 @@ impl<'a> Resolver<'a> {
 
     /// Discovery settings that only make sense together.
     fn check_discovery(&mut self, proxy: &ProxyConfig, d: &DiscoveryConfig) {
+        if d.upstream_discovery == UpstreamDiscovery::Static
+            && d.upstream_keys != Trust::Keys(Vec::new())
+        {
+            self.notes.push(format!(
+                "{} is set but not used: {} is static, so upstreams come from the static list",
+                name_pair(Key::UpstreamKeys),
+                name_pair(Key::UpstreamDiscovery),
+            ));
+        }
         if d.upstream_discovery != UpstreamDiscovery::Dht
             || !self.parsed(&[Key::UpstreamDiscovery, Key::UpstreamDomain, Key::ProxyEnabled])
         {

@@ -968,6 +968,17 @@ fn dht_discovery_needs_the_upstream_keys_it_trusts() {
     let e = with(&format!("--upstream-keys={not_a_point}")).unwrap_err().to_string();
     assert!(e.contains("key 1 is not an ed25519 public key"), "{e}");
 
-    // Without DHT discovery the list is not needed.
-    assert!(load(&["--dht-enabled", "--domain=a"], &env()).is_ok());
+    // Without DHT discovery the list is not needed, and one given is
+    // reported unused.
+    let c = load(&["--dht-enabled", "--domain=a"], &env()).unwrap();
+    assert!(!c.notes().iter().any(|n| n.contains("--upstream-keys")), "{:?}", c.notes());
+    let c = load(&["--dht-enabled", "--domain=a", "--upstream-keys=any"], &env()).unwrap();
+    assert!(
+        c.notes().iter().any(|n| n.contains(
+            "--upstream-keys (RICOCHET_UPSTREAM_KEYS) is set but not used: --upstream-discovery \
+             (RICOCHET_UPSTREAM_DISCOVERY) is static"
+        )),
+        "{:?}",
+        c.notes()
+    );
 }

@@ -5,7 +5,7 @@
 //! - the cache's memory stays within its budget;
 //! - every effect has been routed (the outbox's effect list is empty);
 //! - a NACK from a source that may not proxy drew at most
-//!   `AMPLIFICATION_FACTOR × NACK_LEN` bytes of unicast back to it;
+//!   `AMPLIFICATION × NACK_LEN` bytes of unicast back to it;
 //! - only NACK sources and the upstream are sent unicast datagrams.
 //!
 //! The input's first byte picks the settings; the rest is a list of
@@ -21,7 +21,7 @@ use libfuzzer_sys::fuzz_target;
 use ricochet_fuzz::Input;
 use ricochet_proto::retry::effects::{Parts, Router, StoreAnswer, StoreOp};
 use ricochet_proto::retry::{
-    AMPLIFICATION_FACTOR, CacheSettings, ClaimResult, Claims, Dest, Outbox, Recovery,
+    AMPLIFICATION, CacheSettings, ClaimResult, Claims, Dest, Outbox, Recovery,
     RecoverySettings, Service, Settings, Siblings,
 };
 use ricochet_wire::control::{NACK_LEN, NackFlags, NackRepr};
@@ -205,7 +205,7 @@ fuzz_target!(|data: &[u8]| {
             }
         }
         assert!(
-            drawn <= AMPLIFICATION_FACTOR * NACK_LEN,
+            drawn <= AMPLIFICATION * NACK_LEN,
             "one NACK drew {drawn} bytes back to a source that may not proxy"
         );
     }

@@ -36,8 +36,9 @@
 //!
 //! # Reply budget
 //! A request's source address is never proven, so a reply is at most
-//! [`REPLY_FACTOR`] times the size of the request it answers
-//! ([`reply_budget`]): a responder trims its NODES or VALUE reply to fit.
+//! [`AMPLIFICATION`](crate::AMPLIFICATION) (3) times the size of the
+//! request it answers ([`reply_budget`]): a responder trims its NODES or
+//! VALUE reply to fit.
 //! FIND_NODE and FIND_VALUE may therefore carry zero bytes after their id,
 //! and ricochet pads both to [`PADDED_REQUEST_LEN`] so that a full reply
 //! (up to [`DATAGRAM_BUDGET`]) fits the budget of its own request.
@@ -88,19 +89,17 @@ pub const MAX_RECORDS: usize = 8;
 pub const DATAGRAM_BUDGET: usize = 1232;
 /// Largest message ricochet accepts: the largest UDP payload over IPv4.
 pub const MAX_DATAGRAM: usize = 65507;
-/// A reply is at most this many times the size of its request
-/// ([`reply_budget`]).
-pub const REPLY_FACTOR: usize = 3;
 /// The size ricochet pads FIND_NODE and FIND_VALUE to: the smallest request
 /// whose reply budget is the whole [`DATAGRAM_BUDGET`] (411 bytes).
-pub const PADDED_REQUEST_LEN: usize = DATAGRAM_BUDGET.div_ceil(REPLY_FACTOR);
+pub const PADDED_REQUEST_LEN: usize = DATAGRAM_BUDGET.div_ceil(crate::AMPLIFICATION);
 /// Zero bytes after the id of a padded FIND_NODE or FIND_VALUE (335).
 pub const REQUEST_PADDING: u16 = (PADDED_REQUEST_LEN - HEADER_LEN - ID_LEN) as u16;
 
 /// The most bytes a reply to a `request_len`-byte request may have:
-/// [`REPLY_FACTOR`] times the request, and never over [`DATAGRAM_BUDGET`].
+/// [`AMPLIFICATION`](crate::AMPLIFICATION) times the request, and never
+/// over [`DATAGRAM_BUDGET`].
 pub const fn reply_budget(request_len: usize) -> usize {
-    let budget = request_len.saturating_mul(REPLY_FACTOR);
+    let budget = request_len.saturating_mul(crate::AMPLIFICATION);
     if budget < DATAGRAM_BUDGET { budget } else { DATAGRAM_BUDGET }
 }
 
@@ -585,7 +584,7 @@ impl<'a> MessageRepr<'a> {
             BodyRepr::FindNode { target: id, padding }
             | BodyRepr::FindValue { key: id, padding } => {
                 w.bytes(at, id);
-                w.bytes(at + ID_LEN, &ZEROS[..usize::from(*padding)]);
+                w.zero(at + ID_LEN..at + ID_LEN + usize::from(*padding));
             }
             BodyRepr::Nodes(nodes) => {
                 nodes.write(&mut w, at);
@@ -861,9 +860,6 @@ mod addr_layout {
     pub(super) const ADDR: Field = 1..17;
     pub(super) const PORT: Field = 17..19;
 }
-
-/// Padding's source: a request is never padded past [`DATAGRAM_BUDGET`].
-const ZEROS: [u8; DATAGRAM_BUDGET] = [0; DATAGRAM_BUDGET];
 
 const EMPTY_NODE: NodeInfo =
     NodeInfo { id: [0; ID_LEN], addr: SocketAddr::new(IpAddr::V6(Ipv6Addr::UNSPECIFIED), 0) };

@@ -19,6 +19,14 @@
 //! the offset tables and one golden vector per message, checked by
 //! `tests/golden*.rs` in both directions.
 
+/// The most a datagram from a source nobody has proven (every UDP source)
+/// may draw back toward it, as a multiple of its own size: 3, as QUIC
+/// allows a server before it has validated a client's address (RFC 9000
+/// § 8.1). The NACK service, gossip and the DHT all answer within it; a
+/// requester that wants a larger answer pads its request
+/// ([`dht::PADDED_REQUEST_LEN`]).
+pub const AMPLIFICATION: usize = 3;
+
 pub mod blob;
 pub mod control;
 pub mod crc32c;

@@ -772,7 +772,7 @@ impl<'a> Resolver<'a> {
             self.notes.push(format!(
                 "{} is empty: Proxied NACKs from endpoints that are not live siblings get no unicast copies and at most {}x their size back; list the downstream endpoints that recover through this one",
                 name_pair(Key::ProxyAllow),
-                ricochet_proto::retry::AMPLIFICATION_FACTOR,
+                ricochet_proto::retry::AMPLIFICATION,
             ));
         }
         if !beacon.multicast && !beacon.unicast {

@@ -634,10 +634,7 @@ fn value_replies_fit_the_datagram_budget() {
             StoreStatus::Stored
         );
     }
-    for i in 0..30u16 {
-        let id = NodeId::random(&mut rng::Rng::seed_from_u64(u64::from(i)));
-        n.handle(now, addr(200 + i), &encode(99, id.0, BodyRepr::Ping), &mut Outbox::new());
-    }
+    ping_from_peers(&mut n, now, 30);
     let reply = ask(&mut n, now, addr(9), &find_value(5, k, REQUEST_PADDING));
     let Body::Value { records, nodes } = Message::new_checked(&reply).unwrap().body() else {
         panic!()
@@ -648,16 +645,22 @@ fn value_replies_fit_the_datagram_budget() {
     assert_eq!(n.stats().replies_trimmed, 0);
 }
 
+/// `count` peers PING `n`, each from its own address: its routing table
+/// holds them.
+fn ping_from_peers(n: &mut Node, now: Instant, count: u16) {
+    for i in 0..count {
+        let id = NodeId::random(&mut rng::Rng::seed_from_u64(u64::from(i)));
+        n.handle(now, addr(200 + i), &encode(99, id.0, BodyRepr::Ping), &mut Outbox::new());
+    }
+}
+
 /// A node with 30 peers and a 456-byte record under `k`.
 fn populated(now: Instant, k: [u8; 32]) -> Node {
     let mut n = node(1);
     let key = SigningKey::from_bytes(&[0x31; 32]);
     let rec = signed(&key, k, 1, UNIX, 600, &[7; 300]);
     assert_eq!(ack_status(&ask(&mut n, now, addr(9), &store_msg(1, &rec))), StoreStatus::Stored);
-    for i in 0..30u16 {
-        let id = NodeId::random(&mut rng::Rng::seed_from_u64(u64::from(i)));
-        n.handle(now, addr(200 + i), &encode(99, id.0, BodyRepr::Ping), &mut Outbox::new());
-    }
+    ping_from_peers(&mut n, now, 30);
     n
 }
 

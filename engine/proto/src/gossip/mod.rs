@@ -541,7 +541,7 @@ pub struct Config {
 /// The amplification bound: a datagram from a source outside the member
 /// view draws answers of at most this many times its own size (see the
 /// module docs, "Replay protection and amplification").
-pub const AMPLIFICATION: usize = 3;
+pub use ricochet_wire::AMPLIFICATION;
 
 impl Config {
     /// Defaults from seed 002 and issue 6, with the given seed.

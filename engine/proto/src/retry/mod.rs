@@ -67,7 +67,7 @@ pub use claims::Claims;
 pub use limit::{LimitSettings, Limiter, Tier};
 pub use recover::{ClaimResult, Enqueued, Recovered, Recovery, RecoverySettings, RecoveryStats};
 pub use service::{
-    AMPLIFICATION_FACTOR, Budget, Dest, Effect, FrameOutcome, Lookup, NackEffects, Outbox, Payload,
+    AMPLIFICATION, Budget, Dest, Effect, FrameOutcome, Lookup, NackEffects, Outbox, Payload,
     PendingMulticast, Service, Settings, Stats, Transmit,
 };
 pub use shared_limit::SharedLimits;

@@ -99,7 +99,7 @@
 //! large frames could draw 3 MB to any address it claims to come from.
 //!
 //! # Amplification
-//! **No request draws more than [`AMPLIFICATION_FACTOR`] (3) × its size
+//! **No request draws more than [`AMPLIFICATION`] (3) × its size
 //! from an unauthenticated source**: the bytes sent back to a source that
 //! may not proxy in answer to one NACK (unicast frame copies, ACK, MISS,
 //! THROTTLED) are at most 3 × 64 = 192 bytes, whatever the datagram's
@@ -179,17 +179,17 @@ pub struct Settings {
     pub shared_cache: bool,
     /// `--proxy-allow` (ricochet's own): the downstream endpoints whose
     /// Proxied NACKs get unicast copies and whose answers are not held to
-    /// [`AMPLIFICATION_FACTOR`]; live siblings are always allowed. Empty
+    /// [`AMPLIFICATION`]; live siblings are always allowed. Empty
     /// (the default): none but siblings.
     pub proxy_allow: ProxyAllow,
 }
 
 /// How many times its own size (64 bytes, [`NACK_LEN`], whatever the
 /// datagram's length) one NACK from a source that may not proxy can draw
-/// back to that source: 3, as QUIC allows a server before it has validated
-/// a client's address (RFC 9000 § 8.1). 192 bytes: twelve 16-byte answers,
-/// or no frame copy at all. See "Amplification" in the module docs.
-pub const AMPLIFICATION_FACTOR: usize = 3;
+/// back to that source: the project-wide bound, 3. 192 bytes: twelve
+/// 16-byte answers, or no frame copy at all. See "Amplification" in the
+/// module docs.
+pub use ricochet_wire::AMPLIFICATION;
 
 impl Default for Settings {
     fn default() -> Self {
@@ -345,7 +345,7 @@ pub struct Lookup {
 }
 
 /// The bytes one NACK may still draw back to its source: at most
-/// [`AMPLIFICATION_FACTOR`] × [`NACK_LEN`] from a source that may not
+/// [`AMPLIFICATION`] × [`NACK_LEN`] from a source that may not
 /// proxy, unbounded from one that may. Spent by the answers to that NACK
 /// only; nothing is banked across NACKs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -357,7 +357,7 @@ pub struct Budget {
 impl Budget {
     /// The budget of a fresh request: unbounded if its source may proxy.
     pub const fn for_request(allowed: bool) -> Budget {
-        Budget { left: if allowed { None } else { Some(AMPLIFICATION_FACTOR * NACK_LEN) } }
+        Budget { left: if allowed { None } else { Some(AMPLIFICATION * NACK_LEN) } }
     }
 
     /// Bytes left; `None` = unbounded.

@@ -216,7 +216,7 @@ fn big(seq: u64, len: usize) -> Bytes {
 
 #[test]
 fn a_request_from_a_source_that_may_not_proxy_draws_at_most_three_times_its_size() {
-    let bound = AMPLIFICATION_FACTOR * NACK_LEN;
+    let bound = AMPLIFICATION * NACK_LEN;
     assert_eq!(bound, 192);
     // Every mode that answers the source, every kind of range.
     for (unicast, throttle, proxied) in
@@ -305,7 +305,7 @@ proptest::proptest! {
             let now = t0 + Duration::from_millis(i as u64);
             svc.on_nack(now, src(), &nack(HK, start, start + len, flags), &mut out).unwrap();
             let back = bytes_back(&out);
-            proptest::prop_assert!(back <= AMPLIFICATION_FACTOR * NACK_LEN, "{} bytes", back);
+            proptest::prop_assert!(back <= AMPLIFICATION * NACK_LEN, "{} bytes", back);
             out.clear();
         }
     }

@@ -278,3 +278,63 @@ fn with_the_redis_cache_backend_a_sibling_serves_frames_only_another_received() 
     );
     assert_eq!(deaf.metric_sum("ricochet_shared_misses_total"), 1.0);
 }
+
+/// A publisher's restart reuses its HashKey and starts its SeqNums again,
+/// so Redis holds the old epoch's frames under the new epoch's keys. The
+/// endpoint that confirms the restart writes every frame of the new epoch
+/// (the confirming frame and the candidates held as evidence before it),
+/// and a sibling serving from Redis serves the new bytes, never the old.
+#[test]
+fn after_a_publisher_restart_redis_holds_the_new_epochs_frames() {
+    let redis = RedisServer::start();
+    let shared = ["--cache-backend", "redis", "--redis-addr", &redis.addr()];
+    let heard = Engine::start(&[&["--backend", "uring"][..], &shared[..]].concat());
+    let deaf = Engine::start(&[&["--backend", "epoll"][..], &shared[..]].concat());
+    for e in [&heard, &deaf] {
+        e.wait_metrics(Duration::from_secs(10), |m| {
+            ricochet_e2e::metric_value(m, "ricochet_redis_up") == Some(1.0)
+        });
+    }
+    let puts = "ricochet_redis_ops_total{op=\"put\",result=\"ok\"}";
+    let publisher = Publisher::new(heard.listen_port);
+    for seq in 1..=10 {
+        publisher.send_tx(FLOW, seq, b"before the restart");
+    }
+    heard.wait_metrics(Duration::from_secs(10), |m| {
+        ricochet_e2e::metric_value(m, puts) == Some(10.0)
+    });
+    // The restarted publisher: the same keys, other bytes. Its first two
+    // frames are evidence only; the third confirms the new epoch.
+    let restarted: Vec<_> =
+        (1..=3).map(|seq| publisher.send_tx(FLOW, seq, b"after the restart")).collect();
+    let resets = "ricochet_cache_epoch_resets_total";
+    let m = heard.wait_metrics(Duration::from_secs(10), |m| {
+        ricochet_e2e::metric_value(m, puts) == Some(13.0)
+            && ricochet_e2e::metric_sum(m, resets) == 1.0
+    });
+    assert_eq!(
+        ricochet_e2e::metric_value(&m, puts),
+        Some(13.0),
+        "the whole new epoch written: {m}"
+    );
+    assert_eq!(ricochet_e2e::metric_sum(&m, resets), 1.0, "{m}");
+
+    let client = nack_client();
+    for (seq, (bytes, group)) in (1..=3).zip(&restarted) {
+        let listener = group_listener(*group, deaf.egress_port);
+        client.send_to(&nack_for(FLOW, seq, 0), deaf.nack_addr()).unwrap();
+        let replies = drain(&client, Duration::from_millis(500));
+        assert_eq!(
+            ricochet_wire::control::ResponseRepr::parse(&replies[0]),
+            Ok(ricochet_wire::control::ResponseRepr::ack(seq, ricochet_wire::control::AckFlags(1))),
+            "seq {seq}"
+        );
+        let got = drain(&listener, Duration::from_millis(500));
+        assert_eq!(
+            got,
+            std::slice::from_ref(bytes),
+            "seq {seq}: the new epoch's frame, from Redis"
+        );
+    }
+    assert_eq!(deaf.metric_sum("ricochet_shared_hits_total"), 3.0);
+}

@@ -263,7 +263,16 @@ impl Core {
                 {
                     self.counters.events_dropped += 1;
                 }
-                self.share_frame(key, ttl, bytes);
+                if new_epoch {
+                    // The shared cache still holds the old epoch's frames
+                    // under these keys: the candidates promoted with this
+                    // frame replace them too.
+                    for (key, ttl, frame) in self.service.flow_frames(now, key.hash_key) {
+                        self.share_frame(key, ttl, &frame);
+                    }
+                } else {
+                    self.share_frame(key, ttl, bytes);
+                }
             }
             Ok(_) => {}
             Err(e) => {

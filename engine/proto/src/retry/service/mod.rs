@@ -124,7 +124,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use ricochet_wire::Error;
@@ -454,7 +454,7 @@ pub enum FrameOutcome {
         /// older frames were dropped and its candidate frames stored.
         new_epoch: bool,
         /// How long it stays cached (its class's TTL).
-        ttl: std::time::Duration,
+        ttl: Duration,
     },
     /// Already cached; the first copy was kept.
     Duplicate(FrameKey),
@@ -891,6 +891,23 @@ impl Service {
             copy: self.settings.unicast_retransmit || (l.proxied && l.allowed),
         };
         serve_hit(&self.settings, &mut self.stats, &mut self.limiter, ctx, &mut budget, out);
+    }
+
+    /// Every frame flow `hash_key` holds as of `now`, with its key and its
+    /// class's TTL, in SeqNum order. Right after a frame confirmed a new
+    /// epoch ([`FrameOutcome::Cached`] with `new_epoch`) that is the new
+    /// epoch's frames: the confirming frame and the candidates promoted with
+    /// it, which a shared cache must be told about together, because it
+    /// still holds the old epoch's frames under the same keys.
+    pub fn flow_frames(&self, now: Instant, hash_key: u64) -> Vec<(FrameKey, Duration, Bytes)> {
+        let Some(view) = self.cache.view(hash_key, now) else { return Vec::new() };
+        let ttls = &self.settings.cache.ttls;
+        view.range(0, u64::MAX)
+            .filter_map(|(seq, hit)| {
+                let class = TtlClass::of(&Frame::new_checked(&hit.frame).ok()?)?;
+                Some((FrameKey { hash_key, seq }, ttls.get(class), hit.frame))
+            })
+            .collect()
     }
 
     /// Gives back the memory of expired frames, with bounded work per call;

@@ -750,6 +750,11 @@ fn epoch_reset_through_the_service_needs_evidence_and_never_serves_old_frames() 
         other => panic!("{other:?}"),
     }
     assert_eq!(svc.stats().frames_cached, 13, "the candidates are cached with it");
+    // What a shared cache must be told: the whole new epoch, with TTLs.
+    let ttl = Settings::default().cache.ttls.get(TtlClass::Tx);
+    let told: Vec<_> = svc.flow_frames(t0, HK).into_iter().map(|(k, t, f)| (k.seq, t, f)).collect();
+    assert_eq!(told, [(1, ttl, tx(1)), (2, ttl, tx(2)), (3, ttl, tx(3))]);
+    assert!(svc.flow_frames(t0, HK ^ 1).is_empty(), "an unknown flow holds nothing");
     assert_eq!(ask(&mut svc, t0, nack(HK, 2005, 2005, 0)), [Sent::Miss]);
     assert_eq!(svc.stats().cache.epoch_resets, 1);
     assert_eq!(svc.invalidate(HK), 3);

@@ -42,7 +42,7 @@ use std::time::Instant;
 use bytes::Bytes;
 use ricochet_proto::retry::cache::{Origin, TtlClass};
 use ricochet_proto::retry::{
-    Cache, CacheSettings, LimitSettings, Prefix, ProxyAllow, Service, Settings,
+    AllowList, Cache, CacheSettings, LimitSettings, Prefix, Service, Settings,
 };
 use ricochet_wire::control::{NackFlags, NackRepr};
 use ricochet_wire::frame::{Extra, FrameKey, FrameRepr, FrameVersion};
@@ -195,7 +195,7 @@ pub fn nack_service(t0: Instant) -> (Service, SocketAddr) {
     let src = SocketAddr::from((Ipv4Addr::LOCALHOST, 40_000));
     let settings = Settings {
         unicast_retransmit: true,
-        proxy_allow: ProxyAllow::new([Prefix::host(src.ip())]),
+        proxy_allow: AllowList::new([Prefix::host(src.ip())]),
         limits: open_limits(),
         ..Settings::default()
     };

@@ -418,7 +418,7 @@ fn options(cfg: &Config) -> Result<(Options, beacon::BeaconSettings), String> {
         beef_shard_bits: net.beef_shard_bits,
         retransmit_dedup: c.redis_addr.is_some(),
         shared_cache: c.redis_addr.is_some() && c.backend == config::CacheBackend::Redis,
-        proxy_allow: retry::ProxyAllow::new(cfg.proxy.allow.iter().copied()),
+        proxy_allow: retry::AllowList::new(cfg.proxy.allow.iter().copied()),
     };
     let backend = match cfg.engine.backend {
         config::IoBackend::Auto => Backend::Auto,
@@ -442,6 +442,7 @@ fn options(cfg: &Config) -> Result<(Options, beacon::BeaconSettings), String> {
         listen_port: net.listen_port,
         egress_port: cfg.retransmit.egress_port,
         groups,
+        ingress_allow: retry::AllowList::new(net.ingress_allow.iter().copied()),
         nack_bind,
         nack_port: cfg.nack.port,
         // The lab's listeners share the host: retransmits must loop back.

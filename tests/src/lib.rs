@@ -376,12 +376,18 @@ pub struct Publisher {
 }
 
 impl Publisher {
-    /// A publisher sending to `port`.
+    /// A publisher sending to `port` from 127.0.0.1.
     pub fn new(port: u16) -> Publisher {
+        Publisher::from_address(Ipv4Addr::LOCALHOST, port)
+    }
+
+    /// A publisher sending to `port` from `source`, another loopback
+    /// address (127.0.0.2, …) standing for another host on the fabric.
+    pub fn from_address(source: Ipv4Addr, port: u16) -> Publisher {
         let s = Socket::new(Domain::IPV4, Type::DGRAM, Some(Protocol::UDP)).unwrap();
         s.set_multicast_if_v4(&Ipv4Addr::LOCALHOST).unwrap();
         s.set_multicast_loop_v4(true).unwrap();
-        s.bind(&SocketAddr::from((Ipv4Addr::LOCALHOST, 0)).into()).unwrap();
+        s.bind(&SocketAddr::from((source, 0)).into()).unwrap();
         Publisher { sock: s.into(), port }
     }
 

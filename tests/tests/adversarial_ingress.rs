@@ -2,12 +2,15 @@
 //! sent straight to the data port as unicast is refused before it reaches
 //! the cache (`ricochet_dropped_total{reason="not_multicast"}`), while the
 //! same frame multicast to its group is cached and served; a datagram too
-//! long for its socket is `too_long` whichever backend reads it.
+//! long for its socket is `too_long` whichever backend reads it. With
+//! `--ingress-allow`, multicast frames from any other source are refused
+//! the same way (`source_not_allowed`): a stranger on an any-source fabric
+//! can neither add a flow nor reset one.
 
 use std::net::{Ipv4Addr, SocketAddr, UdpSocket};
 use std::time::Duration;
 
-use ricochet_e2e::{Engine, Publisher, drain, nack_client, nack_for, tx_frame};
+use ricochet_e2e::{Engine, Publisher, drain, group_listener, nack_client, nack_for, tx_frame};
 use ricochet_wire::control::{AckFlags, ResponseRepr};
 
 /// Backends every test runs on (`--backend`).
@@ -120,5 +123,51 @@ fn oversized_datagrams_get_the_same_label_on_every_backend() {
             "{backend}: {seen:?}"
         );
         assert_eq!(*nacks, 1.0, "{backend}: {seen:?}");
+    }
+}
+
+/// On an any-source fabric three conflicting frames from a stranger would
+/// confirm a "restart" of the flow and replace its frames. With the
+/// publisher's address in `--ingress-allow`, the stranger's frames (127.0.0.2
+/// here, another host) are dropped before parsing: the flow keeps its
+/// frames, the stranger's own flow is never cached, nothing is reset.
+#[test]
+fn with_ingress_allow_a_strangers_multicast_frames_change_nothing() {
+    for backend in BACKENDS {
+        let e = Engine::start(&["--backend", backend, "--ingress-allow", "127.0.0.1/32"]);
+        let genuine = Publisher::new(e.listen_port);
+        let stranger = Publisher::from_address(Ipv4Addr::new(127, 0, 0, 2), e.listen_port);
+        let (flow, strangers_flow) = (0xAD11, 0xAD12);
+        let sent: Vec<_> = (1..=3).map(|seq| genuine.send_tx(flow, seq, b"genuine")).collect();
+        let cached = |b: &str| ricochet_e2e::metric_sum(b, "ricochet_frames_cached_total");
+        e.wait_metrics(Duration::from_secs(10), |b| cached(b) >= 3.0);
+        for seq in 1..=3 {
+            stranger.send_tx(flow, seq, b"a stranger's restart");
+        }
+        stranger.send_tx(strangers_flow, 1, b"a stranger's flow");
+        let body =
+            e.wait_metrics(Duration::from_secs(10), |b| dropped(b, "source_not_allowed") >= 4.0);
+        assert_eq!(dropped(&body, "source_not_allowed"), 4.0, "{backend}\n{body}");
+        assert_eq!(cached(&body), 3.0, "{backend}: only the publisher's frames");
+        assert_eq!(
+            ricochet_e2e::metric_sum(&body, "ricochet_cache_epoch_candidates_total"),
+            0.0,
+            "{backend}: not even evidence of a restart"
+        );
+        for (seq, (bytes, group)) in (1..=3).zip(&sent) {
+            let listener = group_listener(*group, e.egress_port);
+            let (responses, _) = ask(&e, flow, seq);
+            let multicast = AckFlags(AckFlags::MULTICAST);
+            assert_eq!(responses, [ResponseRepr::ack(seq, multicast)], "{backend} seq {seq}");
+            let got = drain(&listener, Duration::from_millis(500));
+            assert_eq!(
+                got,
+                std::slice::from_ref(bytes),
+                "{backend} seq {seq}: the publisher's bytes"
+            );
+        }
+        let (responses, _) = ask(&e, strangers_flow, 1);
+        assert_eq!(responses, [ResponseRepr::miss()], "{backend}: the stranger's flow");
+        assert_eq!(e.metric_sum("ricochet_cache_epoch_resets_total"), 0.0, "{backend}");
     }
 }

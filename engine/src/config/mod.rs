@@ -271,6 +271,9 @@ pub struct NetworkConfig {
     /// `--ssm-*` lists); `None` with `--ipv4-lab`, whose IPv4 groups are
     /// any-source only.
     pub ssm: Option<ricochet_proto::ssm::posture::SsmPosture>,
+    /// Sources whose multicast frames are cached (`--ingress-allow`);
+    /// empty = every source.
+    pub ingress_allow: Vec<ricochet_proto::retry::Prefix>,
 }
 
 /// Frame cache backend.

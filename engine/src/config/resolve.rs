@@ -166,6 +166,8 @@ impl<'a> Resolver<'a> {
             beef_enabled: self.get(Key::BeefEnabled, parse_go_bool),
             beef_shard_bits: self.get(Key::BeefShardBits, |s| parse_int_in(s, 0..=MAX_SHARD_BITS)),
             ssm: None,
+            ingress_allow: self
+                .get(Key::IngressAllow, |s| split_csv(s).into_iter().map(prefix).collect()),
         };
         network.ssm = self.ssm_posture(&network);
         network

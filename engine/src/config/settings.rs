@@ -163,6 +163,8 @@ settings! {
         "TxID prefix bits that pick a data shard group, 1..=12 (must match the proxies)"),
     BindSource("bind-source", "BIND_SOURCE", "", Val("IPV6"), NETWORK,
         "IPv6 address ADVERTs are sent from (so SSM peers can list it); never joined as a source"),
+    IngressAllow("ingress-allow", "RICOCHET_INGRESS_ALLOW", "", List("CIDR,..."), NETWORK,
+        "Publishers whose frames are cached (addresses or prefixes, 10.0.0.0/24,fd00::/64); a frame multicast from any other source is dropped as source_not_allowed [default: every source]"),
     SsmBootstrapManifest("ssm-bootstrap-manifest", "SSM_BOOTSTRAP_MANIFEST", "", List("SOURCES"), NETWORK,
         "SSM: manifest emitters (IPv6 literals or DNS names), the sources of the block (0xFFFE) and beacon groups"),
     SsmBootstrapBeacon("ssm-bootstrap-beacon", "SSM_BOOTSTRAP_BEACON", "", List("SOURCES"), NETWORK,

@@ -756,6 +756,22 @@ fn proxy_allow_takes_addresses_and_prefixes_and_refuses_the_ambiguous() {
 }
 
 #[test]
+fn ingress_allow_takes_the_same_prefixes_and_names_itself_when_refused() {
+    let c = load(&[], &env()).unwrap();
+    assert!(c.network.ingress_allow.is_empty(), "default: every source, as the reference");
+    let c = load(&["--ingress-allow", "10.1.0.0/16, fd00::5"], &env()).unwrap();
+    let got: Vec<String> = c.network.ingress_allow.iter().map(|p| p.to_string()).collect();
+    assert_eq!(got, ["10.1.0.0/16", "fd00::5/128"]);
+    assert!(c.render().contains("ingress_allow = [\"10.1.0.0/16\", \"fd00::5/128\"]"));
+    let c = load(&[], &env().with_var("RICOCHET_INGRESS_ALLOW", "192.0.2.0/24")).unwrap();
+    assert_eq!(c.origin("ingress-allow"), Some(Origin::Env("RICOCHET_INGRESS_ALLOW")));
+    let msg = refused(&["--ingress-allow=10.1.2.3/8"], &env());
+    for w in ["--ingress-allow (RICOCHET_INGRESS_ALLOW)", "10.0.0.0/8 for the whole network"] {
+        assert!(msg.contains(w), "{msg:?} lacks {w:?}");
+    }
+}
+
+#[test]
 fn proxying_with_an_empty_allow_list_says_so_at_startup() {
     let up = ["--proxy-enabled", "--upstream-retry-endpoints=10.0.0.1:9300"];
     let c = load(&up, &env()).unwrap();

@@ -698,6 +698,7 @@ pub(crate) mod tests {
             listen_port: 0,
             egress_port: 0,
             groups: Vec::new(),
+            ingress_allow: crate::retry::AllowList::default(),
             nack_bind: IpAddr::from([0, 0, 0, 0]),
             nack_port: 0,
             multicast_loop: false,

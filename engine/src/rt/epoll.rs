@@ -153,7 +153,10 @@ impl Worker {
                     // Longer than a slot, which holds any UDP datagram: not
                     // seen on today's kernels, labelled as io_uring does.
                     let on = match source {
-                        Source::Ingress => Oversized::Ingress(self.recv.destination(i)),
+                        Source::Ingress => Oversized::Ingress {
+                            src: self.recv.source(i).map(|a| a.ip()),
+                            dest: self.recv.destination(i),
+                        },
                         Source::Nack => Oversized::Nack,
                         _ => Oversized::Other,
                     };

@@ -67,6 +67,14 @@
 //! `msg_control`; the control area of io_uring's `io_uring_recvmsg_out`)
 //! and hand it to `worker::Core::on_ingress`, which decides.
 //!
+//! On an any-source (ASM) fabric a datagram that passes this check can
+//! still come from any host that reaches the group. `--ingress-allow`
+//! lists the publishers' addresses or networks; a datagram from any other
+//! source (or without one) is dropped the same way, before parsing, under
+//! [`SOURCE_NOT_ALLOWED`] (`ricochet_dropped_total{reason="source_not_allowed"}`):
+//! a linear scan of the list, no allocation. Under SSM the kernel already
+//! filters by source; the list applies there too.
+//!
 //! # Sending: GSO and the reply's source address
 //! Runs of transmits to one destination leave as one UDP GSO send (`gso`
 //! decides which); a GSO send the kernel refuses (`EIO`, or
@@ -184,6 +192,9 @@ pub struct Options {
     pub egress_port: u16,
     /// Group indices to join.
     pub groups: Vec<u16>,
+    /// Sources whose frames ingress takes (`--ingress-allow`); empty =
+    /// every source.
+    pub ingress_allow: retry::AllowList,
     /// NACK bind address (NACK_ADDR or the wildcard).
     pub nack_bind: IpAddr,
     /// NACK port.
@@ -250,9 +261,13 @@ pub fn partition_groups(groups: &[u16], workers: usize) -> Vec<Vec<u16>> {
 /// multicast to a configured group (see "What ingress accepts").
 pub const NOT_MULTICAST: &str = "not_multicast";
 
+/// The `dropped` reason of an ingress datagram from a source
+/// `--ingress-allow` does not list (see "What ingress accepts").
+pub const SOURCE_NOT_ALLOWED: &str = "source_not_allowed";
+
 /// Drop reasons the runtime counts besides [`ricochet_wire::Error::REASONS`],
 /// for pre-registering metrics.
-pub const DROP_REASONS: [&str; 1] = [NOT_MULTICAST];
+pub const DROP_REASONS: [&str; 2] = [NOT_MULTICAST, SOURCE_NOT_ALLOWED];
 
 /// Longest datagram the NACK socket takes: a NACK is 64 bytes; anything
 /// longer than this is counted `too_long` on both backends (the io_uring

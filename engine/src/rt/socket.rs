@@ -92,12 +92,24 @@ pub(crate) fn manifest(group: Ipv6Addr, port: u16) -> io::Result<Socket> {
 /// What the ingress sockets accept: datagrams whose destination address
 /// (from packet info) is one of the fabric's configured groups. Everything
 /// else — unicast to the data port, broadcast, another group, or no packet
-/// info at all — is refused before it is parsed.
+/// info at all — is refused before it is parsed. With `--ingress-allow`,
+/// only datagrams from a listed source are taken as well.
 #[derive(Debug, Clone)]
 pub(crate) struct IngressFilter {
     addressing: Addressing,
     /// The configured group indices, sorted.
     groups: Vec<u16>,
+    /// `--ingress-allow`; empty = every source.
+    sources: crate::retry::AllowList,
+}
+
+/// Why [`IngressFilter::admit`] refused a datagram.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Refused {
+    /// Not multicast to a configured group.
+    NotMulticast,
+    /// From a source `--ingress-allow` does not list.
+    SourceNotAllowed,
 }
 
 impl IngressFilter {
@@ -105,7 +117,11 @@ impl IngressFilter {
         let mut groups = opts.groups.clone();
         groups.sort_unstable();
         groups.dedup();
-        IngressFilter { addressing: opts.addressing.clone(), groups }
+        IngressFilter {
+            addressing: opts.addressing.clone(),
+            groups,
+            sources: opts.ingress_allow.clone(),
+        }
     }
 
     /// Whether a datagram sent to `dest` is fabric multicast: the address
@@ -122,6 +138,19 @@ impl IngressFilter {
             _ => None,
         };
         index.is_some_and(|i| self.groups.binary_search(&i).is_ok())
+    }
+
+    /// Whether a datagram from `src` to `dest` is taken: fabric multicast
+    /// ([`Self::accepts`]) from a listed source, when sources are listed
+    /// (one with no source address then is refused too).
+    pub(crate) fn admit(&self, src: Option<IpAddr>, dest: Option<IpAddr>) -> Result<(), Refused> {
+        if !self.accepts(dest) {
+            return Err(Refused::NotMulticast);
+        }
+        if !self.sources.is_empty() && !src.is_some_and(|ip| self.sources.contains(ip)) {
+            return Err(Refused::SourceNotAllowed);
+        }
+        Ok(())
     }
 }
 
@@ -339,7 +368,7 @@ mod tests {
     use ricochet_wire::frame::{Extra, FrameRepr, FrameVersion};
     use ricochet_wire::group::{Scope, SourceMode};
 
-    use super::IngressFilter;
+    use super::{IngressFilter, Refused};
     use crate::rt::{Addressing, Shared, sys::EventFd, worker};
 
     fn opts(addressing: Addressing, groups: &[u16]) -> crate::rt::Options {
@@ -441,12 +470,78 @@ mod tests {
         // Too long for the data port: `too_long` if it was multicast to a
         // group, `not_multicast` (and not malformed) if it was not.
         let group = Some(ricochet_wire::group::ipv4_lab_group(1).into());
-        core.on_oversized(worker::Oversized::Ingress(group), 70_000, 70_001);
+        core.on_oversized(worker::Oversized::Ingress { src, dest: group }, 70_000, 70_001);
         assert_eq!(core.counters.dropped.get("too_long"), Some(&2));
         assert_eq!(core.counters.fabric_malformed, 1);
-        core.on_oversized(worker::Oversized::Ingress(src), 70_000, 70_001);
+        core.on_oversized(worker::Oversized::Ingress { src, dest: src }, 70_000, 70_001);
         assert_eq!(core.counters.dropped.get("too_long"), Some(&2));
         assert_eq!(core.counters.dropped.get(crate::rt::NOT_MULTICAST), Some(&3));
         assert_eq!(core.counters.fabric_malformed, 1);
+    }
+
+    fn allow(list: &[&str]) -> crate::retry::AllowList {
+        crate::retry::AllowList::new(list.iter().map(|s| {
+            let (ip, len) = s.split_once('/').unwrap();
+            crate::retry::Prefix::new(ip.parse().unwrap(), len.parse().unwrap()).unwrap()
+        }))
+    }
+
+    #[test]
+    fn with_sources_listed_only_their_multicast_passes() {
+        let group = Some(IpAddr::from(ricochet_wire::group::ipv4_lab_group(0)));
+        let from = |s: &str| Some(s.parse::<IpAddr>().unwrap());
+        let mut o = opts(LAB, &[0]);
+        let any = IngressFilter::new(&o);
+        assert_eq!(any.admit(from("192.0.2.9"), group), Ok(()), "no list: every source");
+        assert_eq!(any.admit(None, group), Ok(()));
+        o.ingress_allow = allow(&["10.1.0.0/16", "fd00::/64"]);
+        let f = IngressFilter::new(&o);
+        for ok in ["10.1.2.3", "::ffff:10.1.0.1", "fd00::7"] {
+            assert_eq!(f.admit(from(ok), group), Ok(()), "{ok}");
+        }
+        for refused in ["10.2.0.1", "fd00:0:0:1::7", "127.0.0.1"] {
+            assert_eq!(f.admit(from(refused), group), Err(Refused::SourceNotAllowed), "{refused}");
+        }
+        assert_eq!(f.admit(None, group), Err(Refused::SourceNotAllowed), "no source address");
+        // The destination is judged first: unicast from a listed source is
+        // still not multicast.
+        assert_eq!(f.admit(from("10.1.2.3"), from("127.0.0.1")), Err(Refused::NotMulticast));
+    }
+
+    /// A frame from an unlisted source is dropped before it is parsed
+    /// (counted `source_not_allowed`, not malformed, never cached), an
+    /// oversized one too; a listed source's frame is cached.
+    #[test]
+    fn the_worker_caches_only_listed_sources_frames() {
+        let mut o = opts(LAB, &[0, 1, 2, 3]);
+        o.ingress_allow = allow(&["127.0.0.1/32"]);
+        let (tx, rx) = crossbeam_channel::bounded(8);
+        let wakers = vec![Arc::new(EventFd::new().unwrap())];
+        let mut core = worker::Core::new(0, &o, rx, vec![tx], wakers, Shared::for_test(1));
+        let repr = FrameRepr {
+            version: FrameVersion::Tx,
+            byte7: 0,
+            id: [7; 32],
+            hash_key: 0xAB,
+            seq: 1,
+            subtree_id: [0; 32],
+            extra: Extra::None,
+            payload: b"from a stranger",
+        };
+        let mut frame = vec![0u8; repr.buffer_len()];
+        repr.emit(&mut frame).unwrap();
+        let now = Instant::now();
+        let group = Some(ricochet_wire::group::ipv4_lab_group(2).into());
+        let stranger = Some(IpAddr::from(Ipv4Addr::new(127, 0, 0, 2)));
+        core.on_ingress(now, &frame, stranger, group);
+        core.on_ingress(now, b"garbage", stranger, group);
+        core.on_oversized(worker::Oversized::Ingress { src: stranger, dest: group }, 9, 10);
+        let c = &core.counters;
+        assert_eq!(c.dropped.get(crate::rt::SOURCE_NOT_ALLOWED), Some(&3));
+        assert_eq!((c.ingress_datagrams, c.fabric_frames, c.fabric_malformed), (3, 0, 0));
+        assert_eq!(c.fabric_frames_cached, 0);
+        core.on_ingress(now, &frame, Some(Ipv4Addr::LOCALHOST.into()), group);
+        assert_eq!(core.counters.fabric_frames_cached, 1);
+        assert_eq!(core.counters.dropped.get(crate::rt::SOURCE_NOT_ALLOWED), Some(&3));
     }
 }

@@ -653,7 +653,10 @@ impl Worker {
         let Ok(out) = RecvMsgOut::parse(bufs.get(bid, len), msg) else { return };
         if out.is_payload_truncated() {
             let on = match source {
-                Source::Ingress => Oversized::Ingress(pktinfo_destination(out.control_data())),
+                Source::Ingress => Oversized::Ingress {
+                    src: socket_addr(out.name_data()).map(|a| a.ip()),
+                    dest: pktinfo_destination(out.control_data()),
+                },
                 Source::Nack => Oversized::Nack,
                 _ => Oversized::Other,
             };

@@ -63,9 +63,11 @@ pub(crate) enum Handoff {
 /// [`Core::on_oversized`]'s per-socket counters.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Oversized {
-    /// The data port, with the datagram's destination (packet info): one
-    /// not multicast to a group is refused as such, whatever its size.
-    Ingress(Option<std::net::IpAddr>),
+    /// The data port, with the datagram's source and destination (packet
+    /// info): one not multicast to a group, or from a source
+    /// `--ingress-allow` does not list, is refused as such, whatever its
+    /// size.
+    Ingress { src: Option<std::net::IpAddr>, dest: Option<std::net::IpAddr> },
     /// The NACK socket.
     Nack,
     /// The upstream, DHT or gossip socket.
@@ -217,7 +219,7 @@ impl Core {
         src: Option<std::net::IpAddr>,
         dest: Option<std::net::IpAddr>,
     ) {
-        if !self.admit_ingress(dest) {
+        if !self.admit_ingress(src, dest) {
             return;
         }
         let frame = match Frame::new_checked(data) {
@@ -292,16 +294,23 @@ impl Core {
         }
     }
 
-    /// Counts an ingress datagram sent to `dest` and whether it may be
-    /// looked at: only multicast to a configured group (the `rt` docs,
-    /// "What ingress accepts"); anything else is counted `not_multicast`.
-    fn admit_ingress(&mut self, dest: Option<std::net::IpAddr>) -> bool {
+    /// Counts an ingress datagram from `src` to `dest` and whether it may
+    /// be looked at: only multicast to a configured group, from a source
+    /// `--ingress-allow` lists when it lists any (the `rt` docs, "What
+    /// ingress accepts"); anything else is counted under its reason.
+    fn admit_ingress(
+        &mut self,
+        src: Option<std::net::IpAddr>,
+        dest: Option<std::net::IpAddr>,
+    ) -> bool {
         self.counters.ingress_datagrams += 1;
-        let ok = self.ingress_filter.accepts(dest);
-        if !ok {
-            *self.counters.dropped.entry(super::NOT_MULTICAST).or_default() += 1;
-        }
-        ok
+        let reason = match self.ingress_filter.admit(src, dest) {
+            Ok(()) => return true,
+            Err(socket::Refused::NotMulticast) => super::NOT_MULTICAST,
+            Err(socket::Refused::SourceNotAllowed) => super::SOURCE_NOT_ALLOWED,
+        };
+        *self.counters.dropped.entry(reason).or_default() += 1;
+        false
     }
 
     /// A datagram too long for the socket it arrived on (`got` bytes, or
@@ -310,8 +319,8 @@ impl Core {
     /// datagrams").
     pub(crate) fn on_oversized(&mut self, on: Oversized, max: usize, got: usize) {
         match on {
-            Oversized::Ingress(dest) => {
-                if !self.admit_ingress(dest) {
+            Oversized::Ingress { src, dest } => {
+                if !self.admit_ingress(src, dest) {
                     return;
                 }
                 self.counters.fabric_malformed += 1;

@@ -131,6 +131,10 @@ as 1.048576e+06.
 - name: BIND_SOURCE
   value: {{ . | quote }}
 {{- end }}
+{{- with $c.ingressAllow }}
+- name: RICOCHET_INGRESS_ALLOW
+  value: {{ join "," . | quote }}
+{{- end }}
 {{- with $c.ssmBootstrap.manifest }}
 - name: SSM_BOOTSTRAP_MANIFEST
   value: {{ join "," . | quote }}

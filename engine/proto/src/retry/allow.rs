@@ -1,18 +1,22 @@
-//! Which sources may proxy: the downstream endpoints a Proxied NACK is
-//! honoured from (`--proxy-allow`).
+//! Address prefix lists: which sources a rule lets in.
 //!
-//! A Proxied NACK asks for unicast copies of the frames it names, so a
-//! source that may set the flag can draw far more bytes than it sends (one
-//! 64-byte range NACK, 64 frames of 50 KB: 3 MB). Only the endpoints listed
-//! here, and live siblings, get that; from anyone else the flag grants
-//! nothing beyond a plain NACK (see the service's "Amplification").
+//! Two rules use them:
+//! - `--proxy-allow`, the downstream endpoints a Proxied NACK is honoured
+//!   from. A Proxied NACK asks for unicast copies of the frames it names, so
+//!   a source that may set the flag can draw far more bytes than it sends
+//!   (one 64-byte range NACK, 64 frames of 50 KB: 3 MB). Only the endpoints
+//!   listed, and live siblings, get that; from anyone else the flag grants
+//!   nothing beyond a plain NACK (see the service's "Amplification").
+//! - `--ingress-allow`, the publishers whose multicast frames are cached:
+//!   on an any-source (ASM) fabric any host that can reach a group can send
+//!   frames to it, and the list keeps strangers' frames out of the cache.
 //!
 //! # Contract
 //! - A list of address prefixes (CIDR). IPv4 prefixes also match the same
 //!   addresses as v4-mapped IPv6 (`::ffff:a.b.c.d`), as the rate limits
 //!   count them: a dual-stack socket sees IPv4 peers that way.
 //! - Pure and allocation-free per check: a linear scan, which is what a
-//!   list of a few downstream endpoints wants.
+//!   list of a few endpoints or publisher networks wants.
 
 use std::fmt;
 use std::net::IpAddr;
@@ -102,17 +106,18 @@ impl fmt::Debug for Prefix {
     }
 }
 
-/// The downstream endpoints whose Proxied NACKs are honoured; empty (the
-/// default) honours none but live siblings.
+/// A list of address prefixes. What an empty list means is the rule's:
+/// `--proxy-allow` empty honours no Proxied NACK but live siblings,
+/// `--ingress-allow` empty lets every source in.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
-pub struct ProxyAllow {
+pub struct AllowList {
     prefixes: Vec<Prefix>,
 }
 
-impl ProxyAllow {
+impl AllowList {
     /// These prefixes.
     pub fn new(prefixes: impl IntoIterator<Item = Prefix>) -> Self {
-        ProxyAllow { prefixes: prefixes.into_iter().collect() }
+        AllowList { prefixes: prefixes.into_iter().collect() }
     }
 
     /// Whether `ip` is inside one of the prefixes.
@@ -167,9 +172,9 @@ mod tests {
 
     #[test]
     fn an_empty_list_allows_nobody() {
-        let none = ProxyAllow::default();
+        let none = AllowList::default();
         assert!(none.is_empty() && !none.contains(ip("127.0.0.1")));
-        let some = ProxyAllow::new([Prefix::host(ip("::1")), Prefix::host(ip("127.0.0.1"))]);
+        let some = AllowList::new([Prefix::host(ip("::1")), Prefix::host(ip("127.0.0.1"))]);
         assert!(some.contains(ip("::1")) && some.contains(ip("127.0.0.1")));
         assert!(!some.contains(ip("127.0.0.2")));
     }

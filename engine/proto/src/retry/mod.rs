@@ -61,7 +61,7 @@ pub mod service;
 pub mod shared_limit;
 pub mod siblings;
 
-pub use allow::{Prefix, PrefixError, ProxyAllow};
+pub use allow::{AllowList, Prefix, PrefixError};
 pub use cache::{Cache, CacheSettings, CacheStats, TtlClass, Ttls};
 pub use claims::Claims;
 pub use limit::{LimitSettings, Limiter, Tier};

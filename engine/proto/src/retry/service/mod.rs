@@ -134,7 +134,7 @@ use ricochet_wire::control::{
 use ricochet_wire::frame::{Frame, FrameKey};
 use ricochet_wire::group::{self, DEFAULT_BEEF_SHARD_BITS, DEFAULT_SHARD_BITS};
 
-use super::allow::ProxyAllow;
+use super::allow::AllowList;
 use super::cache::{Cache, CacheSettings, CacheStats, Insert, Origin, Sweep, TtlClass};
 use super::limit::{LimitSettings, Limiter, Tier};
 use super::shared_limit::SharedLimits;
@@ -181,7 +181,7 @@ pub struct Settings {
     /// Proxied NACKs get unicast copies and whose answers are not held to
     /// [`AMPLIFICATION`]; live siblings are always allowed. Empty
     /// (the default): none but siblings.
-    pub proxy_allow: ProxyAllow,
+    pub proxy_allow: AllowList,
 }
 
 /// How many times its own size (64 bytes, [`NACK_LEN`], whatever the
@@ -207,7 +207,7 @@ impl Default for Settings {
             beef_shard_bits: DEFAULT_BEEF_SHARD_BITS,
             retransmit_dedup: false,
             shared_cache: false,
-            proxy_allow: ProxyAllow::default(),
+            proxy_allow: AllowList::default(),
         }
     }
 }

@@ -136,7 +136,7 @@ fn hit_with_unicast_on_sends_both_then_acks_both() {
 }
 
 fn allow_src(s: &mut Settings) {
-    s.proxy_allow = ProxyAllow::new([crate::retry::Prefix::host(src().ip())]);
+    s.proxy_allow = AllowList::new([crate::retry::Prefix::host(src().ip())]);
 }
 
 #[test]
@@ -163,7 +163,7 @@ fn the_proxied_flag_grants_nothing_to_a_source_that_may_not_proxy() {
     // Another address listed: the same.
     let (mut svc, t0) = service(|s| {
         let net = crate::retry::Prefix::new("2001:db8::100".parse().unwrap(), 120).unwrap();
-        s.proxy_allow = ProxyAllow::new([net]);
+        s.proxy_allow = AllowList::new([net]);
     });
     assert_eq!(ask(&mut svc, t0, proxied), [Sent::Mc(2, 3), Sent::Ack(3, 1)]);
     let st = svc.stats();
@@ -171,7 +171,7 @@ fn the_proxied_flag_grants_nothing_to_a_source_that_may_not_proxy() {
     // A prefix holding the source allows it; so does being a live sibling.
     let (mut svc, t0) = service(|s| {
         let net = crate::retry::Prefix::new("2001:db8::".parse().unwrap(), 64).unwrap();
-        s.proxy_allow = ProxyAllow::new([net]);
+        s.proxy_allow = AllowList::new([net]);
     });
     assert_eq!(ask(&mut svc, t0, proxied), [Sent::Mc(2, 3), Sent::Uc(3), Sent::Ack(3, 3)]);
     let (mut svc, t0) = service(|_| {});

@@ -414,17 +414,15 @@ mod tests {
         }
     }
 
-    /// The worker refuses a frame that was not multicast to a group before
-    /// parsing it (counted `not_multicast`), and caches the same frame
-    /// multicast; a datagram on the NACK socket longer than
-    /// `MAX_NACK_DATAGRAM` is `too_long`, a shorter misfit
-    /// `length_mismatch`.
-    #[test]
-    fn the_worker_drops_unicast_frames_and_labels_oversized_nacks() {
-        let o = opts(LAB, &[0, 1, 2, 3]);
+    /// The one worker of an endpoint run with `o`.
+    fn lone_core(o: &crate::rt::Options) -> worker::Core {
         let (tx, rx) = crossbeam_channel::bounded(8);
         let wakers = vec![Arc::new(EventFd::new().unwrap())];
-        let mut core = worker::Core::new(0, &o, rx, vec![tx], wakers, Shared::for_test(1));
+        worker::Core::new(0, o, rx, vec![tx], wakers, Shared::for_test(1))
+    }
+
+    /// A transaction frame of flow 0xAB, SeqNum 1.
+    fn tx_frame(payload: &[u8]) -> Vec<u8> {
         let repr = FrameRepr {
             version: FrameVersion::Tx,
             byte7: 0,
@@ -433,10 +431,22 @@ mod tests {
             seq: 1,
             subtree_id: [0; 32],
             extra: Extra::None,
-            payload: b"forged",
+            payload,
         };
         let mut frame = vec![0u8; repr.buffer_len()];
         repr.emit(&mut frame).unwrap();
+        frame
+    }
+
+    /// The worker refuses a frame that was not multicast to a group before
+    /// parsing it (counted `not_multicast`), and caches the same frame
+    /// multicast; a datagram on the NACK socket longer than
+    /// `MAX_NACK_DATAGRAM` is `too_long`, a shorter misfit
+    /// `length_mismatch`.
+    #[test]
+    fn the_worker_drops_unicast_frames_and_labels_oversized_nacks() {
+        let mut core = lone_core(&opts(LAB, &[0, 1, 2, 3]));
+        let frame = tx_frame(b"forged");
         let now = Instant::now();
         let src = Some(IpAddr::from(Ipv4Addr::LOCALHOST));
         for dest in [Some(Ipv4Addr::LOCALHOST.into()), None] {
@@ -515,21 +525,8 @@ mod tests {
     fn the_worker_caches_only_listed_sources_frames() {
         let mut o = opts(LAB, &[0, 1, 2, 3]);
         o.ingress_allow = allow(&["127.0.0.1/32"]);
-        let (tx, rx) = crossbeam_channel::bounded(8);
-        let wakers = vec![Arc::new(EventFd::new().unwrap())];
-        let mut core = worker::Core::new(0, &o, rx, vec![tx], wakers, Shared::for_test(1));
-        let repr = FrameRepr {
-            version: FrameVersion::Tx,
-            byte7: 0,
-            id: [7; 32],
-            hash_key: 0xAB,
-            seq: 1,
-            subtree_id: [0; 32],
-            extra: Extra::None,
-            payload: b"from a stranger",
-        };
-        let mut frame = vec![0u8; repr.buffer_len()];
-        repr.emit(&mut frame).unwrap();
+        let mut core = lone_core(&o);
+        let frame = tx_frame(b"from a stranger");
         let now = Instant::now();
         let group = Some(ricochet_wire::group::ipv4_lab_group(2).into());
         let stranger = Some(IpAddr::from(Ipv4Addr::new(127, 0, 0, 2)));

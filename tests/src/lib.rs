@@ -528,6 +528,136 @@ pub fn bridge(
     })
 }
 
+/// Two loopback lab domains joined by a lossy [`bridge`], as the sibling
+/// tests build them: a publisher and an upstream endpoint in domain A,
+/// sibling endpoints on domain B's data port (each with its own NACK and
+/// admin port), and listeners on B's shard groups that count every copy of
+/// every frame of `flow` they see.
+#[derive(Debug)]
+pub struct SiblingDomain {
+    /// Domain A's endpoint: the siblings' upstream.
+    pub upstream: Engine,
+    /// Domain B's endpoints.
+    pub siblings: Vec<Engine>,
+    /// B's data port (the siblings' listen and egress port).
+    pub b_port: u16,
+    /// Publishes into A.
+    pub publisher: Publisher,
+    /// The flow every frame belongs to.
+    pub flow: u64,
+    /// Copies of each SeqNum seen on B's groups.
+    pub copies: std::collections::BTreeMap<u64, u32>,
+    listeners: Vec<UdpSocket>,
+}
+
+impl SiblingDomain {
+    /// Listens on B's groups 0–3 at `b_port` and publishes into
+    /// `upstream`'s domain.
+    pub fn new(upstream: Engine, siblings: Vec<Engine>, b_port: u16, flow: u64) -> SiblingDomain {
+        let listeners = (0..4).map(|g| group_listener(g, b_port)).collect();
+        let publisher = Publisher::new(upstream.listen_port);
+        SiblingDomain {
+            upstream,
+            siblings,
+            b_port,
+            publisher,
+            flow,
+            copies: Default::default(),
+            listeners,
+        }
+    }
+
+    /// Counts what B's listeners have received since the last call.
+    pub fn collect(&mut self) {
+        for l in &self.listeners {
+            for d in drain(l, Duration::from_millis(30)) {
+                if let Ok(f) = ricochet_wire::frame::Frame::new_checked(&d)
+                    && f.hash_key() == self.flow
+                {
+                    *self.copies.entry(f.seq()).or_default() += 1;
+                }
+            }
+        }
+    }
+
+    /// `metric` summed over every sibling.
+    pub fn sum(&self, metric: &str) -> f64 {
+        self.siblings.iter().map(|e| e.metric_sum(metric)).sum()
+    }
+
+    /// Waits up to `timeout` until `cond` holds on every sibling; fails
+    /// naming `what`, with `diagnose`'s text of the state.
+    pub fn wait_siblings(
+        &self,
+        what: &str,
+        timeout: Duration,
+        cond: impl Fn(&Engine) -> bool,
+        diagnose: impl Fn(&[Engine]) -> String,
+    ) {
+        let deadline = Instant::now() + timeout;
+        while !self.siblings.iter().all(&cond) {
+            assert!(
+                Instant::now() < deadline,
+                "siblings never reached: {what}\n{}",
+                diagnose(&self.siblings)
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Publishes SeqNums `first..first + batch` through a bridge dropping
+    /// every `drop_every`-th, waits until B's listeners have the rest, and
+    /// returns the gaps they see (asserted to be the bridge's drops).
+    pub fn publish(&mut self, first: u64, batch: u64, drop_every: u64) -> Vec<u64> {
+        let bridge = bridge(self.upstream.listen_port, self.b_port, batch, drop_every);
+        for seq in first..first + batch {
+            self.publisher.send_tx(self.flow, seq, &seq.to_be_bytes());
+        }
+        let dropped = bridge.join().unwrap();
+        let forwarded = batch - dropped.len() as u64;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            self.collect();
+            let seen = (first..first + batch).filter(|s| self.copies.contains_key(s)).count();
+            if seen as u64 >= forwarded || Instant::now() > deadline {
+                break;
+            }
+        }
+        let gaps: Vec<u64> =
+            (first..first + batch).filter(|s| !self.copies.contains_key(s)).collect();
+        assert_eq!(gaps, dropped.iter().copied().collect::<Vec<_>>(), "gaps are the drops");
+        gaps
+    }
+
+    /// NACKs every gap to every sibling at once, waits until every gap has
+    /// arrived on B's groups, then until `idle` holds on every sibling (so
+    /// every retransmit there will be has been sent), and counts once more.
+    pub fn nack_all(&mut self, gaps: &[u64], idle: impl Fn(&Engine) -> bool) {
+        let client = nack_client();
+        for &seq in gaps {
+            for s in &self.siblings {
+                client.send_to(&nack_for(self.flow, seq, 0), s.nack_addr()).unwrap();
+            }
+        }
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while gaps.iter().any(|s| !self.copies.contains_key(s)) {
+            assert!(
+                Instant::now() < deadline,
+                "unfilled gaps {:?}",
+                gaps.iter().filter(|s| !self.copies.contains_key(s)).collect::<Vec<_>>()
+            );
+            self.collect();
+        }
+        self.wait_siblings("idle", Duration::from_secs(15), idle, |_| String::new());
+        self.collect();
+    }
+
+    /// Copies seen of each of `gaps`.
+    pub fn copies_of(&self, gaps: &[u64]) -> Vec<u32> {
+        gaps.iter().map(|s| self.copies.get(s).copied().unwrap_or(0)).collect()
+    }
+}
+
 /// A real `redis-server` on a loopback port, stopped on drop.
 /// `scripts/test.sh` installs it; a missing binary fails the test with the
 /// command that installs it.

@@ -13,17 +13,15 @@
 //! D1 and D2 know only D0 and learn each other by gossip (membership
 //! records and PEX).
 
-use std::collections::{BTreeMap, BTreeSet};
 use std::net::{Ipv4Addr, SocketAddr, UdpSocket};
+use std::ops::{Deref, DerefMut};
 use std::path::PathBuf;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use ricochet_e2e::{
-    Engine, Ports, Publisher, bridge, drain, group_listener, metric_sum, metric_value, nack_client,
-    nack_for, ports,
+    Engine, Ports, SiblingDomain, drain, metric_sum, metric_value, nack_client, nack_for, ports,
 };
 use ricochet_wire::control::{ResponseKind, ResponseRepr};
-use ricochet_wire::frame::Frame;
 use ricochet_wire::mac::ClusterKey;
 
 const FLOW: u64 = 0xC1A5_7E12;
@@ -31,16 +29,25 @@ const BATCH: u64 = 200;
 const DROP_EVERY: u64 = 25;
 const KEY: [u8; 32] = [0x5A; 32];
 
+/// The sibling domain of this test: siblings in one gossip cluster.
 struct Domain {
-    upstream: Engine,
-    siblings: Vec<Engine>,
+    net: SiblingDomain,
+    /// Each sibling's ports, kept for its restart.
     ports: Vec<Ports>,
     key_file: PathBuf,
-    listener: Vec<UdpSocket>,
-    b_port: u16,
-    publisher: Publisher,
-    /// Copies of each SeqNum seen on B's groups.
-    copies: BTreeMap<u64, u32>,
+}
+
+impl Deref for Domain {
+    type Target = SiblingDomain;
+    fn deref(&self) -> &SiblingDomain {
+        &self.net
+    }
+}
+
+impl DerefMut for Domain {
+    fn deref_mut(&mut self) -> &mut SiblingDomain {
+        &mut self.net
+    }
 }
 
 impl Domain {
@@ -63,17 +70,8 @@ impl Domain {
                 Ports { listen: b_port, egress: b_port, ..ports() }
             })
             .collect();
-        let publisher = Publisher::new(upstream.listen_port);
-        let mut d = Domain {
-            upstream,
-            siblings: Vec::new(),
-            ports,
-            key_file,
-            listener: (0..4).map(|g| group_listener(g, b_port)).collect(),
-            b_port,
-            publisher,
-            copies: BTreeMap::new(),
-        };
+        let mut d =
+            Domain { net: SiblingDomain::new(upstream, Vec::new(), b_port, FLOW), ports, key_file };
         for i in 0..3 {
             let seeds = if i == 0 { Vec::new() } else { vec![0] };
             let e = d.launch(i, &seeds, &[]);
@@ -117,36 +115,16 @@ impl Domain {
         SocketAddr::from((Ipv4Addr::LOCALHOST, self.ports[i].gossip))
     }
 
-    fn collect(&mut self) {
-        for l in &self.listener {
-            for d in drain(l, Duration::from_millis(30)) {
-                if let Ok(f) = Frame::new_checked(&d)
-                    && f.hash_key() == FLOW
-                {
-                    *self.copies.entry(f.seq()).or_default() += 1;
-                }
-            }
-        }
-    }
-
-    fn sum(&self, metric: &str) -> f64 {
-        self.siblings.iter().map(|e| e.metric_sum(metric)).sum()
-    }
-
+    /// Waits until `cond` holds on every sibling; fails with each one's
+    /// `/debug/cluster`.
     fn wait_siblings(&self, what: &str, timeout: Duration, cond: impl Fn(&Engine) -> bool) {
-        let deadline = Instant::now() + timeout;
-        while !self.siblings.iter().all(&cond) {
-            assert!(
-                Instant::now() < deadline,
-                "siblings never reached: {what}\n{}",
-                self.siblings
-                    .iter()
-                    .map(|e| e.http("/debug/cluster").map(|r| r.1).unwrap_or_default())
-                    .collect::<Vec<_>>()
-                    .join("\n---\n")
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        self.net.wait_siblings(what, timeout, cond, |siblings| {
+            siblings
+                .iter()
+                .map(|e| e.http("/debug/cluster").map(|r| r.1).unwrap_or_default())
+                .collect::<Vec<_>>()
+                .join("\n---\n")
+        });
     }
 
     fn wait_cluster(&self) {
@@ -155,52 +133,16 @@ impl Domain {
         });
     }
 
-    /// Publishes SeqNums `first..first+BATCH` through the lossy bridge and
-    /// returns the gaps B's listener sees (the bridge's drops).
+    /// Publishes `first..first + BATCH` through the lossy bridge; returns
+    /// the gaps.
     fn publish(&mut self, first: u64) -> Vec<u64> {
-        let bridge = bridge(self.upstream.listen_port, self.b_port, BATCH, DROP_EVERY);
-        for seq in first..first + BATCH {
-            self.publisher.send_tx(FLOW, seq, &seq.to_be_bytes());
-        }
-        let dropped = bridge.join().unwrap();
-        let forwarded = BATCH - dropped.len() as u64;
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            self.collect();
-            let have: BTreeSet<u64> = self.copies.keys().copied().collect();
-            let seen = (first..first + BATCH).filter(|s| have.contains(s)).count() as u64;
-            if seen >= forwarded || Instant::now() > deadline {
-                break;
-            }
-        }
-        let gaps: Vec<u64> =
-            (first..first + BATCH).filter(|s| !self.copies.contains_key(s)).collect();
-        assert_eq!(gaps, dropped.iter().copied().collect::<Vec<_>>(), "gaps are the drops");
-        gaps
+        self.net.publish(first, BATCH, DROP_EVERY)
     }
 
-    /// NACKs every gap to all three siblings at once, then waits until
-    /// every gap has arrived on B's groups and the siblings are idle.
+    /// NACKs every gap to all three siblings at once and waits until every
+    /// gap has arrived and no sibling has a recovery job in flight.
     fn nack_all(&mut self, gaps: &[u64]) {
-        let client = nack_client();
-        for &seq in gaps {
-            for s in &self.siblings {
-                client.send_to(&nack_for(FLOW, seq, 0), s.nack_addr()).unwrap();
-            }
-        }
-        let deadline = Instant::now() + Duration::from_secs(15);
-        while gaps.iter().any(|s| !self.copies.contains_key(s)) {
-            assert!(
-                Instant::now() < deadline,
-                "unfilled gaps {:?}",
-                gaps.iter().filter(|s| !self.copies.contains_key(s)).collect::<Vec<_>>()
-            );
-            self.collect();
-        }
-        self.wait_siblings("idle", Duration::from_secs(15), |e| {
-            e.metric_sum("ricochet_recovery_in_flight") == 0.0
-        });
-        self.collect();
+        self.net.nack_all(gaps, |e| e.metric_sum("ricochet_recovery_in_flight") == 0.0);
     }
 }
 

@@ -10,13 +10,13 @@
 //! (each with its own NACK and admin port) with U as their upstream, and a
 //! listener on B's groups that counts every copy of every frame.
 
-use std::collections::{BTreeMap, BTreeSet};
-use std::net::UdpSocket;
-use std::time::{Duration, Instant};
+use std::collections::BTreeMap;
+use std::ops::{Deref, DerefMut};
+use std::time::Duration;
 
 use ricochet_e2e::{
-    Engine, Ports, Publisher, RedisServer, bridge, drain, group_listener, nack_client, nack_for,
-    ports,
+    Engine, Ports, Publisher, RedisServer, SiblingDomain, drain, group_listener, nack_client,
+    nack_for, ports,
 };
 use ricochet_wire::frame::Frame;
 
@@ -24,14 +24,20 @@ const FLOW: u64 = 0x5EB1_1265;
 const BATCH: u64 = 200;
 const DROP_EVERY: u64 = 25;
 
-struct Domain {
-    upstream: Engine,
-    siblings: Vec<Engine>,
-    listener: Vec<UdpSocket>,
-    b_port: u16,
-    publisher: Publisher,
-    /// Copies of each SeqNum seen on B's groups.
-    copies: BTreeMap<u64, u32>,
+/// The sibling domain of these tests: siblings sharing `redis`.
+struct Domain(SiblingDomain);
+
+impl Deref for Domain {
+    type Target = SiblingDomain;
+    fn deref(&self) -> &SiblingDomain {
+        &self.0
+    }
+}
+
+impl DerefMut for Domain {
+    fn deref_mut(&mut self) -> &mut SiblingDomain {
+        &mut self.0
+    }
 }
 
 impl Domain {
@@ -73,90 +79,29 @@ impl Domain {
                 Engine::launch(&[], &args, p, admin)
             })
             .collect();
-        let listener = (0..4).map(|g| group_listener(g, b_port)).collect();
-        let publisher = Publisher::new(upstream.listen_port);
-        Domain { upstream, siblings, listener, b_port, publisher, copies: BTreeMap::new() }
-    }
-
-    fn collect(&mut self) {
-        for l in &self.listener {
-            for d in drain(l, Duration::from_millis(30)) {
-                if let Ok(f) = Frame::new_checked(&d)
-                    && f.hash_key() == FLOW
-                {
-                    *self.copies.entry(f.seq()).or_default() += 1;
-                }
-            }
-        }
-    }
-
-    fn sum(&self, metric: &str) -> f64 {
-        self.siblings.iter().map(|e| e.metric_sum(metric)).sum()
+        Domain(SiblingDomain::new(upstream, siblings, b_port, FLOW))
     }
 
     fn wait_siblings(&self, what: &str, cond: impl Fn(&Engine) -> bool) {
-        let deadline = Instant::now() + Duration::from_secs(15);
-        while !self.siblings.iter().all(&cond) {
-            assert!(Instant::now() < deadline, "siblings never reached: {what}");
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        self.0.wait_siblings(what, Duration::from_secs(15), cond, |_| String::new());
     }
 
-    /// Publishes SeqNums `first..first+BATCH` through the lossy bridge and
-    /// returns the gaps B's listener sees (the bridge's drops).
+    /// Publishes `first..first + BATCH` through the lossy bridge; returns
+    /// the gaps.
     fn publish(&mut self, first: u64) -> Vec<u64> {
-        let bridge = bridge(self.upstream.listen_port, self.b_port, BATCH, DROP_EVERY);
-        for seq in first..first + BATCH {
-            self.publisher.send_tx(FLOW, seq, &seq.to_be_bytes());
-        }
-        let dropped = bridge.join().unwrap();
-        // Wait until B's listener has everything the bridge forwarded.
-        let forwarded = (BATCH - dropped.len() as u64) as f64;
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            self.collect();
-            let have: BTreeSet<u64> = self.copies.keys().copied().collect();
-            let seen = (first..first + BATCH).filter(|s| have.contains(s)).count() as f64;
-            if seen >= forwarded || Instant::now() > deadline {
-                break;
-            }
-        }
-        let gaps: Vec<u64> =
-            (first..first + BATCH).filter(|s| !self.copies.contains_key(s)).collect();
-        assert_eq!(gaps, dropped.iter().copied().collect::<Vec<_>>(), "gaps are the drops");
-        gaps
+        self.0.publish(first, BATCH, DROP_EVERY)
     }
 
-    /// NACKs every gap to all three siblings at once, then waits until
-    /// every gap has arrived on B's groups and the siblings are idle.
+    /// NACKs every gap to all three siblings at once and waits until every
+    /// gap has arrived and the siblings are idle: no recovery job in flight
+    /// and no request parked for Redis anywhere, so every retransmit there
+    /// will be has been sent (and a loopback multicast send delivers before
+    /// it returns).
     fn nack_all(&mut self, gaps: &[u64]) {
-        let client = nack_client();
-        for &seq in gaps {
-            for s in &self.siblings {
-                client.send_to(&nack_for(FLOW, seq, 0), s.nack_addr()).unwrap();
-            }
-        }
-        let deadline = Instant::now() + Duration::from_secs(15);
-        while gaps.iter().any(|s| !self.copies.contains_key(s)) {
-            assert!(
-                Instant::now() < deadline,
-                "unfilled gaps {:?}",
-                gaps.iter().filter(|s| !self.copies.contains_key(s)).collect::<Vec<_>>()
-            );
-            self.collect();
-        }
-        // Idle: no recovery job in flight and no request parked for Redis
-        // anywhere, so every retransmit there will be has been sent (and a
-        // loopback multicast send delivers before it returns).
-        self.wait_siblings("idle", |e| {
+        self.0.nack_all(gaps, |e| {
             e.metric_sum("ricochet_recovery_in_flight") == 0.0
                 && e.metric_sum("ricochet_store_pending") == 0.0
         });
-        self.collect();
-    }
-
-    fn copies_of(&self, gaps: &[u64]) -> Vec<u32> {
-        gaps.iter().map(|s| self.copies.get(s).copied().unwrap_or(0)).collect()
     }
 }
 

@@ -12,8 +12,10 @@ use std::collections::{BTreeMap, HashSet};
 use std::path::PathBuf;
 
 use ricochet_proto::discovery::Trust;
-use ricochet_proto::retry::Prefix;
-use ricochet_proto::ssm::posture::{Flag, PostureError, SsmFlags, SsmPosture, validate};
+use ricochet_proto::retry::{AllowList, Prefix};
+use ricochet_proto::ssm::posture::{
+    BootstrapEntry, Flag, PostureError, SsmFlags, SsmPosture, validate,
+};
 use ricochet_wire::group::{MAX_SHARD_BITS, Scope, SourceMode};
 
 use super::parse::{
@@ -791,6 +793,33 @@ impl<'a> Resolver<'a> {
                 self.target(Key::NackAddr, raw.origin),
             );
             self.problem(Some(Key::NackAddr), msg);
+        }
+        if let Some(ssm) = &network.ssm
+            && !network.ingress_allow.is_empty()
+        {
+            let allow = AllowList::new(network.ingress_allow.iter().copied());
+            let unlisted: Vec<String> = ssm
+                .publishers_static
+                .iter()
+                .filter_map(|e| match e {
+                    BootstrapEntry::Literal(a) if !allow.contains(IpAddr::V6(*a)) => {
+                        Some(a.to_string())
+                    }
+                    _ => None,
+                })
+                .collect();
+            if !unlisted.is_empty() {
+                let raw = self.raw(Key::IngressAllow);
+                let msg = format!(
+                    "{} does not list the SSM publishers {}: their groups would be joined and \
+                     every frame they send dropped (source_not_allowed); add them to {}, or leave \
+                     it empty to take every source SSM joins",
+                    name_pair(Key::IngressAllow),
+                    unlisted.join(", "),
+                    self.target(Key::IngressAllow, raw.origin),
+                );
+                self.problem(Some(Key::IngressAllow), msg);
+            }
         }
         if network.ipv4_lab && network.source_mode == SourceMode::Ssm {
             self.notes.push(

@@ -771,6 +771,25 @@ fn ingress_allow_takes_the_same_prefixes_and_names_itself_when_refused() {
     }
 }
 
+/// Under SSM the groups are joined to the static publishers; an ingress
+/// list that leaves one of them out would drop everything it sends.
+#[test]
+fn ingress_allow_must_cover_the_static_ssm_publishers() {
+    let ssm = ["--source-mode=ssm", "--ssm-publishers-static=fd20::1,fd30::1, pub.example"];
+    let msg = ssm_refused(&[&ssm[..], &["--ingress-allow=fd20::/64"]].concat());
+    for w in [
+        "--ingress-allow (RICOCHET_INGRESS_ALLOW) does not list the SSM publishers fd30::1:",
+        "add them to --ingress-allow",
+    ] {
+        assert!(msg.contains(w), "{msg:?} lacks {w:?}");
+    }
+    assert!(!msg.contains("fd20::1"), "{msg}");
+    // Covered (DNS names are resolved later, so not judged here), or no
+    // list at all: accepted.
+    load(&[&ssm[..], &["--ingress-allow=fd20::/64,fd30::1"]].concat(), &env()).unwrap();
+    load(&ssm, &env()).unwrap();
+}
+
 #[test]
 fn proxying_with_an_empty_allow_list_says_so_at_startup() {
     let up = ["--proxy-enabled", "--upstream-retry-endpoints=10.0.0.1:9300"];

@@ -167,20 +167,26 @@ fn siblings_sharing_redis_fetch_and_retransmit_each_gap_once() {
     assert_eq!(d.copies_of(&gaps3), vec![1; gaps3.len()], "one retransmit per gap again");
 }
 
-#[test]
-fn with_the_redis_cache_backend_a_sibling_serves_frames_only_another_received() {
-    let redis = RedisServer::start();
+/// Two siblings with the Redis cache backend on different data ports, on
+/// the given back ends: only the first hears the publisher, so the second
+/// can serve a frame only from Redis. Returned once both see Redis up.
+fn heard_and_deaf(redis: &RedisServer, backends: [&str; 2]) -> (Engine, Engine) {
     let shared = ["--cache-backend", "redis", "--redis-addr", &redis.addr()];
-    // Two siblings on different data ports: only the first hears the
-    // publisher, so the second can serve a frame only from Redis.
-    let heard = Engine::start(&[&["--backend", "epoll"][..], &shared[..]].concat());
-    let deaf = Engine::start(&[&["--backend", "uring"][..], &shared[..]].concat());
+    let [heard, deaf] =
+        backends.map(|b| Engine::start(&[&["--backend", b][..], &shared[..]].concat()));
     for e in [&heard, &deaf] {
         let m = e.wait_metrics(Duration::from_secs(10), |m| {
             ricochet_e2e::metric_value(m, "ricochet_redis_up") == Some(1.0)
         });
         assert_eq!(ricochet_e2e::metric_value(&m, "ricochet_redis_up"), Some(1.0), "{m}");
     }
+    (heard, deaf)
+}
+
+#[test]
+fn with_the_redis_cache_backend_a_sibling_serves_frames_only_another_received() {
+    let redis = RedisServer::start();
+    let (heard, deaf) = heard_and_deaf(&redis, ["epoll", "uring"]);
     let publisher = Publisher::new(heard.listen_port);
     let mut groups = BTreeMap::new();
     for seq in 1..=20 {
@@ -232,14 +238,7 @@ fn with_the_redis_cache_backend_a_sibling_serves_frames_only_another_received() 
 #[test]
 fn after_a_publisher_restart_redis_holds_the_new_epochs_frames() {
     let redis = RedisServer::start();
-    let shared = ["--cache-backend", "redis", "--redis-addr", &redis.addr()];
-    let heard = Engine::start(&[&["--backend", "uring"][..], &shared[..]].concat());
-    let deaf = Engine::start(&[&["--backend", "epoll"][..], &shared[..]].concat());
-    for e in [&heard, &deaf] {
-        e.wait_metrics(Duration::from_secs(10), |m| {
-            ricochet_e2e::metric_value(m, "ricochet_redis_up") == Some(1.0)
-        });
-    }
+    let (heard, deaf) = heard_and_deaf(&redis, ["uring", "epoll"]);
     let puts = "ricochet_redis_ops_total{op=\"put\",result=\"ok\"}";
     let publisher = Publisher::new(heard.listen_port);
     for seq in 1..=10 {

@@ -171,8 +171,7 @@ impl Target {
                 Some(n / d)
             })
             .collect();
-        self.paired_met =
-            self.paired.iter().filter(|&&r| if at_least { r >= goal } else { r <= goal }).count();
+        self.paired_met = self.paired.iter().filter(|&&r| meets(r, goal, at_least)).count();
         self
     }
 
@@ -186,6 +185,11 @@ impl Target {
         };
         format!("{} of {} ({lo:.2}–{hi:.2}×)", self.paired_met, self.paired.len())
     }
+}
+
+/// Whether ratio `r` meets `goal` (at least it, or at most it).
+fn meets(r: f64, goal: f64, at_least: bool) -> bool {
+    if at_least { r >= goal } else { r <= goal }
 }
 
 /// A ratio goal as the report writes it: `1/1.2` stays a fraction.
@@ -204,16 +208,14 @@ fn ratio_target(
     match (num, den) {
         (Some((n, nt)), Some((d, dt))) if d > 0.0 => {
             let r = n / d;
-            Target {
-                name: name.into(),
-                measured: format!("{nt} vs {dt}"),
-                ratio: Some(r),
-                goal: goal_text(goal, at_least),
-                met: Some(if at_least { r >= goal } else { r <= goal }),
-                paired: vec![],
-                paired_met: 0,
-                load_bound: false,
-            }
+            let met = meets(r, goal, at_least);
+            let t = Target::plain(
+                name.into(),
+                format!("{nt} vs {dt}"),
+                &goal_text(goal, at_least),
+                Some(met),
+            );
+            Target { ratio: Some(r), ..t }
         }
         _ => Target::plain(
             name.into(),
@@ -289,14 +291,18 @@ fn storm_cpu(f: Option<&WorkloadFile>, s: &str) -> Option<(f64, String)> {
 
 /// [`storm_cpu_runs`] of system `s` in `f`, by round.
 fn storm_cpu_rounds(f: Option<&WorkloadFile>, s: &str) -> ByRound {
-    sys(f, s).map_or(vec![], |r| {
-        r.storms.iter().filter_map(|x| Some((x.run, x.cpu_us_per_nack?))).collect()
-    })
+    sys(f, s).map_or(vec![], storm_cpu_by_round)
+}
+
+/// Server CPU µs per answered NACK of every closed-loop storm of `r`, by
+/// round.
+fn storm_cpu_by_round(r: &SystemResult) -> ByRound {
+    r.storms.iter().filter_map(|x| Some((x.run, x.cpu_us_per_nack?))).collect()
 }
 
 /// Server CPU µs per answered NACK of every closed-loop storm of `r`.
 fn storm_cpu_runs(r: &SystemResult) -> Vec<f64> {
-    r.storms.iter().filter_map(|x| x.cpu_us_per_nack).collect()
+    values(storm_cpu_by_round(r))
 }
 
 /// How busy the server's one CPU was during `s`'s closed-loop storms
@@ -528,21 +534,12 @@ pub fn run(a: ReportArgs) -> Result<(), String> {
         }
         let r = sys(fc, b).and_then(|s| s.publish80.as_ref());
         targets.push(match r {
-            Some(p) => Target {
-                name: format!("(c) frames lost at 80% of max, {b}"),
-                measured: format!(
-                    "{} of {} at {}",
-                    p.lost.unwrap_or(0),
-                    p.cacheable_sent,
-                    k(p.send_rate)
-                ),
-                ratio: None,
-                goal: "0 lost".into(),
-                met: Some(p.lost == Some(0)),
-                paired: vec![],
-                paired_met: 0,
-                load_bound: false,
-            },
+            Some(p) => Target::plain(
+                format!("(c) frames lost at 80% of max, {b}"),
+                format!("{} of {} at {}", p.lost.unwrap_or(0), p.cacheable_sent, k(p.send_rate)),
+                "0 lost",
+                Some(p.lost == Some(0)),
+            ),
             None => Target::plain(
                 format!("(c) frames lost at 80% of max, {b}"),
                 "no result".into(),
@@ -578,9 +575,9 @@ pub fn run(a: ReportArgs) -> Result<(), String> {
     let mem_runs: Vec<f64> = sys(fm, "cache")
         .map_or(vec![], |s| s.memories.iter().map(|m| m.overhead_per_frame).collect());
     targets.extend(fm.map(|_| match mem {
-        Some(m) => Target {
-            name: "cache overhead per frame beyond its bytes".into(),
-            measured: format!(
+        Some(m) => Target::plain(
+            "cache overhead per frame beyond its bytes".into(),
+            format!(
                 "{} (after malloc_trim {:.1} B)",
                 if mem_runs.len() > 1 {
                     fmt_spread(&mem_runs, |x| format!("{x:.1} B"))
@@ -589,13 +586,9 @@ pub fn run(a: ReportArgs) -> Result<(), String> {
                 },
                 m.overhead_per_frame_trimmed
             ),
-            ratio: None,
-            goal: "≤ 32 B".into(),
-            met: Some(m.overhead_per_frame <= 32.0),
-            paired: vec![],
-            paired_met: 0,
-            load_bound: false,
-        },
+            "≤ 32 B",
+            Some(m.overhead_per_frame <= 32.0),
+        ),
         None => {
             Target::plain("cache overhead per frame".into(), "no result".into(), "≤ 32 B", None)
         }
@@ -606,21 +599,17 @@ pub fn run(a: ReportArgs) -> Result<(), String> {
         }
         let l = sys(fd, b).and_then(|s| s.lab.as_ref());
         targets.push(match l {
-            Some(l) => Target {
-                name: format!("(d) lab at 1% drop, {b}: gaps filled within TTL"),
-                measured: format!(
+            Some(l) => Target::plain(
+                format!("(d) lab at 1% drop, {b}: gaps filled within TTL"),
+                format!(
                     "{} of {} ({:.2}%)",
                     l.listener.recovery.filled,
                     l.listener.recovery.gaps_opened,
                     l.listener.completeness * 100.0
                 ),
-                ratio: None,
-                goal: "100%".into(),
-                met: Some(l.all_filled),
-                paired: vec![],
-                paired_met: 0,
-                load_bound: false,
-            },
+                "100%",
+                Some(l.all_filled),
+            ),
             None => Target::plain(format!("(d) lab, {b}"), "no result".into(), "100%", None),
         });
     }

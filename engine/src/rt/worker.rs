@@ -269,8 +269,10 @@ impl Core {
                     // The shared cache still holds the old epoch's frames
                     // under these keys: the candidates promoted with this
                     // frame replace them too.
-                    for (key, ttl, frame) in self.service.flow_frames(now, key.hash_key) {
-                        self.share_frame(key, ttl, &frame);
+                    if self.shares_frames() {
+                        for (key, ttl, frame) in self.service.flow_frames(now, key.hash_key) {
+                            self.share_frame(key, ttl, &frame);
+                        }
                     }
                 } else {
                     self.share_frame(key, ttl, bytes);
@@ -284,8 +286,13 @@ impl Core {
         }
     }
 
-    /// Writes a newly cached frame to the shared cache
-    /// (`CACHE_BACKEND=redis`); a full queue drops the write (counted).
+    /// Whether cached frames go to the shared cache (`CACHE_BACKEND=redis`).
+    fn shares_frames(&self) -> bool {
+        self.store.as_ref().is_some_and(|s| s.shared_cache)
+    }
+
+    /// Writes a newly cached frame to the shared cache, if there is one; a
+    /// full queue drops the write (counted).
     fn share_frame(&mut self, key: FrameKey, ttl: std::time::Duration, frame: &[u8]) {
         let Some(store) = self.store.as_ref().filter(|s| s.shared_cache) else { return };
         let frame = Bytes::copy_from_slice(frame);

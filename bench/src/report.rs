@@ -835,8 +835,11 @@ pub fn run(a: ReportArgs) -> Result<(), String> {
             w,
             "A closed loop ranks servers by rate only while each keeps its CPU busy: a server that answers \
              in less CPU than the load generator needs per NACK (on its one core) leaves the rate at the \
-             generator's ceiling. The targets above give each server's CPU share during these storms, and \
-             compare CPU per answered NACK beside the rates.\n"
+             generator's ceiling. So the load generator sends each listener's NACKs as one UDP GSO message \
+             per batch: the kernel splits it and the server receives one datagram per NACK, as from any \
+             listener, while the generator pays one trip through the IP stack per batch instead of per NACK. \
+             The targets above give each server's CPU share during these storms, and compare CPU per \
+             answered NACK beside the rates.\n"
         );
         let _ = writeln!(
             w,
@@ -890,8 +893,8 @@ pub fn run(a: ReportArgs) -> Result<(), String> {
             w,
             "\n{runs} runs per system, interleaved (run 1 of every system, then run 2, …); the row's other columns \
              are from the run with the median throughput. Closed loop: 8 listener sockets keep 256 NACKs \
-             outstanding, so answered/s is the sustained rate and the latencies include queueing behind the \
-             window. Prefill of {} frames of 392 B over 8 flows, each byte-checked when it comes back. `reflect` \
+             outstanding (sent as GSO batches), so answered/s is the sustained rate and the latencies include \
+             queueing behind the window. Prefill of {} frames of 392 B over 8 flows, each byte-checked when it comes back. `reflect` \
              answers with the same datagrams as the engine (frame + ACK) and no logic; `reflect-gso` sends each \
              same-destination run as one UDP GSO message; `echo` answers with one 16-byte datagram and is a kernel \
              figure only. CPU is the server process's own time (all threads, schedstat) over the phase divided by \
@@ -1241,7 +1244,7 @@ fn scaling_section(w: &mut String, f: &WorkloadFile) {
     let _ = writeln!(
         w,
         "\n{} runs of each, interleaved (1 worker, 2 workers, 1, 2, …), the closed-loop unicast storm of (a): \
-         8 flows over 8 listener sockets, window 256. The engine steers each NACK to the worker that owns its \
+         8 flows over 8 listener sockets, window 256, NACKs sent as GSO batches. The engine steers each NACK to the worker that owns its \
          flow (`owner = low32(HashKey) % workers`), so with 8 flows both workers answer; the share column is \
          each worker's `ricochet_acks_sent_total{{core}}` over the run; hand-offs are mostly the prefill's frames \
          that arrived on a worker not owning their flow, forwarded NACKs those that missed the steering. CPU is the engine process's time, all \

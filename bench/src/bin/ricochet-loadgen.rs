@@ -36,6 +36,8 @@ enum Cmd {
         # prefill 100k frames, then NACK them as fast as a window of 256 allows\n  \
         ricochet-loadgen nack --target 127.0.0.1:9300 --listen-port 9001 --prefill 100000 \\\n      \
         --rate max --metrics http://127.0.0.1:9090/metrics\n  \
+        # the same, with NACKs sent as GSO batches: cheaper for this side, so it can saturate a server\n  \
+        ricochet-loadgen nack --target 127.0.0.1:9300 --listen-port 9001 --prefill 100000 --rate max --gso\n  \
         # IPv6 endpoint, BRC-129 site-scope groups on eth0, 30k NACK/s, count multicast retransmits\n  \
         ricochet-loadgen nack --target '[2001:db8::1]:9300' --scope site --mc-group-id 0x000b \\\n      \
         --mc-iface eth0 --listen-port 9001 --retransmit-port 9001 --prefill 100000 --rate 30k\n\n\

@@ -54,7 +54,7 @@ use socket2::Socket;
 
 use crate::latency::{self, CurvePoint, Percentiles, Recorder};
 use crate::metrics::{self, MetricsUrl, Silence};
-use crate::net::{self, Batch, GroupArgs, Groups, UdpCounters};
+use crate::net::{self, Batch, GroupArgs, Groups, GsoBatch, UdpCounters};
 use crate::out::{self, Clock, Common, Dur, Progress, Rate, row};
 use crate::pace::Schedule;
 use crate::proc;
@@ -127,6 +127,12 @@ pub struct NackArgs {
     /// NACKs per sendmmsg.
     #[arg(long, default_value_t = 32)]
     pub batch: usize,
+    /// Send each listener's batch of NACKs as one UDP GSO message: the
+    /// kernel splits it, so the endpoint still receives one datagram per
+    /// NACK, but this process pays one trip through the IP stack per batch.
+    /// Lets a closed-loop storm from one core saturate an endpoint.
+    #[arg(long)]
+    pub gso: bool,
     #[command(flatten)]
     #[allow(missing_docs)]
     pub common: Common,
@@ -361,9 +367,55 @@ struct Listener {
     miss_key: u64,
     miss_seq: u64,
     miss_fifo: VecDeque<(u64, u64)>,
-    out: Batch,
+    out: NackOut,
     /// The socket's SO_RXQ_OVFL count as last seen.
     ovfl: u32,
+}
+
+/// A listener's staged NACKs: one datagram each by sendmmsg, or (`--gso`)
+/// one GSO message per batch.
+enum NackOut {
+    Plain(Batch),
+    Gso(GsoBatch),
+}
+
+impl NackOut {
+    fn new(batch: usize, gso: bool) -> Self {
+        if gso {
+            // NACKs share one size and one destination: a run per
+            // GSO_MAX_SEGMENTS of them.
+            NackOut::Gso(GsoBatch::new(batch.div_ceil(net::GSO_MAX_SEGMENTS)))
+        } else {
+            NackOut::Plain(Batch::new(batch, 64))
+        }
+    }
+
+    /// Stages one NACK; sends what is staged first if there is no room.
+    fn push(&mut self, nack: &[u8], dest: SocketAddr, fd: std::os::fd::RawFd) {
+        match self {
+            NackOut::Plain(b) => {
+                if b.is_full() {
+                    let _ = b.send(fd);
+                }
+                b.push_copy(nack, dest);
+            }
+            NackOut::Gso(g) => {
+                if !g.push(nack, dest) {
+                    let _ = g.send(fd);
+                    g.push(nack, dest);
+                }
+            }
+        }
+    }
+
+    /// Sends what is staged. A failed send is not retried: its NACKs time
+    /// out, as lost datagrams would.
+    fn send(&mut self, fd: std::os::fd::RawFd) {
+        let _ = match self {
+            NackOut::Plain(b) => b.send(fd),
+            NackOut::Gso(g) => g.send(fd),
+        };
+    }
 }
 
 struct Hists {
@@ -506,7 +558,7 @@ pub fn run(a: NackArgs) -> Result<NackResult, String> {
             miss_key: rng.next_u64() | 1,
             miss_seq: MISS_SEQ_BASE,
             miss_fifo: VecDeque::with_capacity(SLOTS),
-            out: Batch::new(a.batch.max(1), 64),
+            out: NackOut::new(a.batch.max(1), a.gso),
             ovfl: 0,
         });
     }
@@ -559,7 +611,7 @@ pub fn run(a: NackArgs) -> Result<NackResult, String> {
         let mut rounds = 0;
         while quota > 0 && rounds < n {
             let l = &mut ls[cur];
-            let take = quota.min(l.out.capacity() as u64);
+            let take = quota.min(a.batch.max(1) as u64);
             for _ in 0..take {
                 let k = c.sent;
                 let intended = sched.map_or(now, |s| s.intended(k));
@@ -610,13 +662,11 @@ pub fn run(a: NackArgs) -> Result<NackResult, String> {
                     }
                 };
                 repr.emit(&mut nack).expect("64-byte NACK");
-                l.out.push_copy(&nack, a.target);
+                l.out.push(&nack, a.target, l.sock.as_raw_fd());
                 c.sent += 1;
                 c.outstanding += 1;
             }
-            // A failed send is not retried: the NACK times out, as a lost
-            // datagram would.
-            let _ = l.out.send(l.sock.as_raw_fd());
+            l.out.send(l.sock.as_raw_fd());
             quota -= take;
             cur = (cur + 1) % n;
             rounds += 1;
@@ -944,6 +994,35 @@ mod tests {
             }
             assert!(s.get(f, 0).is_none());
             assert!(s.get(f, s.frames(f) + 1).is_none());
+        }
+    }
+
+    /// Both ways of sending a listener's NACKs hand the endpoint one
+    /// 64-byte datagram per NACK, in order, including a batch longer than
+    /// one GSO message carries.
+    #[test]
+    fn nacks_arrive_one_datagram_each_with_or_without_gso() {
+        let rx = net::udp(SocketAddr::from(([127, 0, 0, 1], 0)), false).unwrap();
+        net::set_read_timeout(&rx, Duration::from_secs(2)).unwrap();
+        let to = rx.local_addr().unwrap().as_socket().unwrap();
+        let tx = net::udp(net::any_for(to), false).unwrap();
+        let batch = net::GSO_MAX_SEGMENTS + 9;
+        for gso in [false, true] {
+            let mut out = NackOut::new(batch, gso);
+            for i in 0..batch {
+                out.push(&[i as u8; 64], to, tx.as_raw_fd());
+            }
+            out.send(tx.as_raw_fd());
+            let mut r = Batch::new(64, 2048);
+            let mut got = vec![];
+            while got.len() < batch {
+                let n = r.recv(rx.as_raw_fd(), true).unwrap();
+                assert!(n > 0, "gso={gso}: {} of {batch} NACKs arrived", got.len());
+                got.extend((0..n).map(|i| r.get(i).0.to_vec()));
+            }
+            let want: Vec<Vec<u8>> = (0..batch).map(|i| vec![i as u8; 64]).collect();
+            assert_eq!(got, want, "gso={gso}");
+            assert_eq!(r.recv(rx.as_raw_fd(), false).unwrap(), 0);
         }
     }
 }

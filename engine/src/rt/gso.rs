@@ -13,11 +13,12 @@
 //! ([`GsoLimit`]) instead of turning it off, since the ACK bursts GSO helps
 //! most are small.
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 
 use super::WorkerCounters;
 use super::sys;
-use crate::retry::{Payload, Transmit};
+use crate::retry::{Dest, Payload, Transmit};
 
 /// Most segments one UDP GSO send may carry (the kernel's UDP_MAX_SEGMENTS).
 pub(crate) const GSO_MAX_SEGMENTS: usize = 64;
@@ -114,13 +115,44 @@ impl Run {
 /// size.
 #[derive(Debug, Default)]
 pub(crate) struct GsoOrder {
-    /// The round's indices grouped by destination, frames first.
-    grouped: Vec<u32>,
+    /// The round's sort keys (see [`DEST_SHIFT`]), sorted: grouped by
+    /// destination, frames first, each index in the low 32 bits.
+    keys: Vec<u64>,
+    /// The round's unicast and upstream addresses, numbered as first seen.
+    seen: HashMap<SocketAddr, u32, foldhash::fast::FixedState>,
     /// The arranged order: `order[j]` is the index that goes to slot `j`.
     order: Vec<u32>,
 }
 
+/// A sort key's bits: the destination's class (groups, then unicast, then
+/// upstream) and number above `DEST_SHIFT`, then whether the transmit is a
+/// control message, then its index in the round.
+const DEST_SHIFT: u32 = 33;
+const CONTROL: u64 = 1 << 32;
+const CLASS_SHIFT: u32 = 62;
+
 impl GsoOrder {
+    /// The key bits of `dest`: a group by its index, an address by the
+    /// order this round first saw it in, so equal bits mean the same
+    /// destination.
+    fn dest_bits(
+        seen: &mut HashMap<SocketAddr, u32, foldhash::fast::FixedState>,
+        dest: Dest,
+    ) -> u64 {
+        let mut number = |a: SocketAddr| {
+            let next = seen.len() as u32;
+            u64::from(*seen.entry(a).or_insert(next))
+        };
+        // A round holds far fewer than 2^29 transmits, so a number always
+        // fits below CLASS_SHIFT.
+        let (class, n) = match dest {
+            Dest::Group(g) => (0, u64::from(g)),
+            Dest::Unicast(a) => (1, number(a)),
+            Dest::Upstream(a) => (2, number(a)),
+        };
+        (class << CLASS_SHIFT) | (n << DEST_SHIFT)
+    }
+
     /// Arranges `transmits` in place for [`gso_runs`] with the same
     /// `max_segment`.
     pub(crate) fn arrange(&mut self, transmits: &mut [Transmit], max_segment: usize) {
@@ -129,20 +161,28 @@ impl GsoOrder {
             return;
         }
         let len = |i: u32| transmits[i as usize].payload.as_bytes().len();
-        let control = |i: u32| matches!(transmits[i as usize].payload, Payload::Control { .. });
-        let grouped = &mut self.grouped;
-        grouped.clear();
-        grouped.extend(0..n as u32);
-        // Position as the last key: stable without a stable sort's buffer.
-        grouped.sort_unstable_by_key(|&i| (transmits[i as usize].dest, control(i), i));
+        // One integer key per transmit, so the sort compares integers and
+        // not addresses (a closed-loop round holds a few hundred).
+        self.seen.clear();
+        self.keys.clear();
+        let mut last: Option<(Dest, u64)> = None;
+        for (i, t) in transmits.iter().enumerate() {
+            // A frame and its ACK, or a range's frames, share a destination.
+            let bits = match last {
+                Some((d, bits)) if d == t.dest => bits,
+                _ => Self::dest_bits(&mut self.seen, t.dest),
+            };
+            last = Some((t.dest, bits));
+            let control = if matches!(t.payload, Payload::Control { .. }) { CONTROL } else { 0 };
+            self.keys.push(bits | control | i as u64);
+        }
+        self.keys.sort_unstable();
         let order = &mut self.order;
         order.clear();
-        for block in
-            grouped.chunk_by(|&a, &b| transmits[a as usize].dest == transmits[b as usize].dest)
-        {
-            let (frames, controls) = block.split_at(block.partition_point(|&i| !control(i)));
-            let mut controls = controls.iter().copied().peekable();
-            let mut frames = frames.iter().copied().peekable();
+        for block in self.keys.chunk_by(|a, b| a >> DEST_SHIFT == b >> DEST_SHIFT) {
+            let (frames, controls) = block.split_at(block.partition_point(|k| k & CONTROL == 0));
+            let mut controls = controls.iter().map(|&k| k as u32).peekable();
+            let mut frames = frames.iter().map(|&k| k as u32).peekable();
             while let Some(first) = frames.next() {
                 let mut run = Run::start(len(first), max_segment);
                 order.push(first);
@@ -466,19 +506,24 @@ mod tests {
     }
 
     proptest::proptest! {
-        /// Arranging a round is a permutation that keeps each
-        /// destination's frames in order, lets no control message overtake
-        /// a frame queued before it, and never needs more sends.
+        /// Arranging a round is a permutation that puts each destination's
+        /// transmits together, groups first, keeps each destination's
+        /// frames in order, lets no control message overtake a frame queued
+        /// before it, and never needs more sends.
         #[test]
         fn arranging_never_costs_a_send(
-            round in proptest::collection::vec((0u8..4, 0usize..6), 0..200),
+            round in proptest::collection::vec((0u8..6, 0usize..6), 0..200),
             max_segment in proptest::sample::select(vec![0, 400, 1400, GSO_MAX_BYTES]),
         ) {
             const LENS: [usize; 6] = [16, 16, 64, 300, 1400, 20_000];
+            // Two groups, and one address both as a requester and as an
+            // upstream: different destinations.
             let dest = |d: u8| match d {
                 0 => Dest::Group(1),
-                1 => Dest::Unicast("127.0.0.1:5000".parse().unwrap()),
-                2 => Dest::Unicast("[::1]:5000".parse().unwrap()),
+                1 => Dest::Group(2),
+                2 => Dest::Unicast("127.0.0.1:5000".parse().unwrap()),
+                3 => Dest::Unicast("[::1]:5000".parse().unwrap()),
+                4 => Dest::Upstream("127.0.0.1:5000".parse().unwrap()),
                 _ => Dest::Upstream("127.0.0.2:6000".parse().unwrap()),
             };
             // Each frame's first byte is its position, to follow it.
@@ -510,6 +555,14 @@ mod tests {
             let mut right: Vec<_> = v.iter().map(|t| (t.dest, t.payload.as_bytes().to_vec())).collect();
             let pos = |t: &Transmit| t.payload.as_bytes()[0];
             let control = |t: &Transmit| matches!(t.payload, Payload::Control { .. });
+            // Each destination's transmits are one block; groups lead.
+            let blocks: Vec<Dest> = v.chunk_by(|a, b| a.dest == b.dest).map(|b| b[0].dest).collect();
+            let mut distinct = blocks.clone();
+            distinct.sort();
+            distinct.dedup();
+            proptest::prop_assert_eq!(blocks.len(), distinct.len(), "{:?}", blocks);
+            let groups = blocks.iter().take_while(|d| matches!(d, Dest::Group(_))).count();
+            proptest::prop_assert!(blocks[groups..].iter().all(|d| !matches!(d, Dest::Group(_))));
             for (j, x) in v.iter().enumerate() {
                 for y in &v[j + 1..] {
                     if x.dest != y.dest {

@@ -376,7 +376,8 @@ struct Listener {
 /// one GSO message per batch.
 enum NackOut {
     Plain(Batch),
-    Gso(GsoBatch),
+    /// GSO, and the batch size to go back to plain sends with.
+    Gso(GsoBatch, usize),
 }
 
 impl NackOut {
@@ -384,7 +385,7 @@ impl NackOut {
         if gso {
             // NACKs share one size and one destination: a run per
             // GSO_MAX_SEGMENTS of them.
-            NackOut::Gso(GsoBatch::new(batch.div_ceil(net::GSO_MAX_SEGMENTS)))
+            NackOut::Gso(GsoBatch::new(batch.div_ceil(net::GSO_MAX_SEGMENTS)), batch)
         } else {
             NackOut::Plain(Batch::new(batch, 64))
         }
@@ -399,22 +400,36 @@ impl NackOut {
                 }
                 b.push_copy(nack, dest);
             }
-            NackOut::Gso(g) => {
+            NackOut::Gso(g, _) => {
                 if !g.push(nack, dest) {
-                    let _ = g.send(fd);
-                    g.push(nack, dest);
+                    self.send(fd);
+                    self.push(nack, dest, fd);
                 }
             }
         }
     }
 
     /// Sends what is staged. A failed send is not retried: its NACKs time
-    /// out, as lost datagrams would.
+    /// out, as lost datagrams would. A GSO send the kernel refuses (a
+    /// device that cannot checksum the segments, a route whose MTU they
+    /// exceed) turns this listener to plain sends, said once.
     fn send(&mut self, fd: std::os::fd::RawFd) {
-        let _ = match self {
-            NackOut::Plain(b) => b.send(fd),
-            NackOut::Gso(g) => g.send(fd),
-        };
+        match self {
+            NackOut::Plain(b) => {
+                let _ = b.send(fd);
+            }
+            NackOut::Gso(g, batch) => {
+                if let Err(e) = g.send(fd)
+                    && matches!(e.raw_os_error(), Some(libc::EIO | libc::EINVAL | libc::EMSGSIZE))
+                {
+                    eprintln!(
+                        "warning: --gso: the kernel refused a GSO send ({e}); this listener sends \
+                         one datagram per NACK from here on, and that batch's NACKs time out"
+                    );
+                    *self = NackOut::Plain(Batch::new(*batch, 64));
+                }
+            }
+        }
     }
 }
 

@@ -99,7 +99,8 @@ impl Run {
 /// Orders a round's transmits so [`gso_runs`] needs fewer sends, without
 /// reordering what a listener could care about. The round is grouped by
 /// destination, multicast groups first, so a group's retransmits leave
-/// before the ACKs that announce them. For one destination its frames keep
+/// before the ACKs that announce them, then requesters in the order the
+/// round first reaches them. For one destination its frames keep
 /// their order (a range still leaves in sequence) and its control messages
 /// (ACK, MISS, THROTTLED: 16 bytes each) come after them: each frame run
 /// that could still end on a shorter segment takes the next control
@@ -110,9 +111,9 @@ impl Run {
 /// after the frames queued before it.
 ///
 /// It never needs more sends than the round as queued (the
-/// `arranging_never_costs_a_send` property). The scratch index vectors are
-/// kept between rounds: no allocation once they have grown to a round's
-/// size.
+/// `arranging_never_costs_a_send` property). The scratch vectors and the
+/// address numbering are kept between rounds: no allocation once they
+/// have grown to a round's size.
 #[derive(Debug, Default)]
 pub(crate) struct GsoOrder {
     /// The round's sort keys (see [`DEST_SHIFT`]), sorted: grouped by

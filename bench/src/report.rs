@@ -132,13 +132,20 @@ struct Target {
     /// the figure has no runs to pair.
     paired: Vec<f64>,
     paired_met: usize,
-    /// A closed-loop rate taken while neither server was saturated: the
-    /// load generator's ceiling, not the servers', set the rates.
-    load_bound: bool,
-    /// A closed-loop rate where the slower server was not saturated while
-    /// the same load generator kept the faster one busy: the slower one
-    /// idled on its own.
-    idled: bool,
+    /// For a closed-loop rate, which server was not saturated, if any
+    /// matters to the verdict.
+    unsaturated: Option<Unsaturated>,
+}
+
+/// A closed-loop rate taken while a server was not saturated.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Unsaturated {
+    /// Neither was: the load generator's ceiling, not the servers', set
+    /// the rates.
+    Neither,
+    /// The slower one was not while the same load generator kept the
+    /// faster one busy: the slower one idled on its own.
+    Slower,
 }
 
 impl Target {
@@ -152,8 +159,7 @@ impl Target {
             met,
             paired: vec![],
             paired_met: 0,
-            load_bound: false,
-            idled: false,
+            unsaturated: None,
         }
     }
 
@@ -350,11 +356,11 @@ fn closed_loop_target(
         };
         if x < SATURATED && y < SATURATED {
             t.measured += " (neither saturated: the load generator's ceiling)";
-            t.load_bound = true;
+            t.unsaturated = Some(Unsaturated::Neither);
         } else if slower_idle {
             t.measured +=
                 " (the slower server idled while the same load generator kept the other busy)";
-            t.idled = true;
+            t.unsaturated = Some(Unsaturated::Slower);
         }
     }
     t
@@ -1300,14 +1306,14 @@ fn explain(t: &Target, files: &BTreeMap<String, WorkloadFile>) -> String {
     if t.met.is_none() {
         return "the workload produced no number; its error is in the table above.".into();
     }
-    if t.load_bound {
+    if t.unsaturated == Some(Unsaturated::Neither) {
         return "neither rate is the server's: neither server was saturated (their CPU shares are in the \
                 measured column), so the closed loop ran at the load generator's ceiling on its one core, \
                 which varies from run to run on this shared machine. The CPU-per-NACK target beside it \
                 compares the servers themselves."
             .into();
     }
-    if t.idled {
+    if t.unsaturated == Some(Unsaturated::Slower) {
         return "the slower server was idle for part of each storm while the same load generator kept the other \
                 one busy, so the rate is the server's own. For the io_uring back end that is its batch wait \
                 (`--uring-batch-wait`, 200 µs): after answering a round the worker waits for the next batch of \
@@ -1474,12 +1480,12 @@ mod tests {
         let t = closed_loop_target("x", [Some(&busy), Some(&busy)], ["s", "s"], 1.0);
         assert!(t.measured.ends_with("server CPU busy 95 % vs 95 %"), "{}", t.measured);
         assert_eq!(t.met, Some(true));
-        assert!(!t.load_bound);
+        assert_eq!(t.unsaturated, None);
         // Neither saturated: the load generator set both rates, which is
         // what a missed target is explained by, whatever the systems.
         let t = closed_loop_target("x", [Some(&idle), Some(&idle)], ["s", "s"], 1.0);
         assert!(t.measured.contains("50 % vs 50 % (neither saturated"), "{}", t.measured);
-        assert!(t.load_bound && !t.idled);
+        assert_eq!(t.unsaturated, Some(Unsaturated::Neither));
         let files = BTreeMap::new();
         assert!(
             explain(&t, &files).contains("load generator's ceiling"),
@@ -1498,14 +1504,14 @@ mod tests {
                 "{}",
                 t.measured
             );
-            assert!(t.idled && !t.load_bound);
+            assert_eq!(t.unsaturated, Some(Unsaturated::Slower));
             assert!(explain(&t, &files).contains("batch wait"), "{}", explain(&t, &files));
         }
         // The faster one had room to spare: the comparison stands as is.
         let slow_busy = file("s", 150e3, 6.4);
         let t = closed_loop_target("x", [Some(&slow_busy), Some(&idle)], ["s", "s"], 1.0);
         assert!(t.measured.ends_with("96 % vs 50 %"), "{}", t.measured);
-        assert!(!t.idled && !t.load_bound);
+        assert_eq!(t.unsaturated, None);
         let cpu = storm_cpu(Some(&idle), "s").map(|c| c.0);
         assert_eq!(cpu, Some(2.5));
     }

@@ -269,7 +269,7 @@ impl Core {
                     // The shared cache still holds the old epoch's frames
                     // under these keys: the candidates promoted with this
                     // frame replace them too.
-                    if self.shares_frames() {
+                    if self.shared_store().is_some() {
                         for (key, ttl, frame) in self.service.flow_frames(now, key.hash_key) {
                             self.share_frame(key, ttl, &frame);
                         }
@@ -286,15 +286,15 @@ impl Core {
         }
     }
 
-    /// Whether cached frames go to the shared cache (`CACHE_BACKEND=redis`).
-    fn shares_frames(&self) -> bool {
-        self.store.as_ref().is_some_and(|s| s.shared_cache)
+    /// Where cached frames are shared, if they are (`CACHE_BACKEND=redis`).
+    fn shared_store(&self) -> Option<&StoreClient> {
+        self.store.as_ref().filter(|s| s.shared_cache)
     }
 
     /// Writes a newly cached frame to the shared cache, if there is one; a
     /// full queue drops the write (counted).
     fn share_frame(&mut self, key: FrameKey, ttl: std::time::Duration, frame: &[u8]) {
-        let Some(store) = self.store.as_ref().filter(|s| s.shared_cache) else { return };
+        let Some(store) = self.shared_store() else { return };
         let frame = Bytes::copy_from_slice(frame);
         if store.try_send(Op::Put { key, ttl, frame }).is_err() {
             self.counters.store_puts_dropped += 1;

@@ -1349,8 +1349,8 @@ fn explain(t: &Target, files: &BTreeMap<String, WorkloadFile>) -> String {
                 lead by making fewer kernel crossings than a recvmmsg/sendmmsg loop. It groups each round's \
                 answers by destination into GSO runs (a group's frames, a listener's frames, its ACKs: what \
                 `reflect-gso` does too; perf/gso-order-ab-2026-12-07.md), receives with multishot RecvMsg, and \
-                waits for batches (`--uring-batch-wait`, 200 µs: up to 32 completions per io_uring_enter; \
-                perf/nack-path-ab-2026-12-07.md). Where a round holds few NACKs (low fixed rates) there is \
+                waits for batches (`--uring-batch-wait`: at these rates each wait runs its full 200 µs; \
+                perf/nack-path-ab-2026-12-07.md, perf/batch-wait-2026-12-07.md). Where a round holds few NACKs (low fixed rates) there is \
                 little to group, and the largest costs are wake-ups: the worker's own sleep and wake each \
                 round, and on loopback the waking of each receiving socket, two per multicast answer (the \
                 group's and the requester's), which the reflector pays too (profile in \

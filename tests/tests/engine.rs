@@ -397,3 +397,34 @@ fn adverts_announce_the_endpoint_and_turn_draining_on_sigterm() {
     assert_eq!(draining.instance_id, a.instance_id);
     assert!(e.wait_exit(Duration::from_secs(8)).is_some_and(|s| s.success()));
 }
+
+/// The batch wait each io_uring worker waits with is exported per core:
+/// the configured one while the worker is quiet (it shortens only above
+/// 32 datagrams per wait), 0 on epoll.
+#[test]
+fn batch_wait_is_exported_per_core() {
+    // min_wait_usec needs Linux 6.12; older kernels ignore the flag, and
+    // the gauge says so with 0.
+    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    let mut v = release.split(['.', '-']).map(|p| p.parse::<u32>().unwrap_or(0));
+    let supported = (v.next().unwrap_or(0), v.next().unwrap_or(0)) >= (6, 12);
+    for (backend, wait, want) in [
+        ("uring", "300us", if supported { 300.0 } else { 0.0 }),
+        ("uring", "0", 0.0),
+        ("epoll", "300us", 0.0),
+    ] {
+        let e = Engine::start(&["--backend", backend, "--uring-batch-wait", wait]);
+        publish_flow(&e, 7, 2);
+        let client = nack_client();
+        assert_eq!(ask(&client, &e, &nack_bytes(7, 1, 1, 0)).0.len(), 1, "{backend}");
+        let series = "ricochet_uring_batch_wait_microseconds{core=\"0\"}";
+        let body = e.wait_metrics(Duration::from_secs(5), |b| {
+            ricochet_e2e::metric_value(b, series) == Some(want)
+        });
+        assert_eq!(
+            ricochet_e2e::metric_value(&body, series),
+            Some(want),
+            "{backend} --uring-batch-wait {wait}\n{body}"
+        );
+    }
+}

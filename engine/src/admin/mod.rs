@@ -469,6 +469,7 @@ const GAUGES: &[&str] = &[
     "cache_max_bytes",
     "recovery_in_flight",
     "store_pending",
+    "uring_batch_wait_microseconds",
 ];
 
 /// Renders Prometheus text exposition for every worker's snapshot.

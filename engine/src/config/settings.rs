@@ -138,7 +138,7 @@ settings! {
     Backend("backend", "RICOCHET_BACKEND", "auto", Val("BACKEND"), ENGINE,
         "Packet I/O back end: auto (io_uring, else epoll), uring or epoll"),
     UringBatchWait("uring-batch-wait", "RICOCHET_URING_BATCH_WAIT", "200us", Val("DURATION"), ENGINE,
-        "io_uring (kernel 6.12+): how long a worker may wait to gather a batch of completions before it handles those it has; fewer kernel crossings per NACK for up to this much added latency, 0..=10ms, 0 = handle each at once"),
+        "io_uring (kernel 6.12+): the longest a worker waits to gather a batch of completions before it handles those it has (shorter under load); fewer kernel crossings per NACK for up to this much added latency, 0..=10ms, 0 = handle each at once"),
     Ipv4Lab("ipv4-lab", "RICOCHET_IPV4_LAB", "false", Bool, ENGINE,
         "Lab mode: IPv4 groups 239.11.x.y on 127.0.0.1 instead of IPv6 groups"),
     MaxDatagram("max-datagram", "RICOCHET_MAX_DATAGRAM", "1232", Val("BYTES"), ENGINE,

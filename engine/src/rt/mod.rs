@@ -99,6 +99,7 @@
 //! on the data port, so there "too long" means longer than a frame may
 //! be; the NACK socket's io_uring buffers are smaller, hence its limit.
 
+mod batch_wait;
 pub mod beacon;
 mod dht_shard;
 mod epoll;
@@ -216,8 +217,9 @@ pub struct Options {
     pub recovery: retry::RecoverySettings,
     /// Datagrams per recvmmsg/sendmmsg batch.
     pub batch: usize,
-    /// io_uring: how long a worker may wait to gather a batch of
-    /// completions before it handles those it has (`--uring-batch-wait`).
+    /// io_uring: the longest a worker waits to gather a batch of
+    /// completions before it handles those it has (`--uring-batch-wait`;
+    /// shorter under load, `batch_wait`).
     pub uring_batch_wait: Duration,
     /// The shared store (Redis) when `REDIS_ADDR` is set.
     pub store: Option<store_queue::StoreClient>,
@@ -321,6 +323,10 @@ pub struct WorkerCounters {
     pub sibling_replies: u64,
     /// Shared-store requests waiting for their answer now (a gauge).
     pub store_pending: u64,
+    /// The batch wait the io_uring worker waits with now, in microseconds
+    /// (a gauge: `--uring-batch-wait`, shorter under load; 0 on epoll or
+    /// with batching off).
+    pub uring_batch_wait_microseconds: u64,
     /// Frames not written to the shared cache because its queue was full.
     pub store_puts_dropped: u64,
     /// Well-formed frames from the fabric (the ingress sockets) that reached

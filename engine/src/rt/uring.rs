@@ -26,6 +26,7 @@ use io_uring::types::{BufRingEntry, RecvMsgOut, Timespec};
 use io_uring::{IoUring, cqueue, opcode, types};
 use socket2::{SockAddr, Socket};
 
+use super::batch_wait::{BATCH_WANT, BatchWait};
 use super::gso::{GsoLimit, GsoOrder, gso_runs};
 use super::sys::{
     PktinfoCmsg, SendCmsg, gso_refused, packet_info, pktinfo_destination, socket_addr,
@@ -285,9 +286,11 @@ pub(crate) struct Worker {
     wake_scratch: Vec<usize>,
     /// What the kernel lets this worker send as one GSO send.
     gso: GsoLimit,
-    /// `min_wait_usec` of each wait (`--uring-batch-wait`); 0 waits for
-    /// the first completion only.
-    batch_wait_us: u32,
+    /// `min_wait_usec` of each wait (`--uring-batch-wait`, shorter under
+    /// load); 0 waits for the first completion only.
+    batch_wait: BatchWait,
+    /// Datagrams received in the current round.
+    round_datagrams: usize,
 }
 
 impl std::fmt::Debug for Worker {
@@ -300,10 +303,6 @@ impl std::fmt::Debug for Worker {
 // point into allocations the worker owns; it is moved to its thread once,
 // before any operation is submitted, and used only there.
 unsafe impl Send for Worker {}
-
-/// Completions a batch wait gathers before the worker handles them (when
-/// the wait is not over sooner): a round of sends the size of a GSO run.
-const BATCH_WANT: usize = 32;
 
 /// The longest one batch wait lasts (the tick wakes the worker sooner).
 static IDLE_WAIT: Timespec = Timespec::new().sec(1);
@@ -400,7 +399,8 @@ impl Worker {
             peer_rings: Vec::new(),
             wake_scratch: Vec::new(),
             gso: GsoLimit::default(),
-            batch_wait_us,
+            batch_wait: BatchWait::new(batch_wait_us, Instant::now()),
+            round_datagrams: 0,
         })
     }
 
@@ -413,14 +413,16 @@ impl Worker {
         }
         while !self.core.shared.stopping() {
             // One syscall per round: submit, then wait. With a batch
-            // wait the kernel returns once BATCH_WANT completions are in,
-            // or when the wait is over: with those it has, or ETIME when it
-            // has none (a normal, empty round).
-            let waited = if self.batch_wait_us > 0 {
+            // wait the kernel returns when the wait is over, with the
+            // completions it has, or ETIME when it has none (a normal,
+            // empty round); sooner only if BATCH_WANT pieces of task work
+            // come in, and a socket's burst of datagrams is one
+            // (`batch_wait` docs), so the wait is set from the arrival rate.
+            let wait_us = self.batch_wait.micros();
+            let waited = if wait_us > 0 {
                 // The overall timeout keeps an idle worker asleep past the
                 // batch wait (without one the kernel ends every wait there).
-                let args =
-                    types::SubmitArgs::new().min_wait_usec(self.batch_wait_us).timespec(&IDLE_WAIT);
+                let args = types::SubmitArgs::new().min_wait_usec(wait_us).timespec(&IDLE_WAIT);
                 self.ring.submitter().submit_with_args(BATCH_WANT, &args)
             } else {
                 self.ring.submit_and_wait(1)
@@ -439,6 +441,8 @@ impl Worker {
                 let cqe = self.cqes[i].clone();
                 self.complete(now, &cqe);
             }
+            self.batch_wait.record(now, std::mem::take(&mut self.round_datagrams));
+            self.core.counters.uring_batch_wait_microseconds = u64::from(self.batch_wait.micros());
             self.core.drain_inbox(now);
             self.flush();
             self.wake_peers();
@@ -561,6 +565,7 @@ impl Worker {
                 };
                 if let Some(bid) = cqueue::buffer_select(cqe.flags()) {
                     if res >= 0 {
+                        self.round_datagrams += 1;
                         self.on_datagram(now, source, bid, res as usize);
                     }
                     match source {

@@ -1334,14 +1334,20 @@ fn explain(t: &Target, files: &BTreeMap<String, WorkloadFile>) -> String {
     }
     if n.contains("vs epoll") {
         return "both back ends hand the kernel the same datagrams, grouped into the same GSO runs; what differs \
-                under full load is the size of a round. A saturated io_uring worker handles about 140 NACKs per \
-                io_uring_enter, where epoll reads, answers and sends at most 32 at a time. Freeing a round's \
-                receive buffers at once makes the kernel hand them back to the load generator's CPU by IPI, one \
-                per 32 buffers: twice as many IPIs as epoll in a multicast storm, each a hypervisor exit on this \
-                guest, and in that storm's profile the io_uring worker also spent more per NACK splitting the \
-                group's larger GSO sends and in the same limiter lookup. Sorting a round's answers, once about \
-                4 % of its CPU there, now orders integer keys (perf/loadgen-gso-2026-12-07.md). Registered files, \
-                which would trim each request, measured no difference (perf/gso-order-ab-2026-12-07.md)."
+                under full load is the size of a round. A saturated io_uring worker handles about 170 NACKs per \
+                io_uring_enter, where epoll reads, answers and sends at most 32 at a time; answering a round in \
+                slices of 32 or 64 measured the same rate at a little more CPU per NACK. With the fixed 200 µs \
+                batch wait, freeing a round's receive buffers at once cost twice epoll's IPIs to the load \
+                generator's CPU (each a hypervisor exit on this guest); with the wait that shortens under load \
+                the counts are alike (4.4–5.7 k against 5.3–10.0 k per 4 s multicast storm). Storms on this \
+                machine also fall, on either back end, into a slow mode with about a quarter more CPU per NACK, \
+                not explained; with three rounds one slow storm moves a median. Interleaved quick sets of 4–5 \
+                rounds disagree: one put io_uring ahead on both storms (multicast 401 against 367 k/s, unicast \
+                448 against 434), the other behind (387 against 405, 355 against 394; \
+                perf/batch-wait-2026-12-07.md). Sorting a round's \
+                answers, once about 4 % of its CPU, now orders integer keys (perf/loadgen-gso-2026-12-07.md). \
+                Registered files, which would trim each request, measured no difference \
+                (perf/gso-order-ab-2026-12-07.md)."
             .into();
     }
     if n.contains("CPU per answered NACK") {

@@ -248,6 +248,11 @@ impl Engine {
         }
     }
 
+    /// The process id (for `/proc/PID/…`).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// NACK destination.
     pub fn nack_addr(&self) -> SocketAddr {
         SocketAddr::from((Ipv4Addr::LOCALHOST, self.nack_port))

@@ -23,7 +23,7 @@ use std::sync::atomic::{AtomicU16, Ordering};
 use std::time::Instant;
 
 use io_uring::types::{BufRingEntry, RecvMsgOut, Timespec};
-use io_uring::{IoUring, cqueue, opcode, types};
+use io_uring::{EnterFlags, IoUring, cqueue, opcode, types};
 use socket2::{SockAddr, Socket};
 
 use super::batch_wait::{BATCH_WANT, BatchWait};
@@ -291,6 +291,8 @@ pub(crate) struct Worker {
     batch_wait: BatchWait,
     /// Datagrams received in the current round.
     round_datagrams: usize,
+    /// Flags of the worker's wait ([`wait_flags`]).
+    wait_flags: EnterFlags,
 }
 
 impl std::fmt::Debug for Worker {
@@ -322,6 +324,26 @@ fn batch_wait_micros(ring: &IoUring, wait: std::time::Duration, worker: usize) -
         );
     }
     0
+}
+
+/// Flags of the worker's wait: `NO_IOWAIT` where the kernel has it (6.15+,
+/// `IORING_FEAT_NO_IOWAIT`). Without it the kernel counts a worker waiting
+/// with receives armed as in I/O wait, so an idle NACK core reads as
+/// iowait, not idle, in `/proc/stat` (`node_cpu_seconds_total{mode="iowait"}`)
+/// and cpufreq governors boost it as if it waited on a disk. Older kernels
+/// get no flag (they would refuse it), said once (by worker 0) in the log.
+fn wait_flags(ring: &IoUring, worker: usize) -> EnterFlags {
+    if ring.params().is_feature_no_iowait() {
+        return EnterFlags::NO_IOWAIT;
+    }
+    if worker == 0 {
+        tracing::info!(
+            "this kernel counts an idle io_uring worker's wait as I/O wait (no \
+             IORING_FEAT_NO_IOWAIT, Linux 6.15+): its CPU shows iowait, not idle; \
+             it is not disk I/O"
+        );
+    }
+    EnterFlags::empty()
 }
 
 /// The msghdr a multishot RecvMsg reads its area sizes from; `control`
@@ -361,6 +383,7 @@ impl Worker {
                     .build(1024)
             })?;
         let batch_wait_us = batch_wait_micros(&ring, core.opts.uring_batch_wait, core.index);
+        let wait_flags = wait_flags(&ring, core.index);
         let ingress_bufs = BufRing::new(&ring, GROUP_INGRESS, INGRESS_BUFS, INGRESS_BUF)?;
         let nack_bufs = match BufRing::new(&ring, GROUP_NACK, NACK_BUFS, NACK_BUF) {
             Ok(b) => b,
@@ -401,6 +424,7 @@ impl Worker {
             gso: GsoLimit::default(),
             batch_wait: BatchWait::new(batch_wait_us, Instant::now()),
             round_datagrams: 0,
+            wait_flags,
         })
     }
 
@@ -419,14 +443,16 @@ impl Worker {
             // come in, and a socket's burst of datagrams is one
             // (`batch_wait` docs), so the wait is set from the arrival rate.
             let wait_us = self.batch_wait.micros();
-            let waited = if wait_us > 0 {
+            let args = types::SubmitArgs::new();
+            let (want, args) = if wait_us > 0 {
                 // The overall timeout keeps an idle worker asleep past the
                 // batch wait (without one the kernel ends every wait there).
-                let args = types::SubmitArgs::new().min_wait_usec(wait_us).timespec(&IDLE_WAIT);
-                self.ring.submitter().submit_with_args(BATCH_WANT, &args)
+                (BATCH_WANT, args.min_wait_usec(wait_us).timespec(&IDLE_WAIT))
             } else {
-                self.ring.submit_and_wait(1)
+                (1, args)
             };
+            let waited =
+                self.ring.submitter().submit_with_args_and_flags(want, &args, self.wait_flags);
             if let Err(e) = waited
                 && !matches!(e.raw_os_error(), Some(libc::EINTR | libc::ETIME))
             {

@@ -38,6 +38,10 @@ enum Cmd {
         --rate max --metrics http://127.0.0.1:9090/metrics\n  \
         # the same, with NACKs sent as GSO batches: cheaper for this side, so it can saturate a server\n  \
         ricochet-loadgen nack --target 127.0.0.1:9300 --listen-port 9001 --prefill 100000 --rate max --gso\n  \
+        # prefill only, then NACK the same frames in a second run (time the NACKs apart from the ingest)\n  \
+        ricochet-loadgen nack --target 127.0.0.1:9300 --listen-port 9001 --prefill 100000 --prefill-only \\\n      \
+        --metrics http://127.0.0.1:9090/metrics\n  \
+        ricochet-loadgen nack --target 127.0.0.1:9300 --prefill 100000 --no-publish --rate max --gso\n  \
         # IPv6 endpoint, BRC-129 site-scope groups on eth0, 30k NACK/s, count multicast retransmits\n  \
         ricochet-loadgen nack --target '[2001:db8::1]:9300' --scope site --mc-group-id 0x000b \\\n      \
         --mc-iface eth0 --listen-port 9001 --retransmit-port 9001 --prefill 100000 --rate 30k\n\n\

@@ -91,6 +91,13 @@ pub struct NackArgs {
     /// Build the prefill frame set but do not publish it (baselines).
     #[arg(long)]
     pub no_publish: bool,
+    /// Publish the prefill, wait until the endpoint reports it cached
+    /// (with --metrics), and exit without sending a NACK. A later run with
+    /// the same --prefill/--flows/--payload/--seed and --no-publish NACKs
+    /// those frames, so a harness can time the endpoint's NACK service
+    /// apart from its ingest of the prefill.
+    #[arg(long, conflicts_with = "no_publish")]
+    pub prefill_only: bool,
     /// Prefill publish rate, frames per second.
     #[arg(long, default_value_t = 50_000.0)]
     pub prefill_rate: f64,
@@ -500,6 +507,9 @@ impl Listener {
 
 /// Runs `nack`.
 pub fn run(a: NackArgs) -> Result<NackResult, String> {
+    if a.prefill_only && a.prefill == 0 {
+        return Err("--prefill-only needs --prefill N (the frames to publish)".into());
+    }
     a.common.pin()?;
     let groups = a.groups.resolve(Some(a.target.ip()))?;
     let store = FrameStore::generate(a.prefill, a.flows, a.payload, a.common.seed);
@@ -537,6 +547,23 @@ pub fn run(a: NackArgs) -> Result<NackResult, String> {
                 println!("prefill: the engine cached all {} frames", a.prefill);
             }
         }
+    }
+
+    if a.prefill_only {
+        let r = NackResult {
+            target: a.target.to_string(),
+            mode: "prefill-only".into(),
+            prefill: a.prefill,
+            prefill_cached,
+            ..NackResult::default()
+        };
+        if !a.common.quiet {
+            let cached =
+                prefill_cached.map_or("not checked (no --metrics)".into(), |c| c.to_string());
+            println!("prefill only: published {}, cached {cached}", a.prefill);
+        }
+        out::maybe_json(&a.common.json, &r)?;
+        return Ok(r);
     }
 
     // The group receiver binds the retransmit port before the listener

@@ -1270,8 +1270,9 @@ fn scaling_section(w: &mut String, f: &WorkloadFile) {
         "\n{} runs of each, interleaved (1 worker, 2 workers, 1, 2, …), the closed-loop unicast storm of (a): \
          8 flows over 8 listener sockets, window 256, NACKs sent as GSO batches. The engine steers each NACK to the worker that owns its \
          flow (`owner = low32(HashKey) % workers`), so with 8 flows both workers answer; the share column is \
-         each worker's `ricochet_acks_sent_total{{core}}` over the run; hand-offs are mostly the prefill's frames \
-         that arrived on a worker not owning their flow, forwarded NACKs those that missed the steering. CPU is the engine process's time, all \
+         each worker's `ricochet_acks_sent_total{{core}}` over the run; hand-offs are frames that arrived on a \
+         worker not owning their flow (the prefill's, where it was published inside the phase), forwarded \
+         NACKs those that missed the steering. CPU is the engine process's time, all \
          threads summed (schedstat), over the phase, per answered NACK. {}\n",
         f.runs.max(1),
         prefill_note(f)
@@ -1305,10 +1306,11 @@ fn scaling_section(w: &mut String, f: &WorkloadFile) {
 
 /// What two full runs showed about the multicast io_uring storms, for the
 /// explanations of the closed-loop rows that compare them.
-const SLOW_MULTICAST_STORMS: &str = " In two full runs of the same code, two of the three multicast io_uring \
-    storms ran slow (286–298 k/s at 3.1–3.2 µs per NACK) and the third fast (372–392 k/s at 2.4–2.6 µs), \
+const SLOW_MULTICAST_STORMS: &str = " In two earlier full runs of the same engine code (their storms' CPU \
+    still held the prefill's ingest), two of the three multicast io_uring storms ran slow (286–298 k/s at 3.1–3.2 µs per NACK) and the third fast (372–392 k/s at 2.4–2.6 µs), \
     while the same storm command run on its own gave 341–415 k/s: the slow mode depends on the suite's \
-    earlier phases, and what it is is not known (perf/batch-wait-2026-12-07.md, \"A second full run\").";
+    earlier phases, and what it is is not known (perf/batch-wait-2026-12-07.md, \"A second full run\"; \
+    single storms sampled inside, perf/storm-accounting-2026-12-07.md).";
 
 fn explain(t: &Target, files: &BTreeMap<String, WorkloadFile>) -> String {
     let n = &t.name;

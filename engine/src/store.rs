@@ -12,6 +12,13 @@
 //! - `CACHE_BACKEND=redis` in addition: every frame cached is also written
 //!   to `bre:frame:` ‖ HashKey ‖ SeqNum with its class's TTL, and a NACK
 //!   that misses the local cache is looked up there before it is answered.
+//!   When a flow starts a new epoch (its proxy restarted and reused the
+//!   HashKey), the new epoch's frames are written again and the old epoch's
+//!   other keys, as far as this endpoint's window held them, are deleted
+//!   (`DEL`), so a sibling never serves a pre-restart frame for a
+//!   post-restart gap. Writes and deletes are not ordered against each
+//!   other: a delete overtaken by a later write of the new epoch can only
+//!   turn that frame into a miss.
 //!
 //! The reference keys its retransmit dedup by SeqNum alone; ricochet adds
 //! the HashKey, because SeqNums are per flow and equal SeqNums of different
@@ -45,7 +52,7 @@ use crate::metrics;
 use crate::retry::ClaimResult;
 use crate::rt::Control;
 pub use crate::rt::store_queue::{
-    Answer, ClaimKind, Op, QUEUE_DEPTH, ReplyTo, StoreClient, StoreQueue, channel,
+    Answer, ClaimKind, DELETE_BATCH, Op, QUEUE_DEPTH, ReplyTo, StoreClient, StoreQueue, channel,
 };
 
 /// Commands in flight at once; more are answered unavailable.
@@ -81,6 +88,7 @@ pub struct StoreStats {
     gets_hit: AtomicU64,
     gets_miss: AtomicU64,
     puts: AtomicU64,
+    deletes: AtomicU64,
     errors: AtomicU64,
     unavailable: AtomicU64,
     transitions_down: AtomicU64,
@@ -117,6 +125,7 @@ impl metrics::Section for StoreStats {
             ("get", "hit", &self.gets_hit),
             ("get", "miss", &self.gets_miss),
             ("put", "ok", &self.puts),
+            ("del", "ok", &self.deletes),
         ]
         .map(|(op, result, c)| (format!("op=\"{op}\",result=\"{result}\""), get(c)));
         metrics::labelled(
@@ -157,6 +166,7 @@ impl metrics::Section for StoreStats {
             "gets_hit": get(&self.gets_hit),
             "gets_miss": get(&self.gets_miss),
             "puts": get(&self.puts),
+            "deletes": get(&self.deletes),
             "errors": get(&self.errors),
             "unavailable": get(&self.unavailable),
             "times_down": get(&self.transitions_down),
@@ -228,7 +238,7 @@ fn unavailable(control: &Control, op: Op) {
     match op {
         Op::Claim { reply, .. } => control.answer(reply, Answer::Claim(ClaimResult::Unavailable)),
         Op::Get { reply, .. } => control.answer(reply, Answer::Get(Err(()))),
-        Op::Put { .. } => {}
+        Op::Put { .. } | Op::Delete { .. } => {}
     }
 }
 
@@ -265,6 +275,13 @@ async fn execute(
                 .arg(ttl.as_millis().max(1) as u64);
             (None, false)
         }
+        Op::Delete { keys } => {
+            cmd = redis::cmd("DEL");
+            for key in keys {
+                cmd.arg(redis_key(b"bre:frame:", *key));
+            }
+            (None, false)
+        }
     };
     let result =
         tokio::time::timeout(s.op_timeout, cmd.query_async::<redis::Value>(&mut conn)).await;
@@ -274,7 +291,7 @@ async fn execute(
         Err(_) => return failed(stats, control, op, "timed out"),
     };
     let Some(reply) = reply else {
-        bump(&stats.puts);
+        bump(if matches!(op, Op::Delete { .. }) { &stats.deletes } else { &stats.puts });
         return;
     };
     let answer = if is_claim {
@@ -361,7 +378,8 @@ mod tests {
              ricochet_redis_ops_total{op=\"claim\",result=\"lost\"} 2\n\
              ricochet_redis_ops_total{op=\"get\",result=\"hit\"} 0\n\
              ricochet_redis_ops_total{op=\"get\",result=\"miss\"} 0\n\
-             ricochet_redis_ops_total{op=\"put\",result=\"ok\"} 0\n",
+             ricochet_redis_ops_total{op=\"put\",result=\"ok\"} 0\n\
+             ricochet_redis_ops_total{op=\"del\",result=\"ok\"} 0\n",
         );
         for (name, help, v) in [
             ("ricochet_redis_errors_total", "Redis commands that failed or timed out.", 3),

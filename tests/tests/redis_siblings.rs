@@ -233,8 +233,9 @@ fn with_the_redis_cache_backend_a_sibling_serves_frames_only_another_received() 
 /// A publisher's restart reuses its HashKey and starts its SeqNums again,
 /// so Redis holds the old epoch's frames under the new epoch's keys. The
 /// endpoint that confirms the restart writes every frame of the new epoch
-/// (the confirming frame and the candidates held as evidence before it),
-/// and a sibling serving from Redis serves the new bytes, never the old.
+/// (the confirming frame and the candidates held as evidence before it)
+/// and deletes the old epoch's other keys, so a sibling serving from Redis
+/// serves the new bytes and MISSes the rest, never serving the old.
 #[test]
 fn after_a_publisher_restart_redis_holds_the_new_epochs_frames() {
     let redis = RedisServer::start();
@@ -263,6 +264,13 @@ fn after_a_publisher_restart_redis_holds_the_new_epochs_frames() {
     );
     assert_eq!(ricochet_e2e::metric_sum(&m, resets), 1.0, "{m}");
 
+    // The old epoch's other keys are deleted (before the reads below, so
+    // a delete of a key the new epoch holds would show there).
+    let dels = "ricochet_redis_ops_total{op=\"del\",result=\"ok\"}";
+    let m = heard.wait_metrics(Duration::from_secs(10), |m| {
+        ricochet_e2e::metric_value(m, dels) == Some(1.0)
+    });
+    assert_eq!(ricochet_e2e::metric_value(&m, dels), Some(1.0), "one DEL of 7 keys: {m}");
     let client = nack_client();
     for (seq, (bytes, group)) in (1..=3).zip(&restarted) {
         let listener = group_listener(*group, deaf.egress_port);
@@ -281,4 +289,21 @@ fn after_a_publisher_restart_redis_holds_the_new_epochs_frames() {
         );
     }
     assert_eq!(deaf.metric_sum("ricochet_shared_hits_total"), 3.0);
+
+    // SeqNums 4..=10 have not been published since the restart: a listener
+    // missing them must not get the old epoch's frames from Redis.
+    for seq in 4..=10 {
+        client.send_to(&nack_for(FLOW, seq, 0), deaf.nack_addr()).unwrap();
+        let replies = drain(&client, Duration::from_millis(500));
+        assert_eq!(
+            replies
+                .iter()
+                .map(|r| ricochet_wire::control::ResponseRepr::parse(r))
+                .collect::<Vec<_>>(),
+            [Ok(ricochet_wire::control::ResponseRepr::miss())],
+            "seq {seq}: the old epoch's frame was served"
+        );
+    }
+    assert_eq!(deaf.metric_sum("ricochet_shared_hits_total"), 3.0);
+    assert_eq!(deaf.metric_sum("ricochet_shared_misses_total"), 7.0);
 }

@@ -238,6 +238,7 @@ fn families(input: &Input<'_>) -> Vec<Family> {
         s.retry.cache.refused_too_large
             + s.counters.store_unavailable
             + s.counters.store_puts_dropped
+            + s.counters.store_deletes_dropped
     }) + input.store_errors;
     let mut by_source: Vec<(String, u64)> = Vec::new();
     for s in input.snaps {

@@ -329,6 +329,9 @@ pub struct WorkerCounters {
     pub uring_batch_wait_microseconds: u64,
     /// Frames not written to the shared cache because its queue was full.
     pub store_puts_dropped: u64,
+    /// Deletes of an old epoch's keys from the shared cache not sent
+    /// because its queue was full (each of up to 256 keys).
+    pub store_deletes_dropped: u64,
     /// Well-formed frames from the fabric (the ingress sockets) that reached
     /// the cache of the worker owning their flow; recovered, warmed and
     /// looked-up frames are not counted.

@@ -55,7 +55,16 @@ pub enum Op {
         /// The whole datagram.
         frame: Bytes,
     },
+    /// `DEL bre:frame:‖key …`: frames of a flow's old epoch, which the new
+    /// epoch has not (yet) replaced; no answer.
+    Delete {
+        /// At most [`DELETE_BATCH`] keys.
+        keys: Vec<FrameKey>,
+    },
 }
+
+/// Keys one [`Op::Delete`] carries at most.
+pub const DELETE_BATCH: usize = 256;
 
 /// The workers' handle: a bounded queue to the control thread.
 #[derive(Debug, Clone)]

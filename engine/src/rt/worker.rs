@@ -11,7 +11,7 @@ use crossbeam_channel::{Receiver, Sender, TrySendError};
 use ricochet_wire::frame::Frame;
 use socket2::SockAddr;
 
-use super::store_queue::{Answer, Op, ReplyTo, StoreClient};
+use super::store_queue::{Answer, DELETE_BATCH, Op, ReplyTo, StoreClient};
 use super::sys::EventFd;
 use super::{ControlEvent, Options, Shared, WorkerCounters, WorkerSnapshot, owner, socket};
 use crate::retry::effects::{Parts, Router, StoreOp, StoreQueue};
@@ -268,9 +268,14 @@ impl Core {
                 if new_epoch {
                     // The shared cache still holds the old epoch's frames
                     // under these keys: the candidates promoted with this
-                    // frame replace them too.
+                    // frame replace theirs, and the old epoch's other keys
+                    // are deleted.
                     if self.shared_store().is_some() {
-                        for (key, ttl, frame) in self.service.flow_frames(now, key.hash_key) {
+                        let frames = self.service.flow_frames(now, key.hash_key);
+                        if let Some(old) = self.service.dropped_epoch(key.hash_key) {
+                            self.unshare_epoch(key.hash_key, old, &frames);
+                        }
+                        for (key, ttl, frame) in frames {
                             self.share_frame(key, ttl, &frame);
                         }
                     }
@@ -289,6 +294,32 @@ impl Core {
     /// Where cached frames are shared, if they are (`CACHE_BACKEND=redis`).
     fn shared_store(&self) -> Option<&StoreClient> {
         self.store.as_ref().filter(|s| s.shared_cache)
+    }
+
+    /// Deletes from the shared cache the keys of flow `hash_key`'s old
+    /// epoch in `old` that the new epoch (`frames`, in SeqNum order) does
+    /// not hold, in batches of [`DELETE_BATCH`]; a full queue drops a batch
+    /// (counted). At most `max_per_flow` keys.
+    fn unshare_epoch(
+        &mut self,
+        hash_key: u64,
+        old: std::ops::RangeInclusive<u64>,
+        frames: &[(FrameKey, std::time::Duration, Bytes)],
+    ) {
+        let Some(store) = self.shared_store() else { return };
+        let mut keys = Vec::with_capacity(DELETE_BATCH);
+        let mut dropped = 0;
+        for seq in not_held(old, frames.iter().map(|(k, ..)| k.seq)) {
+            keys.push(FrameKey { hash_key, seq });
+            if keys.len() == DELETE_BATCH {
+                let batch = std::mem::replace(&mut keys, Vec::with_capacity(DELETE_BATCH));
+                dropped += u64::from(store.try_send(Op::Delete { keys: batch }).is_err());
+            }
+        }
+        if !keys.is_empty() {
+            dropped += u64::from(store.try_send(Op::Delete { keys }).is_err());
+        }
+        self.counters.store_deletes_dropped += dropped;
     }
 
     /// Writes a newly cached frame to the shared cache, if there is one; a
@@ -688,5 +719,31 @@ impl Core {
                 holdings,
             };
         }
+    }
+}
+
+/// The SeqNums of `span` that `held` (ascending) does not name, in order.
+fn not_held(
+    span: std::ops::RangeInclusive<u64>,
+    held: impl IntoIterator<Item = u64>,
+) -> impl Iterator<Item = u64> {
+    let mut held = held.into_iter().peekable();
+    span.filter(move |&seq| {
+        while held.next_if(|&h| h < seq).is_some() {}
+        held.next_if_eq(&seq).is_none()
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::not_held;
+
+    #[test]
+    fn an_old_epoch_is_deleted_except_what_the_new_one_holds() {
+        let v = |i: &mut dyn Iterator<Item = u64>| i.collect::<Vec<_>>();
+        assert_eq!(v(&mut not_held(1..=10, [1, 2, 3])), (4..=10).collect::<Vec<_>>());
+        assert_eq!(v(&mut not_held(1..=10, [0, 2, 5, 11])), [1, 3, 4, 6, 7, 8, 9, 10]);
+        assert_eq!(v(&mut not_held(5..=6, [5, 6])), [0u64; 0]);
+        assert_eq!(v(&mut not_held(5..=6, [])), [5, 6]);
     }
 }

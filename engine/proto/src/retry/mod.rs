@@ -62,7 +62,7 @@ pub mod shared_limit;
 pub mod siblings;
 
 pub use allow::{AllowList, Prefix, PrefixError};
-pub use cache::{Cache, CacheSettings, CacheStats, TtlClass, Ttls};
+pub use cache::{Cache, CacheSettings, CacheStats, EpochReset, TtlClass, Ttls};
 pub use claims::Claims;
 pub use limit::{LimitSettings, Limiter, Tier};
 pub use recover::{ClaimResult, Enqueued, Recovered, Recovery, RecoverySettings, RecoveryStats};

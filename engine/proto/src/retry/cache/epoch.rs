@@ -108,6 +108,11 @@ impl Cache {
             self.cand_charge -= c.charge();
             self.cand_live -= 1;
         }
+        let flow = &self.flows[idx as usize];
+        self.last_reset = (flow.log.len() as u64).checked_sub(1).map(|last| super::EpochReset {
+            hash_key: flow.hash_key,
+            dropped: flow.base..=flow.base + last,
+        });
         let dropped = self.clear_flow(idx);
         self.stats.epoch_resets += 1;
         self.stats.evicted_epoch += dropped;

@@ -483,6 +483,20 @@ pub struct Cache {
     cand_charge: u64,
     next_cand: u64,
     stats: CacheStats,
+    /// The last epoch reset ([`Cache::last_reset`]).
+    last_reset: Option<EpochReset>,
+}
+
+/// A flow's epoch reset: what the old epoch's dropped frames spanned.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EpochReset {
+    /// The flow.
+    pub hash_key: u64,
+    /// From the first to the last SeqNum the old epoch held when it was
+    /// dropped (its log is tight: both ends were held). At most
+    /// `max_per_flow` SeqNums; frames the window had already let go of lie
+    /// below it.
+    pub dropped: std::ops::RangeInclusive<u64>,
 }
 
 impl fmt::Debug for Cache {
@@ -574,6 +588,7 @@ impl Cache {
             cand_charge: 0,
             next_cand: 0,
             stats: CacheStats::default(),
+            last_reset: None,
         }
     }
 
@@ -767,6 +782,14 @@ impl Cache {
         self.put(idx, now_ms, seq, class, group, frame);
         self.fit(Keep { seq: Some(seq), ..room }, None);
         Insert::Inserted { new_epoch, promoted }
+    }
+
+    /// The last epoch reset that dropped frames: right after an insert
+    /// that reported [`Insert::Inserted`] with `new_epoch`, that flow's.
+    /// A shared cache holding the old epoch's frames under the same keys
+    /// learns from it which to forget.
+    pub fn last_reset(&self) -> Option<&EpochReset> {
+        self.last_reset.as_ref()
     }
 
     /// The unexpired frame under `key`, if held.

@@ -325,8 +325,11 @@ fn a_restart_is_confirmed_by_its_third_frame() {
     assert!(serves(&c, t0, 1, 2, &frame(1, 2, 100)), "unconfirmed: the old frame");
     // A late frame of the old epoch (reordering) does not discard it.
     assert_eq!(put(&mut c, t0, 1, 150), Insert::Duplicate);
+    assert_eq!(c.last_reset(), None);
     let r = put_bytes(&mut c, t0, 1, 3, &new(3));
     assert_eq!(r, Insert::Inserted { new_epoch: true, promoted: 2 });
+    // What a shared cache must forget: the old epoch's whole span.
+    assert_eq!(c.last_reset(), Some(&EpochReset { hash_key: 1, dropped: 1..=200 }));
     for seq in 1..=3 {
         assert!(serves(&c, t0, 1, seq, &new(seq)), "{seq}");
     }

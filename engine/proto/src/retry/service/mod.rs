@@ -910,6 +910,14 @@ impl Service {
             .collect()
     }
 
+    /// The SeqNums flow `hash_key`'s old epoch spanned, when the last epoch
+    /// reset was that flow's ([`Cache::last_reset`]): right after
+    /// [`FrameOutcome::Cached`] with `new_epoch`, the keys under which a
+    /// shared cache still holds the old epoch's frames.
+    pub fn dropped_epoch(&self, hash_key: u64) -> Option<std::ops::RangeInclusive<u64>> {
+        self.cache.last_reset().filter(|r| r.hash_key == hash_key).map(|r| r.dropped.clone())
+    }
+
     /// Gives back the memory of expired frames, with bounded work per call;
     /// see [`Cache::expire`].
     pub fn expire(&mut self, now: Instant) -> Sweep {

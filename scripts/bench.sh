@@ -19,7 +19,8 @@
 #                                target/bench-quick/ (never perf/) and prints
 #                                the targets table.
 #
-# Knobs: SERVER_CPU (0), LOAD_CPU (1), BENCH_RUNS (3), BENCH_RATES (e.g.
+# Knobs: SERVER_CPU (0), LOAD_CPU (1), BENCH_RUNS (3), BENCH_STORM_RUNS
+# (closed-loop storms in a and b; BENCH_RUNS + 2), BENCH_RATES (e.g.
 # 10k,30k,100k), BENCH_BACKENDS (e.g. epoll,uring), BENCH_WORKLOADS (e.g.
 # a,b,c,d,memory,f; f = scaling, 1 vs 2 engine workers, not in --quick),
 # BENCH_OUT (where results go).
@@ -53,6 +54,7 @@ fi
 server_cpu=${SERVER_CPU:-0}
 load_cpu=${LOAD_CPU:-1}
 extra=(--runs "${BENCH_RUNS:-3}")
+[ -n "${BENCH_STORM_RUNS:-}" ] && extra+=(--storm-runs "$BENCH_STORM_RUNS")
 [ -n "${BENCH_RATES:-}" ] && extra+=(--rates "$BENCH_RATES")
 [ -n "${BENCH_BACKENDS:-}" ] && extra+=(--backends "$BENCH_BACKENDS")
 [ -n "${BENCH_WORKLOADS:-}" ] && extra+=(--workloads "$BENCH_WORKLOADS")

@@ -784,8 +784,11 @@ pub fn run(a: ReportArgs) -> Result<(), String> {
     for f in files.values().filter(|f| !f.loadavg_end.is_empty()) {
         let _ = writeln!(
             w,
-            "| load average, {} | {} before → {} after ({} runs of each figure, interleaved) |",
-            f.workload, f.machine.loadavg, f.loadavg_end, f.runs
+            "| load average, {} | {} before → {} after ({} of each figure, interleaved) |",
+            f.workload,
+            f.machine.loadavg,
+            f.loadavg_end,
+            runs_note(f)
         );
     }
     let busy = if m.busy_processes.is_empty() {
@@ -852,7 +855,6 @@ pub fn run(a: ReportArgs) -> Result<(), String> {
     // (a) and (b)
     for (f, label) in [(fa, "a"), (fb, "b")] {
         let Some(f) = f else { continue };
-        let runs = f.runs.max(1);
         let _ = writeln!(w, "## ({label}) {} — closed loop, window 256\n", f.title);
         let _ = writeln!(
             w,
@@ -914,7 +916,7 @@ pub fn run(a: ReportArgs) -> Result<(), String> {
         }
         let _ = writeln!(
             w,
-            "\n{runs} runs per system, interleaved (run 1 of every system, then run 2, …); the row's other columns \
+            "\n{} per system, interleaved (run 1 of every system, then run 2, …); the row's other columns \
              are from the run with the median throughput. Closed loop: 8 listener sockets keep 256 NACKs \
              outstanding (sent as GSO batches), so answered/s is the sustained rate and the latencies include \
              queueing behind the window. Prefill of {} frames of 392 B over 8 flows, each byte-checked when it comes back. `reflect` \
@@ -925,6 +927,7 @@ pub fn run(a: ReportArgs) -> Result<(), String> {
              for every system alike. {} Unanswered: NACKs with no answer within 1 s; in brackets the endpoint's \
              rate-limit refusals and kernel drops (its `/metrics`) and the load generator's own socket drops \
              (SO_RXQ_OVFL).\n",
+            runs_note(f),
             f.systems.iter().find_map(|s| s.nack.as_ref().map(|n| n.prefill)).unwrap_or(0),
             prefill_note(f)
         );
@@ -1428,6 +1431,23 @@ fn explain(t: &Target, files: &BTreeMap<String, WorkloadFile>) -> String {
     String::new()
 }
 
+/// How many storms and fixed-rate runs each system had: the storms may
+/// outnumber the fixed-rate runs (`bench --storm-runs`), the extra rounds
+/// storming only.
+fn runs_note(f: &WorkloadFile) -> String {
+    let runs = f.runs.max(1);
+    let storms = f.systems.iter().map(|s| s.storms.len()).max().unwrap_or(0);
+    if storms > runs {
+        format!(
+            "{storms} closed-loop storms and {runs} runs of each fixed rate (the storms of rounds \
+             {}–{storms} alone, seconds apart)",
+            runs + 1
+        )
+    } else {
+        format!("{runs} runs")
+    }
+}
+
 /// How a workload's storms treated the engines' prefill: published by a
 /// separate `nack --prefill-only` run before each storm (results from
 /// 2026-12-07 on), or inside the storm's phase, its ingest in the CPU.
@@ -1447,6 +1467,26 @@ mod tests {
     use super::*;
     use crate::cmd::bench::Storm;
     use crate::cmd::nack::NackResult;
+
+    #[test]
+    fn the_runs_note_counts_storm_only_rounds() {
+        let storms = |n: usize| SystemResult {
+            storms: (0..n).map(|run| Storm { run, ..Storm::default() }).collect(),
+            ..SystemResult::default()
+        };
+        let mut f = WorkloadFile {
+            runs: 3,
+            systems: vec![storms(3), storms(3)],
+            ..WorkloadFile::default()
+        };
+        assert_eq!(runs_note(&f), "3 runs");
+        f.systems = vec![storms(5), storms(4)];
+        assert!(
+            runs_note(&f).starts_with("5 closed-loop storms and 3 runs of each fixed rate"),
+            "{}",
+            runs_note(&f)
+        );
+    }
 
     #[test]
     fn the_prefill_note_follows_the_commands_the_suite_ran() {

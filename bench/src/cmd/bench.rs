@@ -97,6 +97,13 @@ pub struct BenchArgs {
     /// Runs of every measured figure, interleaved across systems.
     #[arg(long, default_value_t = 3)]
     pub runs: usize,
+    /// Closed-loop storms per system in (a) and (b): the first --runs
+    /// rounds storm and then run the fixed rates on the same server, the
+    /// rest storm only, a few seconds apart across systems, so the
+    /// noisiest figure gets the most samples [default: --runs + 2;
+    /// --quick: --runs].
+    #[arg(long)]
+    pub storm_runs: Option<usize>,
     /// Fixed NACK rates (open loop) for CPU per NACK and latency
     /// [default: 10k,30k,100k; --quick: 30k].
     #[arg(long, value_delimiter = ',')]
@@ -282,6 +289,8 @@ struct Phases {
     prefill: u64,
     rates: Vec<f64>,
     runs: usize,
+    /// Storm rounds in (a) and (b), at least `runs`.
+    storm_runs: usize,
 }
 
 /// Median, min and max of `v` (NaN-free), or None when empty.
@@ -808,6 +817,7 @@ pub fn run(a: BenchArgs) -> Result<(), String> {
             prefill: 16_384,
             rates: rates(&[30_000.0]),
             runs,
+            storm_runs: a.storm_runs.unwrap_or(runs).max(runs),
         }
     } else {
         Phases {
@@ -819,6 +829,7 @@ pub fn run(a: BenchArgs) -> Result<(), String> {
             prefill: 100_000,
             rates: rates(&[10_000.0, 30_000.0, 100_000.0]),
             runs,
+            storm_runs: a.storm_runs.unwrap_or(runs + 2).max(runs),
         }
     };
     let workloads = a.workloads.clone().unwrap_or_else(|| {
@@ -878,24 +889,30 @@ pub fn run(a: BenchArgs) -> Result<(), String> {
             .iter()
             .map(|x| SystemResult { system: x.clone(), ..SystemResult::default() })
             .collect();
-        'runs: for run in 0..s.p.runs {
+        'runs: for run in 0..s.p.storm_runs {
             for r in res.iter_mut() {
                 if s.over_budget() {
                     f.notes.push(format!("stopped at run {} for the time budget", run + 1));
                     break 'runs;
                 }
-                // The echo is a kernel figure: no fixed-rate runs for it.
-                let fixed = r.system != "echo";
+                // The echo is a kernel figure: no fixed-rate runs for it;
+                // rounds past --runs are storms only.
+                let fixed = r.system != "echo" && run < s.p.runs;
                 s.storm(r, run, unicast, fixed);
             }
         }
         f.systems = res;
         f.notes.push(format!(
-            "closed loop: window 256 over 8 listener sockets, NACKs sent as GSO batches, {} per run; \
-             open loop: {} per rate; \
+            "closed loop: window 256 over 8 listener sockets, NACKs sent as GSO batches, {} per run, \
+             {} runs (the last {} storm only); \
+             open loop: {} per rate, {} runs; \
              CPU is the server process's own time (schedstat) over each phase, per answered NACK; \
              the engines' prefill is published and cached before the storm, outside its CPU",
-            s.p.storm, s.p.fixed
+            s.p.storm,
+            s.p.storm_runs,
+            s.p.storm_runs - s.p.runs,
+            s.p.fixed,
+            s.p.runs
         ));
         s.save(f, t)?;
     }

@@ -1356,7 +1356,8 @@ fn explain(t: &Target, files: &BTreeMap<String, WorkloadFile>) -> String {
                 generator's CPU (each a hypervisor exit on this guest); with the wait that shortens under load \
                 the counts are alike (4.4–5.7 k against 5.3–10.0 k per 4 s multicast storm). Storms on this \
                 machine also fall, on either back end, into a slow mode with about a quarter more CPU per NACK, \
-                not explained; with three rounds one slow storm moves a median. Interleaved quick sets of 4–6 \
+                not explained; with three rounds one slow storm moved a median, so the suite now storms five \
+                times per system. Interleaved quick sets of 4–6 \
                 rounds disagree: two put io_uring ahead (multicast 401 against 367 k/s and 427 against 422, \
                 unicast 448 against 434), one behind (multicast 387 against 405, unicast 355 against 394; \
                 perf/batch-wait-2026-12-07.md). Sorting a round's \

@@ -13,10 +13,10 @@
 //!   to `bre:frame:` ‖ HashKey ‖ SeqNum with its class's TTL, and a NACK
 //!   that misses the local cache is looked up there before it is answered.
 //!   When a flow starts a new epoch (its proxy restarted and reused the
-//!   HashKey), the new epoch's frames are written again and the old epoch's
-//!   other keys, as far as this endpoint's window held them, are deleted
-//!   (`DEL`), so a sibling never serves a pre-restart frame for a
-//!   post-restart gap. Writes and deletes are not ordered against each
+//!   HashKey), the new epoch's frames are written again and the keys of
+//!   the old epoch's other frames this endpoint held are deleted (`DEL`),
+//!   so a sibling does not serve a pre-restart frame for a post-restart
+//!   gap. Writes and deletes are not ordered against each
 //!   other: a delete overtaken by a later write of the new epoch can only
 //!   turn that frame into a miss.
 //!

@@ -270,10 +270,11 @@ impl Core {
                     // under these keys: the candidates promoted with this
                     // frame replace theirs, and the old epoch's other keys
                     // are deleted.
+                    let old = self.service.take_dropped_epoch(key.hash_key);
                     if self.shared_store().is_some() {
                         let frames = self.service.flow_frames(now, key.hash_key);
-                        if let Some(old) = self.service.dropped_epoch(key.hash_key) {
-                            self.unshare_epoch(key.hash_key, old, &frames);
+                        if let Some(old) = old {
+                            self.unshare_epoch(key.hash_key, old.seqs(), &frames);
                         }
                         for (key, ttl, frame) in frames {
                             self.share_frame(key, ttl, &frame);
@@ -297,13 +298,14 @@ impl Core {
     }
 
     /// Deletes from the shared cache the keys of flow `hash_key`'s old
-    /// epoch in `old` that the new epoch (`frames`, in SeqNum order) does
-    /// not hold, in batches of [`DELETE_BATCH`]; a full queue drops a batch
-    /// (counted). At most `max_per_flow` keys.
+    /// epoch (`old`: the SeqNums it held, ascending) that the new epoch
+    /// (`frames`, in SeqNum order) does not hold, in batches of
+    /// [`DELETE_BATCH`]; a full queue drops a batch (counted). No more
+    /// keys than frames the old epoch had cached here.
     fn unshare_epoch(
         &mut self,
         hash_key: u64,
-        old: std::ops::RangeInclusive<u64>,
+        old: impl Iterator<Item = u64>,
         frames: &[(FrameKey, std::time::Duration, Bytes)],
     ) {
         let Some(store) = self.shared_store() else { return };
@@ -722,13 +724,14 @@ impl Core {
     }
 }
 
-/// The SeqNums of `span` that `held` (ascending) does not name, in order.
+/// The SeqNums of `old` (ascending) that `held` (ascending) does not
+/// name, in order.
 fn not_held(
-    span: std::ops::RangeInclusive<u64>,
+    old: impl Iterator<Item = u64>,
     held: impl IntoIterator<Item = u64>,
 ) -> impl Iterator<Item = u64> {
     let mut held = held.into_iter().peekable();
-    span.filter(move |&seq| {
+    old.filter(move |&seq| {
         while held.next_if(|&h| h < seq).is_some() {}
         held.next_if_eq(&seq).is_none()
     })

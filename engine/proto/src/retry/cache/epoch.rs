@@ -109,10 +109,12 @@ impl Cache {
             self.cand_live -= 1;
         }
         let flow = &self.flows[idx as usize];
-        self.last_reset = (flow.log.len() as u64).checked_sub(1).map(|last| super::EpochReset {
-            hash_key: flow.hash_key,
-            dropped: flow.base..=flow.base + last,
-        });
+        let mut held = vec![0u64; flow.log.len().div_ceil(64)];
+        for (i, _) in flow.log.iter().enumerate().filter(|(_, s)| s.held()) {
+            held[i / 64] |= 1 << (i % 64);
+        }
+        self.last_reset =
+            Some(super::EpochReset { hash_key: flow.hash_key, base: flow.base, held });
         let dropped = self.clear_flow(idx);
         self.stats.epoch_resets += 1;
         self.stats.evicted_epoch += dropped;

@@ -483,20 +483,32 @@ pub struct Cache {
     cand_charge: u64,
     next_cand: u64,
     stats: CacheStats,
-    /// The last epoch reset ([`Cache::last_reset`]).
+    /// The last epoch reset, until taken ([`Cache::take_last_reset`]).
     last_reset: Option<EpochReset>,
 }
 
-/// A flow's epoch reset: what the old epoch's dropped frames spanned.
+/// A flow's epoch reset: which SeqNums the old epoch held when it was
+/// dropped, as a bitmap over its log (at most `max_per_flow` bits: 8 KiB at
+/// the default). Frames the window had already let go of are not in it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct EpochReset {
     /// The flow.
     pub hash_key: u64,
-    /// From the first to the last SeqNum the old epoch held when it was
-    /// dropped (its log is tight: both ends were held). At most
-    /// `max_per_flow` SeqNums; frames the window had already let go of lie
-    /// below it.
-    pub dropped: std::ops::RangeInclusive<u64>,
+    /// The SeqNum of bit 0.
+    base: u64,
+    /// Bit `i` set: SeqNum `base + i` was held.
+    held: Vec<u64>,
+}
+
+impl EpochReset {
+    /// The old epoch's held SeqNums, ascending.
+    pub fn seqs(&self) -> impl Iterator<Item = u64> + '_ {
+        self.held.iter().enumerate().flat_map(move |(w, &bits)| {
+            (0..64)
+                .filter(move |b| bits >> b & 1 == 1)
+                .map(move |b| self.base + (w * 64 + b) as u64)
+        })
+    }
 }
 
 impl fmt::Debug for Cache {
@@ -784,12 +796,12 @@ impl Cache {
         Insert::Inserted { new_epoch, promoted }
     }
 
-    /// The last epoch reset that dropped frames: right after an insert
-    /// that reported [`Insert::Inserted`] with `new_epoch`, that flow's.
-    /// A shared cache holding the old epoch's frames under the same keys
-    /// learns from it which to forget.
-    pub fn last_reset(&self) -> Option<&EpochReset> {
-        self.last_reset.as_ref()
+    /// Takes the last epoch reset that dropped frames: right after an
+    /// insert that reported [`Insert::Inserted`] with `new_epoch`, that
+    /// flow's. A shared cache holding the old epoch's frames under the same
+    /// keys learns from it which to forget.
+    pub fn take_last_reset(&mut self) -> Option<EpochReset> {
+        self.last_reset.take()
     }
 
     /// The unexpired frame under `key`, if held.

@@ -325,11 +325,14 @@ fn a_restart_is_confirmed_by_its_third_frame() {
     assert!(serves(&c, t0, 1, 2, &frame(1, 2, 100)), "unconfirmed: the old frame");
     // A late frame of the old epoch (reordering) does not discard it.
     assert_eq!(put(&mut c, t0, 1, 150), Insert::Duplicate);
-    assert_eq!(c.last_reset(), None);
+    assert_eq!(c.take_last_reset(), None);
     let r = put_bytes(&mut c, t0, 1, 3, &new(3));
     assert_eq!(r, Insert::Inserted { new_epoch: true, promoted: 2 });
-    // What a shared cache must forget: the old epoch's whole span.
-    assert_eq!(c.last_reset(), Some(&EpochReset { hash_key: 1, dropped: 1..=200 }));
+    // What a shared cache must forget: every frame the old epoch held.
+    let reset = c.take_last_reset().expect("a reset");
+    assert_eq!(reset.hash_key, 1);
+    assert_eq!(reset.seqs().collect::<Vec<_>>(), (1..=200).collect::<Vec<_>>());
+    assert_eq!(c.take_last_reset(), None, "taken once");
     for seq in 1..=3 {
         assert!(serves(&c, t0, 1, seq, &new(seq)), "{seq}");
     }
@@ -985,4 +988,19 @@ fn a_frame_larger_than_a_segment_gets_one_of_its_own() {
     let r = c.insert(t0, key(1, 4), TtlClass::Tx, 0, huge, Origin::Fabric);
     assert_eq!((r, c.stats().refused_too_large), (Insert::TooLarge, 1));
     c.check_invariants();
+}
+
+#[test]
+fn a_reset_names_only_the_frames_the_old_epoch_held() {
+    let t0 = Instant::now();
+    let mut c = Cache::new(CacheSettings::default(), t0);
+    // A sparse old epoch: its log spans 1..=1000 but holds five frames.
+    for seq in [1, 2, 3, 500, 1000] {
+        put(&mut c, t0, 1, seq);
+    }
+    for seq in 1..=3 {
+        put_bytes(&mut c, t0, 1, seq, &forged(1, seq));
+    }
+    let reset = c.take_last_reset().expect("a reset");
+    assert_eq!(reset.seqs().collect::<Vec<_>>(), [1, 2, 3, 500, 1000]);
 }

@@ -135,7 +135,7 @@ use ricochet_wire::frame::{Frame, FrameKey};
 use ricochet_wire::group::{self, DEFAULT_BEEF_SHARD_BITS, DEFAULT_SHARD_BITS};
 
 use super::allow::AllowList;
-use super::cache::{Cache, CacheSettings, CacheStats, Insert, Origin, Sweep, TtlClass};
+use super::cache::{Cache, CacheSettings, CacheStats, EpochReset, Insert, Origin, Sweep, TtlClass};
 use super::limit::{LimitSettings, Limiter, Tier};
 use super::shared_limit::SharedLimits;
 use super::siblings::Siblings;
@@ -910,12 +910,12 @@ impl Service {
             .collect()
     }
 
-    /// The SeqNums flow `hash_key`'s old epoch spanned, when the last epoch
-    /// reset was that flow's ([`Cache::last_reset`]): right after
-    /// [`FrameOutcome::Cached`] with `new_epoch`, the keys under which a
-    /// shared cache still holds the old epoch's frames.
-    pub fn dropped_epoch(&self, hash_key: u64) -> Option<std::ops::RangeInclusive<u64>> {
-        self.cache.last_reset().filter(|r| r.hash_key == hash_key).map(|r| r.dropped.clone())
+    /// Takes the last epoch reset, if it was flow `hash_key`'s
+    /// ([`Cache::take_last_reset`]): right after [`FrameOutcome::Cached`]
+    /// with `new_epoch`, the SeqNums under which a shared cache still holds
+    /// the old epoch's frames (those this shard held).
+    pub fn take_dropped_epoch(&mut self, hash_key: u64) -> Option<EpochReset> {
+        self.cache.take_last_reset().filter(|r| r.hash_key == hash_key)
     }
 
     /// Gives back the memory of expired frames, with bounded work per call;

@@ -47,6 +47,14 @@ pub fn report_skip(test: &str, reason: &str) {
     }
 }
 
+/// Whether the running kernel is Linux `major.minor` or newer (from
+/// `/proc/sys/kernel/osrelease`; unreadable counts as older).
+pub fn kernel_at_least(major: u32, minor: u32) -> bool {
+    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    let mut v = release.split(['.', '-']).map(|p| p.parse::<u32>().unwrap_or(0));
+    (v.next().unwrap_or(0), v.next().unwrap_or(0)) >= (major, minor)
+}
+
 /// Whether this runs under CI: `CI` set to anything but empty, `0` or
 /// `false` (`.ci/run` sets `CI=1`; hosted CI sets `CI=true`).
 pub(crate) fn in_ci() -> bool {

@@ -405,9 +405,7 @@ fn adverts_announce_the_endpoint_and_turn_draining_on_sigterm() {
 fn batch_wait_is_exported_per_core() {
     // min_wait_usec needs Linux 6.12; older kernels ignore the flag, and
     // the gauge says so with 0.
-    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
-    let mut v = release.split(['.', '-']).map(|p| p.parse::<u32>().unwrap_or(0));
-    let supported = (v.next().unwrap_or(0), v.next().unwrap_or(0)) >= (6, 12);
+    let supported = ricochet_e2e::kernel_at_least(6, 12);
     for (backend, wait, want) in [
         ("uring", "300us", if supported { 300.0 } else { 0.0 }),
         ("uring", "0", 0.0),

@@ -12,7 +12,7 @@
 
 use std::time::Duration;
 
-use ricochet_e2e::{Engine, Publisher, drain, nack_client, nack_for, report_skip};
+use ricochet_e2e::{Engine, Publisher, drain, kernel_at_least, nack_client, nack_for, report_skip};
 
 /// A sysctl set for the test's run and put back on drop.
 struct Sysctl {
@@ -51,9 +51,7 @@ fn blkio_ticks(pid: u32) -> Vec<(String, u64)> {
 #[test]
 fn an_idle_uring_worker_is_not_in_io_wait() {
     let test = "an_idle_uring_worker_is_not_in_io_wait";
-    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
-    let mut v = release.split(['.', '-']).map(|p| p.parse::<u32>().unwrap_or(0));
-    if (v.next().unwrap_or(0), v.next().unwrap_or(0)) < (6, 15) {
+    if !kernel_at_least(6, 15) {
         report_skip(test, "needs Linux 6.15+ (IORING_FEAT_NO_IOWAIT)");
         return;
     }

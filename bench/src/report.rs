@@ -11,7 +11,7 @@ use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
 use crate::charts;
-use crate::cmd::bench::{Micro, SystemResult, WorkloadFile, spread, today};
+use crate::cmd::bench::{IngestRun, Micro, SystemResult, WorkloadFile, spread, today};
 use crate::out::{self, Machine};
 
 /// `report` options.
@@ -396,15 +396,60 @@ fn rates_of(f: Option<&WorkloadFile>) -> Vec<f64> {
     v
 }
 
-fn ingest_rate(f: Option<&WorkloadFile>, s: &str) -> Option<(f64, String)> {
-    let r = sys(f, s)?;
-    let p = r.publish.as_ref()?;
+/// Frames `s` cached (or the sink received) per second at the maximum
+/// publish rate, every run, by round. Files from before per-run records
+/// count their runs in order, or have the median run alone.
+fn ingest_rounds(f: Option<&WorkloadFile>, s: &str) -> ByRound {
+    let Some(r) = sys(f, s) else { return vec![] };
+    if !r.ingests.is_empty() {
+        return r.ingests.iter().map(|x| (x.run, x.rate)).collect();
+    }
+    if !r.ingest_runs.is_empty() {
+        return r.ingest_runs.iter().copied().enumerate().collect();
+    }
+    let Some(p) = r.publish.as_ref() else { return vec![] };
     let v = if s == "sink" {
-        r.server.as_ref()?.received as f64 / p.duration_s
+        r.server.as_ref().map(|x| x.received as f64 / p.duration_s)
     } else {
-        p.engine_cached_rate?
+        p.engine_cached_rate
     };
-    Some((v, k(v)))
+    v.map(|v| vec![(0, v)]).unwrap_or_default()
+}
+
+/// Median ingest rate of `s` over its runs, "median (min–max)".
+fn ingest_rate(f: Option<&WorkloadFile>, s: &str) -> Option<(f64, String)> {
+    measured(&values(ingest_rounds(f, s)), k)
+}
+
+/// Frames lost at 80 % of the maximum over every ingest run of `r`:
+/// "0 of N at RATE" for one run, "… in each of k runs" for more.
+fn ingest_loss80(r: &SystemResult) -> Option<(String, bool)> {
+    if r.ingests.is_empty() {
+        let p = r.publish80.as_ref()?;
+        let lost = p.lost.unwrap_or(0);
+        let which =
+            if r.ingest_runs.len() > 1 { " (the median run's; no other recorded)" } else { "" };
+        return Some((
+            format!("{lost} of {} at {}{which}", p.cacheable_sent, k(p.send_rate)),
+            lost == 0,
+        ));
+    }
+    let lost: u64 = r.ingests.iter().map(|x| x.lost80).sum();
+    let sent: u64 = r.ingests.iter().map(|x| x.sent80).sum();
+    let rates: Vec<f64> = r.ingests.iter().map(|x| x.send_rate80).collect();
+    let lossy = r.ingests.iter().filter(|x| x.lost80 > 0).count();
+    let runs = r.ingests.len();
+    let text = if runs == 1 {
+        format!("{lost} of {sent} at {}", fmt_spread(&rates, k))
+    } else if lossy == 0 {
+        format!("0 of {sent} over {runs} runs at {}", fmt_spread(&rates, k))
+    } else {
+        format!(
+            "{lost} of {sent} ({lossy} of {runs} runs lost frames) at {}",
+            fmt_spread(&rates, k)
+        )
+    };
+    Some((text, lost == 0))
 }
 
 /// p99 of every fixed-rate run of `s` at `rate` that answered anything,
@@ -542,26 +587,33 @@ pub fn run(a: ReportArgs) -> Result<(), String> {
     }
     for b in ["uring", "epoll"] {
         if ran(fc, b) && ran(fc, "sink") {
-            targets.push(ratio_target(
-                &format!("(c) ingest, {b} vs recvmmsg sink"),
-                ingest_rate(fc, b),
-                ingest_rate(fc, "sink"),
-                0.9,
-                true,
-            ));
+            targets.push(
+                ratio_target(
+                    &format!("(c) ingest, {b} vs recvmmsg sink"),
+                    ingest_rate(fc, b),
+                    ingest_rate(fc, "sink"),
+                    0.9,
+                    true,
+                )
+                .with_runs(
+                    &ingest_rounds(fc, b),
+                    &ingest_rounds(fc, "sink"),
+                    0.9,
+                    true,
+                ),
+            );
         }
     }
     for b in ["uring", "epoll"] {
         if !ran(fc, b) {
             continue;
         }
-        let r = sys(fc, b).and_then(|s| s.publish80.as_ref());
-        targets.push(match r {
-            Some(p) => Target::plain(
+        targets.push(match sys(fc, b).and_then(ingest_loss80) {
+            Some((text, none_lost)) => Target::plain(
                 format!("(c) frames lost at 80% of max, {b}"),
-                format!("{} of {} at {}", p.lost.unwrap_or(0), p.cacheable_sent, k(p.send_rate)),
+                text,
                 "0 lost",
-                Some(p.lost == Some(0)),
+                Some(none_lost),
             ),
             None => Target::plain(
                 format!("(c) frames lost at 80% of max, {b}"),
@@ -696,14 +748,7 @@ pub fn run(a: ReportArgs) -> Result<(), String> {
         let v: Vec<charts::Bar> = f
             .systems
             .iter()
-            .filter_map(|s| {
-                let runs = if s.ingest_runs.is_empty() {
-                    ingest_rate(Some(f), &s.system).map(|x| vec![x.0]).unwrap_or_default()
-                } else {
-                    s.ingest_runs.clone()
-                };
-                bar(&s.system, &runs, 1e-3)
-            })
+            .filter_map(|s| bar(&s.system, &values(ingest_rounds(Some(f), &s.system)), 1e-3))
             .collect();
         bar_chart(
             "ingest.svg",
@@ -980,8 +1025,31 @@ pub fn run(a: ReportArgs) -> Result<(), String> {
             w,
             "| system | publish rate (max) | received or cached/s | lost at max | rate at 80% | lost at 80% |\n|---|---|---|---|---|---|"
         );
+        let mut runs = 0;
+        let mut median_run_only = false;
         for s in &f.systems {
-            if let (Some(p), Some(p8)) = (&s.publish, &s.publish80) {
+            median_run_only |= s.ingests.is_empty() && s.ingest_runs.len() > 1;
+            if !s.ingests.is_empty() {
+                runs = runs.max(s.ingests.len());
+                let col = |v: fn(&IngestRun) -> f64| {
+                    fmt_spread(&s.ingests.iter().map(v).collect::<Vec<_>>(), k)
+                };
+                let lost = |v: fn(&IngestRun) -> (u64, u64)| {
+                    let (l, n) =
+                        s.ingests.iter().map(v).fold((0, 0), |a, b| (a.0 + b.0, a.1 + b.1));
+                    format!("{l} of {n}")
+                };
+                let _ = writeln!(
+                    w,
+                    "| {} | {} | {} | {} | {} | {} |",
+                    s.system,
+                    col(|x| x.send_rate),
+                    col(|x| x.rate),
+                    lost(|x| (x.lost, x.sent)),
+                    col(|x| x.send_rate80),
+                    lost(|x| (x.lost80, x.sent80)),
+                );
+            } else if let (Some(p), Some(p8)) = (&s.publish, &s.publish80) {
                 let rate = ingest_rate(Some(f), &s.system).map(|x| x.1).unwrap_or_default();
                 let _ = writeln!(
                     w,
@@ -1009,7 +1077,19 @@ pub fn run(a: ReportArgs) -> Result<(), String> {
             "\nThe publisher sends 392-byte frames on the 4 shard groups with sendmmsg from one core; \"lost\" is \
              frames sent minus frames the engine counted cached (`ricochet_frames_cached_total`) or the sink \
              received. On loopback the sender's core also runs the receive path up to the socket queue, so the \
-             maximum publish rate bounds what any receiver can be shown to ingest.\n"
+             maximum publish rate bounds what any receiver can be shown to ingest.{}\n",
+            if runs > 1 {
+                format!(
+                    " {runs} runs per system, interleaved (the sink, then each back end, then again): rates are the \
+                     median (min–max) over the runs, losses the sum over them."
+                )
+            } else if median_run_only {
+                " Received or cached/s is the median (min–max) over the runs; the other columns are the median \
+                 run's (files of this date recorded no other)."
+                    .to_string()
+            } else {
+                String::new()
+            }
         );
     }
 
@@ -1548,6 +1628,66 @@ mod tests {
 
     /// A closed-loop rate target says how busy each server was, and flags
     /// a rate set by the load generator rather than the server.
+    #[test]
+    fn ingest_figures_take_every_run_and_count_every_runs_loss() {
+        let run = |run: usize, rate: f64, lost80: u64| IngestRun {
+            run,
+            rate,
+            send_rate: rate,
+            sent: 1000,
+            lost: 0,
+            send_rate80: rate * 0.8,
+            sent80: 800,
+            lost80,
+        };
+        let file = |systems: Vec<SystemResult>| WorkloadFile { systems, ..WorkloadFile::default() };
+        let sys = |name: &str, ingests: Vec<IngestRun>| SystemResult {
+            system: name.into(),
+            ingests,
+            ..SystemResult::default()
+        };
+        // Round 1 is a miss (0.80×) that the median run alone would hide.
+        let f = file(vec![
+            sys("sink", vec![run(0, 200e3, 0), run(1, 250e3, 0), run(2, 240e3, 0)]),
+            sys("epoll", vec![run(0, 230e3, 0), run(1, 200e3, 0), run(2, 236e3, 0)]),
+        ]);
+        let (m, text) = ingest_rate(Some(&f), "epoll").unwrap();
+        assert_eq!(m, 230e3);
+        assert_eq!(text, "230.0 k/s (200.0 k/s–236.0 k/s)");
+        let t = ratio_target(
+            "x",
+            ingest_rate(Some(&f), "epoll"),
+            ingest_rate(Some(&f), "sink"),
+            0.9,
+            true,
+        )
+        .with_runs(
+            &ingest_rounds(Some(&f), "epoll"),
+            &ingest_rounds(Some(&f), "sink"),
+            0.9,
+            true,
+        );
+        assert_eq!(t.met, Some(true));
+        assert_eq!(t.rounds(), "2 of 3 (0.80–1.15×)");
+        // A loss in any run is a loss, even where the median run had none.
+        let lossless = sys("uring", vec![run(0, 200e3, 0), run(1, 210e3, 0)]);
+        assert_eq!(
+            ingest_loss80(&lossless),
+            Some(("0 of 1600 over 2 runs at 164.0 k/s (160.0 k/s–168.0 k/s)".into(), true))
+        );
+        let lossy = sys("uring", vec![run(0, 200e3, 0), run(1, 210e3, 3), run(2, 220e3, 0)]);
+        let (text, none_lost) = ingest_loss80(&lossy).unwrap();
+        assert!(!none_lost);
+        assert!(text.starts_with("3 of 2400 (1 of 3 runs lost frames)"), "{text}");
+        // Files from before the per-run records: their runs in order.
+        let old = file(vec![SystemResult {
+            system: "sink".into(),
+            ingest_runs: vec![1.0, 3.0, 2.0],
+            ..SystemResult::default()
+        }]);
+        assert_eq!(ingest_rounds(Some(&old), "sink"), vec![(0, 1.0), (1, 3.0), (2, 2.0)]);
+    }
+
     #[test]
     fn closed_loop_targets_say_when_the_server_was_not_saturated() {
         let file = |name: &str, per_s: f64, cpu_us: f64| WorkloadFile {

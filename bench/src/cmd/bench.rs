@@ -168,6 +168,46 @@ pub struct ScaleRun {
     pub nacks_forwarded: f64,
 }
 
+/// One ingest run of workload (c): the maximum publish rate, then 80 % of
+/// what the system took in at it.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq)]
+pub struct IngestRun {
+    /// Run number (from 0).
+    pub run: usize,
+    /// Frames the engine cached (or the sink received) per second at the
+    /// maximum publish rate.
+    pub rate: f64,
+    /// The publisher's send rate at max, frames/s.
+    pub send_rate: f64,
+    /// Frames sent at max that a receiver should take in.
+    pub sent: u64,
+    /// Of those, frames not cached (or not received).
+    pub lost: u64,
+    /// The publisher's send rate at 80 %, frames/s.
+    pub send_rate80: f64,
+    /// Frames sent at 80 %.
+    pub sent80: u64,
+    /// Of those, frames not cached (or not received).
+    pub lost80: u64,
+}
+
+impl IngestRun {
+    /// The run's figures from the two publish passes of `r`, if both ran.
+    fn of(r: &SystemResult, run: usize) -> Option<IngestRun> {
+        let (p, p80) = (r.publish.as_ref()?, r.publish80.as_ref()?);
+        Some(IngestRun {
+            run,
+            rate: ingest_max(r)?,
+            send_rate: p.send_rate,
+            sent: p.cacheable_sent,
+            lost: p.lost?,
+            send_rate80: p80.send_rate,
+            sent80: p80.cacheable_sent,
+            lost80: p80.lost?,
+        })
+    }
+}
+
 /// One system's results in a workload file.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 pub struct SystemResult {
@@ -182,8 +222,12 @@ pub struct SystemResult {
     /// Every fixed-rate run.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub fixed: Vec<FixedRun>,
-    /// Ingest: cached (or received) frames/s at the maximum rate, per run.
+    /// Every ingest run (workload c).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ingests: Vec<IngestRun>,
+    /// Ingest: cached (or received) frames/s at the maximum rate, per run,
+    /// as files written before `ingests` recorded it; read, never written.
+    #[serde(default, skip_serializing)]
     pub ingest_runs: Vec<f64>,
     /// Every lab run.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -785,7 +829,7 @@ fn merge_runs(
         Some(i) => ok[i].clone(),
         None => runs.last().cloned().unwrap_or_default(),
     };
-    out.ingest_runs = runs.iter().flat_map(|r| r.ingest_runs.clone()).collect();
+    out.ingests = runs.iter().flat_map(|r| r.ingests.clone()).collect();
     out.labs = runs.iter().filter_map(|r| r.lab.clone()).collect();
     out.memories = runs.iter().filter_map(|r| r.memory.clone()).collect();
     if out.error.is_none() {
@@ -927,17 +971,20 @@ pub fn run(a: BenchArgs) -> Result<(), String> {
         let mut sys = vec!["sink".to_string()];
         sys.extend(backends.iter().cloned());
         let mut per: Vec<Vec<SystemResult>> = vec![vec![]; sys.len()];
-        'runs: for _ in 0..s.p.runs {
+        'runs: for run in 0..s.p.runs {
             for (i, x) in sys.iter().enumerate() {
                 if s.over_budget() {
                     break 'runs;
                 }
                 let mut r = s.ingest(x);
-                let rate = ingest_max(&r);
-                r.ingest_runs = rate.into_iter().collect();
+                r.ingests = IngestRun::of(&r, run).into_iter().collect();
                 per[i].push(r);
             }
         }
+        f.notes.push(format!(
+            "{} runs per system, interleaved (sink, then each back end, then again)",
+            s.p.runs
+        ));
         f.systems = per.into_iter().map(|v| merge_runs(v, ingest_max)).collect();
         s.save(f, t)?;
     }

@@ -12,6 +12,7 @@ use std::path::{Path, PathBuf};
 
 use crate::charts;
 use crate::cmd::bench::{IngestRun, Micro, SystemResult, WorkloadFile, spread, today};
+use crate::cmd::lab::LabResult;
 use crate::out::{self, Machine};
 
 /// `report` options.
@@ -452,6 +453,28 @@ fn ingest_loss80(r: &SystemResult) -> Option<(String, bool)> {
     Some((text, lost == 0))
 }
 
+/// Gaps filled over every lab run of `r` (the median run alone in files
+/// without the runs), and whether every run filled every gap.
+fn lab_fill(r: &SystemResult) -> Option<(String, bool)> {
+    let runs: Vec<&LabResult> =
+        if r.labs.is_empty() { r.lab.iter().collect() } else { r.labs.iter().collect() };
+    if runs.is_empty() {
+        return None;
+    }
+    let filled: u64 = runs.iter().map(|l| l.listener.recovery.filled).sum();
+    let gaps: u64 = runs.iter().map(|l| l.listener.recovery.gaps_opened).sum();
+    let short = runs.iter().filter(|l| !l.all_filled).count();
+    let share = if gaps == 0 { 100.0 } else { filled as f64 * 100.0 / gaps as f64 };
+    let mut text = format!("{filled} of {gaps} ({share:.2}%)");
+    if runs.len() > 1 {
+        text += &format!(" over {} runs", runs.len());
+        if short > 0 {
+            text += &format!(", {short} of them short");
+        }
+    }
+    Some((text, short == 0))
+}
+
 /// p99 of every fixed-rate run of `s` at `rate` that answered anything,
 /// by round.
 fn p99_rounds(f: Option<&WorkloadFile>, s: &str, rate: f64) -> ByRound {
@@ -672,18 +695,12 @@ pub fn run(a: ReportArgs) -> Result<(), String> {
         if !ran(fd, b) {
             continue;
         }
-        let l = sys(fd, b).and_then(|s| s.lab.as_ref());
-        targets.push(match l {
-            Some(l) => Target::plain(
+        targets.push(match sys(fd, b).and_then(lab_fill) {
+            Some((text, all_filled)) => Target::plain(
                 format!("(d) lab at 1% drop, {b}: gaps filled within TTL"),
-                format!(
-                    "{} of {} ({:.2}%)",
-                    l.listener.recovery.filled,
-                    l.listener.recovery.gaps_opened,
-                    l.listener.completeness * 100.0
-                ),
+                text,
                 "100%",
-                Some(l.all_filled),
+                Some(all_filled),
             ),
             None => Target::plain(format!("(d) lab, {b}"), "no result".into(), "100%", None),
         });
@@ -1686,6 +1703,31 @@ mod tests {
             ..SystemResult::default()
         }]);
         assert_eq!(ingest_rounds(Some(&old), "sink"), vec![(0, 1.0), (1, 3.0), (2, 2.0)]);
+    }
+
+    #[test]
+    fn the_gap_fill_target_holds_only_if_every_lab_run_filled_every_gap() {
+        let lab = |gaps: u64, filled: u64| {
+            let mut l = LabResult { all_filled: gaps == filled, ..LabResult::default() };
+            l.listener.recovery.gaps_opened = gaps;
+            l.listener.recovery.filled = filled;
+            l
+        };
+        // The median run filled everything; another did not.
+        let r = SystemResult {
+            lab: Some(lab(1000, 1000)),
+            labs: vec![lab(1000, 1000), lab(1010, 1009), lab(990, 990)],
+            ..SystemResult::default()
+        };
+        let (text, met) = lab_fill(&r).unwrap();
+        assert!(!met);
+        assert_eq!(text, "2999 of 3000 (99.97%) over 3 runs, 1 of them short");
+        let r = SystemResult { labs: vec![lab(1000, 1000), lab(990, 990)], ..r };
+        assert_eq!(lab_fill(&r), Some(("1990 of 1990 (100.00%) over 2 runs".into(), true)));
+        // Files with the median run alone.
+        let r = SystemResult { lab: Some(lab(1020, 1020)), ..SystemResult::default() };
+        assert_eq!(lab_fill(&r), Some(("1020 of 1020 (100.00%)".into(), true)));
+        assert_eq!(lab_fill(&SystemResult::default()), None);
     }
 
     #[test]

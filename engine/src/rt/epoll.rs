@@ -147,6 +147,14 @@ impl Worker {
                 }
             };
             let now = Instant::now();
+            if source == Source::Nack {
+                // The batch's cache misses overlap (`Core::prefetch_nack`).
+                for i in 0..n {
+                    if let Some(data) = self.recv.data(i).filter(|_| !self.recv.truncated(i)) {
+                        self.core.prefetch_nack(now, data);
+                    }
+                }
+            }
             for i in 0..n {
                 let Some(data) = self.recv.data(i) else { continue };
                 if self.recv.truncated(i) {

@@ -463,6 +463,7 @@ impl Worker {
             self.cqes.clear();
             self.cqes.extend(self.ring.completion());
             let now = Instant::now();
+            self.prefetch_nacks(now);
             for i in 0..self.cqes.len() {
                 let cqe = self.cqes[i].clone();
                 self.complete(now, &cqe);
@@ -670,6 +671,24 @@ impl Worker {
             && let Err(e) = self.arm_recv(source)
         {
             tracing::error!(error = %e, "re-arming receive failed");
+        }
+    }
+
+    /// Has the memory that answering this round's NACKs reads fetched
+    /// ahead, all of it before the first answer, so the cache misses of a
+    /// round's NACKs overlap ([`Core::prefetch_nack`]).
+    fn prefetch_nacks(&self, now: Instant) {
+        for cqe in &self.cqes {
+            let (res, flags) = (cqe.result(), cqe.flags());
+            if cqe.user_data() & UD_KIND != UD_NACK || res < 0 {
+                continue;
+            }
+            let Some(bid) = cqueue::buffer_select(flags) else { continue };
+            let Ok(out) = RecvMsgOut::parse(self.nack_bufs.get(bid, res as usize), &self.nack_msg)
+            else {
+                continue;
+            };
+            self.core.prefetch_nack(now, out.payload_data());
         }
     }
 

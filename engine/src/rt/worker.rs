@@ -373,6 +373,17 @@ impl Core {
 
     /// A datagram from the NACK socket, sent from `src` to the local
     /// address `local` (its packet info, when the socket asks for it).
+    /// Fetches ahead what answering the NACK `data` will read
+    /// ([`Service::nack_footprint`]), when this worker owns it: call for a
+    /// batch's NACKs before answering them.
+    pub(crate) fn prefetch_nack(&self, now: Instant, data: &[u8]) {
+        let owned = ricochet_wire::control::peek_nack_key(data)
+            .is_some_and(|k| owner(k, self.workers) == self.index);
+        if owned {
+            self.service.nack_footprint(now, data, super::sys::prefetch);
+        }
+    }
+
     pub(crate) fn on_nack(
         &mut self,
         now: Instant,

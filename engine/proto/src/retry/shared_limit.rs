@@ -188,6 +188,14 @@ impl SharedLimits {
         !self.group.enabled() || self.group.admit((ip, group), self.tick(now))
     }
 
+    /// Where the sequence tier keeps `(hash_key, start_seq)`: the cache
+    /// line [`SharedLimits::check_sequence`] reads first, or `None` when the
+    /// tier is off. A caller about to admit a batch of NACKs can have these
+    /// fetched ahead, so their misses overlap instead of queueing one by one.
+    pub fn sequence_line(&self, hash_key: u64, start_seq: u64) -> Option<*const u8> {
+        self.sequence.enabled().then(|| self.sequence.set(&(hash_key, start_seq)).0.as_ptr().cast())
+    }
+
     fn tick(&self, now: Instant) -> u64 {
         u64::try_from(now.saturating_duration_since(self.origin).as_nanos()).unwrap_or(u64::MAX)
     }
@@ -246,9 +254,8 @@ impl<R: Rule> Table<R> {
     /// be enabled.
     fn admit(&self, key: impl Hash, t: u64) -> bool {
         let h = self.hasher.hash_one(key);
-        // The set from the hash's high bits (multiply-shift range
-        // reduction), the tag from its low 16; tag 0 marks an unused cell.
-        let set = &self.sets[((u128::from(h) * self.sets.len() as u128) >> 64) as usize];
+        let set = self.set_of(h);
+        // The tag from the hash's low 16 bits; tag 0 marks an unused cell.
         let tag = (h & 0xFFFF).max(1) << STATE_BITS;
         loop {
             let (cell, seen, state) = self.pick(set, tag, t);
@@ -259,6 +266,17 @@ impl<R: Rule> Table<R> {
                 return true;
             }
         }
+    }
+
+    /// The set `key` hashes to.
+    fn set(&self, key: &impl Hash) -> &Set {
+        self.set_of(self.hasher.hash_one(key))
+    }
+
+    /// The set of hash `h`: from its high bits (multiply-shift range
+    /// reduction).
+    fn set_of(&self, h: u64) -> &Set {
+        &self.sets[((u128::from(h) * self.sets.len() as u128) >> 64) as usize]
     }
 
     /// The cell `tag` uses at `t`, the word seen in it and the state to
@@ -468,6 +486,27 @@ mod tests {
         // A worker whose `now` trails into the previous window still sees
         // this window's count (as at its start): nothing is reset.
         assert!(!l.check_sequence(idle - w, 7, 42));
+    }
+
+    #[test]
+    fn the_sequence_line_is_the_set_admission_writes() {
+        let t0 = Instant::now();
+        let l = table(LimitSettings::default(), t0);
+        for (hk, seq) in [(7, 42), (7, 43), (u64::MAX, 0), (1, u64::MAX)] {
+            let line = l.sequence_line(hk, seq).expect("the tier is on");
+            assert_eq!(line, l.sequence_line(hk, seq).unwrap(), "the same key, the same line");
+            let live = |set: &Set| set.0.iter().filter(|c| c.load(Relaxed) != 0).count();
+            let before: Vec<usize> = l.sequence.sets.iter().map(live).collect();
+            assert!(l.check_sequence(t0, hk, seq));
+            // Admission took a cell in exactly one set: the line's.
+            let changed: Vec<*const u8> = (l.sequence.sets.iter().zip(before))
+                .filter(|(set, n)| live(set) != *n)
+                .map(|(set, _)| set.0.as_ptr().cast())
+                .collect();
+            assert_eq!(changed, [line], "({hk}, {seq})");
+        }
+        let off = LimitSettings { sequence_window: Duration::ZERO, ..LimitSettings::default() };
+        assert_eq!(table(off, t0).sequence_line(7, 42), None, "no tier, no line");
     }
 
     #[test]

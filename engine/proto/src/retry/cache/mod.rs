@@ -547,6 +547,17 @@ impl<'a> FlowView<'a> {
         self.hit(flow.log[flow.pos(seq)?])
     }
 
+    /// Where the frame held for `seq` lies, expired or not: what
+    /// [`FlowView::get`] would read, for fetching it ahead of a batch.
+    pub fn peek(&self, seq: u64) -> Option<&'a [u8]> {
+        let flow = self.flow;
+        let slot = flow.log[flow.pos(seq)?];
+        if !slot.held() {
+            return None;
+        }
+        self.logs[slot.class()].peek(slot)
+    }
+
     /// The unexpired frames held from `start` up to and including `end`, in
     /// SeqNum order, with their SeqNums: consecutive index slots, read after
     /// the one hash lookup of [`Cache::view`].

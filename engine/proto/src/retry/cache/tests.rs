@@ -98,6 +98,32 @@ fn duplicates_keep_the_first_copy() {
 }
 
 #[test]
+fn peek_finds_the_bytes_get_serves_in_open_and_sealed_segments() {
+    let t0 = Instant::now();
+    let mut c = Cache::new(CacheSettings::default(), t0);
+    // 5 000 frames of 300 B span several segments: sealed ones and the open one.
+    for seq in (1..=5000).filter(|s| s % 7 != 0) {
+        c.insert(t0, key(1, seq), TtlClass::Tx, 0, frame(1, seq, 300), Origin::Fabric);
+    }
+    let view = c.view(1, t0).expect("flow 1 is held");
+    for seq in 1..=5000 {
+        match (view.peek(seq), view.get(seq)) {
+            (Some(p), Some(hit)) => assert_eq!(p, &hit.frame[..], "seq {seq}"),
+            (None, None) => assert_eq!(seq % 7, 0, "seq {seq} was inserted"),
+            (p, g) => panic!("seq {seq}: peek {:?}, get {:?}", p.is_some(), g.is_some()),
+        }
+    }
+    assert_eq!(view.peek(0), None);
+    assert_eq!(view.peek(5001), None);
+    // Past its TTL a frame is not served, but peek still says where it lies
+    // (it is a hint for fetching ahead, not an answer).
+    let late = t0 + CacheSettings::default().ttls.get(TtlClass::Tx);
+    let view = c.view(1, late).expect("not swept yet");
+    assert!(view.get(1).is_none());
+    assert_eq!(view.peek(1), Some(&frame(1, 1, 300)[..]));
+}
+
+#[test]
 fn ttl_per_class_at_exact_boundaries() {
     let t0 = Instant::now();
     let ttls = Ttls {

@@ -732,6 +732,29 @@ impl Service {
         })
     }
 
+    /// The memory answering `datagram` will read first and is likely to
+    /// find cold: the sequence tier's cache line for its key, and the
+    /// bytes of the first frame it asks for. Reads nothing but the NACK's
+    /// header and the cache's index, changes nothing, and says nothing for
+    /// a datagram that is not a NACK. A runtime that calls this for every
+    /// NACK of a batch before answering any can have those lines fetched
+    /// together, so their misses overlap instead of queueing one by one.
+    pub fn nack_footprint(
+        &self,
+        now: Instant,
+        datagram: &[u8],
+        mut f: impl FnMut(*const u8, usize),
+    ) {
+        let Ok(nack) = Nack::new_checked(datagram) else { return };
+        let (hash_key, start) = (nack.hash_key(), nack.start_seq());
+        if let Some(line) = self.limiter.shared().and_then(|l| l.sequence_line(hash_key, start)) {
+            f(line, 64);
+        }
+        if let Some(frame) = self.cache.view(hash_key, now).and_then(|v| v.peek(start)) {
+            f(frame.as_ptr(), frame.len());
+        }
+    }
+
     /// Answers one NACK datagram from `src`, pushing what to send into `out`
     /// (see the module docs for the order and the rules). A malformed NACK
     /// sends nothing and is returned as the wire error.

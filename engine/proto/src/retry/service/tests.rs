@@ -1059,3 +1059,39 @@ fn steady_state_nacks_reuse_the_outbox() {
     }
     assert_eq!((out.transmits.capacity(), out.transmits.as_ptr()), (cap, ptr));
 }
+
+#[test]
+fn a_nacks_footprint_is_its_sequence_line_and_its_first_frame() {
+    let t0 = Instant::now();
+    let s = Settings::default();
+    let limits = Arc::new(SharedLimits::with_seed(&s.limits, t0, 3));
+    let mut svc = Service::with_shared_limits(s.clone(), limits.clone(), t0);
+    for seq in 1..=10 {
+        svc.on_frame(t0, tx(seq), None).unwrap();
+    }
+    let footprint = |svc: &Service, d: &[u8]| {
+        let mut v = vec![];
+        svc.nack_footprint(t0, d, |at, len| v.push((at, len)));
+        v
+    };
+    let line = limits.sequence_line(HK, 4).unwrap();
+    // A range NACK: its StartSeq's line and the frame it asks for first,
+    // as the cache holds it.
+    let held = svc.cache.view(HK, t0).and_then(|v| v.peek(4)).unwrap();
+    assert_eq!(held, &tx(4)[..]);
+    assert_eq!(footprint(&svc, &nack(HK, 4, 9, 0)), [(line, 64), (held.as_ptr(), held.len())]);
+    // Nothing held for it: the line alone.
+    let line_99 = limits.sequence_line(HK, 99).unwrap();
+    assert_eq!(footprint(&svc, &nack(HK, 99, 99, 0)), [(line_99, 64)]);
+    assert_eq!(footprint(&svc, &nack(7, 1, 1, 0)), [(limits.sequence_line(7, 1).unwrap(), 64)]);
+    // Not a NACK: nothing, and nothing changed.
+    assert!(footprint(&svc, &tx(4)).is_empty());
+    assert!(footprint(&svc, &nack(HK, 4, 4, 0)[..NACK_LEN - 1]).is_empty());
+    assert_eq!(svc.stats().nacks, 0);
+    // A shard with the tiers to itself has no shared line to name.
+    let mut own = Service::new(s, t0);
+    own.on_frame(t0, tx(4), None).unwrap();
+    let v = footprint(&own, &nack(HK, 4, 4, 0));
+    assert_eq!(v.len(), 1);
+    assert_eq!(v[0].1, tx(4).len());
+}

@@ -12,7 +12,7 @@ use socket2::Socket;
 use super::TICK;
 use super::gso::{GsoLimit, GsoOrder, gso_runs};
 use super::sys::{self, Epoll, RecvBatch, SendScratch};
-use super::worker::{Core, Oversized, Sockets};
+use super::worker::{Core, Oversized, Sockets, fetch_ahead};
 use crate::retry::{Dest, Transmit};
 
 const TOKEN_INGRESS: u64 = 0;
@@ -147,15 +147,15 @@ impl Worker {
                 }
             };
             let now = Instant::now();
-            if source == Source::Nack {
-                // The batch's cache misses overlap (`Core::prefetch_nack`).
-                for i in 0..n {
-                    if let Some(data) = self.recv.data(i).filter(|_| !self.recv.truncated(i)) {
-                        self.core.prefetch_nack(now, data);
+            for i in 0..n {
+                if source == Source::Nack {
+                    // The batch's cache misses overlap (`Core::prefetch_nack`).
+                    for j in fetch_ahead(i, n) {
+                        if let Some(d) = self.recv.data(j).filter(|_| !self.recv.truncated(j)) {
+                            self.core.prefetch_nack(now, d);
+                        }
                     }
                 }
-            }
-            for i in 0..n {
                 let Some(data) = self.recv.data(i) else { continue };
                 if self.recv.truncated(i) {
                     // Longer than a slot, which holds any UDP datagram: not

@@ -45,14 +45,15 @@
 //! (`worker::Core`); `--backend auto` probes io_uring and falls back to
 //! epoll with the reason logged.
 //!
-//! Both answer a batch of NACKs (an io_uring round, a recvmmsg batch) in
-//! two passes. The first only asks the CPU to fetch what each NACK's answer
-//! will read first — its sequence-tier line in the shared limiter tables
-//! and the bytes of the frame it asks for (`Service::nack_footprint`,
-//! `sys::prefetch`) — and the second answers. Under a storm those are
-//! cache misses (random lines of a 512 KiB table at the default 65 536
-//! entries, frames spread over the whole cache); taken one NACK at a time
-//! they queue, fetched ahead they overlap. perf/prefetch-2026-12-07.md has the measurements.
+//! Both answer a batch of NACKs (an io_uring round, a recvmmsg batch) with
+//! a lookahead: before answering a NACK the worker asks the CPU to fetch
+//! what the answer to the NACK 8 datagrams further on will read first —
+//! its sequence-tier line in the shared limiter tables and the bytes of
+//! the frame it asks for (`Service::nack_footprint`, `sys::prefetch`,
+//! `worker::fetch_ahead`). Under a storm those are cache misses (random
+//! lines of a 512 KiB table at the default 65 536 entries, frames spread
+//! over the whole cache); taken one NACK at a time they queue, fetched
+//! ahead they overlap. perf/prefetch-2026-12-07.md has the measurements.
 //!
 //! # What ingress accepts
 //! The cache holds what the fabric multicast, so the data port takes a

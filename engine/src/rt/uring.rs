@@ -32,7 +32,7 @@ use super::sys::{
     PktinfoCmsg, SendCmsg, gso_refused, packet_info, pktinfo_destination, socket_addr,
     write_send_cmsgs,
 };
-use super::worker::{Core, Oversized, Sockets};
+use super::worker::{Core, Oversized, Sockets, fetch_ahead};
 use crate::retry::{Dest, Payload, Transmit};
 
 const UD_INGRESS: u64 = 1 << 32;
@@ -463,8 +463,10 @@ impl Worker {
             self.cqes.clear();
             self.cqes.extend(self.ring.completion());
             let now = Instant::now();
-            self.prefetch_nacks(now);
             for i in 0..self.cqes.len() {
+                for j in fetch_ahead(i, self.cqes.len()) {
+                    self.prefetch_nack(now, j);
+                }
                 let cqe = self.cqes[i].clone();
                 self.complete(now, &cqe);
             }
@@ -674,22 +676,20 @@ impl Worker {
         }
     }
 
-    /// Has the memory that answering this round's NACKs reads fetched
-    /// ahead, all of it before the first answer, so the cache misses of a
-    /// round's NACKs overlap ([`Core::prefetch_nack`]).
-    fn prefetch_nacks(&self, now: Instant) {
-        for cqe in &self.cqes {
-            let (res, flags) = (cqe.result(), cqe.flags());
-            if cqe.user_data() & UD_KIND != UD_NACK || res < 0 {
-                continue;
-            }
-            let Some(bid) = cqueue::buffer_select(flags) else { continue };
-            let Ok(out) = RecvMsgOut::parse(self.nack_bufs.get(bid, res as usize), &self.nack_msg)
-            else {
-                continue;
-            };
-            self.core.prefetch_nack(now, out.payload_data());
+    /// If completion `i` of the round is a NACK, has the memory its answer
+    /// reads fetched ahead ([`Core::prefetch_nack`]).
+    fn prefetch_nack(&self, now: Instant, i: usize) {
+        let cqe = &self.cqes[i];
+        let (res, flags) = (cqe.result(), cqe.flags());
+        if cqe.user_data() & UD_KIND != UD_NACK || res < 0 {
+            return;
         }
+        let Some(bid) = cqueue::buffer_select(flags) else { return };
+        let Ok(out) = RecvMsgOut::parse(self.nack_bufs.get(bid, res as usize), &self.nack_msg)
+        else {
+            return;
+        };
+        self.core.prefetch_nack(now, out.payload_data());
     }
 
     fn on_datagram(&mut self, now: Instant, source: Source, bid: u16, len: usize) {

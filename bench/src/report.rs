@@ -1460,7 +1460,9 @@ fn explain(t: &Target, files: &BTreeMap<String, WorkloadFile>) -> String {
                 perf/batch-wait-2026-12-07.md). Sorting a round's \
                 answers, once about 4 % of its CPU, now orders integer keys (perf/loadgen-gso-2026-12-07.md). \
                 Registered files, which would trim each request, measured no difference \
-                (perf/gso-order-ab-2026-12-07.md)."
+                (perf/gso-order-ab-2026-12-07.md). Both back ends fetch a NACK's cold memory 8 datagrams \
+                ahead of answering it, which cut the CPU per NACK of each about alike (0.85× io_uring, \
+                0.88× epoll, unicast; perf/prefetch-2026-12-07.md), so it does not decide between them."
             .to_string()
             // Only workload (b) compares multicast storms.
             + if n.starts_with("(b)") { SLOW_MULTICAST_STORMS } else { "" };

@@ -499,8 +499,7 @@ impl Suite {
         &self,
         ports: Option<&EnginePorts>,
         target: u16,
-        rate: &str,
-        duration: &str,
+        pace: Option<(&str, &str)>,
         publish: bool,
         retransmit_port: Option<u16>,
     ) -> Vec<String> {
@@ -515,17 +514,19 @@ impl Suite {
             "8".into(),
             "--payload".into(),
             "300".into(),
-            "--rate".into(),
-            rate.into(),
-            "--duration".into(),
-            duration.into(),
         ];
-        if rate == "max" {
-            // A closed loop measures the server only while the server is
-            // the bottleneck: GSO NACK batches cost the load generator one
-            // trip through the IP stack per batch (the server still gets a
-            // datagram per NACK), so its one core can outpace the server.
-            v.push("--gso".into());
+        // `pace` is the NACK phase's rate and duration: none for the
+        // prefill step, which sends no NACK.
+        if let Some((rate, duration)) = pace {
+            v.extend(["--rate".into(), rate.into(), "--duration".into(), duration.into()]);
+            if rate == "max" {
+                // A closed loop measures the server only while the server
+                // is the bottleneck: GSO NACK batches cost the load
+                // generator one trip through the IP stack per batch (the
+                // server still gets a datagram per NACK), so its one core
+                // can outpace the server.
+                v.push("--gso".into());
+            }
         }
         match (ports, publish) {
             (Some(p), true) => {
@@ -557,7 +558,7 @@ impl Suite {
     /// (they make their frames themselves): the ingest of 100 000 frames
     /// would add about 0.3 s of the engine's CPU to it.
     fn prefill(&mut self, ports: &EnginePorts) -> Result<(), String> {
-        let mut args = self.nack_args(Some(ports), ports.nack, "max", "1s", true, None);
+        let mut args = self.nack_args(Some(ports), ports.nack, None, true, None);
         args.push("--prefill-only".into());
         let json = self.load("nack", &args, Duration::from_secs(120))?;
         let n: NackResult = read_json(&json)?;
@@ -626,7 +627,7 @@ impl Suite {
                 self.prefill(p)?;
             }
             let storm = self.p.storm;
-            let args = self.nack_args(ports.as_ref(), target, "max", storm, false, retx);
+            let args = self.nack_args(ports.as_ref(), target, Some(("max", storm)), false, retx);
             let cpu0 = cpu_ns(pid);
             let json = self.load("nack", &args, limit)?;
             let cpu1 = cpu_ns(pid);
@@ -636,8 +637,13 @@ impl Suite {
             if fixed {
                 for rate in self.p.rates.clone() {
                     let rs = format!("{rate:.0}");
-                    let args =
-                        self.nack_args(ports.as_ref(), target, &rs, self.p.fixed, false, retx);
+                    let args = self.nack_args(
+                        ports.as_ref(),
+                        target,
+                        Some((&rs, self.p.fixed)),
+                        false,
+                        retx,
+                    );
                     let cpu0 = cpu_ns(pid);
                     let json = self.load("nack", &args, limit)?;
                     let cpu1 = cpu_ns(pid);
@@ -674,7 +680,7 @@ impl Suite {
             let pid = guard.id();
             self.prefill(&ports)?;
             let storm = self.p.storm;
-            let args = self.nack_args(Some(&ports), ports.nack, "max", storm, false, None);
+            let args = self.nack_args(Some(&ports), ports.nack, Some(("max", storm)), false, None);
             let before = metrics::scrape_text(ports.admin);
             let cpu0 = cpu_ns(pid);
             let json = self.load("nack", &args, Duration::from_secs(120))?;

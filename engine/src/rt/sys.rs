@@ -579,7 +579,6 @@ impl Epoll {
     }
 }
 
-/// Pins the calling thread to one CPU.
 /// Most cache lines of one region [`prefetch`] asks for: 1 KiB, of a
 /// larger frame the part its copy starts with.
 const PREFETCH_LINES: usize = 16;
@@ -601,6 +600,7 @@ pub(crate) fn prefetch(at: *const u8, len: usize) {
     let _ = (at, len);
 }
 
+/// Pins the calling thread to one CPU.
 pub(crate) fn pin_current_thread(cpu: usize) -> io::Result<()> {
     let mut set = nix::sched::CpuSet::new();
     set.set(cpu).map_err(io::Error::from)?;

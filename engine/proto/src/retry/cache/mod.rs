@@ -550,12 +550,8 @@ impl<'a> FlowView<'a> {
     /// Where the frame held for `seq` lies, expired or not: what
     /// [`FlowView::get`] would read, for fetching it ahead of a batch.
     pub fn peek(&self, seq: u64) -> Option<&'a [u8]> {
-        let flow = self.flow;
-        let slot = flow.log[flow.pos(seq)?];
-        if !slot.held() {
-            return None;
-        }
-        self.logs[slot.class()].peek(slot)
+        let slot = self.flow.log[self.flow.pos(seq)?];
+        slot.held().then(|| self.logs[slot.class()].bytes(slot))
     }
 
     /// The unexpired frames held from `start` up to and including `end`, in

@@ -414,15 +414,6 @@ impl ClassLog {
         })
     }
 
-    /// The bytes `slot` addresses, whatever their age: for fetching ahead,
-    /// never for serving ([`ClassLog::serve`] checks the TTL).
-    pub(super) fn peek(&self, slot: Slot) -> Option<&[u8]> {
-        let at = slot.addr();
-        let pos = self.locate(at.id)?;
-        let start = usize::from(at.off) + HEADER;
-        self.data(pos).get(start..start + slot.len())
-    }
-
     /// The record at the cursor (possibly dead), with its address.
     pub(super) fn front(&self) -> Option<(Addr, Header)> {
         self.segs.front()?;

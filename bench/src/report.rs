@@ -1478,9 +1478,14 @@ fn explain(t: &Target, files: &BTreeMap<String, WorkloadFile>) -> String {
                 little to group, and the largest costs are wake-ups: the worker's own sleep and wake each \
                 round, and on loopback the waking of each receiving socket, two per multicast answer (the \
                 group's and the requester's), which the reflector pays too (profile in \
-                perf/gso-order-ab-2026-12-07.md). Waking less means a longer batch wait, and at 10 k/s \
-                a 400 µs wait measured 0.84× the reflector's CPU at 3.2× its p99, past the latency target \
-                (the sweep is in the same note). It also pays what the \
+                perf/gso-order-ab-2026-12-07.md). Waking less means a longer batch wait, and on this guest a \
+                wake-up by the worker's own timer costs it about 24 µs of CPU, twice the wake-up from the load \
+                generator's CPU that wakes the reflector for each NACK; at 10 k/s, where a 200 µs wait gathers \
+                about three NACKs, that leaves little to save. A sweep of the wait at 10 and 30 k/s \
+                (perf/batch-wait-frontier-2026-12-08.md): the multicast 10 k/s target needs about 400–500 µs \
+                (500 µs: 0.69× the reflector's CPU), while the 30 k/s p99 target needs about 100–150 µs (at \
+                200 µs the p99 is already 2.05–2.65× the reflector's on a quiet host), so no one wait meets \
+                both, and the default stays at 200 µs. It also pays what the \
                 reflector does not: packet info on each NACK and reply on its wildcard NACK socket, 4–6 % \
                 (bind `--nack-addr` to skip it). Its own work per NACK is about 1 800 instructions \
                 (perf/callgrind.md). Registered files measured no difference, and SEND_ZC cost twice the CPU \
@@ -1510,10 +1515,19 @@ fn explain(t: &Target, files: &BTreeMap<String, WorkloadFile>) -> String {
             .into();
     }
     if n.contains("p99") {
+        let wait = if n.contains("uring") {
+            " On a quiet host the io_uring engine's p99 is about its batch wait plus 300–400 µs: at 30 k/s, \
+             where the reflector's p99 is 190–260 µs, the default 200 µs wait alone puts it at 2.05–2.65×, \
+             and a wait short enough to meet this target would cost more CPU at 10 k/s, where the CPU \
+             targets already miss at 200 µs (perf/batch-wait-frontier-2026-12-08.md)."
+        } else {
+            ""
+        };
         return "both answer with two datagrams (retransmit then ACK) at the same rate, so the difference is in \
                 how long a NACK waits for its batch; bursts of the shared machine's other load land in the tail \
                 (see the min–max over the runs)."
-            .into();
+            .to_string()
+            + wait;
     }
     if n.contains("overhead") {
         return "the cache's own bookkeeping is the 56 bytes it charges itself (40-byte log slot + 16-byte FIFO \

@@ -1067,4 +1067,49 @@ mod tests {
             assert_eq!(r.recv(rx.as_raw_fd(), false).unwrap(), 0);
         }
     }
+
+    /// A GSO send the kernel refuses turns the listener to one datagram
+    /// per NACK: the refused batch is lost (its NACKs time out, as the
+    /// warning says) and every later NACK arrives. The kernel refuses UDP
+    /// GSO from a socket that sends without checksums (`SO_NO_CHECK`).
+    #[test]
+    fn a_refused_gso_send_turns_the_listener_to_plain_sends() {
+        let rx = net::udp(SocketAddr::from(([127, 0, 0, 1], 0)), false).unwrap();
+        net::set_read_timeout(&rx, Duration::from_secs(2)).unwrap();
+        let to = rx.local_addr().unwrap().as_socket().unwrap();
+        let tx = net::udp(net::any_for(to), false).unwrap();
+        let one: libc::c_int = 1;
+        // SAFETY: a socket this test owns, and an int option of the size given.
+        let rc = unsafe {
+            libc::setsockopt(
+                tx.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_NO_CHECK,
+                (&one as *const libc::c_int).cast(),
+                size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        };
+        assert_eq!(rc, 0, "SO_NO_CHECK: {}", std::io::Error::last_os_error());
+        let batch = 8;
+        let mut out = NackOut::new(batch, true);
+        for i in 0..batch {
+            out.push(&[i as u8; 64], to, tx.as_raw_fd());
+        }
+        out.send(tx.as_raw_fd());
+        assert!(matches!(out, NackOut::Plain(_)), "still sending GSO after a refusal");
+        let mut r = Batch::new(64, 2048);
+        assert_eq!(r.recv(rx.as_raw_fd(), false).unwrap(), 0, "the refused batch arrived");
+        for i in 0..batch {
+            out.push(&[0x80 | i as u8; 64], to, tx.as_raw_fd());
+        }
+        out.send(tx.as_raw_fd());
+        let mut got = vec![];
+        while got.len() < batch {
+            let n = r.recv(rx.as_raw_fd(), true).unwrap();
+            assert!(n > 0, "{} of {batch} NACKs arrived after the fallback", got.len());
+            got.extend((0..n).map(|i| r.get(i).0.to_vec()));
+        }
+        let want: Vec<Vec<u8>> = (0..batch).map(|i| vec![0x80 | i as u8; 64]).collect();
+        assert_eq!(got, want);
+    }
 }

@@ -1039,15 +1039,22 @@ mod tests {
         }
     }
 
+    /// A receiving socket on loopback (2 s read timeout), its address, and
+    /// a socket to send to it from.
+    fn loopback_pair() -> (Socket, SocketAddr, Socket) {
+        let rx = net::udp(SocketAddr::from(([127, 0, 0, 1], 0)), false).unwrap();
+        net::set_read_timeout(&rx, Duration::from_secs(2)).unwrap();
+        let to = rx.local_addr().unwrap().as_socket().unwrap();
+        let tx = net::udp(net::any_for(to), false).unwrap();
+        (rx, to, tx)
+    }
+
     /// Both ways of sending a listener's NACKs hand the endpoint one
     /// 64-byte datagram per NACK, in order, including a batch longer than
     /// one GSO message carries.
     #[test]
     fn nacks_arrive_one_datagram_each_with_or_without_gso() {
-        let rx = net::udp(SocketAddr::from(([127, 0, 0, 1], 0)), false).unwrap();
-        net::set_read_timeout(&rx, Duration::from_secs(2)).unwrap();
-        let to = rx.local_addr().unwrap().as_socket().unwrap();
-        let tx = net::udp(net::any_for(to), false).unwrap();
+        let (rx, to, tx) = loopback_pair();
         let batch = net::GSO_MAX_SEGMENTS + 9;
         for gso in [false, true] {
             let mut out = NackOut::new(batch, gso);
@@ -1074,10 +1081,7 @@ mod tests {
     /// GSO from a socket that sends without checksums (`SO_NO_CHECK`).
     #[test]
     fn a_refused_gso_send_turns_the_listener_to_plain_sends() {
-        let rx = net::udp(SocketAddr::from(([127, 0, 0, 1], 0)), false).unwrap();
-        net::set_read_timeout(&rx, Duration::from_secs(2)).unwrap();
-        let to = rx.local_addr().unwrap().as_socket().unwrap();
-        let tx = net::udp(net::any_for(to), false).unwrap();
+        let (rx, to, tx) = loopback_pair();
         let one: libc::c_int = 1;
         // SAFETY: a socket this test owns, and an int option of the size given.
         let rc = unsafe {

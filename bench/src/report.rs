@@ -1479,8 +1479,9 @@ fn explain(t: &Target, files: &BTreeMap<String, WorkloadFile>) -> String {
                 round, and on loopback the waking of each receiving socket, two per multicast answer (the \
                 group's and the requester's), which the reflector pays too (profile in \
                 perf/gso-order-ab-2026-12-07.md). Waking less means a longer batch wait, and on this guest a \
-                wake-up by the worker's own timer costs it about 24 µs of CPU, twice the wake-up from the load \
-                generator's CPU that wakes the reflector for each NACK; at 10 k/s, where a 200 µs wait gathers \
+                thread woken by its own timer, as the worker is by its batch wait, spends about 24 µs of CPU per \
+                wake-up (a C loop measured it), twice a thread woken from another CPU, as the load generator's \
+                wakes the reflector for each NACK; at 10 k/s, where a 200 µs wait gathers \
                 about three NACKs, that leaves little to save. A sweep of the wait at 10 and 30 k/s \
                 (perf/batch-wait-frontier-2026-12-08.md): the multicast 10 k/s target needs about 400–500 µs \
                 (500 µs: 0.69× the reflector's CPU), while the 30 k/s p99 target needs about 100–150 µs (at \

@@ -736,9 +736,9 @@ impl Service {
     /// find cold: the sequence tier's cache line for its key, and the
     /// bytes of the first frame it asks for. Reads nothing but the NACK's
     /// header and the cache's index, changes nothing, and says nothing for
-    /// a datagram that is not a NACK. A runtime that calls this for every
-    /// NACK of a batch before answering any can have those lines fetched
-    /// together, so their misses overlap instead of queueing one by one.
+    /// a datagram that is not a NACK. A runtime that calls this a few NACKs
+    /// of a batch ahead of answering them can have those lines fetched
+    /// meanwhile, so their misses overlap instead of queueing one by one.
     pub fn nack_footprint(
         &self,
         now: Instant,

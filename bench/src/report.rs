@@ -1432,7 +1432,10 @@ fn explain(t: &Target, files: &BTreeMap<String, WorkloadFile>) -> String {
                 the time 32 datagrams take to arrive (about 80 µs at 390 k NACK/s instead of 200 µs); in \
                 interleaved quick multicast storms that cut the worker's sleep from 18 % to 6 % of the storm and \
                 lifted its median from 359 to 387 k NACK/s, where epoll reached 405 k. The sleep that remains \
-                is the shortened wait itself (perf/batch-wait-2026-12-07.md)."
+                is the shortened wait itself (perf/batch-wait-2026-12-07.md). A long round now also submits \
+                its answers every 128 instead of all at its end, so the load generator's next NACKs come in \
+                while the worker is still serving: in interleaved quick multicast storms the worker was \
+                93–95 % busy instead of 86–89 % (perf/early-submit-2026-12-08.md)."
             .into();
     }
     if n.contains("multicast vs unicast") {
@@ -1447,8 +1450,10 @@ fn explain(t: &Target, files: &BTreeMap<String, WorkloadFile>) -> String {
     if n.contains("vs epoll") {
         return "both back ends hand the kernel the same datagrams, grouped into the same GSO runs; what differs \
                 under full load is the size of a round. A saturated io_uring worker handles about 170 NACKs per \
-                io_uring_enter, where epoll reads, answers and sends at most 32 at a time; answering a round in \
-                slices of 32 or 64 measured the same rate at a little more CPU per NACK. With the fixed 200 µs \
+                io_uring_enter, where epoll reads, answers and sends at most 32 at a time. A round now submits \
+                its answers every 128 (about 64 NACKs) rather than at its end, which kept the worker busier in \
+                multicast storms (perf/early-submit-2026-12-08.md; slices of 32 or 64 datagrams had measured \
+                no gain in four rounds before, perf/batch-wait-2026-12-07.md). With the fixed 200 µs \
                 batch wait, freeing a round's receive buffers at once cost twice epoll's IPIs to the load \
                 generator's CPU (each a hypervisor exit on this guest); with the wait that shortens under load \
                 the counts are alike (4.4–5.7 k against 5.3–10.0 k per 4 s multicast storm). Storms on this \

@@ -398,6 +398,77 @@ fn adverts_announce_the_endpoint_and_turn_draining_on_sigterm() {
     assert!(e.wait_exit(Duration::from_secs(8)).is_some_and(|s| s.success()));
 }
 
+/// A round that queues more answers than the io_uring worker holds back
+/// hands them to the kernel in parts, before the round ends
+/// (`ricochet_uring_early_submits_total`): every frame and every ACK still
+/// arrives, frames in SeqNum order, each ACK after its frame. Epoll sends
+/// after every receive batch and must give the same.
+#[test]
+fn a_long_round_sends_in_parts_and_loses_or_reorders_nothing() {
+    // Without min_wait (Linux 6.12) a round ends at its first completion,
+    // and the two NACKs below seldom share one.
+    let batched = ricochet_e2e::kernel_at_least(6, 12);
+    for backend in BACKENDS {
+        let e = Engine::start(&[
+            "--backend",
+            backend,
+            // Long enough that both NACKs land in one round.
+            "--uring-batch-wait",
+            "10ms",
+            "--beacon-flags-unicast=true",
+            "--beacon-flags-multicast=false",
+            "--proxy-allow",
+            "127.0.0.1/32",
+            "--rl-group-burst",
+            "10000",
+        ]);
+        let client = nack_client();
+        let mut early = 0.0;
+        // The NACKs of an attempt could straddle a round boundary (a
+        // window of microseconds in 10 ms): up to three tries, each on a
+        // flow of its own so no earlier answer is in the way.
+        for key in 0xAB10..0xAB13u64 {
+            publish_flow(&e, key, 66);
+            // 64 frames and 64 ACKs: the first NACK alone queues 128
+            // answers, with the second still to serve.
+            client.send_to(&nack_bytes(key, 1, 64, 0), e.nack_addr()).unwrap();
+            client.send_to(&nack_bytes(key, 65, 66, 0), e.nack_addr()).unwrap();
+            let mut order = Vec::new();
+            for d in drain(&client, Duration::from_millis(600)) {
+                match ResponseRepr::parse(&d) {
+                    Ok(r) => {
+                        assert!(matches!(r.kind, ResponseKind::Ack(_)), "{backend}: {r:?}");
+                        order.push((false, r.seq));
+                    }
+                    Err(_) => order.push((true, u64::from_be_bytes(d[48..56].try_into().unwrap()))),
+                }
+            }
+            let seqs = |frames: bool| -> Vec<u64> {
+                order.iter().filter(|o| o.0 == frames).map(|o| o.1).collect()
+            };
+            assert_eq!(seqs(true), (1..=66).collect::<Vec<_>>(), "{backend}: frames");
+            assert_eq!(seqs(false), (1..=66).collect::<Vec<_>>(), "{backend}: ACKs");
+            for (at, &(frame, seq)) in order.iter().enumerate() {
+                if !frame {
+                    assert!(
+                        order[..at].contains(&(true, seq)),
+                        "{backend}: the ACK of {seq} came before its frame"
+                    );
+                }
+            }
+            early = e.metric_sum("ricochet_uring_early_submits_total");
+            if early >= 1.0 || *backend == "epoll" || !batched {
+                break;
+            }
+        }
+        if *backend == "uring" && batched {
+            assert!(early >= 1.0, "the round's answers left in one part");
+        } else if *backend == "epoll" {
+            assert_eq!(early, 0.0);
+        }
+    }
+}
+
 /// The batch wait each io_uring worker waits with is exported per core:
 /// the configured one while the worker is quiet (it shortens only above
 /// 32 datagrams per wait), 0 on epoll.

@@ -313,6 +313,10 @@ pub struct WorkerCounters {
     pub sent: u64,
     /// Sends that carried more than one datagram (UDP GSO).
     pub gso_sends: u64,
+    /// Times an io_uring worker handed a round's queued answers to the
+    /// kernel before the round's end, the round being long (0 on epoll,
+    /// which sends after every receive batch).
+    pub uring_early_submits: u64,
     /// GSO sends the kernel refused (`EMSGSIZE`, `EINVAL`: a segment over
     /// the path MTU; `EIO`: a device that cannot checksum segments) and whose
     /// datagrams were sent again one at a time.

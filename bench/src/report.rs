@@ -1449,8 +1449,8 @@ fn explain(t: &Target, files: &BTreeMap<String, WorkloadFile>) -> String {
     }
     if n.contains("vs epoll") {
         return "both back ends hand the kernel the same datagrams, grouped into the same GSO runs; what differs \
-                under full load is the size of a round. A saturated io_uring worker handles about 170 NACKs per \
-                io_uring_enter, where epoll reads, answers and sends at most 32 at a time. A round now submits \
+                under full load is the size of a round. A saturated io_uring worker serves about 170 NACKs per \
+                wait, where epoll reads, answers and sends at most 32 at a time. A round now submits \
                 its answers every 128 (about 64 NACKs) rather than at its end, which kept the worker busier in \
                 multicast storms (perf/early-submit-2026-12-08.md; slices of 32 or 64 datagrams had measured \
                 no gain in four rounds before, perf/batch-wait-2026-12-07.md). With the fixed 200 µs \

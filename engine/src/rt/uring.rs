@@ -80,7 +80,7 @@ const _: () = assert!(INGRESS_BUF - RECV_HEAD >= 65_535 && NACK_BUF - RECV_HEAD 
 /// multicast answers, perf/early-submit-2026-12-08.md: the worker 93–95 %
 /// busy instead of 86–89 %, 1.06–1.11× the NACKs/s per round). Rounds at
 /// fixed rates up to 100 k NACK/s (35–39 NACKs, about 75 answers) stay one
-/// submission each.
+/// submission each, but for the odd one after a stall.
 const EARLY_SUBMIT_TRANSMITS: usize = 128;
 
 /// Checks that io_uring works here and supports what this backend needs,

@@ -229,10 +229,20 @@ pub fn udp(bind: impl Into<SocketAddr>, nonblocking: bool) -> io::Result<Socket>
 /// Asks the kernel to attach `SO_RXQ_OVFL` (datagrams dropped at this
 /// socket's full receive queue, a running count) to every receive.
 pub fn enable_rxq_ovfl(s: &impl AsRawFd) -> io::Result<()> {
-    let (fd, one): (RawFd, libc::c_int) = (s.as_raw_fd(), 1);
-    let (value, len) = ((&one as *const libc::c_int).cast(), size_of::<libc::c_int>() as u32);
+    set_int_option(s, libc::SOL_SOCKET, libc::SO_RXQ_OVFL, 1)
+}
+
+/// Sets an `int`-valued socket option that socket2 does not wrap.
+pub fn set_int_option(
+    s: &impl AsRawFd,
+    level: libc::c_int,
+    name: libc::c_int,
+    value: libc::c_int,
+) -> io::Result<()> {
+    let fd: RawFd = s.as_raw_fd();
+    let (ptr, len) = ((&value as *const libc::c_int).cast(), size_of::<libc::c_int>() as u32);
     // SAFETY: a valid fd and a c_int option value that lives for the call.
-    let r = unsafe { libc::setsockopt(fd, libc::SOL_SOCKET, libc::SO_RXQ_OVFL, value, len) };
+    let r = unsafe { libc::setsockopt(fd, level, name, ptr, len) };
     if r == 0 { Ok(()) } else { Err(io::Error::last_os_error()) }
 }
 

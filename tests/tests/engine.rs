@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use ricochet_e2e::{Engine, Publisher, drain, group_listener, nack_client, tx_frame};
 use ricochet_wire::control::{AckFlags, NackFlags, NackRepr, ResponseKind, ResponseRepr};
+use ricochet_wire::frame::Frame;
 
 /// Backends every behaviour test runs on.
 const BACKENDS: &[&str] = &["epoll", "uring"];
@@ -440,7 +441,10 @@ fn a_long_round_sends_in_parts_and_loses_or_reorders_nothing() {
                         assert!(matches!(r.kind, ResponseKind::Ack(_)), "{backend}: {r:?}");
                         order.push((false, r.seq));
                     }
-                    Err(_) => order.push((true, u64::from_be_bytes(d[48..56].try_into().unwrap()))),
+                    Err(_) => {
+                        let f = Frame::new_checked(&d[..]).expect("neither an answer nor a frame");
+                        order.push((true, f.seq()));
+                    }
                 }
             }
             let seqs = |frames: bool| -> Vec<u64> {

@@ -1082,18 +1082,7 @@ mod tests {
     #[test]
     fn a_refused_gso_send_turns_the_listener_to_plain_sends() {
         let (rx, to, tx) = loopback_pair();
-        let one: libc::c_int = 1;
-        // SAFETY: a socket this test owns, and an int option of the size given.
-        let rc = unsafe {
-            libc::setsockopt(
-                tx.as_raw_fd(),
-                libc::SOL_SOCKET,
-                libc::SO_NO_CHECK,
-                (&one as *const libc::c_int).cast(),
-                size_of::<libc::c_int>() as libc::socklen_t,
-            )
-        };
-        assert_eq!(rc, 0, "SO_NO_CHECK: {}", std::io::Error::last_os_error());
+        net::set_int_option(&tx, libc::SOL_SOCKET, libc::SO_NO_CHECK, 1).expect("SO_NO_CHECK");
         let batch = 8;
         let mut out = NackOut::new(batch, true);
         for i in 0..batch {
